@@ -1,0 +1,12 @@
+/** @type {import('jest').Config} */
+module.exports = {
+  testEnvironment: 'node',
+  roots: ['<rootDir>/__tests__'],
+  testMatch: ['**/*.test.ts'],
+  // Type checking happens in `npm run build`; isolated transpilation keeps the suite fast.
+  transform: { '^.+\\.ts$': ['ts-jest', { isolatedModules: true, diagnostics: false }] },
+  testTimeout: 600000,
+  // Heavy wasm inference: two cores, so at most two workers.
+  maxWorkers: 2,
+  setupFilesAfterEnv: ['<rootDir>/__tests__/setup.ts'],
+};
