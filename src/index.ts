@@ -1,1 +1,52 @@
+/**
+ * img2pose-tfjs: face detection and 6DoF head pose (img2pose) on TensorFlow.js.
+ *
+ *   const detector = await Img2Pose.load({ weights: 'img2pose-weights/' });
+ *   const faces = await detector.detectFaces('photo.jpg');   // Face[]
+ *   const all = await detector.detectFaces(['a.jpg', 'b.png']); // Face[][]
+ *   await detector.dispose();
+ */
+export { Img2Pose, processPrediction, DEFAULT_OPTIONS } from './detector';
+export type {
+  Box,
+  DetectionModel,
+  DetectOptions,
+  DetectorOptions,
+  Face,
+  LoadOptions,
+  Point,
+  Pose,
+  SettledDetection,
+} from './detector';
+
+export {
+  BackendError,
+  BatchError,
+  DisposedError,
+  Img2PoseError,
+  InferenceError,
+  InputError,
+  OptionError,
+  WeightsError,
+} from './errors';
+export type { Img2PoseErrorCode, IndexedError, InputErrorDetails } from './errors';
+
+export { decodeImage, describeInput } from './io';
+export type { ImageInput, JimpImageLike, RawImage } from './io';
+
+export { selectBackend, BACKEND_CHOICES, AUTO_ORDER } from './backend';
+export type { BackendChoice, ModuleLoader } from './backend';
+
+export { loadWeights } from './weights_io';
+export type { LoadWeightsOptions } from './weights_io';
+
+export { visualize } from './visualize';
+export type { DrawableFace, VisualizeImage, VisualizeOptions } from './visualize';
+
+export { Img2PoseModel } from './model';
+export type { ModelConfig, RawDetections } from './model';
+
+export { KEYPOINT_INDICES, REFERENCE_POINTS_68, projectKeypoints, projectPoints } from './pose';
+export type { KeypointName } from './pose';
+
 export * from './weights';

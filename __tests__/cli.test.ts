@@ -1,0 +1,268 @@
+/**
+ * The command line (src/cli.ts) in-process: argument parsing, folder expansion, JSON output,
+ * per-image errors, exit codes, drawings, the progress bar and the demo. The network is a fake
+ * `DetectionModel` behind the real `Img2Pose` (decoding, filtering, keypoints and batching are
+ * the library's), injected by mocking `Img2Pose.load`.
+ */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { PassThrough } from 'stream';
+import * as tf from '@tensorflow/tfjs';
+import { Jimp } from 'jimp';
+import { CliIO, expandInputs, main } from '../src/cli';
+import { DetectionModel, Img2Pose, LoadOptions } from '../src/detector';
+import { WeightsError } from '../src/errors';
+import { ModelConfig, RawDetections } from '../src/model';
+import { decodeImage } from '../src/visualize';
+
+/** Three detections per image, scaled to its size: scores 0.9, 0.3, 0.06 (network order 0.3 first). */
+class FakeModel implements DetectionModel {
+  readonly batches: { sizes: number[][]; config: ModelConfig }[] = [];
+  disposed = false;
+
+  async predict(images: tf.Tensor3D[], config: ModelConfig): Promise<RawDetections[]> {
+    this.batches.push({ sizes: images.map((t) => t.shape.slice(0, 2)), config });
+    return images.map((t) => {
+      const [h, w] = t.shape;
+      return {
+        boxes: Float32Array.from([1, 1, w - 2, h - 2, 2, 3, w / 2, h / 2, 0, 0, 5, 5]),
+        scores: Float32Array.from([0.3, 0.9, 0.06]),
+        dofs: Float64Array.from([0, 0.2, 0, 0.1, 0.1, 6, 0.1, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 4]),
+      };
+    });
+  }
+
+  dispose(): void {
+    this.disposed = true;
+  }
+}
+
+let tmp: string;
+let model: FakeModel;
+let loads: LoadOptions[];
+
+beforeAll(async () => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'img2pose-cli-'));
+  const dir = path.join(tmp, 'photos');
+  fs.mkdirSync(path.join(dir, 'nested'), { recursive: true });
+  const img = (w: number, h: number) => new Jimp({ width: w, height: h, color: 0x406080ff });
+  fs.writeFileSync(path.join(dir, 'b.png'), await img(64, 48).getBuffer('image/png'));
+  fs.writeFileSync(path.join(dir, 'a.JPG'), await img(40, 30).getBuffer('image/jpeg'));
+  fs.writeFileSync(path.join(dir, 'notes.txt'), 'not an image');
+  fs.writeFileSync(path.join(dir, 'nested', 'c.png'), await img(20, 20).getBuffer('image/png'));
+  fs.writeFileSync(path.join(tmp, 'single.png'), await img(50, 40).getBuffer('image/png'));
+  fs.mkdirSync(path.join(tmp, 'empty'));
+});
+
+afterAll(() => {
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+beforeEach(() => {
+  model = new FakeModel();
+  loads = [];
+  jest.spyOn(Img2Pose, 'load').mockImplementation(async (options: LoadOptions) => {
+    loads.push(options);
+    return new Img2Pose(model, options, 'fake');
+  });
+});
+
+afterEach(() => {
+  jest.restoreAllMocks();
+});
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function run(args: string[], extra: Partial<CliIO> = {}): Promise<Run> {
+  let stdout = '';
+  let stderr = '';
+  const io: CliIO = { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t), ...extra };
+  const code = await main(['node', 'img2pose', ...args], io);
+  return { code, stdout, stderr };
+}
+
+const p = (...parts: string[]) => path.join(tmp, ...parts);
+const lines = (s: string) => s.split('\n').filter((l) => l.length > 0);
+
+/** Error output must be single lines starting with the program name: no stack frames. */
+function expectOneLineError(r: Run, pattern: RegExp): void {
+  expect(lines(r.stderr)).toHaveLength(1);
+  expect(r.stderr).toMatch(/^img2pose: /);
+  expect(r.stderr).toMatch(pattern);
+}
+
+describe('img2pose --help', () => {
+  it('lists the commands and the detect options', async () => {
+    const top = await run(['--help']);
+    expect(top.code).toBe(0);
+    for (const c of ['detect', 'convert', 'demo']) expect(top.stdout).toContain(c);
+    const detect = await run(['detect', '--help']);
+    expect(detect.code).toBe(0);
+    for (const o of ['--weights', '--batch-size', '--threshold', '--max-faces', '--min-size', '--max-size', '--backend', '--json', '--draw']) {
+      expect(detect.stdout).toContain(o);
+    }
+    expect(Img2Pose.load).not.toHaveBeenCalled();
+  });
+
+  it('hands `convert` its own arguments', async () => {
+    const help = await run(['convert', '--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain('--pose-mean');
+    const missing = await run(['convert', p('nope.pth'), '--out', p('converted')]);
+    expect(missing.code).toBe(1);
+    expect(lines(missing.stderr)).toHaveLength(1);
+    expect(missing.stderr).toContain('nope.pth');
+  });
+});
+
+describe('expandInputs', () => {
+  it('expands folders to their images sorted by name, keeps files and missing paths as given', async () => {
+    const got = await expandInputs([p('single.png'), p('photos'), p('missing.jpg')]);
+    expect(got).toEqual([p('single.png'), p('photos', 'a.JPG'), p('photos', 'b.png'), p('missing.jpg')]);
+  });
+});
+
+describe('img2pose detect', () => {
+  it('prints one JSON line per image in input order, an error line for a bad one, exit code 1', async () => {
+    const r = await run(['detect', p('photos'), p('missing.jpg'), p('single.png'), '--weights', 'w', '--min-size', '160', '--max-size', '288']);
+    expect(r.code).toBe(1);
+    const out = lines(r.stdout).map((l) => JSON.parse(l));
+    expect(out.map((o) => o.image)).toEqual([p('photos', 'a.JPG'), p('photos', 'b.png'), p('missing.jpg'), p('single.png')]);
+    expect(out[2].faces).toBeUndefined();
+    expect(out[2].error).toMatch(/missing\.jpg.*no such file/);
+    // Default threshold 0.5: only the 0.9 detection, with the library's keypoints.
+    const b = out[1].faces;
+    expect(b).toHaveLength(1);
+    expect(b[0].confidence).toBeCloseTo(0.9, 6);
+    expect(b[0].box).toEqual([2, 3, 32, 24]);
+    expect(b[0].pose).toEqual([0.1, 0, 0, 0, 0, 5]);
+    expect(Object.keys(b[0].keypoints)).toEqual(['left_eye', 'right_eye', 'nose', 'mouth_left', 'mouth_right']);
+    expect(out[0].faces[0].box).toEqual([2, 3, 20, 15]);
+    expect(loads).toHaveLength(1);
+    expect(loads[0]).toMatchObject({ weights: 'w', backend: 'auto', minSize: 160, maxSize: 288, scoreThreshold: 0.5, maxFaces: -1, batchSize: 8 });
+    // One forward for the decodable images of the chunk, at the sizes asked for.
+    expect(model.batches).toHaveLength(1);
+    expect(model.batches[0].sizes).toEqual([[30, 40], [48, 64], [40, 50]]);
+    expect(model.batches[0].config).toEqual({ minSize: 160, maxSize: 288 });
+    expect(model.disposed).toBe(true);
+  });
+
+  it('keeps every detection at threshold 0, best first, and cuts to --max-faces', async () => {
+    const all = await run(['detect', p('single.png'), '--weights', 'w', '--threshold', '0']);
+    expect(all.code).toBe(0);
+    const faces = JSON.parse(all.stdout).faces;
+    expect(faces.map((f: { confidence: number }) => Math.round(f.confidence * 100))).toEqual([90, 30, 6]);
+    const two = await run(['detect', p('single.png'), '--weights', 'w', '--threshold', '0', '--max-faces', '2']);
+    expect(JSON.parse(two.stdout).faces).toHaveLength(2);
+  });
+
+  it('batches by --batch-size', async () => {
+    const r = await run(['detect', p('photos'), p('single.png'), '--weights', 'w', '--batch-size', '2']);
+    expect(r.code).toBe(0);
+    expect(model.batches.map((b) => b.sizes.length)).toEqual([2, 1]);
+    expect(lines(r.stdout)).toHaveLength(3);
+  });
+
+  it('writes the results as one JSON array with --json', async () => {
+    const file = p('results.json');
+    const r = await run(['detect', p('single.png'), p('missing.jpg'), p('photos'), '--weights', 'w', '--json', file]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
+    const out = JSON.parse(fs.readFileSync(file, 'utf8'));
+    expect(out.map((o: { image: string }) => o.image)).toEqual([p('single.png'), p('missing.jpg'), p('photos', 'a.JPG'), p('photos', 'b.png')]);
+    expect(out[0].faces).toHaveLength(1);
+    expect(typeof out[1].error).toBe('string');
+    expect(r.stderr).toMatch(/wrote 4 results .*1 failed/);
+  });
+
+  it('draws each image to --draw as a PNG of its size', async () => {
+    const dir = p('drawn');
+    const r = await run(['detect', p('photos'), '--weights', 'w', '--draw', dir]);
+    expect(r.code).toBe(0);
+    expect(fs.readdirSync(dir).sort()).toEqual(['a.png', 'b.png']);
+    const b = decodeImage(fs.readFileSync(path.join(dir, 'b.png')));
+    expect([b.width, b.height]).toEqual([64, 48]);
+    // The 0.9 face's box (2, 3)-(32, 24): its left edge is green over the blue-grey background.
+    const px = (x: number, y: number) => Array.from(b.data.subarray((y * 64 + x) * 4, (y * 64 + x) * 4 + 3));
+    expect(px(2, 20)).toEqual([0, 255, 0]);
+    expect(px(50, 40)).toEqual([0x40, 0x60, 0x80]);
+  });
+
+  it('shows a progress bar on a terminal stderr for many images', async () => {
+    const many = p('many');
+    fs.mkdirSync(many);
+    for (let i = 0; i < 9; i++) fs.copyFileSync(p('single.png'), path.join(many, `img${i}.png`));
+    let drawn = '';
+    const tty = Object.assign(new PassThrough(), { isTTY: true, columns: 100 });
+    tty.on('data', (d: Buffer) => (drawn += d.toString()));
+    const r = await run(['detect', many, '--weights', 'w', '--json', p('many.json')], {
+      stderrStream: tty as unknown as NodeJS.WriteStream,
+    });
+    expect(r.code).toBe(0);
+    expect(drawn).toContain('9/9 images');
+    // Not on a pipe: nothing but the summary.
+    const piped = await run(['detect', many, '--weights', 'w', '--json', p('many.json')]);
+    expect(lines(piped.stderr)).toHaveLength(1);
+  });
+
+  it('rejects bad usage with exit code 2 and one line', async () => {
+    const cases: [string[], RegExp][] = [
+      [['detect', p('single.png')], /--weights/],
+      [['detect', p('single.png'), '--weights', 'w', '--threshold', '1.5'], /threshold.*0\.\.1/],
+      [['detect', p('single.png'), '--weights', 'w', '--batch-size', '0'], /batch-size.*positive integer/],
+      [['detect', p('single.png'), '--weights', 'w', '--max-faces', '0'], /max-faces/],
+      [['detect', p('single.png'), '--weights', 'w', '--backend', 'gpu'], /backend/],
+      [['detect', p('single.png'), '--weights', 'w', '--min-size', '500', '--max-size', '400'], /min-size/],
+      [['detect', p('empty'), '--weights', 'w'], /no \.jpg, \.jpeg or \.png images/],
+      [['detect', '--weights', 'w'], /inputs/],
+      [['frobnicate'], /unknown command/],
+    ];
+    for (const [args, pattern] of cases) {
+      const r = await run(args);
+      expect({ args, code: r.code }).toEqual({ args, code: 2 });
+      expectOneLineError(r, pattern);
+    }
+    expect(Img2Pose.load).not.toHaveBeenCalled();
+  });
+
+  it('reports a load failure in one line with exit code 1', async () => {
+    jest.spyOn(Img2Pose, 'load').mockRejectedValue(new WeightsError('Cannot load weights from "w": no model.json'));
+    const r = await run(['detect', p('single.png'), '--weights', 'w']);
+    expect(r.code).toBe(1);
+    expect(lines(r.stderr)).toEqual(['img2pose: Cannot load weights from "w": no model.json']);
+
+    jest.spyOn(Img2Pose, 'load').mockRejectedValue(new TypeError('boom\nsecond line'));
+    const unexpected = await run(['detect', p('single.png'), '--weights', 'w']);
+    expect(unexpected.code).toBe(1);
+    expect(lines(unexpected.stderr)).toEqual(['img2pose: boom second line']);
+  });
+});
+
+describe('img2pose demo', () => {
+  it('runs the bundled photo through the detector with the formula weights and writes demo.png + demo.json', async () => {
+    const out = p('demo');
+    const r = await run(['demo', '--out', out, '--min-size', '160', '--max-size', '288']);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/UNTRAINED/);
+    expect(r.stdout).toMatch(/meaningless/);
+    // The detector got the formula weights (ResNet-18, their pose statistics) and the sizes asked for.
+    const w = loads[0].weights;
+    expect(typeof w).not.toBe('string');
+    if (typeof w !== 'string') {
+      expect(w.depth).toBe(18);
+      expect(Array.from(w.poseMean)).toEqual([0, 0, 0, 0, 0, 3]);
+      for (const t of w.tensors.values()) t.dispose();
+    }
+    expect(model.batches[0].sizes).toEqual([[359, 640]]);
+    const json = JSON.parse(fs.readFileSync(path.join(out, 'demo.json'), 'utf8'));
+    expect(json.faces).toHaveLength(1);
+    expect(json.weights).toMatch(/untrained/);
+    const png = decodeImage(fs.readFileSync(path.join(out, 'demo.png')));
+    expect([png.width, png.height]).toEqual([640, 359]);
+  });
+});

@@ -1,0 +1,338 @@
+/**
+ * Checkpoint -> validated img2pose tensors in tfjs layout -> tfjs weights folder.
+ *
+ * Tensors are taken in the spec's (upstream) order, so the output depends only on the weights,
+ * never on the container format, key prefixes or the order keys were saved in. Each tensor is
+ * transposed to tfjs layout while it is copied from its storage straight into the current 4 MB
+ * shard buffer: besides the checkpoint itself, memory holds one shard.
+ */
+import { promises as fsp } from 'fs';
+import * as path from 'path';
+import { parseNpy, NpyError } from './npy';
+import { CheckpointError } from './errors';
+import { CheckpointFormat, LoadedCheckpoint, TorchStorage, TorchTensor, loadCheckpoint } from './checkpoint';
+import { FLOAT_DTYPES, TorchDtype, gatherStrided } from './tensor_data';
+import { KeySpec, compareToSpec, describeMismatch, detectDepth, img2poseSpec, isMismatchEmpty, isModelTensor } from './spec';
+import { tfjsAxisOrder } from './axis_order';
+import {
+  Img2PoseModelJson,
+  LAYOUT_DESCRIPTION,
+  MODEL_JSON,
+  PoseStatisticsSource,
+  SHARD_BYTES,
+  SHARD_PATTERN,
+  WEIGHTS_FORMAT,
+  WEIGHTS_FORMAT_VERSION,
+  packageVersion,
+  shardName,
+} from './weights_format';
+import { DEFAULT_POSE_MEAN, DEFAULT_POSE_STDDEV, ResNetDepth } from '../src/weights';
+
+/** A path to a .npy file holding 6 values (any shape), or the 6 values themselves. */
+export type PoseStatisticsInput = string | ArrayLike<number>;
+
+export interface PoseStatistics {
+  mean: Float64Array;
+  stddev: Float64Array;
+  source: PoseStatisticsSource;
+}
+
+export type Warn = (message: string) => void;
+
+export const defaultWarn: Warn = (message) => console.warn(`img2pose: warning: ${message}`);
+
+export const DEFAULT_POSE_WARNING =
+  "no pose statistics given: using upstream's defaults for custom models (mean 0,0,0,0,0,1; stddev all 1). " +
+  'The official release ships pose_mean.npy and pose_stddev.npy; pass them to get its poses.';
+
+async function readPoseVector(input: PoseStatisticsInput, what: string): Promise<{ values: Float64Array; from: string }> {
+  if (typeof input !== 'string') {
+    const values = Float64Array.from(Array.from(input, Number));
+    if (values.length !== 6) throw new CheckpointError(`<${what}>`, `holds ${values.length} values, expected 6`);
+    if (!values.every(Number.isFinite)) throw new CheckpointError(`<${what}>`, 'holds a non-finite value');
+    return { values, from: 'values' };
+  }
+  let bytes: Uint8Array;
+  try {
+    bytes = await fsp.readFile(input);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new CheckpointError(input, code === 'ENOENT' ? `no such file (${what})` : `cannot read ${what} (${code ?? String(e)})`);
+  }
+  let values: Float64Array;
+  let shape: number[];
+  try {
+    ({ data: values, shape } = parseNpy(bytes, path.basename(input)));
+  } catch (e) {
+    if (e instanceof NpyError) throw new CheckpointError(input, `${what}: ${e.message.replace(`${path.basename(input)}: `, '')}`);
+    throw e;
+  }
+  if (values.length !== 6) {
+    throw new CheckpointError(input, `${what} holds ${values.length} values (shape (${shape.join(', ')})), expected 6`);
+  }
+  if (!values.every(Number.isFinite)) throw new CheckpointError(input, `${what} holds a non-finite value`);
+  return { values, from: path.basename(input) };
+}
+
+/** Both statistics, or upstream's defaults when neither is given (see `DEFAULT_POSE_WARNING`). */
+export async function resolvePoseStatistics(
+  mean: PoseStatisticsInput | undefined,
+  stddev: PoseStatisticsInput | undefined,
+): Promise<PoseStatistics> {
+  if (mean === undefined && stddev === undefined) {
+    return { mean: DEFAULT_POSE_MEAN.slice(), stddev: DEFAULT_POSE_STDDEV.slice(), source: 'defaults' };
+  }
+  if (mean === undefined || stddev === undefined) {
+    const given = (mean ?? stddev) as PoseStatisticsInput;
+    throw new CheckpointError(
+      typeof given === 'string' ? given : '<pose statistics>',
+      `pose mean and pose stddev go together: give both or neither (only the ${mean === undefined ? 'stddev' : 'mean'} was given)`,
+    );
+  }
+  const m = await readPoseVector(mean, 'pose mean');
+  const s = await readPoseVector(stddev, 'pose stddev');
+  return { mean: m.values, stddev: s.values, source: { mean: m.from, stddev: s.from } };
+}
+
+/** One model tensor ready to copy: its storage, read through `strides` in tfjs axis order. */
+export interface LayoutEntry {
+  name: string;
+  /** tfjs-layout shape */
+  shape: number[];
+  storage: TorchStorage;
+  offset: number;
+  /** storage strides, permuted like `shape` */
+  strides: number[];
+  numel: number;
+}
+
+export interface PreparedCheckpoint {
+  checkpoint: LoadedCheckpoint;
+  depth: ResNetDepth;
+  /** The model's tensors in spec order. */
+  entries: LayoutEntry[];
+  /** State-dict entries present but not written (num_batches_tracked). */
+  skipped: string[];
+}
+
+function acceptDtype(expected: KeySpec['dtype'], found: string): boolean {
+  return expected === 'float32' ? FLOAT_DTYPES.has(found as TorchDtype) : !FLOAT_DTYPES.has(found as TorchDtype) && found !== 'bool';
+}
+
+/** Checks the state dict against img2pose's spec and lines its tensors up in tfjs layout. */
+export function prepareCheckpoint(checkpoint: LoadedCheckpoint): PreparedCheckpoint {
+  const { file, stateDict } = checkpoint;
+  const detected = detectDepth(stateDict.keys());
+  if ('problem' in detected) throw new CheckpointError(file, `cannot tell which img2pose model this is: ${detected.problem}`);
+  const spec = img2poseSpec(detected.depth);
+  // num_batches_tracked is a training counter the model never reads; old torch did not save it
+  const mismatch = compareToSpec(stateDict, spec, acceptDtype, (name) => !isModelTensor(name));
+  if (!isMismatchEmpty(mismatch)) {
+    throw new CheckpointError(file, describeMismatch(mismatch, `'fpn_model' (detected ResNet-${detected.depth})`));
+  }
+  const entries: LayoutEntry[] = [];
+  for (const k of spec) {
+    if (!isModelTensor(k.name)) continue;
+    const t = stateDict.get(k.name) as TorchTensor;
+    const perm = tfjsAxisOrder(t.shape.length);
+    entries.push({
+      name: k.name,
+      shape: perm.map((a) => t.shape[a]),
+      storage: t.storage,
+      offset: t.offset,
+      strides: perm.map((a) => t.strides[a]),
+      numel: t.numel,
+    });
+  }
+  const skipped = [...stateDict.keys()].filter((n) => !isModelTensor(n));
+  return { checkpoint, depth: detected.depth, entries, skipped };
+}
+
+/**
+ * Visits the entries in order with their float32 storage data, letting each storage's data go
+ * after its last entry: at most one storage is decoded at a time.
+ */
+export async function forEachEntry(
+  entries: readonly LayoutEntry[],
+  visit: (e: LayoutEntry, source: Float32Array) => void | Promise<void>,
+): Promise<void> {
+  const lastUse = new Map<TorchStorage, number>();
+  entries.forEach((e, i) => lastUse.set(e.storage, i));
+  for (const [i, e] of entries.entries()) {
+    await visit(e, e.storage.floatData());
+    if (lastUse.get(e.storage) === i) e.storage.release();
+  }
+}
+
+/** Row-major tfjs-layout values of one entry (a fresh array). */
+export function entryValues(e: LayoutEntry, source: Float32Array): Float32Array {
+  const out = new Float32Array(e.numel);
+  gatherStrided(source, e.offset, e.shape, e.strides, out, 0, 0, e.numel);
+  return out;
+}
+
+export interface ConvertOptions {
+  /** The .pth file (zip or legacy torch.save format). */
+  checkpoint: string;
+  poseMean?: PoseStatisticsInput;
+  poseStddev?: PoseStatisticsInput;
+  /** Output folder; created if needed. Our previous model.json and shards in it are replaced. */
+  out: string;
+  /** Receives warnings (default: console.warn). */
+  warn?: Warn;
+}
+
+export interface ConversionReport {
+  checkpoint: string;
+  format: CheckpointFormat;
+  sha256: string;
+  checkpointBytes: number;
+  depth: ResNetDepth;
+  out: string;
+  modelJson: string;
+  shards: string[];
+  tensors: number;
+  values: number;
+  bytes: number;
+  poseMean: number[];
+  poseStddev: number[];
+  poseStatistics: PoseStatisticsSource;
+  /** What the checkpoint holds that the model does not need. */
+  ignored: { stateDict: string[]; topLevel: string[] };
+  warnings: string[];
+  seconds: number;
+}
+
+async function prepareOutputFolder(out: string): Promise<void> {
+  try {
+    const st = await fsp.stat(out);
+    if (!st.isDirectory()) throw new CheckpointError(out, 'output path exists and is not a folder');
+  } catch (e) {
+    if (e instanceof CheckpointError) throw e;
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new CheckpointError(out, `cannot use as output folder (${(e as NodeJS.ErrnoException).code})`);
+  }
+  try {
+    await fsp.mkdir(out, { recursive: true });
+    // a previous conversion may have had a different shard count: leave no stale shards behind
+    for (const name of await fsp.readdir(out)) {
+      if (name === MODEL_JSON || SHARD_PATTERN.test(name)) await fsp.rm(path.join(out, name), { force: true });
+    }
+  } catch (e) {
+    throw new CheckpointError(out, `cannot write the output folder (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+  }
+}
+
+/** Streams the entries into 4 MB shards; returns shard names and sizes. */
+async function writeShards(out: string, entries: LayoutEntry[]): Promise<{ paths: string[]; sizes: number[] }> {
+  const totalValues = entries.reduce((a, e) => a + e.numel, 0);
+  const perShard = SHARD_BYTES / 4;
+  const count = Math.max(1, Math.ceil(totalValues / perShard));
+  const shard = new Float32Array(Math.min(perShard, Math.max(totalValues, 1)));
+  const paths: string[] = [];
+  const sizes: number[] = [];
+  let fill = 0;
+  const flush = async (): Promise<void> => {
+    const name = shardName(paths.length + 1, count);
+    const bytes = new Uint8Array(shard.buffer, 0, fill * 4);
+    try {
+      await fsp.writeFile(path.join(out, name), bytes);
+    } catch (e) {
+      throw new CheckpointError(out, `cannot write ${name} (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+    }
+    paths.push(name);
+    sizes.push(bytes.length);
+    fill = 0;
+  };
+  await forEachEntry(entries, async (e, source) => {
+    let done = 0;
+    while (done < e.numel) {
+      const n = Math.min(e.numel - done, shard.length - fill);
+      gatherStrided(source, e.offset, e.shape, e.strides, shard, fill, done, n);
+      fill += n;
+      done += n;
+      if (fill === shard.length) await flush();
+    }
+  });
+  if (fill > 0 || paths.length === 0) await flush();
+  return { paths, sizes };
+}
+
+export function buildModelJson(
+  prepared: PreparedCheckpoint,
+  pose: PoseStatistics,
+  shards: { paths: string[]; sizes: number[] },
+): Img2PoseModelJson {
+  const v = packageVersion();
+  const c = prepared.checkpoint;
+  return {
+    format: WEIGHTS_FORMAT,
+    generatedBy: `img2pose-tfjs ${v}`,
+    convertedBy: `img2pose-tfjs converter ${v}`,
+    img2pose: {
+      formatVersion: WEIGHTS_FORMAT_VERSION,
+      depth: prepared.depth,
+      layout: LAYOUT_DESCRIPTION,
+      poseMean: Array.from(pose.mean),
+      poseStddev: Array.from(pose.stddev),
+      poseStatistics: pose.source,
+      source: { file: path.basename(c.file), sha256: c.sha256, format: c.format, bytes: c.byteLength },
+      converterVersion: v,
+      shardBytes: shards.sizes,
+    },
+    weightsManifest: [
+      { paths: shards.paths, weights: prepared.entries.map((e) => ({ name: e.name, shape: e.shape, dtype: 'float32' })) },
+    ],
+  };
+}
+
+/** Indented JSON with arrays of numbers (shapes, statistics, sizes) kept on one line. */
+export function formatJson(value: unknown): string {
+  const text = JSON.stringify(value, null, 1).replace(/\[\s*([-+\d.eE,\s]*?)\s*\]/g, (_, body: string) =>
+    `[${body.split(/,\s*/).filter((s) => s.length > 0).join(', ')}]`,
+  );
+  return `${text}\n`;
+}
+
+/** Converts an img2pose checkpoint into a tfjs weights folder. Validates everything before writing. */
+export async function convertCheckpoint(options: ConvertOptions): Promise<ConversionReport> {
+  const started = Date.now();
+  const warnings: string[] = [];
+  const warn: Warn = (m) => {
+    warnings.push(m);
+    (options.warn ?? defaultWarn)(m);
+  };
+  // bad .npy files are cheap to find: before the checkpoint is read; the defaults warning after
+  const pose = await resolvePoseStatistics(options.poseMean, options.poseStddev);
+  const prepared = prepareCheckpoint(await loadCheckpoint(options.checkpoint));
+  if (pose.source === 'defaults') warn(DEFAULT_POSE_WARNING);
+  await prepareOutputFolder(options.out);
+  const shards = await writeShards(options.out, prepared.entries);
+  const modelJson = buildModelJson(prepared, pose, shards);
+  const modelJsonPath = path.join(options.out, MODEL_JSON);
+  try {
+    await fsp.writeFile(modelJsonPath, formatJson(modelJson));
+  } catch (e) {
+    throw new CheckpointError(options.out, `cannot write ${MODEL_JSON} (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+  }
+  const c = prepared.checkpoint;
+  const values = prepared.entries.reduce((a, e) => a + e.numel, 0);
+  return {
+    checkpoint: c.file,
+    format: c.format,
+    sha256: c.sha256,
+    checkpointBytes: c.byteLength,
+    depth: prepared.depth,
+    out: options.out,
+    modelJson: modelJsonPath,
+    shards: shards.paths,
+    tensors: prepared.entries.length,
+    values,
+    bytes: values * 4,
+    poseMean: Array.from(pose.mean),
+    poseStddev: Array.from(pose.stddev),
+    poseStatistics: pose.source,
+    ignored: { stateDict: prepared.skipped, topLevel: c.otherKeys },
+    warnings,
+    seconds: (Date.now() - started) / 1000,
+  };
+}

@@ -1,0 +1,40 @@
+/** Loading a .pth straight into tfjs tensors (no folder written). */
+import * as tf from '@tensorflow/tfjs';
+import { Img2PoseWeights } from '../src/weights';
+import { loadCheckpoint } from './checkpoint';
+import {
+  DEFAULT_POSE_WARNING,
+  PoseStatisticsInput,
+  Warn,
+  defaultWarn,
+  entryValues,
+  forEachEntry,
+  prepareCheckpoint,
+  resolvePoseStatistics,
+} from './convert';
+
+/**
+ * Reads and validates an img2pose checkpoint and returns its weights as tensors on the current
+ * backend (tfjs layout, upstream names). Without pose statistics, upstream's defaults for
+ * custom models are used and a warning is given. The caller owns (and disposes) the tensors.
+ */
+export async function checkpointToWeights(
+  checkpoint: string,
+  poseMean?: PoseStatisticsInput,
+  poseStddev?: PoseStatisticsInput,
+  warn: Warn = defaultWarn,
+): Promise<Img2PoseWeights> {
+  const pose = await resolvePoseStatistics(poseMean, poseStddev);
+  const prepared = prepareCheckpoint(await loadCheckpoint(checkpoint));
+  if (pose.source === 'defaults') warn(DEFAULT_POSE_WARNING);
+  const tensors = new Map<string, tf.Tensor>();
+  try {
+    await forEachEntry(prepared.entries, (e, source) => {
+      tensors.set(e.name, tf.tensor(entryValues(e, source), e.shape, 'float32'));
+    });
+  } catch (err) {
+    tf.dispose([...tensors.values()]);
+    throw err;
+  }
+  return { depth: prepared.depth, tensors, poseMean: pose.mean, poseStddev: pose.stddev };
+}

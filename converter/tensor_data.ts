@@ -1,0 +1,193 @@
+/**
+ * Element-level helpers for checkpoint tensors: dtypes, typed views over little-endian storage
+ * bytes, float16/bfloat16 decoding and the strided gather that turns a torch view (storage,
+ * offset, shape, strides) into row-major data — optionally with its axes permuted, which is how
+ * the converter writes tfjs layout straight into a shard without an intermediate copy.
+ */
+
+export type TorchDtype =
+  | 'float32'
+  | 'float64'
+  | 'float16'
+  | 'bfloat16'
+  | 'int64'
+  | 'int32'
+  | 'int16'
+  | 'int8'
+  | 'uint8'
+  | 'bool';
+
+export const DTYPE_BYTES: Record<TorchDtype, number> = {
+  float32: 4,
+  float64: 8,
+  float16: 2,
+  bfloat16: 2,
+  int64: 8,
+  int32: 4,
+  int16: 2,
+  int8: 1,
+  uint8: 1,
+  bool: 1,
+};
+
+export const FLOAT_DTYPES: ReadonlySet<TorchDtype> = new Set<TorchDtype>(['float32', 'float64', 'float16', 'bfloat16']);
+
+/**
+ * Values in their checkpoint dtype: float16/bfloat16 as their raw 16-bit patterns (Uint16Array),
+ * int64 as BigInt64Array, bool as 0/1 bytes (Uint8Array).
+ */
+export type TensorValues =
+  | Float32Array
+  | Float64Array
+  | Uint16Array
+  | BigInt64Array
+  | Int32Array
+  | Int16Array
+  | Int8Array
+  | Uint8Array;
+
+type ArrayMaker = (buffer: ArrayBufferLike, byteOffset: number, length: number) => TensorValues;
+
+const MAKERS: Record<TorchDtype, ArrayMaker> = {
+  float32: (b, o, n) => new Float32Array(b, o, n),
+  float64: (b, o, n) => new Float64Array(b, o, n),
+  float16: (b, o, n) => new Uint16Array(b, o, n),
+  bfloat16: (b, o, n) => new Uint16Array(b, o, n),
+  int64: (b, o, n) => new BigInt64Array(b, o, n),
+  int32: (b, o, n) => new Int32Array(b, o, n),
+  int16: (b, o, n) => new Int16Array(b, o, n),
+  int8: (b, o, n) => new Int8Array(b, o, n),
+  uint8: (b, o, n) => new Uint8Array(b, o, n),
+  bool: (b, o, n) => new Uint8Array(b, o, n),
+};
+
+/** A typed view of little-endian bytes; copies only when the bytes are not element-aligned. */
+export function typedView(bytes: Uint8Array, dtype: TorchDtype): TensorValues {
+  const size = DTYPE_BYTES[dtype];
+  // (a Node Buffer's slice() is a view, so copy through the Uint8Array constructor)
+  const aligned = bytes.byteOffset % size === 0 ? bytes : new Uint8Array(bytes);
+  return MAKERS[dtype](aligned.buffer, aligned.byteOffset, Math.floor(aligned.byteLength / size));
+}
+
+export function allocValues(dtype: TorchDtype, length: number): TensorValues {
+  return MAKERS[dtype](new ArrayBuffer(length * DTYPE_BYTES[dtype]), 0, length);
+}
+
+let halfTable: Float32Array | undefined;
+
+/** float16 bit pattern -> float32 value, for all 65536 patterns (exact: float16 ⊂ float32). */
+function halfToFloatTable(): Float32Array {
+  if (halfTable) return halfTable;
+  const t = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const sign = h & 0x8000 ? -1 : 1;
+    const exp = (h >> 10) & 0x1f;
+    const frac = h & 0x3ff;
+    if (exp === 0) t[h] = sign * frac * 2 ** -24;
+    else if (exp === 31) t[h] = frac ? NaN : sign * Infinity;
+    else t[h] = sign * (1 + frac / 1024) * 2 ** (exp - 15);
+  }
+  halfTable = t;
+  return t;
+}
+
+/** Widens (float16/bfloat16/float64 narrows) every element of a float storage to float32. */
+export function floatValuesToFloat32(values: TensorValues, dtype: TorchDtype): Float32Array {
+  switch (dtype) {
+    case 'float32':
+      return values as Float32Array;
+    case 'float64':
+      return Float32Array.from(values as Float64Array);
+    case 'float16': {
+      const table = halfToFloatTable();
+      const src = values as Uint16Array;
+      const out = new Float32Array(src.length);
+      for (let i = 0; i < src.length; i++) out[i] = table[src[i]];
+      return out;
+    }
+    case 'bfloat16': {
+      // bfloat16 is the top half of a float32
+      const src = values as Uint16Array;
+      const bits = new Uint32Array(src.length);
+      for (let i = 0; i < src.length; i++) bits[i] = src[i] << 16;
+      return new Float32Array(bits.buffer);
+    }
+    default:
+      throw new Error(`floatValuesToFloat32: ${dtype} is not a float dtype`);
+  }
+}
+
+/** Plain numbers for display and tests (int64 through Number, float16 decoded). */
+export function valuesAsNumbers(values: TensorValues, dtype: TorchDtype): number[] {
+  if (dtype === 'float16' || dtype === 'bfloat16') return Array.from(floatValuesToFloat32(values, dtype));
+  return Array.from(values as ArrayLike<number | bigint>, (v) => Number(v));
+}
+
+interface ElementArray<E> {
+  [index: number]: E;
+  readonly length: number;
+}
+
+/**
+ * Copies elements `from .. from+count-1` (row-major over `shape`) of the strided view
+ * `src[base + sum(idx[d] * strides[d])]` into `dst[dstPos ..]`.
+ * With `shape`/`strides` permuted, this transposes while copying.
+ */
+export function gatherStrided<E>(
+  src: ElementArray<E>,
+  base: number,
+  shape: readonly number[],
+  strides: readonly number[],
+  dst: ElementArray<E>,
+  dstPos: number,
+  from: number,
+  count: number,
+): void {
+  if (count <= 0) return;
+  const rank = shape.length;
+  if (rank === 0) {
+    dst[dstPos] = src[base];
+    return;
+  }
+  const last = rank - 1;
+  const n = shape[last];
+  const s = strides[last];
+  // odometer position of element `from`
+  const idx = new Array<number>(rank);
+  let rem = from;
+  let p = base;
+  for (let d = last; d >= 0; d--) {
+    idx[d] = rem % shape[d];
+    rem = Math.floor(rem / shape[d]);
+    p += idx[d] * strides[d];
+  }
+  let out = dstPos;
+  let left = count;
+  while (left > 0) {
+    const run = Math.min(n - idx[last], left);
+    if (s === 1) {
+      for (let k = 0; k < run; k++) dst[out + k] = src[p + k];
+    } else {
+      for (let k = 0, q = p; k < run; k++, q += s) dst[out + k] = src[q];
+    }
+    out += run;
+    left -= run;
+    p += run * s;
+    idx[last] += run;
+    if (idx[last] === n && left > 0) {
+      idx[last] = 0;
+      p -= n * s;
+      for (let d = last - 1; d >= 0; d--) {
+        idx[d]++;
+        p += strides[d];
+        if (idx[d] < shape[d]) break;
+        p -= shape[d] * strides[d];
+        idx[d] = 0;
+      }
+    }
+  }
+}
+
+export function numelOf(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}

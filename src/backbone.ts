@@ -1,0 +1,291 @@
+/**
+ * The ResNet-FPN backbone (torchvision `resnet_fpn_backbone` as upstream builds it: ResNet with
+ * FrozenBatchNorm2d, layer1..4 returned, a 256-channel FeaturePyramidNetwork and a
+ * LastLevelMaxPool 'pool' level), NHWC on tfjs.
+ *
+ * Batch == single. Images of different padded sizes share one zero-padded batch tensor. Any
+ * op whose window reaches past an image's own padded region would then read its neighbour's
+ * padding positions, which hold non-zero values after the first conv's bias, where the
+ * image's own single run reads zero padding. So before every such op (per `readsBeyondRegion`:
+ * the stride-1 3x3 convs; not the stride-2 3x3 convs, the 3x3/2 max-pool or the 1x1 convs,
+ * whose windows end inside an even region; not conv1, whose input is zero outside) the input
+ * is multiplied by a 0/1 mask of each image's region at that stride, and the four FPN outputs
+ * are masked because the RPN's 3x3 conv reads them ('pool' samples even positions of the
+ * masked level '3', so it is zero outside its region ceil(r / 2) without a mask). After ReLU
+ * the max-pool sees values >= 0, so a zero equals PyTorch's -inf padding. When every image has
+ * the batch's padded size nothing is masked.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { Img2PoseWeights } from './weights';
+import { Conv, convOutputSize, disposeConv, foldFrozenBatchNorm, makeConv, readsBeyondRegion } from './layers';
+import { conv as convOp } from './webgpu';
+
+export type Size = [number, number];
+
+/** Names of the returned levels, strides 4, 8, 16, 32, 64 (upstream's feature dict keys). */
+export const FEATURE_NAMES = ['0', '1', '2', '3', 'pool'] as const;
+export const FPN_CHANNELS = 256;
+
+/** A residual block: BasicBlock (conv1 3x3 + conv2 3x3) or Bottleneck (1x1, 3x3, 1x1). */
+interface ResidualBlock {
+  convs: Conv[];
+  downsample?: Conv;
+}
+
+/** A batch feature map with what batch == single needs to know about it. */
+interface Feature {
+  x: tf.Tensor4D;
+  /** Each image's valid region in this map; null when the batch is uniform (no masking). */
+  regions: Size[] | null;
+  /** Whether the map is known to be zero outside every image's region. */
+  zeroOutside: boolean;
+}
+
+/** 0/1 region masks, built once per forward per map size and reused by every op at that size. */
+class RegionMasks {
+  private readonly cache = new Map<string, tf.Tensor4D>();
+  /** Mask multiplications done, for tests and profiling. */
+  applied = 0;
+
+  apply(x: tf.Tensor4D, regions: Size[]): tf.Tensor4D {
+    this.applied++;
+    return tf.mul(x, this.mask(x.shape[1], x.shape[2], regions));
+  }
+
+  private mask(h: number, w: number, regions: Size[]): tf.Tensor4D {
+    const key = `${h}x${w}:${regions.join(';')}`;
+    let m = this.cache.get(key);
+    if (!m) {
+      const data = new Float32Array(regions.length * h * w);
+      regions.forEach(([rh, rw], n) => {
+        for (let y = 0; y < Math.min(rh, h); y++) data.fill(1, (n * h + y) * w, (n * h + y) * w + Math.min(rw, w));
+      });
+      // Kept out of the callers' tidy scopes: the mask lives until the end of the forward.
+      m = tf.keep(tf.tensor4d(data, [regions.length, h, w, 1]));
+      this.cache.set(key, m);
+    }
+    return m;
+  }
+
+  dispose(): void {
+    for (const m of this.cache.values()) m.dispose();
+    this.cache.clear();
+  }
+}
+
+function regionsAfter(regions: Size[] | null, kernel: number, stride: number, pad: number): Size[] | null {
+  return regions && regions.map(([h, w]) => [convOutputSize(h, kernel, stride, pad), convOutputSize(w, kernel, stride, pad)] as Size);
+}
+
+/** Mask `f` if an op with this geometry would read non-zero values outside some image's region. */
+function maskedInput(f: Feature, kernel: number, stride: number, pad: number, masks: RegionMasks): tf.Tensor4D {
+  if (!f.regions || f.zeroOutside) return f.x;
+  const [, H, W] = f.x.shape;
+  const leaks = f.regions.some(
+    ([h, w]) => (h < H && readsBeyondRegion(h, kernel, stride, pad)) || (w < W && readsBeyondRegion(w, kernel, stride, pad)),
+  );
+  return leaks ? masks.apply(f.x, f.regions) : f.x;
+}
+
+/**
+ * conv + bias (+ residual, nearest-upsampled when `upsample`) (+ ReLU, after the residual), through
+ * the kernel switch of ./webgpu: stock tfjs ops by default, one fused WebGPU program when enabled.
+ */
+function convFeature(f: Feature, conv: Conv, relu: boolean, masks: RegionMasks, residual?: tf.Tensor4D, upsample = false): Feature {
+  const input = maskedInput(f, conv.kernel, conv.stride, conv.pad, masks);
+  return {
+    x: convOp(input, conv.filter, conv.bias, { stride: conv.stride, pad: conv.pad, relu, residual, upsampleResidual: upsample }),
+    regions: regionsAfter(f.regions, conv.kernel, conv.stride, conv.pad),
+    zeroOutside: false, // the bias
+  };
+}
+
+/** Max-pool with PyTorch's symmetric padding (values are post-ReLU, so padding cannot win). */
+function maxPoolFeature(f: Feature, kernel: number, stride: number, pad: number, masks: RegionMasks): Feature {
+  const input = maskedInput(f, kernel, stride, pad, masks);
+  const regions = regionsAfter(f.regions, kernel, stride, pad);
+  // Without a bias, an output outside the region stays zero if its window starts outside it.
+  const zeroOutside =
+    f.zeroOutside && (regions ?? []).every(([h, w], i) => h * stride - pad >= f.regions![i][0] && w * stride - pad >= f.regions![i][1]);
+  return { x: tf.maxPool(input, kernel, stride, pad), regions, zeroOutside };
+}
+
+/** Run `fn` in a tidy scope, keeping only the returned feature's tensor. */
+function tidyFeature(fn: () => Feature): Feature {
+  let meta: Omit<Feature, 'x'> = { regions: null, zeroOutside: false };
+  const x = tf.tidy(() => {
+    const f = fn();
+    meta = { regions: f.regions, zeroOutside: f.zeroOutside };
+    return f.x;
+  });
+  return { ...meta, x };
+}
+
+function take(weights: Img2PoseWeights, name: string): tf.Tensor {
+  const t = weights.tensors.get(name);
+  if (!t) throw new Error(`Backbone: weight ${name} is missing`);
+  return t;
+}
+
+export class Backbone {
+  private readonly stem: Conv;
+  private readonly layers: ResidualBlock[][] = [];
+  private readonly inner: Conv[] = [];
+  private readonly outer: Conv[] = [];
+  /** Mask multiplications in the last forward (0 for a uniform batch). */
+  lastMaskCount = 0;
+
+  /**
+   * Folds every FrozenBatchNorm into its conv (new tensors owned by the Backbone) and clones
+   * the FPN weights; `weights` stays owned by the caller, and its `backbone.*` tensors are not
+   * needed afterwards.
+   */
+  constructor(weights: Img2PoseWeights) {
+    const body = 'backbone.body.';
+    this.stem = this.foldedConv(weights, `${body}conv1`, `${body}bn1`, 2);
+    for (let l = 1; l <= 4; l++) {
+      const blocks: ResidualBlock[] = [];
+      for (let b = 0; weights.tensors.has(`${body}layer${l}.${b}.conv1.weight`); b++) {
+        const p = `${body}layer${l}.${b}.`;
+        const stride = l > 1 && b === 0 ? 2 : 1;
+        const bottleneck = weights.tensors.has(`${p}conv3.weight`);
+        const convs: Conv[] = [];
+        const count = bottleneck ? 3 : 2;
+        for (let k = 1; k <= count; k++) {
+          // torchvision ResNet v1.5: the stride sits on the 3x3 conv (conv1 of a BasicBlock, conv2 of a Bottleneck).
+          const s = k === (bottleneck ? 2 : 1) ? stride : 1;
+          convs.push(this.foldedConv(weights, `${p}conv${k}`, `${p}bn${k}`, s));
+        }
+        const downsample = weights.tensors.has(`${p}downsample.0.weight`)
+          ? this.foldedConv(weights, `${p}downsample.0`, `${p}downsample.1`, stride)
+          : undefined;
+        blocks.push({ convs, downsample });
+      }
+      if (blocks.length === 0) throw new Error(`Backbone: no blocks found for layer${l}`);
+      this.layers.push(blocks);
+    }
+    for (let i = 0; i < 4; i++) {
+      for (const [kind, list] of [['inner_blocks', this.inner], ['layer_blocks', this.outer]] as const) {
+        const p = `backbone.fpn.${kind}.${i}.0.`;
+        const filter = tf.clone(take(weights, `${p}weight`)) as tf.Tensor4D;
+        const bias = tf.clone(take(weights, `${p}bias`)) as tf.Tensor1D;
+        list.push(makeConv(filter, bias, 1));
+      }
+    }
+  }
+
+  private foldedConv(weights: Img2PoseWeights, conv: string, bn: string, stride: number): Conv {
+    const w = take(weights, `${conv}.weight`);
+    if (w.rank !== 4) throw new Error(`Backbone: ${conv}.weight must be 4-D (kh, kw, in, out), got [${w.shape}]`);
+    const folded = foldFrozenBatchNorm(w.dataSync(), {
+      weight: take(weights, `${bn}.weight`).dataSync(),
+      bias: take(weights, `${bn}.bias`).dataSync(),
+      runningMean: take(weights, `${bn}.running_mean`).dataSync(),
+      runningVar: take(weights, `${bn}.running_var`).dataSync(),
+    });
+    return makeConv(tf.tensor4d(folded.filter, w.shape as [number, number, number, number]), tf.tensor1d(folded.bias), stride);
+  }
+
+  /**
+   * images: NHWC float32 batch (prepareBatch's), H and W multiples of 32 wherever images differ;
+   * paddedSizes: each image's own padded size. Returns the 5 levels '0','1','2','3','pool'
+   * (NHWC, 256 channels), each zero outside an image's region when the batch is mixed. The
+   * caller owns (disposes) them.
+   */
+  forward(images: tf.Tensor4D, paddedSizes: Size[]): tf.Tensor4D[] {
+    const regions = this.checkRegions(images, paddedSizes);
+    const masks = new RegionMasks();
+    try {
+      const c = this.runBody({ x: images, regions, zeroOutside: true }, masks);
+      try {
+        return this.runFpn(c, masks);
+      } finally {
+        for (const f of c) f.x.dispose();
+      }
+    } finally {
+      this.lastMaskCount = masks.applied;
+      masks.dispose();
+    }
+  }
+
+  private checkRegions(images: tf.Tensor4D, paddedSizes: Size[]): Size[] | null {
+    const [n, H, W] = images.shape;
+    if (paddedSizes.length !== n) throw new Error(`Backbone.forward: ${paddedSizes.length} padded sizes for a batch of ${n}`);
+    if (paddedSizes.every(([h, w]) => h === H && w === W)) return null;
+    for (const [h, w] of paddedSizes) {
+      if (h > H || w > W) throw new Error(`Backbone.forward: padded size ${h}x${w} exceeds the batch's ${H}x${W}`);
+      // Masking relies on every stride-2 op and the 2x top-down upsampling mapping an image's
+      // region exactly onto its region at the next level, which multiples of 32 guarantee.
+      if (h % 32 !== 0 || w % 32 !== 0 || H % 32 !== 0 || W % 32 !== 0) {
+        throw new Error(`Backbone.forward: a mixed batch needs sizes that are multiples of 32, got ${h}x${w} in ${H}x${W}`);
+      }
+    }
+    return paddedSizes.map(([h, w]) => [h, w] as Size);
+  }
+
+  /** ResNet body: stem, then layer1..4; returns their outputs (strides 4, 8, 16, 32). */
+  private runBody(input: Feature, masks: RegionMasks): Feature[] {
+    const stem = tidyFeature(() => {
+      const c1 = convFeature(input, this.stem, true, masks);
+      return maxPoolFeature(c1, 3, 2, 1, masks);
+    });
+    const outputs: Feature[] = [];
+    let f = stem;
+    for (const blocks of this.layers) {
+      for (const block of blocks) {
+        const next = tidyFeature(() => this.runBlock(block, f, masks));
+        if (!outputs.includes(f)) f.x.dispose();
+        f = next;
+      }
+      outputs.push(f);
+    }
+    return outputs;
+  }
+
+  private runBlock(block: ResidualBlock, input: Feature, masks: RegionMasks): Feature {
+    const identity = block.downsample ? convFeature(input, block.downsample, false, masks).x : input.x;
+    let y = input;
+    block.convs.forEach((conv, k) => {
+      // The residual add and the ReLU after it are the last conv's epilogue.
+      y = convFeature(y, conv, true, masks, k === block.convs.length - 1 ? identity : undefined);
+    });
+    return { x: y.x, regions: y.regions, zeroOutside: false };
+  }
+
+  /** FPN: lateral 1x1 convs, top-down nearest upsampling + add, 3x3 output convs, 'pool'. */
+  private runFpn(c: Feature[], masks: RegionMasks): tf.Tensor4D[] {
+    return tf.tidy(() => {
+      const results: Feature[] = new Array(4);
+      let last = convFeature(c[3], this.inner[3], false, masks);
+      results[3] = convFeature(last, this.outer[3], false, masks);
+      for (let i = 2; i >= 0; i--) {
+        // Top-down pathway: lateral 1x1 conv + nearest-upsampled coarser level (torch
+        // interpolate 'nearest': source index floor(d * in / out)), fused into the conv.
+        last = convFeature(c[i], this.inner[i], false, masks, last.x, true);
+        results[i] = convFeature(last, this.outer[i], false, masks);
+      }
+      // The RPN head's 3x3 conv reads these maps: zero them outside each image's region.
+      const levels: Feature[] = results.map((r) =>
+        r.regions ? { x: masks.apply(r.x, r.regions), regions: r.regions, zeroOutside: true } : r,
+      );
+      // LastLevelMaxPool: max_pool2d(kernel 1, stride 2) is a plain subsampling.
+      levels.push(maxPoolFeature(levels[3], 1, 2, 0, masks));
+      return levels.map((l) => l.x);
+    });
+  }
+
+  dispose(): void {
+    disposeConv(this.stem);
+    for (const blocks of this.layers) {
+      for (const b of blocks) {
+        b.convs.forEach(disposeConv);
+        if (b.downsample) disposeConv(b.downsample);
+      }
+    }
+    this.inner.forEach(disposeConv);
+    this.outer.forEach(disposeConv);
+    this.layers.length = 0;
+    this.inner.length = 0;
+    this.outer.length = 0;
+  }
+}

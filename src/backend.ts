@@ -1,0 +1,237 @@
+/**
+ * Compute backend selection. TensorFlow's native binding (tfjs-node / tfjs-node-gpu) and WebGPU
+ * (Dawn via the `webgpu` package) are optional peers: they are required only when resolvable,
+ * so the library runs with its own dependencies alone (wasm, then pure-JS cpu).
+ */
+import * as tf from '@tensorflow/tfjs';
+import { BackendError, OptionError } from './errors';
+
+export type BackendChoice = 'auto' | 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
+
+export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'];
+
+/** The order `auto` tries, fastest first. */
+export const AUTO_ORDER: readonly Exclude<BackendChoice, 'auto'>[] = ['tensorflow', 'webgpu', 'wasm', 'cpu'];
+
+/**
+ * How optional packages are found and loaded. The default is Node's `require`; tests substitute
+ * one to simulate packages being installed or missing.
+ */
+export interface ModuleLoader {
+  /** Whether `name` can be required from here, without loading it. */
+  resolvable(name: string): boolean;
+  load(name: string): unknown;
+}
+
+export const nodeModuleLoader: ModuleLoader = {
+  resolvable(name: string): boolean {
+    try {
+      require.resolve(name);
+      return true;
+    } catch {
+      return false;
+    }
+  },
+  load(name: string): unknown {
+    return require(name) as unknown;
+  },
+};
+
+const INSTALL: Record<Exclude<BackendChoice, 'auto'>, string> = {
+  tensorflow: 'npm install @tensorflow/tfjs-node@4.22.0 (CPU) or @tensorflow/tfjs-node-gpu@4.22.0 (CUDA GPU)',
+  webgpu:
+    'npm install webgpu @tensorflow/tfjs-backend-webgpu@4.22.0, on a machine with a GPU driver ' +
+    '(Linux: also the Vulkan loader, libvulkan1)',
+  wasm: 'npm install @tensorflow/tfjs-backend-wasm@4.22.0',
+  cpu: 'npm install @tensorflow/tfjs@4.22.0',
+};
+
+type Attempt = { ok: true } | { ok: false; reason: string; cause?: unknown };
+
+/**
+ * Make `choice` the active tfjs backend and return the name tfjs knows it by
+ * ('tensorflow', 'webgpu', 'wasm' or 'cpu'). `auto` takes the first that works of
+ * tfjs-node-gpu, tfjs-node, WebGPU, wasm, cpu. An explicit choice that cannot start throws a
+ * `BackendError` that says what to install.
+ */
+export async function selectBackend(
+  choice: BackendChoice = 'auto',
+  loader: ModuleLoader = nodeModuleLoader,
+): Promise<string> {
+  if (!BACKEND_CHOICES.includes(choice)) {
+    throw new OptionError('backend', `one of ${BACKEND_CHOICES.join(', ')}`, choice);
+  }
+  const candidates = choice === 'auto' ? AUTO_ORDER : [choice];
+  const failures: string[] = [];
+  for (const name of candidates) {
+    const attempt = await trySetUp(name, loader);
+    if (attempt.ok) return tf.getBackend();
+    if (choice !== 'auto') {
+      throw new BackendError(
+        name,
+        `Backend "${name}" is not available: ${attempt.reason}. To use it: ${INSTALL[name]}`,
+        { cause: attempt.cause },
+      );
+    }
+    failures.push(`${name}: ${attempt.reason}`);
+  }
+  throw new BackendError('auto', `No compute backend could start (${failures.join('; ')})`);
+}
+
+async function trySetUp(name: Exclude<BackendChoice, 'auto'>, loader: ModuleLoader): Promise<Attempt> {
+  switch (name) {
+    case 'tensorflow':
+      return setUpTensorflow(loader);
+    case 'webgpu':
+      return setUpWebGpu(loader);
+    case 'wasm':
+      return setUpBundled('wasm', '@tensorflow/tfjs-backend-wasm', loader);
+    case 'cpu':
+      return activate('cpu');
+  }
+}
+
+/** tf.setBackend resolves false (after logging) when the backend's initialisation fails. */
+async function activate(name: string): Promise<Attempt> {
+  if (tf.findBackendFactory(name) === null) {
+    return { ok: false, reason: `no "${name}" backend is registered with @tensorflow/tfjs` };
+  }
+  try {
+    if (await tf.setBackend(name)) {
+      await tf.ready();
+      return { ok: true };
+    }
+    return { ok: false, reason: `the "${name}" backend failed to initialise` };
+  } catch (e) {
+    return { ok: false, reason: `the "${name}" backend failed to initialise`, cause: e };
+  }
+}
+
+async function setUpTensorflow(loader: ModuleLoader): Promise<Attempt> {
+  const reasons: string[] = [];
+  let lastCause: unknown;
+  // The GPU build first: it needs CUDA libraries and fails to load without them, then the CPU build.
+  for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+    if (!loader.resolvable(pkg)) continue;
+    try {
+      loader.load(pkg); // registers the 'tensorflow' backend as a side effect
+    } catch (e) {
+      reasons.push(`${pkg} is installed but failed to load (native binding missing or incompatible)`);
+      lastCause = e;
+      continue;
+    }
+    const attempt = await activate('tensorflow');
+    if (attempt.ok) return attempt;
+    reasons.push(`${pkg}: ${attempt.reason}`);
+    lastCause = attempt.cause;
+  }
+  if (reasons.length === 0) return { ok: false, reason: 'neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed' };
+  return { ok: false, reason: reasons.join('; '), cause: lastCause };
+}
+
+interface GpuLike {
+  requestAdapter(options?: unknown): Promise<unknown>;
+}
+
+interface DawnModule {
+  create(flags: string[]): GpuLike;
+  globals: Record<string, unknown>;
+}
+
+function isDawnModule(m: unknown): m is DawnModule {
+  const d = m as Partial<DawnModule> | null;
+  return d !== null && typeof d === 'object' && typeof d.create === 'function' && typeof d.globals === 'object';
+}
+
+function currentGpu(): GpuLike | undefined {
+  const nav = (globalThis as { navigator?: { gpu?: GpuLike } }).navigator;
+  return nav?.gpu;
+}
+
+async function setUpWebGpu(loader: ModuleLoader): Promise<Attempt> {
+  // Where the platform already has WebGPU (a browser, Deno) there is nothing to install.
+  let gpu = currentGpu();
+  let undo: (() => void) | undefined;
+  if (gpu === undefined) {
+    if (!loader.resolvable('webgpu')) return { ok: false, reason: 'the "webgpu" package (Dawn for Node) is not installed' };
+    let dawn: unknown;
+    try {
+      dawn = loader.load('webgpu');
+    } catch (e) {
+      // The package is an ES module: Node only require()s those from 20.19 / 22.12 on.
+      const esm = (e as { code?: unknown }).code === 'ERR_REQUIRE_ESM';
+      const reason = esm
+        ? 'the "webgpu" package is an ES module, which this Node version cannot require (use Node >= 20.19)'
+        : 'the "webgpu" package is installed but failed to load';
+      return { ok: false, reason, cause: e };
+    }
+    if (!isDawnModule(dawn)) return { ok: false, reason: 'the "webgpu" package does not export create() and globals' };
+    try {
+      gpu = dawn.create([]);
+      undo = installNavigatorGpu(gpu, dawn.globals);
+    } catch (e) {
+      return { ok: false, reason: 'Dawn could not create a WebGPU instance', cause: e };
+    }
+  }
+  const giveUp = (reason: string, cause?: unknown): Attempt => {
+    undo?.();
+    return { ok: false, reason, cause };
+  };
+
+  let adapter: unknown;
+  try {
+    adapter = await gpu.requestAdapter();
+  } catch (e) {
+    return giveUp('requesting a WebGPU adapter failed', e);
+  }
+  if (adapter === null || adapter === undefined) {
+    return giveUp('no WebGPU adapter was found (no GPU, no driver, or on Linux no Vulkan loader libvulkan.so.1)');
+  }
+
+  if (!loader.resolvable('@tensorflow/tfjs-backend-webgpu')) {
+    return giveUp('@tensorflow/tfjs-backend-webgpu is not installed');
+  }
+  try {
+    // It registers 'webgpu' at import time, and only when navigator.gpu exists then.
+    loader.load('@tensorflow/tfjs-backend-webgpu');
+  } catch (e) {
+    return giveUp('@tensorflow/tfjs-backend-webgpu failed to load', e);
+  }
+  if (tf.findBackendFactory('webgpu') === null) {
+    return giveUp('@tensorflow/tfjs-backend-webgpu was loaded before WebGPU was set up, so it did not register');
+  }
+  const attempt = await activate('webgpu');
+  return attempt.ok ? attempt : giveUp(attempt.reason, attempt.cause);
+}
+
+/** Expose Dawn as `navigator.gpu` (+ the WebGPU constants); returns how to take it back. */
+function installNavigatorGpu(gpu: GpuLike, globals: Record<string, unknown>): () => void {
+  const g = globalThis as Record<string, unknown>;
+  const added = Object.keys(globals).filter((k) => !(k in g));
+  for (const k of added) g[k] = globals[k];
+  const nav = g.navigator as Record<string, unknown> | undefined;
+  if (nav === undefined) {
+    Object.defineProperty(g, 'navigator', { value: { gpu }, configurable: true, writable: true });
+    return () => {
+      delete g.navigator;
+      for (const k of added) delete g[k];
+    };
+  }
+  Object.defineProperty(nav, 'gpu', { value: gpu, configurable: true, writable: true });
+  return () => {
+    delete nav.gpu;
+    for (const k of added) delete g[k];
+  };
+}
+
+async function setUpBundled(name: string, pkg: string, loader: ModuleLoader): Promise<Attempt> {
+  if (tf.findBackendFactory(name) === null) {
+    if (!loader.resolvable(pkg)) return { ok: false, reason: `${pkg} is not installed` };
+    try {
+      loader.load(pkg);
+    } catch (e) {
+      return { ok: false, reason: `${pkg} failed to load`, cause: e };
+    }
+  }
+  return activate(name);
+}

@@ -1,0 +1,366 @@
+/**
+ * The `img2pose` command line: `detect` (files and folders -> JSON faces, optional drawings),
+ * `convert` (a .pth checkpoint -> a tfjs weights folder, see converter/cli.ts) and `demo` (the
+ * whole pipeline on a bundled photo with the untrained formula weights).
+ *
+ * Exit codes: 0 success, 1 a runtime failure (an image, the weights, the backend), 2 a usage
+ * error. Every failure is one line on stderr, never a stack trace.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { SingleBar, Presets } from 'cli-progress';
+import { runConvert } from '../converter/cli';
+import { BACKEND_CHOICES, BackendChoice, selectBackend } from './backend';
+import { DEFAULT_OPTIONS, Face, Img2Pose, LoadOptions } from './detector';
+import { OptionError } from './errors';
+import { formulaWeights } from './formula_weights';
+import { visualize } from './visualize';
+
+/** Where the CLI writes; tests substitute it. */
+export interface CliIO {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+  /** Whether stderr is an interactive terminal (progress bar) and the bar's stream. */
+  stderrStream?: NodeJS.WriteStream;
+  stdoutIsTTY?: boolean;
+}
+
+const processIO: CliIO = {
+  stdout: (t) => void process.stdout.write(t),
+  stderr: (t) => void process.stderr.write(t),
+  stderrStream: process.stderr,
+  stdoutIsTTY: process.stdout.isTTY === true,
+};
+
+/** Folders given to `detect` contribute their files with these extensions. */
+export const IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.png'];
+
+/** At least this many images (and stderr a terminal) before `detect` shows a progress bar. */
+export const PROGRESS_MIN_IMAGES = 8;
+
+/** A usage problem found after commander's parsing (exit code 2). */
+class UsageError extends Error {}
+
+/** The result line of one image, as written to stdout / the --json file. */
+export type ImageResult = { image: string; faces: Face[] } | { image: string; error: string };
+
+/**
+ * Runs the CLI on `argv` as `process.argv` gives it (node, script, args...) and resolves to the
+ * exit code. It never rejects and never calls process.exit.
+ */
+export async function main(argv: string[], io: CliIO = processIO): Promise<number> {
+  const args = argv.slice(2);
+  // `convert` owns its whole argument list (its own options and help): hand it over untouched.
+  if (args[0] === 'convert') {
+    return guard(() => runConvert(args.slice(1), { stdout: { write: io.stdout }, stderr: { write: io.stderr } }), io);
+  }
+
+  let exitCode = 0;
+  const program = buildProgram(io, (code) => {
+    exitCode = code;
+  });
+  return guard(async () => {
+    try {
+      await program.parseAsync(argv, { from: 'node' });
+    } catch (e) {
+      if (e instanceof CommanderError) {
+        // Help and version exit 0; anything commander rejects (already printed) is a usage error.
+        return e.exitCode === 0 ? 0 : 2;
+      }
+      throw e;
+    }
+    return exitCode;
+  }, io);
+}
+
+/** Runs `fn`, turning any exception into one line on stderr and an exit code. */
+async function guard(fn: () => Promise<number>, io: CliIO): Promise<number> {
+  try {
+    return await fn();
+  } catch (e) {
+    io.stderr(`img2pose: ${oneLine(messageOf(e))}\n`);
+    return isUsageError(e) ? 2 : 1;
+  }
+}
+
+function isUsageError(e: unknown): boolean {
+  return e instanceof UsageError || e instanceof OptionError || e instanceof InvalidArgumentError;
+}
+
+function messageOf(e: unknown): string {
+  if (e instanceof Error) return e.message || e.name;
+  return String(e);
+}
+
+function oneLine(s: string): string {
+  return s
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l.length > 0)
+    .join(' ');
+}
+
+function buildProgram(io: CliIO, setExit: (code: number) => void): Command {
+  const program = new Command('img2pose')
+    .description('Face detection and 6DoF head pose (img2pose) on TensorFlow.js')
+    .exitOverride()
+    .configureOutput({
+      writeOut: (s) => io.stdout(s),
+      writeErr: (s) => io.stderr(s),
+      outputError: (s, write) => write(`img2pose: ${oneLine(s.replace(/^error: /, ''))} (see img2pose --help)\n`),
+    });
+
+  program
+    .command('detect')
+    .description('detect faces and head poses; folders expand to their .jpg/.jpeg/.png files (sorted)')
+    .argument('<inputs...>', 'image files or folders')
+    .requiredOption('--weights <path>', 'converted weights folder or .pth checkpoint')
+    .option('--batch-size <k>', 'images per forward pass', positiveInt, DEFAULT_OPTIONS.batchSize)
+    .option('--threshold <t>', 'minimum confidence, 0..1 (0 keeps every detection)', unitInterval, DEFAULT_OPTIONS.scoreThreshold)
+    .option('--max-faces <n>', 'keep the n most confident faces per image (-1: all)', maxFaces, DEFAULT_OPTIONS.maxFaces)
+    .option('--min-size <n>', 'shorter side is resized to this', positiveInt, DEFAULT_OPTIONS.minSize)
+    .option('--max-size <n>', 'unless the longer side would exceed this', positiveInt, DEFAULT_OPTIONS.maxSize)
+    .addOption(new Option('--backend <b>', 'compute backend').choices(BACKEND_CHOICES).default('auto'))
+    .option('--json <file>', 'write all results to this file as one JSON array (default: a JSON line per image on stdout)')
+    .option('--draw <dir>', 'write each image with its detections drawn to <dir>/<name>.png')
+    .action(async (inputs: string[], opts: DetectCliOptions) => setExit(await detectCommand(inputs, opts, io)));
+
+  program
+    .command('convert')
+    .description('convert a PyTorch .pth checkpoint to a tfjs weights folder (img2pose convert --help)')
+    .allowUnknownOption()
+    .allowExcessArguments();
+
+  program
+    .command('demo')
+    .description('run the pipeline on a bundled photo with UNTRAINED test weights (meaningless detections)')
+    .option('--out <dir>', 'output folder for demo.png and demo.json', 'img2pose-demo')
+    .addOption(new Option('--backend <b>', 'compute backend').choices(BACKEND_CHOICES).default('auto'))
+    .option('--min-size <n>', 'shorter side is resized to this', positiveInt, DEFAULT_OPTIONS.minSize)
+    .option('--max-size <n>', 'unless the longer side would exceed this', positiveInt, DEFAULT_OPTIONS.maxSize)
+    .action(async (opts: DemoCliOptions) => setExit(await demoCommand(opts, io)));
+
+  return program;
+}
+
+// --- option parsing ------------------------------------------------------------------------------
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!/^\s*\d+\s*$/.test(value) || !Number.isSafeInteger(n) || n < 1) {
+    throw new InvalidArgumentError('expected a positive integer.');
+  }
+  return n;
+}
+
+function unitInterval(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < 0 || n > 1) throw new InvalidArgumentError('expected a number in 0..1.');
+  return n;
+}
+
+function maxFaces(value: string): number {
+  if (value.trim() === '-1') return -1;
+  try {
+    return positiveInt(value);
+  } catch {
+    throw new InvalidArgumentError('expected -1 (all) or a positive integer.');
+  }
+}
+
+// --- detect --------------------------------------------------------------------------------------
+
+interface DetectCliOptions {
+  weights: string;
+  batchSize: number;
+  threshold: number;
+  maxFaces: number;
+  minSize: number;
+  maxSize: number;
+  backend: BackendChoice;
+  json?: string;
+  draw?: string;
+}
+
+/**
+ * Inputs -> the image list: a folder gives its image files (by extension, sorted by name, not
+ * recursive); anything else is kept as given, so a missing or unreadable file gets its own
+ * error result instead of vanishing.
+ */
+export async function expandInputs(inputs: readonly string[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const input of inputs) {
+    let stat: fs.Stats | undefined;
+    try {
+      stat = await fs.promises.stat(input);
+    } catch {
+      stat = undefined;
+    }
+    if (!stat?.isDirectory()) {
+      out.push(input);
+      continue;
+    }
+    const names = (await fs.promises.readdir(input, { withFileTypes: true }))
+      .filter((d) => !d.isDirectory() && IMAGE_EXTENSIONS.includes(path.extname(d.name).toLowerCase()))
+      .map((d) => d.name)
+      .sort();
+    for (const name of names) out.push(path.join(input, name));
+  }
+  return out;
+}
+
+async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO): Promise<number> {
+  const images = await expandInputs(inputs);
+  if (images.length === 0) throw new UsageError(`no .jpg, .jpeg or .png images in ${inputs.join(', ')}`);
+  if (opts.minSize > opts.maxSize) {
+    throw new UsageError(`--min-size (${opts.minSize}) must not exceed --max-size (${opts.maxSize})`);
+  }
+  if (opts.draw) await fs.promises.mkdir(opts.draw, { recursive: true });
+
+  const loadOptions: LoadOptions = {
+    weights: opts.weights,
+    backend: opts.backend,
+    scoreThreshold: opts.threshold,
+    maxFaces: opts.maxFaces,
+    minSize: opts.minSize,
+    maxSize: opts.maxSize,
+    batchSize: opts.batchSize,
+  };
+  const detector = await Img2Pose.load(loadOptions);
+  const results: ImageResult[] = [];
+  let failures = 0;
+  const bar = progressBar(images.length, opts.json !== undefined, io);
+  const drawNames = new DrawNames();
+  try {
+    for (let start = 0; start < images.length; start += opts.batchSize) {
+      const chunk = images.slice(start, start + opts.batchSize);
+      // One settled call per chunk: a bad file fails alone, and results stream out chunk by chunk.
+      const settled = await detector.detectFacesSettled(chunk);
+      for (let i = 0; i < chunk.length; i++) {
+        const s = settled[i];
+        const image = chunk[i];
+        let result: ImageResult;
+        if (s.ok) {
+          result = { image, faces: s.faces };
+          if (opts.draw) {
+            const out = path.join(opts.draw, drawNames.next(image));
+            try {
+              await visualize(image, s.faces, { out });
+            } catch (e) {
+              failures++;
+              io.stderr(`img2pose: cannot draw ${image}: ${oneLine(messageOf(e))}\n`);
+            }
+          }
+        } else {
+          failures++;
+          result = { image, error: oneLine(s.error.message) };
+        }
+        results.push(result);
+        if (!opts.json) io.stdout(`${JSON.stringify(result)}\n`);
+      }
+      bar?.update(Math.min(images.length, start + chunk.length));
+    }
+  } finally {
+    bar?.stop();
+    await detector.dispose();
+  }
+  if (opts.json) {
+    await fs.promises.writeFile(opts.json, `${JSON.stringify(results, null, 2)}\n`);
+    io.stderr(`img2pose: wrote ${results.length} results to ${opts.json}${failures ? ` (${failures} failed)` : ''}\n`);
+  }
+  return failures > 0 ? 1 : 0;
+}
+
+/** `<dir>/<name>.png` per drawn image; a repeated base name gets `_2`, `_3`, ... */
+class DrawNames {
+  private readonly used = new Map<string, number>();
+
+  next(image: string): string {
+    const base = path.basename(image, path.extname(image)) || 'image';
+    const n = (this.used.get(base) ?? 0) + 1;
+    this.used.set(base, n);
+    return n === 1 ? `${base}.png` : `${base}_${n}.png`;
+  }
+}
+
+function progressBar(total: number, stdoutFree: boolean, io: CliIO): SingleBar | undefined {
+  const stream = io.stderrStream;
+  // Only on a terminal, and not when JSON lines would interleave with it on the same screen.
+  if (total < PROGRESS_MIN_IMAGES || !stream?.isTTY || (io.stdoutIsTTY && !stdoutFree)) return undefined;
+  const bar = new SingleBar(
+    { stream, format: 'img2pose |{bar}| {value}/{total} images | {eta_formatted} left', hideCursor: true },
+    Presets.shades_classic,
+  );
+  bar.start(total, 0);
+  return bar;
+}
+
+// --- demo ----------------------------------------------------------------------------------------
+
+interface DemoCliOptions {
+  out: string;
+  backend: BackendChoice;
+  minSize: number;
+  maxSize: number;
+}
+
+/** The bundled demo photo (assets/teaser.jpg; see assets/CREDITS.md for source and licence). */
+export const DEMO_IMAGE = 'teaser.jpg';
+
+/** A file of the package's assets/ folder, found from src/ (ts-node, jest) or dist/src/ alike. */
+export function assetPath(name: string): string {
+  let dir = __dirname;
+  for (let up = 0; up < 4; up++) {
+    const candidate = path.join(dir, 'assets', name);
+    if (fs.existsSync(candidate)) return candidate;
+    dir = path.dirname(dir);
+  }
+  throw new Error(`the package's assets/${name} is missing (a broken install?)`);
+}
+
+async function demoCommand(opts: DemoCliOptions, io: CliIO): Promise<number> {
+  if (opts.minSize > opts.maxSize) {
+    throw new UsageError(`--min-size (${opts.minSize}) must not exceed --max-size (${opts.maxSize})`);
+  }
+  const image = assetPath(DEMO_IMAGE);
+  io.stderr(
+    'img2pose demo: the weights are the UNTRAINED deterministic "formula" test weights (no trained\n' +
+      'weights ship with this package), so the detections below are meaningless: the demo only shows\n' +
+      'that the whole pipeline runs. Use `img2pose detect --weights <converted folder>` for real results.\n',
+  );
+  const started = Date.now();
+  // The backend first, so that the in-memory weights are created where they will be used.
+  const backend = (await selectBackend(opts.backend)) as BackendChoice;
+  const detector = await Img2Pose.load({
+    weights: formulaWeights(),
+    backend,
+    minSize: opts.minSize,
+    maxSize: opts.maxSize,
+  });
+  let faces: Face[];
+  try {
+    faces = await detector.detectFaces(image);
+  } finally {
+    await detector.dispose();
+  }
+  await fs.promises.mkdir(opts.out, { recursive: true });
+  const png = path.join(opts.out, 'demo.png');
+  const json = path.join(opts.out, 'demo.json');
+  await visualize(image, faces, { out: png });
+  const record = {
+    image: path.relative(process.cwd(), image) || image,
+    weights: 'formula (untrained test weights: detections are meaningless)',
+    backend: detector.backend,
+    minSize: opts.minSize,
+    maxSize: opts.maxSize,
+    faces,
+  };
+  await fs.promises.writeFile(json, `${JSON.stringify(record, null, 2)}\n`);
+  const seconds = ((Date.now() - started) / 1000).toFixed(1);
+  io.stdout(
+    `${faces.length} face${faces.length === 1 ? '' : 's'} above ${detector.options.scoreThreshold} ` +
+      `(untrained weights: meaningless) in ${seconds} s on ${detector.backend}; wrote ${png} and ${json}\n`,
+  );
+  return 0;
+}

@@ -1,0 +1,443 @@
+/**
+ * The public detector (upstream `detector.py`, class `Img2Pose`): image inputs in, faces out.
+ *
+ * Upstream's split is kept: `detectFaces` routes a single image to `detectSingle` and a list of
+ * several to `detectBatch` (one stacked forward per chunk of `batchSize`; like upstream, batch
+ * results can differ slightly from single runs when images pad to different sizes), and
+ * `processPrediction` turns the network's raw detections into `Face`s.
+ *
+ * Beyond upstream:
+ * - a bad input in a list fails only its own index (`BatchError` / `detectFacesSettled`);
+ * - calls may overlap: forwards run one at a time through an internal queue, in call order, and
+ *   an input is decoded only when its forward is next, so memory stays that of one batch;
+ * - every tensor made on the way is disposed, on errors too; `dispose()` frees the weights.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { BackendChoice, BACKEND_CHOICES, selectBackend } from './backend';
+import {
+  BatchError,
+  DisposedError,
+  Img2PoseError,
+  IndexedError,
+  InferenceError,
+  InputError,
+  OptionError,
+  WeightsError,
+} from './errors';
+import { ImageInput, decodeImage } from './io';
+import { Img2PoseModel, ModelConfig, RawDetections } from './model';
+import { KeypointName, projectKeypoints } from './pose';
+import { Img2PoseWeights } from './weights';
+import { LoadWeightsOptions, loadWeights } from './weights_io';
+
+export type Box = [x1: number, y1: number, x2: number, y2: number];
+export type Pose = [rx: number, ry: number, rz: number, tx: number, ty: number, tz: number];
+export type Point = [x: number, y: number];
+
+/** One detected face; the field and keypoint names are upstream's, so JSON compares one to one. */
+export interface Face {
+  /** x1, y1, x2, y2 in original image pixels. */
+  box: Box;
+  confidence: number;
+  /** Rotation vector (radians) and translation of the head in the camera frame (focal w + h). */
+  pose: Pose;
+  /** The 5 landmarks of the 3D reference face, projected with `pose`. */
+  keypoints: Record<KeypointName, Point>;
+}
+
+/** Per-call overrides of the detector's filtering. */
+export interface DetectOptions {
+  /** Keep faces with confidence >= this (0..1). */
+  scoreThreshold?: number;
+  /** Keep at most this many faces per image, best first; -1 keeps all. */
+  maxFaces?: number;
+}
+
+export interface DetectorOptions {
+  scoreThreshold: number;
+  maxFaces: number;
+  /** Input transform: the short side is scaled to minSize unless the long side would pass maxSize. */
+  minSize: number;
+  maxSize: number;
+  /** Images per stacked forward when a list is given. */
+  batchSize: number;
+}
+
+export const DEFAULT_OPTIONS: Readonly<DetectorOptions> = {
+  scoreThreshold: 0.5,
+  maxFaces: -1,
+  minSize: 640,
+  maxSize: 1400,
+  batchSize: 8,
+};
+
+export interface LoadOptions extends Partial<DetectorOptions>, LoadWeightsOptions {
+  /**
+   * A converted weights folder, a release `.pth` checkpoint, or weights already in memory
+   * (the detector takes ownership of those: `dispose()` frees them).
+   */
+  weights: string | Img2PoseWeights;
+  /** Compute backend; 'auto' takes the fastest available (see `selectBackend`). */
+  backend?: BackendChoice;
+}
+
+/** What the detector needs of a network; `Img2PoseModel` is one, tests pass fakes. */
+export interface DetectionModel {
+  predict(images: tf.Tensor3D[], config: ModelConfig): Promise<RawDetections[]>;
+  dispose(): void;
+}
+
+/** The outcome for one input of `detectFacesSettled`. */
+export type SettledDetection = { ok: true; faces: Face[] } | { ok: false; error: Img2PoseError };
+
+interface Filter {
+  scoreThreshold: number;
+  maxFaces: number;
+}
+
+/**
+ * An input taken at call time. Tensors are cloned then (sharing storage) so the caller may
+ * dispose theirs before the queued work runs; the clone is ours to dispose.
+ */
+interface Pending {
+  input: ImageInput;
+  owned?: tf.Tensor3D;
+}
+
+export class Img2Pose {
+  readonly options: Readonly<DetectorOptions>;
+  /** The tfjs backend the detector was loaded on. */
+  readonly backend: string;
+  private readonly model: DetectionModel;
+  private tail: Promise<unknown> = Promise.resolve();
+  private isDisposed = false;
+
+  /**
+   * Load the weights and pick the backend. Options are checked before anything heavy happens;
+   * failures are `OptionError`, `BackendError` or `WeightsError`.
+   */
+  static async load(options: LoadOptions): Promise<Img2Pose> {
+    if (typeof options !== 'object' || options === null) {
+      throw new OptionError('options', 'an object with at least { weights }', options);
+    }
+    const { weights, backend = 'auto', poseMean, poseStddev, warn, ...rest } = options;
+    const resolved = resolveOptions(rest);
+    if (!BACKEND_CHOICES.includes(backend)) {
+      throw new OptionError('backend', `one of ${BACKEND_CHOICES.join(', ')}`, backend);
+    }
+    if (typeof weights !== 'string' && !isWeights(weights)) {
+      throw new OptionError('weights', 'a weights folder or .pth path, or Img2PoseWeights', weights);
+    }
+    const backendName = await selectBackend(backend);
+    const loaded =
+      typeof weights === 'string' ? await loadWeightsOrExplain(weights, { poseMean, poseStddev, warn }) : weights;
+    let model: Img2PoseModel;
+    try {
+      model = new Img2PoseModel(loaded);
+    } catch (e) {
+      if (typeof weights === 'string') disposeWeightTensors(loaded);
+      if (e instanceof Img2PoseError) throw e;
+      throw new WeightsError(`These weights do not fit the img2pose network: ${messageOf(e)}`, {
+        path: typeof weights === 'string' ? weights : undefined,
+        cause: e,
+      });
+    }
+    return new Img2Pose(model, resolved, backendName);
+  }
+
+  /** A detector around any `DetectionModel` (custom networks, tests). Takes ownership of it. */
+  constructor(model: DetectionModel, options: Partial<DetectorOptions> = {}, backend: string = tf.getBackend()) {
+    this.model = model;
+    this.options = Object.freeze(resolveOptions(options));
+    this.backend = backend;
+  }
+
+  get disposed(): boolean {
+    return this.isDisposed;
+  }
+
+  /**
+   * Detect faces in one image (-> `Face[]`) or in each image of a list (-> `Face[][]`, input
+   * order). For a list, a failing input does not stop the others: the promise rejects with a
+   * `BatchError` whose `results` hold every other image's faces and whose `errors` say what
+   * failed where. A single image rejects with its `InputError` / `InferenceError`.
+   */
+  detectFaces(image: ImageInput, options?: DetectOptions): Promise<Face[]>;
+  detectFaces(images: readonly ImageInput[], options?: DetectOptions): Promise<Face[][]>;
+  async detectFaces(
+    images: ImageInput | readonly ImageInput[],
+    options?: DetectOptions,
+  ): Promise<Face[] | Face[][]> {
+    this.assertAlive();
+    const filter = this.filterFor(options);
+    if (!Array.isArray(images)) {
+      return this.detectOne(take(images as ImageInput), filter);
+    }
+    const settled = await this.detectMany(images as readonly ImageInput[], filter);
+    const errors: IndexedError[] = [];
+    const results = settled.map((s, index) => {
+      if (s.ok) return s.faces;
+      errors.push({ index, error: s.error });
+      return undefined;
+    });
+    if (errors.length > 0) throw new BatchError<Face[]>(results, errors);
+    return results as Face[][];
+  }
+
+  /**
+   * Like `detectFaces(images)`, but never rejects for a bad input: one `{ ok, faces }` or
+   * `{ ok: false, error }` per input, in input order (for callers such as a CLI over many files).
+   */
+  async detectFacesSettled(images: readonly ImageInput[], options?: DetectOptions): Promise<SettledDetection[]> {
+    this.assertAlive();
+    if (!Array.isArray(images)) throw new OptionError('images', 'an array of image inputs', images);
+    return this.detectMany(images, this.filterFor(options));
+  }
+
+  /**
+   * Free the weights. Work already queued is refused with a `DisposedError`; a forward in
+   * progress finishes first. Later calls reject with `DisposedError`.
+   */
+  async dispose(): Promise<void> {
+    if (this.isDisposed) return;
+    this.isDisposed = true;
+    await this.tail;
+    this.model.dispose();
+  }
+
+  // --- upstream's routing: _detect_single / _detect_batch -------------------------------------
+
+  private detectOne(pending: Pending, filter: Filter): Promise<Face[]> {
+    return this.enqueue([pending], () => this.detectSingle(pending, filter));
+  }
+
+  private async detectMany(images: readonly ImageInput[], filter: Filter): Promise<SettledDetection[]> {
+    const pendings = images.map(take);
+    if (pendings.length === 0) return [];
+    if (pendings.length === 1) {
+      // Upstream: a one-element list is a single detection, without batch overhead.
+      const pending = pendings[0];
+      return [await settle(this.enqueue([pending], () => this.detectSingle(pending, filter)), 0)];
+    }
+    return this.detectBatch(pendings, filter);
+  }
+
+  private async detectSingle(pending: Pending, filter: Filter): Promise<Face[]> {
+    const image = await decodeImage(pending.input);
+    try {
+      const [height, width] = image.shape;
+      const [prediction] = await this.forward([image]);
+      return processPrediction(prediction, width, height, filter.scoreThreshold, filter.maxFaces);
+    } finally {
+      image.dispose();
+    }
+  }
+
+  /** One stacked forward per chunk of `batchSize`; a bad input fails only its own index. */
+  private async detectBatch(pendings: Pending[], filter: Filter): Promise<SettledDetection[]> {
+    const { batchSize } = this.options;
+    const chunks: Promise<SettledDetection[]>[] = [];
+    for (let start = 0; start < pendings.length; start += batchSize) {
+      const chunk = pendings.slice(start, start + batchSize);
+      const run = this.enqueue(chunk, () => this.detectChunk(chunk, start, filter));
+      chunks.push(
+        run.catch((e: unknown) => chunk.map((_, i) => ({ ok: false as const, error: asDetectionError(e, start + i) }))),
+      );
+    }
+    return (await Promise.all(chunks)).flat();
+  }
+
+  private async detectChunk(chunk: Pending[], start: number, filter: Filter): Promise<SettledDetection[]> {
+    const out: SettledDetection[] = new Array(chunk.length);
+    const decoded: { slot: number; image: tf.Tensor3D }[] = [];
+    try {
+      for (let slot = 0; slot < chunk.length; slot++) {
+        try {
+          decoded.push({ slot, image: await decodeImage(chunk[slot].input, start + slot) });
+        } catch (e) {
+          out[slot] = { ok: false, error: asDetectionError(e, start + slot) };
+        }
+      }
+      if (decoded.length === 0) return out;
+      let predictions: RawDetections[];
+      try {
+        predictions = await this.forward(decoded.map((d) => d.image));
+      } catch (e) {
+        for (const { slot } of decoded) out[slot] = { ok: false, error: asDetectionError(e, start + slot) };
+        return out;
+      }
+      decoded.forEach(({ slot, image }, k) => {
+        const [height, width] = image.shape;
+        const faces = processPrediction(predictions[k], width, height, filter.scoreThreshold, filter.maxFaces);
+        out[slot] = { ok: true, faces };
+      });
+      return out;
+    } finally {
+      for (const { image } of decoded) image.dispose();
+    }
+  }
+
+  private async forward(images: tf.Tensor3D[]): Promise<RawDetections[]> {
+    const { minSize, maxSize } = this.options;
+    let predictions: RawDetections[];
+    try {
+      predictions = await this.model.predict(images, { minSize, maxSize });
+    } catch (e) {
+      if (e instanceof Img2PoseError) throw e;
+      const n = images.length;
+      throw new InferenceError(
+        `The network failed on ${n === 1 ? 'this image' : `a batch of ${n} images`} ` +
+          '(its cause says why; if memory ran out, lower batchSize or maxSize)',
+        { cause: e },
+      );
+    }
+    if (!Array.isArray(predictions) || predictions.length !== images.length) {
+      throw new InferenceError(
+        `The network returned ${Array.isArray(predictions) ? predictions.length : 'no'} results for ${images.length} images`,
+      );
+    }
+    return predictions;
+  }
+
+  // --- plumbing -------------------------------------------------------------------------------
+
+  /**
+   * Run `job` after every job queued before it. Forwards never overlap (tfjs backends run one
+   * graph at a time anyway) and results equal those of sequential calls. `pendings` are the
+   * job's inputs: their owned clones are released whether or not the job runs.
+   */
+  private enqueue<T>(pendings: Pending[], job: () => Promise<T>): Promise<T> {
+    const run = this.tail.then(() => {
+      if (this.isDisposed) throw new DisposedError();
+      return job();
+    });
+    const released = run.finally(() => {
+      for (const p of pendings) p.owned?.dispose();
+    });
+    this.tail = released.then(
+      () => undefined,
+      () => undefined,
+    );
+    return released;
+  }
+
+  private assertAlive(): void {
+    if (this.isDisposed) throw new DisposedError();
+  }
+
+  private filterFor(options: DetectOptions | undefined): Filter {
+    if (options !== undefined && (typeof options !== 'object' || options === null)) {
+      throw new OptionError('options', 'an object { scoreThreshold?, maxFaces? }', options);
+    }
+    const scoreThreshold = options?.scoreThreshold ?? this.options.scoreThreshold;
+    const maxFaces = options?.maxFaces ?? this.options.maxFaces;
+    checkThreshold(scoreThreshold);
+    checkMaxFaces(maxFaces);
+    return { scoreThreshold, maxFaces };
+  }
+}
+
+/**
+ * Raw network output of one image -> faces (upstream `Img2Pose._process_prediction`): keep
+ * scores >= `scoreThreshold`, project the keypoints with the ORIGINAL image's camera (focal
+ * w + h, centre (w/2, h/2)), sort by confidence descending (stable: ties keep network order),
+ * keep the first `maxFaces` (all when -1).
+ */
+export function processPrediction(
+  prediction: RawDetections,
+  width: number,
+  height: number,
+  scoreThreshold: number,
+  maxFaces: number,
+): Face[] {
+  const { boxes, scores, dofs } = prediction;
+  const faces: Face[] = [];
+  for (let i = 0; i < scores.length; i++) {
+    if (!(scores[i] >= scoreThreshold)) continue;
+    const pose = Array.from(dofs.subarray(i * 6, i * 6 + 6)) as Pose;
+    faces.push({
+      box: Array.from(boxes.subarray(i * 4, i * 4 + 4)) as Box,
+      confidence: scores[i],
+      pose,
+      keypoints: projectKeypoints(pose, width, height),
+    });
+  }
+  faces.sort((a, b) => b.confidence - a.confidence);
+  return maxFaces > 0 ? faces.slice(0, maxFaces) : faces;
+}
+
+function resolveOptions(given: Partial<DetectorOptions>): DetectorOptions {
+  const pick = <K extends keyof DetectorOptions>(k: K): DetectorOptions[K] => given[k] ?? DEFAULT_OPTIONS[k];
+  const o: DetectorOptions = {
+    scoreThreshold: pick('scoreThreshold'),
+    maxFaces: pick('maxFaces'),
+    minSize: pick('minSize'),
+    maxSize: pick('maxSize'),
+    batchSize: pick('batchSize'),
+  };
+  checkThreshold(o.scoreThreshold);
+  checkMaxFaces(o.maxFaces);
+  for (const k of ['minSize', 'maxSize', 'batchSize'] as const) {
+    if (!isPositiveInt(o[k])) throw new OptionError(k, 'a positive integer', o[k]);
+  }
+  return o;
+}
+
+function checkThreshold(t: unknown): asserts t is number {
+  if (typeof t !== 'number' || !(t >= 0 && t <= 1)) throw new OptionError('scoreThreshold', 'a number in 0..1', t);
+}
+
+/** Upstream treats every max_faces <= 0 as "no limit"; only -1 is accepted here, so 0 is not a silent "all". */
+function checkMaxFaces(m: unknown): asserts m is number {
+  if (!(m === -1 || isPositiveInt(m))) throw new OptionError('maxFaces', '-1 (no limit) or a positive integer', m);
+}
+
+function isPositiveInt(v: unknown): v is number {
+  return typeof v === 'number' && Number.isInteger(v) && v > 0;
+}
+
+function isWeights(w: unknown): w is Img2PoseWeights {
+  const c = w as Partial<Img2PoseWeights> | null;
+  return typeof c === 'object' && c !== null && c.tensors instanceof Map && c.poseMean !== undefined;
+}
+
+function take(input: ImageInput): Pending {
+  if (input instanceof tf.Tensor && !input.isDisposed) {
+    const owned = tf.clone(input) as tf.Tensor3D;
+    return { input: owned, owned };
+  }
+  return { input };
+}
+
+async function settle(run: Promise<Face[]>, index: number): Promise<SettledDetection> {
+  try {
+    return { ok: true, faces: await run };
+  } catch (e) {
+    return { ok: false, error: asDetectionError(e, index) };
+  }
+}
+
+/** Any failure as the library's error, located at `index` of the caller's list. */
+function asDetectionError(e: unknown, index: number): Img2PoseError {
+  if (e instanceof InputError) return e.index === index ? e : e.atIndex(index);
+  if (e instanceof Img2PoseError) return e;
+  return new InferenceError(`Detection failed on input #${index} (see the error cause)`, { cause: e });
+}
+
+async function loadWeightsOrExplain(path: string, options: LoadWeightsOptions): Promise<Img2PoseWeights> {
+  try {
+    return await loadWeights(path, options);
+  } catch (e) {
+    if (e instanceof Img2PoseError) throw e;
+    throw new WeightsError(`Cannot load weights from ${JSON.stringify(path)}: ${messageOf(e)}`, { path, cause: e });
+  }
+}
+
+function disposeWeightTensors(w: Img2PoseWeights): void {
+  for (const t of w.tensors.values()) t.dispose();
+  w.tensors.clear();
+}
+
+function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

@@ -1,0 +1,340 @@
+/**
+ * Image inputs -> HWC RGB float32 tensors with values 0..255, the network's input contract.
+ *
+ * Mirrors upstream `detector._load_image` + `convert('RGB')` (PIL): grayscale is replicated to
+ * three channels and an alpha channel is DISCARDED, not composited over a background (PIL's
+ * RGBA -> RGB conversion keeps the colour samples as they are, whatever the alpha).
+ *
+ * Decisions beyond upstream (which only takes uint8 RGB arrays besides files):
+ * - Always float32 out, also for 8-bit sources: tfjs divides two int32 tensors with floor
+ *   division, so an int32 image is a trap for any later `div(x, 255)`.
+ * - Float inputs (raw Float32Array pixels, float32 tensors) must be finite and within [0, 255]:
+ *   values outside are rejected rather than clipped, since they mean the caller used another
+ *   convention (e.g. -1..1 normalisation) and clipping would silently give wrong detections.
+ *   A 0..1 image cannot be told apart from a very dark one, so it is the caller's to avoid.
+ * - Files are decoded with jimp's codecs (JPEG, PNG; BMP, GIF and TIFF work too), chosen by the
+ *   file's signature. JPEG pixels can differ by a few levels from PIL's libjpeg decode (another
+ *   IDCT and chroma upsampling); PNG is exact. No EXIF orientation is applied, as PIL's
+ *   `Image.open` applies none (and as `visualize` draws), so boxes refer to the stored pixels.
+ * - 16-bit PNGs are scaled to 8 bits (round(v * 255 / 65535)). PIL opens 16-bit grayscale as
+ *   mode 'I' and convert('RGB') then CLIPS at 255, so upstream sees such images as almost all
+ *   white; we do not copy that. (16-bit RGB: PIL keeps the high byte, we round: +-1 level.)
+ *
+ * Ownership: every function returns a NEW tensor the caller must dispose, also for tensor
+ * inputs (a clone sharing storage; the caller's own tensor is never disposed here). Nothing is
+ * left allocated when a function throws.
+ */
+import * as fs from 'fs';
+import * as tf from '@tensorflow/tfjs';
+import { defaultFormats } from 'jimp';
+import { InputError, describeValue } from './errors';
+
+/** Pixels already in memory, row-major HWC. 8-bit data or float data in 0..255. */
+export interface RawImage {
+  data: Uint8Array | Uint8ClampedArray | Float32Array;
+  width: number;
+  height: number;
+  channels: 1 | 3 | 4;
+}
+
+/** The part of a Jimp image we read: its RGBA bitmap. Any Jimp 1.x image satisfies it. */
+export interface JimpImageLike {
+  bitmap: { data: Uint8Array; width: number; height: number };
+}
+
+/**
+ * Everything `detectFaces` accepts as one image: a file path, encoded file bytes (Buffer,
+ * Uint8Array or ArrayBuffer of a JPEG/PNG), raw pixels, a HWC `tf.Tensor3D` (1, 3 or 4 channels,
+ * int32 or float32, values 0..255) or a Jimp image.
+ */
+export type ImageInput = string | Uint8Array | ArrayBuffer | RawImage | tf.Tensor3D | JimpImageLike;
+
+const EXPECTED_KINDS =
+  'a file path, JPEG/PNG bytes, raw pixels {data, width, height, channels}, a tf.Tensor3D or a Jimp image';
+
+/** How an input is named in error messages. */
+export function describeInput(input: unknown): string {
+  if (typeof input === 'string') return `file ${JSON.stringify(input)}`;
+  if (input instanceof tf.Tensor) return `tf.Tensor [${input.shape.join(',')}] ${input.dtype}`;
+  if (Buffer.isBuffer(input)) return `Buffer of ${input.length} bytes`;
+  if (input instanceof Uint8Array) return `Uint8Array of ${input.length} bytes`;
+  if (input instanceof ArrayBuffer) return `ArrayBuffer of ${input.byteLength} bytes`;
+  if (isJimpLike(input)) return `Jimp image ${input.bitmap.width}x${input.bitmap.height}`;
+  if (isRawLike(input)) {
+    const r = input as { width?: unknown; height?: unknown; channels?: unknown };
+    return `raw pixels ${String(r.width)}x${String(r.height)}x${String(r.channels)}`;
+  }
+  return describeValue(input);
+}
+
+/**
+ * Decode any supported input to a new float32 [H, W, 3] tensor (0..255). `index` locates the
+ * input in a batch for error messages. Throws `InputError` for anything unusable.
+ */
+export async function decodeImage(input: ImageInput, index?: number): Promise<tf.Tensor3D> {
+  const where = describeInput(input);
+  const fail = (expected: string, found: string, cause?: unknown): never => {
+    throw new InputError({ index, input: where, expected, found, cause });
+  };
+
+  if (typeof input === 'string') {
+    const bytes = await readImageFile(input, fail);
+    return bitmapToTensor(await decodeBytes(bytes, fail), fail);
+  }
+  if (input instanceof tf.Tensor) return tensorToRgb(input, fail);
+  if (input instanceof Uint8Array) return bitmapToTensor(await decodeBytes(input, fail), fail);
+  if (input instanceof ArrayBuffer) {
+    return bitmapToTensor(await decodeBytes(new Uint8Array(input), fail), fail);
+  }
+  if (isJimpLike(input)) return bitmapToTensor(input.bitmap, fail);
+  if (isForeignTensor(input)) {
+    return fail(EXPECTED_KINDS, 'a tensor of another @tensorflow/tfjs copy (install a single tfjs version)');
+  }
+  if (isRawLike(input)) return rawToTensor(input as RawImage, fail);
+  return fail(EXPECTED_KINDS, describeValue(input));
+}
+
+type Fail = (expected: string, found: string, cause?: unknown) => never;
+
+const IMAGE_FILE = 'a readable JPEG or PNG image file';
+
+async function readImageFile(path: string, fail: Fail): Promise<Uint8Array> {
+  if (path.length === 0) return fail(IMAGE_FILE, 'an empty path');
+  let stat: fs.Stats;
+  try {
+    stat = await fs.promises.stat(path);
+  } catch (e) {
+    return fail(IMAGE_FILE, fsProblem(e), e);
+  }
+  if (stat.isDirectory()) return fail(IMAGE_FILE, 'a directory');
+  if (!stat.isFile()) return fail(IMAGE_FILE, 'something that is not a regular file');
+  if (stat.size === 0) return fail(IMAGE_FILE, 'an empty file (0 bytes)');
+  try {
+    return await fs.promises.readFile(path);
+  } catch (e) {
+    return fail(IMAGE_FILE, fsProblem(e), e);
+  }
+}
+
+function fsProblem(e: unknown): string {
+  const code = (e as { code?: unknown }).code;
+  switch (code) {
+    case 'ENOENT':
+      return 'no such file';
+    case 'EACCES':
+    case 'EPERM':
+      return 'a file this process may not read';
+    case 'ENOTDIR':
+      return 'a path through something that is not a directory';
+    default:
+      return `a path that cannot be read (${typeof code === 'string' ? code : 'unknown error'})`;
+  }
+}
+
+type Format = 'JPEG' | 'PNG' | 'BMP' | 'GIF' | 'TIFF';
+
+const MIME: Record<Format, string> = {
+  JPEG: 'image/jpeg',
+  PNG: 'image/png',
+  BMP: 'image/bmp',
+  GIF: 'image/gif',
+  TIFF: 'image/tiff',
+};
+
+/** The container, from its signature. */
+export function sniffFormat(b: Uint8Array): Format | undefined {
+  const starts = (...sig: number[]): boolean => b.length >= sig.length && sig.every((v, i) => b[i] === v);
+  if (starts(0xff, 0xd8, 0xff)) return 'JPEG';
+  if (starts(0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a)) return 'PNG';
+  if (starts(0x42, 0x4d)) return 'BMP';
+  if (starts(0x47, 0x49, 0x46, 0x38)) return 'GIF';
+  if (starts(0x49, 0x49, 0x2a, 0x00) || starts(0x4d, 0x4d, 0x00, 0x2a)) return 'TIFF';
+  return undefined;
+}
+
+const ENCODED_IMAGE = 'a JPEG or PNG image';
+
+/**
+ * Decode with jimp's codec for the sniffed format. `Jimp.fromBuffer` is avoided on purpose: its
+ * type detection is an ESM dynamic import that CommonJS runners (jest) cannot execute, and it
+ * applies EXIF rotation.
+ */
+async function decodeBytes(bytes: Uint8Array, fail: Fail): Promise<Bitmap> {
+  if (bytes.length === 0) return fail(ENCODED_IMAGE, 'no data (0 bytes)');
+  const format = sniffFormat(bytes);
+  if (format === undefined) return fail(ENCODED_IMAGE, `data that is not an image (${headHex(bytes)})`);
+  const codec = defaultFormats.map((f) => f()).find((f) => f.mime === MIME[format]);
+  if (codec === undefined) return fail(ENCODED_IMAGE, `a ${format} image, which this jimp build cannot decode`);
+  const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  try {
+    const decoded = await codec.decode(buffer);
+    return { data: decoded.data, width: decoded.width, height: decoded.height };
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    // jpeg-js refuses images above its resolution / memory limits with these words.
+    if (/limit exceeded/.test(msg)) return fail(ENCODED_IMAGE, `a ${format} too large to decode (${msg})`, e);
+    return fail(ENCODED_IMAGE, `truncated or corrupt ${format} data`, e);
+  }
+}
+
+function headHex(b: Uint8Array): string {
+  const n = Math.min(8, b.length);
+  const hex = Array.from(b.subarray(0, n), (v) => v.toString(16).padStart(2, '0')).join(' ');
+  return `starts with ${hex}${b.length > n ? ' ...' : ''}`;
+}
+
+/** RGBA, 8 bits per sample: what jimp decodes to. */
+interface Bitmap {
+  data: Uint8Array;
+  width: number;
+  height: number;
+}
+
+function bitmapToTensor(bitmap: Bitmap, fail: Fail): tf.Tensor3D {
+  const { width, height, data } = bitmap;
+  if (!isPositiveInt(width) || !isPositiveInt(height)) {
+    return fail('an image with at least one pixel', `a ${String(width)}x${String(height)} image`);
+  }
+  // Exactly: a longer buffer means a wrong stride or a view over a larger pool (jimp's
+  // fromBitmap wraps a Buffer's whole underlying ArrayBuffer), and reading it gives garbage.
+  if (!(data instanceof Uint8Array) || data.length !== width * height * 4) {
+    return fail(`an RGBA bitmap of ${width * height * 4} bytes`, `${describeValue(data)} of ${lengthOf(data)}`);
+  }
+  return tf.tensor3d(dropToRgb(data, width * height, 4), [height, width, 3], 'float32');
+}
+
+/** Pixel samples -> RGB float32: gray replicated, alpha discarded (PIL convert('RGB')). */
+function dropToRgb(src: ArrayLike<number>, pixels: number, channels: 1 | 3 | 4): Float32Array {
+  const out = new Float32Array(pixels * 3);
+  if (channels === 3) {
+    for (let i = 0; i < out.length; i++) out[i] = src[i];
+    return out;
+  }
+  for (let p = 0, s = 0, o = 0; p < pixels; p++, s += channels, o += 3) {
+    if (channels === 1) {
+      out[o] = out[o + 1] = out[o + 2] = src[s];
+    } else {
+      out[o] = src[s];
+      out[o + 1] = src[s + 1];
+      out[o + 2] = src[s + 2];
+    }
+  }
+  return out;
+}
+
+const PIXEL_RANGE = 'finite values within 0..255';
+
+function rawToTensor(raw: RawImage, fail: Fail): tf.Tensor3D {
+  const { data, width, height, channels } = raw;
+  const is8bit = data instanceof Uint8Array || data instanceof Uint8ClampedArray;
+  if (!is8bit && !(data instanceof Float32Array)) {
+    return fail('raw pixel data as a Uint8Array, Uint8ClampedArray or Float32Array', describeValue(data));
+  }
+  if (!isPositiveInt(width) || !isPositiveInt(height)) {
+    return fail('positive integer width and height', `width ${describeValue(width)}, height ${describeValue(height)}`);
+  }
+  if (channels !== 1 && channels !== 3 && channels !== 4) {
+    return fail('channels 1 (gray), 3 (RGB) or 4 (RGBA)', `channels ${describeValue(channels)}`);
+  }
+  const needed = width * height * channels;
+  if (data.length !== needed) {
+    return fail(`${needed} samples (${width}x${height}x${channels})`, `${data.length} samples`);
+  }
+  if (!is8bit) {
+    const bad = checkRange(data, channels);
+    if (bad) return fail(PIXEL_RANGE, bad);
+  }
+  return tf.tensor3d(dropToRgb(data, width * height, channels), [height, width, 3], 'float32');
+}
+
+/** What is wrong with the colour samples (alpha is dropped, so not checked), or undefined. */
+function checkRange(v: Float32Array, channels: 1 | 3 | 4): string | undefined {
+  let nonFinite = 0;
+  let min = Infinity;
+  let max = -Infinity;
+  for (let i = 0; i < v.length; i++) {
+    if (channels === 4 && i % 4 === 3) continue;
+    const x = v[i];
+    if (!Number.isFinite(x)) nonFinite++;
+    else {
+      if (x < min) min = x;
+      if (x > max) max = x;
+    }
+  }
+  return rangeProblem(nonFinite, min, max);
+}
+
+function rangeProblem(nonFinite: number, min: number, max: number): string | undefined {
+  if (nonFinite > 0) return `${nonFinite} NaN or infinite value${nonFinite > 1 ? 's' : ''}`;
+  if (min < 0 || max > 255) return `values from ${min} to ${max}`;
+  return undefined;
+}
+
+async function tensorToRgb(t: tf.Tensor, fail: Fail): Promise<tf.Tensor3D> {
+  if (t.isDisposed) return fail('a live tensor', 'a disposed tensor');
+  if (t.rank !== 3) {
+    const hint = t.rank === 4 && t.shape[0] === 1 ? ' (squeeze the batch axis)' : '';
+    return fail('a rank-3 HWC tensor [height, width, channels]', `rank ${t.rank}, shape [${t.shape.join(',')}]${hint}`);
+  }
+  if (t.dtype !== 'float32' && t.dtype !== 'int32') {
+    return fail('dtype float32 or int32', `dtype ${t.dtype}`);
+  }
+  const [h, w, c] = t.shape as [number, number, number];
+  if (c !== 1 && c !== 3 && c !== 4) {
+    return fail('1 (gray), 3 (RGB) or 4 (RGBA) channels (HWC layout)', `${c} channels, shape [${h},${w},${c}]`);
+  }
+  if (h === 0 || w === 0) return fail('an image with at least one pixel', `shape [${h},${w},${c}]`);
+
+  // Checked before gray is replicated, so counts refer to the caller's samples.
+  const colour = c === 4 ? tf.slice(t, [0, 0, 0], [h, w, 3]) : t;
+  let stats: Float32Array | Int32Array | Uint8Array;
+  try {
+    // One read for the three checks: count of non-finite values, then min and max of the rest.
+    const s = tf.tidy(() => {
+      const x = tf.cast(colour, 'float32');
+      const finite = tf.isFinite(x);
+      const safe = tf.where(finite, x, tf.zerosLike(x));
+      const nonFinite = tf.sum(tf.cast(tf.logicalNot(finite), 'float32'));
+      return tf.stack([nonFinite, tf.min(safe), tf.max(safe)]);
+    });
+    stats = await s.data();
+    s.dispose();
+  } catch (e) {
+    if (colour !== t) colour.dispose();
+    throw e;
+  }
+  const bad = rangeProblem(stats[0], stats[1], stats[2]);
+  if (bad) {
+    if (colour !== t) colour.dispose();
+    return fail(PIXEL_RANGE, bad);
+  }
+  return tf.tidy(() => {
+    const x = c === 1 ? tf.tile(colour, [1, 1, 3]) : colour;
+    const out = x.dtype === 'float32' ? tf.clone(x) : tf.cast(x, 'float32');
+    if (colour !== t) colour.dispose();
+    return out;
+  }) as tf.Tensor3D;
+}
+
+function isPositiveInt(v: unknown): v is number {
+  return typeof v === 'number' && Number.isInteger(v) && v > 0;
+}
+
+function lengthOf(v: unknown): string {
+  const n = (v as { length?: unknown } | null)?.length;
+  return typeof n === 'number' ? `length ${n}` : 'unknown length';
+}
+
+function isJimpLike(v: unknown): v is JimpImageLike {
+  if (typeof v !== 'object' || v === null || !('bitmap' in v)) return false;
+  const b = (v as { bitmap: unknown }).bitmap;
+  return typeof b === 'object' && b !== null && 'data' in b && 'width' in b && 'height' in b;
+}
+
+function isRawLike(v: unknown): boolean {
+  return typeof v === 'object' && v !== null && 'data' in v && 'width' in v && 'height' in v;
+}
+
+function isForeignTensor(v: unknown): boolean {
+  return typeof v === 'object' && v !== null && 'dataId' in v && 'shape' in v && 'dtype' in v;
+}

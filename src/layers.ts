@@ -1,0 +1,95 @@
+/**
+ * Convolution helpers shared by the backbone (and usable by the heads): frozen BatchNorm
+ * folding, PyTorch-style symmetric padding, and the geometry needed to keep batched images
+ * independent of each other (see backbone.ts, "batch == single").
+ */
+import * as tf from '@tensorflow/tfjs';
+
+/** torchvision's FrozenBatchNorm2d epsilon. */
+export const FROZEN_BN_EPS = 1e-5;
+
+export interface FrozenBatchNorm {
+  weight: ArrayLike<number>;
+  bias: ArrayLike<number>;
+  runningMean: ArrayLike<number>;
+  runningVar: ArrayLike<number>;
+}
+
+/**
+ * Fold an eval-mode (frozen) BatchNorm into the convolution before it:
+ *   bn(conv(x, W)) = conv(x, W * scale) + shift,  scale = weight / sqrt(var + eps),
+ *   shift = bias - mean * scale.
+ * `filter` is in tfjs layout (kh, kw, in, out), so the output channel is the fastest axis.
+ * Computed in float64 and rounded once.
+ */
+export function foldFrozenBatchNorm(
+  filter: ArrayLike<number>,
+  bn: FrozenBatchNorm,
+  eps = FROZEN_BN_EPS,
+): { filter: Float32Array; bias: Float32Array } {
+  const out = bn.weight.length;
+  if (filter.length % out !== 0) throw new Error(`foldFrozenBatchNorm: filter size ${filter.length} is not a multiple of ${out} channels`);
+  const scale = new Float64Array(out);
+  const bias = new Float32Array(out);
+  for (let k = 0; k < out; k++) {
+    scale[k] = bn.weight[k] / Math.sqrt(bn.runningVar[k] + eps);
+    bias[k] = bn.bias[k] - bn.runningMean[k] * scale[k];
+  }
+  const folded = new Float32Array(filter.length);
+  for (let i = 0; i < filter.length; i++) folded[i] = filter[i] * scale[i % out];
+  return { filter: folded, bias };
+}
+
+/** Output length of a conv/pool along one axis (PyTorch: symmetric pad, floor rounding). */
+export function convOutputSize(size: number, kernel: number, stride: number, pad: number): number {
+  return Math.floor((size + 2 * pad - kernel) / stride) + 1;
+}
+
+/**
+ * Whether an op, applied to an image whose valid region along one axis is [0, region), reads
+ * at or beyond `region` for some output inside its own output region. If it does and the
+ * batch tensor holds non-zero values there, the image's result depends on its batch mates.
+ * Example: a 3x3 stride-1 conv (pad 1) reads index `region` for its last output; a 3x3
+ * stride-2 conv on an even region does not (its window ends at region - 1).
+ */
+export function readsBeyondRegion(region: number, kernel: number, stride: number, pad: number): boolean {
+  const lastOutput = convOutputSize(region, kernel, stride, pad) - 1;
+  return lastOutput * stride - pad + kernel - 1 >= region;
+}
+
+/** A convolution with its bias (BatchNorm already folded in), torch geometry. */
+export interface Conv {
+  filter: tf.Tensor4D;
+  bias: tf.Tensor1D;
+  kernel: number;
+  stride: number;
+  pad: number;
+}
+
+export function makeConv(filter: tf.Tensor4D, bias: tf.Tensor1D, stride: number): Conv {
+  const [kh, kw] = filter.shape;
+  if (kh !== kw) throw new Error(`makeConv: square kernels only, got ${kh}x${kw}`);
+  // Every conv in ResNet/FPN pads (k - 1) / 2 on each side.
+  return { filter, bias, kernel: kh, stride, pad: (kh - 1) >> 1 };
+}
+
+/**
+ * conv + bias (+ ReLU) as one fused op. The numeric pad is symmetric like PyTorch's (TF 'same'
+ * would pad bottom/right only at stride 2), and the wasm kernel (XNNPACK) pads internally,
+ * without an extra tf.pad pass.
+ */
+export function conv2d(x: tf.Tensor4D, conv: Conv, relu: boolean): tf.Tensor4D {
+  return tf.fused.conv2d({
+    x,
+    filter: conv.filter,
+    bias: conv.bias,
+    strides: conv.stride,
+    pad: conv.pad,
+    activation: relu ? 'relu' : 'linear',
+  });
+}
+
+export function disposeConv(conv: Conv): void {
+  conv.filter.dispose();
+  conv.bias.dispose();
+}

@@ -1,0 +1,135 @@
+/**
+ * The box and class branches of DOFRoIHeads (upstream `_models.py`) on pooled RoI features:
+ *
+ *   box_head   (TwoMLPHead: fc6 12544->1024, ReLU, fc7 1024->1024, ReLU)
+ *     -> box_predictor.dof_pred: Linear 1024->256, BatchNorm1d (eval), ReLU, Linear 256->12
+ *   class_head (another TwoMLPHead, own weights, same pooled features)
+ *     -> class_predictor.cls_score: Linear 1024->2
+ *
+ * Upstream pools twice with identical settings (box_roi_pool, class_roi_pool), so one pooled
+ * tensor feeds both heads, and both fc6 layers run as one [R, 12544] x [12544, 2048] product.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { Img2PoseWeights } from './weights';
+import { ROI_OUTPUT_SIZE } from './roi_align';
+import { linear } from './webgpu';
+
+const BN_EPS = 1e-5;
+const REPRESENTATION = 1024;
+
+export interface RoIHeadOutputs {
+  /** (R, 2): background and face logits per box. */
+  classLogits: Float32Array;
+  /** (R, 12): normalised dofs for class 0 then class 1 (6 each). */
+  dofRegression: Float32Array;
+}
+
+/** fc6 rows in torch's (C, 7, 7) flatten order -> our NHWC (7, 7, C) order. */
+function permuteFc6Rows(weight: tf.Tensor2D, channels: number): tf.Tensor2D {
+  const cells = ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE;
+  return tf.tidy(() =>
+    weight.reshape([channels, cells, weight.shape[1]]).transpose([1, 0, 2]).reshape([cells * channels, weight.shape[1]]),
+  );
+}
+
+/** Linear (in, out) followed by eval-mode BatchNorm1d, as one Linear. */
+function foldBatchNorm(
+  weight: Float32Array,
+  bias: Float32Array,
+  gamma: Float32Array,
+  beta: Float32Array,
+  mean: Float32Array,
+  variance: Float32Array,
+): { weight: Float32Array; bias: Float32Array } {
+  const outs = bias.length;
+  const scale = Float64Array.from(gamma, (g, j) => g / Math.sqrt(variance[j] + BN_EPS));
+  const w = new Float32Array(weight.length);
+  for (let i = 0; i < weight.length; i++) w[i] = weight[i] * scale[i % outs];
+  const b = Float32Array.from(bias, (v, j) => (v - mean[j]) * scale[j] + beta[j]);
+  return { weight: w, bias: b };
+}
+
+export class RoIHeads {
+  /** box_head.fc6 | class_head.fc6, rows permuted for NHWC pooling: [12544, 2048]. */
+  private readonly fc6Weight: tf.Tensor2D;
+  private readonly fc6Bias: tf.Tensor1D;
+  private readonly boxFc7: [tf.Tensor2D, tf.Tensor1D];
+  private readonly classFc7: [tf.Tensor2D, tf.Tensor1D];
+  /** dof_pred.0 with dof_pred.1 (BatchNorm) folded in. */
+  private readonly dofHidden: [tf.Tensor2D, tf.Tensor1D];
+  private readonly dofOut: [tf.Tensor2D, tf.Tensor1D];
+  private readonly clsScore: [tf.Tensor2D, tf.Tensor1D];
+
+  constructor(weights: Img2PoseWeights) {
+    const get = (name: string): tf.Tensor => {
+      const t = weights.tensors.get(`roi_heads.${name}`);
+      if (!t) throw new Error(`RoIHeads: missing weight roi_heads.${name}`);
+      return t;
+    };
+    const layer = (name: string): [tf.Tensor2D, tf.Tensor1D] => [
+      tf.clone(get(`${name}.weight`)) as tf.Tensor2D,
+      tf.clone(get(`${name}.bias`)) as tf.Tensor1D,
+    ];
+    const boxFc6 = get('box_head.fc6.weight') as tf.Tensor2D;
+    const channels = boxFc6.shape[0] / (ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE);
+    this.fc6Weight = tf.tidy(() =>
+      tf.concat2d([permuteFc6Rows(boxFc6, channels), permuteFc6Rows(get('class_head.fc6.weight') as tf.Tensor2D, channels)], 1),
+    );
+    this.fc6Bias = tf.concat1d([get('box_head.fc6.bias') as tf.Tensor1D, get('class_head.fc6.bias') as tf.Tensor1D]);
+    this.boxFc7 = layer('box_head.fc7');
+    this.classFc7 = layer('class_head.fc7');
+    this.dofOut = layer('box_predictor.dof_pred.3');
+    this.clsScore = layer('class_predictor.cls_score');
+
+    const host = (name: string): Float32Array => get(name).dataSync() as Float32Array;
+    const hidden = get('box_predictor.dof_pred.0.weight');
+    const folded = foldBatchNorm(
+      host('box_predictor.dof_pred.0.weight'),
+      host('box_predictor.dof_pred.0.bias'),
+      host('box_predictor.dof_pred.1.weight'),
+      host('box_predictor.dof_pred.1.bias'),
+      host('box_predictor.dof_pred.1.running_mean'),
+      host('box_predictor.dof_pred.1.running_var'),
+    );
+    this.dofHidden = [tf.tensor2d(folded.weight, hidden.shape as [number, number]), tf.tensor1d(folded.bias)];
+  }
+
+  /** Pooled features [R, 7, 7, C] -> class logits [R, 2] and dof regression [R, 12]. */
+  apply(pooled: tf.Tensor4D): { classLogits: tf.Tensor2D; dofRegression: tf.Tensor2D } {
+    return tf.tidy(() => {
+      const r = pooled.shape[0];
+      const x = pooled.reshape([r, -1]) as tf.Tensor2D;
+      const fc6 = linear(x, this.fc6Weight, this.fc6Bias, true);
+      const dense = (input: tf.Tensor2D, [w, b]: [tf.Tensor2D, tf.Tensor1D], relu: boolean): tf.Tensor2D => linear(input, w, b, relu);
+      const boxFeatures = dense(tf.slice(fc6, [0, 0], [r, REPRESENTATION]), this.boxFc7, true);
+      const classFeatures = dense(tf.slice(fc6, [0, REPRESENTATION], [r, REPRESENTATION]), this.classFc7, true);
+      const dofRegression = dense(dense(boxFeatures, this.dofHidden, true), this.dofOut, false);
+      const classLogits = dense(classFeatures, this.clsScore, false);
+      return { classLogits, dofRegression };
+    });
+  }
+
+  /** apply(), read back. */
+  async forward(pooled: tf.Tensor4D): Promise<RoIHeadOutputs> {
+    if (pooled.shape[0] === 0) return { classLogits: new Float32Array(0), dofRegression: new Float32Array(0) };
+    const { classLogits, dofRegression } = this.apply(pooled);
+    try {
+      const [c, d] = await Promise.all([classLogits.data(), dofRegression.data()]);
+      return { classLogits: c as Float32Array, dofRegression: d as Float32Array };
+    } finally {
+      tf.dispose([classLogits, dofRegression]);
+    }
+  }
+
+  dispose(): void {
+    tf.dispose([
+      this.fc6Weight,
+      this.fc6Bias,
+      ...this.boxFc7,
+      ...this.classFc7,
+      ...this.dofHidden,
+      ...this.dofOut,
+      ...this.clsScore,
+    ]);
+  }
+}

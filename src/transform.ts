@@ -1,0 +1,204 @@
+/**
+ * Input transform: what torchvision's GeneralizedRCNNTransform does to the images before the
+ * backbone, as upstream img2pose configures it (eval mode, one min_size, max_size, ImageNet
+ * mean/std, batches padded to a multiple of 32).
+ *
+ * Per image: uint8 RGB -> /255 -> (x - mean) / std -> bilinear resize (align_corners=False, no
+ * antialias) to resizedSize(). Normalisation comes BEFORE the resize, as upstream does; the
+ * zero padding is therefore zero in normalised space.
+ */
+import * as tf from '@tensorflow/tfjs';
+
+/** torchvision's ImageNet statistics (GeneralizedRCNNTransform defaults used by upstream). */
+export const IMAGE_MEAN: readonly [number, number, number] = [0.485, 0.456, 0.406];
+export const IMAGE_STD: readonly [number, number, number] = [0.229, 0.224, 0.225];
+
+/** Batches are padded so every side is a multiple of this (torchvision's size_divisible). */
+export const SIZE_DIVISIBLE = 32;
+
+export type Size = [number, number];
+
+export interface ImageBatch {
+  /** NHWC float32: normalised, resized, zero-padded bottom/right to the batch's padded H and W. */
+  images: tf.Tensor4D;
+  /** Each image's size after the resize, before padding (upstream `image_sizes`). */
+  imageSizes: Size[];
+  /** Each image's OWN padded size (what a single-image run would pad to). */
+  paddedSizes: Size[];
+  /** Each input image's size. */
+  originalSizes: Size[];
+}
+
+/**
+ * Output size of the resize, bit-exact with upstream. torchvision computes
+ * `min(min_size / short_side, max_size / long_side)` with the sides as float32 tensors and the
+ * sizes as Python floats; torch evaluates `float / tensor` as `reciprocal(tensor) * float`, so the
+ * scale is f32(f32(1 / side) * size), NOT the correctly rounded quotient (the two disagree on about
+ * one size in five). The scale comes out as a Python float and interpolate floors side * scale in
+ * float64. Example: a 718-pixel short side at minSize 640 gives scale 0.89136487 and 639 pixels.
+ */
+export function resizedSize(h: number, w: number, minSize: number, maxSize: number): Size {
+  if (!(h > 0 && w > 0)) throw new Error(`resizedSize: image size must be positive, got ${h}x${w}`);
+  const f32 = Math.fround;
+  // A product of two float32 values is exact in float64, so one fround gives torch's float32 product.
+  const byShort = f32(f32(1 / f32(Math.min(h, w))) * f32(minSize));
+  const byLong = f32(f32(1 / f32(Math.max(h, w))) * f32(maxSize));
+  const scale = Math.min(byShort, byLong);
+  return [Math.floor(h * scale), Math.floor(w * scale)];
+}
+
+function ceilTo(n: number, m: number): number {
+  return Math.ceil(n / m) * m;
+}
+
+/** The size an image of size [h, w] is padded to when it runs alone. */
+export function paddedSize([h, w]: Size): Size {
+  return [ceilTo(h, SIZE_DIVISIBLE), ceilTo(w, SIZE_DIVISIBLE)];
+}
+
+/**
+ * Source taps of torch's bilinear interpolation along one axis (align_corners=False, no
+ * antialias), reproduced bit-exactly: scale = f32(in / out); source = scale * (d + 0.5) - 0.5
+ * evaluated in float64 (torch's CPU accumulate type for float) and clamped at 0;
+ * index0 = min(floor(source), in - 1), index1 = index0 + 1 except at the last pixel;
+ * weight1 = f32(source - index0) clamped to [0, 1], weight0 = f32(1 - weight1).
+ *
+ * Not tf.image.resizeBilinear: XNNPACK (the wasm kernel) computes the source coordinate as
+ * f32(d * scale + f32(scale / 2 - 1/2)), which samples points up to ~3e-5 pixel away from torch's
+ * and gives errors of 1e-4 on sharp edges; with these taps the error is 1-2 float32 ulps.
+ */
+export interface LinearTaps {
+  index0: Int32Array;
+  index1: Int32Array;
+  weight0: Float32Array;
+  weight1: Float32Array;
+}
+
+export function bilinearTaps(inSize: number, outSize: number): LinearTaps {
+  const f32 = Math.fround;
+  const scale = f32(inSize / outSize);
+  const taps: LinearTaps = {
+    index0: new Int32Array(outSize),
+    index1: new Int32Array(outSize),
+    weight0: new Float32Array(outSize),
+    weight1: new Float32Array(outSize),
+  };
+  for (let d = 0; d < outSize; d++) {
+    const source = Math.max(scale * (d + 0.5) - 0.5, 0);
+    const i0 = Math.min(Math.floor(source), inSize - 1);
+    const w1 = f32(Math.min(Math.max(source - i0, 0), 1));
+    taps.index0[d] = i0;
+    taps.index1[d] = i0 < inSize - 1 ? i0 + 1 : i0;
+    taps.weight1[d] = w1;
+    taps.weight0[d] = f32(1 - w1);
+  }
+  return taps;
+}
+
+const MEAN_F32 = IMAGE_MEAN.map(Math.fround);
+const STD_F32 = IMAGE_STD.map(Math.fround);
+
+/** Upstream's normalisation of one 0..255 value of channel c, float32 after every operation. */
+export function normalizePixel(value: number, c: number): number {
+  const f32 = Math.fround;
+  return f32(f32(f32(f32(value) / 255) - MEAN_F32[c]) / STD_F32[c]);
+}
+
+/** normalizePixel for the 256 byte values of each channel (images are almost always uint8). */
+const NORMALIZED_BYTES: Float32Array[] = [0, 1, 2].map((c) => Float32Array.from({ length: 256 }, (_, v) => normalizePixel(v, c)));
+
+/** Normalise one source row (w RGB pixels starting at `offset`) into `out`. */
+function normalizeRow(src: ArrayLike<number>, offset: number, w: number, out: Float32Array): void {
+  for (let x = 0; x < w; x++) {
+    for (let c = 0; c < 3; c++) {
+      const v = src[offset + x * 3 + c];
+      // Byte values (the usual case) come from the table; anything else is computed.
+      out[x * 3 + c] = v >= 0 && v <= 255 && v === Math.floor(v) ? NORMALIZED_BYTES[c][v] : normalizePixel(v, c);
+    }
+  }
+}
+
+/**
+ * Normalise, then bilinearly resize, one HWC RGB image, writing it into the top-left corner
+ * of `out` (rows of `outRowStride` floats). Like torch, each output is interpolated along the
+ * width within two source rows, then between the rows; a source row is normalised and
+ * width-interpolated once, when first needed.
+ */
+function normalizeResizeInto(
+  src: ArrayLike<number>,
+  [h, w]: Size,
+  [oh, ow]: Size,
+  out: Float32Array,
+  outOffset: number,
+  outRowStride: number,
+): void {
+  const tx = bilinearTaps(w, ow);
+  const ty = bilinearTaps(h, oh);
+  const rowLen = ow * 3;
+  const normalized = new Float32Array(w * 3);
+  // Two-row cache: the source rows of consecutive output rows never go backwards.
+  const rows = [new Float32Array(rowLen), new Float32Array(rowLen)];
+  const rowOf = [-1, -1];
+  let next = 0;
+  const sourceRow = (y: number): Float32Array => {
+    if (rowOf[0] === y) return rows[0];
+    if (rowOf[1] === y) return rows[1];
+    const slot = next;
+    next = 1 - next;
+    rowOf[slot] = y;
+    const row = rows[slot];
+    normalizeRow(src, y * w * 3, w, normalized);
+    for (let x = 0; x < ow; x++) {
+      const p0 = tx.index0[x] * 3;
+      const p1 = tx.index1[x] * 3;
+      const a = tx.weight0[x];
+      const b = tx.weight1[x];
+      const o = x * 3;
+      row[o] = normalized[p0] * a + normalized[p1] * b;
+      row[o + 1] = normalized[p0 + 1] * a + normalized[p1 + 1] * b;
+      row[o + 2] = normalized[p0 + 2] * a + normalized[p1 + 2] * b;
+    }
+    return row;
+  };
+  for (let y = 0; y < oh; y++) {
+    const r0 = sourceRow(ty.index0[y]);
+    const r1 = sourceRow(ty.index1[y]);
+    const a = ty.weight0[y];
+    const b = ty.weight1[y];
+    const o = outOffset + y * outRowStride;
+    for (let k = 0; k < rowLen; k++) out[o + k] = r0[k] * a + r1[k] * b;
+  }
+}
+
+/**
+ * Stack images into one zero-padded NHWC batch. `images` are HWC RGB, values 0..255 (int32 or
+ * float32); they are not disposed. The work is done on the host: it is a few multiply-adds per
+ * output pixel, and doing it in JS lets us follow torch's sampling exactly.
+ */
+export function prepareBatch(images: tf.Tensor3D[], minSize: number, maxSize: number): ImageBatch {
+  if (images.length === 0) throw new Error('prepareBatch: no images');
+  const originalSizes: Size[] = [];
+  const imageSizes: Size[] = [];
+  const paddedSizes: Size[] = [];
+  for (const [i, img] of images.entries()) {
+    if (img.rank !== 3 || img.shape[2] !== 3) {
+      throw new Error(`prepareBatch: image ${i} must be HWC with 3 (RGB) channels, got shape [${img.shape}]`);
+    }
+    const [h, w] = img.shape;
+    const r = resizedSize(h, w, minSize, maxSize);
+    if (r[0] < 1 || r[1] < 1) throw new Error(`prepareBatch: image ${i} (${h}x${w}) resizes to an empty ${r[0]}x${r[1]}`);
+    originalSizes.push([h, w]);
+    imageSizes.push(r);
+    paddedSizes.push(paddedSize(r));
+  }
+  const batchH = Math.max(...paddedSizes.map((s) => s[0]));
+  const batchW = Math.max(...paddedSizes.map((s) => s[1]));
+  const imageLen = batchH * batchW * 3;
+  // Zero-initialised: the padding is 0 in normalised space, as upstream pads after normalising.
+  const data = new Float32Array(images.length * imageLen);
+  images.forEach((img, i) => {
+    normalizeResizeInto(img.dataSync(), originalSizes[i], imageSizes[i], data, i * imageLen, batchW * 3);
+  });
+  const batch = tf.tensor4d(data, [images.length, batchH, batchW, 3], 'float32');
+  return { images: batch, imageSizes, paddedSizes, originalSizes };
+}

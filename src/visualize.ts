@@ -1,0 +1,317 @@
+/**
+ * Drawing detections: boxes, confidence labels, the five keypoints and the head-pose axes.
+ *
+ * Lines, rectangles, discs and the score digits are drawn by hand on the RGBA bitmap: jimp 1.x
+ * has no line or shape primitive, and its font loader (like `Jimp.read`) goes through a dynamic
+ * `import()` that CommonJS test runners cannot execute. jimp only decodes and encodes here.
+ */
+import * as fs from 'fs';
+import { Jimp, defaultFormats } from 'jimp';
+import { sniffFormat } from './io';
+import { projectPoints, transformPoints } from './pose';
+
+/**
+ * Anything `visualize` can draw on: a file path, encoded image bytes (PNG, JPEG, ...), or a decoded
+ * RGBA bitmap such as a jimp image (it is copied, never drawn on).
+ */
+export type VisualizeImage = string | Buffer | Uint8Array | { bitmap: RgbaBitmap };
+
+
+export type RGB = [number, number, number];
+
+/** What is drawn of a detection; the detector's `Face` is one. */
+export interface DrawableFace {
+  box: readonly number[];
+  confidence: number;
+  pose: readonly number[];
+  keypoints: Readonly<Record<string, readonly number[]>>;
+}
+
+export interface VisualizeOptions {
+  /** Also write the PNG here. */
+  out?: string;
+  /** Line width in pixels (default 2, as upstream's `draw_detections`). */
+  thickness?: number;
+  boxColor?: RGB;
+  keypointColor?: RGB;
+  showConfidence?: boolean;
+  showKeypoints?: boolean;
+  showPose?: boolean;
+  /** Length of the drawn pose axes in the 3D reference face's units (the face is ~1.5 wide). */
+  axisLength?: number;
+}
+
+/** A decoded RGBA image, row-major, 4 bytes a pixel. */
+export interface RgbaBitmap {
+  width: number;
+  height: number;
+  data: Uint8Array;
+}
+
+const AXIS_COLORS: [RGB, RGB, RGB] = [
+  [255, 0, 0], // x: the face's left-to-right
+  [0, 255, 0], // y: downwards (image convention)
+  [0, 0, 255], // facing direction
+];
+
+/**
+ * Draws `faces` on a copy of `image` and returns it as PNG bytes (same size as the input).
+ * Coordinates are those `detectFaces` returns: original-image pixels.
+ */
+export async function visualize(image: VisualizeImage, faces: readonly DrawableFace[], opts: VisualizeOptions = {}): Promise<Buffer> {
+  const bm = await toBitmap(image);
+  const thickness = Math.max(1, Math.round(opts.thickness ?? 2));
+  const boxColor = opts.boxColor ?? [0, 255, 0];
+  const keypointColor = opts.keypointColor ?? [255, 0, 0];
+  const axisLength = opts.axisLength ?? 0.8;
+
+  for (const face of faces) {
+    if (opts.showPose !== false) {
+      const axes = poseAxes2d(face.pose, bm.width, bm.height, axisLength);
+      if (axes) {
+        for (let a = 0; a < 3; a++) {
+          drawLine(bm, axes.origin[0], axes.origin[1], axes.ends[a][0], axes.ends[a][1], AXIS_COLORS[a], thickness);
+        }
+      }
+    }
+    drawRect(bm, face.box, boxColor, thickness);
+    if (opts.showKeypoints !== false) {
+      const radius = Math.max(2, thickness);
+      for (const [kx, ky] of Object.values(face.keypoints)) fillDisc(bm, kx, ky, radius, keypointColor);
+    }
+  }
+  // Labels last, so that no box or axis of a neighbouring face hides a score.
+  if (opts.showConfidence !== false) for (const face of faces) drawLabel(bm, face, boxColor);
+
+  const png = await encodePng(bm);
+  if (opts.out) await fs.promises.writeFile(opts.out, png);
+  return png;
+}
+
+/** PNG bytes of an RGBA bitmap. */
+export async function encodePng(bm: RgbaBitmap): Promise<Buffer> {
+  const { width, height, data } = bm;
+  return Jimp.fromBitmap({ width, height, data: Buffer.from(data.buffer, data.byteOffset, data.byteLength) }).getBuffer(
+    'image/png',
+  );
+}
+
+const MIME: Record<NonNullable<ReturnType<typeof sniffFormat>>, string> = {
+  JPEG: 'image/jpeg',
+  PNG: 'image/png',
+  BMP: 'image/bmp',
+  GIF: 'image/gif',
+  TIFF: 'image/tiff',
+};
+
+/**
+ * Decodes PNG, JPEG, GIF, BMP or TIFF bytes to RGBA with jimp's codec for the sniffed format
+ * (jimp's own detection is the dynamic import mentioned above). No EXIF rotation, as src/io.ts.
+ */
+export function decodeImage(bytes: Uint8Array, source = 'image'): RgbaBitmap {
+  const format = sniffFormat(bytes);
+  const codec = format && defaultFormats.map((f) => f()).find((f) => f.mime === MIME[format]);
+  if (!codec) throw new Error(`${source}: not a PNG, JPEG, GIF, BMP or TIFF image`);
+  const decoded = codec.decode(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+  return { width: decoded.width, height: decoded.height, data: new Uint8Array(decoded.data) };
+}
+
+async function toBitmap(image: VisualizeImage): Promise<RgbaBitmap> {
+  if (typeof image === 'string') return decodeImage(await fs.promises.readFile(image), image);
+  if (image instanceof Uint8Array) return decodeImage(image);
+  const { width, height, data } = image.bitmap;
+  if (data.length !== width * height * 4) throw new Error(`bitmap of ${width}x${height} needs ${width * height * 4} bytes, has ${data.length}`);
+  return { width, height, data: Uint8Array.from(data) };
+}
+
+/** Confidence as dark digits on a box-coloured tab above the box (inside it when at the top edge). */
+function drawLabel(bm: RgbaBitmap, face: DrawableFace, color: RGB): void {
+  if (!face.box.every(Number.isFinite)) return;
+  const text = face.confidence.toFixed(2);
+  const w = textWidth(text) + 2 * LABEL_PAD;
+  const h = GLYPH_H * GLYPH_SCALE + 2 * LABEL_PAD;
+  const x = clampInt(Math.round(face.box[0]), 0, Math.max(0, bm.width - w));
+  const above = Math.round(face.box[1]) - h;
+  const y = above >= 0 ? above : clampInt(Math.round(face.box[1]), 0, Math.max(0, bm.height - h));
+  fillRect(bm, x, y, x + w, y + h, color);
+  drawText(bm, x + LABEL_PAD, y + LABEL_PAD, text, [0, 0, 0]);
+}
+
+// A 3x5 pixel font for the label's characters, one row per string, '#' = ink; drawn scaled up.
+const GLYPHS: Record<string, string[]> = {
+  '0': ['###', '#.#', '#.#', '#.#', '###'],
+  '1': ['.#.', '##.', '.#.', '.#.', '###'],
+  '2': ['###', '..#', '###', '#..', '###'],
+  '3': ['###', '..#', '.##', '..#', '###'],
+  '4': ['#.#', '#.#', '###', '..#', '..#'],
+  '5': ['###', '#..', '###', '..#', '###'],
+  '6': ['###', '#..', '###', '#.#', '###'],
+  '7': ['###', '..#', '.#.', '.#.', '.#.'],
+  '8': ['###', '#.#', '###', '#.#', '###'],
+  '9': ['###', '#.#', '###', '..#', '###'],
+  '.': ['...', '...', '...', '...', '.#.'],
+  '-': ['...', '...', '###', '...', '...'],
+};
+const GLYPH_W = 3;
+const GLYPH_H = 5;
+const GLYPH_SCALE = 3;
+const LABEL_PAD = 2;
+
+function textWidth(text: string): number {
+  return text.length * (GLYPH_W + 1) * GLYPH_SCALE - GLYPH_SCALE;
+}
+
+/** Draws `text` with its top-left corner at (x, y); characters without a glyph are left blank. */
+export function drawText(bm: RgbaBitmap, x: number, y: number, text: string, c: RGB): void {
+  let cx = x;
+  for (const ch of text) {
+    const glyph = GLYPHS[ch];
+    if (glyph) {
+      for (let gy = 0; gy < GLYPH_H; gy++) {
+        for (let gx = 0; gx < GLYPH_W; gx++) {
+          if (glyph[gy][gx] !== '#') continue;
+          const px = cx + gx * GLYPH_SCALE;
+          const py = y + gy * GLYPH_SCALE;
+          fillRect(bm, px, py, px + GLYPH_SCALE, py + GLYPH_SCALE, c);
+        }
+      }
+    }
+    cx += (GLYPH_W + 1) * GLYPH_SCALE;
+  }
+}
+
+/**
+ * The head-pose axes in image pixels: the pose's origin and the end points of its x, y and
+ * facing (-z) axes, projected with the same camera as the keypoints (focal w+h, centre
+ * (w/2, h/2)). Null when the origin or an end point is not in front of the camera.
+ */
+export function poseAxes2d(
+  pose: ArrayLike<number>,
+  width: number,
+  height: number,
+  length: number,
+): { origin: [number, number]; ends: [[number, number], [number, number], [number, number]] } | null {
+  // The reference face looks towards -z (its nose tip has the smallest z), so the facing axis is -z.
+  const pts = Float64Array.from([0, 0, 0, length, 0, 0, 0, length, 0, 0, 0, -length]);
+  const cam = transformPoints(pose, pts);
+  for (let i = 0; i < 4; i++) if (!(cam[i * 3 + 2] > 0)) return null;
+  // Same camera as the detector's keypoints: focal w + h, centre (w / 2, h / 2) of the image drawn on.
+  const p = projectPoints(pose, pts, width + height, width / 2, height / 2);
+  for (let i = 0; i < 8; i++) if (!Number.isFinite(p[i])) return null;
+  return {
+    origin: [p[0], p[1]],
+    ends: [
+      [p[2], p[3]],
+      [p[4], p[5]],
+      [p[6], p[7]],
+    ],
+  };
+}
+
+function clampInt(v: number, lo: number, hi: number): number {
+  return Math.min(hi, Math.max(lo, v));
+}
+
+function setPixel(bm: RgbaBitmap, x: number, y: number, c: RGB): void {
+  if (x < 0 || y < 0 || x >= bm.width || y >= bm.height) return;
+  const i = (y * bm.width + x) * 4;
+  bm.data[i] = c[0];
+  bm.data[i + 1] = c[1];
+  bm.data[i + 2] = c[2];
+  bm.data[i + 3] = 255;
+}
+
+/** Fills the half-open pixel rectangle [x0, x1) x [y0, y1), clipped to the image. */
+export function fillRect(bm: RgbaBitmap, x0: number, y0: number, x1: number, y1: number, c: RGB): void {
+  const xa = Math.max(0, Math.floor(x0));
+  const ya = Math.max(0, Math.floor(y0));
+  const xb = Math.min(bm.width, Math.floor(x1));
+  const yb = Math.min(bm.height, Math.floor(y1));
+  for (let y = ya; y < yb; y++) for (let x = xa; x < xb; x++) setPixel(bm, x, y, c);
+}
+
+/** Box outline of the given width, grown inwards from the box edges (as PIL's rectangle). */
+export function drawRect(bm: RgbaBitmap, box: readonly number[], c: RGB, thickness: number): void {
+  const [x1, y1, x2, y2] = box.map((v) => Math.round(v));
+  if (![x1, y1, x2, y2].every(Number.isFinite)) return;
+  const t = thickness;
+  fillRect(bm, x1, y1, x2 + 1, y1 + t, c);
+  fillRect(bm, x1, y2 - t + 1, x2 + 1, y2 + 1, c);
+  fillRect(bm, x1, y1, x1 + t, y2 + 1, c);
+  fillRect(bm, x2 - t + 1, y1, x2 + 1, y2 + 1, c);
+}
+
+export function fillDisc(bm: RgbaBitmap, cx: number, cy: number, r: number, c: RGB): void {
+  if (!Number.isFinite(cx) || !Number.isFinite(cy)) return;
+  const x0 = Math.round(cx);
+  const y0 = Math.round(cy);
+  for (let dy = -r; dy <= r; dy++) {
+    for (let dx = -r; dx <= r; dx++) if (dx * dx + dy * dy <= r * r) setPixel(bm, x0 + dx, y0 + dy, c);
+  }
+}
+
+/**
+ * Clips the segment to [lo, hi] in both axes (Liang-Barsky); null when nothing is left.
+ * Projected pose axes can land far off-image, and walking such a line pixel by pixel would be slow.
+ */
+export function clipSegment(
+  x0: number, y0: number, x1: number, y1: number,
+  xmin: number, ymin: number, xmax: number, ymax: number,
+): [number, number, number, number] | null {
+  const dx = x1 - x0;
+  const dy = y1 - y0;
+  let t0 = 0;
+  let t1 = 1;
+  const edges: [number, number][] = [
+    [-dx, x0 - xmin],
+    [dx, xmax - x0],
+    [-dy, y0 - ymin],
+    [dy, ymax - y0],
+  ];
+  for (const [p, q] of edges) {
+    if (p === 0) {
+      if (q < 0) return null;
+      continue;
+    }
+    const r = q / p;
+    if (p < 0) {
+      if (r > t1) return null;
+      if (r > t0) t0 = r;
+    } else {
+      if (r < t0) return null;
+      if (r < t1) t1 = r;
+    }
+  }
+  return [x0 + t0 * dx, y0 + t0 * dy, x0 + t1 * dx, y0 + t1 * dy];
+}
+
+/** A line of the given width: Bresenham's walk stamping a square brush at each step. */
+export function drawLine(bm: RgbaBitmap, xa: number, ya: number, xb: number, yb: number, c: RGB, thickness: number): void {
+  if (![xa, ya, xb, yb].every(Number.isFinite)) return;
+  const clipped = clipSegment(xa, ya, xb, yb, -thickness, -thickness, bm.width + thickness, bm.height + thickness);
+  if (!clipped) return;
+  let x = Math.round(clipped[0]);
+  let y = Math.round(clipped[1]);
+  const x1 = Math.round(clipped[2]);
+  const y1 = Math.round(clipped[3]);
+  const dx = Math.abs(x1 - x);
+  const dy = -Math.abs(y1 - y);
+  const sx = x < x1 ? 1 : -1;
+  const sy = y < y1 ? 1 : -1;
+  const lo = -Math.floor((thickness - 1) / 2);
+  const hi = lo + thickness;
+  let err = dx + dy;
+  for (;;) {
+    fillRect(bm, x + lo, y + lo, x + hi, y + hi, c);
+    if (x === x1 && y === y1) break;
+    const e2 = 2 * err;
+    if (e2 >= dy) {
+      err += dy;
+      x += sx;
+    }
+    if (e2 <= dx) {
+      err += dx;
+      y += sy;
+    }
+  }
+}

@@ -1,0 +1,340 @@
+// Implicit-GEMM NHWC convolution for the webgpu backend, with bias, residual add (same size, or a
+// nearest-upsampled smaller map: the FPN top-down path) and ReLU fused into the epilogue.
+//
+// GEMM view: rows m = output pixels (b, oy, ox), columns n = output channels, reduction
+// k = (ky, kx, ci), which is exactly the row-major order of tfjs filters (kh, kw, in, out), so the
+// filter is the B matrix as stored. A is never materialised: each k-tile gathers its input pixels
+// (zero outside the image, i.e. PyTorch's symmetric zero padding). 16x16 threads per workgroup;
+// shared-memory tiles of BM x BK (A, k-major) and BK x BN (B); each thread keeps a
+// (BM/16) x (BN/16) register tile and prefetches the next k-tile into registers while computing.
+// Fully connected layers are the 1x1 case (H = 1, W = rows), see `linearFused`.
+import * as tf from '@tensorflow/tfjs';
+import { runProgram, WebGPUProgram } from './program';
+
+export interface ConvOptions {
+  stride: number;
+  /** Symmetric zero padding on each side (PyTorch's `padding`). */
+  pad: number;
+  relu: boolean;
+  /** Added before the ReLU: same shape as the output, or a smaller map when `upsampleResidual`. */
+  residual?: tf.Tensor4D;
+  /** Read `residual` with nearest-neighbour upsampling to the output size (F.interpolate 'nearest'). */
+  upsampleResidual?: boolean;
+}
+
+/** Tile shape of one workgroup. BK stays 16: one k-tile then lies within one (ky, kx) when Cin % 16 == 0. */
+export interface ConvTile {
+  bm: 64 | 128;
+  bn: 64 | 128;
+}
+
+const BK = 16;
+const THREADS = 256;
+// Enough workgroups to give each of the ~132 SMs of an H100/H200 two resident workgroups.
+const FULL_WAVE = 264;
+
+export function convOutputSize(size: number, k: number, stride: number, pad: number): number {
+  return Math.floor((size + 2 * pad - k) / stride) + 1;
+}
+
+/** Largest tile that still fills the GPU: small late layers trade register reuse for parallelism. */
+export function chooseTile(rows: number, cols: number): ConvTile {
+  const count = (bm: number, bn: number): number => Math.ceil(rows / bm) * Math.ceil(cols / bn);
+  if (cols > 64 && count(128, 128) >= FULL_WAVE) return { bm: 128, bn: 128 };
+  if (count(128, 64) >= FULL_WAVE) return { bm: 128, bn: 64 };
+  return { bm: 64, bn: 64 };
+}
+
+interface ConvShaderSpec {
+  kh: number;
+  kw: number;
+  cin: number;
+  cout: number;
+  stride: number;
+  pad: number;
+  relu: boolean;
+  hasBias: boolean;
+  residual: 'none' | 'same' | 'upsample';
+  tile: ConvTile;
+}
+
+function specKey(s: ConvShaderSpec): string {
+  return `i2pConv_${s.kh}x${s.kw}_${s.cin}_${s.cout}_s${s.stride}_p${s.pad}_${s.relu ? 'r' : ''}${s.hasBias ? 'b' : ''}` +
+    `_${s.residual}_${s.tile.bm}x${s.tile.bn}`;
+}
+
+/**
+ * WGSL body (after the backend's generated header) for one conv configuration. Channel counts
+ * are multiples of 4 here (conv2dFused pads), so every load and store is a vec4.
+ */
+export function convShaderSource(s: ConvShaderSpec): string {
+  const { bm, bn } = s.tile;
+  const rm = bm / 64; // row groups of 4 per thread, 16 threads apart
+  const rn = bn / 64; // column groups of 4 per thread
+  if (s.cin % 4 !== 0 || s.cout % 4 !== 0) throw new Error('convShaderSource: channels must be multiples of 4');
+  // Cin % 16 == 0: a whole k-tile is 16 channels of one tap, decoded once per tile; else each
+  // vec4 (4 channels of one tap) decodes its own tap.
+  const tileTap = s.cin % BK === 0;
+  const ktot = s.kh * s.kw * s.cin;
+  const lines: string[] = [];
+  const L = (t: string): void => {
+    lines.push(t);
+  };
+
+  L(`const BM = ${bm}; const BN = ${bn}; const BK = ${BK};`);
+  L(`const CIN = ${s.cin}; const COUT = ${s.cout}; const KW = ${s.kw}; const KTOT = ${ktot};`);
+  L(`const STRIDE = ${s.stride}; const PAD = ${s.pad};`);
+  L(`var<workgroup> As: array<vec4<f32>, ${(BK * bm) / 4}>;`);
+  L(`var<workgroup> Bs: array<vec4<f32>, ${(BK * bn) / 4}>;`);
+  L(`fn main() {`);
+  L(`  let tx = i32(localId.x); let ty = i32(localId.y); let tid = ty * 16 + tx;`);
+  L(`  let n0 = i32(workgroupId.x) * BN; let m0 = i32(workgroupId.y) * BM;`);
+  L(`  let HO = uniforms.outShape.y; let WO = uniforms.outShape.z; let M = uniforms.outShape.x * HO * WO;`);
+  L(`  let H = uniforms.xShape.y; let W_ = uniforms.xShape.z;`);
+
+  // Per-thread A-loader rows are fixed for the whole k loop: decode their pixels once.
+  const aLoads = (bm * BK) / 4 / THREADS;
+  for (let l = 0; l < aLoads; l++) {
+    L(`  let aM${l} = (tid + ${l * THREADS}) / ${BK / 4}; let aK${l} = (tid + ${l * THREADS}) % ${BK / 4};`);
+    L(`  let aPix${l} = m0 + aM${l}; let aOk${l} = aPix${l} < M;`);
+    L(`  let aB${l} = aPix${l} / (HO * WO); let aR${l} = aPix${l} - aB${l} * HO * WO;`);
+    L(`  let aOy${l} = aR${l} / WO; let aOx${l} = aR${l} - aOy${l} * WO;`);
+    L(`  let aIy${l} = aOy${l} * STRIDE - PAD; let aIx${l} = aOx${l} * STRIDE - PAD; let aBase${l} = aB${l} * H * W_;`);
+    L(`  var ra${l} = vec4<f32>(0.0);`);
+  }
+  const bLoads = (bn * BK) / 4 / THREADS;
+  for (let l = 0; l < bLoads; l++) {
+    L(`  let bK${l} = (tid + ${l * THREADS}) / ${bn / 4}; let bN${l} = n0 + ((tid + ${l * THREADS}) % ${bn / 4}) * 4;`);
+    L(`  var rb${l} = vec4<f32>(0.0);`);
+  }
+  for (let r = 0; r < rm; r++) for (let j = 0; j < 4; j++) for (let c = 0; c < rn; c++) {
+    L(`  var acc${r}_${j}_${c} = vec4<f32>(0.0);`);
+  }
+
+  const gather = (l: number, ci: string): string[] => [
+    `  { let iy = aIy${l} + ky; let ix = aIx${l} + kx; ra${l} = vec4<f32>(0.0);`,
+    `    if (aOk${l} && iy >= 0 && iy < H && ix >= 0 && ix < W_) {`,
+    `      ra${l} = x[((aBase${l} + iy * W_ + ix) * CIN + ${ci}) / 4]; } }`,
+  ];
+  const loadA = (k0: string): string[] => {
+    const out: string[] = [];
+    if (tileTap) {
+      out.push(`{ let kpos = ${k0} / CIN; let ci0 = ${k0} - kpos * CIN; let ky = kpos / KW; let kx = kpos - ky * KW;`);
+      for (let l = 0; l < aLoads; l++) out.push(...gather(l, `ci0 + aK${l} * 4`));
+      out.push(`}`);
+    } else {
+      for (let l = 0; l < aLoads; l++) {
+        out.push(`{ let k = ${k0} + aK${l} * 4; ra${l} = vec4<f32>(0.0);`);
+        out.push(`  if (k < KTOT) { let kpos = k / CIN; let ci = k - kpos * CIN; let ky = kpos / KW; let kx = kpos - ky * KW;`);
+        out.push(...gather(l, 'ci'), `} }`);
+      }
+    }
+    return out;
+  };
+  const loadB = (k0: string): string[] => {
+    const out: string[] = [];
+    for (let l = 0; l < bLoads; l++) {
+      out.push(`{ let k = ${k0} + bK${l}; rb${l} = vec4<f32>(0.0);`);
+      out.push(`  if (k < KTOT && bN${l} < COUT) { rb${l} = W[(k * COUT + bN${l}) / 4]; } }`);
+    }
+    return out;
+  };
+  const storeTiles = (): string[] => {
+    const out: string[] = [];
+    for (let l = 0; l < aLoads; l++) {
+      // k-major A tile: element (k, m) at As[k * BM/4 + m/4][m % 4]
+      for (let e = 0; e < 4; e++) out.push(`As[(aK${l} * 4 + ${e}) * ${bm / 4} + aM${l} / 4][aM${l} % 4] = ra${l}[${e}];`);
+    }
+    for (let l = 0; l < bLoads; l++) out.push(`Bs[bK${l} * ${bn / 4} + (tid + ${l * THREADS}) % ${bn / 4}] = rb${l};`);
+    return out;
+  };
+
+  L(`  let nk = (KTOT + BK - 1) / BK;`);
+  lines.push(...loadA('0'), ...loadB('0'));
+  L(`  for (var t = 0; t < nk; t++) {`);
+  lines.push(...storeTiles());
+  L(`    workgroupBarrier();`);
+  L(`    if (t + 1 < nk) {`);
+  lines.push(...loadA('(t + 1) * BK'), ...loadB('(t + 1) * BK'));
+  L(`    }`);
+  L(`    for (var k = 0; k < BK; k++) {`);
+  for (let r = 0; r < rm; r++) L(`      let a${r} = As[k * ${bm / 4} + ty + ${r * 16}];`);
+  for (let c = 0; c < rn; c++) L(`      let b${c} = Bs[k * ${bn / 4} + tx + ${c * 16}];`);
+  for (let r = 0; r < rm; r++) for (let j = 0; j < 4; j++) for (let c = 0; c < rn; c++) {
+    L(`      acc${r}_${j}_${c} = fma(vec4<f32>(a${r}[${j}]), b${c}, acc${r}_${j}_${c});`);
+  }
+  L(`    }`);
+  L(`    workgroupBarrier();`);
+  L(`  }`);
+
+  // Epilogue: bias, residual, ReLU, store.
+  if (s.residual === 'upsample') {
+    L(`  let HR = uniforms.resShape.y; let WR = uniforms.resShape.z;`);
+    L(`  let scaleY = f32(HR) / f32(HO); let scaleX = f32(WR) / f32(WO);`);
+  }
+  for (let r = 0; r < rm; r++) for (let j = 0; j < 4; j++) {
+    L(`  { let m = m0 + (ty + ${r * 16}) * 4 + ${j};`);
+    L(`    if (m < M) {`);
+    if (s.residual === 'upsample') {
+      L(`      let b = m / (HO * WO); let rem = m - b * HO * WO; let oy = rem / WO; let ox = rem - oy * WO;`);
+      L(`      let ry = min(i32(floor(f32(oy) * scaleY)), HR - 1); let rx = min(i32(floor(f32(ox) * scaleX)), WR - 1);`);
+      L(`      let rrow = ((b * HR + ry) * WR + rx) * COUT;`);
+    } else if (s.residual === 'same') {
+      L(`      let rrow = m * COUT;`);
+    }
+    for (let c = 0; c < rn; c++) {
+      L(`      { let n = n0 + (tx + ${c * 16}) * 4; var v = acc${r}_${j}_${c};`);
+      L(`        if (n < COUT) {`);
+      if (s.hasBias) L(`          v = v + bias[n / 4];`);
+      if (s.residual !== 'none') L(`          v = v + res[(rrow + n) / 4];`);
+      if (s.relu) L(`          v = max(v, vec4<f32>(0.0));`);
+      L(`          result[(m * COUT + n) / 4] = v; } }`);
+    }
+    L(`    } }`);
+  }
+  L(`}`);
+  return lines.join('\n');
+}
+
+class FusedConvProgram implements WebGPUProgram {
+  variableNames: string[];
+  variableComponents: number[];
+  outputComponent = 4;
+  outputShape: number[];
+  shaderKey: string;
+  dispatchLayout = { x: [3], y: [1, 2], z: [0] };
+  dispatch: [number, number, number];
+  workgroupSize: [number, number, number] = [16, 16, 1];
+
+  constructor(private readonly spec: ConvShaderSpec, outShape: [number, number, number, number]) {
+    this.outputShape = outShape;
+    this.variableNames = ['x', 'W'];
+    if (spec.hasBias) this.variableNames.push('bias');
+    if (spec.residual !== 'none') this.variableNames.push('res');
+    this.variableComponents = this.variableNames.map(() => 4);
+    this.shaderKey = specKey(spec);
+    const rows = outShape[0] * outShape[1] * outShape[2];
+    this.dispatch = [Math.ceil(spec.cout / spec.tile.bn), Math.ceil(rows / spec.tile.bm), 1];
+  }
+
+  getUserCode(): string {
+    return convShaderSource(this.spec);
+  }
+}
+
+const roundUp4 = (v: number): number => Math.ceil(v / 4) * 4;
+
+/** Zeros appended along `axis` (default: the last) up to length `to`; `t` itself when none are needed. */
+function padAxis<T extends tf.Tensor>(t: T, to: number, axis = t.rank - 1): T {
+  const extra = to - t.shape[axis];
+  if (extra === 0) return t;
+  const pads = t.shape.map((_, i) => (i === axis ? [0, extra] : [0, 0])) as [number, number][];
+  return tf.pad(t, pads) as T;
+}
+
+/**
+ * conv2d(x, w) + bias (+ residual) (then ReLU) in one dispatch. x NHWC, w (kh, kw, in, out).
+ * Must run on the webgpu backend; `conv2dPortable` is the same function in stock ops.
+ */
+export function conv2dFused(
+  x: tf.Tensor4D,
+  w: tf.Tensor4D,
+  bias: tf.Tensor1D | null,
+  opts: ConvOptions,
+  tile?: ConvTile,
+): tf.Tensor4D {
+  const [n, h, wd, cin] = x.shape;
+  const [kh, kw, wcin, cout] = w.shape;
+  if (wcin !== cin) throw new Error(`conv2dFused: input has ${cin} channels, filter expects ${wcin}`);
+  const ho = convOutputSize(h, kh, opts.stride, opts.pad);
+  const wo = convOutputSize(wd, kw, opts.stride, opts.pad);
+  const outShape: [number, number, number, number] = [n, ho, wo, cout];
+  const residual = opts.residual === undefined ? 'none' : opts.upsampleResidual ? 'upsample' : 'same';
+  if (opts.residual !== undefined) {
+    const rs = opts.residual.shape;
+    const ok = opts.upsampleResidual
+      ? rs[0] === n && rs[3] === cout
+      : rs.every((d, i) => d === outShape[i]);
+    if (!ok) throw new Error(`conv2dFused: residual shape ${rs} does not fit output ${outShape}`);
+  }
+  return tf.tidy(() => {
+    // Channel counts not divisible by 4 (the RGB stem, the 15-channel RPN predictor) are padded
+    // with zeros so every access is a vec4; the extra output channels are sliced off.
+    const cinP = roundUp4(cin);
+    const coutP = roundUp4(cout);
+    const spec: ConvShaderSpec = {
+      kh, kw, cin: cinP, cout: coutP, stride: opts.stride, pad: opts.pad, relu: opts.relu,
+      hasBias: bias !== null, residual, tile: tile ?? chooseTile(n * ho * wo, coutP),
+    };
+    const inputs: tf.Tensor[] = [padAxis(x, cinP), padAxis(padAxis(w, cinP, 2), coutP)];
+    if (bias !== null) inputs.push(padAxis(bias, coutP));
+    if (opts.residual !== undefined) inputs.push(padAxis(opts.residual, coutP));
+    const out = runProgram<tf.Rank.R4>(new FusedConvProgram(spec, [n, ho, wo, coutP]), inputs);
+    return coutP === cout ? out : tf.slice(out, [0, 0, 0, 0], [n, ho, wo, cout]);
+  });
+}
+
+/**
+ * `lateral + nearest-upsample(coarse)` (torch interpolate 'nearest': source index floor(d * in / out)).
+ * At exactly 2x (always, with sizes padded to 32) a broadcast add over a (2, 2) sub-grid repeats
+ * each coarse value without materialising the upsampled map.
+ */
+export function addUpsampled(lateral: tf.Tensor4D, coarse: tf.Tensor4D): tf.Tensor4D {
+  return tf.tidy(() => {
+    const [n, h, w, c] = lateral.shape;
+    const [, hc, wc] = coarse.shape;
+    if (h === 2 * hc && w === 2 * wc) {
+      const sum = tf.add(tf.reshape(lateral, [n, hc, 2, wc, 2, c]), tf.reshape(coarse, [n, hc, 1, wc, 1, c]));
+      return tf.reshape(sum, [n, h, w, c]);
+    }
+    return tf.add(lateral, tf.image.resizeNearestNeighbor(coarse, [h, w], false, false));
+  });
+}
+
+/**
+ * The same function as `conv2dFused` in stock tfjs ops (any backend): tf.fused.conv2d with a
+ * numeric (symmetric) pad, then the residual add and ReLU as separate ops when there is a residual.
+ */
+export function conv2dPortable(
+  x: tf.Tensor4D,
+  w: tf.Tensor4D,
+  bias: tf.Tensor1D | null,
+  opts: ConvOptions,
+): tf.Tensor4D {
+  return tf.tidy(() => {
+    const residual = opts.residual;
+    let y: tf.Tensor4D = tf.fused.conv2d({
+      x,
+      filter: w,
+      strides: opts.stride,
+      pad: opts.pad,
+      bias: bias ?? undefined,
+      activation: opts.relu && residual === undefined ? 'relu' : 'linear',
+    });
+    if (residual !== undefined) {
+      y = opts.upsampleResidual ? addUpsampled(y, residual) : tf.add(y, residual);
+      if (opts.relu) y = tf.relu(y);
+    }
+    return y;
+  });
+}
+
+/** x (rows, in) @ w (in, out) + bias (then ReLU) with the conv kernel as a 1x1 convolution. */
+export function linearFused(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D | null, relu: boolean, tile?: ConvTile): tf.Tensor2D {
+  return tf.tidy(() => {
+    const [rows, k] = x.shape;
+    const out = conv2dFused(
+      tf.reshape(x, [1, 1, rows, k]),
+      tf.reshape(w, [1, 1, k, w.shape[1]]),
+      bias,
+      { stride: 1, pad: 0, relu },
+      tile,
+    );
+    return tf.reshape(out, [rows, w.shape[1]]);
+  });
+}
+
+/** The same function as `linearFused` in stock tfjs ops. */
+export function linearPortable(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D | null, relu: boolean): tf.Tensor2D {
+  return tf.fused.matMul({ a: x, b: w, bias: bias ?? undefined, activation: relu ? 'relu' : 'linear' }) as tf.Tensor2D;
+}

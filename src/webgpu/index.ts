@@ -1,0 +1,41 @@
+// One switch between the portable path (stock tfjs ops, any backend) and our WebGPU programs.
+// Stage code calls `conv` / `linear` from here instead of tf.conv2d / tf.matMul; the portable
+// path is the default, so nothing changes unless a caller opts in with setKernelMode('webgpu').
+import * as tf from '@tensorflow/tfjs';
+import { ConvOptions, conv2dFused, conv2dPortable, linearFused, linearPortable } from './conv2d';
+
+export type KernelMode = 'portable' | 'webgpu';
+
+let mode: KernelMode = 'portable';
+
+/** Selects the kernels every stage uses from now on. 'webgpu' requires the webgpu backend to be active. */
+export function setKernelMode(next: KernelMode): void {
+  mode = next;
+}
+
+export function kernelMode(): KernelMode {
+  return mode;
+}
+
+/** True when our WebGPU programs run: mode 'webgpu' and the webgpu backend active. */
+export function useWebGPUKernels(): boolean {
+  return mode === 'webgpu' && tf.getBackend() === 'webgpu';
+}
+
+/** Convolution with PyTorch's symmetric padding, bias, optional residual (maybe upsampled) and ReLU. NHWC; w (kh, kw, in, out). */
+export function conv(x: tf.Tensor4D, w: tf.Tensor4D, bias: tf.Tensor1D | null, opts: ConvOptions): tf.Tensor4D {
+  return useWebGPUKernels() ? conv2dFused(x, w, bias, opts) : conv2dPortable(x, w, bias, opts);
+}
+
+/** x (rows, in) @ w (in, out) + bias, optional ReLU. */
+export function linear(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D | null, relu: boolean): tf.Tensor2D {
+  return useWebGPUKernels() ? linearFused(x, w, bias, relu) : linearPortable(x, w, bias, relu);
+}
+
+export type { ConvOptions, ConvTile } from './conv2d';
+export { conv2dFused, conv2dPortable, linearFused, linearPortable, chooseTile, convOutputSize } from './conv2d';
+export { initWebGPUBackend } from './dawn';
+export type { WebGPUAdapterSummary } from './dawn';
+export { gpuSync, gpuMemory } from './program';
+export { roiAlignFused } from './roi_align';
+export type { RoiAlignInputs } from './roi_align';

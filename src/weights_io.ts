@@ -1,0 +1,191 @@
+/**
+ * Loading img2pose weights from disk: a folder written by `img2pose convert` (model.json +
+ * tfjs shards, read with fs and decoded by `tf.io.decodeWeights`, since tfjs' file:// handler
+ * needs tfjs-node) or a PyTorch checkpoint converted in memory.
+ *
+ * Everything that can be checked without the tensor data is checked first (format, depth,
+ * every name and shape against the architecture, every shard's size), so a bad folder is
+ * refused with a `WeightsError` naming the problem before any tensor exists.
+ */
+import { promises as fsp } from 'fs';
+import * as path from 'path';
+import * as tf from '@tensorflow/tfjs';
+import { WeightsError } from './errors';
+import { Img2PoseWeights, ResNetDepth } from './weights';
+import { CheckpointError } from '../converter/errors';
+import { tfjsShape } from '../converter/axis_order';
+import { checkpointToWeights } from '../converter/in_memory';
+import { PoseStatisticsInput, Warn } from '../converter/convert';
+import { FoundTensor, RESNETS, compareToSpec, describeMismatch, detectDepth, img2poseSpec, isMismatchEmpty, isModelTensor } from '../converter/spec';
+import { Img2PoseModelJson, MODEL_JSON, WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION, WeightEntryJson } from '../converter/weights_format';
+
+export interface LoadWeightsOptions {
+  /** For a .pth source: the release's pose_mean.npy (or 6 values). Without both, upstream's defaults. */
+  poseMean?: PoseStatisticsInput;
+  poseStddev?: PoseStatisticsInput;
+  /** Receives warnings (default: console.warn). */
+  warn?: Warn;
+}
+
+function refuse(where: string, problem: string, cause?: unknown): never {
+  throw new WeightsError(`${where}: ${problem}`, { path: where, cause });
+}
+
+function errnoCode(e: unknown): string {
+  return (e as NodeJS.ErrnoException).code ?? String(e);
+}
+
+/**
+ * Img2PoseWeights from a converted folder (or its model.json) or from a `.pth` checkpoint.
+ * The caller owns the returned tensors.
+ */
+export async function loadWeights(source: string, options: LoadWeightsOptions = {}): Promise<Img2PoseWeights> {
+  let isDir: boolean;
+  try {
+    isDir = (await fsp.stat(source)).isDirectory();
+  } catch (e) {
+    refuse(source, errnoCode(e) === 'ENOENT' ? 'no such weights folder or checkpoint file' : `cannot read (${errnoCode(e)})`);
+  }
+  if (isDir) return loadConvertedFolder(path.join(source, MODEL_JSON));
+  if (source.toLowerCase().endsWith('.json')) return loadConvertedFolder(source);
+  try {
+    return await checkpointToWeights(source, options.poseMean, options.poseStddev, options.warn);
+  } catch (e) {
+    if (e instanceof CheckpointError) refuse(e.file, e.problem, e);
+    throw e;
+  }
+}
+
+function isNumberArray(v: unknown, length?: number): v is number[] {
+  return Array.isArray(v) && (length === undefined || v.length === length) && v.every((x) => typeof x === 'number' && Number.isFinite(x));
+}
+
+function isWeightEntry(v: unknown): v is WeightEntryJson {
+  const e = v as WeightEntryJson;
+  return typeof e === 'object' && e !== null && typeof e.name === 'string' && isNumberArray(e.shape) && typeof e.dtype === 'string';
+}
+
+/** Parses and checks model.json; returns it typed, or refuses. */
+function checkModelJson(jsonPath: string, text: string): Img2PoseModelJson {
+  let json: Partial<Img2PoseModelJson> & { modelTopology?: unknown };
+  try {
+    json = JSON.parse(text);
+  } catch {
+    refuse(jsonPath, 'not valid JSON');
+  }
+  if (typeof json !== 'object' || json === null || json.format !== WEIGHTS_FORMAT || typeof json.img2pose !== 'object' || json.img2pose === null) {
+    const kind = json && typeof json === 'object' && 'modelTopology' in json ? 'a tfjs model, ' : '';
+    const format = json && typeof json === 'object' && typeof json.format === 'string' ? `format '${json.format}'` : 'no img2pose format tag';
+    refuse(jsonPath, `not an img2pose weights file (${kind}${format}); make one with \`img2pose convert <checkpoint.pth> --out <dir>\``);
+  }
+  const meta = json.img2pose;
+  if (typeof meta.formatVersion !== 'number' || meta.formatVersion > WEIGHTS_FORMAT_VERSION) {
+    refuse(jsonPath, `written by a newer converter (format version ${String(meta.formatVersion)}, this library reads ${WEIGHTS_FORMAT_VERSION})`);
+  }
+  if (!(String(meta.depth) in RESNETS)) refuse(jsonPath, `unsupported ResNet depth ${String(meta.depth)} (img2pose uses 18, 50 or 101)`);
+  if (!isNumberArray(meta.poseMean, 6) || !isNumberArray(meta.poseStddev, 6)) {
+    refuse(jsonPath, 'img2pose.poseMean and img2pose.poseStddev must be 6 finite numbers each');
+  }
+  const groups = json.weightsManifest;
+  if (
+    !Array.isArray(groups) ||
+    !groups.every((g) => Array.isArray(g?.paths) && g.paths.every((p) => typeof p === 'string') && Array.isArray(g.weights) && g.weights.every(isWeightEntry))
+  ) {
+    refuse(jsonPath, 'weightsManifest is missing or malformed (expected [{paths: [...], weights: [{name, shape, dtype}]}])');
+  }
+  return json as Img2PoseModelJson;
+}
+
+/** Names, shapes, dtypes and depth of the manifest against the architecture. */
+function checkManifestAgainstSpec(jsonPath: string, depth: ResNetDepth, entries: WeightEntryJson[]): void {
+  const found = new Map<string, FoundTensor>();
+  for (const e of entries) {
+    if (found.has(e.name)) refuse(jsonPath, `the manifest lists ${e.name} twice`);
+    found.set(e.name, { shape: e.shape, dtype: e.dtype });
+  }
+  const spec = img2poseSpec(depth)
+    .filter((k) => isModelTensor(k.name))
+    .map((k) => ({ ...k, shape: tfjsShape(k.shape) }));
+  const mismatch = compareToSpec(found, spec, (_, dtype) => dtype === 'float32');
+  if (isMismatchEmpty(mismatch)) return;
+  const detected = detectDepth(found.keys());
+  const hint =
+    'depth' in detected && detected.depth !== depth
+      ? ` (model.json says ResNet-${depth} but its tensors are those of ResNet-${detected.depth})`
+      : '';
+  refuse(jsonPath, `${describeMismatch(mismatch, `the weights manifest (ResNet-${depth})`)}${hint}`);
+}
+
+function exactArrayBuffer(b: Buffer): ArrayBuffer {
+  if (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer) return b.buffer;
+  return new Uint8Array(b).buffer;
+}
+
+async function loadConvertedFolder(jsonPath: string): Promise<Img2PoseWeights> {
+  const dir = path.dirname(jsonPath);
+  let text: string;
+  try {
+    text = await fsp.readFile(jsonPath, 'utf8');
+  } catch (e) {
+    if (errnoCode(e) === 'ENOENT') {
+      refuse(dir, `no ${path.basename(jsonPath)} in this folder (expected a folder written by \`img2pose convert\`)`);
+    }
+    refuse(jsonPath, `cannot read (${errnoCode(e)})`);
+  }
+  const json = checkModelJson(jsonPath, text);
+  const meta = json.img2pose;
+  const entries = json.weightsManifest.flatMap((g) => g.weights);
+  checkManifestAgainstSpec(jsonPath, meta.depth, entries);
+
+  // every shard present and of the size the converter recorded, before reading any of them
+  const shardPaths = json.weightsManifest.map((g) => g.paths.map((p) => path.resolve(dir, p)));
+  const recorded = Array.isArray(meta.shardBytes) ? meta.shardBytes : [];
+  let k = 0;
+  for (const [g, group] of json.weightsManifest.entries()) {
+    let held = 0;
+    for (const shard of shardPaths[g]) {
+      let size: number;
+      try {
+        size = (await fsp.stat(shard)).size;
+      } catch (e) {
+        refuse(shard, errnoCode(e) === 'ENOENT' ? `missing weight shard (listed in ${path.basename(jsonPath)})` : `cannot read (${errnoCode(e)})`);
+      }
+      const expected = recorded[k++];
+      if (typeof expected === 'number' && size !== expected) {
+        refuse(shard, `${size < expected ? 'truncated' : 'oversized'} weight shard: expected ${expected} bytes, found ${size}`);
+      }
+      held += size;
+    }
+    const needed = group.weights.reduce((a, w) => a + w.shape.reduce((x, y) => x * y, 1) * 4, 0);
+    if (held !== needed) {
+      refuse(jsonPath, `the shards of weight group ${g + 1} hold ${held} bytes but its tensors need ${needed} (truncated or mismatched shards)`);
+    }
+  }
+
+  const decoded: tf.NamedTensorMap = {};
+  try {
+    for (const [g, group] of json.weightsManifest.entries()) {
+      const buffers: ArrayBuffer[] = [];
+      for (const shard of shardPaths[g]) {
+        try {
+          buffers.push(exactArrayBuffer(await fsp.readFile(shard)));
+        } catch (e) {
+          refuse(shard, `cannot read (${errnoCode(e)})`);
+        }
+      }
+      Object.assign(decoded, tf.io.decodeWeights(buffers, group.weights));
+    }
+  } catch (e) {
+    tf.dispose(decoded);
+    throw e;
+  }
+  // upstream order, as the converter wrote them and as in-memory checkpoints give them
+  const tensors = new Map<string, tf.Tensor>();
+  for (const k of img2poseSpec(meta.depth)) if (isModelTensor(k.name)) tensors.set(k.name, decoded[k.name]);
+  return {
+    depth: meta.depth,
+    tensors,
+    poseMean: Float64Array.from(meta.poseMean),
+    poseStddev: Float64Array.from(meta.poseStddev),
+  };
+}
