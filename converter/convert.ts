@@ -4,7 +4,7 @@
  * Tensors are taken in the spec's (upstream) order, so the output depends only on the weights,
  * never on the container format, key prefixes or the order keys were saved in. Each tensor is
  * transposed to tfjs layout while it is copied from its storage straight into the current 4 MB
- * shard buffer: besides the checkpoint itself, memory holds one shard.
+ * shard buffer: besides the checkpoint file itself, memory holds one storage and one shard.
  */
 import { promises as fsp } from 'fs';
 import * as path from 'path';
@@ -62,9 +62,9 @@ async function readPoseVector(input: PoseStatisticsInput, what: string): Promise
   let values: Float64Array;
   let shape: number[];
   try {
-    ({ data: values, shape } = parseNpy(bytes, path.basename(input)));
+    ({ data: values, shape } = parseNpy(bytes, what));
   } catch (e) {
-    if (e instanceof NpyError) throw new CheckpointError(input, `${what}: ${e.message.replace(`${path.basename(input)}: `, '')}`);
+    if (e instanceof NpyError) throw new CheckpointError(input, e.message);
     throw e;
   }
   if (values.length !== 6) {

@@ -7,15 +7,14 @@
  */
 import * as fs from 'fs';
 import { Jimp, defaultFormats } from 'jimp';
-import { sniffFormat } from './io';
+import { ImageInput, decodeImage as decodeToTensor, sniffFormat } from './io';
 import { projectPoints, transformPoints } from './pose';
 
 /**
- * Anything `visualize` can draw on: a file path, encoded image bytes (PNG, JPEG, ...), or a decoded
- * RGBA bitmap such as a jimp image (it is copied, never drawn on).
+ * Anything `detectFaces` takes: a file path, encoded bytes, a jimp image, raw pixels or a HWC
+ * tensor. It is copied, never drawn on.
  */
-export type VisualizeImage = string | Buffer | Uint8Array | { bitmap: RgbaBitmap };
-
+export type VisualizeImage = ImageInput;
 
 export type RGB = [number, number, number];
 
@@ -119,9 +118,30 @@ export function decodeImage(bytes: Uint8Array, source = 'image'): RgbaBitmap {
 async function toBitmap(image: VisualizeImage): Promise<RgbaBitmap> {
   if (typeof image === 'string') return decodeImage(await fs.promises.readFile(image), image);
   if (image instanceof Uint8Array) return decodeImage(image);
-  const { width, height, data } = image.bitmap;
-  if (data.length !== width * height * 4) throw new Error(`bitmap of ${width}x${height} needs ${width * height * 4} bytes, has ${data.length}`);
-  return { width, height, data: Uint8Array.from(data) };
+  if (image instanceof ArrayBuffer) return decodeImage(new Uint8Array(image));
+  if ('bitmap' in image) {
+    const { width, height, data } = image.bitmap;
+    if (data.length !== width * height * 4) {
+      throw new Error(`a ${width}x${height} RGBA bitmap needs ${width * height * 4} bytes, this one has ${data.length}`);
+    }
+    return { width, height, data: Uint8Array.from(data) };
+  }
+  // Raw pixels and tensors: the detector's own conversion (validation, gray -> RGB, alpha dropped).
+  const rgb = await decodeToTensor(image);
+  try {
+    const [height, width] = rgb.shape;
+    const values = await rgb.data();
+    const data = new Uint8Array(width * height * 4);
+    for (let p = 0; p < width * height; p++) {
+      data[p * 4] = values[p * 3];
+      data[p * 4 + 1] = values[p * 3 + 1];
+      data[p * 4 + 2] = values[p * 3 + 2];
+      data[p * 4 + 3] = 255;
+    }
+    return { width, height, data };
+  } finally {
+    rgb.dispose();
+  }
 }
 
 /** Confidence as dark digits on a box-coloured tab above the box (inside it when at the top edge). */

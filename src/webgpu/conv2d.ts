@@ -22,10 +22,11 @@ export interface ConvOptions {
   upsampleResidual?: boolean;
 }
 
-/** Tile shape of one workgroup. BK stays 16: one k-tile then lies within one (ky, kx) when Cin % 16 == 0. */
+/** Tile shape of one workgroup: BM output pixels x BN output channels, BK reduction steps (16 unless given). */
 export interface ConvTile {
   bm: 64 | 128;
   bn: 64 | 128;
+  bk?: 16 | 32;
 }
 
 const BK = 16;
@@ -60,7 +61,7 @@ interface ConvShaderSpec {
 
 function specKey(s: ConvShaderSpec): string {
   return `i2pConv_${s.kh}x${s.kw}_${s.cin}_${s.cout}_s${s.stride}_p${s.pad}_${s.relu ? 'r' : ''}${s.hasBias ? 'b' : ''}` +
-    `_${s.residual}_${s.tile.bm}x${s.tile.bn}`;
+    `_${s.residual}_${s.tile.bm}x${s.tile.bn}x${s.tile.bk ?? BK}`;
 }
 
 /**
@@ -69,23 +70,24 @@ function specKey(s: ConvShaderSpec): string {
  */
 export function convShaderSource(s: ConvShaderSpec): string {
   const { bm, bn } = s.tile;
+  const bk = s.tile.bk ?? BK;
   const rm = bm / 64; // row groups of 4 per thread, 16 threads apart
   const rn = bn / 64; // column groups of 4 per thread
   if (s.cin % 4 !== 0 || s.cout % 4 !== 0) throw new Error('convShaderSource: channels must be multiples of 4');
   // Cin % 16 == 0: a whole k-tile is 16 channels of one tap, decoded once per tile; else each
   // vec4 (4 channels of one tap) decodes its own tap.
-  const tileTap = s.cin % BK === 0;
+  const tileTap = s.cin % bk === 0;
   const ktot = s.kh * s.kw * s.cin;
   const lines: string[] = [];
   const L = (t: string): void => {
     lines.push(t);
   };
 
-  L(`const BM = ${bm}; const BN = ${bn}; const BK = ${BK};`);
+  L(`const BM = ${bm}; const BN = ${bn}; const BK = ${bk};`);
   L(`const CIN = ${s.cin}; const COUT = ${s.cout}; const KW = ${s.kw}; const KTOT = ${ktot};`);
   L(`const STRIDE = ${s.stride}; const PAD = ${s.pad};`);
-  L(`var<workgroup> As: array<vec4<f32>, ${(BK * bm) / 4}>;`);
-  L(`var<workgroup> Bs: array<vec4<f32>, ${(BK * bn) / 4}>;`);
+  L(`var<workgroup> As: array<vec4<f32>, ${(bk * bm) / 4}>;`);
+  L(`var<workgroup> Bs: array<vec4<f32>, ${(bk * bn) / 4}>;`);
   L(`fn main() {`);
   L(`  let tx = i32(localId.x); let ty = i32(localId.y); let tid = ty * 16 + tx;`);
   L(`  let n0 = i32(workgroupId.x) * BN; let m0 = i32(workgroupId.y) * BM;`);
@@ -93,16 +95,16 @@ export function convShaderSource(s: ConvShaderSpec): string {
   L(`  let H = uniforms.xShape.y; let W_ = uniforms.xShape.z;`);
 
   // Per-thread A-loader rows are fixed for the whole k loop: decode their pixels once.
-  const aLoads = (bm * BK) / 4 / THREADS;
+  const aLoads = (bm * bk) / 4 / THREADS;
   for (let l = 0; l < aLoads; l++) {
-    L(`  let aM${l} = (tid + ${l * THREADS}) / ${BK / 4}; let aK${l} = (tid + ${l * THREADS}) % ${BK / 4};`);
+    L(`  let aM${l} = (tid + ${l * THREADS}) / ${bk / 4}; let aK${l} = (tid + ${l * THREADS}) % ${bk / 4};`);
     L(`  let aPix${l} = m0 + aM${l}; let aOk${l} = aPix${l} < M;`);
     L(`  let aB${l} = aPix${l} / (HO * WO); let aR${l} = aPix${l} - aB${l} * HO * WO;`);
     L(`  let aOy${l} = aR${l} / WO; let aOx${l} = aR${l} - aOy${l} * WO;`);
     L(`  let aIy${l} = aOy${l} * STRIDE - PAD; let aIx${l} = aOx${l} * STRIDE - PAD; let aBase${l} = aB${l} * H * W_;`);
     L(`  var ra${l} = vec4<f32>(0.0);`);
   }
-  const bLoads = (bn * BK) / 4 / THREADS;
+  const bLoads = (bn * bk) / 4 / THREADS;
   for (let l = 0; l < bLoads; l++) {
     L(`  let bK${l} = (tid + ${l * THREADS}) / ${bn / 4}; let bN${l} = n0 + ((tid + ${l * THREADS}) % ${bn / 4}) * 4;`);
     L(`  var rb${l} = vec4<f32>(0.0);`);

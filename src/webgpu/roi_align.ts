@@ -57,7 +57,7 @@ class MultiScaleRoiAlignProgram implements WebGPUProgram {
   size = true;
 
   constructor(private readonly levels: number, private readonly outSize: number, private readonly grid: number, rois: number, channels: number) {
-    this.variableNames = [...Array.from({ length: levels }, (_, i) => `f${i}`), 'boxes', 'meta'];
+    this.variableNames = [...Array.from({ length: levels }, (_, i) => `f${i}`), 'boxes', 'roiInfo'];
     this.variableComponents = [...Array.from({ length: levels }, () => 4), 4, 4];
     this.outputShape = [rois, outSize, outSize, channels];
     const threads = (rois * outSize * outSize * channels) / 4;
@@ -74,7 +74,7 @@ fn main(index: i32) {
   let C4 = uniforms.outShape.w / 4;
   let c4 = index % C4; let t = index / C4;
   let pw = t % ${p}; let t2 = t / ${p}; let ph = t2 % ${p}; let r = t2 / ${p};
-  let box = boxes[r]; let info = meta[r];
+  let box = boxes[r]; let info = roiInfo[r];
   var v = vec4<f32>(0.0);
   switch (info.y) {
     ${cases}
