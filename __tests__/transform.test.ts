@@ -129,6 +129,13 @@ describe('resizedSize', () => {
     expect(resizedSize(718, 1280, 640, 1400)).toEqual([639, 1140]);
   });
 
+  it('shrinks a side that already equals minSize when torch does (41 -> 40)', () => {
+    // torchvision's _resize_image_and_masks gives a 41x60 image at min_size 41 the size 40x59:
+    // f32(1/41) * 41 rounds to 0.99999994.
+    expect(resizedSize(41, 60, 41, 1400)).toEqual([40, 59]);
+    expect(resizedSize(640, 853, 640, 1400)).toEqual([640, 853]);
+  });
+
   it("matches torch's reciprocal-times-size scale on sizes where a plain quotient does not", () => {
     for (const [h, w, minSize, maxSize, eh, ew] of TORCH_RESIZED) {
       expect([h, w, minSize, maxSize, ...resizedSize(h, w, minSize, maxSize)]).toEqual([h, w, minSize, maxSize, eh, ew]);
@@ -222,6 +229,15 @@ describe('prepareBatch', () => {
       single.images.dispose();
     });
     batch.images.dispose();
+  });
+
+  it('leaves an image at its own size untouched except for the normalisation', () => {
+    const pixels = Int32Array.from({ length: 32 * 64 * 3 }, (_, i) => (i * 37) % 256);
+    const image = tf.tensor3d(pixels, [32, 64, 3], 'int32');
+    const batch = prepareBatch([image], 32, 1400);
+    expect(batch.imageSizes).toEqual([[32, 64]]);
+    expect(Array.from(batch.images.dataSync())).toEqual(Array.from(pixels, (v, i) => normalizePixel(v, i % 3)));
+    tf.dispose([image, batch.images]);
   });
 
   it('gives the same tensor for int32 and float32 pixels', () => {

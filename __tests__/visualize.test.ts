@@ -1,6 +1,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import * as tf from '@tensorflow/tfjs';
 import { Jimp } from 'jimp';
 import { DrawableFace, clipSegment, decodeImage, poseAxes2d, visualize } from '../src/visualize';
 import { imagePath } from './utils/golden';
@@ -75,6 +76,19 @@ describe('visualize', () => {
     expect(Buffer.compare(fs.readFileSync(file), png)).toBe(0);
     expect(Buffer.compare(img.bitmap.data, before)).toBe(0);
     fs.rmSync(dir, { recursive: true });
+  });
+
+  it('draws on a tensor or raw pixels as on the encoded image, leaking no tensor', async () => {
+    const fromPng = await visualize(await grayPng(), [face]);
+    const before = tf.memory().numTensors;
+    const t = tf.fill([H, W, 3], 128, 'int32') as tf.Tensor3D;
+    const fromTensor = await visualize(t, [face]);
+    t.dispose();
+    const raw = { data: new Uint8Array(W * H).fill(128), width: W, height: H, channels: 1 as const };
+    const fromRaw = await visualize(raw, [face]);
+    expect(tf.memory().numTensors).toBe(before);
+    expect(Buffer.compare(decodeImage(fromTensor).data, decodeImage(fromPng).data)).toBe(0);
+    expect(Buffer.compare(decodeImage(fromRaw).data, decodeImage(fromPng).data)).toBe(0);
   });
 
   it('draws the pose axes from the projected head origin', async () => {

@@ -162,7 +162,10 @@ async function main(): Promise<void> {
   process.exit(failures === 0 ? 0 : 1);
 }
 
-main().catch((e: unknown) => {
-  console.error(e);
-  process.exit(2);
-});
+// Also imported by bench/gpu.ts for compareDetections: run only as the entry point (check.mjs).
+if (/check\.(mjs|js|ts)$/.test(process.argv[1] ?? '')) {
+  main().catch((e: unknown) => {
+    console.error(e);
+    process.exit(2);
+  });
+}

@@ -407,10 +407,39 @@ async function explore(): Promise<void> {
   }
 }
 
+/** Does the time of the same conv depend on where its input came from? (see GPU_NOTES.md step 4) */
+async function exploreState(): Promise<void> {
+  for (const [n, h, w] of [[1, 160, 288], [8, 160, 288]] as [number, number, number][]) {
+    const c: ConvCase = { name: '3x3 256->256', x: [n, h, w, 256], k: 3, cout: 256, stride: 1, pad: 1, relu: true };
+    const { x, w: wt, b } = makeConvInputs(c);
+    const o = convOpts(c);
+    const t = async (label: string, input: tf.Tensor4D, tile?: ConvTile): Promise<string> =>
+      `${label} ${(await timeIt(() => conv2dFused(input, wt, b, o, tile))).toFixed(3)}`;
+    const parts: string[] = [];
+    parts.push(await t('x(random)', x));
+    const copy = tf.add(x, 0) as tf.Tensor4D;
+    parts.push(await t('copy(add)', copy));
+    parts.push(await t('x again', x));
+    const own = conv2dFused(x, wt, b, o);
+    parts.push(await t('own output', own));
+    parts.push(await t('own bk32', own, { bm: 128, bn: 128, bk: 32 }));
+    parts.push(`stock ${(await timeIt(() => conv2dPortable(copy, wt, b, o))).toFixed(3)}`);
+    parts.push(await t('copy after stock', copy));
+    parts.push(await t('own after stock', own));
+    console.log(`state 3x3 256 ${n}x${h}x${w} (ms): ${parts.join(' | ')}`);
+    tf.dispose([x, wt, b, copy, own]);
+  }
+}
+
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend((process.env.DAWN_FLAGS ?? '').split(';').filter(Boolean));
   const features = (tf.backend() as unknown as { device: { features: Set<string> } }).device.features;
   console.log('timestamp-query', features.has('timestamp-query'));
+  if (args.includes('--state')) {
+    await exploreState();
+    await exploreState();
+    process.exit(0);
+  }
   if (args.includes('--explore')) {
     await explore();
     process.exit(0);

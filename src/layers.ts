@@ -57,7 +57,12 @@ export function readsBeyondRegion(region: number, kernel: number, stride: number
   return lastOutput * stride - pad + kernel - 1 >= region;
 }
 
-/** A convolution with its bias (BatchNorm already folded in), torch geometry. */
+/**
+ * A convolution with its bias (BatchNorm already folded in) and torch geometry. The pad is
+ * symmetric, as PyTorch's, and goes to the conv as a number: TF 'same' would pad only
+ * bottom/right at stride 2, and the wasm kernel (XNNPACK) pads internally, as fast as or
+ * faster than tf.pad + 'valid' and bit-identical to it.
+ */
 export interface Conv {
   filter: tf.Tensor4D;
   bias: tf.Tensor1D;
@@ -71,22 +76,6 @@ export function makeConv(filter: tf.Tensor4D, bias: tf.Tensor1D, stride: number)
   if (kh !== kw) throw new Error(`makeConv: square kernels only, got ${kh}x${kw}`);
   // Every conv in ResNet/FPN pads (k - 1) / 2 on each side.
   return { filter, bias, kernel: kh, stride, pad: (kh - 1) >> 1 };
-}
-
-/**
- * conv + bias (+ ReLU) as one fused op. The numeric pad is symmetric like PyTorch's (TF 'same'
- * would pad bottom/right only at stride 2), and the wasm kernel (XNNPACK) pads internally,
- * without an extra tf.pad pass.
- */
-export function conv2d(x: tf.Tensor4D, conv: Conv, relu: boolean): tf.Tensor4D {
-  return tf.fused.conv2d({
-    x,
-    filter: conv.filter,
-    bias: conv.bias,
-    strides: conv.stride,
-    pad: conv.pad,
-    activation: relu ? 'relu' : 'linear',
-  });
 }
 
 export function disposeConv(conv: Conv): void {

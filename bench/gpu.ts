@@ -1,0 +1,200 @@
+// End-to-end GPU benchmark (issue 6): Img2PoseModel.predict on the webgpu backend at the default
+// sizes (min 640 / max 1400), on the real photo and on mixed sizes, batch sizes 1..16:
+// ms/image, images/s, speedup of a batch over one-by-one, GPU memory, results of each batch vs
+// one-by-one, and a per-stage breakdown (GPU synchronised around each stage, so the stages add up
+// to a bit more than an unsynchronised forward).
+// Bundled (see GPU_NOTES.md), run from the repo root on the device:
+//   node .gpu/app/bench.mjs [--mode webgpu|portable|both] [--batches 1,2,4,8,16] [--json out.json]
+import * as fs from 'fs';
+import * as path from 'path';
+import * as tf from '@tensorflow/tfjs';
+import { formulaWeights } from '../src/formula_weights';
+import { decodeImage } from '../src/io';
+import { Img2PoseModel, RawDetections } from '../src/model';
+import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, setKernelMode } from '../src/webgpu';
+import { compareDetections } from './gpu_check';
+import { Backbone } from '../src/backbone';
+import { RegionProposalNetwork } from '../src/rpn';
+import { multiScaleRoIAlign } from '../src/roi_align';
+import { RoIHeads } from '../src/roi_heads';
+import { prepareBatch } from '../src/transform';
+import { postprocessDetections } from '../src/postprocess';
+import { Img2PoseWeights } from '../src/weights';
+
+const args = process.argv.slice(2);
+const arg = (name: string, fallback: string): string => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : fallback;
+};
+const GOLDEN = path.join(process.cwd(), '__tests__', 'fixtures', 'golden');
+const CONFIG = { minSize: 640, maxSize: 1400 };
+const PHOTO = 'teaser.png';
+const MIXED = ['teaser.png', 'portrait_1.png', 'wide_1.png', 'small_1.png', 'square_1.png', 'gray_1.png', 'rgba_1.png', 'teaser.png'];
+
+interface Row {
+  mode: KernelMode;
+  images: string;
+  batch: number;
+  msPerBatch: number;
+  msPerImage: number;
+  imagesPerSecond: number;
+  speedupVsOneByOne: number;
+  sameAsOneByOne: boolean;
+  gpuMiB: number;
+}
+
+type StageTimes = Record<string, number>;
+
+/**
+ * The forward of Img2PoseModel.predict rebuilt from the stage modules with the GPU synchronised
+ * after each stage, so each stage's GPU time lands on it. ms per batch (median of 3 after a warm-up).
+ */
+async function profileStages(weights: Img2PoseWeights, images: tf.Tensor3D[]): Promise<StageTimes> {
+  const backbone = new Backbone(weights);
+  const rpn = new RegionProposalNetwork(weights);
+  const heads = new RoIHeads(weights);
+  const runs: StageTimes[] = [];
+  try {
+    for (let rep = 0; rep < 4; rep++) {
+      const t: StageTimes = {};
+      let last = performance.now();
+      const lap = async (name: string): Promise<void> => {
+        await gpuSync();
+        const now = performance.now();
+        t[name] = now - last;
+        last = now;
+      };
+      const batch = prepareBatch(images, CONFIG.minSize, CONFIG.maxSize);
+      await lap('transform');
+      const features = backbone.forward(batch.images, batch.paddedSizes);
+      await lap('backbone+FPN');
+      const proposals = await rpn.forward(features, batch.imageSizes, batch.paddedSizes);
+      await lap('RPN (head, readback, proposals)');
+      const pooled = await multiScaleRoIAlign(features.slice(0, 4), proposals.map((p) => p.boxes), batch.imageSizes, batch.paddedSizes);
+      await lap('RoIAlign');
+      const out = heads.apply(pooled);
+      await lap('heads');
+      const [logits, dofs] = (await Promise.all([out.classLogits.data(), out.dofRegression.data()])) as Float32Array[];
+      await lap('readback');
+      let row = 0;
+      proposals.forEach((p, i) => {
+        const n = p.boxes.length / 4;
+        postprocessDetections({
+          proposals: p.boxes,
+          classLogits: logits.subarray(row * 2, (row + n) * 2),
+          dofRegression: dofs.subarray(row * 12, (row + n) * 12),
+          imageSize: batch.imageSizes[i],
+          originalSize: batch.originalSizes[i],
+          poseMean: weights.poseMean,
+          poseStddev: weights.poseStddev,
+        });
+        row += n;
+      });
+      await lap('post-processing (CPU)');
+      tf.dispose([batch.images, ...features, pooled, out.classLogits, out.dofRegression]);
+      if (rep > 0) runs.push(t);
+    }
+  } finally {
+    backbone.dispose();
+    rpn.dispose();
+    heads.dispose();
+  }
+  const med: StageTimes = {};
+  for (const k of Object.keys(runs[0])) {
+    const v = runs.map((r) => r[k]).sort((a, b) => a - b);
+    med[k] = v[v.length >> 1];
+  }
+  return med;
+}
+
+async function timeForward(model: Img2PoseModel, images: tf.Tensor3D[], reps: number): Promise<{ ms: number; out: RawDetections[] }> {
+  let out = await model.predict(images, CONFIG); // warm-up: shader compilation, buffer pool
+  await gpuSync();
+  const samples: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    out = await model.predict(images, CONFIG);
+    samples.push(performance.now() - t0);
+  }
+  samples.sort((a, b) => a - b);
+  return { ms: samples[samples.length >> 1], out };
+}
+
+async function main(): Promise<void> {
+  const adapter = await initWebGPUBackend((process.env.DAWN_FLAGS ?? '').split(';').filter(Boolean));
+  console.log('backend', JSON.stringify(adapter));
+  const modeArg = arg('--mode', 'webgpu');
+  const modes: KernelMode[] = modeArg === 'both' ? ['webgpu', 'portable'] : [modeArg as KernelMode];
+  const batches = arg('--batches', '1,2,4,8,16').split(',').map(Number);
+  const load = async (name: string): Promise<tf.Tensor3D> => decodeImage(fs.readFileSync(path.join(GOLDEN, name)));
+  const photo = await load(PHOTO);
+  const mixed = await Promise.all(MIXED.map(load));
+  const weights = formulaWeights();
+  const model = new Img2PoseModel(weights);
+  const rows: Row[] = [];
+  const stages: { mode: KernelMode; batch: number; times: StageTimes }[] = [];
+  for (const mode of modes) {
+    setKernelMode(mode);
+    if (args.includes('--stages-only')) {
+      for (const b of batches) {
+        const times = await profileStages(weights, Array.from({ length: b }, () => photo));
+        console.log(`stages [${mode}] batch ${b} (ms/image): ${Object.entries(times).map(([k, v]) => `${k} ${(v / b).toFixed(2)}`).join(', ')}; total ${(Object.values(times).reduce((x, y) => x + y, 0) / b).toFixed(2)}`);
+      }
+      continue;
+    }
+    // One-by-one reference: per-image time and results.
+    const single = await timeForward(model, [photo], 5);
+    const singleMixed: RawDetections[] = [];
+    let mixedOneByOneMs = 0;
+    for (const img of mixed) {
+      const r = await timeForward(model, [img], 2);
+      singleMixed.push(r.out[0]);
+      mixedOneByOneMs += r.ms;
+    }
+    for (const b of batches) {
+      const imgs = Array.from({ length: b }, () => photo);
+      const { ms, out } = await timeForward(model, imgs, b >= 8 ? 3 : 5);
+      const same = out.every((d) => compareDetections(d, single.out[0]).ok);
+      const row: Row = {
+        mode, images: `photo x${b}`, batch: b, msPerBatch: ms, msPerImage: ms / b, imagesPerSecond: (1000 * b) / ms,
+        speedupVsOneByOne: single.ms / (ms / b), sameAsOneByOne: same, gpuMiB: gpuMemory().allocated / 2 ** 20,
+      };
+      rows.push(row);
+      console.log(fmt(row));
+    }
+    {
+      const { ms, out } = await timeForward(model, mixed, 3);
+      const same = out.every((d, i) => compareDetections(d, singleMixed[i]).ok);
+      const row: Row = {
+        mode, images: 'mixed 8 (7 sizes)', batch: mixed.length, msPerBatch: ms, msPerImage: ms / mixed.length,
+        imagesPerSecond: (1000 * mixed.length) / ms, speedupVsOneByOne: mixedOneByOneMs / ms, sameAsOneByOne: same,
+        gpuMiB: gpuMemory().allocated / 2 ** 20,
+      };
+      rows.push(row);
+      console.log(fmt(row));
+    }
+    for (const b of [1, 8]) {
+      const times = await profileStages(weights, Array.from({ length: b }, () => photo));
+      stages.push({ mode, batch: b, times });
+      console.log(`stages [${mode}] batch ${b} (ms/image): ${Object.entries(times).map(([k, v]) => `${k} ${(v / b).toFixed(2)}`).join(', ')}; total ${(Object.values(times).reduce((x, y) => x + y, 0) / b).toFixed(2)}`);
+    }
+  }
+  console.log('\nmode      images              batch  ms/batch  ms/image  images/s  speedup  same  GPU MiB');
+  for (const r of rows) console.log(fmt(r));
+  const json = arg('--json', '');
+  if (json) fs.writeFileSync(json, JSON.stringify({ adapter, rows, stages }, null, 1));
+  model.dispose();
+  tf.dispose([photo, ...mixed]);
+  process.exit(0);
+}
+
+function fmt(r: Row): string {
+  return `${r.mode.padEnd(9)} ${r.images.padEnd(19)} ${String(r.batch).padStart(5)} ${r.msPerBatch.toFixed(1).padStart(9)} ` +
+    `${r.msPerImage.toFixed(2).padStart(9)} ${r.imagesPerSecond.toFixed(1).padStart(9)} ${r.speedupVsOneByOne.toFixed(2).padStart(8)}` +
+    `  ${r.sameAsOneByOne ? 'yes' : 'NO '} ${r.gpuMiB.toFixed(0).padStart(8)}`;
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exit(2);
+});
