@@ -563,12 +563,16 @@ describe('end to end (real network, formula weights, tiny cases)', () => {
     expect(at05.length).toBe(c['faces_t0.5']!.length);
   });
 
-  it('tiny_batch: a list goes through one stacked forward and matches upstream per image', async () => {
+  it('tiny_batch: a mixed-size list gives each image its single-image result (batch == single)', async () => {
+    // Unlike upstream, whose padded batch changes the teaser's detections (26 faces above 0.5
+    // in tiny_batch vs 18 alone), the network masks the padding: compare with the single runs.
     const c = manifest().cases.find((k) => k.id === 'tiny_batch')!;
+    const singles = c.images!.map((image) => manifest().cases.find((k) => k.id.startsWith('tiny_') && k.mode === 'single' && k.image === image)!);
+    expect(singles.map((k) => k.id)).toEqual(['tiny_teaser', 'tiny_portrait']);
     const results = await det.detectFaces(c.images!.map(imagePath));
     results.forEach((faces, i) => {
-      expectWithinFixtureTolerances(faces, goldenFaces(c.per_image![i].files, c.images![i], 0.1));
-      expect(faces.filter((f) => f.confidence >= 0.5).length).toBe(c.per_image![i]['faces_t0.5'].length);
+      expectWithinFixtureTolerances(faces, goldenFaces(singles[i].files!, singles[i].image!, 0.1));
+      expect(faces.filter((f) => f.confidence >= 0.5).length).toBe(singles[i]['faces_t0.5']!.length);
     });
   });
 });

@@ -118,7 +118,10 @@ describe.each<[RoIAlignMethod, number]>([
     const pooled = await multiScaleRoIAlign(features, TINY.map(proposalsOf), TINY.map(resizedSize), TINY.map(paddedSize), method);
     const values = await pooled.data();
     tf.dispose([pooled, ...features]);
-    expect(maxAbsDiff(values, Float32Array.from([...single[0], ...single[1]]))).toBe(0);
+    const expected = new Float32Array(single[0].length + single[1].length);
+    expected.set(single[0]);
+    expected.set(single[1], single[0].length);
+    expect(maxAbsDiff(values, expected)).toBe(0);
   });
 });
 
@@ -132,6 +135,12 @@ describe('RoIHeads on the reference proposals', () => {
   afterAll(() => {
     heads.dispose();
     for (const t of weights.tensors.values()) t.dispose();
+  });
+
+  it('releases every tensor it made on dispose', () => {
+    const before = tf.memory().numTensors;
+    new RoIHeads(weights).dispose();
+    expect(tf.memory().numTensors).toBe(before);
   });
 
   it.each(TINY)('matches class_logits and dof_regression for all proposals (%s)', async (id) => {

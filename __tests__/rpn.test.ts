@@ -89,14 +89,27 @@ function lcgBoxes(): { boxes: Float32Array; scores: Float32Array } {
   return { boxes, scores };
 }
 
-describe('rpn NMS', () => {
+describe('filterProposals NMS stage', () => {
   it('keeps what torchvision batched_nms keeps (small input: coordinate-offset path)', () => {
     // Zero deltas decode integer anchors to themselves, so filterProposals runs NMS on exactly these boxes.
     const { boxes, scores } = lcgBoxes();
     const head = { objectness: scores, deltas: new Float32Array(300 * 4), perLevel: [100, 100, 100] };
     const props = filterProposals(head, boxes, [1000, 1000]);
     // torchvision 0.14 batched_nms(boxes, scores, levels, 0.4), computed with /usr/bin/python3.
-    const expected = [0,261,284,40,66,274,217,9,161,32,128,188,6,256,180,144,206,21,134,17,246,37,172,127,162,182,298,268,266,136,111,149,94,93,47,57,237,299,279,271,177,106,230,249,67,109,135,143,88,214,213,64,120,91,223,103,55,27,267,234,33,165,222,225,231,123,75,89,85,107,194,72,160,295,170,181,2,296,287,80,10,25,191,82,79,133,4,260,190,112,7,119,16,20,278,116,203,58,286,145,147,108,251,153,282,176,236,152,202,23,63,51,240,53,199,26,258,31,179,61,186,175,253,49,207,44,187,156,130,178,69,54,239,12,215,118,259,52,211,273,185,81,245,124,294,226,257,252,238,281,289,288,121,126,13,164,221,105,216,95,250,290,247,84,283,3,151,280,235,248,193,100,183,242,28,122,98,197,101,45,195,62,254,171,198,184,74,255,276,87,229,97,59,125,173,244,163,18,41,42,292,113,155,269,291,38,232,29,24,114,39,277,132,15,35,275,70,285,77,36,141,263,204,297,60,192,90,92,78,48,228];
+    const expected = [
+      0, 261, 284, 40, 66, 274, 217, 9, 161, 32, 128, 188, 6, 256, 180, 144, 206, 21, 134, 17, 246, 37,
+      172, 127, 162, 182, 298, 268, 266, 136, 111, 149, 94, 93, 47, 57, 237, 299, 279, 271, 177, 106,
+      230, 249, 67, 109, 135, 143, 88, 214, 213, 64, 120, 91, 223, 103, 55, 27, 267, 234, 33, 165, 222,
+      225, 231, 123, 75, 89, 85, 107, 194, 72, 160, 295, 170, 181, 2, 296, 287, 80, 10, 25, 191, 82, 79,
+      133, 4, 260, 190, 112, 7, 119, 16, 20, 278, 116, 203, 58, 286, 145, 147, 108, 251, 153, 282, 176,
+      236, 152, 202, 23, 63, 51, 240, 53, 199, 26, 258, 31, 179, 61, 186, 175, 253, 49, 207, 44, 187,
+      156, 130, 178, 69, 54, 239, 12, 215, 118, 259, 52, 211, 273, 185, 81, 245, 124, 294, 226, 257,
+      252, 238, 281, 289, 288, 121, 126, 13, 164, 221, 105, 216, 95, 250, 290, 247, 84, 283, 3, 151,
+      280, 235, 248, 193, 100, 183, 242, 28, 122, 98, 197, 101, 45, 195, 62, 254, 171, 198, 184, 74,
+      255, 276, 87, 229, 97, 59, 125, 173, 244, 163, 18, 41, 42, 292, 113, 155, 269, 291, 38, 232, 29,
+      24, 114, 39, 277, 132, 15, 35, 275, 70, 285, 77, 36, 141, 263, 204, 297, 60, 192, 90, 92, 78, 48,
+      228,
+    ];
     expect(Array.from(props.scores)).toEqual(expected.map((i) => scores[i]));
     expect(Array.from(props.boxes)).toEqual(expected.flatMap((i) => Array.from(boxes.subarray(i * 4, i * 4 + 4))));
   });
@@ -112,6 +125,12 @@ describe('RegionProposalNetwork on the reference features', () => {
   afterAll(() => {
     rpn.dispose();
     for (const t of weights.tensors.values()) t.dispose();
+  });
+
+  it('releases every tensor it made on dispose', () => {
+    const before = tf.memory().numTensors;
+    new RegionProposalNetwork(weights).dispose();
+    expect(tf.memory().numTensors).toBe(before);
   });
 
   it.each(TINY)('matches rpn_objectness, rpn_deltas, proposals and scores (%s)', async (id) => {

@@ -107,6 +107,57 @@ async function profileStages(weights: Img2PoseWeights, images: tf.Tensor3D[]): P
   return med;
 }
 
+/** GPU time per program class (timestamp queries) of one backbone+FPN forward and one RPN head. */
+async function kernelProfile(weights: Img2PoseWeights, images: tf.Tensor3D[], mode: KernelMode): Promise<void> {
+  const backbone = new Backbone(weights);
+  const rpn = new RegionProposalNetwork(weights);
+  const batch = prepareBatch(images, CONFIG.minSize, CONFIG.maxSize);
+  for (let rep = 0; rep < 2; rep++) {
+    for (const [name, f] of [
+      ['backbone+FPN', () => tf.dispose(backbone.forward(batch.images, batch.paddedSizes))],
+      ['RPN head', () => { const feats = backbone.forward(batch.images, batch.paddedSizes); tf.dispose(feats); }],
+    ] as [string, () => void][]) {
+      if (name === 'RPN head') {
+        const feats = backbone.forward(batch.images, batch.paddedSizes);
+        await gpuSync();
+        const w0 = performance.now();
+        const info = await tf.time(() => tf.dispose(rpn.head(feats, batch.paddedSizes)));
+        await gpuSync();
+        report(mode, name, info, performance.now() - w0, images.length, rep);
+        tf.dispose(feats);
+        continue;
+      }
+      await gpuSync();
+      const w0 = performance.now();
+      const info = await tf.time(f);
+      await gpuSync();
+      report(mode, name, info, performance.now() - w0, images.length, rep);
+    }
+  }
+  tf.dispose(batch.images);
+  backbone.dispose();
+  rpn.dispose();
+}
+
+function report(mode: KernelMode, name: string, info: tf.TimingInfo, wallMs: number, n: number, rep: number): void {
+  if (rep === 0) return; // warm-up: shader compilation
+  const extra = (info as unknown as { getExtraProfileInfo?: () => string }).getExtraProfileInfo?.() ?? '';
+  const byProgram = new Map<string, { ms: number; count: number }>();
+  for (const part of extra.split(', ')) {
+    const i = part.lastIndexOf(': ');
+    if (i < 0) continue;
+    const key = part.slice(0, i);
+    const e = byProgram.get(key) ?? { ms: 0, count: 0 };
+    e.ms += Number(part.slice(i + 2));
+    e.count++;
+    byProgram.set(key, e);
+  }
+  const kernelMs = typeof info.kernelMs === 'number' ? info.kernelMs : 0;
+  const top = [...byProgram.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, 8)
+    .map(([k, v]) => `${k} ${v.ms.toFixed(2)} ms/${v.count}`).join(', ');
+  console.log(`kernels [${mode}] ${name} batch ${n}: GPU ${kernelMs.toFixed(2)} ms (${(kernelMs / n).toFixed(2)}/image), wall ${wallMs.toFixed(1)} ms; ${top}`);
+}
+
 async function timeForward(model: Img2PoseModel, images: tf.Tensor3D[], reps: number): Promise<{ ms: number; out: RawDetections[] }> {
   let out = await model.predict(images, CONFIG); // warm-up: shader compilation, buffer pool
   await gpuSync();
@@ -127,14 +178,20 @@ async function main(): Promise<void> {
   const modes: KernelMode[] = modeArg === 'both' ? ['webgpu', 'portable'] : [modeArg as KernelMode];
   const batches = arg('--batches', '1,2,4,8,16').split(',').map(Number);
   const load = async (name: string): Promise<tf.Tensor3D> => decodeImage(fs.readFileSync(path.join(GOLDEN, name)));
-  const photo = await load(PHOTO);
-  const mixed = await Promise.all(MIXED.map(load));
+  // Decoded per mode: the host transform (portable mode) reads pixels with dataSync, which the
+  // webgpu backend cannot do for a tensor that the GPU transform has already uploaded.
+  let photo = await load(PHOTO);
+  let mixed = await Promise.all(MIXED.map(load));
   const weights = formulaWeights();
   const model = new Img2PoseModel(weights);
   const rows: Row[] = [];
   const stages: { mode: KernelMode; batch: number; times: StageTimes }[] = [];
   for (const mode of modes) {
     setKernelMode(mode);
+    tf.dispose([photo, ...mixed]);
+    photo = await load(PHOTO);
+    mixed = await Promise.all(MIXED.map(load));
+    if (args.includes('--kernel-profile')) await kernelProfile(weights, Array.from({ length: 8 }, () => photo), mode);
     if (args.includes('--stages-only')) {
       for (const b of batches) {
         const times = await profileStages(weights, Array.from({ length: b }, () => photo));

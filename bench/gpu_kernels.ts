@@ -19,6 +19,10 @@ import {
 import { initWebGPUBackend } from '../src/webgpu/dawn';
 import { gpuSync } from '../src/webgpu/program';
 import { roiAlignFused, RoiAlignInputs } from '../src/webgpu/roi_align';
+import { setKernelMode } from '../src/webgpu';
+import { prepareBatch } from '../src/transform';
+import { decodeImage } from '../src/io';
+import * as fsp from 'fs';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -158,6 +162,22 @@ async function runChecks(): Promise<CheckRow[]> {
     tf.dispose([x, w, b, fused, stock]);
   }
   for (const r of await roiAlignCases()) rows.push(r);
+  // Input transform: the GPU path vs the host path (torch-exact taps), a mixed batch of real images.
+  const names = ['teaser.png', 'portrait_1.png', 'gray_1.png', 'rgba_1.png'];
+  for (const [minSize, maxSize] of [[640, 1400], [160, 288]]) {
+    // Fresh (host-resident) images each time: the host path reads them with dataSync.
+    const imgs = await Promise.all(names.map((n) => decodeImage(fsp.readFileSync(`__tests__/fixtures/golden/${n}`))));
+    setKernelMode('portable');
+    const host = prepareBatch(imgs, minSize, maxSize);
+    setKernelMode('webgpu');
+    const gpu = prepareBatch(imgs, minSize, maxSize);
+    setKernelMode('portable');
+    const e = await relErr(gpu.images, host.images);
+    const maxAbs = tf.tidy(() => tf.max(tf.abs(tf.sub(gpu.images, host.images))));
+    const m = (await maxAbs.data())[0];
+    rows.push({ name: `transform ${minSize}/${maxSize} x${imgs.length} (max abs ${m.toExponential(1)})`, relErr: e, ok: e < 1e-6 && m < 1e-5 });
+    tf.dispose([host.images, gpu.images, maxAbs, ...imgs]);
+  }
   return rows;
 }
 

@@ -2,9 +2,10 @@
  * The public detector (upstream `detector.py`, class `Img2Pose`): image inputs in, faces out.
  *
  * Upstream's split is kept: `detectFaces` routes a single image to `detectSingle` and a list of
- * several to `detectBatch` (one stacked forward per chunk of `batchSize`; like upstream, batch
- * results can differ slightly from single runs when images pad to different sizes), and
- * `processPrediction` turns the network's raw detections into `Face`s.
+ * several to `detectBatch` (one stacked forward per chunk of `batchSize`), and
+ * `processPrediction` turns the network's raw detections into `Face`s. (Upstream's padded
+ * batches change an image's detections when sizes differ; our network masks the padding so a
+ * list gives each image its single-image result: that is src/model.ts's business, not ours.)
  *
  * Beyond upstream:
  * - a bad input in a list fails only its own index (`BatchError` / `detectFacesSettled`);

@@ -7,7 +7,9 @@
  *     -> class_predictor.cls_score: Linear 1024->2
  *
  * Upstream pools twice with identical settings (box_roi_pool, class_roi_pool), so one pooled
- * tensor feeds both heads, and both fc6 layers run as one [R, 12544] x [12544, 2048] product.
+ * tensor feeds both heads, and both fc6 layers run as one [R, 12544] x [12544, 2048] product
+ * (on wasm as a sum of 8 smaller products, see fc6Chunked). fc6's rows are reordered once so that
+ * it reads our (7, 7, C) pooled layout instead of torch's (C, 7, 7) flatten order.
  */
 import * as tf from '@tensorflow/tfjs';
 import { Img2PoseWeights } from './weights';
@@ -26,8 +28,8 @@ export interface RoIHeadOutputs {
 
 /**
  * x (rows, in) @ w (in, out) + bias, optional ReLU. On wasm as a 1x1 convolution over [rows, 1, 1,
- * in]: XNNPACK's conv ran fc6 (1000 x 12544 x 2048) in ~2.9 s CPU against ~3.5 s for tf.matMul.
- * Elsewhere through the shared kernel switch (src/webgpu).
+ * in] (XNNPACK's conv beat tf.matMul by ~15% on these shapes), elsewhere through the shared
+ * kernel switch (src/webgpu).
  */
 function dense(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D, relu: boolean): tf.Tensor2D {
   if (useWebGPUKernels() || tf.getBackend() !== 'wasm') return linear(x, w, bias, relu);
@@ -46,6 +48,33 @@ function dense(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D, relu: boolean)
       [rows, n],
     ),
   );
+}
+
+/**
+ * fc6 on wasm, split along its 12544 inputs into FC6_CHUNKS partial products that are summed.
+ * XNNPACK's GEMM runs ~29 GFLOP/s up to ~1.5k inputs but falls to ~9 GFLOP/s at 12544 x 2048
+ * (its packed weight panels stop fitting in cache): 1000 boxes took ~3.0 s whole, ~2.0 s in 8 chunks.
+ */
+const FC6_CHUNKS = 8;
+
+function fc6Chunked(x: tf.Tensor2D, chunks: tf.Tensor4D[], bias: tf.Tensor1D): tf.Tensor2D {
+  return tf.tidy(() => {
+    const [rows, k] = x.shape;
+    const part = k / chunks.length;
+    const n = chunks[0].shape[3];
+    // Chunk-major copy of the inputs, so each chunk is one contiguous slice.
+    const byChunk = tf.transpose(tf.reshape(x, [rows, chunks.length, part]), [1, 0, 2]);
+    const partials = chunks.map((filter, i) =>
+      tf.fused.conv2d({
+        x: tf.reshape(tf.slice(byChunk, [i, 0, 0], [1, rows, part]), [rows, 1, 1, part]) as tf.Tensor4D,
+        filter,
+        strides: 1,
+        pad: 'valid',
+        bias: i === 0 ? bias : undefined,
+      }),
+    );
+    return tf.reshape(tf.relu(tf.addN(partials)), [rows, n]) as tf.Tensor2D;
+  });
 }
 
 /** fc6 rows in torch's (C, 7, 7) flatten order -> our NHWC (7, 7, C) order. */
@@ -74,8 +103,10 @@ function foldBatchNorm(
 }
 
 export class RoIHeads {
-  /** box_head.fc6 | class_head.fc6, rows permuted for NHWC pooling: [12544, 2048]. */
-  private readonly fc6Weight: tf.Tensor2D;
+  /** box_head.fc6 | class_head.fc6, rows permuted for NHWC pooling: [12544, 2048] (non-wasm)... */
+  private readonly fc6Weight: tf.Tensor2D | null;
+  /** ...or, on wasm, the same rows in FC6_CHUNKS [1, 1, 12544 / FC6_CHUNKS, 2048] pieces. */
+  private readonly fc6Chunks: tf.Tensor4D[];
   private readonly fc6Bias: tf.Tensor1D;
   private readonly boxFc7: [tf.Tensor2D, tf.Tensor1D];
   private readonly classFc7: [tf.Tensor2D, tf.Tensor1D];
@@ -96,9 +127,22 @@ export class RoIHeads {
     ];
     const boxFc6 = get('box_head.fc6.weight') as tf.Tensor2D;
     const channels = boxFc6.shape[0] / (ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE);
-    this.fc6Weight = tf.tidy(() =>
+    const fc6 = tf.tidy(() =>
       tf.concat2d([permuteFc6Rows(boxFc6, channels), permuteFc6Rows(get('class_head.fc6.weight') as tf.Tensor2D, channels)], 1),
     );
+    if (tf.getBackend() === 'wasm' && fc6.shape[0] % FC6_CHUNKS === 0) {
+      const rows = fc6.shape[0] / FC6_CHUNKS;
+      this.fc6Chunks = tf.split(fc6, FC6_CHUNKS, 0).map((piece) => {
+        const filter = tf.reshape(piece, [1, 1, rows, fc6.shape[1]]) as tf.Tensor4D;
+        piece.dispose();
+        return filter;
+      });
+      fc6.dispose();
+      this.fc6Weight = null;
+    } else {
+      this.fc6Chunks = [];
+      this.fc6Weight = fc6;
+    }
     this.fc6Bias = tf.concat1d([get('box_head.fc6.bias') as tf.Tensor1D, get('class_head.fc6.bias') as tf.Tensor1D]);
     this.boxFc7 = layer('box_head.fc7');
     this.classFc7 = layer('class_head.fc7');
@@ -123,7 +167,7 @@ export class RoIHeads {
     return tf.tidy(() => {
       const r = pooled.shape[0];
       const x = pooled.reshape([r, -1]) as tf.Tensor2D;
-      const fc6 = dense(x, this.fc6Weight, this.fc6Bias, true);
+      const fc6 = this.fc6Weight ? dense(x, this.fc6Weight, this.fc6Bias, true) : fc6Chunked(x, this.fc6Chunks, this.fc6Bias);
       const layer = (input: tf.Tensor2D, [w, b]: [tf.Tensor2D, tf.Tensor1D], relu: boolean): tf.Tensor2D => dense(input, w, b, relu);
       const boxFeatures = layer(tf.slice(fc6, [0, 0], [r, REPRESENTATION]), this.boxFc7, true);
       const classFeatures = layer(tf.slice(fc6, [0, REPRESENTATION], [r, REPRESENTATION]), this.classFc7, true);
@@ -147,7 +191,8 @@ export class RoIHeads {
 
   dispose(): void {
     tf.dispose([
-      this.fc6Weight,
+      ...(this.fc6Weight ? [this.fc6Weight] : []),
+      ...this.fc6Chunks,
       this.fc6Bias,
       ...this.boxFc7,
       ...this.classFc7,

@@ -8,6 +8,7 @@
  * zero padding is therefore zero in normalised space.
  */
 import * as tf from '@tensorflow/tfjs';
+import { normalizeResizePadWebGPU, useWebGPUKernels } from './webgpu';
 
 /** torchvision's ImageNet statistics (GeneralizedRCNNTransform defaults used by upstream). */
 export const IMAGE_MEAN: readonly [number, number, number] = [0.485, 0.456, 0.406];
@@ -109,6 +110,9 @@ export function normalizePixel(value: number, c: number): number {
 /** normalizePixel for the 256 byte values of each channel (images are almost always uint8). */
 const NORMALIZED_BYTES: Float32Array[] = [0, 1, 2].map((c) => Float32Array.from({ length: 256 }, (_, v) => normalizePixel(v, c)));
 
+/** The same table, then the float32 means and stds, as the WebGPU transform takes them. */
+const WEBGPU_TABLE = Float32Array.from([...NORMALIZED_BYTES[0], ...NORMALIZED_BYTES[1], ...NORMALIZED_BYTES[2], ...MEAN_F32, ...STD_F32]);
+
 /** Normalise one source row (w RGB pixels starting at `offset`) into `out`. */
 function normalizeRow(src: ArrayLike<number>, offset: number, w: number, out: Float32Array): void {
   for (let x = 0; x < w; x++) {
@@ -195,6 +199,13 @@ export function prepareBatch(images: tf.Tensor3D[], minSize: number, maxSize: nu
   }
   const batchH = Math.max(...paddedSizes.map((s) => s[0]));
   const batchW = Math.max(...paddedSizes.map((s) => s[1]));
+  if (useWebGPUKernels()) {
+    // One dispatch per image on the GPU, same taps and byte table (see src/webgpu/transform.ts).
+    const batch = tf.tidy(() => tf.stack(images.map((img, i) => normalizeResizePadWebGPU(
+      img, bilinearTaps(originalSizes[i][0], imageSizes[i][0]), bilinearTaps(originalSizes[i][1], imageSizes[i][1]),
+      [batchH, batchW], WEBGPU_TABLE))) as tf.Tensor4D);
+    return { images: batch, imageSizes, paddedSizes, originalSizes };
+  }
   const imageLen = batchH * batchW * 3;
   // Zero-initialised: the padding is 0 in normalised space, as upstream pads after normalising.
   const data = new Float32Array(images.length * imageLen);
