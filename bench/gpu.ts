@@ -10,7 +10,7 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { formulaWeights } from '../src/formula_weights';
 import { decodeImage } from '../src/io';
-import { Img2PoseModel, RawDetections } from '../src/model';
+import { emptyTimings, Img2PoseModel, RawDetections, StageTimings } from '../src/model';
 import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, setKernelMode } from '../src/webgpu';
 import { compareDetections } from './gpu_check';
 import { Backbone } from '../src/backbone';
@@ -40,7 +40,14 @@ interface Row {
   imagesPerSecond: number;
   speedupVsOneByOne: number;
   sameAsOneByOne: boolean;
+  /** Bit-identical boxes, scores and dofs. */
+  identical: boolean;
   gpuMiB: number;
+}
+
+function identical(a: RawDetections, b: RawDetections): boolean {
+  const eq = (x: ArrayLike<number>, y: ArrayLike<number>): boolean => x.length === y.length && Array.from(x).every((v, i) => v === y[i]);
+  return eq(a.boxes, b.boxes) && eq(a.scores, b.scores) && eq(a.dofs, b.dofs);
 }
 
 type StageTimes = Record<string, number>;
@@ -107,6 +114,31 @@ async function profileStages(weights: Img2PoseWeights, images: tf.Tensor3D[]): P
   return med;
 }
 
+/** Wall time of backbone+FPN (synchronised) against how many dispatches tfjs records per submit. */
+async function submitSweep(weights: Img2PoseWeights, images: tf.Tensor3D[], mode: KernelMode): Promise<void> {
+  const backbone = new Backbone(weights);
+  const batch = prepareBatch(images, CONFIG.minSize, CONFIG.maxSize);
+  const before = tf.env().getNumber('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE');
+  const parts: string[] = [];
+  for (const n of [15, 1, 4, 64, 15]) {
+    tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', n);
+    const samples: number[] = [];
+    for (let rep = 0; rep < 6; rep++) {
+      await gpuSync();
+      const t0 = performance.now();
+      tf.dispose(backbone.forward(batch.images, batch.paddedSizes));
+      await gpuSync();
+      if (rep > 0) samples.push(performance.now() - t0);
+    }
+    samples.sort((a, b) => a - b);
+    parts.push(`${n}: ${samples[samples.length >> 1].toFixed(1)} ms`);
+  }
+  tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', before);
+  console.log(`submit sweep [${mode}] backbone+FPN batch ${images.length} (dispatches per submit: wall ms): ${parts.join(', ')}`);
+  tf.dispose(batch.images);
+  backbone.dispose();
+}
+
 /** GPU time per program class (timestamp queries) of one backbone+FPN forward and one RPN head. */
 async function kernelProfile(weights: Img2PoseWeights, images: tf.Tensor3D[], mode: KernelMode): Promise<void> {
   const backbone = new Backbone(weights);
@@ -159,7 +191,10 @@ function report(mode: KernelMode, name: string, info: tf.TimingInfo, wallMs: num
 }
 
 async function timeForward(model: Img2PoseModel, images: tf.Tensor3D[], reps: number): Promise<{ ms: number; out: RawDetections[] }> {
-  let out = await model.predict(images, CONFIG); // warm-up: shader compilation, buffer pool
+  // Warm-up: shader compilation, buffer pool growth, first touches (the first forwards of a
+  // process run slower, GPU_NOTES.md).
+  let out = await model.predict(images, CONFIG);
+  out = await model.predict(images, CONFIG);
   await gpuSync();
   const samples: number[] = [];
   for (let i = 0; i < reps; i++) {
@@ -192,6 +227,7 @@ async function main(): Promise<void> {
     photo = await load(PHOTO);
     mixed = await Promise.all(MIXED.map(load));
     if (args.includes('--kernel-profile')) await kernelProfile(weights, Array.from({ length: 8 }, () => photo), mode);
+    if (args.includes('--submit-sweep')) await submitSweep(weights, Array.from({ length: 8 }, () => photo), mode);
     if (args.includes('--stages-only')) {
       for (const b of batches) {
         const times = await profileStages(weights, Array.from({ length: b }, () => photo));
@@ -214,7 +250,8 @@ async function main(): Promise<void> {
       const same = out.every((d) => compareDetections(d, single.out[0]).ok);
       const row: Row = {
         mode, images: `photo x${b}`, batch: b, msPerBatch: ms, msPerImage: ms / b, imagesPerSecond: (1000 * b) / ms,
-        speedupVsOneByOne: single.ms / (ms / b), sameAsOneByOne: same, gpuMiB: gpuMemory().allocated / 2 ** 20,
+        speedupVsOneByOne: single.ms / (ms / b), sameAsOneByOne: same, identical: out.every((d) => identical(d, single.out[0])),
+        gpuMiB: gpuMemory().allocated / 2 ** 20,
       };
       rows.push(row);
       console.log(fmt(row));
@@ -225,18 +262,30 @@ async function main(): Promise<void> {
       const row: Row = {
         mode, images: 'mixed 8 (7 sizes)', batch: mixed.length, msPerBatch: ms, msPerImage: ms / mixed.length,
         imagesPerSecond: (1000 * mixed.length) / ms, speedupVsOneByOne: mixedOneByOneMs / ms, sameAsOneByOne: same,
-        gpuMiB: gpuMemory().allocated / 2 ** 20,
+        identical: out.every((d, i) => identical(d, singleMixed[i])), gpuMiB: gpuMemory().allocated / 2 ** 20,
       };
       rows.push(row);
       console.log(fmt(row));
     }
     for (const b of [1, 8]) {
-      const times = await profileStages(weights, Array.from({ length: b }, () => photo));
+      const imgs = Array.from({ length: b }, () => photo);
+      // The model's own profile (device settled after each stage; heads include their readback)...
+      const reps: StageTimings[] = [];
+      for (let r = 0; r < 3; r++) {
+        const profile = emptyTimings();
+        await model.predict(imgs, CONFIG, { profile });
+        reps.push(profile);
+      }
+      const times: StageTimes = {};
+      for (const k of Object.keys(reps[0]) as (keyof StageTimings)[]) times[k] = reps.map((p) => p[k]).sort((x, y) => x - y)[1];
       stages.push({ mode, batch: b, times });
-      console.log(`stages [${mode}] batch ${b} (ms/image): ${Object.entries(times).map(([k, v]) => `${k} ${(v / b).toFixed(2)}`).join(', ')}; total ${(Object.values(times).reduce((x, y) => x + y, 0) / b).toFixed(2)}`);
+      console.log(`model stages [${mode}] batch ${b} (ms/image): ${Object.entries(times).map(([k, v]) => `${k} ${(v / b).toFixed(2)}`).join(', ')}; total ${(Object.values(times).reduce((x, y) => x + y, 0) / b).toFixed(2)}`);
+      // ...and the replica with the readback split out.
+      const split = await profileStages(weights, imgs);
+      console.log(`stages [${mode}] batch ${b} (ms/image): ${Object.entries(split).map(([k, v]) => `${k} ${(v / b).toFixed(2)}`).join(', ')}; total ${(Object.values(split).reduce((x, y) => x + y, 0) / b).toFixed(2)}`);
     }
   }
-  console.log('\nmode      images              batch  ms/batch  ms/image  images/s  speedup  same  GPU MiB');
+  console.log('\nmode      images              batch  ms/batch  ms/image  images/s  speedup  same  ident  GPU MiB');
   for (const r of rows) console.log(fmt(r));
   const json = arg('--json', '');
   if (json) fs.writeFileSync(json, JSON.stringify({ adapter, rows, stages }, null, 1));
@@ -248,7 +297,7 @@ async function main(): Promise<void> {
 function fmt(r: Row): string {
   return `${r.mode.padEnd(9)} ${r.images.padEnd(19)} ${String(r.batch).padStart(5)} ${r.msPerBatch.toFixed(1).padStart(9)} ` +
     `${r.msPerImage.toFixed(2).padStart(9)} ${r.imagesPerSecond.toFixed(1).padStart(9)} ${r.speedupVsOneByOne.toFixed(2).padStart(8)}` +
-    `  ${r.sameAsOneByOne ? 'yes' : 'NO '} ${r.gpuMiB.toFixed(0).padStart(8)}`;
+    `  ${r.sameAsOneByOne ? 'yes' : 'NO '}  ${r.identical ? 'yes' : 'no '}  ${r.gpuMiB.toFixed(0).padStart(8)}`;
 }
 
 main().catch((e: unknown) => {

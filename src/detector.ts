@@ -135,6 +135,8 @@ export class Img2Pose {
     let model: Img2PoseModel;
     try {
       model = new Img2PoseModel(loaded);
+      // The stages hold their own copies; weights we loaded ourselves are ours to free.
+      if (typeof weights === 'string') disposeWeightTensors(loaded);
     } catch (e) {
       if (typeof weights === 'string') disposeWeightTensors(loaded);
       if (e instanceof Img2PoseError) throw e;

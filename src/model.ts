@@ -1,4 +1,11 @@
 import * as tf from '@tensorflow/tfjs';
+import { Backbone } from './backbone';
+import { postprocessDetections } from './postprocess';
+import { REFERENCE_POINTS_68 } from './reference_points';
+import { multiScaleRoIAlign } from './roi_align';
+import { RoIHeads } from './roi_heads';
+import { Proposals, RegionProposalNetwork } from './rpn';
+import { prepareBatch, Size } from './transform';
 import { Img2PoseWeights } from './weights';
 
 /** Sizes of the input transform (upstream's min_size / max_size). */
@@ -10,30 +17,189 @@ export interface ModelConfig {
 /**
  * The network's output for one image, after upstream's ROI post-processing and final NMS:
  * boxes in ORIGINAL image coordinates (N*4, x1 y1 x2 y2), scores (N), global dofs (N*6:
- * rx ry rz tx ty tz). Every detection with score > 0.05 is kept; thresholds are the detector's job.
+ * rx ry rz tx ty tz, float32 as upstream returns them). Every detection with score > 0.05 is
+ * kept; thresholds are the detector's job.
  */
 export interface RawDetections {
   boxes: Float32Array;
   scores: Float32Array;
-  dofs: Float64Array;
+  dofs: Float32Array | Float64Array;
+}
+
+/** Wall-clock milliseconds per stage of one `predict`, summed over the call. */
+export interface StageTimings {
+  transform: number;
+  backbone: number;
+  rpn: number;
+  roiAlign: number;
+  heads: number;
+  postprocess: number;
+}
+
+export function emptyTimings(): StageTimings {
+  return { transform: 0, backbone: 0, rpn: 0, roiAlign: 0, heads: 0, postprocess: 0 };
+}
+
+export interface PredictOptions {
+  /** When given, stage times are added to it. Profiling waits for the device after each stage. */
+  profile?: StageTimings;
 }
 
 /**
- * The img2pose network: transform -> ResNet-FPN -> RPN -> multi-scale RoIAlign -> heads -> pose
- * post-processing. (Being assembled by the lead from the stage modules; interface is fixed.)
+ * Most ROIs pooled and run through the heads at once. 1000 proposals are ~50 MB of pooled
+ * features, so CPU backends go image by image; GPU backends batch more for throughput.
+ */
+function roiChunkLimit(): number {
+  return ['wasm', 'cpu'].includes(tf.getBackend()) ? 1000 : 8000;
+}
+
+/** Groups consecutive images so each group's proposals fit the ROI chunk limit. */
+function chunkImages(counts: number[], limit: number): number[][] {
+  const chunks: number[][] = [];
+  let current: number[] = [];
+  let rois = 0;
+  counts.forEach((n, i) => {
+    if (current.length > 0 && rois + n > limit) {
+      chunks.push(current);
+      current = [];
+      rois = 0;
+    }
+    current.push(i);
+    rois += n;
+  });
+  if (current.length > 0) chunks.push(current);
+  return chunks;
+}
+
+/** Waits until the work queued so far has run (a 1-element readback), for honest stage times. */
+async function settle(t: tf.Tensor): Promise<void> {
+  const probe = tf.tidy(() => t.reshape([-1]).slice(0, 1));
+  await probe.data();
+  probe.dispose();
+}
+
+/**
+ * The img2pose network, upstream's FasterDoFRCNN in inference mode:
+ * transform -> ResNet-FPN -> RPN -> MultiScaleRoIAlign -> box/class heads -> pose post-processing.
+ *
+ * A batch runs as one stacked, padded tensor through the backbone and the RPN head; everything
+ * after is per image and uses only that image's own region of the features, so each image's
+ * result equals its single-image result whatever else is in the batch.
  */
 export class Img2PoseModel {
-  constructor(readonly weights: Img2PoseWeights) {}
+  private readonly backbone: Backbone;
+  private readonly rpn: RegionProposalNetwork;
+  private readonly roiHeads: RoIHeads;
+  private readonly poseMean: Float64Array;
+  private readonly poseStddev: Float64Array;
+  private disposed = false;
+
+  /**
+   * Builds the stages from `weights`. Each stage keeps its own folded/permuted copies, so the
+   * caller still owns `weights` and may dispose them once this returns.
+   */
+  constructor(weights: Img2PoseWeights) {
+    const built: { dispose(): void }[] = [];
+    try {
+      this.backbone = new Backbone(weights);
+      built.push(this.backbone);
+      this.rpn = new RegionProposalNetwork(weights);
+      built.push(this.rpn);
+      this.roiHeads = new RoIHeads(weights);
+    } catch (e) {
+      for (const stage of built) stage.dispose();
+      throw e;
+    }
+    this.poseMean = Float64Array.from(weights.poseMean);
+    this.poseStddev = Float64Array.from(weights.poseStddev);
+  }
 
   /** images: HWC RGB tensors with values 0..255. One stacked forward for all of them. */
-  async predict(images: tf.Tensor3D[], config: ModelConfig): Promise<RawDetections[]> {
-    void images;
-    void config;
-    throw new Error('Img2PoseModel.predict: not assembled yet');
+  async predict(images: tf.Tensor3D[], config: ModelConfig, options: PredictOptions = {}): Promise<RawDetections[]> {
+    if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
+    if (images.length === 0) return [];
+    const profile = options.profile;
+    let t0 = performance.now();
+    const lap = async (stage: keyof StageTimings, pending?: tf.Tensor): Promise<void> => {
+      if (!profile) return;
+      if (pending) await settle(pending);
+      const t = performance.now();
+      profile[stage] += t - t0;
+      t0 = t;
+    };
+
+    const batch = prepareBatch(images, config.minSize, config.maxSize);
+    let features: tf.Tensor4D[] = [];
+    try {
+      await lap('transform', batch.images);
+      features = this.backbone.forward(batch.images, batch.paddedSizes);
+      batch.images.dispose();
+      await lap('backbone', features[features.length - 1]);
+      const proposals = await this.rpn.forward(features, batch.imageSizes, batch.paddedSizes);
+      await lap('rpn');
+      const heads = await this.runHeads(features, proposals, batch.imageSizes, batch.paddedSizes, lap);
+      tf.dispose(features);
+      features = [];
+      const results = proposals.map((p, i) =>
+        postprocessDetections({
+          proposals: p.boxes,
+          classLogits: heads[i].classLogits,
+          dofRegression: heads[i].dofRegression,
+          imageSize: batch.imageSizes[i],
+          originalSize: batch.originalSizes[i],
+          poseMean: this.poseMean,
+          poseStddev: this.poseStddev,
+          referencePoints: REFERENCE_POINTS_68,
+        }),
+      );
+      await lap('postprocess');
+      return results;
+    } finally {
+      batch.images.dispose();
+      tf.dispose(features);
+    }
+  }
+
+  /** RoIAlign + heads over the images' proposals, in chunks that bound memory. */
+  private async runHeads(
+    features: tf.Tensor4D[],
+    proposals: Proposals[],
+    imageSizes: Size[],
+    paddedSizes: Size[],
+    lap: (stage: keyof StageTimings, pending?: tf.Tensor) => Promise<void>,
+  ): Promise<{ classLogits: Float32Array; dofRegression: Float32Array }[]> {
+    const counts = proposals.map((p) => p.boxes.length / 4);
+    const out: { classLogits: Float32Array; dofRegression: Float32Array }[] = [];
+    for (const chunk of chunkImages(counts, roiChunkLimit())) {
+      // RoIAlign reads each image's own region of the batch maps, so slicing the batch is not needed.
+      const boxes = proposals.map((p, i) => (chunk.includes(i) ? p.boxes : new Float32Array(0)));
+      const pooled = await multiScaleRoIAlign(features, boxes, imageSizes, paddedSizes);
+      let logits: Float32Array;
+      let dofs: Float32Array;
+      try {
+        await lap('roiAlign', pooled);
+        ({ classLogits: logits, dofRegression: dofs } = await this.roiHeads.forward(pooled));
+        await lap('heads');
+      } finally {
+        pooled.dispose();
+      }
+      let row = 0;
+      for (const i of chunk) {
+        out[i] = {
+          classLogits: logits.subarray(row * 2, (row + counts[i]) * 2),
+          dofRegression: dofs.subarray(row * 12, (row + counts[i]) * 12),
+        };
+        row += counts[i];
+      }
+    }
+    return out;
   }
 
   dispose(): void {
-    for (const t of this.weights.tensors.values()) t.dispose();
-    this.weights.tensors.clear();
+    if (this.disposed) return;
+    this.disposed = true;
+    this.backbone.dispose();
+    this.rpn.dispose();
+    this.roiHeads.dispose();
   }
 }
