@@ -14,7 +14,9 @@ import { CliIO, expandInputs, main } from '../src/cli';
 import { DetectionModel, Img2Pose, LoadOptions } from '../src/detector';
 import { WeightsError } from '../src/errors';
 import { ModelConfig, RawDetections } from '../src/model';
+import { formulaWeights } from '../src/formula_weights';
 import { decodeImage } from '../src/visualize';
+import { goldenCase, imagePath } from './utils/golden';
 
 /** Three detections per image, scaled to its size: scores 0.9, 0.3, 0.06 (network order 0.3 first). */
 class FakeModel implements DetectionModel {
@@ -38,6 +40,7 @@ class FakeModel implements DetectionModel {
   }
 }
 
+const realLoad = Img2Pose.load.bind(Img2Pose);
 let tmp: string;
 let model: FakeModel;
 let loads: LoadOptions[];
@@ -264,5 +267,25 @@ describe('img2pose demo', () => {
     expect(json.weights).toMatch(/untrained/);
     const png = decodeImage(fs.readFileSync(path.join(out, 'demo.png')));
     expect([png.width, png.height]).toEqual([640, 359]);
+  });
+});
+
+describe('img2pose detect with the real network', () => {
+  it('gives upstream\'s faces on the tiny teaser case (formula weights, min 160 / max 288)', async () => {
+    jest.spyOn(Img2Pose, 'load').mockImplementation((o: LoadOptions) => realLoad({ ...o, weights: formulaWeights() }));
+    const r = await run(['detect', imagePath('teaser.png'), '--weights', 'formula', '--min-size', '160', '--max-size', '288']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const faces = JSON.parse(r.stdout).faces as { box: number[]; confidence: number; pose: number[] }[];
+    const expected = goldenCase('tiny_teaser')['faces_t0.5']!;
+    expect(expected.length).toBeGreaterThan(0);
+    expect(faces).toHaveLength(expected.length);
+    // Fixtures' end-to-end tolerances: boxes within 1 px, scores 1e-3, rotations 1e-3 rad.
+    faces.forEach((f, i) => {
+      const e = expected[i];
+      f.box.forEach((v, k) => expect(Math.abs(v - e.box[k])).toBeLessThanOrEqual(1));
+      expect(Math.abs(f.confidence - e.confidence)).toBeLessThanOrEqual(1e-3);
+      for (let k = 0; k < 3; k++) expect(Math.abs(f.pose[k] - e.pose[k])).toBeLessThanOrEqual(1e-3);
+    });
   });
 });

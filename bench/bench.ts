@@ -16,6 +16,9 @@ import * as tf from '@tensorflow/tfjs';
 import { BACKEND_CHOICES, BackendChoice, selectBackend } from '../src/backend';
 import { Face, Img2Pose } from '../src/detector';
 import { formulaWeights } from '../src/formula_weights';
+import { Img2PoseModel, StageTimings, emptyTimings } from '../src/model';
+import { disposeWeights } from '../src/weights';
+import { loadWeights } from '../src/weights_io';
 import {
   BenchImage,
   FaceDiff,
@@ -74,7 +77,7 @@ function parseOptions(argv: string[]): BenchOptions {
     .option('--sets <list>', 'image sets: same (one size) and/or mixed (several sizes)', parseSets, ['same', 'mixed'] as SetKind[])
     .option('--repeats <n>', 'timed runs per measurement (median reported)', positiveInt, 1)
     .option('--threshold <t>', 'score threshold of the compared faces', Number, 0.5)
-    .option('--stages', 'print the per-stage time breakdown of one forward per batch size instead', false);
+    .option('--stages', 'print the per-stage time breakdown of the network (ms/image) instead', false);
   cmd.parse(argv, { from: 'node' });
   return cmd.opts<BenchOptions>();
 }
@@ -145,7 +148,7 @@ function report(o: BenchOptions, backend: string, rows: Row[], warmupMs: number)
       describeDiff(r.diff),
     ]),
   );
-  return `${header.join('\n')}${table}\n`;
+  return `${header.join('\n')}\n${table}\n`;
 }
 
 export async function runBench(argv: string[]): Promise<void> {
@@ -186,73 +189,79 @@ export async function runBench(argv: string[]): Promise<void> {
 
 // --- --stages --------------------------------------------------------------------------------
 
-interface KernelTotal {
-  calls: number;
-  ms: number;
-}
+const STAGES: (keyof StageTimings)[] = ['transform', 'backbone', 'rpn', 'roiAlign', 'heads', 'postprocess'];
 
 /**
- * Where the time of one forward goes. Img2PoseModel exposes no per-stage hook, so this is the
- * tfjs kernel profile of a detection, summed per kernel: convolutions are the backbone / FPN /
- * RPN head, MatMul the ROI heads' MLPs, CropAndResize / gathers the ROI pooling, NMS the
- * proposal and final suppression; "outside kernels" is JavaScript (pose post-processing,
- * keypoints) and data transfers.
+ * Where the time of one forward goes, from Img2PoseModel's own stage timings (`predict`'s
+ * `profile` option: it waits for the device after each stage, so the stages add up to a bit
+ * more than an unprofiled forward). The network is driven directly, without the detector's
+ * decoding and keypoints; numbers are ms per image of one stacked forward of `count` images.
  */
 async function runStages(o: BenchOptions): Promise<string> {
-  const detector = await loadDetector(o, Math.max(...o.counts));
-  const set = await buildSet('same', Math.max(...o.counts));
+  const backend = await selectBackend(o.backend);
+  const weights = o.weights ? await loadWeights(o.weights) : formulaWeights();
+  let model: Img2PoseModel;
+  try {
+    model = new Img2PoseModel(weights);
+  } finally {
+    disposeWeights(weights); // the model keeps its own (folded) copies
+  }
+  const config = { minSize: o.minSize, maxSize: o.maxSize };
+  const maxCount = Math.max(...o.counts);
   const sections: string[] = [];
   try {
-    await detector.detectFaces(set[0].tensor); // warm-up
-    for (const count of o.counts) {
-      const images = set.slice(0, count).map((im) => im.tensor);
-      const totals = new Map<string, KernelTotal>();
-      let wallMs = 0;
-      const info = await tf.profile(async () => {
-        wallMs = await timeMs(async () => {
-          await (count === 1 ? detector.detectFaces(images[0]) : detector.detectFaces(images));
-        });
-      });
-      let kernelMs = 0;
-      for (const k of info.kernels) {
-        const t = await k.kernelTimeMs;
-        const ms = typeof t === 'number' ? t : 0;
-        kernelMs += ms;
-        const e = totals.get(k.name) ?? { calls: 0, ms: 0 };
-        e.calls++;
-        e.ms += ms;
-        totals.set(k.name, e);
+    for (const kind of o.sets) {
+      const set = await buildSet(kind, maxCount);
+      try {
+        await model.predict([set[0].tensor], config); // warm-up
+        const columns: { count: number; stages: StageTimings; wallMs: number }[] = [];
+        for (const count of o.counts) {
+          const images = set.slice(0, count).map((im) => im.tensor);
+          const stages = emptyTimings();
+          const walls: number[] = [];
+          for (let r = 0; r < o.repeats; r++) walls.push(await timeMs(() => model.predict(images, config, { profile: stages })));
+          const per = (ms: number) => ms / (count * o.repeats);
+          const perImage = emptyTimings();
+          for (const st of STAGES) perImage[st] = per(stages[st]);
+          columns.push({ count, stages: perImage, wallMs: median(walls) / count });
+          log(`stages ${kind} x${count}: ${(median(walls) / count).toFixed(0)} ms/image`);
+        }
+        const table = markdownTable(
+          ['stage (ms/image)', ...columns.map((c) => `${c.count} image${c.count > 1 ? 's' : ''}`)],
+          [
+            ...STAGES.map((st) => [st, ...columns.map((c) => `${c.stages[st].toFixed(1)} (${pct(c.stages[st], c.stages)})`)]),
+            ['**sum of stages**', ...columns.map((c) => sumStages(c.stages).toFixed(1))],
+            ['forward wall (median)', ...columns.map((c) => c.wallMs.toFixed(1))],
+          ],
+        );
+        sections.push(`#### ${kind === 'same' ? 'One size (crops of teaser.png)' : 'Mixed sizes (fixture images)'}\n\n${table}\n`);
+      } finally {
+        disposeSet(set);
       }
-      const rows = [...totals.entries()].sort((a, b) => b[1].ms - a[1].ms);
-      const top = rows.slice(0, 12);
-      const rest = rows.slice(12).reduce((acc, [, e]) => ({ calls: acc.calls + e.calls, ms: acc.ms + e.ms }), { calls: 0, ms: 0 });
-      const pct = (ms: number) => `${((100 * ms) / wallMs).toFixed(1)}%`;
-      const table = markdownTable(
-        ['kernel', 'calls', 'ms', 'share of wall time'],
-        [
-          ...top.map(([name, e]) => [name, String(e.calls), e.ms.toFixed(1), pct(e.ms)]),
-          ...(rest.calls ? [[`${rows.length - 12} other kernels`, String(rest.calls), rest.ms.toFixed(1), pct(rest.ms)]] : []),
-          ['outside kernels (JS, transfers)', '', Math.max(0, wallMs - kernelMs).toFixed(1), pct(Math.max(0, wallMs - kernelMs))],
-          ['**total (wall)**', '', wallMs.toFixed(1), '100%'],
-        ],
-      );
-      sections.push(`#### ${count} image${count > 1 ? 's' : ''} (${count === 1 ? 'single' : 'one stacked forward'})\n\n${table}\n`);
-      log(`stages x${count}: ${wallMs.toFixed(0)} ms wall, ${kernelMs.toFixed(0)} ms in kernels`);
     }
   } finally {
-    disposeSet(set);
-    await detector.dispose();
+    model.dispose();
   }
   const m = machineInfo();
   return [
-    `### Per-kernel time of one detection, ${detector.backend} backend`,
+    `### Per-stage time of one forward, ${backend} backend`,
     '',
-    `- machine: ${m.cpu}, ${m.cores} cores, ${m.os}; Node ${m.node}; tfjs ${m.tfjs}; date ${m.date}`,
-    `- input transform: min ${o.minSize} / max ${o.maxSize}; images: crops of one size from teaser.png`,
+    `- machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.os}; Node ${m.node}; tfjs ${m.tfjs}`,
+    `- input transform: min ${o.minSize} / max ${o.maxSize}; weights: ${o.weights ?? 'formula (untrained ResNet-18)'}`,
+    `- ${o.repeats} profiled run(s) per column after a warm-up; date ${m.date}`,
     `- command: \`${m.command}\``,
     '',
     sections.join('\n'),
   ].join('\n');
+}
+
+function sumStages(t: StageTimings): number {
+  return STAGES.reduce((s, st) => s + t[st], 0);
+}
+
+function pct(ms: number, all: StageTimings): string {
+  const total = sumStages(all);
+  return total > 0 ? `${Math.round((100 * ms) / total)}%` : '-';
 }
 
 export type { BenchOptions };

@@ -111,7 +111,8 @@ async function main(): Promise<void> {
   console.log('backend', JSON.stringify(adapter));
   const manifest = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'manifest.json'), 'utf8')) as { cases: Case[] };
   const singles = new Map(manifest.cases.filter((c) => c.mode === 'single').map((c) => [`${c.image}@${c.min_size}`, c]));
-  const model = new Img2PoseModel(formulaWeights());
+  const weights = formulaWeights();
+  const model = new Img2PoseModel(weights);
   const images = new Map<string, tf.Tensor3D>();
   const image = async (name: string): Promise<tf.Tensor3D> => {
     let t = images.get(name);
@@ -157,8 +158,9 @@ async function main(): Promise<void> {
       });
     }
   }
-  console.log(`\n${failures === 0 ? 'ALL PASS' : `${failures} FAILED`}; tensors alive ${tf.memory().numTensors}`);
   model.dispose();
+  tf.dispose([...images.values(), ...weights.tensors.values()]);
+  console.log(`\n${failures === 0 ? 'ALL PASS' : `${failures} FAILED`}; tensors alive after disposing everything: ${tf.memory().numTensors}`);
   process.exit(failures === 0 ? 0 : 1);
 }
 

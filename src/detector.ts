@@ -28,7 +28,7 @@ import {
 import { ImageInput, decodeImage } from './io';
 import { Img2PoseModel, ModelConfig, RawDetections } from './model';
 import { KeypointName, projectKeypoints } from './pose';
-import { Img2PoseWeights } from './weights';
+import { Img2PoseWeights, disposeWeights } from './weights';
 import { LoadWeightsOptions, loadWeights } from './weights_io';
 
 export type Box = [x1: number, y1: number, x2: number, y2: number];
@@ -74,8 +74,9 @@ export const DEFAULT_OPTIONS: Readonly<DetectorOptions> = {
 
 export interface LoadOptions extends Partial<DetectorOptions>, LoadWeightsOptions {
   /**
-   * A converted weights folder, a release `.pth` checkpoint, or weights already in memory
-   * (the detector takes ownership of those: `dispose()` frees them).
+   * A converted weights folder, a release `.pth` checkpoint, or weights already in memory.
+   * The network keeps its own (folded) copies: in-memory weights stay the caller's, who may
+   * dispose them once `load` has resolved; weights read from disk are freed by `load` itself.
    */
   weights: string | Img2PoseWeights;
   /** Compute backend; 'auto' takes the fastest available (see `selectBackend`). */
@@ -130,20 +131,20 @@ export class Img2Pose {
       throw new OptionError('weights', 'a weights folder or .pth path, or Img2PoseWeights', weights);
     }
     const backendName = await selectBackend(backend);
-    const loaded =
-      typeof weights === 'string' ? await loadWeightsOrExplain(weights, { poseMean, poseStddev, warn }) : weights;
+    const fromDisk = typeof weights === 'string';
+    const loaded = fromDisk ? await loadWeightsOrExplain(weights, { poseMean, poseStddev, warn }) : weights;
     let model: Img2PoseModel;
     try {
       model = new Img2PoseModel(loaded);
-      // The stages hold their own copies; weights we loaded ourselves are ours to free.
-      if (typeof weights === 'string') disposeWeightTensors(loaded);
     } catch (e) {
-      if (typeof weights === 'string') disposeWeightTensors(loaded);
       if (e instanceof Img2PoseError) throw e;
       throw new WeightsError(`These weights do not fit the img2pose network: ${messageOf(e)}`, {
-        path: typeof weights === 'string' ? weights : undefined,
+        path: fromDisk ? weights : undefined,
         cause: e,
       });
+    } finally {
+      // The stages hold their own copies; weights we loaded ourselves are ours to free.
+      if (fromDisk) disposeWeights(loaded);
     }
     return new Img2Pose(model, resolved, backendName);
   }
@@ -198,8 +199,8 @@ export class Img2Pose {
   }
 
   /**
-   * Free the weights. Work already queued is refused with a `DisposedError`; a forward in
-   * progress finishes first. Later calls reject with `DisposedError`.
+   * Free the network's weights. Work already queued is refused with a `DisposedError`; a
+   * forward in progress finishes first. Later calls reject with `DisposedError`.
    */
   async dispose(): Promise<void> {
     if (this.isDisposed) return;
@@ -434,11 +435,6 @@ async function loadWeightsOrExplain(path: string, options: LoadWeightsOptions): 
     if (e instanceof Img2PoseError) throw e;
     throw new WeightsError(`Cannot load weights from ${JSON.stringify(path)}: ${messageOf(e)}`, { path, cause: e });
   }
-}
-
-function disposeWeightTensors(w: Img2PoseWeights): void {
-  for (const t of w.tensors.values()) t.dispose();
-  w.tensors.clear();
 }
 
 function messageOf(e: unknown): string {

@@ -33,7 +33,7 @@ export function linear(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D | null,
 }
 
 export type { ConvOptions, ConvTile } from './conv2d';
-export { conv2dFused, conv2dPortable, linearFused, linearPortable, chooseTile, convOutputSize } from './conv2d';
+export { addUpsampled, conv2dFused, conv2dPortable, convShaderSource, linearFused, linearPortable, chooseTile, convOutputSize } from './conv2d';
 export { initWebGPUBackend } from './dawn';
 export type { WebGPUAdapterSummary } from './dawn';
 export { gpuSync, gpuMemory } from './program';

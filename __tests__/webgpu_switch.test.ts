@@ -1,0 +1,176 @@
+// The kernel switch of src/webgpu on the wasm backend: the portable path (what every stage runs
+// unless the WebGPU kernels are switched on) against a float64 reference, the fallback when the
+// switch is on but the backend is not webgpu, and the WGSL generator's guards. The WebGPU
+// programs themselves are checked on the GPU by bench/gpu_kernels.ts (see GPU_NOTES.md).
+import * as tf from '@tensorflow/tfjs';
+import {
+  addUpsampled,
+  chooseTile,
+  conv,
+  conv2dPortable,
+  convOutputSize,
+  ConvOptions,
+  convShaderSource,
+  kernelMode,
+  linear,
+  setKernelMode,
+  useWebGPUKernels,
+} from '../src/webgpu';
+
+/** Deterministic values in [-1, 1) (a small LCG), so failures reproduce. */
+function values(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 2 ** 31 - 1;
+  }
+  return out;
+}
+
+interface Case {
+  x: [number, number, number, number];
+  k: number;
+  cout: number;
+  stride: number;
+  pad: number;
+  relu: boolean;
+  residual?: 'same' | 'upsample';
+}
+
+/** Direct float64 convolution, PyTorch semantics (symmetric zero padding, nearest upsampling). */
+function reference(x: Float32Array, w: Float32Array, b: Float32Array, c: Case, res?: { data: Float32Array; h: number; w: number }): Float64Array {
+  const [n, h, wd, cin] = c.x;
+  const ho = convOutputSize(h, c.k, c.stride, c.pad);
+  const wo = convOutputSize(wd, c.k, c.stride, c.pad);
+  const out = new Float64Array(n * ho * wo * c.cout);
+  for (let bi = 0; bi < n; bi++) for (let oy = 0; oy < ho; oy++) for (let ox = 0; ox < wo; ox++) for (let co = 0; co < c.cout; co++) {
+    let s = b[co];
+    for (let ky = 0; ky < c.k; ky++) for (let kx = 0; kx < c.k; kx++) {
+      const iy = oy * c.stride - c.pad + ky;
+      const ix = ox * c.stride - c.pad + kx;
+      if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
+      for (let ci = 0; ci < cin; ci++) s += x[((bi * h + iy) * wd + ix) * cin + ci] * w[((ky * c.k + kx) * cin + ci) * c.cout + co];
+    }
+    if (res) {
+      const ry = c.residual === 'upsample' ? Math.min(Math.floor(oy * Math.fround(res.h / ho)), res.h - 1) : oy;
+      const rx = c.residual === 'upsample' ? Math.min(Math.floor(ox * Math.fround(res.w / wo)), res.w - 1) : ox;
+      s += res.data[((bi * res.h + ry) * res.w + rx) * c.cout + co];
+    }
+    out[((bi * ho + oy) * wo + ox) * c.cout + co] = c.relu ? Math.max(s, 0) : s;
+  }
+  return out;
+}
+
+function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < b.length; i++) {
+    num += (a[i] - b[i]) ** 2;
+    den += b[i] ** 2;
+  }
+  return Math.sqrt(num / den);
+}
+
+const cases: Case[] = [
+  { x: [1, 9, 11, 5], k: 3, cout: 7, stride: 1, pad: 1, relu: true },
+  { x: [2, 13, 10, 3], k: 7, cout: 8, stride: 2, pad: 3, relu: true },
+  { x: [2, 7, 9, 6], k: 1, cout: 4, stride: 2, pad: 0, relu: false },
+  { x: [2, 8, 6, 4], k: 3, cout: 4, stride: 1, pad: 1, relu: true, residual: 'same' },
+  { x: [1, 8, 10, 6], k: 1, cout: 5, stride: 1, pad: 0, relu: false, residual: 'upsample' },
+  { x: [1, 7, 5, 4], k: 1, cout: 3, stride: 1, pad: 0, relu: false, residual: 'upsample' },
+];
+
+describe('kernel switch (src/webgpu) on wasm', () => {
+  afterEach(() => setKernelMode('portable'));
+
+  it('defaults to the portable path and never runs WebGPU programs off the webgpu backend', () => {
+    expect(kernelMode()).toBe('portable');
+    setKernelMode('webgpu');
+    expect(kernelMode()).toBe('webgpu');
+    expect(tf.getBackend()).toBe('wasm');
+    expect(useWebGPUKernels()).toBe(false);
+  });
+
+  it.each(cases)('conv %j matches a float64 convolution, in both modes', (c) => {
+    const before = tf.memory().numTensors;
+    const [n, h, w, cin] = c.x;
+    const xd = values(n * h * w * cin, 1);
+    const wdat = values(c.k * c.k * cin * c.cout, 2).map((v) => v * Math.sqrt(3 / (c.k * c.k * cin)));
+    const bd = values(c.cout, 3).map((v) => v * 0.1);
+    const ho = convOutputSize(h, c.k, c.stride, c.pad);
+    const wo = convOutputSize(w, c.k, c.stride, c.pad);
+    const rh = c.residual === 'upsample' ? Math.ceil(ho / 2) : ho;
+    const rw = c.residual === 'upsample' ? Math.ceil(wo / 2) : wo;
+    const rd = c.residual ? values(n * rh * rw * c.cout, 4) : undefined;
+    const expected = reference(xd, wdat, bd, c, rd && { data: rd, h: rh, w: rw });
+    for (const mode of ['portable', 'webgpu'] as const) {
+      setKernelMode(mode);
+      const got = tf.tidy(() => {
+        const opts: ConvOptions = {
+          stride: c.stride, pad: c.pad, relu: c.relu,
+          residual: rd && tf.tensor4d(rd, [n, rh, rw, c.cout]), upsampleResidual: c.residual === 'upsample',
+        };
+        const y = conv(tf.tensor4d(xd, c.x), tf.tensor4d(wdat, [c.k, c.k, cin, c.cout]), tf.tensor1d(bd), opts);
+        expect(y.shape).toEqual([n, ho, wo, c.cout]);
+        return y.dataSync();
+      });
+      expect(relErr(got, expected)).toBeLessThan(1e-6);
+    }
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('conv2dPortable without bias equals the stock conv', () => {
+    tf.tidy(() => {
+      const x = tf.tensor4d(values(2 * 6 * 5 * 4, 5), [2, 6, 5, 4]);
+      const w = tf.tensor4d(values(3 * 3 * 4 * 6, 6), [3, 3, 4, 6]);
+      const got = conv2dPortable(x, w, null, { stride: 2, pad: 1, relu: false }).dataSync();
+      const want = tf.conv2d(x, w, 2, [[0, 0], [1, 1], [1, 1], [0, 0]]).dataSync();
+      expect(relErr(got, want)).toBeLessThan(1e-7);
+    });
+  });
+
+  it('addUpsampled repeats the coarse map (exact 2x and odd sizes alike)', () => {
+    tf.tidy(() => {
+      for (const [h, w, hc, wc] of [[4, 6, 2, 3], [5, 7, 3, 4]]) {
+        const lateral = tf.tensor4d(values(h * w * 2, 7), [1, h, w, 2]);
+        const coarse = tf.tensor4d(values(hc * wc * 2, 8), [1, hc, wc, 2]);
+        const got = addUpsampled(lateral, coarse).arraySync()[0];
+        const l = lateral.arraySync()[0];
+        const cc = coarse.arraySync()[0];
+        for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) for (let ch = 0; ch < 2; ch++) {
+          const sy = Math.min(Math.floor(y * Math.fround(hc / h)), hc - 1);
+          const sx = Math.min(Math.floor(x * Math.fround(wc / w)), wc - 1);
+          expect(got[y][x][ch]).toBe(Math.fround(l[y][x][ch] + cc[sy][sx][ch]));
+        }
+      }
+    });
+  });
+
+  it('linear is x @ w + bias (+ ReLU) off the GPU', () => {
+    tf.tidy(() => {
+      const x = tf.tensor2d(values(5 * 7, 9), [5, 7]);
+      const w = tf.tensor2d(values(7 * 3, 10), [7, 3]);
+      const b = tf.tensor1d([0.5, -2, 0.1]);
+      const xd = x.arraySync();
+      const wd = w.arraySync();
+      const got = linear(x, w, b, true).arraySync();
+      for (let i = 0; i < 5; i++) for (let j = 0; j < 3; j++) {
+        let s = [0.5, -2, 0.1][j];
+        for (let k = 0; k < 7; k++) s += xd[i][k] * wd[k][j];
+        expect(got[i][j]).toBeCloseTo(Math.max(s, 0), 5);
+      }
+    });
+  });
+
+  it('picks large tiles only when they fill the GPU, and the WGSL generator rejects unpadded channels', () => {
+    expect(chooseTile(8 * 160 * 288, 256)).toEqual({ bm: 128, bn: 128 });
+    expect(chooseTile(720, 512)).toEqual({ bm: 64, bn: 64 });
+    expect(chooseTile(46080, 64)).toEqual({ bm: 128, bn: 64 });
+    const spec = { kh: 3, kw: 3, cin: 64, cout: 64, stride: 1, pad: 1, relu: true, hasBias: true, residual: 'same' as const, tile: { bm: 128 as const, bn: 64 as const } };
+    const src = convShaderSource(spec);
+    expect(src).toContain('const CIN = 64;');
+    expect(src).toContain('res[(rrow + n) / 4]');
+    expect(() => convShaderSource({ ...spec, cin: 3 })).toThrow(/multiples of 4/);
+  });
+});
