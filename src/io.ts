@@ -167,7 +167,7 @@ async function decodeBytes(bytes: Uint8Array, fail: Fail): Promise<Bitmap> {
   if (codec === undefined) return fail(ENCODED_IMAGE, `a ${format} image, which this jimp build cannot decode`);
   const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   try {
-    const decoded = await codec.decode(buffer);
+    const decoded = await (format === 'JPEG' ? (codec as JpegCodec).decode(buffer, JPEG_LIMITS) : codec.decode(buffer));
     return { data: decoded.data, width: decoded.width, height: decoded.height };
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
@@ -175,6 +175,17 @@ async function decodeBytes(bytes: Uint8Array, fail: Fail): Promise<Bitmap> {
     if (/limit exceeded/.test(msg)) return fail(ENCODED_IMAGE, `a ${format} too large to decode (${msg})`, e);
     return fail(ENCODED_IMAGE, `truncated or corrupt ${format} data`, e);
   }
+}
+
+/**
+ * jpeg-js refuses to decode once its buffers would pass 512 MB, which stops photos near 8000x8000
+ * (~750 MB). Its resolution cap (100 megapixels) stays the bound; this budget covers that.
+ */
+const JPEG_LIMITS = { maxResolutionInMP: 100, maxMemoryUsageInMB: 2048 };
+
+/** jimp's JPEG codec (@jimp/js-jpeg) passes its decode options through to jpeg-js. */
+interface JpegCodec {
+  decode(data: Buffer, options: typeof JPEG_LIMITS): Bitmap;
 }
 
 function headHex(b: Uint8Array): string {

@@ -1,0 +1,329 @@
+/**
+ * Side by side with upstream PyTorch on images and sizes the golden fixtures do not cover.
+ *
+ * For every --sizes entry it runs upstream (bench/upstream_cpu.py, one image per forward) and our
+ * CLI (`img2pose detect --threshold 0 --json`, once with --batch-size 1 and once with
+ * --batch-size K over all images, mixed sizes), then compares per image with the fixtures'
+ * end-to-end criteria (shared/fixtures/README.md): greedy match by IoU >= 0.95; >= 98% matched
+ * both ways among detections scoring >= 0.1; matched scores within 1e-3, rotations within
+ * 1e-3 rad, translations within 1e-3 relative, boxes within 1 px; equal counts above 0.5.
+ * Our batch run must equal our single run.
+ *
+ *   npm run build && node dist/bench/compare_upstream.js [--upstream-src /tmp/upstream/src]
+ *       [--images tmp/compare/images] [--sizes 640/1400,160/288,320/512] [--batch-size 4]
+ *       [--weights tmp/formula_tfjs] [--checkpoint tmp/formula_ckpt/formula.pth]
+ *       [--out tmp/compare] [--reuse]
+ *
+ * The images are made by `upstream_cpu.py make-images` when --images has none. Upstream's code
+ * is only read from --upstream-src, never copied here. Exit code 1 when any case fails.
+ */
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+import { Command } from 'commander';
+import type { Face } from '../src/detector';
+import { markdownTable, repoRoot } from './common';
+
+/** Flattened detections of one image, as the matcher wants them. */
+export interface Dets {
+  boxes: number[];
+  scores: number[];
+  dofs: number[];
+}
+
+export interface MatchReport {
+  ours: number;
+  ref: number;
+  /** Among detections scoring >= minScore: fraction of ours matched, and of the reference's. */
+  matchedOurs: number;
+  matchedRef: number;
+  maxScoreDiff: number;
+  maxRotDiff: number;
+  maxTransRel: number;
+  maxBoxDiff: number;
+  oursAbove05: number;
+  refAbove05: number;
+}
+
+export const TOLERANCE = { matched: 0.98, score: 1e-3, rot: 1e-3, transRel: 1e-3, box: 1 } as const;
+
+export function facesToDets(faces: readonly Face[]): Dets {
+  return {
+    boxes: faces.flatMap((f) => f.box),
+    scores: faces.map((f) => f.confidence),
+    dofs: faces.flatMap((f) => f.pose),
+  };
+}
+
+/** IoU with torchvision's area convention; two degenerate boxes match when within 1 px. */
+function iou(a: readonly number[], i: number, b: readonly number[], j: number): number {
+  const inter =
+    Math.max(0, Math.min(a[i * 4 + 2], b[j * 4 + 2]) - Math.max(a[i * 4], b[j * 4])) *
+    Math.max(0, Math.min(a[i * 4 + 3], b[j * 4 + 3]) - Math.max(a[i * 4 + 1], b[j * 4 + 1]));
+  const areaA = (a[i * 4 + 2] - a[i * 4]) * (a[i * 4 + 3] - a[i * 4 + 1]);
+  const areaB = (b[j * 4 + 2] - b[j * 4]) * (b[j * 4 + 3] - b[j * 4 + 1]);
+  const union = areaA + areaB - inter;
+  if (union <= 0) {
+    for (let k = 0; k < 4; k++) if (Math.abs(a[i * 4 + k] - b[j * 4 + k]) > 1) return 0;
+    return 1;
+  }
+  return inter / union;
+}
+
+/**
+ * Greedy matching: reference detections best score first, each takes the unused detection of
+ * ours with the highest IoU >= 0.95 (ties: the closer score).
+ */
+export function matchDetections(ours: Dets, ref: Dets, minScore = 0.1): MatchReport {
+  const n = ours.scores.length;
+  const m = ref.scores.length;
+  const refOrder = Array.from({ length: m }, (_, j) => j).sort((x, y) => ref.scores[y] - ref.scores[x]);
+  const used = new Uint8Array(n);
+  const pair = new Int32Array(m).fill(-1);
+  for (const j of refOrder) {
+    let best = -1;
+    let bestIou = 0.95;
+    for (let i = 0; i < n; i++) {
+      if (used[i]) continue;
+      const v = iou(ours.boxes, i, ref.boxes, j);
+      const closer = best >= 0 && Math.abs(ours.scores[i] - ref.scores[j]) < Math.abs(ours.scores[best] - ref.scores[j]);
+      if (v > bestIou || (v >= bestIou && (best < 0 || closer))) {
+        best = i;
+        bestIou = v;
+      }
+    }
+    if (best >= 0) {
+      used[best] = 1;
+      pair[j] = best;
+    }
+  }
+  const r: MatchReport = {
+    ours: n,
+    ref: m,
+    matchedOurs: 1,
+    matchedRef: 1,
+    maxScoreDiff: 0,
+    maxRotDiff: 0,
+    maxTransRel: 0,
+    maxBoxDiff: 0,
+    oursAbove05: ours.scores.filter((s) => s >= 0.5).length,
+    refAbove05: ref.scores.filter((s) => s >= 0.5).length,
+  };
+  let refCount = 0;
+  let refMatched = 0;
+  for (let j = 0; j < m; j++) {
+    if (ref.scores[j] < minScore) continue;
+    refCount++;
+    const i = pair[j];
+    if (i < 0) continue;
+    refMatched++;
+    r.maxScoreDiff = Math.max(r.maxScoreDiff, Math.abs(ours.scores[i] - ref.scores[j]));
+    let num = 0;
+    let den = 0;
+    for (let k = 0; k < 6; k++) {
+      const d = ours.dofs[i * 6 + k] - ref.dofs[j * 6 + k];
+      if (k < 3) r.maxRotDiff = Math.max(r.maxRotDiff, Math.abs(d));
+      else {
+        num += d * d;
+        den += ref.dofs[j * 6 + k] ** 2;
+      }
+    }
+    r.maxTransRel = Math.max(r.maxTransRel, Math.sqrt(num / Math.max(den, 1e-12)));
+    for (let k = 0; k < 4; k++) r.maxBoxDiff = Math.max(r.maxBoxDiff, Math.abs(ours.boxes[i * 4 + k] - ref.boxes[j * 4 + k]));
+  }
+  const matchedOfOurs = new Set(Array.from(pair).filter((i) => i >= 0));
+  let oursCount = 0;
+  let oursMatched = 0;
+  for (let i = 0; i < n; i++) {
+    if (ours.scores[i] < minScore) continue;
+    oursCount++;
+    if (matchedOfOurs.has(i)) oursMatched++;
+  }
+  if (refCount > 0) r.matchedRef = refMatched / refCount;
+  if (oursCount > 0) r.matchedOurs = oursMatched / oursCount;
+  return r;
+}
+
+/** The criteria this report fails, empty when it passes. */
+export function failures(r: MatchReport): string[] {
+  const out: string[] = [];
+  if (r.matchedOurs < TOLERANCE.matched) out.push(`matched ours ${pct(r.matchedOurs)}`);
+  if (r.matchedRef < TOLERANCE.matched) out.push(`matched ref ${pct(r.matchedRef)}`);
+  if (r.maxScoreDiff > TOLERANCE.score) out.push(`score ${sci(r.maxScoreDiff)}`);
+  if (r.maxRotDiff > TOLERANCE.rot) out.push(`rotation ${sci(r.maxRotDiff)}`);
+  if (r.maxTransRel > TOLERANCE.transRel) out.push(`translation ${sci(r.maxTransRel)}`);
+  if (r.maxBoxDiff > TOLERANCE.box) out.push(`box ${r.maxBoxDiff.toFixed(2)} px`);
+  if (r.oursAbove05 !== r.refAbove05) out.push(`faces >= 0.5: ${r.oursAbove05} vs ${r.refAbove05}`);
+  return out;
+}
+
+/** Whether two runs of ours gave bit-identical faces (same order, same numbers). */
+export function identical(a: readonly Face[], b: readonly Face[]): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+function pct(x: number): string {
+  return `${(100 * x).toFixed(1)}%`;
+}
+
+function sci(x: number): string {
+  return x === 0 ? '0' : x.toExponential(1);
+}
+
+// --- running both sides ---------------------------------------------------------------------------
+
+interface Options {
+  upstreamSrc: string;
+  python: string;
+  images: string;
+  sizes: [number, number][];
+  batchSize: number;
+  weights: string;
+  checkpoint: string;
+  poseMean: string;
+  poseStddev: string;
+  out: string;
+  reuse: boolean;
+  threads: number;
+}
+
+type ImageFaces = { image: string; faces: Face[] } | { image: string; error: string };
+
+function parseSizes(v: string): [number, number][] {
+  return v.split(',').map((s) => {
+    const m = /^\s*(\d+)\/(\d+)\s*$/.exec(s);
+    if (!m) throw new Error(`--sizes takes min/max pairs like 640/1400,160/288, got ${s}`);
+    return [Number(m[1]), Number(m[2])];
+  });
+}
+
+function parseOptions(argv: string[]): Options {
+  const root = repoRoot();
+  const tmp = (p: string) => path.join(root, 'tmp', p);
+  const cmd = new Command('compare_upstream')
+    .option('--upstream-src <dir>', 'folder holding the upstream img2pose package', '/tmp/upstream/src')
+    .option('--python <exe>', 'python with torch 1.13 / torchvision 0.14', '/usr/bin/python3')
+    .option('--images <dir>', 'validation images (made when empty)', tmp('compare/images'))
+    .option('--sizes <list>', 'min/max pairs', parseSizes, parseSizes('640/1400,160/288,320/512'))
+    .option('--batch-size <k>', 'batch size of our batch run', (v) => Number(v), 4)
+    .option('--weights <dir>', 'our converted weights', tmp('formula_tfjs'))
+    .option('--checkpoint <pth>', 'the same weights for upstream', tmp('formula_ckpt/formula.pth'))
+    .option('--pose-mean <npy>', '', tmp('formula_ckpt/pose_mean.npy'))
+    .option('--pose-stddev <npy>', '', tmp('formula_ckpt/pose_stddev.npy'))
+    .option('--out <dir>', 'where the JSON results go', tmp('compare'))
+    .option('--threads <n>', 'torch threads for upstream (0: its default)', (v) => Number(v), 0)
+    .option('--reuse', 'keep result files that already exist instead of rerunning', false);
+  cmd.parse(argv, { from: 'node' });
+  return cmd.opts<Options>();
+}
+
+function run(exe: string, args: string[]): void {
+  const t0 = Date.now();
+  const r = spawnSync(exe, args, { stdio: ['ignore', 'inherit', 'inherit'] });
+  if (r.status !== 0) throw new Error(`${path.basename(exe)} ${args.slice(0, 3).join(' ')} ... exited ${r.status ?? r.signal}`);
+  process.stderr.write(`  (${((Date.now() - t0) / 1000).toFixed(1)} s)\n`);
+}
+
+/** Our CLI from the same build as this script (dist/ or another outDir alike). */
+function runOurCli(args: string[]): void {
+  const cli = path.join(__dirname, '..', 'src', 'cli.js');
+  const script = `require(${JSON.stringify(cli)}).main(['node', 'img2pose', ...process.argv.slice(1)]).then((c) => { process.exitCode = c; })`;
+  run(process.execPath, ['-e', script, ...args]);
+}
+
+function readResults(file: string): Map<string, Face[]> {
+  const list = JSON.parse(fs.readFileSync(file, 'utf8')) as ImageFaces[];
+  const out = new Map<string, Face[]>();
+  for (const r of list) {
+    if ('error' in r) throw new Error(`${file}: ${r.image} failed: ${r.error}`);
+    out.set(path.basename(r.image), r.faces);
+  }
+  return out;
+}
+
+function listImages(o: Options): string[] {
+  const pngs = () => (fs.existsSync(o.images) ? fs.readdirSync(o.images).filter((f) => f.endsWith('.png')).sort() : []);
+  if (pngs().length === 0) {
+    const source = path.join(repoRoot(), '__tests__', 'fixtures', 'golden', 'teaser.png');
+    run(o.python, [path.join(repoRoot(), 'bench', 'upstream_cpu.py'), 'make-images', '--source', source, '--out', o.images]);
+  }
+  return pngs().map((f) => path.join(o.images, f));
+}
+
+async function main(): Promise<number> {
+  const o = parseOptions(process.argv);
+  fs.mkdirSync(o.out, { recursive: true });
+  const images = listImages(o);
+  const rows: string[][] = [];
+  let failed = 0;
+  for (const [minSize, maxSize] of o.sizes) {
+    const tag = `${minSize}_${maxSize}`;
+    const files = {
+      upstream: path.join(o.out, `upstream_${tag}.json`),
+      single: path.join(o.out, `ours_single_${tag}.json`),
+      batch: path.join(o.out, `ours_batch${o.batchSize}_${tag}.json`),
+    };
+    const sizeArgs = ['--min-size', String(minSize), '--max-size', String(maxSize)];
+    const fresh = (f: string) => !(o.reuse && fs.existsSync(f));
+    if (fresh(files.upstream)) {
+      process.stderr.write(`upstream ${minSize}/${maxSize}\n`);
+      run(o.python, [
+        path.join(repoRoot(), 'bench', 'upstream_cpu.py'), 'detect', '--upstream', o.upstreamSrc,
+        '--checkpoint', o.checkpoint, '--pose-mean', o.poseMean, '--pose-stddev', o.poseStddev,
+        '--threads', String(o.threads), '--threshold', '0', ...sizeArgs, '--json', files.upstream, ...images,
+      ]);
+    }
+    for (const [file, k] of [[files.single, 1], [files.batch, o.batchSize]] as const) {
+      if (!fresh(file)) continue;
+      process.stderr.write(`ours ${minSize}/${maxSize} batch ${k}\n`);
+      runOurCli([
+        'detect', ...images, '--weights', o.weights, '--backend', 'wasm', '--threshold', '0',
+        ...sizeArgs, '--batch-size', String(k), '--json', file,
+      ]);
+    }
+    const ref = readResults(files.upstream);
+    const single = readResults(files.single);
+    const batch = readResults(files.batch);
+    for (const image of images.map((f) => path.basename(f))) {
+      const r = matchDetections(facesToDets(single.get(image) ?? []), facesToDets(ref.get(image) ?? []));
+      const bad = failures(r);
+      const b = batch.get(image) ?? [];
+      const s = single.get(image) ?? [];
+      const batchSame = identical(b, s);
+      const batchBad = batchSame ? [] : failures(matchDetections(facesToDets(b), facesToDets(s)));
+      if (bad.length > 0 || batchBad.length > 0) failed++;
+      rows.push([
+        image,
+        `${minSize}/${maxSize}`,
+        `${r.ours} / ${r.ref}`,
+        `${pct(r.matchedOurs)} / ${pct(r.matchedRef)}`,
+        sci(r.maxScoreDiff),
+        sci(r.maxRotDiff),
+        sci(r.maxTransRel),
+        r.maxBoxDiff.toFixed(2),
+        `${r.oursAbove05} / ${r.refAbove05}`,
+        batchSame ? 'identical' : batchBad.length ? `DIFFERS: ${batchBad.join(', ')}` : 'within tolerance',
+        bad.length ? `FAIL: ${bad.join(', ')}` : 'pass',
+      ]);
+    }
+  }
+  const header = [
+    'image', 'min/max', 'dets ours / upstream', 'matched (>=0.1) ours / upstream', 'max |score|',
+    'max |rot| rad', 'max trans rel', 'max box px', 'faces >= 0.5 ours / upstream', `ours batch ${o.batchSize} vs single`, 'verdict',
+  ];
+  process.stdout.write(`${markdownTable(header, rows)}\n`);
+  process.stdout.write(failed ? `\n${failed} case(s) failed\n` : `\nall ${rows.length} cases pass\n`);
+  return failed ? 1 : 0;
+}
+
+if (require.main === module) {
+  main().then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (e: unknown) => {
+      process.stderr.write(`compare_upstream: ${e instanceof Error ? e.message : String(e)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}
