@@ -5,7 +5,7 @@ import { REFERENCE_POINTS_68 } from './reference_points';
 import { multiScaleRoIAlign } from './roi_align';
 import { RoIHeads } from './roi_heads';
 import { Proposals, RegionProposalNetwork } from './rpn';
-import { prepareBatch, Size } from './transform';
+import { prepareBatchAsync, Size } from './transform';
 import { Img2PoseWeights } from './weights';
 
 /** Sizes of the input transform (upstream's min_size / max_size). */
@@ -128,7 +128,7 @@ export class Img2PoseModel {
       t0 = t;
     };
 
-    const batch = prepareBatch(images, config.minSize, config.maxSize);
+    const batch = await prepareBatchAsync(images, config.minSize, config.maxSize);
     let features: tf.Tensor4D[] = [];
     try {
       await lap('transform', batch.images);

@@ -182,6 +182,25 @@ function normalizeResizeInto(
  * output pixel, and doing it in JS lets us follow torch's sampling exactly.
  */
 export function prepareBatch(images: tf.Tensor3D[], minSize: number, maxSize: number): ImageBatch {
+  return buildBatch(images, minSize, maxSize, (i) => images[i].dataSync());
+}
+
+/**
+ * `prepareBatch` for any backend: GPU backends (webgpu) cannot read pixels synchronously, so the
+ * host path awaits them first. The model uses this one.
+ */
+export async function prepareBatchAsync(images: tf.Tensor3D[], minSize: number, maxSize: number): Promise<ImageBatch> {
+  if (useWebGPUKernels() || images.length === 0) return prepareBatch(images, minSize, maxSize);
+  const pixels = await Promise.all(images.map((img) => img.data()));
+  return buildBatch(images, minSize, maxSize, (i) => pixels[i]);
+}
+
+function buildBatch(
+  images: tf.Tensor3D[],
+  minSize: number,
+  maxSize: number,
+  pixelsOf: (i: number) => tf.TypedArray,
+): ImageBatch {
   if (images.length === 0) throw new Error('prepareBatch: no images');
   const originalSizes: Size[] = [];
   const imageSizes: Size[] = [];
@@ -210,7 +229,7 @@ export function prepareBatch(images: tf.Tensor3D[], minSize: number, maxSize: nu
   // Zero-initialised: the padding is 0 in normalised space, as upstream pads after normalising.
   const data = new Float32Array(images.length * imageLen);
   images.forEach((img, i) => {
-    normalizeResizeInto(img.dataSync(), originalSizes[i], imageSizes[i], data, i * imageLen, batchW * 3);
+    normalizeResizeInto(pixelsOf(i), originalSizes[i], imageSizes[i], data, i * imageLen, batchW * 3);
   });
   const batch = tf.tensor4d(data, [images.length, batchH, batchW, 3], 'float32');
   return { images: batch, imageSizes, paddedSizes, originalSizes };
