@@ -1,4 +1,4 @@
-/** Property tests (fast-check) of the NMS, box and rotation helpers. */
+/** Property tests (fast-check) of the NMS, box and rotation helpers, and the resize-size rule. */
 import fc from 'fast-check';
 import { boxArea, boxIou, clipBoxesToImage, gatherRows, removeSmallBoxes } from '../src/boxes';
 import { batchedNms, nms, nmsExhaustive, nmsGrid, torchSortDescending } from '../src/nms';
@@ -10,6 +10,7 @@ import {
   quatToMatrix,
   rotvecToMatrix,
 } from '../src/pose';
+import { resizedSize } from '../src/transform';
 
 const coord = fc.integer({ min: -20, max: 120 }).map((v) => v / 2);
 /** Any box, inverted and degenerate ones included. */
@@ -276,4 +277,107 @@ test('fmaf is a * b + c rounded once to float32 (checked with exact BigInt arith
     }),
     { numRuns: 2000 },
   );
+});
+
+describe('resizedSize (the short side goes to minSize unless the long side would pass maxSize)', () => {
+  const side = fc.integer({ min: 1, max: 20000 });
+  /** [minSize, maxSize] with minSize <= maxSize. */
+  const sizes = fc
+    .tuple(fc.integer({ min: 1, max: 2000 }), fc.integer({ min: 0, max: 3000 }))
+    .map(([minSize, extra]) => [minSize, minSize + extra] as const);
+  const RUNS = { numRuns: 3000 };
+
+  test('each side is at least 1 pixel, the long side at most maxSize, the short side at most minSize', () => {
+    fc.assert(
+      fc.property(side, side, sizes, (h, w, [minSize, maxSize]) => {
+        const [rh, rw] = resizedSize(h, w, minSize, maxSize);
+        expect(Number.isInteger(rh) && Number.isInteger(rw)).toBe(true);
+        expect(Math.min(rh, rw)).toBeGreaterThanOrEqual(1);
+        expect(Math.max(rh, rw)).toBeLessThanOrEqual(maxSize);
+        expect(Math.min(rh, rw)).toBeLessThanOrEqual(minSize);
+      }),
+      RUNS,
+    );
+  });
+
+  test('the binding limit is reached to within the one pixel float32 rounding can lose', () => {
+    fc.assert(
+      fc.property(side, side, sizes, (h, w, [minSize, maxSize]) => {
+        const [rh, rw] = resizedSize(h, w, minSize, maxSize);
+        const short = Math.min(h, w);
+        const long = Math.max(h, w);
+        const longAtMinSize = (long * minSize) / short;
+        // Clear of the boundary between the two regimes, where either limit may bind.
+        if (longAtMinSize < maxSize * (1 - 1e-5)) {
+          expect([minSize - 1, minSize]).toContain(Math.min(rh, rw));
+        } else if (longAtMinSize > maxSize * (1 + 1e-5) && (short * maxSize) / long >= 1) {
+          expect([maxSize - 1, maxSize]).toContain(Math.max(rh, rw));
+        }
+      }),
+      RUNS,
+    );
+  });
+
+  test('one scale for both sides: each side is floor(side * scale) up to float32 rounding (or 1)', () => {
+    fc.assert(
+      fc.property(side, side, sizes, (h, w, [minSize, maxSize]) => {
+        const scale = Math.min(minSize / Math.min(h, w), maxSize / Math.max(h, w));
+        const [rh, rw] = resizedSize(h, w, minSize, maxSize);
+        for (const [input, out] of [[h, rh], [w, rw]]) {
+          const ideal = input * scale;
+          if (ideal < 1) {
+            expect(out).toBe(1);
+          } else {
+            expect(out).toBeGreaterThan(ideal * (1 - 1e-6) - 1);
+            expect(out).toBeLessThanOrEqual(ideal * (1 + 1e-6));
+          }
+        }
+        // Orientation is kept.
+        if (h <= w) expect(rh).toBeLessThanOrEqual(rw);
+      }),
+      RUNS,
+    );
+  });
+
+  test('symmetric in height and width', () => {
+    fc.assert(
+      fc.property(side, side, sizes, (h, w, [minSize, maxSize]) => {
+        expect(resizedSize(w, h, minSize, maxSize)).toEqual([...resizedSize(h, w, minSize, maxSize)].reverse());
+      }),
+      RUNS,
+    );
+  });
+
+  test('monotonic: a larger minSize or maxSize never gives a smaller side', () => {
+    fc.assert(
+      fc.property(side, side, sizes, fc.integer({ min: 0, max: 500 }), (h, w, [minSize, maxSize], more) => {
+        const base = resizedSize(h, w, minSize, maxSize);
+        const largerMin = resizedSize(h, w, Math.min(minSize + more, maxSize), maxSize);
+        const largerMax = resizedSize(h, w, minSize, maxSize + more);
+        for (const r of [largerMin, largerMax]) {
+          expect(r[0]).toBeGreaterThanOrEqual(base[0]);
+          expect(r[1]).toBeGreaterThanOrEqual(base[1]);
+        }
+      }),
+      RUNS,
+    );
+  });
+
+  test('an image already at the target size keeps it to within one pixel', () => {
+    fc.assert(
+      fc.property(sizes, fc.integer({ min: 0, max: 3000 }), ([minSize, maxSize], extra) => {
+        const long = Math.min(minSize + extra, maxSize);
+        const [rh, rw] = resizedSize(minSize, long, minSize, maxSize);
+        expect(Math.abs(rh - minSize)).toBeLessThanOrEqual(1);
+        expect(Math.abs(rw - long)).toBeLessThanOrEqual(1);
+      }),
+      RUNS,
+    );
+  });
+
+  test('thin images keep one row instead of resizing to nothing (upstream would raise)', () => {
+    expect(resizedSize(3, 4000, 160, 288)).toEqual([1, 288]);
+    expect(resizedSize(4000, 3, 160, 288)).toEqual([288, 1]);
+    expect(resizedSize(1, 1, 160, 288)).toEqual([160, 160]);
+  });
 });

@@ -1,10 +1,23 @@
 // Anchors and the region proposal network against the upstream run's own intermediates
 // (golden tiny_* cases: the reference FPN features go in, so only the RPN is under test).
 import * as tf from '@tensorflow/tfjs';
-import { baseAnchors, featureSizes, imageAnchors, roundHalfEven } from '../src/anchors';
-import { RegionProposalNetwork, decodeBoxes, filterProposals, selectTopPerLevel } from '../src/rpn';
+import { ANCHOR_CACHE_SIZE, baseAnchors, featureSizes, imageAnchors, roundHalfEven, sharedImageAnchors } from '../src/anchors';
+import { clipBoxesToImage, removeSmallBoxes } from '../src/boxes';
+import { batchedNms, torchSortDescending } from '../src/nms';
+import {
+  RPN_CONFIG,
+  RegionProposalNetwork,
+  RpnConfig,
+  RpnHeadOutput,
+  decodeBoxes,
+  filterProposals,
+  filterProposalsOnDemand,
+  kthLargestKey,
+  selectTopPerLevel,
+} from '../src/rpn';
 import { Img2PoseWeights } from '../src/weights';
 import { golden, goldenCase, manifest, relError } from './utils/golden';
+import { referenceKernel, seeded } from './utils/nms_reference';
 import { LEVEL_KEYS as LEVELS, alignNearTies, formulaSubset, goldenFeature, maxAbsDiff, paddedSize, resizedSize } from './utils/stage_inputs';
 
 const TINY = ['tiny_teaser', 'tiny_portrait'];
@@ -31,6 +44,29 @@ describe('anchors', () => {
     const ref = golden(id, 'anchors');
     expect(ours.anchors.length).toBe(ref.data.length);
     expect(maxAbsDiff(ours.anchors, ref.data)).toBe(0);
+  });
+
+  it('caches anchors per padded size (least recently used dropped) and hands out copies', () => {
+    const shared = sharedImageAnchors(160, 288);
+    expect(sharedImageAnchors(160, 288)).toBe(shared);
+    const copy = imageAnchors(160, 288);
+    expect(copy.anchors).not.toBe(shared.anchors);
+    expect(maxAbsDiff(copy.anchors, shared.anchors)).toBe(0);
+    expect(copy.perLevel).toEqual(shared.perLevel);
+    expect(copy.featureSizes).toEqual(featureSizes(160, 288));
+    copy.anchors[0] = 12345;
+    expect(imageAnchors(160, 288).anchors[0]).toBe(shared.anchors[0]);
+    expect(shared.anchors[0]).not.toBe(12345);
+    // ANCHOR_CACHE_SIZE other sizes, touching 160x288 midway: it stays; 192x288 (untouched) goes.
+    const first = sharedImageAnchors(192, 288);
+    for (let i = 0; i < ANCHOR_CACHE_SIZE; i++) {
+      sharedImageAnchors(32, 32 * (i + 1));
+      if (i === 2) sharedImageAnchors(160, 288);
+    }
+    expect(sharedImageAnchors(160, 288)).toBe(shared);
+    const again = sharedImageAnchors(192, 288);
+    expect(again).not.toBe(first);
+    expect(maxAbsDiff(again.anchors, first.anchors)).toBe(0);
   });
 
   it('has the reference anchor count per level for every single-image case', () => {
@@ -66,7 +102,156 @@ describe('rpn pure pieces', () => {
     expect(Array.from(selectTopPerLevel(logits, [4, 3], 3))).toEqual([1, 3, 2, 5, 6, 4]);
     expect(Array.from(selectTopPerLevel(logits, [4, 3], 1))).toEqual([1, 5]);
   });
+
+  it('finds the k-th largest key by radix selection, ties and extremes included', () => {
+    const rnd = seeded(1);
+    for (const [n, distinct] of [[1, 1], [50, 3], [5000, 40], [5000, 2 ** 32]] as const) {
+      const keys = Uint32Array.from({ length: n }, () => Math.floor(rnd() * distinct) * Math.floor(2 ** 32 / Math.min(distinct, 2 ** 32)));
+      keys[0] = 0xffffffff;
+      const sorted = Array.from(keys).sort((a, b) => b - a);
+      for (const k of [1, 2, Math.ceil(n / 3), n].filter((k) => k <= n)) expect([n, k, kthLargestKey(keys, n, k)]).toEqual([n, k, sorted[k - 1]]);
+    }
+    expect(() => kthLargestKey(new Uint32Array(3), 3, 4)).toThrow(/outside/);
+  });
+
+  it.each(['continuous', 'ties', 'special'] as const)('selects exactly what a full sort selects (%s logits)', (kind) => {
+    const rnd = seeded(kind.length);
+    for (let trial = 0; trial < 12; trial++) {
+      const perLevel = [1 + Math.floor(rnd() * 3000), Math.floor(rnd() * 300), 1 + Math.floor(rnd() * 40)];
+      const logits = randomLogits(perLevel[0] + perLevel[1] + perLevel[2], kind, rnd);
+      for (const topN of [0, 1, 7, 250, 2000, 5000, 2.5]) {
+        expect(Array.from(selectTopPerLevel(logits, perLevel, topN))).toEqual(referenceTopPerLevel(logits, perLevel, topN));
+      }
+    }
+  });
 });
+
+describe('filterProposals against the pipeline built from its parts', () => {
+  // 256x288: 18420 anchors; with 1500 per level, 4140 candidates (batched_nms's per-level path).
+  const small: RpnConfig = { ...RPN_CONFIG, preNmsTopN: 1500, postNmsTopN: 300 };
+
+  it.each([
+    ['distinct logits', 'continuous', 0.3, small],
+    ['distinct logits, wild deltas', 'continuous', 3, small],
+    ['few logit values (ties)', 'ties', 0.3, small],
+    ['at most 1000 candidates (coordinate-offset path)', 'continuous', 0.3, { ...small, preNmsTopN: 150 }],
+    ['more proposals asked than survive', 'continuous', 0.3, { ...small, postNmsTopN: 5000 }],
+    ['one proposal', 'continuous', 0.3, { ...small, postNmsTopN: 1 }],
+  ] as const)('%s', (_, kind, spread, config) => {
+    const { head, anchors } = randomHead(256, 288, kind, spread, 42);
+    const size: [number, number] = [250, 280];
+    const want = referenceProposals(head, anchors, size, config);
+    const got = filterProposals(head, anchors, size, config);
+    expect(Array.from(got.scores)).toEqual(want.scores);
+    expect(Array.from(got.boxes)).toEqual(want.boxes);
+    // The on-demand path either gives exactly this or declines.
+    const fast = filterProposalsOnDemand(head, anchors, size, config);
+    if (fast) {
+      expect(Array.from(fast.scores)).toEqual(want.scores);
+      expect(Array.from(fast.boxes)).toEqual(want.boxes);
+    }
+    // It must not decline where nothing stands in its way, nor accept where it cannot be sure.
+    const certain = kind === 'continuous' && config.preNmsTopN === 1500 && config.postNmsTopN <= 300;
+    expect(fast !== null).toBe(certain);
+  });
+
+  // Distinct logits but for one tie among the proposals (ranks 2 and 3) or across the cut (ranks
+  // 300 and 301): torch's unstable sort orders such a pair, so the on-demand path must decline.
+  it.each([
+    ['inside the first postNmsTopN', 1],
+    ['across the postNmsTopN cut', 299],
+  ])('declines on a logit tie %s, and the full path still matches', (_, rank) => {
+    const { head, anchors } = randomHead(256, 288, 'continuous', 0.3, 42);
+    const size: [number, number] = [250, 280];
+    const wider = { ...small, postNmsTopN: small.postNmsTopN + 1 };
+    const before = referenceProposals(head, anchors, size, wider);
+    head.objectness[before.anchors[rank + 1]] = before.scores[rank];
+    const want = referenceProposals(head, anchors, size, small);
+    const withNext = referenceProposals(head, anchors, size, wider);
+    expect(withNext.scores[rank + 1]).toBe(withNext.scores[rank]);
+    const got = filterProposals(head, anchors, size, small);
+    expect(Array.from(got.scores)).toEqual(want.scores);
+    expect(Array.from(got.boxes)).toEqual(want.boxes);
+    expect(filterProposalsOnDemand(head, anchors, size, small)).toBeNull();
+  });
+});
+
+/** selectTopPerLevel as first written: a full sort for the k-th largest, a comparator sort of the chosen. */
+function referenceTopPerLevel(objectness: Float32Array, perLevel: number[], topN: number): number[] {
+  const picked: number[] = [];
+  let offset = 0;
+  for (const count of perLevel) {
+    const k = Math.min(topN, count);
+    const level = objectness.subarray(offset, offset + count);
+    const sorted = Float32Array.from(level).sort();
+    const bound = k > 0 ? sorted[count - k] : Infinity;
+    const chosen: number[] = [];
+    for (let i = 0; i < count; i++) if (level[i] > bound) chosen.push(i);
+    for (let i = 0; i < count && chosen.length < k; i++) if (level[i] === bound) chosen.push(i);
+    chosen.sort((p, q) => level[q] - level[p] || p - q);
+    for (const i of chosen) picked.push(offset + i);
+    offset += count;
+  }
+  return picked;
+}
+
+/** Logits of one of three kinds: continuous, few distinct values (ties), or with zeros of both signs, infinities and NaN. */
+function randomLogits(n: number, kind: 'continuous' | 'ties' | 'special', rnd: () => number): Float32Array {
+  const out = new Float32Array(n);
+  const specials = [0, -0, Infinity, -Infinity, NaN];
+  for (let i = 0; i < n; i++) {
+    if (kind === 'continuous') out[i] = (rnd() - 0.5) * 20;
+    else if (kind === 'ties') out[i] = Math.floor(rnd() * 7) - 3;
+    else out[i] = rnd() < 0.3 ? specials[Math.floor(rnd() * specials.length)] : Math.floor(rnd() * 5) - 2;
+  }
+  return out;
+}
+
+/** filter_proposals from its parts: reference top-k, decode, clip, size check, batched NMS, first postNmsTopN. */
+function referenceProposals(
+  head: RpnHeadOutput,
+  anchors: Float32Array,
+  size: [number, number],
+  config: RpnConfig,
+): { boxes: number[]; scores: number[]; anchors: number[] } {
+  const top = referenceTopPerLevel(head.objectness, head.perLevel, config.preNmsTopN);
+  const decoded = clipBoxesToImage(decodeBoxes(head.deltas, anchors, top), size[0], size[1]);
+  const big = Array.from(removeSmallBoxes(decoded, config.minSize));
+  const starts = head.perLevel.map((_, l) => head.perLevel.slice(0, l).reduce((a, b) => a + b, 0));
+  const levelOf = (anchor: number): number => starts.filter((s) => s <= anchor).length - 1;
+  const boxes = Float32Array.from(big.flatMap((i) => Array.from(decoded.subarray(i * 4, i * 4 + 4))));
+  const scores = Float32Array.from(big, (i) => head.objectness[top[i]]);
+  const groups = big.map((i) => levelOf(top[i]));
+  let keep: number[];
+  if (big.length > 1000) {
+    // batched_nms above 1000 boxes: the kernel per level, then torch's sort of the survivors in index order.
+    const kept = new Uint8Array(big.length);
+    for (const g of new Set(groups)) {
+      const members = groups.flatMap((v, i) => (v === g ? [i] : []));
+      const sub = Float32Array.from(members.flatMap((i) => Array.from(boxes.subarray(i * 4, i * 4 + 4))));
+      for (const k of referenceKernel(sub, members.map((i) => scores[i]), config.nmsThresh)) kept[members[k]] = 1;
+    }
+    const survivors = Array.from(kept.keys()).filter((i) => kept[i]);
+    keep = Array.from(torchSortDescending(survivors.map((i) => scores[i])), (k) => survivors[k]);
+  } else {
+    keep = Array.from(batchedNms(boxes, scores, groups, config.nmsThresh));
+  }
+  keep = keep.slice(0, config.postNmsTopN);
+  return {
+    boxes: keep.flatMap((k) => Array.from(boxes.subarray(k * 4, k * 4 + 4))),
+    scores: keep.map((k) => scores[k]),
+    anchors: keep.map((k) => top[big[k]]),
+  };
+}
+
+/** A head over the anchors of a padded size: random logits of the given kind and deltas of spread `spread`. */
+function randomHead(paddedH: number, paddedW: number, kind: 'continuous' | 'ties', spread: number, seed: number): { head: RpnHeadOutput; anchors: Float32Array } {
+  const rnd = seeded(seed);
+  const { anchors, perLevel } = imageAnchors(paddedH, paddedW);
+  const n = anchors.length / 4;
+  const deltas = Float32Array.from({ length: n * 4 }, () => (rnd() - 0.5) * 2 * spread);
+  return { head: { objectness: randomLogits(n, kind, rnd), deltas, perLevel }, anchors };
+}
 
 /** 300 integer boxes in 3 levels and their scores, from an LCG that the Python side repeats. */
 function lcgBoxes(): { boxes: Float32Array; scores: Float32Array } {
@@ -166,9 +351,15 @@ describe('RegionProposalNetwork on the reference features', () => {
         deltas: Float32Array.from(golden(id, 'rpn_deltas').data),
         perLevel: c.anchors_per_level as number[],
       };
-      const props = filterProposals(head, Float32Array.from(golden(id, 'anchors').data), resizedSize(id));
+      const anchors = Float32Array.from(golden(id, 'anchors').data);
+      const props = filterProposals(head, anchors, resizedSize(id));
       expect(Array.from(props.scores)).toEqual(Array.from(golden(id, 'proposal_scores').data));
       expect(maxAbsDiff(props.boxes, golden(id, 'proposals').data)).toBeLessThan(1e-4);
+      // The on-demand path (what runs here: distinct logits, thousands of candidates) on its own.
+      const fast = filterProposalsOnDemand(head, anchors, resizedSize(id));
+      expect(fast).not.toBeNull();
+      expect(Array.from(fast?.scores ?? [])).toEqual(Array.from(props.scores));
+      expect(Array.from(fast?.boxes ?? [])).toEqual(Array.from(props.boxes));
     }
   });
 

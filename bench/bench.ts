@@ -15,6 +15,7 @@ import { Command, Option } from 'commander';
 import * as tf from '@tensorflow/tfjs';
 import { BACKEND_CHOICES, BackendChoice, selectBackend } from '../src/backend';
 import { Face, Img2Pose } from '../src/detector';
+import { BatchError } from '../src/errors';
 import { formulaWeights } from '../src/formula_weights';
 import { Img2PoseModel, StageTimings, emptyTimings } from '../src/model';
 import { disposeWeights } from '../src/weights';
@@ -50,8 +51,10 @@ interface Row {
   kind: SetKind;
   count: number;
   singleMs: number;
+  /** NaN when the batch failed (then `batchError` says why). */
   batchMs: number;
-  diff: FaceDiff;
+  diff?: FaceDiff;
+  batchError?: string;
   faces: number;
 }
 
@@ -108,19 +111,40 @@ async function measure(detector: Img2Pose, kind: SetKind, set: BenchImage[], rep
   let batch: Face[][] = [];
   const singleTimes: number[] = [];
   const batchTimes: number[] = [];
+  let batchError: string | undefined;
   for (let r = 0; r < repeats; r++) {
     singleTimes.push(await timeMs(async () => (single = await oneByOne(detector, set))));
-    batchTimes.push(await timeMs(async () => (batch = await detector.detectFaces(set.map((im) => im.tensor)))));
+    try {
+      batchTimes.push(await timeMs(async () => (batch = await detector.detectFaces(set.map((im) => im.tensor)))));
+    } catch (e) {
+      // A batch too large for the backend (e.g. wasm's 4 GiB heap) is a result, not a crash.
+      batchError = rootCause(e);
+      break;
+    }
   }
   const n = set.length;
   return {
     kind,
     count: n,
     singleMs: median(singleTimes) / n,
-    batchMs: median(batchTimes) / n,
-    diff: compareFaces(single, batch),
+    batchMs: batchError ? NaN : median(batchTimes) / n,
+    diff: batchError ? undefined : compareFaces(single, batch),
+    batchError,
     faces: single.reduce((s, f) => s + f.length, 0),
   };
+}
+
+/** The innermost message of an error chain (BatchError -> its first error -> cause ...). */
+function rootCause(e: unknown): string {
+  let cur: unknown = e;
+  for (let depth = 0; depth < 5; depth++) {
+    const next =
+      cur instanceof BatchError ? cur.errors[0]?.error : cur instanceof Error && cur.cause !== undefined ? cur.cause : undefined;
+    if (next === undefined) break;
+    cur = next;
+  }
+  const msg = cur instanceof Error ? cur.message : String(cur);
+  return msg.split('\n')[0].slice(0, 160);
 }
 
 function report(o: BenchOptions, backend: string, rows: Row[], warmupMs: number): string {
@@ -143,9 +167,9 @@ function report(o: BenchOptions, backend: string, rows: Row[], warmupMs: number)
       String(r.count),
       r.kind,
       r.singleMs.toFixed(0),
-      r.batchMs.toFixed(0),
-      (r.batchMs / r.singleMs).toFixed(2),
-      describeDiff(r.diff),
+      r.batchError ? 'failed' : r.batchMs.toFixed(0),
+      r.batchError ? '-' : (r.batchMs / r.singleMs).toFixed(2),
+      r.batchError ? `batch failed: ${r.batchError.replace(/\|/g, '/')}` : describeDiff(r.diff!),
     ]),
   );
   return `${header.join('\n')}\n${table}\n`;
@@ -175,7 +199,7 @@ export async function runBench(argv: string[]): Promise<void> {
         const row = await measure(detector, kind, sets.get(kind)!.slice(0, count), o.repeats);
         log(
           `${kind} x${count}: one-by-one ${row.singleMs.toFixed(0)} ms/image, batch ${row.batchMs.toFixed(0)} ms/image, ` +
-            `${describeDiff(row.diff)}; tensors ${tf.memory().numTensors}`,
+            `${row.batchError ? `batch failed: ${row.batchError}` : describeDiff(row.diff!)}; tensors ${tf.memory().numTensors}`,
         );
         rows.push(row);
       }
@@ -183,7 +207,16 @@ export async function runBench(argv: string[]): Promise<void> {
     process.stdout.write(report(o, detector.backend, rows, warmupMs));
   } finally {
     for (const s of sets.values()) disposeSet(s);
-    await detector.dispose();
+    await disposeQuietly(detector);
+  }
+}
+
+/** After a failed batch (wasm out of memory) the backend may be unusable; the table still prints. */
+async function disposeQuietly(d: { dispose(): void | Promise<void> }): Promise<void> {
+  try {
+    await d.dispose();
+  } catch (e) {
+    log(`(dispose failed: ${rootCause(e)})`);
   }
 }
 
@@ -240,7 +273,7 @@ async function runStages(o: BenchOptions): Promise<string> {
       }
     }
   } finally {
-    model.dispose();
+    await disposeQuietly(model);
   }
   const m = machineInfo();
   return [

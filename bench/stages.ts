@@ -4,20 +4,21 @@
  *
  *   npm run build && node dist/bench/stages.js [--image __tests__/fixtures/golden/teaser.png]
  *       [--sizes 160/288,640/1400] [--repeats 5] [--warmup 1] [--weights tmp/formula_tfjs]
- *       [--threads 1,2] [--upstream-src /tmp/upstream/src] [--no-upstream]
+ *       [--threads 0,1,2] [--upstream-src /tmp/upstream/src] [--no-upstream]
  *
  * What is timed, both sides: decoded image in memory -> faces above 0.5 (network, post-processing,
- * keypoints); file decoding is not. Ours: `Img2PoseModel.predict` + `processPrediction`, median
- * of --repeats unprofiled runs; the stage table comes from as many further runs with `predict`'s
- * `profile` option (it waits for the device after each stage). Upstream: bench/upstream_cpu.py
- * `bench` (img2poseModel.predict + Img2Pose._process_prediction; stages via forward hooks) once
- * per --threads value. The two sides run one after the other, never at once; the load average
- * before each measurement is printed, since other jobs may share the machine.
+ * keypoints); file decoding is not. Ours: `Img2PoseModel.predict` + `processPrediction`; its
+ * stage table comes from a second, profiled run per round (`predict`'s `profile` option waits
+ * for the device after each stage). Upstream: one `bench/upstream_cpu.py serve` process per
+ * --threads value (img2poseModel.predict + Img2Pose._process_prediction; stages via forward
+ * hooks). After the warm-up, each round runs every implementation once in turn, never two at
+ * once, so load from other jobs on a shared machine spreads over all of them; the 1-minute load
+ * average over the rounds is printed with the tables.
  */
-import { spawnSync } from 'child_process';
-import * as fs from 'fs';
+import { ChildProcessWithoutNullStreams, spawn } from 'child_process';
 import * as os from 'os';
 import * as path from 'path';
+import * as readline from 'readline';
 import { Command } from 'commander';
 import * as tf from '@tensorflow/tfjs';
 import { BACKEND_CHOICES, BackendChoice, selectBackend } from '../src/backend';
@@ -48,35 +49,7 @@ interface Options {
   threads: number[];
 }
 
-/** One side's numbers for one size. */
-interface Timing {
-  label: string;
-  medianMs: number;
-  minMs: number;
-  maxMs: number;
-  stages: StageTimings;
-  faces: number;
-  load: string;
-}
-
-/** What upstream_cpu.py bench writes. */
-interface UpstreamBench {
-  total_ms: number[];
-  median_ms: number;
-  threads: number;
-  torch: string;
-  stages_median_ms: StageTimings;
-  'faces_t0.5': number;
-}
-
 const log = (s: string) => process.stderr.write(`${s}\n`);
-
-function loadAvg(): string {
-  return os
-    .loadavg()
-    .map((x) => x.toFixed(2))
-    .join(' ');
-}
 
 function parseSizes(v: string): [number, number][] {
   return v.split(',').map((s) => {
@@ -107,7 +80,12 @@ function parseOptions(argv: string[]): Options {
     .option('--checkpoint <pth>', 'the same weights for upstream', tmp('formula_ckpt/formula.pth'))
     .option('--pose-mean <npy>', '', tmp('formula_ckpt/pose_mean.npy'))
     .option('--pose-stddev <npy>', '', tmp('formula_ckpt/pose_stddev.npy'))
-    .option('--threads <list>', 'torch thread counts to run upstream with', (v) => v.split(',').map(int), [1, 2]);
+    .option(
+      '--threads <list>',
+      'upstream thread counts, torch and OpenBLAS alike (0: their defaults: torch 1 here, OpenBLAS all cores)',
+      (v) => v.split(',').map(int),
+      [0, 1, 2],
+    );
   cmd.parse(argv, { from: 'node' });
   const o = cmd.opts<Options>();
   if (!BACKEND_CHOICES.includes(o.backend)) throw new Error(`--backend takes ${BACKEND_CHOICES.join(', ')}`);
@@ -115,86 +93,121 @@ function parseOptions(argv: string[]): Options {
   return o;
 }
 
-async function timeOurs(model: Img2PoseModel, image: tf.Tensor3D, minSize: number, maxSize: number, o: Options): Promise<Timing> {
-  const config = { minSize, maxSize };
+/** A long-lived upstream process (upstream_cpu.py serve) that times one run per request. */
+class UpstreamServer {
+  private readonly child: ChildProcessWithoutNullStreams;
+  private readonly waiting: ((line: string) => void)[] = [];
+  private readonly lines: string[] = [];
+
+  private constructor(
+    readonly threads: number,
+    o: Options,
+  ) {
+    this.child = spawn(o.python, [
+      path.join(repoRoot(), 'bench', 'upstream_cpu.py'), 'serve', '--upstream', o.upstreamSrc,
+      '--checkpoint', o.checkpoint, '--pose-mean', o.poseMean, '--pose-stddev', o.poseStddev,
+      '--threads', String(threads), '--image', o.image,
+    ]);
+    this.child.stderr.on('data', (d: Buffer) => process.stderr.write(d));
+    readline.createInterface({ input: this.child.stdout }).on('line', (line) => {
+      const next = this.waiting.shift();
+      if (next) next(line);
+      else this.lines.push(line);
+    });
+  }
+
+  /** Starts the process and waits until its model is built; resolves to it and its label. */
+  static async start(threads: number, o: Options): Promise<{ server: UpstreamServer; label: string }> {
+    const server = new UpstreamServer(threads, o);
+    const ready = JSON.parse(await server.nextLine()) as { ready: { torch: string; threads: number; blas_threads: number | null } };
+    const { torch, threads: t, blas_threads: blas } = ready.ready;
+    const label =
+      `upstream, torch ${torch} CPU, ${t} thread${t > 1 ? 's' : ''}` +
+      `${blas === null ? '' : ` + OpenBLAS ${blas}`}${threads === 0 ? ' (defaults)' : ''}`;
+    return { server, label };
+  }
+
+  private nextLine(): Promise<string> {
+    const ready = this.lines.shift();
+    if (ready !== undefined) return Promise.resolve(ready);
+    return new Promise((resolve, reject) => {
+      this.waiting.push(resolve);
+      this.child.once('exit', (code) => reject(new Error(`upstream_cpu.py serve exited ${code}`)));
+    });
+  }
+
+  async run(minSize: number, maxSize: number): Promise<Sample> {
+    this.child.stdin.write(`${JSON.stringify({ min_size: minSize, max_size: maxSize })}\n`);
+    const r = JSON.parse(await this.nextLine()) as { total_ms: number; stages_ms: StageTimings; faces: number };
+    return { ms: r.total_ms, stages: r.stages_ms, faces: r.faces };
+  }
+
+  close(): void {
+    this.child.stdin.end();
+  }
+}
+
+/** One timed run. */
+interface Sample {
+  ms: number;
+  stages?: StageTimings;
+  faces: number;
+}
+
+/** One implementation's runs at one size. */
+class Series {
+  readonly totals: number[] = [];
+  readonly stages: StageTimings[] = [];
+  faces = 0;
+
+  constructor(readonly label: string) {}
+
+  add(s: Sample): void {
+    this.totals.push(s.ms);
+    if (s.stages) this.stages.push(s.stages);
+    this.faces = s.faces;
+  }
+
+  stageMedians(): StageTimings {
+    const out = emptyTimings();
+    for (const st of STAGES) out[st] = median(this.stages.map((t) => t[st]));
+    return out;
+  }
+}
+
+async function runOurs(model: Img2PoseModel, image: tf.Tensor3D, config: { minSize: number; maxSize: number }, profile?: StageTimings): Promise<Sample> {
   const [h, w] = image.shape;
   let faces = 0;
-  const once = async (profile?: StageTimings) => {
+  const ms = await timeMs(async () => {
     const [det] = await model.predict([image], config, { profile });
     faces = processPrediction(det, w, h, 0.5, -1).length;
-  };
-  for (let i = 0; i < o.warmup; i++) await once();
-  const load = loadAvg();
-  const walls: number[] = [];
-  for (let i = 0; i < o.repeats; i++) walls.push(await timeMs(() => once()));
-  const profiled: StageTimings[] = [];
-  for (let i = 0; i < o.repeats; i++) {
-    const t = emptyTimings();
-    await once(t);
-    profiled.push(t);
-  }
-  const stages = emptyTimings();
-  for (const st of STAGES) stages[st] = median(profiled.map((t) => t[st]));
-  return {
-    label: `ours, tfjs ${tf.getBackend()}`,
-    medianMs: median(walls),
-    minMs: Math.min(...walls),
-    maxMs: Math.max(...walls),
-    stages,
-    faces,
-    load,
-  };
+  });
+  return { ms, stages: profile, faces };
 }
 
-function timeUpstream(minSize: number, maxSize: number, threads: number, o: Options, outDir: string): Timing {
-  const json = path.join(outDir, `upstream_bench_${minSize}_${maxSize}_t${threads}.json`);
-  const load = loadAvg();
-  const r = spawnSync(
-    o.python,
-    [
-      path.join(repoRoot(), 'bench', 'upstream_cpu.py'), 'bench', '--upstream', o.upstreamSrc,
-      '--checkpoint', o.checkpoint, '--pose-mean', o.poseMean, '--pose-stddev', o.poseStddev,
-      '--min-size', String(minSize), '--max-size', String(maxSize), '--threads', String(threads),
-      '--image', o.image, '--repeats', String(o.repeats), '--warmup', String(o.warmup), '--json', json,
-    ],
-    { stdio: ['ignore', 'inherit', 'inherit'] },
-  );
-  if (r.status !== 0) throw new Error(`upstream_cpu.py bench exited ${r.status ?? r.signal}`);
-  const u = JSON.parse(fs.readFileSync(json, 'utf8')) as UpstreamBench;
-  return {
-    label: `upstream, torch ${u.torch} CPU, ${u.threads} thread${u.threads > 1 ? 's' : ''}`,
-    medianMs: u.median_ms,
-    minMs: Math.min(...u.total_ms),
-    maxMs: Math.max(...u.total_ms),
-    stages: u.stages_median_ms,
-    faces: u['faces_t0.5'],
-    load,
-  };
-}
-
-function section(minSize: number, maxSize: number, resized: string, timings: Timing[]): string {
-  const ours = timings[0];
+function section(minSize: number, maxSize: number, resized: string, series: Series[], loads: number[]): string {
+  const ours = median(series[0].totals);
   const e2e = markdownTable(
-    ['implementation', 'median ms/image', 'min-max', 'vs ours', 'faces >= 0.5', 'load avg before (1/5/15 min)'],
-    timings.map((t) => [
-      t.label,
-      t.medianMs.toFixed(0),
-      `${t.minMs.toFixed(0)}-${t.maxMs.toFixed(0)}`,
-      t === ours ? '1.00' : (t.medianMs / ours.medianMs).toFixed(2),
-      String(t.faces),
-      t.load,
+    ['implementation', 'median ms/image', 'min', 'max', 'median / ours', 'faces >= 0.5'],
+    series.map((s, i) => [
+      s.label,
+      median(s.totals).toFixed(0),
+      Math.min(...s.totals).toFixed(0),
+      Math.max(...s.totals).toFixed(0),
+      i === 0 ? '1.00' : (median(s.totals) / ours).toFixed(2),
+      String(s.faces),
     ]),
   );
-  const stageRows = STAGES.map((st) => [st, ...timings.map((t) => t.stages[st].toFixed(1))]);
-  const sums = ['**sum**', ...timings.map((t) => STAGES.reduce((s, st) => s + t.stages[st], 0).toFixed(1))];
-  const stages = markdownTable(['stage (median ms)', ...timings.map((t) => t.label)], [...stageRows, sums]);
-  return `#### min ${minSize} / max ${maxSize} (network input ${resized})\n\n${e2e}\n\n${stages}\n`;
+  const medians = series.map((s) => s.stageMedians());
+  const stageRows = STAGES.map((st) => [st, ...medians.map((m) => m[st].toFixed(1))]);
+  const sums = ['**sum**', ...medians.map((m) => STAGES.reduce((acc, st) => acc + m[st], 0).toFixed(1))];
+  const stages = markdownTable(['stage (median ms)', ...series.map((s) => s.label)], [...stageRows, sums]);
+  const load = `1-min load average during the rounds: ${Math.min(...loads).toFixed(2)}-${Math.max(...loads).toFixed(2)}`;
+  return `#### min ${minSize} / max ${maxSize} (network input ${resized})\n\n${e2e}\n\n${stages}\n\n${load}\n`;
 }
 
 async function main(): Promise<void> {
   const o = parseOptions(process.argv);
-  const outDir = path.join(repoRoot(), 'tmp', 'stages');
-  fs.mkdirSync(outDir, { recursive: true });
   const backend = await selectBackend(o.backend);
   const weights = o.weights ? await loadWeights(o.weights) : formulaWeights();
   let model: Img2PoseModel;
@@ -204,36 +217,48 @@ async function main(): Promise<void> {
     disposeWeights(weights); // the model keeps its own folded copies
   }
   const image = await decodeImage(o.image);
+  const [h, w] = image.shape;
+  const servers: { server: UpstreamServer; label: string }[] = [];
   const sections: string[] = [];
   try {
+    if (o.upstream) for (const t of o.threads) servers.push(await UpstreamServer.start(t, o));
     for (const [minSize, maxSize] of o.sizes) {
-      const [rh, rw] = resizedSize(image.shape[0], image.shape[1], minSize, maxSize);
-      const resized = `${rw}x${rh}`;
-      const timings: Timing[] = [];
-      log(`ours ${minSize}/${maxSize} on ${backend}...`);
-      timings.push(await timeOurs(model, image, minSize, maxSize, o));
-      log(`  ${timings[0].medianMs.toFixed(0)} ms`);
-      if (o.upstream) {
-        for (const threads of o.threads) {
-          log(`upstream ${minSize}/${maxSize}, ${threads} thread(s)...`);
-          timings.push(timeUpstream(minSize, maxSize, threads, o, outDir));
-        }
+      const [rh, rw] = resizedSize(h, w, minSize, maxSize);
+      const config = { minSize, maxSize };
+      const ours = new Series(`ours, tfjs ${tf.getBackend()}`);
+      const upstream = servers.map((s) => new Series(s.label));
+      log(`${minSize}/${maxSize}: warm-up`);
+      for (let i = 0; i < o.warmup; i++) {
+        await runOurs(model, image, config);
+        for (const s of servers) await s.server.run(minSize, maxSize);
       }
-      sections.push(section(minSize, maxSize, resized, timings));
+      // Rounds alternate the implementations, so that a load spike from other jobs on the
+      // machine hits all of them alike instead of one whole series.
+      const loads: number[] = [];
+      for (let r = 0; r < o.repeats; r++) {
+        loads.push(os.loadavg()[0]);
+        const plain = await runOurs(model, image, config);
+        const profiled = await runOurs(model, image, config, emptyTimings());
+        ours.add({ ms: plain.ms, stages: profiled.stages, faces: plain.faces });
+        for (let i = 0; i < servers.length; i++) upstream[i].add(await servers[i].server.run(minSize, maxSize));
+        log(`  round ${r + 1}: ours ${plain.ms.toFixed(0)} ms; upstream ${upstream.map((u) => u.totals[r].toFixed(0)).join(', ')} ms`);
+      }
+      sections.push(section(minSize, maxSize, `${rw}x${rh}`, [ours, ...upstream], loads));
     }
   } finally {
+    for (const s of servers) s.server.close();
     image.dispose();
     model.dispose();
   }
   const m = machineInfo();
-  const [h, w] = image.shape;
   process.stdout.write(
     [
       `### One image on CPU: ours vs upstream PyTorch (${path.basename(o.image)}, ${w}x${h})`,
       '',
       `- machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.os}; Node ${m.node}; tfjs ${m.tfjs}`,
       `- ours: backend ${backend} (single-threaded in Node); weights ${o.weights ?? 'formula (untrained ResNet-18), in memory'}`,
-      `- timed: decoded image -> faces above 0.5; ${o.warmup} warm-up run(s), median of ${o.repeats}; stages: median of ${o.repeats} profiled runs`,
+      `- timed: decoded image -> faces above 0.5; ${o.warmup} warm-up run(s) each, then ${o.repeats} rounds ` +
+        'that run every implementation once in turn; stages of ours from a profiled run in each round',
       `- date ${m.date}; command: \`${m.command}\``,
       '',
       sections.join('\n'),

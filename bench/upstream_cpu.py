@@ -19,6 +19,10 @@ Needs torch 1.13 / torchvision 0.14 / scipy / PIL: Debian's /usr/bin/python3.
       (the two MLP heads and predictors), postprocess (the rest: score filter, pose transform,
       NMS, mapping boxes back to the original size).
 
+  upstream_cpu.py serve ... --image IMG
+      The same timing, one run per request line on stdin (JSON {"min_size", "max_size"}), one
+      JSON answer line each: lets bench/stages.ts interleave upstream's runs with ours.
+
   upstream_cpu.py make-images --source PNG --out DIR
       Writes the validation images (sizes and content unlike the golden fixtures).
 """
@@ -43,8 +47,14 @@ def parse_args(argv):
         q.add_argument("--pose-stddev", required=True)
         q.add_argument("--min-size", type=int, default=640)
         q.add_argument("--max-size", type=int, default=1400)
-        q.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
-        q.add_argument("--json", required=True)
+        q.add_argument(
+            "--threads",
+            type=int,
+            default=0,
+            help="threads for torch's own kernels AND for OpenBLAS, which runs the Linear layers "
+            "with its own pool, blind to torch.set_num_threads (0: leave both defaults)",
+        )
+        q.add_argument("--json", required=(q.prog.split()[-1] != "serve"))
 
     d = sub.add_parser("detect")
     model_args(d)
@@ -58,6 +68,10 @@ def parse_args(argv):
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--warmup", type=int, default=1)
 
+    v = sub.add_parser("serve")
+    model_args(v)
+    v.add_argument("--image", required=True)
+
     m = sub.add_parser("make-images")
     m.add_argument("--source", required=True)
     m.add_argument("--out", required=True)
@@ -66,6 +80,10 @@ def parse_args(argv):
 
 def build_detector(args):
     """An upstream `Img2Pose` around an `img2poseModel` built like the golden fixtures'."""
+    if args.threads > 0:
+        # Read once when the BLAS library loads, so before torch is imported.
+        os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     sys.path.insert(0, args.upstream)
     import numpy as np
     import torch
@@ -123,6 +141,18 @@ def detect(args):
     print(f"upstream: wrote {len(results)} results to {args.json}", file=sys.stderr)
 
 
+def blas_threads():
+    """OpenBLAS's thread count (Debian's torch does its GEMMs there), or None if not OpenBLAS."""
+    import ctypes
+
+    for name in ("libopenblas.so.0", "libblas.so.3"):
+        try:
+            return int(ctypes.CDLL(name).openblas_get_num_threads())
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
 STAGES = ["transform", "backbone", "rpn", "roiAlign", "heads", "postprocess"]
 
 
@@ -170,57 +200,81 @@ class StageClock:
         return dict(self.ms)
 
 
+class Timer:
+    """One image through upstream (decoded tensor -> faces above 0.5), timed whole and by stage."""
+
+    def __init__(self, args, image):
+        self.detector, det_mod, self.torch = build_detector(args)
+        pil = det_mod._load_image(image)
+        self.width, self.height = pil.size
+        self.tensor = det_mod._image_to_tensor(pil, self.torch.device("cpu"))
+        self.fpn = self.detector._model.fpn_model.module
+        self.clock = StageClock(self.fpn)
+        # GeneralizedRCNNTransform.postprocess is a method, not a module call: time it apart.
+        orig_post = self.fpn.transform.postprocess
+
+        def timed_post(*a, **k):
+            t = time.perf_counter()
+            out = orig_post(*a, **k)
+            self.clock.ms["postprocess"] += (time.perf_counter() - t) * 1e3
+            return out
+
+        self.fpn.transform.postprocess = timed_post
+
+    def set_sizes(self, min_size, max_size):
+        # What GeneralizedRCNNTransform's constructor stores; eval mode reads min_size[-1].
+        self.fpn.transform.min_size = (min_size,)
+        self.fpn.transform.max_size = max_size
+
+    def once(self):
+        """-> (total ms, stage ms, number of faces above 0.5)"""
+        self.clock.reset()
+        t = time.perf_counter()
+        pred = self.detector._model.predict([self.tensor])
+        faces = self.detector._process_prediction(pred[0], self.width, self.height, 0.5, -1)
+        ms = (time.perf_counter() - t) * 1e3
+        return ms, self.clock.finish(ms), len(faces)
+
+    def info(self):
+        return {"torch": self.torch.__version__, "threads": self.torch.get_num_threads(), "blas_threads": blas_threads()}
+
+
 def bench(args):
-    detector, det_mod, torch = build_detector(args)
-    pil = det_mod._load_image(args.image)
-    width, height = pil.size
-    tensor = det_mod._image_to_tensor(pil, torch.device("cpu"))
-    fpn = detector._model.fpn_model.module
-    clock = StageClock(fpn)
-    # GeneralizedRCNNTransform.postprocess is a method, not a module call: time it apart.
-    orig_post = fpn.transform.postprocess
-
-    def timed_post(*a, **k):
-        t = time.perf_counter()
-        out = orig_post(*a, **k)
-        clock.ms["postprocess"] += (time.perf_counter() - t) * 1e3
-        return out
-
-    fpn.transform.postprocess = timed_post
-
-    def once():
-        t = time.perf_counter()
-        pred = detector._model.predict([tensor])
-        faces = detector._process_prediction(pred[0], width, height, 0.5, -1)
-        return (time.perf_counter() - t) * 1e3, faces
-
+    timer = Timer(args, args.image)
+    timer.set_sizes(args.min_size, args.max_size)
     for _ in range(args.warmup):
-        once()
-    totals = []
-    stages = []
-    faces = []
-    for _ in range(args.repeats):
-        clock.reset()
-        ms, faces = once()
-        totals.append(ms)
-        stages.append(clock.finish(ms))
+        timer.once()
+    runs = [timer.once() for _ in range(args.repeats)]
     out = {
         "image": args.image,
-        "size": [width, height],
         "min_size": args.min_size,
         "max_size": args.max_size,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **timer.info(),
         "repeats": args.repeats,
         "warmup": args.warmup,
-        "total_ms": totals,
-        "median_ms": statistics.median(totals),
-        "stages_median_ms": {s: statistics.median(x[s] for x in stages) for s in STAGES},
-        "faces_t0.5": len(faces),
+        "total_ms": [r[0] for r in runs],
+        "median_ms": statistics.median(r[0] for r in runs),
+        "stages_median_ms": {s: statistics.median(r[1][s] for r in runs) for s in STAGES},
+        "faces_t0.5": runs[-1][2],
     }
     with open(args.json, "w") as f:
         json.dump(out, f, indent=1)
-    print(json.dumps({k: out[k] for k in ("median_ms", "threads", "stages_median_ms")}), file=sys.stderr)
+    print(json.dumps({k: out[k] for k in ("median_ms", "threads", "blas_threads", "stages_median_ms")}), file=sys.stderr)
+
+
+def serve(args):
+    """Line protocol for interleaved timing (bench/stages.ts): after one line {"ready": info},
+    each request line {"min_size", "max_size"} runs the image once and answers one line
+    {"total_ms", "stages_ms", "faces"}. Ends at end of input."""
+    timer = Timer(args, args.image)
+    print(json.dumps({"ready": timer.info()}), flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        timer.set_sizes(int(req["min_size"]), int(req["max_size"]))
+        ms, stages, faces = timer.once()
+        print(json.dumps({"total_ms": ms, "stages_ms": stages, "faces": faces}), flush=True)
 
 
 def make_images(args):
@@ -259,6 +313,8 @@ def main(argv):
         detect(args)
     elif args.mode == "bench":
         bench(args)
+    elif args.mode == "serve":
+        serve(args)
     else:
         make_images(args)
 

@@ -101,6 +101,38 @@ export interface ImageAnchors {
 
 /** Anchors of an image whose own padded size is paddedH x paddedW, levels concatenated. */
 export function imageAnchors(paddedH: number, paddedW: number): ImageAnchors {
+  const shared = sharedImageAnchors(paddedH, paddedW);
+  return {
+    anchors: shared.anchors.slice(),
+    perLevel: shared.perLevel.slice(),
+    featureSizes: shared.featureSizes.map(([h, w]) => [h, w]),
+  };
+}
+
+/** Padded sizes whose anchors are kept: a batch of differently shaped images needs one each. */
+export const ANCHOR_CACHE_SIZE = 8;
+const anchorCache = new Map<string, ImageAnchors>();
+
+/**
+ * Like `imageAnchors`, but the result is shared by every caller asking for the same padded size
+ * (least recently used sizes are dropped beyond ANCHOR_CACHE_SIZE): it must not be modified.
+ */
+export function sharedImageAnchors(paddedH: number, paddedW: number): ImageAnchors {
+  const key = `${paddedH}x${paddedW}`;
+  const hit = anchorCache.get(key);
+  if (hit) {
+    // Re-insert: Map iteration order is insertion order, so the first key is the least recent.
+    anchorCache.delete(key);
+    anchorCache.set(key, hit);
+    return hit;
+  }
+  const made = computeImageAnchors(paddedH, paddedW);
+  anchorCache.set(key, made);
+  if (anchorCache.size > ANCHOR_CACHE_SIZE) anchorCache.delete(anchorCache.keys().next().value as string);
+  return made;
+}
+
+function computeImageAnchors(paddedH: number, paddedW: number): ImageAnchors {
   const sizes = featureSizes(paddedH, paddedW);
   const levels = sizes.map(([h, w], l) => levelAnchors(h, w, paddedH, paddedW, ANCHOR_SIZES[l]));
   const total = levels.reduce((n, a) => n + a.length, 0);
@@ -110,5 +142,9 @@ export function imageAnchors(paddedH: number, paddedW: number): ImageAnchors {
     anchors.set(a, o);
     o += a.length;
   }
-  return { anchors, perLevel: levels.map((a) => a.length / 4), featureSizes: sizes };
+  return Object.freeze({
+    anchors,
+    perLevel: Object.freeze(levels.map((a) => a.length / 4)) as number[],
+    featureSizes: Object.freeze(sizes.map((s) => Object.freeze(s) as [number, number])) as Array<[number, number]>,
+  });
 }

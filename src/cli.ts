@@ -13,7 +13,7 @@ import { SingleBar, Presets } from 'cli-progress';
 import { runConvert } from '../converter/cli';
 import { BACKEND_CHOICES, BackendChoice, selectBackend } from './backend';
 import { DEFAULT_OPTIONS, Face, Img2Pose, LoadOptions } from './detector';
-import { OptionError } from './errors';
+import { InputError, OptionError } from './errors';
 import { formulaWeights } from './formula_weights';
 import { visualize } from './visualize';
 
@@ -254,7 +254,9 @@ async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO
           }
         } else {
           failures++;
-          result = { image, error: oneLine(s.error.message) };
+          // The library locates errors within the chunk it was given; the user counts inputs.
+          const error = s.error instanceof InputError ? s.error.atIndex(start + i) : s.error;
+          result = { image, error: oneLine(error.message) };
         }
         results.push(result);
         if (!opts.json) io.stdout(`${JSON.stringify(result)}\n`);

@@ -14,9 +14,18 @@
  *   1000 boxes, and loops over categories above that.
  * The kernel's pairwise tests are reproduced exactly; from 64 boxes a uniform grid only pairs boxes
  * that can overlap (`nmsGrid`), which returns what the kernel's O(N^2) loop (`nmsExhaustive`) does.
+ * The loop itself runs one box at a time (`IncrementalNms`), so `batchedNmsTop` can stop once the
+ * first N results are certain.
  */
 
+// Module-level aliases: direct Math.* calls are much slower inside jest's vm contexts.
 const f32 = Math.fround;
+const floor = Math.floor;
+
+/** v clamped to [lo, hi]. */
+function clampInt(v: number, lo: number, hi: number): number {
+  return v < lo ? lo : v > hi ? hi : v;
+}
 
 /** libstdc++ `_S_threshold`: partitions at most this long are left to the final insertion sort. */
 const INSERTION_THRESHOLD = 16;
@@ -35,7 +44,7 @@ export function torchSortDescending(scores: ArrayLike<number>): Int32Array {
     idx[i] = i;
   }
   // comp(a, b): a must come before b.
-  const before = (a: number, b: number): boolean => (Number.isNaN(a) && !Number.isNaN(b)) || a > b;
+  const before = (a: number, b: number): boolean => (a !== a && b === b) || a > b;
   const swap = (a: number, b: number): void => {
     const v = val[a];
     val[a] = val[b];
@@ -50,25 +59,25 @@ export function torchSortDescending(scores: ArrayLike<number>): Int32Array {
     let hole = holeStart;
     const top = holeStart;
     let child = holeStart;
-    while (child < Math.floor((len - 1) / 2)) {
+    while (child < (len - 1) >> 1) {
       child = 2 * (child + 1);
       if (before(val[first + child], val[first + child - 1])) child--;
       val[first + hole] = val[first + child];
       idx[first + hole] = idx[first + child];
       hole = child;
     }
-    if ((len & 1) === 0 && child === Math.floor((len - 2) / 2)) {
+    if ((len & 1) === 0 && child === (len - 2) >> 1) {
       child = 2 * (child + 1);
       val[first + hole] = val[first + child - 1];
       idx[first + hole] = idx[first + child - 1];
       hole = child - 1;
     }
-    let parent = Math.trunc((hole - 1) / 2);
+    let parent = ((hole - 1) / 2) | 0;
     while (hole > top && before(val[first + parent], v)) {
       val[first + hole] = val[first + parent];
       idx[first + hole] = idx[first + parent];
       hole = parent;
-      parent = Math.trunc((hole - 1) / 2);
+      parent = ((hole - 1) / 2) | 0;
     }
     val[first + hole] = v;
     idx[first + hole] = ix;
@@ -76,7 +85,7 @@ export function torchSortDescending(scores: ArrayLike<number>): Int32Array {
   const heapSort = (first: number, last: number): void => {
     const len = last - first;
     if (len >= 2) {
-      for (let parent = Math.floor((len - 2) / 2); parent >= 0; parent--) {
+      for (let parent = (len - 2) >> 1; parent >= 0; parent--) {
         adjustHeap(first, parent, len, val[first + parent], idx[first + parent]);
       }
     }
@@ -119,7 +128,7 @@ export function torchSortDescending(scores: ArrayLike<number>): Int32Array {
         return;
       }
       depth--;
-      const mid = first + Math.floor((last - first) / 2);
+      const mid = first + ((last - first) >> 1);
       moveMedianToFirst(first, first + 1, mid, last - 1);
       const cut = unguardedPartition(first + 1, last, first);
       introsortLoop(cut, last, depth);
@@ -178,186 +187,424 @@ function descending(a: number, b: number): number {
   return a > b ? -1 : a < b ? 1 : 0;
 }
 
+/**
+ * Order-preserving unsigned key of a float32 given by its IEEE bits: key(a) < key(b) exactly where
+ * a typed-array sort puts a before b (-0 before +0, every NaN last).
+ */
+export function float32SortKey(bits: number): number {
+  // NaN: all exponent bits set and a non-zero mantissa.
+  if ((bits & 0x7fffffff) > 0x7f800000) return 0xffffffff;
+  // Negative floats: flip all bits (larger magnitude sorts lower); non-negative: set the sign bit.
+  return bits >= 0x80000000 ? 0xffffffff - bits : bits + 0x80000000;
+}
+
+/** float32SortKey of every value; `out` may be longer than `values`. */
+export function float32SortKeys(values: Float32Array, out: Uint32Array = new Uint32Array(values.length)): Uint32Array {
+  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  for (let i = 0; i < values.length; i++) out[i] = float32SortKey(bits[i]);
+  return out;
+}
+
+const RADIX_BITS = 11;
+const RADIX_BINS = 1 << RADIX_BITS;
+
+/**
+ * Indices that sort keys[0..n) ascending, equal keys in index order: a least-significant-digit
+ * radix sort (three 11-bit passes, each stable), O(n) and free of comparator calls.
+ */
+export function stableArgsortKeys(keys: Uint32Array, n: number = keys.length): Int32Array {
+  let order = new Int32Array(n);
+  let next = new Int32Array(n);
+  for (let i = 0; i < n; i++) order[i] = i;
+  const starts = new Int32Array(RADIX_BINS);
+  for (let shift = 0; shift < 32; shift += RADIX_BITS) {
+    starts.fill(0);
+    for (let i = 0; i < n; i++) starts[(keys[i] >>> shift) & (RADIX_BINS - 1)]++;
+    let sum = 0;
+    let single = false;
+    for (let d = 0; d < RADIX_BINS; d++) {
+      const c = starts[d];
+      if (c === n) single = true;
+      starts[d] = sum;
+      sum += c;
+    }
+    // Every key shares this digit: the pass would not move anything.
+    if (single) continue;
+    for (let i = 0; i < n; i++) {
+      const o = order[i];
+      next[starts[(keys[o] >>> shift) & (RADIX_BINS - 1)]++] = o;
+    }
+    const t = order;
+    order = next;
+    next = t;
+  }
+  return order;
+}
+
+/**
+ * Stable descending order of float32 scores by radix sort on reversed float keys (NaN first, -0
+ * equal to +0, as the descending comparator has it). Null when a score is not a float32.
+ */
+function radixStableDescending(scores: ArrayLike<number>): Int32Array | null {
+  const n = scores.length;
+  const values = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const v = scores[i];
+    values[i] = v === 0 ? 0 : v;
+    if (v === v && values[i] !== v) return null;
+  }
+  const keys = float32SortKeys(values);
+  for (let i = 0; i < n; i++) keys[i] = 0xffffffff - keys[i];
+  return stableArgsortKeys(keys);
+}
+
+/**
+ * The k-th smallest (0-based) of `values`, which it reorders (Hoare selection, median-of-three
+ * pivot): O(n) on average where a sort is O(n log n). Values must not be NaN.
+ */
+export function selectKth(values: Float64Array, k: number): number {
+  if (!(k >= 0 && k < values.length)) throw new Error(`selectKth: k = ${k} outside 0..${values.length - 1}`);
+  let lo = 0;
+  let hi = values.length - 1;
+  while (hi > lo) {
+    const a = values[lo];
+    const b = values[(lo + hi) >> 1];
+    const c = values[hi];
+    const pivot = a < b ? (b < c ? b : a < c ? c : a) : a < c ? a : b < c ? c : b;
+    let i = lo;
+    let j = hi;
+    while (i <= j) {
+      while (values[i] < pivot) i++;
+      while (values[j] > pivot) j--;
+      if (i <= j) {
+        const t = values[i];
+        values[i++] = values[j];
+        values[j--] = t;
+      }
+    }
+    // [lo, j] <= pivot <= [i, hi], and everything strictly between j and i equals the pivot.
+    if (k <= j) hi = j;
+    else if (k >= i) lo = i;
+    else return values[k];
+  }
+  return values[k];
+}
+
 /** torch `sort(stable=True, descending=True)` indices: equal scores keep index order. */
 export function stableSortDescending(scores: ArrayLike<number>): Int32Array {
-  const order = new Int32Array(scores.length);
-  for (let i = 0; i < order.length; i++) order[i] = i;
+  const n = scores.length;
+  // Scores already in order (the RPN hands each level over best first): the identity, in O(n).
+  let inOrder = true;
+  for (let i = 1; i < n && inOrder; i++) inOrder = scores[i - 1] >= scores[i];
+  if (inOrder) {
+    const identity = new Int32Array(n);
+    for (let i = 0; i < n; i++) identity[i] = i;
+    return identity;
+  }
+  const radix = radixStableDescending(scores);
+  if (radix) return radix;
+  const order = new Int32Array(n);
+  for (let i = 0; i < n; i++) order[i] = i;
   // The index tie-break makes the comparator a total order, so the result is the stable order.
   return order.sort((i, j) => descending(scores[i], scores[j]) || i - j);
 }
 
-/** Boxes laid out in the kernel's visiting order (position o = o-th highest score). */
-interface Ordered {
-  order: Int32Array;
-  x1: Float32Array;
-  y1: Float32Array;
-  x2: Float32Array;
-  y2: Float32Array;
-  areas: Float32Array;
-}
-
-function orderBoxes(boxes: Float32Array, scores: ArrayLike<number>): Ordered {
+/** Indices in the kernel's visiting order (stable descending by score), after checking the shapes. */
+function visitingOrder(boxes: Float32Array, scores: ArrayLike<number>): Int32Array {
   const n = scores.length;
   if (boxes.length !== n * 4) throw new Error(`nms: ${boxes.length / 4} boxes but ${n} scores`);
-  const order = stableSortDescending(scores);
-  const x1 = new Float32Array(n);
-  const y1 = new Float32Array(n);
-  const x2 = new Float32Array(n);
-  const y2 = new Float32Array(n);
-  const areas = new Float32Array(n);
-  for (let o = 0; o < n; o++) {
-    const b = order[o] * 4;
-    x1[o] = boxes[b];
-    y1[o] = boxes[b + 1];
-    x2[o] = boxes[b + 2];
-    y2[o] = boxes[b + 3];
-    areas[o] = f32(x2[o] - x1[o]) * f32(y2[o] - y1[o]);
-  }
-  return { order, x1, y1, x2, y2, areas };
-}
-
-/**
- * The kernel's suppression test of position oj by kept position oi, float32 as in C++:
- * std::max(a, b) is (a < b ? b : a) and std::min(a, b) is (b < a ? b : a) (with NaN they return the
- * first argument, unlike Math.max/min). With threshold >= 0, disjoint pairs (IoU 0, -0 or NaN) exit early.
- */
-function overlapsAbove(d: Ordered, oi: number, oj: number, iouThreshold: number): boolean {
-  const ix1 = d.x1[oi];
-  const ix2 = d.x2[oi];
-  const xx1 = ix1 < d.x1[oj] ? d.x1[oj] : ix1;
-  const xx2 = d.x2[oj] < ix2 ? d.x2[oj] : ix2;
-  if (iouThreshold >= 0 && !(xx2 > xx1)) return false;
-  const iy1 = d.y1[oi];
-  const iy2 = d.y2[oi];
-  const yy1 = iy1 < d.y1[oj] ? d.y1[oj] : iy1;
-  const yy2 = d.y2[oj] < iy2 ? d.y2[oj] : iy2;
-  if (iouThreshold >= 0 && !(yy2 > yy1)) return false;
-  const dw = f32(xx2 - xx1);
-  const dh = f32(yy2 - yy1);
-  const w = 0 < dw ? dw : 0;
-  const h = 0 < dh ? dh : 0;
-  const inter = f32(w * h);
-  const ovr = f32(inter / f32(f32(d.areas[oi] + d.areas[oj]) - inter));
-  return ovr > iouThreshold;
-}
-
-/** The kernel's loop as written: every kept box against every later unsuppressed one. O(N^2). */
-export function nmsExhaustive(boxes: Float32Array, scores: ArrayLike<number>, iouThreshold: number): Int32Array {
-  const d = orderBoxes(boxes, scores);
-  const n = d.order.length;
-  const suppressed = new Uint8Array(n);
-  const keep = new Int32Array(n);
-  let numKept = 0;
-  for (let oi = 0; oi < n; oi++) {
-    if (suppressed[oi]) continue;
-    keep[numKept++] = d.order[oi];
-    for (let oj = oi + 1; oj < n; oj++) {
-      if (!suppressed[oj] && overlapsAbove(d, oi, oj, iouThreshold)) suppressed[oj] = 1;
-    }
-  }
-  return keep.slice(0, numKept);
+  return stableSortDescending(scores);
 }
 
 /** Below this many boxes the grid costs more than it saves. */
 const GRID_MIN_BOXES = 64;
+/** At most this many cells per side. */
+export const GRID_MAX_SIDE = 64;
 /** Give up on the grid when boxes would register in more cells than this many per box on average. */
 const GRID_MAX_CELLS_PER_BOX = 16;
 
 /**
- * Same result as `nmsExhaustive`, but each kept box is only tested against boxes sharing a grid cell
- * with it. Sound because, with threshold >= 0, only pairs whose intersection has positive area can
- * suppress, and such a pair covers a common cell; the tests themselves are the kernel's, and a box's
- * fate depends only on the kept boxes before it, not on the order its tests run in. Inverted and
- * degenerate boxes intersect nothing, so they skip the grid (and are always kept). Returns null when
- * the grid does not apply (negative threshold, non-finite coordinates, boxes too large for the grid).
+ * A uniform grid of cols x rows cells over [minX, minX + cols / colScale] x [minY, ...]; coordinates
+ * outside it map to the border cells. The mapping is monotone in the coordinate, so a point inside
+ * a box lands in a cell the box covers, wherever the grid lies and however coarse it is.
  */
-export function nmsGrid(boxes: Float32Array, scores: ArrayLike<number>, iouThreshold: number): Int32Array | null {
-  if (!(iouThreshold >= 0)) return null;
-  const d = orderBoxes(boxes, scores);
-  const n = d.order.length;
-  const { x1, y1, x2, y2 } = d;
+export interface GridGeometry {
+  minX: number;
+  minY: number;
+  /** Cells per unit of x (cols / grid width), and of y. */
+  colScale: number;
+  rowScale: number;
+  cols: number;
+  rows: number;
+}
+
+/** First cell index covering coordinate v (finite) along an axis of `cells` cells. */
+function cellIndex(v: number, min: number, scale: number, cells: number): number {
+  return clampInt(floor((v - min) * scale), 0, cells - 1);
+}
+
+/**
+ * A grid for these boxes: their bounding box cut into cells about the median box size. Null when a
+ * grid does not apply: non-finite coordinates, or boxes too large for the grid.
+ */
+function gridFor(boxes: Float32Array): GridGeometry | null {
+  const n = boxes.length / 4;
   let minX = Infinity;
   let minY = Infinity;
   let maxX = -Infinity;
   let maxY = -Infinity;
-  const ordinary = new Uint8Array(n);
   const widths = new Float64Array(n);
   const heights = new Float64Array(n);
   let numOrdinary = 0;
-  for (let o = 0; o < n; o++) {
-    if (!(Number.isFinite(x1[o]) && Number.isFinite(y1[o]) && Number.isFinite(x2[o]) && Number.isFinite(y2[o]))) {
-      return null;
-    }
-    if (!(x2[o] > x1[o] && y2[o] > y1[o])) continue;
-    ordinary[o] = 1;
-    minX = Math.min(minX, x1[o]);
-    minY = Math.min(minY, y1[o]);
-    maxX = Math.max(maxX, x2[o]);
-    maxY = Math.max(maxY, y2[o]);
-    widths[numOrdinary] = x2[o] - x1[o];
-    heights[numOrdinary++] = y2[o] - y1[o];
+  for (let i = 0; i < n; i++) {
+    const bx1 = boxes[i * 4];
+    const by1 = boxes[i * 4 + 1];
+    const bx2 = boxes[i * 4 + 2];
+    const by2 = boxes[i * 4 + 3];
+    // v - v is 0 exactly for finite v (NaN for NaN and +-Infinity).
+    if (bx1 - bx1 !== 0 || by1 - by1 !== 0 || bx2 - bx2 !== 0 || by2 - by2 !== 0) return null;
+    if (!(bx2 > bx1 && by2 > by1)) continue;
+    if (bx1 < minX) minX = bx1;
+    if (by1 < minY) minY = by1;
+    if (bx2 > maxX) maxX = bx2;
+    if (by2 > maxY) maxY = by2;
+    widths[numOrdinary] = bx2 - bx1;
+    heights[numOrdinary++] = by2 - by1;
   }
-  // Cells about the median box size: a typical box covers a few cells.
-  const median = (v: Float64Array): number => (numOrdinary ? v.subarray(0, numOrdinary).sort()[numOrdinary >> 1] : 1);
-  const cols = Math.max(1, Math.min(64, Math.floor((maxX - minX) / median(widths)) || 1));
-  const rows = Math.max(1, Math.min(64, Math.floor((maxY - minY) / median(heights)) || 1));
-  const cellW = (maxX - minX) / cols;
-  const cellH = (maxY - minY) / rows;
-  // Monotone in the coordinate, so a point inside a box lands in a cell the box covers.
-  const col = (x: number): number => Math.min(cols - 1, Math.max(0, Math.floor((x - minX) / cellW)));
-  const row = (y: number): number => Math.min(rows - 1, Math.max(0, Math.floor((y - minY) / cellH)));
-  const c0 = new Int32Array(n);
-  const c1 = new Int32Array(n);
-  const r0 = new Int32Array(n);
-  const r1 = new Int32Array(n);
-  const counts = new Int32Array(cols * rows + 1);
+  if (numOrdinary === 0) return { minX: 0, minY: 0, colScale: 1, rowScale: 1, cols: 1, rows: 1 };
+  const medianWidth = selectKth(widths.subarray(0, numOrdinary), numOrdinary >> 1);
+  const medianHeight = selectKth(heights.subarray(0, numOrdinary), numOrdinary >> 1);
+  const cols = clampInt(floor((maxX - minX) / medianWidth) || 1, 1, GRID_MAX_SIDE);
+  const rows = clampInt(floor((maxY - minY) / medianHeight) || 1, 1, GRID_MAX_SIDE);
+  const grid = { minX, minY, colScale: cols / (maxX - minX), rowScale: rows / (maxY - minY), cols, rows };
   let entries = 0;
-  for (let o = 0; o < n; o++) {
-    if (!ordinary[o]) continue;
-    c0[o] = col(x1[o]);
-    c1[o] = col(x2[o]);
-    r0[o] = row(y1[o]);
-    r1[o] = row(y2[o]);
-    entries += (c1[o] - c0[o] + 1) * (r1[o] - r0[o] + 1);
+  for (let i = 0; i < n; i++) {
+    const bx1 = boxes[i * 4];
+    const by1 = boxes[i * 4 + 1];
+    const bx2 = boxes[i * 4 + 2];
+    const by2 = boxes[i * 4 + 3];
+    if (!(bx2 > bx1 && by2 > by1)) continue;
+    const spanX = cellIndex(bx2, minX, grid.colScale, cols) - cellIndex(bx1, minX, grid.colScale, cols) + 1;
+    const spanY = cellIndex(by2, minY, grid.rowScale, rows) - cellIndex(by1, minY, grid.rowScale, rows) + 1;
+    entries += spanX * spanY;
     if (entries > GRID_MAX_CELLS_PER_BOX * n) return null;
-    for (let r = r0[o]; r <= r1[o]; r++) for (let c = c0[o]; c <= c1[o]; c++) counts[r * cols + c + 1]++;
   }
-  for (let k = 1; k < counts.length; k++) counts[k] += counts[k - 1];
-  // Cell buckets (CSR), filled in visiting order, so each bucket is sorted by position.
-  const fill = counts.slice(0, cols * rows);
-  const bucket = new Int32Array(entries);
-  for (let o = 0; o < n; o++) {
-    if (!ordinary[o]) continue;
-    for (let r = r0[o]; r <= r1[o]; r++) for (let c = c0[o]; c <= c1[o]; c++) bucket[fill[r * cols + c]++] = o;
+  return grid;
+}
+
+/** A typed array twice as long holding the same prefix. */
+function grown<T extends Float32Array | Int32Array>(a: T): T {
+  const out = new (a.constructor as new (n: number) => T)(a.length * 2);
+  out.set(a);
+  return out;
+}
+
+/**
+ * The kernel's greedy loop, fed one box at a time in visiting order (highest score first, ties by
+ * index), each box decided as it arrives. The kernel lets every kept box suppress the later boxes
+ * it overlaps above the threshold; equivalently, a box is kept exactly when no box kept before it
+ * overlaps it so, which is what `push` tests, with the kernel's own test (kept box first). A box's
+ * fate thus depends only on the boxes before it: callers may stop early, or feed boxes as they
+ * produce them.
+ *
+ * The kernel's test, float32 as in C++: std::max(a, b) is (a < b ? b : a) and std::min(a, b) is
+ * (b < a ? b : a) (with NaN they return the first argument, unlike Math.max/min); areas are signed
+ * (x2 - x1) * (y2 - y1); intersection sides clamp at 0; suppression needs IoU > threshold (NaN never).
+ *
+ * With a grid (threshold >= 0 only, finite coordinates only), a box is only tested against the kept
+ * boxes registered in the cells it covers: sound because, with threshold >= 0, only pairs whose
+ * intersection has positive area can suppress (disjoint pairs give IoU 0, -0 or NaN), and such a
+ * pair covers a common cell. Inverted and degenerate boxes intersect nothing, so they are kept
+ * without tests and never registered. Without a grid every kept box is tested: O(N^2).
+ */
+export class IncrementalNms {
+  private x1: Float32Array;
+  private y1: Float32Array;
+  private x2: Float32Array;
+  private y2: Float32Array;
+  private areas: Float32Array;
+  /** Kept boxes stored for testing later ones (inverted and degenerate ones are not, with a grid). */
+  private numStored = 0;
+  private numKept = 0;
+  /** Boxes pushed so far: the stamp of the box being decided. */
+  private pushed = 0;
+  /** Per kept box, the last box tested against it (the two may share several cells). */
+  private testedBy: Int32Array;
+  /** Per cell, the last registered entry; per entry, the kept box and the previous entry of its cell. */
+  private readonly cellHead: Int32Array;
+  private entryKept: Int32Array;
+  private entryNext: Int32Array;
+  private numEntries = 0;
+
+  constructor(
+    readonly iouThreshold: number,
+    private readonly grid: GridGeometry | null = null,
+    capacity = 64,
+  ) {
+    if (grid && !(iouThreshold >= 0)) throw new Error(`IncrementalNms: a grid needs a threshold >= 0, got ${iouThreshold}`);
+    const c = capacity > 1 ? capacity : 1;
+    this.x1 = new Float32Array(c);
+    this.y1 = new Float32Array(c);
+    this.x2 = new Float32Array(c);
+    this.y2 = new Float32Array(c);
+    this.areas = new Float32Array(c);
+    this.testedBy = new Int32Array(grid ? c : 0);
+    this.cellHead = new Int32Array(grid ? grid.cols * grid.rows : 0).fill(-1);
+    this.entryKept = new Int32Array(grid ? 4 * c : 0);
+    this.entryNext = new Int32Array(grid ? 4 * c : 0);
   }
 
-  const cursor = counts.slice(0, cols * rows);
-  const suppressed = new Uint8Array(n);
-  const tested = new Int32Array(n).fill(-1);
-  const keep = new Int32Array(n);
-  let numKept = 0;
-  for (let oi = 0; oi < n; oi++) {
-    if (suppressed[oi]) continue;
-    keep[numKept++] = d.order[oi];
-    if (!ordinary[oi]) continue;
-    for (let r = r0[oi]; r <= r1[oi]; r++) {
-      for (let c = c0[oi]; c <= c1[oi]; c++) {
-        const cell = r * cols + c;
-        const end = counts[cell + 1];
-        // Buckets are sorted by position and oi only grows: skip the visited prefix for good.
-        let e = cursor[cell];
-        while (e < end && bucket[e] <= oi) e++;
-        cursor[cell] = e;
-        for (; e < end; e++) {
-          const oj = bucket[e];
-          if (suppressed[oj] || tested[oj] === oi) continue;
-          tested[oj] = oi;
-          if (overlapsAbove(d, oi, oj, iouThreshold)) suppressed[oj] = 1;
+  /** Boxes kept so far. */
+  get kept(): number {
+    return this.numKept;
+  }
+
+  /** Cell registrations so far (a kept box registers in every cell it covers). */
+  get entries(): number {
+    return this.numEntries;
+  }
+
+  /** Decides the next box in visiting order (float32 coordinates): true when it is kept. */
+  push(bx1: number, by1: number, bx2: number, by2: number): boolean {
+    const stamp = this.pushed++;
+    const area = f32(f32(bx2 - bx1) * f32(by2 - by1));
+    const { grid } = this;
+    if (!grid) {
+      if (this.suppressedByAny(bx1, by1, bx2, by2, area)) return false;
+      this.store(bx1, by1, bx2, by2, area);
+      return true;
+    }
+    if (bx1 - bx1 !== 0 || by1 - by1 !== 0 || bx2 - bx2 !== 0 || by2 - by2 !== 0) {
+      throw new Error('IncrementalNms: a grid needs finite coordinates');
+    }
+    if (!(bx2 > bx1 && by2 > by1)) {
+      this.numKept++;
+      return true;
+    }
+    const ca = cellIndex(bx1, grid.minX, grid.colScale, grid.cols);
+    const cb = cellIndex(bx2, grid.minX, grid.colScale, grid.cols);
+    const ra = cellIndex(by1, grid.minY, grid.rowScale, grid.rows);
+    const rb = cellIndex(by2, grid.minY, grid.rowScale, grid.rows);
+    const { cellHead, entryKept, entryNext, testedBy, x1, y1, x2, y2, areas, iouThreshold } = this;
+    const cols = grid.cols;
+    for (let r = ra; r <= rb; r++) {
+      for (let c = ca; c <= cb; c++) {
+        for (let e = cellHead[r * cols + c]; e >= 0; e = entryNext[e]) {
+          const k = entryKept[e];
+          if (testedBy[k] === stamp) continue;
+          testedBy[k] = stamp;
+          const kx1 = x1[k];
+          const kx2 = x2[k];
+          const xx1 = kx1 < bx1 ? bx1 : kx1;
+          const xx2 = bx2 < kx2 ? bx2 : kx2;
+          if (!(xx2 > xx1)) continue;
+          const ky1 = y1[k];
+          const ky2 = y2[k];
+          const yy1 = ky1 < by1 ? by1 : ky1;
+          const yy2 = by2 < ky2 ? by2 : ky2;
+          if (!(yy2 > yy1)) continue;
+          const dw = f32(xx2 - xx1);
+          const dh = f32(yy2 - yy1);
+          const inter = f32((0 < dw ? dw : 0) * (0 < dh ? dh : 0));
+          if (f32(inter / f32(f32(areas[k] + area) - inter)) > iouThreshold) return false;
         }
       }
     }
+    const k = this.store(bx1, by1, bx2, by2, area);
+    for (let r = ra; r <= rb; r++) {
+      for (let c = ca; c <= cb; c++) {
+        if (this.numEntries === this.entryKept.length) {
+          this.entryKept = grown(this.entryKept);
+          this.entryNext = grown(this.entryNext);
+        }
+        const cell = r * cols + c;
+        const e = this.numEntries++;
+        this.entryKept[e] = k;
+        this.entryNext[e] = this.cellHead[cell];
+        this.cellHead[cell] = e;
+      }
+    }
+    return true;
+  }
+
+  /** Whether a kept box overlaps this one above the threshold: the kernel's test against each. */
+  private suppressedByAny(bx1: number, by1: number, bx2: number, by2: number, area: number): boolean {
+    const { x1, y1, x2, y2, areas, iouThreshold } = this;
+    const early = iouThreshold >= 0;
+    for (let k = 0; k < this.numStored; k++) {
+      const kx1 = x1[k];
+      const kx2 = x2[k];
+      const xx1 = kx1 < bx1 ? bx1 : kx1;
+      const xx2 = bx2 < kx2 ? bx2 : kx2;
+      // With threshold >= 0, disjoint pairs (IoU 0, -0 or NaN) cannot suppress.
+      if (early && !(xx2 > xx1)) continue;
+      const ky1 = y1[k];
+      const ky2 = y2[k];
+      const yy1 = ky1 < by1 ? by1 : ky1;
+      const yy2 = by2 < ky2 ? by2 : ky2;
+      if (early && !(yy2 > yy1)) continue;
+      const dw = f32(xx2 - xx1);
+      const dh = f32(yy2 - yy1);
+      const inter = f32((0 < dw ? dw : 0) * (0 < dh ? dh : 0));
+      if (f32(inter / f32(f32(areas[k] + area) - inter)) > iouThreshold) return true;
+    }
+    return false;
+  }
+
+  private store(bx1: number, by1: number, bx2: number, by2: number, area: number): number {
+    if (this.numStored === this.x1.length) {
+      this.x1 = grown(this.x1);
+      this.y1 = grown(this.y1);
+      this.x2 = grown(this.x2);
+      this.y2 = grown(this.y2);
+      this.areas = grown(this.areas);
+      if (this.grid) this.testedBy = grown(this.testedBy);
+    }
+    this.numKept++;
+    const k = this.numStored++;
+    this.x1[k] = bx1;
+    this.y1[k] = by1;
+    this.x2[k] = bx2;
+    this.y2[k] = by2;
+    this.areas[k] = area;
+    if (this.grid) this.testedBy[k] = -1;
+    return k;
+  }
+}
+
+/** Feeds every box in `order` to `greedy`: the indices of the kept boxes, in visiting order. */
+function runGreedy(boxes: Float32Array, order: Int32Array, greedy: IncrementalNms): Int32Array {
+  const keep = new Int32Array(order.length);
+  let numKept = 0;
+  for (let o = 0; o < order.length; o++) {
+    const b = order[o] * 4;
+    if (greedy.push(boxes[b], boxes[b + 1], boxes[b + 2], boxes[b + 3])) keep[numKept++] = order[o];
   }
   return keep.slice(0, numKept);
+}
+
+/** The kernel's loop as written: every kept box against every later unsuppressed one. O(N^2). */
+export function nmsExhaustive(boxes: Float32Array, scores: ArrayLike<number>, iouThreshold: number): Int32Array {
+  const order = visitingOrder(boxes, scores);
+  return runGreedy(boxes, order, new IncrementalNms(iouThreshold, null, order.length));
+}
+
+/**
+ * Same result as `nmsExhaustive`, each box tested only against the kept boxes sharing a grid cell
+ * with it (see IncrementalNms). Returns null when the grid does not apply (negative threshold,
+ * non-finite coordinates, boxes too large for the grid).
+ */
+export function nmsGrid(boxes: Float32Array, scores: ArrayLike<number>, iouThreshold: number): Int32Array | null {
+  if (!(iouThreshold >= 0)) return null;
+  const order = visitingOrder(boxes, scores);
+  const grid = gridFor(boxes);
+  return grid ? runGreedy(boxes, order, new IncrementalNms(iouThreshold, grid, order.length)) : null;
+}
+
+/** The greedy loop for these boxes, with a grid wherever it applies and pays. */
+function greedyFor(boxes: Float32Array, n: number, iouThreshold: number): IncrementalNms {
+  const grid = iouThreshold >= 0 && n >= GRID_MIN_BOXES ? gridFor(boxes) : null;
+  return new IncrementalNms(iouThreshold, grid, n);
 }
 
 /**
@@ -369,14 +616,12 @@ export function nms(boxes: Float32Array, scores: ArrayLike<number>, iouThreshold
     if (boxes.length !== 0) throw new Error(`nms: ${boxes.length / 4} boxes but 0 scores`);
     return new Int32Array(0);
   }
-  return (
-    (scores.length >= GRID_MIN_BOXES ? nmsGrid(boxes, scores, iouThreshold) : null) ??
-    nmsExhaustive(boxes, scores, iouThreshold)
-  );
+  const order = visitingOrder(boxes, scores);
+  return runGreedy(boxes, order, greedyFor(boxes, order.length, iouThreshold));
 }
 
 /** Above this many boxes torchvision's CPU batched_nms loops over categories (`boxes.numel() > 4000`). */
-const COORDINATE_TRICK_MAX_BOXES = 1000;
+export const COORDINATE_TRICK_MAX_BOXES = 1000;
 
 /**
  * torchvision `batched_nms`: NMS independently within each category `idxs[i]` (the RPN's feature
@@ -426,6 +671,93 @@ export function batchedNmsCoordinateTrick(
   return nms(shifted, scores, iouThreshold);
 }
 
+/** One category's greedy loop, on its own boxes and scores (local index k = input index members[k]). */
+interface CategoryLoop {
+  greedy: IncrementalNms;
+  boxes: Float32Array;
+  scores: Float64Array;
+  members: Int32Array;
+  /** Local indices in visiting order, and how many have been decided. */
+  order: Int32Array;
+  position: number;
+}
+
+/** The greedy loop of every category, categories in order of first appearance. */
+function categoryLoops(boxes: Float32Array, scores: ArrayLike<number>, idxs: ArrayLike<number>, iouThreshold: number): CategoryLoop[] {
+  const n = scores.length;
+  const categoryOf = new Int32Array(n);
+  const rank = new Map<number, number>();
+  const sizes: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const id = idxs[i];
+    let r = rank.get(id);
+    if (r === undefined) {
+      r = sizes.length;
+      rank.set(id, r);
+      sizes.push(0);
+    }
+    categoryOf[i] = r;
+    sizes[r]++;
+  }
+  // Members of each category in index order, CSR-style.
+  const starts = new Int32Array(sizes.length + 1);
+  for (let c = 0; c < sizes.length; c++) starts[c + 1] = starts[c] + sizes[c];
+  const fill = starts.slice(0, sizes.length);
+  const allMembers = new Int32Array(n);
+  for (let i = 0; i < n; i++) allMembers[fill[categoryOf[i]]++] = i;
+
+  return sizes.map((m, c) => {
+    const members = allMembers.subarray(starts[c], starts[c] + m);
+    // A category stored as one run (the RPN's levels are) needs no copy of its boxes.
+    const contiguous = members[m - 1] - members[0] === m - 1;
+    const subBoxes = contiguous ? boxes.subarray(members[0] * 4, (members[0] + m) * 4) : new Float32Array(m * 4);
+    const subScores = new Float64Array(m);
+    for (let k = 0; k < m; k++) {
+      const src = members[k];
+      subScores[k] = scores[src];
+      if (!contiguous) {
+        subBoxes[k * 4] = boxes[src * 4];
+        subBoxes[k * 4 + 1] = boxes[src * 4 + 1];
+        subBoxes[k * 4 + 2] = boxes[src * 4 + 2];
+        subBoxes[k * 4 + 3] = boxes[src * 4 + 3];
+      }
+    }
+    const order = visitingOrder(subBoxes, subScores);
+    return { greedy: greedyFor(subBoxes, m, iouThreshold), boxes: subBoxes, scores: subScores, members, order, position: 0 };
+  });
+}
+
+function categoryDone(loop: CategoryLoop): boolean {
+  return loop.position >= loop.order.length;
+}
+
+/** Decides the next box of a category, marking it in `kept`: its input index when kept, else -1. */
+function stepCategory(loop: CategoryLoop, kept: Uint8Array): number {
+  const local = loop.order[loop.position++];
+  const b = local * 4;
+  const { boxes } = loop;
+  if (!loop.greedy.push(boxes[b], boxes[b + 1], boxes[b + 2], boxes[b + 3])) return -1;
+  kept[loop.members[local]] = 1;
+  return loop.members[local];
+}
+
+/** The survivors (kept[i] = 1) ordered as batched_nms returns them: torch's unstable sort of them in index order. */
+function orderSurvivors(kept: Uint8Array, scores: ArrayLike<number>): Int32Array {
+  const n = kept.length;
+  let numKept = 0;
+  for (let i = 0; i < n; i++) numKept += kept[i];
+  const keepIndices = new Int32Array(numKept);
+  const keptScores = new Float64Array(numKept);
+  for (let i = 0, k = 0; i < n; i++) {
+    if (!kept[i]) continue;
+    keepIndices[k] = i;
+    keptScores[k++] = scores[i];
+  }
+  const order = torchSortDescending(keptScores);
+  for (let k = 0; k < numKept; k++) order[k] = keepIndices[order[k]];
+  return order;
+}
+
 /**
  * Large inputs: NMS per category, mark the survivors, then order them by score with torch's
  * (unstable) sort applied to the survivors in index order.
@@ -436,25 +768,61 @@ export function batchedNmsPerCategory(
   idxs: ArrayLike<number>,
   iouThreshold: number,
 ): Int32Array {
+  const kept = new Uint8Array(scores.length);
+  for (const loop of categoryLoops(boxes, scores, idxs, iouThreshold)) {
+    while (!categoryDone(loop)) stepCategory(loop, kept);
+  }
+  return orderSurvivors(kept, scores);
+}
+
+/**
+ * `batchedNms(boxes, scores, idxs, iouThreshold).slice(0, maxKeep)`, deciding only as many boxes
+ * as that needs. Above 1000 boxes the categories' greedy loops run interleaved, highest pending
+ * score first, and stop once maxKeep boxes are kept and every undecided box scores below the last
+ * of them. Those maxKeep boxes are then the first maxKeep of the full result provided their scores
+ * are distinct: any sort, torch's unstable one included, puts distinct values in one order, and
+ * nothing undecided can outrank them. Ties among them (whose order torch's introsort decides from
+ * the whole survivor list) make the loops run to the end and take the exact path.
+ */
+export function batchedNmsTop(
+  boxes: Float32Array,
+  scores: ArrayLike<number>,
+  idxs: ArrayLike<number>,
+  iouThreshold: number,
+  maxKeep: number,
+): Int32Array {
   const n = scores.length;
-  const members = new Map<number, number[]>();
-  for (let i = 0; i < n; i++) {
-    const list = members.get(idxs[i]);
-    if (list) list.push(i);
-    else members.set(idxs[i], [i]);
+  const limit = floor(maxKeep);
+  let anyNaN = false;
+  for (let i = 0; i < n && !anyNaN; i++) anyNaN = scores[i] !== scores[i];
+  if (n <= COORDINATE_TRICK_MAX_BOXES || !(limit > 0) || anyNaN || idxs.length !== n || boxes.length !== n * 4) {
+    return batchedNms(boxes, scores, idxs, iouThreshold).slice(0, maxKeep);
   }
+  const loops = categoryLoops(boxes, scores, idxs, iouThreshold);
   const kept = new Uint8Array(n);
-  for (const indices of members.values()) {
-    const subBoxes = new Float32Array(indices.length * 4);
-    const subScores = new Float64Array(indices.length);
-    indices.forEach((src, k) => {
-      subBoxes.set(boxes.subarray(src * 4, src * 4 + 4), k * 4);
-      subScores[k] = scores[src];
-    });
-    for (const k of nms(subBoxes, subScores, iouThreshold)) kept[indices[k]] = 1;
+  // Input indices of the kept boxes in the order decided: scores non-increasing.
+  const taken: number[] = [];
+  let bound = -Infinity;
+  for (;;) {
+    let best: CategoryLoop | null = null;
+    let bestScore = -Infinity;
+    for (const loop of loops) {
+      if (categoryDone(loop)) continue;
+      const score = loop.scores[loop.order[loop.position]];
+      if (best === null || score > bestScore) {
+        best = loop;
+        bestScore = score;
+      }
+    }
+    if (best === null || (taken.length >= limit && bestScore < bound)) break;
+    const index = stepCategory(best, kept);
+    if (index >= 0 && taken.push(index) === limit) bound = bestScore;
   }
-  const keepIndices: number[] = [];
-  for (let i = 0; i < n; i++) if (kept[i]) keepIndices.push(i);
-  const keptScores = keepIndices.map((i) => scores[i]);
-  return Int32Array.from(torchSortDescending(keptScores), (k) => keepIndices[k]);
+  if (loops.some((loop) => !categoryDone(loop))) {
+    let distinct = taken.length === limit;
+    for (let k = 1; k < taken.length && distinct; k++) distinct = scores[taken[k - 1]] > scores[taken[k]];
+    if (distinct) return Int32Array.from(taken);
+    for (const loop of loops) while (!categoryDone(loop)) stepCategory(loop, kept);
+  }
+  return orderSurvivors(kept, scores).slice(0, limit);
 }

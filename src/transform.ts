@@ -37,6 +37,9 @@ export interface ImageBatch {
  * scale is f32(f32(1 / side) * size), NOT the correctly rounded quotient (the two disagree on about
  * one size in five). The scale comes out as a Python float and interpolate floors side * scale in
  * float64. Example: a 718-pixel short side at minSize 640 gives scale 0.89136487 and 639 pixels.
+ *
+ * One departure: a side is never less than 1 pixel. Where upstream floors a very thin image's
+ * short side to 0 (e.g. 3x4000 at maxSize 288) torch's interpolate raises; we keep one row.
  */
 export function resizedSize(h: number, w: number, minSize: number, maxSize: number): Size {
   if (!(h > 0 && w > 0)) throw new Error(`resizedSize: image size must be positive, got ${h}x${w}`);
@@ -45,7 +48,7 @@ export function resizedSize(h: number, w: number, minSize: number, maxSize: numb
   const byShort = f32(f32(1 / f32(Math.min(h, w))) * f32(minSize));
   const byLong = f32(f32(1 / f32(Math.max(h, w))) * f32(maxSize));
   const scale = Math.min(byShort, byLong);
-  return [Math.floor(h * scale), Math.floor(w * scale)];
+  return [Math.max(1, Math.floor(h * scale)), Math.max(1, Math.floor(w * scale))];
 }
 
 function ceilTo(n: number, m: number): number {
