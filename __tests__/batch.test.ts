@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { decodeImage } from '../src/io';
-import { Img2PoseModel, RawDetections } from '../src/model';
+import { groupBySize, Img2PoseModel, RawDetections } from '../src/model';
 import { processPrediction } from '../src/detector';
 import { disposeWeights } from '../src/weights';
 import { formulaWeights } from './utils/formula';
@@ -13,6 +13,8 @@ import { golden, goldenCase, imagePath, loadNpy } from './utils/golden';
 import { expectWithinTolerance, matchDetections } from './utils/match';
 
 let model: Img2PoseModel;
+// One padded forward for the whole list, so mixed sizes really share a tensor.
+const STACKED = { grouping: 'off' } as const;
 
 beforeAll(() => {
   const w = formulaWeights();
@@ -38,6 +40,33 @@ function expectSameDetections(batch: RawDetections, single: RawDetections, rel =
   close(batch.dofs, single.dofs);
 }
 
+describe('grouping by padded size', () => {
+  it('keeps equal sizes together, splits wasteful mixes, respects the budget, covers every index once', () => {
+    const photo: [number, number] = [640, 1152];
+    expect(groupBySize([photo, photo, photo], 4 * 640 * 1152)).toEqual([[0, 1, 2]]);
+    expect(groupBySize([photo, photo, photo, photo, photo], 4 * 640 * 1152)).toEqual([[0, 1, 2, 3], [4]]);
+    // A portrait and a landscape photo would pad each other to 960x1152: kept apart.
+    const groups = groupBySize([photo, [960, 640], [640, 1120], [352, 1408]], 16 * 640 * 1152);
+    expect(groups.flat().sort()).toEqual([0, 1, 2, 3]);
+    expect(groups.find((g) => g.includes(0))).toEqual([0, 2]);
+    expect(groups.find((g) => g.includes(1))).toEqual([1]);
+    // Larger than the budget: alone, still run.
+    expect(groupBySize([[4000, 4000], photo], 640 * 1152)).toEqual([[0], [1]]);
+  });
+
+  it('auto grouping gives the same results as one stacked forward', async () => {
+    const images = await decodeAll(['teaser.png', 'portrait_1.png']);
+    try {
+      const config = { minSize: 160, maxSize: 288 };
+      const grouped = await model.predict(images, config);
+      const stacked = await model.predict(images, config, STACKED);
+      grouped.forEach((g, i) => expectSameDetections(g, stacked[i]));
+    } finally {
+      tf.dispose(images);
+    }
+  });
+});
+
 describe('batch equals single', () => {
   it('a tiny batch of four different sizes gives each image its single-image detections', async () => {
     const names = ['teaser.png', 'portrait_1.png', 'wide_1.png', 'small_1.png'];
@@ -45,13 +74,13 @@ describe('batch equals single', () => {
     try {
       const config = { minSize: 160, maxSize: 288 };
       const before = tf.memory().numTensors;
-      const batched = await model.predict(images, config);
+      const batched = await model.predict(images, config, STACKED);
       const singles: RawDetections[] = [];
       for (const image of images) singles.push((await model.predict([image], config))[0]);
       expect(tf.memory().numTensors).toBe(before);
       batched.forEach((b, i) => expectSameDetections(b, singles[i]));
       // And the order inside the batch does not matter either.
-      const reversed = await model.predict(images.slice().reverse(), config);
+      const reversed = await model.predict(images.slice().reverse(), config, STACKED);
       reversed.reverse().forEach((b, i) => expectSameDetections(b, singles[i]));
       // The photo must actually produce detections, or the comparison would prove little.
       expect(singles[0].scores.length).toBeGreaterThan(100);
@@ -64,7 +93,7 @@ describe('batch equals single', () => {
     const c = goldenCase('tiny_batch');
     const images = await decodeAll(c.images as string[]);
     try {
-      const out = await model.predict(images, { minSize: c.min_size, maxSize: c.max_size });
+      const out = await model.predict(images, { minSize: c.min_size, maxSize: c.max_size }, STACKED);
       const singleIds = ['tiny_teaser', 'tiny_portrait'];
       out.forEach((det, i) => {
         const ref = {
@@ -83,7 +112,7 @@ describe('batch equals single', () => {
     const c = goldenCase('batch_same_size');
     const images = await decodeAll(c.images as string[]);
     try {
-      const out = await model.predict(images, { minSize: c.min_size, maxSize: c.max_size });
+      const out = await model.predict(images, { minSize: c.min_size, maxSize: c.max_size }, STACKED);
       out.forEach((det, i) => {
         const files = c.per_image![i].files;
         const ref = {
@@ -103,7 +132,7 @@ describe('batch equals single', () => {
     const c = goldenCase('batch_mixed');
     const images = await decodeAll(c.images as string[]);
     try {
-      const out = await model.predict(images, { minSize: c.min_size, maxSize: c.max_size });
+      const out = await model.predict(images, { minSize: c.min_size, maxSize: c.max_size }, STACKED);
       const singleIds = ['teaser', 'portrait', 'wide', 'small'];
       out.forEach((det, i) => {
         const id = singleIds[i];

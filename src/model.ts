@@ -5,7 +5,7 @@ import { REFERENCE_POINTS_68 } from './reference_points';
 import { multiScaleRoIAlign } from './roi_align';
 import { RoIHeads } from './roi_heads';
 import { Proposals, RegionProposalNetwork } from './rpn';
-import { prepareBatchAsync, Size } from './transform';
+import { paddedSize, prepareBatchAsync, resizedSize, Size } from './transform';
 import { Img2PoseWeights } from './weights';
 
 /** Sizes of the input transform (upstream's min_size / max_size). */
@@ -43,6 +43,11 @@ export function emptyTimings(): StageTimings {
 export interface PredictOptions {
   /** When given, stage times are added to it. Profiling waits for the device after each stage. */
   profile?: StageTimings;
+  /**
+   * 'auto' (default): group images by padded size under a memory budget (see `predict`).
+   * 'off': one stacked forward for all images, whatever their sizes (tests, benchmarks).
+   */
+  grouping?: 'auto' | 'off';
 }
 
 /**
@@ -69,6 +74,52 @@ function chunkImages(counts: number[], limit: number): number[][] {
   });
   if (current.length > 0) chunks.push(current);
   return chunks;
+}
+
+/**
+ * Most padded input pixels per forward: ~4 default-size photos on CPU backends (the activations of
+ * one 640x1152 image are ~1 GB at stride 4), more on GPUs, where batching is what pays.
+ */
+function pixelBudget(): number {
+  const photo = 640 * 1152;
+  return ['wasm', 'cpu'].includes(tf.getBackend()) ? 4 * photo : 16 * photo;
+}
+
+/** Padding a group may add over its images' own padded areas before a new group is started. */
+const MAX_PADDING_OVERHEAD = 0.25;
+
+/**
+ * Splits image indices into forwards: sorted by padded size (largest first), a group grows while
+ * its stacked area (count x max H x max W) stays within `budget` and within 25% of the images'
+ * own areas. A single image larger than the budget still runs, alone.
+ */
+export function groupBySize(padded: Size[], budget: number): number[][] {
+  const order = padded.map((_, i) => i).sort((a, b) => padded[b][0] * padded[b][1] - padded[a][0] * padded[a][1] || padded[b][0] - padded[a][0] || a - b);
+  const groups: number[][] = [];
+  let group: number[] = [];
+  let maxH = 0;
+  let maxW = 0;
+  let ownArea = 0;
+  for (const i of order) {
+    const [h, w] = padded[i];
+    const nh = Math.max(maxH, h);
+    const nw = Math.max(maxW, w);
+    const stacked = (group.length + 1) * nh * nw;
+    const own = ownArea + h * w;
+    if (group.length > 0 && (stacked > budget || stacked > own * (1 + MAX_PADDING_OVERHEAD))) {
+      groups.push(group);
+      group = [];
+      maxH = 0;
+      maxW = 0;
+      ownArea = 0;
+    }
+    group.push(i);
+    maxH = Math.max(maxH, h);
+    maxW = Math.max(maxW, w);
+    ownArea += h * w;
+  }
+  if (group.length > 0) groups.push(group);
+  return groups;
 }
 
 /** Waits until the work queued so far has run (a 1-element readback), for honest stage times. */
@@ -114,9 +165,28 @@ export class Img2PoseModel {
     this.poseStddev = Float64Array.from(weights.poseStddev);
   }
 
-  /** images: HWC RGB tensors with values 0..255. One stacked forward for all of them. */
+  /**
+   * images: HWC RGB tensors with values 0..255; results in input order.
+   *
+   * Images are stacked into as few padded forwards as memory allows: sorted by padded size and
+   * grouped so that a group wastes little on padding and stays under a pixel budget (a wasm heap
+   * overflows on 8 mixed photos padded to 960x1408). Each image's result does not depend on its
+   * group, so the grouping changes speed and memory, never the numbers.
+   */
   async predict(images: tf.Tensor3D[], config: ModelConfig, options: PredictOptions = {}): Promise<RawDetections[]> {
     if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
+    if (options.grouping === 'off') return this.predictStacked(images, config, options);
+    const padded = images.map((img) => paddedSize(resizedSize(img.shape[0], img.shape[1], config.minSize, config.maxSize)));
+    const results: RawDetections[] = new Array(images.length);
+    for (const group of groupBySize(padded, pixelBudget())) {
+      const out = await this.predictStacked(group.map((i) => images[i]), config, options);
+      group.forEach((i, k) => (results[i] = out[k]));
+    }
+    return results;
+  }
+
+  /** One stacked, padded forward of all `images`. */
+  private async predictStacked(images: tf.Tensor3D[], config: ModelConfig, options: PredictOptions): Promise<RawDetections[]> {
     if (images.length === 0) return [];
     const profile = options.profile;
     let t0 = performance.now();
