@@ -96,7 +96,7 @@ function parseOptions(argv: string[]): Options {
 /** A long-lived upstream process (upstream_cpu.py serve) that times one run per request. */
 class UpstreamServer {
   private readonly child: ChildProcessWithoutNullStreams;
-  private readonly waiting: ((line: string) => void)[] = [];
+  private readonly waiting: { resolve: (line: string) => void; reject: (e: Error) => void }[] = [];
   private readonly lines: string[] = [];
 
   private constructor(
@@ -111,8 +111,11 @@ class UpstreamServer {
     this.child.stderr.on('data', (d: Buffer) => process.stderr.write(d));
     readline.createInterface({ input: this.child.stdout }).on('line', (line) => {
       const next = this.waiting.shift();
-      if (next) next(line);
+      if (next) next.resolve(line);
       else this.lines.push(line);
+    });
+    this.child.on('exit', (code) => {
+      for (const w of this.waiting.splice(0)) w.reject(new Error(`upstream_cpu.py serve exited ${code}`));
     });
   }
 
@@ -130,10 +133,8 @@ class UpstreamServer {
   private nextLine(): Promise<string> {
     const ready = this.lines.shift();
     if (ready !== undefined) return Promise.resolve(ready);
-    return new Promise((resolve, reject) => {
-      this.waiting.push(resolve);
-      this.child.once('exit', (code) => reject(new Error(`upstream_cpu.py serve exited ${code}`)));
-    });
+    if (this.child.exitCode !== null) return Promise.reject(new Error(`upstream_cpu.py serve exited ${this.child.exitCode}`));
+    return new Promise((resolve, reject) => this.waiting.push({ resolve, reject }));
   }
 
   async run(minSize: number, maxSize: number): Promise<Sample> {

@@ -478,18 +478,11 @@ export class RegionProposalNetwork {
   async predictHead(features: tf.Tensor4D[], paddedSizes: Size[]): Promise<RpnHeadOutput[]> {
     const outputs = this.head(features, paddedSizes);
     const regions = ownRegions(paddedSizes);
-    const a = ANCHORS_PER_LOCATION;
-    // Logits and deltas apart on the device: an image's region of each is then whole rows, in
-    // upstream order ((y, x, anchor) and (y, x, anchor, coordinate)), copied without a scatter.
-    const parts = outputs.map((o) =>
-      tf.tidy(() => [tf.slice(o, [0, 0, 0, 0], [-1, -1, -1, a]), tf.slice(o, [0, 0, 0, a], [-1, -1, -1, 4 * a])]),
-    );
-    tf.dispose(outputs);
     try {
-      // Every readback is requested before any is awaited, so on a GPU they overlap.
-      const values = await Promise.all(parts.map((p) => Promise.all(p.map((t) => t.data() as Promise<Float32Array>))));
+      // Every level's readback is requested before any is awaited, so on a GPU they overlap.
+      const levelValues = await Promise.all(outputs.map((o) => o.data() as Promise<Float32Array>));
       return paddedSizes.map((_, i) => {
-        const perLevel = regions[i].map((r) => r.height * r.width * a);
+        const perLevel = regions[i].map((r) => r.height * r.width * ANCHORS_PER_LOCATION);
         const total = perLevel.reduce((s, c) => s + c, 0);
         const out: RpnHeadOutput = { objectness: new Float32Array(total), deltas: new Float32Array(total * 4), perLevel };
         let o = 0;
@@ -497,15 +490,12 @@ export class RegionProposalNetwork {
           const [, height, width] = output.shape;
           const { height: h, width: w } = regions[i][level];
           if (h > height || w > width) throw new Error(`RPN: image ${i} needs a ${h}x${w} level ${level}, batch has ${height}x${width}`);
-          const [logits, deltas] = values[level];
-          copyRegion(logits, i, height, width, h, w, a, out.objectness, o);
-          copyRegion(deltas, i, height, width, h, w, 4 * a, out.deltas, o * 4);
-          o += h * w * a;
+          o = flattenLevel(levelValues[level], i, height, width, h, w, out, o);
         });
         return out;
       });
     } finally {
-      tf.dispose(parts.flat());
+      tf.dispose(outputs);
     }
   }
 
@@ -527,30 +517,33 @@ export class RegionProposalNetwork {
 }
 
 /**
- * Copies image `image`'s own h x w region (rows and columns from 0) of an [N, height, width,
- * channels] array into `out` from `start` on, row by row (all at once when the region spans the
- * full width).
+ * Copies image `image`'s own h x w region of one level's [N, height, width, 15] head output into
+ * `out` from anchor `start` on, in upstream order (y, x, anchor); returns the next anchor.
  */
-function copyRegion(
+function flattenLevel(
   values: Float32Array,
   image: number,
   height: number,
   width: number,
   h: number,
   w: number,
-  channels: number,
-  out: Float32Array,
+  out: RpnHeadOutput,
   start: number,
-): void {
-  const first = image * height * width * channels;
-  if (w === width) {
-    out.set(values.subarray(first, first + h * w * channels), start);
-    return;
-  }
+): number {
+  const a = ANCHORS_PER_LOCATION;
+  const channels = a * 5;
+  const { objectness, deltas } = out;
+  let o = start;
   for (let y = 0; y < h; y++) {
-    const row = first + y * width * channels;
-    out.set(values.subarray(row, row + w * channels), start + y * w * channels);
+    let base = (image * height + y) * width * channels;
+    for (let x = 0; x < w; x++, base += channels, o += a) {
+      for (let k = 0; k < a; k++) objectness[o + k] = values[base + k];
+      // The 4a deltas of a location are contiguous in both layouts: (anchor, coordinate).
+      const d = o * 4;
+      for (let c = 0; c < 4 * a; c++) deltas[d + c] = values[base + a + c];
+    }
   }
+  return o;
 }
 
 function maskOutsideRegions(feature: tf.Tensor4D, regions: OwnRegion[], n: number, height: number, width: number): tf.Tensor4D {
