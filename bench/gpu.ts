@@ -206,6 +206,33 @@ async function timeForward(model: Img2PoseModel, images: tf.Tensor3D[], reps: nu
   return { ms: samples[samples.length >> 1], out };
 }
 
+/**
+ * Batch vs one by one measured in alternation under the same conditions: each round times the
+ * images run one after another, then the same images as one batch; medians over the rounds.
+ * (Single-image times wander by 1.5x over a process's life, so separate measurements mislead.)
+ */
+async function paired(model: Img2PoseModel, images: tf.Tensor3D[], rounds: number, label: string): Promise<void> {
+  for (let w = 0; w < 2; w++) {
+    for (const img of images) await model.predict([img], CONFIG);
+    await model.predict(images, CONFIG);
+  }
+  const seq: number[] = [];
+  const bat: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    let t0 = performance.now();
+    for (const img of images) await model.predict([img], CONFIG);
+    seq.push((performance.now() - t0) / images.length);
+    t0 = performance.now();
+    await model.predict(images, CONFIG);
+    bat.push((performance.now() - t0) / images.length);
+  }
+  const med = (v: number[]): number => v.slice().sort((a, b) => a - b)[v.length >> 1];
+  console.log(
+    `paired ${label}: one by one ${med(seq).toFixed(1)} ms/image, batch ${med(bat).toFixed(1)} ms/image, ` +
+      `speedup ${(med(seq) / med(bat)).toFixed(2)}x (median of ${rounds} alternating rounds; one-by-one ${seq.map((v) => v.toFixed(0)).join('/')}, batch ${bat.map((v) => v.toFixed(0)).join('/')})`,
+  );
+}
+
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend((process.env.DAWN_FLAGS ?? '').split(';').filter(Boolean));
   console.log('backend', JSON.stringify(adapter));
@@ -228,6 +255,11 @@ async function main(): Promise<void> {
     mixed = await Promise.all(MIXED.map(load));
     if (args.includes('--kernel-profile')) await kernelProfile(weights, Array.from({ length: 8 }, () => photo), mode);
     if (args.includes('--submit-sweep')) await submitSweep(weights, Array.from({ length: 8 }, () => photo), mode);
+    if (args.includes('--paired')) {
+      for (const b of batches) await paired(model, Array.from({ length: b }, () => photo), 5, `[${mode}] photo x${b}`);
+      await paired(model, mixed, 5, `[${mode}] mixed ${mixed.length} (7 sizes)`);
+      continue;
+    }
     if (args.includes('--stages-only')) {
       for (const b of batches) {
         const times = await profileStages(weights, Array.from({ length: b }, () => photo));

@@ -60,7 +60,7 @@ function cell(s: string, tmp: string): string {
 
 /** Messages that list many tensors are shortened for the table; the length says how long they are. */
 function shorten(s: string, max = 420): string {
-  return s.length <= max ? s : `${s.slice(0, max - 60)} [...] ${s.slice(-50)} (${s.length} characters in all)`;
+  return s.length <= max ? s : `${s.slice(0, max - 80)} [...] ${s.slice(-70)} (${s.length} characters in all)`;
 }
 
 function code(s: string): string {

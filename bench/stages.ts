@@ -187,15 +187,18 @@ async function runOurs(model: Img2PoseModel, image: tf.Tensor3D, config: { minSi
 }
 
 function section(minSize: number, maxSize: number, resized: string, series: Series[], loads: number[]): string {
-  const ours = median(series[0].totals);
+  const ours = series[0].totals;
+  // Same-round ratios: both runs of a round saw about the same load from other jobs.
+  const roundRatio = (s: Series) => median(s.totals.map((t, r) => t / ours[r]));
   const e2e = markdownTable(
-    ['implementation', 'median ms/image', 'min', 'max', 'median / ours', 'faces >= 0.5'],
+    ['implementation', 'median ms/image', 'min', 'max', 'median / ours', 'same-round ratio (median)', 'faces >= 0.5'],
     series.map((s, i) => [
       s.label,
       median(s.totals).toFixed(0),
       Math.min(...s.totals).toFixed(0),
       Math.max(...s.totals).toFixed(0),
-      i === 0 ? '1.00' : (median(s.totals) / ours).toFixed(2),
+      i === 0 ? '1.00' : (median(s.totals) / median(ours)).toFixed(2),
+      i === 0 ? '1.00' : roundRatio(s).toFixed(2),
       String(s.faces),
     ]),
   );
