@@ -213,7 +213,7 @@ function parseOptions(argv: string[]): Options {
     .option('--pose-mean <npy>', '', tmp('formula_ckpt/pose_mean.npy'))
     .option('--pose-stddev <npy>', '', tmp('formula_ckpt/pose_stddev.npy'))
     .option('--out <dir>', 'where the JSON results go', tmp('compare'))
-    .option('--threads <n>', 'torch threads for upstream (0: its default)', (v) => Number(v), 0)
+    .option('--threads <n>', 'torch and OpenBLAS threads for upstream (0: their defaults)', (v) => Number(v), 0)
     .option('--upstream-batch-size <k>', "also run upstream's batched path, k images a forward (0: skip)", (v) => Number(v), 0)
     .option('--reuse', 'keep result files that already exist instead of rerunning', false);
   cmd.parse(argv, { from: 'node' });

@@ -12,7 +12,7 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { Jimp, JimpInstance } from 'jimp';
 import type { ImageInput } from '../src/io';
-import { Img2PoseWeights } from '../src/weights';
+import { Img2PoseWeights, ResNetDepth } from '../src/weights';
 import { img2poseSpec, isModelTensor } from '../converter/spec';
 import { tfjsShape } from '../converter/axis_order';
 import {
@@ -24,7 +24,6 @@ import {
   WEIGHTS_FORMAT_VERSION,
   shardName,
 } from '../converter/weights_format';
-import { ResNetDepth } from '../src/weights';
 
 /** One bad input: what it is, how to make it, and what the error's `found` must say. */
 export interface BadInputCase {
