@@ -67,7 +67,7 @@ function parseOptions(argv: string[]): SoakOptions {
     .option('--min-size <n>', 'detector minSize (default 160; --big: 640)', int)
     .option('--max-size <n>', 'detector maxSize (default 288; --big: 1400)', int)
     .addOption(new Option('--backend <b>', 'compute backend').choices(BACKEND_CHOICES).default('wasm'))
-    .option('--rss-slack-mb <n>', 'allowed RSS growth from the baseline to the end', int, 64)
+    .option('--rss-slack-mb <n>', 'allowed RSS growth (MiB) from the baseline to the end', int, 64)
     .option('--big', 'measure the peak RSS of an 8000x8000 JPEG photo instead', false)
     .option('--repeat <n>', '--big: detections on the photo', int, 3)
     .option('--size <n>', '--big: the photo is size x size', int, 8000)
@@ -199,7 +199,7 @@ async function soak(o: SoakOptions): Promise<boolean> {
       `soak: ${o.calls} calls on ${backend}, minSize ${o.minSize}, maxSize ${o.maxSize}; ` +
         `sample every ${o.every}, baseline at call ${o.warmup}${(globalThis as { gc?: unknown }).gc ? ' (RSS after a forced GC)' : ''}`,
     );
-    console.log('| calls | numTensors | tf bytes (MB) | RSS (MB) | JS heap (MB) | elapsed (s) |');
+    console.log('| calls | numTensors | tf bytes (MiB) | RSS (MiB) | JS heap (MiB) | elapsed (s) |');
     console.log('|---:|---:|---:|---:|---:|---:|');
     const first = new Map<string, string>();
     const problems: string[] = [];
@@ -240,14 +240,14 @@ async function soak(o: SoakOptions): Promise<boolean> {
     if (tensorCounts.size !== 1) problems.push(`numTensors changed after warm-up: ${[...tensorCounts].join(', ')}`);
     const growth = end.rss - base.rss;
     const peakAfter = Math.max(...after.map((s) => s.rss));
-    if (growth > o.rssSlackMb * MB) problems.push(`RSS grew ${mb(growth)} MB after warm-up (allowed ${o.rssSlackMb})`);
-    // Least-squares slope of RSS over the calls after warm-up, in MB per 1000 calls.
+    if (growth > o.rssSlackMb * MB) problems.push(`RSS grew ${mb(growth)} MiB after warm-up (allowed ${o.rssSlackMb})`);
+    // Least-squares slope of RSS over the calls after warm-up, in MiB per 1000 calls.
     const slope = slopePer1000(after.map((s) => [s.call, s.rss / MB]));
     console.log(
       `\nsoak: ${o.calls} calls (${forwards} with a forward, ${o.calls - forwards} bad inputs) in ${end.seconds.toFixed(0)} s; ` +
         `numTensors ${samples[0].numTensors} at start, ${base.numTensors} after warm-up, ${end.numTensors} at the end; ` +
-        `RSS ${mb(samples[0].rss)} MB at start, ${mb(base.rss)} MB after warm-up (call ${base.call}), ${mb(end.rss)} MB at the end ` +
-        `(max ${mb(peakAfter)} MB after warm-up, trend ${slope.toFixed(1)} MB per 1000 calls); ` +
+        `RSS ${mb(samples[0].rss)} MiB at start, ${mb(base.rss)} MiB after warm-up (call ${base.call}), ${mb(end.rss)} MiB at the end ` +
+        `(max ${mb(peakAfter)} MiB after warm-up, trend ${slope.toFixed(1)} MiB per 1000 calls); ` +
         `${first.size} distinct good inputs, each gave the same faces every time: ${problems.some((p) => p.includes('other faces')) ? 'NO' : 'yes'}`,
     );
     for (const p of problems.slice(0, 20)) console.log(`soak: FAIL ${p}`);
@@ -281,7 +281,7 @@ async function big(o: SoakOptions, argv: string[]): Promise<boolean> {
       const image = await Jimp.read(path.join(repoRoot(), 'assets', 'teaser.jpg'));
       image.resize({ w: o.size, h: o.size });
       fs.writeFileSync(photo, await image.getBuffer('image/jpeg', { quality: 85 }));
-      console.log(`big: wrote a ${o.size}x${o.size} JPEG (${mb(fs.statSync(photo).size)} MB) in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+      console.log(`big: wrote a ${o.size}x${o.size} JPEG (${mb(fs.statSync(photo).size)} MiB) in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
       const child = fork(__filename, [...argv.slice(2), '--photo', photo], { execArgv: process.execArgv });
       const code = await new Promise<number>((resolve) => child.on('exit', (c) => resolve(c ?? 1)));
       return code === 0;
@@ -291,12 +291,12 @@ async function big(o: SoakOptions, argv: string[]): Promise<boolean> {
   }
   const peak = () => process.resourceUsage().maxRSS * 1024;
   const backend = await selectBackend(o.backend);
-  console.log(`big: ${o.photo}, ${backend}, minSize ${o.minSize}, maxSize ${o.maxSize}; RSS at start ${mb(rssNow())} MB`);
+  console.log(`big: ${o.photo}, ${backend}, minSize ${o.minSize}, maxSize ${o.maxSize}; RSS at start ${mb(rssNow())} MiB`);
   const weights = formulaWeights();
   const det = await Img2Pose.load({ weights, backend: o.backend, minSize: o.minSize, maxSize: o.maxSize });
   disposeWeights(weights);
-  console.log(`big: detector loaded, RSS ${mb(rssNow())} MB, peak so far ${mb(peak())} MB, numTensors ${tf.memory().numTensors}`);
-  console.log('| run | seconds | faces | numTensors | RSS after (MB) | peak RSS so far (MB) |');
+  console.log(`big: detector loaded, RSS ${mb(rssNow())} MiB, peak so far ${mb(peak())} MiB, numTensors ${tf.memory().numTensors}`);
+  console.log('| run | seconds | faces | numTensors | RSS after (MiB) | peak RSS so far (MiB) |');
   console.log('|---:|---:|---:|---:|---:|---:|');
   const tensors = tf.memory().numTensors;
   let ok = true;
