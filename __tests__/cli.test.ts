@@ -15,7 +15,7 @@ import { DetectionModel, Img2Pose, LoadOptions } from '../src/detector';
 import { WeightsError } from '../src/errors';
 import { ModelConfig, RawDetections } from '../src/model';
 import { formulaWeights } from '../src/formula_weights';
-import { decodeImage } from '../src/visualize';
+import { decodeBitmap } from '../src/io';
 import { goldenCase, imagePath } from './utils/golden';
 
 /** Three detections per image, scaled to its size: scores 0.9, 0.3, 0.06 (network order 0.3 first). */
@@ -188,7 +188,7 @@ describe('img2pose detect', () => {
     const r = await run(['detect', p('photos'), '--weights', 'w', '--draw', dir]);
     expect(r.code).toBe(0);
     expect(fs.readdirSync(dir).sort()).toEqual(['a.png', 'b.png']);
-    const b = decodeImage(fs.readFileSync(path.join(dir, 'b.png')));
+    const b = await decodeBitmap(fs.readFileSync(path.join(dir, 'b.png')));
     expect([b.width, b.height]).toEqual([64, 48]);
     // The 0.9 face's box (2, 3)-(32, 24): its left edge is green over the blue-grey background.
     const px = (x: number, y: number) => Array.from(b.data.subarray((y * 64 + x) * 4, (y * 64 + x) * 4 + 3));
@@ -265,7 +265,7 @@ describe('img2pose demo', () => {
     const json = JSON.parse(fs.readFileSync(path.join(out, 'demo.json'), 'utf8'));
     expect(json.faces).toHaveLength(1);
     expect(json.weights).toMatch(/untrained/);
-    const png = decodeImage(fs.readFileSync(path.join(out, 'demo.png')));
+    const png = await decodeBitmap(fs.readFileSync(path.join(out, 'demo.png')));
     expect([png.width, png.height]).toEqual([640, 359]);
   });
 });

@@ -3,7 +3,8 @@ import * as os from 'os';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { Jimp } from 'jimp';
-import { DrawableFace, clipSegment, decodeImage, poseAxes2d, visualize } from '../src/visualize';
+import { DrawableFace, clipSegment, poseAxes2d, visualize } from '../src/visualize';
+import { decodeBitmap } from '../src/io';
 import { imagePath } from './utils/golden';
 
 const W = 120;
@@ -15,7 +16,7 @@ async function grayPng(): Promise<Buffer> {
 }
 
 async function decode(png: Buffer): Promise<{ width: number; height: number; rgb: (x: number, y: number) => number[] }> {
-  const { width, height, data } = decodeImage(png);
+  const { width, height, data } = await decodeBitmap(png);
   return { width, height, rgb: (x, y) => Array.from(data.subarray((y * width + x) * 4, (y * width + x) * 4 + 3)) };
 }
 
@@ -60,8 +61,8 @@ describe('visualize', () => {
   });
 
   it('changes nothing when there are no faces', async () => {
-    const input = decodeImage(fs.readFileSync(imagePath('small_1.png')));
-    const out = decodeImage(await visualize(imagePath('small_1.png'), []));
+    const input = await decodeBitmap(fs.readFileSync(imagePath('small_1.png')));
+    const out = await decodeBitmap(await visualize(imagePath('small_1.png'), []));
     expect([out.width, out.height]).toEqual([120, 90]);
     expect([out.width, out.height]).toEqual([input.width, input.height]);
     expect(Buffer.compare(out.data, input.data)).toBe(0);
@@ -87,8 +88,8 @@ describe('visualize', () => {
     const raw = { data: new Uint8Array(W * H).fill(128), width: W, height: H, channels: 1 as const };
     const fromRaw = await visualize(raw, [face]);
     expect(tf.memory().numTensors).toBe(before);
-    expect(Buffer.compare(decodeImage(fromTensor).data, decodeImage(fromPng).data)).toBe(0);
-    expect(Buffer.compare(decodeImage(fromRaw).data, decodeImage(fromPng).data)).toBe(0);
+    expect(Buffer.compare((await decodeBitmap(fromTensor)).data, (await decodeBitmap(fromPng)).data)).toBe(0);
+    expect(Buffer.compare((await decodeBitmap(fromRaw)).data, (await decodeBitmap(fromPng)).data)).toBe(0);
   });
 
   it('draws the pose axes from the projected head origin', async () => {

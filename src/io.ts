@@ -94,6 +94,21 @@ export async function decodeImage(input: ImageInput, index?: number): Promise<tf
   return fail(EXPECTED_KINDS, describeValue(input));
 }
 
+/**
+ * An encoded image (file path or bytes) decoded to its RGBA bitmap, with `decodeImage`'s checks and
+ * `InputError`s. For callers that draw on pixels rather than run the network (`visualize`).
+ */
+export async function decodeBitmap(input: string | Uint8Array | ArrayBuffer, index?: number): Promise<Bitmap> {
+  const where = describeInput(input);
+  const fail = (expected: string, found: string, cause?: unknown): never => {
+    throw new InputError({ index, input: where, expected, found, cause });
+  };
+  const bytes =
+    typeof input === 'string' ? await readImageFile(input, fail) : input instanceof ArrayBuffer ? new Uint8Array(input) : input;
+  const decoded = await decodeBytes(bytes, fail);
+  return { width: decoded.width, height: decoded.height, data: new Uint8Array(decoded.data) };
+}
+
 type Fail = (expected: string, found: string, cause?: unknown) => never;
 
 const IMAGE_FILE = 'a readable JPEG or PNG image file';
@@ -195,7 +210,8 @@ function headHex(b: Uint8Array): string {
 }
 
 /** RGBA, 8 bits per sample: what jimp decodes to. */
-interface Bitmap {
+/** RGBA, 4 bytes a pixel, row-major. */
+export interface Bitmap {
   data: Uint8Array;
   width: number;
   height: number;

@@ -6,8 +6,8 @@
  * `import()` that CommonJS test runners cannot execute. jimp only decodes and encodes here.
  */
 import * as fs from 'fs';
-import { Jimp, defaultFormats } from 'jimp';
-import { ImageInput, decodeImage as decodeToTensor, sniffFormat } from './io';
+import { Jimp } from 'jimp';
+import { ImageInput, decodeBitmap, decodeImage as decodeToTensor } from './io';
 import { projectPoints, transformPoints } from './pose';
 
 /**
@@ -95,30 +95,8 @@ export async function encodePng(bm: RgbaBitmap): Promise<Buffer> {
   );
 }
 
-const MIME: Record<NonNullable<ReturnType<typeof sniffFormat>>, string> = {
-  JPEG: 'image/jpeg',
-  PNG: 'image/png',
-  BMP: 'image/bmp',
-  GIF: 'image/gif',
-  TIFF: 'image/tiff',
-};
-
-/**
- * Decodes PNG, JPEG, GIF, BMP or TIFF bytes to RGBA with jimp's codec for the sniffed format
- * (jimp's own detection is the dynamic import mentioned above). No EXIF rotation, as src/io.ts.
- */
-export function decodeImage(bytes: Uint8Array, source = 'image'): RgbaBitmap {
-  const format = sniffFormat(bytes);
-  const codec = format && defaultFormats.map((f) => f()).find((f) => f.mime === MIME[format]);
-  if (!codec) throw new Error(`${source}: not a PNG, JPEG, GIF, BMP or TIFF image`);
-  const decoded = codec.decode(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
-  return { width: decoded.width, height: decoded.height, data: new Uint8Array(decoded.data) };
-}
-
 async function toBitmap(image: VisualizeImage): Promise<RgbaBitmap> {
-  if (typeof image === 'string') return decodeImage(await fs.promises.readFile(image), image);
-  if (image instanceof Uint8Array) return decodeImage(image);
-  if (image instanceof ArrayBuffer) return decodeImage(new Uint8Array(image));
+  if (typeof image === 'string' || image instanceof Uint8Array || image instanceof ArrayBuffer) return decodeBitmap(image);
   if ('bitmap' in image) {
     const { width, height, data } = image.bitmap;
     if (data.length !== width * height * 4) {
