@@ -3,9 +3,16 @@
  * criteria: checked on the golden teaser detections against perturbed copies of themselves, and
  * against the test suite's own matcher.
  */
-import { Dets, failures, identical, matchDetections } from '../bench/compare_upstream';
+import { failures, identical, matchDetections } from '../bench/compare_upstream';
 import { golden } from './utils/golden';
 import { matchDetections as testMatcher } from './utils/match';
+
+/** Plain arrays, so the perturbations below can use array methods. */
+interface Dets {
+  boxes: number[];
+  scores: number[];
+  dofs: number[];
+}
 
 function teaser(): Dets {
   return {
