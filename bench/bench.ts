@@ -156,7 +156,7 @@ function report(o: BenchOptions, backend: string, rows: Row[], warmupMs: number)
     `- backend: ${backend} (asked: ${o.backend}); Node ${m.node}; tfjs ${m.tfjs}`,
     `- input transform: min ${o.minSize} / max ${o.maxSize}; weights: ${o.weights ?? 'formula (untrained ResNet-18)'}; ` +
       `faces compared at threshold ${o.threshold}`,
-    `- same = ${'crops of one size from teaser.png'}; mixed = fixture images of different sizes (padded to the largest in a batch)`,
+    `- same = ${'crops of one size from teaser.png'}; mixed = fixture images of different sizes (stacked in groups of similar padded size, see Img2PoseModel.predict)`,
     `- timings: median of ${o.repeats} run(s) after a warm-up (${(warmupMs / 1000).toFixed(1)} s); date ${m.date}`,
     `- command: \`${m.command}\``,
     '',
