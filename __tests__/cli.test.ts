@@ -261,12 +261,12 @@ describe('img2pose demo', () => {
       expect(Array.from(w.poseMean)).toEqual([0, 0, 0, 0, 0, 3]);
       for (const t of w.tensors.values()) t.dispose();
     }
-    expect(model.batches[0].sizes).toEqual([[359, 640]]);
+    expect(model.batches[0].sizes).toEqual([[718, 1280]]);
     const json = JSON.parse(fs.readFileSync(path.join(out, 'demo.json'), 'utf8'));
     expect(json.faces).toHaveLength(1);
     expect(json.weights).toMatch(/untrained/);
     const png = await decodeBitmap(fs.readFileSync(path.join(out, 'demo.png')));
-    expect([png.width, png.height]).toEqual([640, 359]);
+    expect([png.width, png.height]).toEqual([1280, 718]);
   });
 });
 
