@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { parseNpy } from '../converter/npy';
+import { failures, matchDetections, pct, sci } from './match';
 import { formulaWeights } from '../src/formula_weights';
 import { decodeImage } from '../src/io';
 import { Img2PoseModel, RawDetections } from '../src/model';
@@ -40,70 +41,20 @@ function goldenFinal(files: Record<string, string>): RawDetections {
   };
 }
 
-function iou(a: ArrayLike<number>, ai: number, b: ArrayLike<number>, bi: number): number {
-  const [ax1, ay1, ax2, ay2] = [a[ai * 4], a[ai * 4 + 1], a[ai * 4 + 2], a[ai * 4 + 3]];
-  const [bx1, by1, bx2, by2] = [b[bi * 4], b[bi * 4 + 1], b[bi * 4 + 2], b[bi * 4 + 3]];
-  const iw = Math.max(0, Math.min(ax2, bx2) - Math.max(ax1, bx1));
-  const ih = Math.max(0, Math.min(ay2, by2) - Math.max(ay1, by1));
-  const inter = iw * ih;
-  const union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter;
-  return union > 0 ? inter / union : 0;
-}
-
 export interface Comparison {
   ok: boolean;
   detail: string;
 }
 
-/** The end-to-end tolerance of fixtures/README.md, ours vs reference. */
+/** The end-to-end tolerance of fixtures/README.md, ours vs reference (the project's one matcher). */
 export function compareDetections(ours: RawDetections, ref: RawDetections): Comparison {
-  const keep = (d: RawDetections): number[] =>
-    Array.from(d.scores.keys()).filter((i) => d.scores[i] >= 0.1).sort((i, j) => d.scores[j] - d.scores[i]);
-  const o = keep(ours);
-  const r = keep(ref);
-  const used = new Set<number>();
-  const pairs: [number, number][] = [];
-  for (const ri of r) {
-    let best = -1;
-    let bestIou = 0.95;
-    for (const oi of o) {
-      if (used.has(oi)) continue;
-      const v = iou(ours.boxes, oi, ref.boxes, ri);
-      if (v >= bestIou) {
-        bestIou = v;
-        best = oi;
-      }
-    }
-    if (best >= 0) {
-      used.add(best);
-      pairs.push([best, ri]);
-    }
-  }
-  let dScore = 0;
-  let dRot = 0;
-  let dTrans = 0;
-  let dBox = 0;
-  for (const [oi, ri] of pairs) {
-    dScore = Math.max(dScore, Math.abs(ours.scores[oi] - ref.scores[ri]));
-    for (let k = 0; k < 3; k++) dRot = Math.max(dRot, Math.abs(ours.dofs[oi * 6 + k] - ref.dofs[ri * 6 + k]));
-    let num = 0;
-    let den = 0;
-    for (let k = 3; k < 6; k++) {
-      num += (ours.dofs[oi * 6 + k] - ref.dofs[ri * 6 + k]) ** 2;
-      den += ref.dofs[ri * 6 + k] ** 2;
-    }
-    dTrans = Math.max(dTrans, Math.sqrt(num / Math.max(den, 1e-12)));
-    for (let k = 0; k < 4; k++) dBox = Math.max(dBox, Math.abs(ours.boxes[oi * 4 + k] - ref.boxes[ri * 4 + k]));
-  }
-  const faces = (d: RawDetections): number => d.scores.filter((s) => s >= 0.5).length;
-  const fracRef = r.length ? pairs.length / r.length : 1;
-  const fracOurs = o.length ? pairs.length / o.length : 1;
-  const ok = fracRef >= 0.98 && fracOurs >= 0.98 && dScore <= 1e-3 && dRot <= 1e-3 && dTrans <= 1e-3 && dBox <= 1 &&
-    faces(ours) === faces(ref);
-  const detail = `n>=0.1 ours ${o.length} ref ${r.length} matched ${pairs.length} (${(100 * Math.min(fracRef, fracOurs)).toFixed(1)}%) ` +
-    `faces>=0.5 ${faces(ours)}/${faces(ref)} max|dscore| ${dScore.toExponential(1)} max|drot| ${dRot.toExponential(1)} ` +
-    `max rel dt ${dTrans.toExponential(1)} max|dbox| ${dBox.toFixed(3)}`;
-  return { ok, detail };
+  const r = matchDetections(ours, ref);
+  const bad = failures(r);
+  const detail =
+    `dets ours ${r.ours} ref ${r.ref}, matched (>=0.1) ours ${pct(r.matchedOurs)} ref ${pct(r.matchedRef)} ` +
+    `faces>=0.5 ${r.oursAbove05}/${r.refAbove05} max|dscore| ${sci(r.maxScoreDiff)} max|drot| ${sci(r.maxRotDiff)} ` +
+    `max rel dt ${sci(r.maxTransRel)} max|dbox| ${r.maxBoxDiff.toFixed(3)}` + (bad.length ? ` FAILS: ${bad.join(', ')}` : '');
+  return { ok: bad.length === 0, detail };
 }
 
 async function main(): Promise<void> {
