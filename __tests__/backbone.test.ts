@@ -2,28 +2,14 @@
  * ResNet-FPN backbone against the upstream reference (formula weights), and batch == single:
  * an image's features must not depend on the other images of its batch.
  */
-import * as fs from 'fs';
 import * as tf from '@tensorflow/tfjs';
-import png from '@jimp/js-png';
 import { toTfjsLayout } from '../converter/layout';
 import { Backbone, FEATURE_NAMES } from '../src/backbone';
 import { convOutputSize, foldFrozenBatchNorm, readsBeyondRegion } from '../src/layers';
 import { prepareBatch } from '../src/transform';
 import { disposeWeights, Img2PoseWeights, ResNetDepth } from '../src/weights';
 import { formulaTensor, formulaWeights, keySpecs } from './utils/formula';
-import { golden, goldenCase, imagePath, relError } from './utils/golden';
-
-/** A golden PNG as HWC int32 RGB, decoded by jimp's PNG codec (see transform.test.ts). */
-function loadRgb(name: string): tf.Tensor3D {
-  const { data, width, height } = png().decode(fs.readFileSync(imagePath(name)));
-  const rgb = new Int32Array(width * height * 3);
-  for (let i = 0, j = 0; j < rgb.length; i += 4, j += 3) {
-    rgb[j] = data[i];
-    rgb[j + 1] = data[i + 1];
-    rgb[j + 2] = data[i + 2];
-  }
-  return tf.tensor3d(rgb, [height, width, 3], 'int32');
-}
+import { golden, goldenCase, loadGoldenRgb, relError } from './utils/golden';
 
 /** A golden (C, H, W) tensor as a (1, H, W, C) batch. */
 function nhwcFromGolden(caseId: string, key: string): tf.Tensor4D {
@@ -132,8 +118,8 @@ describe('Backbone (ResNet-18 formula weights)', () => {
     let portrait: tf.Tensor3D;
     const { min_size: minSize, max_size: maxSize } = goldenCase('tiny_batch');
     beforeAll(() => {
-      teaser = loadRgb('teaser.png');
-      portrait = loadRgb('portrait_1.png');
+      teaser = loadGoldenRgb('teaser.png');
+      portrait = loadGoldenRgb('portrait_1.png');
     });
     afterAll(() => tf.dispose([teaser, portrait]));
 
@@ -210,7 +196,7 @@ describe('Backbone (ResNet-18 formula weights)', () => {
   for (const id of ['teaser', 'small']) {
     it(`reproduces ${id}'s per-level channel means and middle rows (image through our transform)`, () => {
       const c = goldenCase(id);
-      const image = loadRgb(c.image!);
+      const image = loadGoldenRgb(c.image!);
       const batch = prepareBatch([image], c.min_size, c.max_size);
       expect([batch.images.shape[1], batch.images.shape[2]]).toEqual(c.padded_shape!.slice(2));
       const levels = backbone.forward(batch.images, batch.paddedSizes);

@@ -4,25 +4,8 @@
  */
 import * as fs from 'fs';
 import * as tf from '@tensorflow/tfjs';
-import png from '@jimp/js-png';
 import { bilinearTaps, normalizePixel, paddedSize, prepareBatch, resizedSize } from '../src/transform';
-import { golden, goldenCase, imagePath, manifest, relError } from './utils/golden';
-
-/**
- * A golden PNG as an HWC int32 RGB tensor, decoded by jimp's PNG codec (Jimp.read sniffs the
- * type with a dynamic import() that jest's CommonJS runtime rejects). The bitmap is RGBA;
- * upstream's convert('RGB') drops alpha.
- */
-function loadRgb(name: string): tf.Tensor3D {
-  const { data, width, height } = png().decode(fs.readFileSync(imagePath(name)));
-  const rgb = new Int32Array(width * height * 3);
-  for (let i = 0, j = 0; j < rgb.length; i += 4, j += 3) {
-    rgb[j] = data[i];
-    rgb[j + 1] = data[i + 1];
-    rgb[j + 2] = data[i + 2];
-  }
-  return tf.tensor3d(rgb, [height, width, 3], 'int32');
-}
+import { golden, goldenCase, imagePath, loadGoldenRgb, manifest, relError } from './utils/golden';
 
 /** [height, width] from a PNG's IHDR chunk. */
 function pngSize(name: string): [number, number] {
@@ -185,8 +168,8 @@ describe('prepareBatch', () => {
   let teaser: tf.Tensor3D;
   let portrait: tf.Tensor3D;
   beforeAll(() => {
-    teaser = loadRgb(goldenCase('tiny_teaser').image!);
-    portrait = loadRgb(goldenCase('tiny_portrait').image!);
+    teaser = loadGoldenRgb(goldenCase('tiny_teaser').image!);
+    portrait = loadGoldenRgb(goldenCase('tiny_portrait').image!);
   });
   afterAll(() => tf.dispose([teaser, portrait]));
 

@@ -17,13 +17,12 @@ import { BACKEND_CHOICES, BackendChoice, selectBackend } from '../src/backend';
 import { Face, Img2Pose } from '../src/detector';
 import { BatchError } from '../src/errors';
 import { formulaWeights } from '../src/formula_weights';
-import { Img2PoseModel, StageTimings, emptyTimings } from '../src/model';
-import { disposeWeights } from '../src/weights';
-import { loadWeights } from '../src/weights_io';
+import { StageTimings, emptyTimings } from '../src/model';
 import {
   BenchImage,
   FaceDiff,
   SetKind,
+  buildModel,
   buildSet,
   compareFaces,
   describeDiff,
@@ -232,13 +231,7 @@ const STAGES: (keyof StageTimings)[] = ['transform', 'backbone', 'rpn', 'roiAlig
  */
 async function runStages(o: BenchOptions): Promise<string> {
   const backend = await selectBackend(o.backend);
-  const weights = o.weights ? await loadWeights(o.weights) : formulaWeights();
-  let model: Img2PoseModel;
-  try {
-    model = new Img2PoseModel(weights);
-  } finally {
-    disposeWeights(weights); // the model keeps its own (folded) copies
-  }
+  const model = await buildModel(o.weights);
   const config = { minSize: o.minSize, maxSize: o.maxSize };
   const maxCount = Math.max(...o.counts);
   const sections: string[] = [];

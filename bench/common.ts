@@ -8,6 +8,10 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import type { Face } from '../src/detector';
 import { decodeImage } from '../src/io';
+import { formulaWeights } from '../src/formula_weights';
+import { Img2PoseModel } from '../src/model';
+import { disposeWeights } from '../src/weights';
+import { loadWeights } from '../src/weights_io';
 
 /** The repository root (holds package.json), from bench/ (ts) or dist/bench/ (built) alike. */
 export function repoRoot(): string {
@@ -167,4 +171,14 @@ export function parseCounts(value: string): number[] {
   const xs = value.split(',').map((s) => Number(s.trim()));
   if (xs.length === 0 || xs.some((x) => !Number.isInteger(x) || x < 1)) throw new Error(`expected counts like 1,2,4,8, got ${value}`);
   return xs;
+}
+
+/** The network from converted weights or a .pth, or from the formula test weights when none are given. */
+export async function buildModel(weightsPath?: string): Promise<Img2PoseModel> {
+  const weights = weightsPath ? await loadWeights(weightsPath) : formulaWeights();
+  try {
+    return new Img2PoseModel(weights);
+  } finally {
+    disposeWeights(weights); // the model keeps its own folded copies
+  }
 }

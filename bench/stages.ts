@@ -23,13 +23,10 @@ import { Command } from 'commander';
 import * as tf from '@tensorflow/tfjs';
 import { BACKEND_CHOICES, BackendChoice, selectBackend } from '../src/backend';
 import { processPrediction } from '../src/detector';
-import { formulaWeights } from '../src/formula_weights';
 import { decodeImage } from '../src/io';
 import { Img2PoseModel, StageTimings, emptyTimings } from '../src/model';
 import { resizedSize } from '../src/transform';
-import { disposeWeights } from '../src/weights';
-import { loadWeights } from '../src/weights_io';
-import { machineInfo, markdownTable, median, repoRoot, timeMs } from './common';
+import { buildModel, machineInfo, markdownTable, median, repoRoot, timeMs } from './common';
 
 const STAGES: (keyof StageTimings)[] = ['transform', 'backbone', 'rpn', 'roiAlign', 'heads', 'postprocess'];
 
@@ -213,13 +210,7 @@ function section(minSize: number, maxSize: number, resized: string, series: Seri
 async function main(): Promise<void> {
   const o = parseOptions(process.argv);
   const backend = await selectBackend(o.backend);
-  const weights = o.weights ? await loadWeights(o.weights) : formulaWeights();
-  let model: Img2PoseModel;
-  try {
-    model = new Img2PoseModel(weights);
-  } finally {
-    disposeWeights(weights); // the model keeps its own folded copies
-  }
+  const model = await buildModel(o.weights);
   const image = await decodeImage(o.image);
   const [h, w] = image.shape;
   const servers: { server: UpstreamServer; label: string }[] = [];

@@ -1,6 +1,8 @@
 /** Access to the golden references of the upstream PyTorch run (copied from shared/fixtures). */
 import * as fs from 'fs';
 import * as path from 'path';
+import * as tf from '@tensorflow/tfjs';
+import png from '@jimp/js-png';
 import { parseNpy, NpyArray } from '../../converter/npy';
 import { FIXTURES } from './formula';
 
@@ -70,4 +72,20 @@ export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
     den += b[i] * b[i];
   }
   return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
+}
+
+/**
+ * A golden PNG as an HWC int32 RGB tensor, decoded by jimp's PNG codec (Jimp.read sniffs the
+ * type with a dynamic import() that jest's CommonJS runtime rejects). The bitmap is RGBA;
+ * upstream's convert('RGB') drops alpha.
+ */
+export function loadGoldenRgb(name: string): tf.Tensor3D {
+  const { data, width, height } = png().decode(fs.readFileSync(imagePath(name)));
+  const rgb = new Int32Array(width * height * 3);
+  for (let i = 0, j = 0; j < rgb.length; i += 4, j += 3) {
+    rgb[j] = data[i];
+    rgb[j + 1] = data[i + 1];
+    rgb[j + 2] = data[i + 2];
+  }
+  return tf.tensor3d(rgb, [height, width, 3], 'int32');
 }
