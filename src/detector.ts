@@ -27,6 +27,8 @@ import {
 } from './errors';
 import { ImageInput, decodeImage } from './io';
 import { Img2PoseModel, ModelConfig, RawDetections } from './model';
+import { cores, workerScript } from './threads';
+import { ThreadedModel } from './threaded_model';
 import { setKernelMode } from './webgpu';
 import { KeypointName, projectKeypoints } from './pose';
 import { Img2PoseWeights, disposeWeights } from './weights';
@@ -88,6 +90,16 @@ export interface LoadOptions extends Partial<DetectorOptions>, LoadWeightsOption
    * stock tfjs ops. No effect on other backends.
    */
   webgpuKernels?: boolean;
+  /**
+   * CPU threads a batch may use. On wasm and cpu (single-threaded in Node) each thread is a
+   * worker with its own copy of the network, and a batch is shared out among them; on webgpu and
+   * tensorflow the per-image host stages of a batch (proposal filtering, post-processing) run on
+   * them while the device waits. 1 keeps everything on the calling thread. 'auto' (default):
+   * the `IMG2POSE_THREADS` environment variable if set, else the cores available, at most 4 on
+   * wasm/cpu (each worker holds ~0.2 GB of weights and up to a few GB of activations) and 8
+   * elsewhere. Results are the same whatever the count.
+   */
+  threads?: number | 'auto';
 }
 
 /** What the detector needs of a network; `Img2PoseModel` is one, tests pass fakes. */
@@ -129,8 +141,9 @@ export class Img2Pose {
     if (typeof options !== 'object' || options === null) {
       throw new OptionError('options', 'an object with at least { weights }', options);
     }
-    const { weights, backend = 'auto', poseMean, poseStddev, warn, webgpuKernels = true, ...rest } = options;
+    const { weights, backend = 'auto', poseMean, poseStddev, warn, webgpuKernels = true, threads = 'auto', ...rest } = options;
     const resolved = resolveOptions(rest);
+    if (!(threads === 'auto' || isPositiveInt(threads))) throw new OptionError('threads', "'auto' or a positive integer", threads);
     if (!BACKEND_CHOICES.includes(backend)) {
       throw new OptionError('backend', `one of ${BACKEND_CHOICES.join(', ')}`, backend);
     }
@@ -141,9 +154,9 @@ export class Img2Pose {
     setKernelMode(backendName === 'webgpu' && webgpuKernels ? 'webgpu' : 'portable');
     const fromDisk = typeof weights === 'string';
     const loaded = fromDisk ? await loadWeightsOrExplain(weights, { poseMean, poseStddev, warn }) : weights;
-    let model: Img2PoseModel;
+    let model: DetectionModel;
     try {
-      model = new Img2PoseModel(loaded);
+      model = await buildModel(loaded, backendName, threadCount(threads, backendName));
     } catch (e) {
       if (e instanceof Img2PoseError) throw e;
       throw new WeightsError(`These weights do not fit the img2pose network: ${messageOf(e)}`, {
@@ -347,6 +360,33 @@ export class Img2Pose {
     checkMaxFaces(maxFaces);
     return { scoreThreshold, maxFaces };
   }
+}
+
+const CPU_BACKENDS = ['wasm', 'cpu'];
+
+/** The `threads` option resolved for `backend` (see LoadOptions.threads). */
+export function threadCount(threads: number | 'auto', backend: string, env: NodeJS.ProcessEnv = process.env): number {
+  if (threads !== 'auto') return threads;
+  const fromEnv = env.IMG2POSE_THREADS;
+  if (fromEnv !== undefined && fromEnv !== '') {
+    const n = Number(fromEnv);
+    if (!isPositiveInt(n)) throw new OptionError('IMG2POSE_THREADS', 'a positive integer', fromEnv);
+    return n;
+  }
+  return Math.min(cores(), CPU_BACKENDS.includes(backend) ? 4 : 8);
+}
+
+/**
+ * The network for `backend`: on the CPU backends with several threads, copies of it on worker
+ * threads; otherwise one in this thread, with host-stage workers when threads > 1. Without the
+ * compiled worker script (running from TypeScript sources), everything stays in this thread.
+ */
+async function buildModel(weights: Img2PoseWeights, backend: string, threads: number): Promise<DetectionModel> {
+  const script = threads > 1 ? workerScript() : null;
+  if (script && CPU_BACKENDS.includes(backend)) {
+    return ThreadedModel.start(script, weights, backend as 'wasm' | 'cpu', threads);
+  }
+  return new Img2PoseModel(weights, { hostThreads: script ? threads : 0 });
 }
 
 /**

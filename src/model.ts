@@ -1,11 +1,12 @@
 import * as tf from '@tensorflow/tfjs';
 import { Backbone } from './backbone';
-import { postprocessDetections } from './postprocess';
+import { Detections, postprocessDetections, PostprocessInput } from './postprocess';
 import { REFERENCE_POINTS_68 } from './reference_points';
 import { multiScaleRoIAlign } from './roi_align';
 import { RoIHeads } from './roi_heads';
 import { Proposals, RegionProposalNetwork } from './rpn';
 import { paddedSize, prepareBatchAsync, resizedSize, Size } from './transform';
+import { WorkerPool, workerScript } from './threads';
 import { Img2PoseWeights } from './weights';
 
 /** Sizes of the input transform (upstream's min_size / max_size). */
@@ -38,6 +39,16 @@ export interface StageTimings {
 
 export function emptyTimings(): StageTimings {
   return { transform: 0, backbone: 0, rpn: 0, roiAlign: 0, heads: 0, postprocess: 0 };
+}
+
+export interface ModelOptions {
+  /**
+   * Worker threads for the per-image host stages of a batch (RPN proposal filtering and ROI
+   * post-processing), which otherwise run one image after another on the main thread while the
+   * GPU waits. 0 (default) keeps them on the main thread. Started at the first batch; ignored,
+   * with the work done in-thread, where the compiled worker script is missing.
+   */
+  hostThreads?: number;
 }
 
 export interface PredictOptions {
@@ -143,13 +154,18 @@ export class Img2PoseModel {
   private readonly roiHeads: RoIHeads;
   private readonly poseMean: Float64Array;
   private readonly poseStddev: Float64Array;
+  private readonly hostThreads: number;
+  private hostPool: WorkerPool | null | undefined;
   private disposed = false;
 
   /**
    * Builds the stages from `weights`. Each stage keeps its own folded/permuted copies, so the
    * caller still owns `weights` and may dispose them once this returns.
    */
-  constructor(weights: Img2PoseWeights) {
+  constructor(weights: Img2PoseWeights, options: ModelOptions = {}) {
+    const hostThreads = options.hostThreads ?? 0;
+    if (!(Number.isInteger(hostThreads) && hostThreads >= 0)) throw new RangeError(`hostThreads must be an integer >= 0, got ${hostThreads}`);
+    this.hostThreads = hostThreads;
     const built: { dispose(): void }[] = [];
     try {
       this.backbone = new Backbone(weights);
@@ -205,23 +221,31 @@ export class Img2PoseModel {
       features = this.backbone.forward(batch.images, batch.paddedSizes);
       batch.images.dispose();
       await lap('backbone', features[features.length - 1]);
-      const proposals = await this.rpn.forward(features, batch.imageSizes, batch.paddedSizes);
+      const pool = images.length > 1 ? this.pool() : undefined;
+      const proposals = await this.rpn.forward(features, batch.imageSizes, batch.paddedSizes, pool);
       await lap('rpn');
       const heads = await this.runHeads(features, proposals, batch.imageSizes, batch.paddedSizes, lap);
       tf.dispose(features);
       features = [];
-      const results = proposals.map((p, i) =>
-        postprocessDetections({
-          proposals: p.boxes,
-          classLogits: heads[i].classLogits,
-          dofRegression: heads[i].dofRegression,
-          imageSize: batch.imageSizes[i],
-          originalSize: batch.originalSizes[i],
-          poseMean: this.poseMean,
-          poseStddev: this.poseStddev,
-          referencePoints: REFERENCE_POINTS_68,
-        }),
-      );
+      const inputs: PostprocessInput[] = proposals.map((p, i) => ({
+        proposals: p.boxes,
+        classLogits: heads[i].classLogits,
+        dofRegression: heads[i].dofRegression,
+        imageSize: batch.imageSizes[i],
+        originalSize: batch.originalSizes[i],
+        poseMean: this.poseMean,
+        poseStddev: this.poseStddev,
+        referencePoints: REFERENCE_POINTS_68,
+      }));
+      const results = pool
+        ? await Promise.all(
+            inputs.map((input) => {
+              // Own copies: a view would carry its whole chunk's buffer along.
+              const own = { ...input, classLogits: input.classLogits.slice(), dofRegression: input.dofRegression.slice() };
+              return pool.run<Detections>({ kind: 'postprocess', payload: own }, [own.classLogits.buffer as ArrayBuffer, own.dofRegression.buffer as ArrayBuffer]);
+            }),
+          )
+        : inputs.map(postprocessDetections);
       await lap('postprocess');
       return results;
     } finally {
@@ -265,9 +289,24 @@ export class Img2PoseModel {
     return out;
   }
 
+  /** The host-thread pool, started on first use; undefined when there is none. */
+  private pool(): WorkerPool | undefined {
+    if (this.hostPool === undefined) {
+      const script = this.hostThreads > 0 ? workerScript() : null;
+      this.hostPool = script ? new WorkerPool(script, this.hostThreads) : null;
+    }
+    return this.hostPool ?? undefined;
+  }
+
+  /** True when batches run their host stages on worker threads. */
+  get usesHostThreads(): boolean {
+    return this.pool() !== undefined;
+  }
+
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    void this.hostPool?.terminate();
     this.backbone.dispose();
     this.rpn.dispose();
     this.roiHeads.dispose();

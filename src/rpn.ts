@@ -12,6 +12,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { conv } from './webgpu';
+import { WorkerPool } from './threads';
 import { Img2PoseWeights } from './weights';
 import { ANCHORS_PER_LOCATION, featureSizes, sharedImageAnchors } from './anchors';
 import { clipBoxesToImage, removeSmallBoxes } from './boxes';
@@ -474,26 +475,24 @@ export class RegionProposalNetwork {
     );
   }
 
-  /** Head outputs per image, own region only, flattened in upstream order. */
-  async predictHead(features: tf.Tensor4D[], paddedSizes: Size[]): Promise<RpnHeadOutput[]> {
+  /**
+   * The head's raw output, read back: per level the batch's [N, H, W, 15] values and their
+   * (H, W), and one proposal job per image referring to them. Every level's readback is
+   * requested before any is awaited, so on a GPU they overlap.
+   */
+  async predictHead(features: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[]): Promise<ProposalJob[]> {
     const outputs = this.head(features, paddedSizes);
-    const regions = ownRegions(paddedSizes);
     try {
-      // Every level's readback is requested before any is awaited, so on a GPU they overlap.
-      const levelValues = await Promise.all(outputs.map((o) => o.data() as Promise<Float32Array>));
-      return paddedSizes.map((_, i) => {
-        const perLevel = regions[i].map((r) => r.height * r.width * ANCHORS_PER_LOCATION);
-        const total = perLevel.reduce((s, c) => s + c, 0);
-        const out: RpnHeadOutput = { objectness: new Float32Array(total), deltas: new Float32Array(total * 4), perLevel };
-        let o = 0;
-        outputs.forEach((output, level) => {
-          const [, height, width] = output.shape;
-          const { height: h, width: w } = regions[i][level];
-          if (h > height || w > width) throw new Error(`RPN: image ${i} needs a ${h}x${w} level ${level}, batch has ${height}x${width}`);
-          o = flattenLevel(levelValues[level], i, height, width, h, w, out, o);
-        });
-        return out;
-      });
+      const levels = await Promise.all(outputs.map((o) => o.data() as Promise<Float32Array>));
+      const levelSizes = outputs.map((o) => [o.shape[1], o.shape[2]] as Size);
+      return paddedSizes.map((paddedSize, image) => ({
+        levels,
+        levelSizes,
+        image,
+        paddedSize,
+        imageSize: imageSizes[image],
+        config: this.config,
+      }));
     } finally {
       tf.dispose(outputs);
     }
@@ -502,18 +501,63 @@ export class RegionProposalNetwork {
   /**
    * Proposals of every image. features: the five FPN levels of the batch (NHWC); imageSizes:
    * each image's resized size; paddedSizes: each image's own padded size (multiple of 32).
+   * With `pool`, the images' proposal filtering runs in parallel on its worker threads.
    */
-  async forward(features: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[]): Promise<Proposals[]> {
-    const heads = await this.predictHead(features, paddedSizes);
-    return heads.map((head, i) => {
-      const { anchors } = sharedImageAnchors(paddedSizes[i][0], paddedSizes[i][1]);
-      return filterProposals(head, anchors, imageSizes[i], this.config);
-    });
+  async forward(features: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[], pool?: WorkerPool): Promise<Proposals[]> {
+    const jobs = await this.predictHead(features, imageSizes, paddedSizes);
+    if (!pool) return jobs.map(proposalsOf);
+    return Promise.all(
+      jobs.map((job) => {
+        const own = ownJob(job);
+        return pool.run<Proposals>({ kind: 'proposals', payload: own }, own.levels.map((l) => l.buffer as ArrayBuffer));
+      }),
+    );
   }
 
   dispose(): void {
     tf.dispose([this.convWeight, this.convBias, this.predWeight, this.predBias]);
   }
+}
+
+/**
+ * One image's proposal filtering, self-contained so it can run on a worker thread: the batch's
+ * read-back head output per level ([N, H, W, 15] values and (H, W)), the image's index in it
+ * and its sizes.
+ */
+export interface ProposalJob {
+  levels: Float32Array[];
+  levelSizes: Size[];
+  image: number;
+  paddedSize: Size;
+  imageSize: Size;
+  config: RpnConfig;
+}
+
+/** The head output of the job's image (own region, upstream order) -> its proposals. */
+export function proposalsOf(job: ProposalJob): Proposals {
+  const regions = featureSizes(job.paddedSize[0], job.paddedSize[1]);
+  const perLevel = regions.map(([h, w]) => h * w * ANCHORS_PER_LOCATION);
+  const total = perLevel.reduce((s, c) => s + c, 0);
+  const head: RpnHeadOutput = { objectness: new Float32Array(total), deltas: new Float32Array(total * 4), perLevel };
+  let o = 0;
+  job.levels.forEach((values, level) => {
+    const [height, width] = job.levelSizes[level];
+    const [h, w] = regions[level];
+    if (h > height || w > width) throw new Error(`RPN: image ${job.image} needs a ${h}x${w} level ${level}, batch has ${height}x${width}`);
+    o = flattenLevel(values, job.image, height, width, h, w, head, o);
+  });
+  const { anchors } = sharedImageAnchors(job.paddedSize[0], job.paddedSize[1]);
+  return filterProposals(head, anchors, job.imageSize, job.config);
+}
+
+/** The job cut down to its own image's slab of each level (a copy to send to a worker). */
+function ownJob(job: ProposalJob): ProposalJob {
+  const levels = job.levels.map((values, level) => {
+    const [height, width] = job.levelSizes[level];
+    const slab = height * width * ANCHORS_PER_LOCATION * 5;
+    return values.slice(job.image * slab, (job.image + 1) * slab);
+  });
+  return { ...job, levels, image: 0 };
 }
 
 /**

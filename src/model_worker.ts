@@ -1,0 +1,53 @@
+/**
+ * The model side of a worker started by ThreadedModel: sets up its own tfjs backend, builds the
+ * network from the weights in its `workerData` and runs forwards on the images it is sent.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { selectBackend } from './backend';
+import { Img2PoseModel, RawDetections } from './model';
+import type { ModelWorkerData, PredictTask } from './threaded_model';
+import { disposeWeights, Img2PoseWeights } from './weights';
+
+async function build(data: ModelWorkerData): Promise<Img2PoseModel> {
+  const { backend, weights } = data.model;
+  await selectBackend(backend);
+  const w: Img2PoseWeights = {
+    depth: weights.depth,
+    tensors: new Map(weights.tensors.map((t) => [t.name, tf.tensor(t.data, t.shape, t.dtype)])),
+    poseMean: weights.poseMean,
+    poseStddev: weights.poseStddev,
+  };
+  try {
+    return new Img2PoseModel(w);
+  } finally {
+    disposeWeights(w);
+  }
+}
+
+type Done = { result: unknown; transfer: ArrayBuffer[] };
+
+/** Handlers for src/worker.ts; the network is built once, when the worker starts. */
+export function modelHandlers(data: ModelWorkerData): Record<string, (payload: unknown) => Promise<Done>> {
+  const model = build(data);
+  // A failed build is reported by the first task (model-ready), not as an unhandled rejection.
+  model.catch(() => undefined);
+  return {
+    async 'model-ready'(): Promise<Done> {
+      await model;
+      return { result: tf.getBackend(), transfer: [] };
+    },
+    async 'model-predict'(payload: unknown): Promise<Done> {
+      const task = payload as PredictTask;
+      const net = await model;
+      const images = task.images.map((p) => tf.tensor3d(p.data, p.shape, p.dtype));
+      let out: RawDetections[];
+      try {
+        out = await net.predict(images, task.config);
+      } finally {
+        tf.dispose(images);
+      }
+      const transfer = out.flatMap((r) => [r.boxes.buffer, r.scores.buffer, r.dofs.buffer] as ArrayBuffer[]);
+      return { result: out, transfer };
+    },
+  };
+}

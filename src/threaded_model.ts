@@ -1,0 +1,114 @@
+/**
+ * Whole forwards on worker threads, for the single-threaded CPU backends (wasm, cpu): each worker
+ * holds its own tfjs instance and copy of the network, and a batch is shared out among them, one
+ * stacked forward per worker. tfjs runs no wasm threads under Node, so this is how a batch uses
+ * more than one core; each image's result is still exactly its single-image result (the network
+ * never mixes images, and every worker runs the same kernels).
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { ModelConfig, RawDetections } from './model';
+import { paddedSize, resizedSize, Size } from './transform';
+import { WorkerPool } from './threads';
+import { Img2PoseWeights, ResNetDepth } from './weights';
+
+/** Weights as plain arrays, to hand to workers (each builds its own tensors from them). */
+export interface PortableWeights {
+  depth: ResNetDepth;
+  tensors: { name: string; shape: number[]; dtype: 'float32' | 'int32'; data: Float32Array | Int32Array }[];
+  poseMean: Float64Array;
+  poseStddev: Float64Array;
+}
+
+/** What a model worker is started with (its `workerData`), so a replaced worker rebuilds itself. */
+export interface ModelWorkerData {
+  model: { backend: 'wasm' | 'cpu'; weights: PortableWeights };
+}
+
+/** One image for a worker: pixels of a decoded [H, W, 3] tensor. */
+export interface PortableImage {
+  shape: [number, number, number];
+  dtype: 'float32' | 'int32';
+  data: Float32Array | Int32Array;
+}
+
+export interface PredictTask {
+  images: PortableImage[];
+  config: ModelConfig;
+}
+
+export async function portableWeights(weights: Img2PoseWeights): Promise<PortableWeights> {
+  const tensors: PortableWeights['tensors'] = [];
+  for (const [name, t] of weights.tensors) {
+    const dtype = t.dtype === 'int32' ? 'int32' : 'float32';
+    tensors.push({ name, shape: t.shape.slice(), dtype, data: (await t.data()) as Float32Array | Int32Array });
+  }
+  return { depth: weights.depth, tensors, poseMean: weights.poseMean.slice(), poseStddev: weights.poseStddev.slice() };
+}
+
+/**
+ * Splits images among `workers` by their padded pixel count, largest first to the least loaded
+ * (LPT): a batch of equal images splits evenly. Returns each worker's image indices, ascending.
+ */
+export function shareOut(padded: Size[], workers: number): number[][] {
+  const shares: number[][] = Array.from({ length: workers }, () => []);
+  const load = new Array<number>(workers).fill(0);
+  const order = padded.map((_, i) => i).sort((a, b) => padded[b][0] * padded[b][1] - padded[a][0] * padded[a][1] || a - b);
+  for (const i of order) {
+    let w = 0;
+    for (let k = 1; k < workers; k++) if (load[k] < load[w]) w = k;
+    shares[w].push(i);
+    load[w] += padded[i][0] * padded[i][1];
+  }
+  return shares.map((s) => s.sort((a, b) => a - b));
+}
+
+/** The network on `threads` workers; a `DetectionModel` for the detector. */
+export class ThreadedModel {
+  private constructor(private readonly pool: WorkerPool) {}
+
+  /** Starts the workers and waits until each has built its network (errors surface here). */
+  static async start(script: string, weights: Img2PoseWeights, backend: 'wasm' | 'cpu', threads: number): Promise<ThreadedModel> {
+    const data: ModelWorkerData = { model: { backend, weights: await portableWeights(weights) } };
+    const pool = new WorkerPool(script, threads, data);
+    try {
+      await pool.broadcast({ kind: 'model-ready', payload: null });
+    } catch (e) {
+      await pool.terminate();
+      throw e;
+    }
+    return new ThreadedModel(pool);
+  }
+
+  get threads(): number {
+    return this.pool.size;
+  }
+
+  async predict(images: tf.Tensor3D[], config: ModelConfig): Promise<RawDetections[]> {
+    const padded = images.map((t) => paddedSize(resizedSize(t.shape[0], t.shape[1], config.minSize, config.maxSize)));
+    const shares = shareOut(padded, Math.min(this.pool.size, images.length));
+    const results: RawDetections[] = new Array(images.length);
+    await Promise.all(
+      shares.map(async (share, worker) => {
+        if (share.length === 0) return;
+        const portable = await Promise.all(share.map((i) => portableImage(images[i])));
+        const out = await this.pool.run<RawDetections[]>(
+          { kind: 'model-predict', payload: { images: portable, config } satisfies PredictTask },
+          portable.map((p) => p.data.buffer as ArrayBuffer),
+          worker,
+        );
+        share.forEach((i, k) => (results[i] = out[k]));
+      }),
+    );
+    return results;
+  }
+
+  dispose(): void {
+    void this.pool.terminate();
+  }
+}
+
+async function portableImage(t: tf.Tensor3D): Promise<PortableImage> {
+  const dtype = t.dtype === 'int32' ? 'int32' : 'float32';
+  // data() returns a fresh copy on wasm/cpu, so it can be transferred.
+  return { shape: [t.shape[0], t.shape[1], t.shape[2]], dtype, data: (await t.data()) as Float32Array | Int32Array };
+}

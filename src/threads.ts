@@ -1,0 +1,164 @@
+/**
+ * Worker threads for the work a batch can spread over CPU cores: the per-image host stages on GPU
+ * backends (RPN proposal filtering, ROI post-processing) and, on single-threaded CPU backends,
+ * whole forwards (one tfjs instance per worker). Node's own worker_threads, not a pool library:
+ * what we need is small (tasks by id, errors carried back, workers that do not hold the process
+ * open when idle) and the worker script has to be found next to our compiled sources.
+ */
+import { existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+
+/** A message to a worker: `kind` names its handler in src/worker.ts. */
+export interface TaskMessage {
+  kind: string;
+  payload: unknown;
+}
+
+interface Request extends TaskMessage {
+  id: number;
+}
+
+/** What a worker posts back for request `id`. */
+export type Reply = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: SerializedError };
+
+export interface SerializedError {
+  name: string;
+  message: string;
+  stack?: string;
+}
+
+/** An error raised inside a worker, rebuilt on this side with the worker's name, message and stack. */
+export class WorkerTaskError extends Error {
+  constructor(readonly remote: SerializedError) {
+    super(remote.message);
+    this.name = remote.name;
+    if (remote.stack) this.stack = remote.stack;
+  }
+}
+
+/** Environment variable naming the worker script, for bundles that move it. */
+export const WORKER_SCRIPT_ENV = 'IMG2POSE_WORKER_SCRIPT';
+
+/**
+ * The compiled worker script: `worker.js` beside this module (the published dist), or, when this
+ * module runs from TypeScript sources (jest), the build's copy. Null when neither exists.
+ */
+export function workerScript(): string | null {
+  const named = process.env[WORKER_SCRIPT_ENV];
+  if (named) return existsSync(named) ? named : null;
+  for (const candidate of [join(__dirname, 'worker.js'), join(__dirname, '..', 'dist', 'src', 'worker.js')]) {
+    if (existsSync(candidate)) return candidate;
+  }
+  return null;
+}
+
+/** Cores this process may use (at least 1). */
+export function cores(): number {
+  return Math.max(1, availableParallelism());
+}
+
+interface Slot {
+  worker: Worker;
+  pending: Map<number, { resolve(v: unknown): void; reject(e: unknown): void }>;
+}
+
+/**
+ * A fixed set of workers running `script`. `run` gives a task to the least busy worker (or the
+ * one named); replies are matched by id. A worker that dies fails its own pending tasks and is
+ * replaced (with the same `workerData`) for later ones. Idle workers are unref'd, so a forgotten
+ * pool never keeps the process alive; `terminate` stops them.
+ */
+export class WorkerPool {
+  private readonly slots: Slot[] = [];
+  private nextId = 1;
+  private closed = false;
+
+  constructor(
+    private readonly script: string,
+    size: number,
+    private readonly workerData?: unknown,
+  ) {
+    if (!(Number.isInteger(size) && size >= 1)) throw new RangeError(`WorkerPool: size ${size} is not a positive integer`);
+    for (let i = 0; i < size; i++) this.slots.push(this.spawn());
+  }
+
+  get size(): number {
+    return this.slots.length;
+  }
+
+  /** Runs `task` on worker `index`, or on the worker with the fewest pending tasks. */
+  run<R>(task: TaskMessage, transfer: ArrayBuffer[] = [], index?: number): Promise<R> {
+    if (this.closed) return Promise.reject(new Error('WorkerPool: used after terminate()'));
+    const slot = index === undefined ? this.leastBusy() : this.slots[index];
+    if (!slot) return Promise.reject(new RangeError(`WorkerPool: no worker ${index}`));
+    const id = this.nextId++;
+    return new Promise<R>((resolve, reject) => {
+      slot.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      slot.worker.ref();
+      const request: Request = { id, kind: task.kind, payload: task.payload };
+      try {
+        slot.worker.postMessage(request, transfer);
+      } catch (e) {
+        slot.pending.delete(id);
+        this.unrefIfIdle(slot);
+        reject(e);
+      }
+    });
+  }
+
+  /** Runs `task` once on every worker (set-up messages); one result per worker. */
+  broadcast<R>(task: TaskMessage): Promise<R[]> {
+    return Promise.all(this.slots.map((_, i) => this.run<R>(task, [], i)));
+  }
+
+  async terminate(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const slots = this.slots.splice(0);
+    for (const slot of slots) this.failPending(slot, new Error('WorkerPool: terminated with tasks pending'));
+    await Promise.all(slots.map((s) => s.worker.terminate()));
+  }
+
+  private spawn(): Slot {
+    const worker = new Worker(this.script, { workerData: this.workerData });
+    const slot: Slot = { worker, pending: new Map() };
+    worker.on('message', (reply: Reply) => {
+      const waiting = slot.pending.get(reply.id);
+      if (!waiting) return;
+      slot.pending.delete(reply.id);
+      this.unrefIfIdle(slot);
+      if (reply.ok) waiting.resolve(reply.result);
+      else waiting.reject(new WorkerTaskError(reply.error));
+    });
+    const replace = (error: Error): void => {
+      this.failPending(slot, error);
+      const at = this.slots.indexOf(slot);
+      if (at >= 0 && !this.closed) this.slots[at] = this.spawn();
+    };
+    worker.on('error', (e) => replace(e instanceof Error ? e : new Error(String(e))));
+    worker.on('exit', (code) => {
+      if (!this.closed) replace(new Error(`WorkerPool: a worker exited (code ${code}) with tasks pending`));
+    });
+    worker.unref();
+    return slot;
+  }
+
+  private leastBusy(): Slot {
+    let best = this.slots[0];
+    for (const s of this.slots) if (s.pending.size < best.pending.size) best = s;
+    return best;
+  }
+
+  private failPending(slot: Slot, error: Error): void {
+    const waiting = [...slot.pending.values()];
+    slot.pending.clear();
+    for (const w of waiting) w.reject(error);
+    slot.worker.unref();
+  }
+
+  private unrefIfIdle(slot: Slot): void {
+    if (slot.pending.size === 0) slot.worker.unref();
+  }
+}
