@@ -8,5 +8,7 @@ module.exports = {
   testTimeout: 600000,
   // Heavy wasm inference: two cores, so at most two workers.
   maxWorkers: 2,
+  // Builds dist/ when src/ is newer: worker threads load the compiled worker script.
+  globalSetup: '<rootDir>/__tests__/global_setup.js',
   setupFilesAfterEnv: ['<rootDir>/__tests__/setup.ts'],
 };

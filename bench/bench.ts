@@ -44,6 +44,7 @@ interface BenchOptions {
   repeats: number;
   threshold: number;
   stages: boolean;
+  threads: number | 'auto';
 }
 
 interface Row {
@@ -79,6 +80,7 @@ function parseOptions(argv: string[]): BenchOptions {
     .option('--sets <list>', 'image sets: same (one size) and/or mixed (several sizes)', parseSets, ['same', 'mixed'] as SetKind[])
     .option('--repeats <n>', 'timed runs per measurement (median reported)', positiveInt, 1)
     .option('--threshold <t>', 'score threshold of the compared faces', Number, 0.5)
+    .option('--threads <n>', "CPU threads per batch ('auto' or a count; 1 = one thread)", (v: string) => (v === 'auto' ? 'auto' : positiveInt(v)), 'auto' as number | 'auto')
     .option('--stages', 'print the per-stage time breakdown of the network (ms/image) instead', false);
   cmd.parse(argv, { from: 'node' });
   return cmd.opts<BenchOptions>();
@@ -96,6 +98,7 @@ async function loadDetector(o: BenchOptions, batchSize: number): Promise<Img2Pos
     maxSize: o.maxSize,
     batchSize,
     scoreThreshold: o.threshold,
+    threads: o.threads,
   });
 }
 
@@ -146,13 +149,13 @@ function rootCause(e: unknown): string {
   return msg.split('\n')[0].slice(0, 160);
 }
 
-function report(o: BenchOptions, backend: string, rows: Row[], warmupMs: number): string {
+function report(o: BenchOptions, backend: string, threads: number, rows: Row[], warmupMs: number): string {
   const m = machineInfo();
   const header = [
     `### Batch vs one-by-one, ${backend} backend`,
     '',
     `- machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.os}`,
-    `- backend: ${backend} (asked: ${o.backend}); Node ${m.node}; tfjs ${m.tfjs}`,
+    `- backend: ${backend} (asked: ${o.backend}); threads: ${threads} (asked: ${o.threads}); Node ${m.node}; tfjs ${m.tfjs}`,
     `- input transform: min ${o.minSize} / max ${o.maxSize}; weights: ${o.weights ?? 'formula (untrained ResNet-18)'}; ` +
       `faces compared at threshold ${o.threshold}`,
     `- same = ${'crops of one size from teaser.png'}; mixed = fixture images of different sizes (stacked in groups of similar padded size, see Img2PoseModel.predict)`,
@@ -191,7 +194,7 @@ export async function runBench(argv: string[]): Promise<void> {
       await detector.detectFaces(warmSet[0].tensor);
       if (warmSet.length > 1) await detector.detectFaces([warmSet[0].tensor, warmSet[1].tensor]);
     });
-    log(`warm-up ${(warmupMs / 1000).toFixed(1)} s on ${detector.backend}`);
+    log(`warm-up ${(warmupMs / 1000).toFixed(1)} s on ${detector.backend}, ${detector.threads} thread(s)`);
     const rows: Row[] = [];
     for (const kind of o.sets) {
       for (const count of o.counts) {
@@ -203,7 +206,7 @@ export async function runBench(argv: string[]): Promise<void> {
         rows.push(row);
       }
     }
-    process.stdout.write(report(o, detector.backend, rows, warmupMs));
+    process.stdout.write(report(o, detector.backend, detector.threads, rows, warmupMs));
   } finally {
     for (const s of sets.values()) disposeSet(s);
     await disposeQuietly(detector);

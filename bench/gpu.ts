@@ -5,6 +5,8 @@
 // to a bit more than an unsynchronised forward).
 // Bundled (see GPU_NOTES.md), run from the repo root on the device:
 //   node .gpu/app/bench.mjs [--mode webgpu|portable|both] [--batches 1,2,4,8,16] [--json out.json]
+//       [--host-threads 8] [--compare-threads]   (worker threads for a batch's host stages; the
+//       worker bundle is .gpu/app/worker.mjs unless IMG2POSE_WORKER_SCRIPT names another)
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
@@ -245,7 +247,11 @@ async function main(): Promise<void> {
   let photo = await load(PHOTO);
   let mixed = await Promise.all(MIXED.map(load));
   const weights = formulaWeights();
-  const model = new Img2PoseModel(weights);
+  process.env.IMG2POSE_WORKER_SCRIPT ??= path.join(process.cwd(), '.gpu', 'app', 'worker.mjs');
+  const hostThreads = Number(arg('--host-threads', '8'));
+  const model = new Img2PoseModel(weights, { hostThreads });
+  console.log(`host threads: ${model.usesHostThreads ? hostThreads : 0} (asked ${hostThreads}; worker script ${process.env.IMG2POSE_WORKER_SCRIPT})`);
+  const inThread = args.includes('--compare-threads') ? new Img2PoseModel(weights) : null;
   const rows: Row[] = [];
   const stages: { mode: KernelMode; batch: number; times: StageTimes }[] = [];
   for (const mode of modes) {
@@ -256,8 +262,11 @@ async function main(): Promise<void> {
     if (args.includes('--kernel-profile')) await kernelProfile(weights, Array.from({ length: 8 }, () => photo), mode);
     if (args.includes('--submit-sweep')) await submitSweep(weights, Array.from({ length: 8 }, () => photo), mode);
     if (args.includes('--paired')) {
-      for (const b of batches) await paired(model, Array.from({ length: b }, () => photo), 5, `[${mode}] photo x${b}`);
-      await paired(model, mixed, 5, `[${mode}] mixed ${mixed.length} (7 sizes)`);
+      for (const [m, label] of [[inThread, 'host in-thread'], [model, `host threads ${hostThreads}`]] as const) {
+        if (!m) continue;
+        for (const b of batches) await paired(m, Array.from({ length: b }, () => photo), 5, `[${mode}, ${label}] photo x${b}`);
+        await paired(m, mixed, 5, `[${mode}, ${label}] mixed ${mixed.length} (7 sizes)`);
+      }
       continue;
     }
     if (args.includes('--stages-only')) {
@@ -334,6 +343,7 @@ async function main(): Promise<void> {
   const json = arg('--json', '');
   if (json) fs.writeFileSync(json, JSON.stringify({ adapter, rows, stages }, null, 1));
   model.dispose();
+  inThread?.dispose();
   tf.dispose([photo, ...mixed, ...weights.tensors.values()]);
   console.log(`tensors alive after disposing everything: ${tf.memory().numTensors}`);
   process.exit(0);

@@ -122,6 +122,7 @@ function buildProgram(io: CliIO, setExit: (code: number) => void): Command {
     .option('--min-size <n>', 'shorter side is resized to this', positiveInt, DEFAULT_OPTIONS.minSize)
     .option('--max-size <n>', 'unless the longer side would exceed this', positiveInt, DEFAULT_OPTIONS.maxSize)
     .addOption(new Option('--backend <b>', 'compute backend').choices(BACKEND_CHOICES).default('auto'))
+    .option('--threads <n>', "CPU threads a batch may use ('auto': IMG2POSE_THREADS or the cores; 1: none)", threadsArg, 'auto')
     .option('--json <file>', 'write all results to this file as one JSON array (default: a JSON line per image on stdout)')
     .option('--draw <dir>', 'write each image with its detections drawn to <dir>/<name>.png')
     .action(async (inputs: string[], opts: DetectCliOptions) => setExit(await detectCommand(inputs, opts, io)));
@@ -154,6 +155,15 @@ function positiveInt(value: string): number {
   return n;
 }
 
+function threadsArg(value: string): number | 'auto' {
+  if (value.trim() === 'auto') return 'auto';
+  try {
+    return positiveInt(value);
+  } catch {
+    throw new InvalidArgumentError("expected 'auto' or a positive integer.");
+  }
+}
+
 function unitInterval(value: string): number {
   const n = Number(value);
   if (value.trim() === '' || !Number.isFinite(n) || n < 0 || n > 1) throw new InvalidArgumentError('expected a number in 0..1.');
@@ -179,6 +189,7 @@ interface DetectCliOptions {
   minSize: number;
   maxSize: number;
   backend: BackendChoice;
+  threads: number | 'auto';
   json?: string;
   draw?: string;
 }
@@ -226,6 +237,7 @@ async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO
     minSize: opts.minSize,
     maxSize: opts.maxSize,
     batchSize: opts.batchSize,
+    threads: opts.threads,
   };
   const detector = await Img2Pose.load(loadOptions);
   const results: ImageResult[] = [];
@@ -339,6 +351,8 @@ async function demoCommand(opts: DemoCliOptions, io: CliIO): Promise<number> {
     backend,
     minSize: opts.minSize,
     maxSize: opts.maxSize,
+    // One image: worker threads would only add their start-up.
+    threads: 1,
   });
   let faces: Face[];
   try {

@@ -129,6 +129,8 @@ export class Img2Pose {
   readonly options: Readonly<DetectorOptions>;
   /** The tfjs backend the detector was loaded on. */
   readonly backend: string;
+  /** Threads a batch runs on (1: the calling thread only); see LoadOptions.threads. */
+  readonly threads: number;
   private readonly model: DetectionModel;
   private tail: Promise<unknown> = Promise.resolve();
   private isDisposed = false;
@@ -154,9 +156,9 @@ export class Img2Pose {
     setKernelMode(backendName === 'webgpu' && webgpuKernels ? 'webgpu' : 'portable');
     const fromDisk = typeof weights === 'string';
     const loaded = fromDisk ? await loadWeightsOrExplain(weights, { poseMean, poseStddev, warn }) : weights;
-    let model: DetectionModel;
+    let built: { model: DetectionModel; threads: number };
     try {
-      model = await buildModel(loaded, backendName, threadCount(threads, backendName));
+      built = await buildModel(loaded, backendName, threadCount(threads, backendName));
     } catch (e) {
       if (e instanceof Img2PoseError) throw e;
       throw new WeightsError(`These weights do not fit the img2pose network: ${messageOf(e)}`, {
@@ -167,12 +169,13 @@ export class Img2Pose {
       // The stages hold their own copies; weights we loaded ourselves are ours to free.
       if (fromDisk) disposeWeights(loaded);
     }
-    return new Img2Pose(model, resolved, backendName);
+    return new Img2Pose(built.model, resolved, backendName, built.threads);
   }
 
   /** A detector around any `DetectionModel` (custom networks, tests). Takes ownership of it. */
-  constructor(model: DetectionModel, options: Partial<DetectorOptions> = {}, backend: string = tf.getBackend()) {
+  constructor(model: DetectionModel, options: Partial<DetectorOptions> = {}, backend: string = tf.getBackend(), threads = 1) {
     this.model = model;
+    this.threads = threads;
     this.options = Object.freeze(resolveOptions(options));
     this.backend = backend;
   }
@@ -381,12 +384,13 @@ export function threadCount(threads: number | 'auto', backend: string, env: Node
  * threads; otherwise one in this thread, with host-stage workers when threads > 1. Without the
  * compiled worker script (running from TypeScript sources), everything stays in this thread.
  */
-async function buildModel(weights: Img2PoseWeights, backend: string, threads: number): Promise<DetectionModel> {
+async function buildModel(weights: Img2PoseWeights, backend: string, threads: number): Promise<{ model: DetectionModel; threads: number }> {
   const script = threads > 1 ? workerScript() : null;
-  if (script && CPU_BACKENDS.includes(backend)) {
-    return ThreadedModel.start(script, weights, backend as 'wasm' | 'cpu', threads);
+  if (!script) return { model: new Img2PoseModel(weights), threads: 1 };
+  if (CPU_BACKENDS.includes(backend)) {
+    return { model: await ThreadedModel.start(script, weights, backend as 'wasm' | 'cpu', threads), threads };
   }
-  return new Img2PoseModel(weights, { hostThreads: script ? threads : 0 });
+  return { model: new Img2PoseModel(weights, { hostThreads: threads }), threads };
 }
 
 /**

@@ -4,7 +4,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { postprocessDetections, PostprocessInput } from './postprocess';
-import { ProposalJob, proposalsOf } from './rpn';
+import { ProposalJob, proposalsOf } from './proposals';
 import { Reply, SerializedError } from './threads';
 
 type Handler = (payload: unknown) => Promise<{ result: unknown; transfer: ArrayBuffer[] }> | { result: unknown; transfer: ArrayBuffer[] };

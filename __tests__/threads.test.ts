@@ -1,0 +1,206 @@
+/**
+ * Worker threads (src/threads.ts, src/worker.ts, src/threaded_model.ts): the pool's plumbing on a
+ * throwaway worker script, then the real thing. A batch shared out among model workers (wasm)
+ * and a batch whose host stages run on workers must give exactly the results of one thread.
+ *
+ * Workers run the compiled build (dist/), as an installed package does: `npm ci` builds it and the
+ * suite's global setup rebuilds it when src/ is newer; the first test checks it is current.
+ */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import * as tf from '@tensorflow/tfjs';
+import { Img2Pose, threadCount } from '../src/detector';
+import { BatchError, InputError, OptionError } from '../src/errors';
+import { decodeImage } from '../src/io';
+import { Img2PoseModel, RawDetections } from '../src/model';
+import { shareOut } from '../src/threaded_model';
+import { WorkerPool, WorkerTaskError, workerScript } from '../src/threads';
+import { disposeWeights, Img2PoseWeights } from '../src/weights';
+import { formulaWeights } from './utils/formula';
+import { imagePath } from './utils/golden';
+
+const SMALL = { minSize: 160, maxSize: 288 };
+const MIXED = ['teaser.png', 'portrait_1.png', 'wide_1.png', 'small_1.png', 'teaser.png'];
+
+function newestMtime(dir: string): number {
+  let newest = 0;
+  for (const f of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, f.name);
+    newest = Math.max(newest, f.isDirectory() ? newestMtime(p) : fs.statSync(p).mtimeMs);
+  }
+  return newest;
+}
+
+describe('the compiled worker script', () => {
+  it('exists and is not older than the sources', () => {
+    const script = workerScript();
+    if (script === null) throw new Error('dist/src/worker.js is missing: run `npm run build`');
+    const src = path.join(__dirname, '..', 'src');
+    const built = newestMtime(path.dirname(script));
+    if (built < newestMtime(src)) throw new Error(`${path.dirname(script)} is older than src/: run \`npm run build\``);
+  });
+});
+
+describe('WorkerPool', () => {
+  let dir: string;
+  let script: string;
+  beforeAll(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'img2pose-pool-'));
+    script = path.join(dir, 'echo.js');
+    fs.writeFileSync(
+      script,
+      `const { parentPort, threadId, workerData } = require('node:worker_threads');
+      parentPort.on('message', ({ id, kind, payload }) => {
+        if (kind === 'echo') parentPort.postMessage({ id, ok: true, result: { payload, threadId, workerData } });
+        else if (kind === 'sum') parentPort.postMessage({ id, ok: true, result: payload.reduce((s, v) => s + v, 0) });
+        else if (kind === 'slow') setTimeout(() => parentPort.postMessage({ id, ok: true, result: threadId }), payload);
+        else if (kind === 'exit') process.exit(3);
+        else parentPort.postMessage({ id, ok: false, error: { name: 'RangeError', message: 'no kind ' + kind, stack: 'remote stack' } });
+      });`,
+    );
+  });
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('matches replies to tasks, spreads them over the workers and passes workerData', async () => {
+    const pool = new WorkerPool(script, 3, { tag: 7 });
+    try {
+      const replies = await Promise.all(
+        Array.from({ length: 9 }, (_, i) => pool.run<{ payload: number; threadId: number; workerData: unknown }>({ kind: 'echo', payload: i })),
+      );
+      expect(replies.map((r) => r.payload)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8]);
+      expect(new Set(replies.map((r) => r.threadId)).size).toBe(3);
+      expect(replies[0].workerData).toEqual({ tag: 7 });
+      const data = Float32Array.from([1, 2, 3]);
+      expect(await pool.run({ kind: 'sum', payload: data }, [data.buffer])).toBe(6);
+      // Transferred, not copied.
+      expect(data.length).toBe(0);
+      expect((await pool.broadcast<{ threadId: number }>({ kind: 'echo', payload: null })).length).toBe(3);
+    } finally {
+      await pool.terminate();
+    }
+  });
+
+  it("rebuilds a worker's error on this side, with its name, message and stack", async () => {
+    const pool = new WorkerPool(script, 1);
+    try {
+      const failure = pool.run({ kind: 'nope', payload: null });
+      await expect(failure).rejects.toBeInstanceOf(WorkerTaskError);
+      await expect(failure).rejects.toMatchObject({ name: 'RangeError', message: 'no kind nope', stack: 'remote stack' });
+    } finally {
+      await pool.terminate();
+    }
+  });
+
+  it('fails the tasks of a worker that dies and replaces it for later tasks', async () => {
+    const pool = new WorkerPool(script, 1);
+    try {
+      const pending = pool.run({ kind: 'slow', payload: 2000 });
+      const dying = pool.run({ kind: 'exit', payload: null });
+      await expect(dying).rejects.toThrow(/exited \(code 3\)/);
+      await expect(pending).rejects.toThrow(/exited/);
+      expect(await pool.run({ kind: 'sum', payload: [2, 3] })).toBe(5);
+    } finally {
+      await pool.terminate();
+    }
+  });
+
+  it('rejects pending and later tasks once terminated', async () => {
+    const pool = new WorkerPool(script, 2);
+    const pending = expect(pool.run({ kind: 'slow', payload: 5000 })).rejects.toThrow(/terminated/);
+    await pool.terminate();
+    await pending;
+    await expect(pool.run({ kind: 'echo', payload: 1 })).rejects.toThrow(/after terminate/);
+    expect(() => new WorkerPool(script, 0)).toThrow(RangeError);
+  });
+});
+
+describe('sharing a batch out among workers', () => {
+  it('balances padded pixels, largest first, and covers every image once', () => {
+    const photo: [number, number] = [640, 1152];
+    expect(shareOut([photo, photo, photo, photo], 2)).toEqual([[0, 2], [1, 3]]);
+    const shares = shareOut([[320, 320], photo, [640, 640], photo, [96, 96]], 3);
+    expect(shares.flat().sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 4]);
+    expect(shares[0]).toEqual([1]);
+    expect(shares[1]).toEqual([3]);
+    expect(shareOut([photo], 4)).toEqual([[0], [], [], []]);
+  });
+});
+
+describe('the threads option', () => {
+  it("resolves 'auto' from IMG2POSE_THREADS, else from the cores with a cap per backend kind", () => {
+    expect(threadCount(3, 'wasm', {})).toBe(3);
+    expect(threadCount('auto', 'wasm', { IMG2POSE_THREADS: '6' })).toBe(6);
+    const cpus = os.availableParallelism();
+    expect(threadCount('auto', 'wasm', {})).toBe(Math.min(cpus, 4));
+    expect(threadCount('auto', 'webgpu', {})).toBe(Math.min(cpus, 8));
+    expect(() => threadCount('auto', 'wasm', { IMG2POSE_THREADS: 'many' })).toThrow(OptionError);
+    expect(() => threadCount('auto', 'wasm', { IMG2POSE_THREADS: '0' })).toThrow(/IMG2POSE_THREADS: expected a positive integer, found "0"/);
+  });
+
+  it('rejects a bad value before loading anything', async () => {
+    for (const threads of [0, 1.5, -2, 'all']) {
+      await expect(Img2Pose.load({ weights: '/nonexistent', threads: threads as number })).rejects.toThrow(OptionError);
+    }
+  });
+});
+
+describe('results do not depend on threads', () => {
+  let weights: Img2PoseWeights;
+  beforeAll(() => {
+    weights = formulaWeights();
+  });
+  afterAll(() => disposeWeights(weights));
+
+  it('a mixed batch shared out among two wasm workers equals the one-thread results, bad input reported at its index', async () => {
+    const load = (threads: number) => Img2Pose.load({ weights, ...SMALL, scoreThreshold: 0.05, threads });
+    const one = await load(1);
+    const two = await load(2);
+    const images = await Promise.all(MIXED.map((n) => decodeImage(imagePath(n))));
+    try {
+      expect(one.threads).toBe(1);
+      expect(two.threads).toBe(2);
+      const before = tf.memory().numTensors;
+      const expected = await one.detectFaces(images);
+      const got = await two.detectFaces(images);
+      expect(got).toEqual(expected);
+      expect(expected.flat().length).toBeGreaterThan(0);
+      // One image alone goes to a worker too.
+      expect(await two.detectFaces(images[1])).toEqual(expected[1]);
+      // A bad input fails alone; the others still come back from the workers.
+      const bad = [images[0], new Uint8Array([1, 2, 3]), images[2]];
+      const failure = await two.detectFaces(bad).catch((e: unknown) => e);
+      expect(failure).toBeInstanceOf(BatchError);
+      const batchError = failure as BatchError<unknown>;
+      expect(batchError.errors.map((e) => e.index)).toEqual([1]);
+      expect(batchError.errors[0].error).toBeInstanceOf(InputError);
+      expect(batchError.results[0]).toEqual(expected[0]);
+      expect(batchError.results[2]).toEqual(expected[2]);
+      expect(tf.memory().numTensors).toBe(before);
+    } finally {
+      tf.dispose(images);
+      await one.dispose();
+      await two.dispose();
+    }
+  });
+
+  it('host stages on worker threads give bit-identical raw detections', async () => {
+    const inThread = new Img2PoseModel(weights);
+    const threaded = new Img2PoseModel(weights, { hostThreads: 2 });
+    const images = await Promise.all(MIXED.slice(0, 4).map((n) => decodeImage(imagePath(n))));
+    try {
+      expect(threaded.usesHostThreads).toBe(true);
+      const before = tf.memory().numTensors;
+      const a = await inThread.predict(images, SMALL);
+      const b = await threaded.predict(images, SMALL);
+      expect(tf.memory().numTensors).toBe(before);
+      const bits = (r: RawDetections) => [Array.from(r.boxes), Array.from(r.scores), Array.from(r.dofs)];
+      expect(b.map(bits)).toEqual(a.map(bits));
+      expect(a.reduce((s, r) => s + r.scores.length, 0)).toBeGreaterThan(0);
+    } finally {
+      tf.dispose(images);
+      inThread.dispose();
+      threaded.dispose();
+    }
+  });
+});

@@ -1,0 +1,495 @@
+/**
+ * The RPN's post-processing (upstream `_rpn.py` filter_proposals), per image on plain typed arrays:
+ * per level, top-k anchors by raw objectness logit; decode; clip to the resized image; drop tiny
+ * boxes; NMS within each level; keep the best post_nms_top_n. It uses only the image's own region
+ * of each level, so an image gets the same proposals in a batch as alone. Float32 semantics
+ * (Math.fround after every operation) follow torch's float32 CPU arithmetic. No tfjs here: worker
+ * threads run this module on their own (src/worker.ts).
+ */
+import { ANCHORS_PER_LOCATION, featureSizes, sharedImageAnchors } from './anchors';
+import { clipBoxesToImage, removeSmallBoxes } from './boxes';
+import {
+  COORDINATE_TRICK_MAX_BOXES,
+  GRID_MAX_SIDE,
+  GridGeometry,
+  IncrementalNms,
+  batchedNmsTop,
+  float32SortKey,
+  float32SortKeys,
+  stableArgsortKeys,
+} from './nms';
+
+// Module-level aliases: hot loops then call local bindings, not module properties (or, inside
+// jest's vm contexts, the much slower direct Math.* calls).
+const f32 = Math.fround;
+const exp = Math.exp;
+const sortKey = float32SortKey;
+
+/** Bins of an 11-bit radix digit. */
+const DIGIT_BINS = 2048;
+
+export interface RpnConfig {
+  /** Candidates kept per level before NMS (upstream rpn_pre_nms_top_n_test). */
+  preNmsTopN: number;
+  /** Proposals kept per image after NMS (rpn_post_nms_top_n_test). */
+  postNmsTopN: number;
+  /** IoU above which NMS suppresses (rpn_nms_thresh). */
+  nmsThresh: number;
+  /** Boxes narrower or lower than this are dropped (RegionProposalNetwork.min_size). */
+  minSize: number;
+}
+
+/** img2pose's inference settings. */
+export const RPN_CONFIG: RpnConfig = { preNmsTopN: 6000, postNmsTopN: 1000, nmsThresh: 0.4, minSize: 1e-3 };
+
+/** Upstream's BoxCoder clamp on dw, dh: log(1000 / 16), as the float32 torch compares against. */
+export const BBOX_XFORM_CLIP = f32(Math.log(1000 / 16));
+
+/** Image size as (height, width). */
+export type Size = [number, number];
+
+export interface Proposals {
+  /** (x1, y1, x2, y2) per proposal, in resized-image coordinates, best first. */
+  boxes: Float32Array;
+  /** Raw objectness logits (no sigmoid), same order. */
+  scores: Float32Array;
+}
+
+/** The head's output for one image, flattened in upstream order: level, then (y, x), then anchor. */
+export interface RpnHeadOutput {
+  objectness: Float32Array;
+  /** (dx, dy, dw, dh) per anchor. */
+  deltas: Float32Array;
+  /** Anchors of each level. */
+  perLevel: number[];
+}
+
+/**
+ * BoxCoder.decode with weights (1, 1, 1, 1): deltas relative to anchors -> boxes.
+ * Only the anchors listed in `indices` are decoded (all of them when omitted), in that order.
+ */
+export function decodeBoxes(deltas: Float32Array, anchors: Float32Array, indices?: ArrayLike<number>): Float32Array {
+  const n = indices ? indices.length : anchors.length / 4;
+  const out = new Float32Array(n * 4);
+  for (let i = 0; i < n; i++) decodeInto(deltas, anchors, indices ? indices[i] : i, out, i * 4);
+  return out;
+}
+
+/** Decodes anchor `anchor` into out[o .. o + 4) (float32 on store, as torch's tensor). */
+function decodeInto(deltas: Float32Array, anchors: Float32Array, anchor: number, out: Float32Array, o: number): void {
+  const a = anchor * 4;
+  const w = f32(anchors[a + 2] - anchors[a]);
+  const h = f32(anchors[a + 3] - anchors[a + 1]);
+  const cx = f32(anchors[a] + f32(0.5 * w));
+  const cy = f32(anchors[a + 1] + f32(0.5 * h));
+  const dw = deltas[a + 2] > BBOX_XFORM_CLIP ? BBOX_XFORM_CLIP : deltas[a + 2];
+  const dh = deltas[a + 3] > BBOX_XFORM_CLIP ? BBOX_XFORM_CLIP : deltas[a + 3];
+  const pcx = f32(f32(deltas[a] * w) + cx);
+  const pcy = f32(f32(deltas[a + 1] * h) + cy);
+  const halfW = f32(0.5 * f32(f32(exp(dw)) * w));
+  const halfH = f32(0.5 * f32(f32(exp(dh)) * h));
+  out[o] = pcx - halfW;
+  out[o + 1] = pcy - halfH;
+  out[o + 2] = pcx + halfW;
+  out[o + 3] = pcy + halfH;
+}
+
+/**
+ * The k-th largest (k >= 1) of keys[0..n): radix selection on 11-bit digits, most significant
+ * first, each pass keeping only the keys that share the chosen prefix. O(n) whatever the ties,
+ * unlike a quickselect on many equal logits.
+ */
+export function kthLargestKey(keys: Uint32Array, n: number, k: number): number {
+  if (!(k >= 1 && k <= n)) throw new Error(`kthLargestKey: k = ${k} outside 1..${n}`);
+  const histogram = new Int32Array(DIGIT_BINS);
+  let candidates = keys;
+  let count = n;
+  let rank = k;
+  let prefix = 0;
+  for (let shift = 22; shift >= 0; shift -= 11) {
+    histogram.fill(0);
+    for (let i = 0; i < count; i++) histogram[(candidates[i] >>> shift) & (DIGIT_BINS - 1)]++;
+    let digit = DIGIT_BINS - 1;
+    while (histogram[digit] < rank) rank -= histogram[digit--];
+    prefix += digit * 2 ** shift;
+    if (shift === 0) break;
+    const kept = new Uint32Array(histogram[digit]);
+    let m = 0;
+    for (let i = 0; i < count; i++) if (((candidates[i] >>> shift) & (DIGIT_BINS - 1)) === digit) kept[m++] = candidates[i];
+    candidates = kept;
+    count = m;
+  }
+  return prefix;
+}
+
+/** The float32 value whose sort key is `key` (the inverse of float32SortKeys, NaN included). */
+function keyToFloat32(key: number): number {
+  const scratch = new Float32Array(1);
+  new Uint32Array(scratch.buffer)[0] = key >= 0x80000000 ? key - 0x80000000 : 0xffffffff - key;
+  return scratch[0];
+}
+
+/**
+ * Indices of the k best objectness logits of each level (k = min(topN, level size)), levels in
+ * order, each level's best first. Equal logits keep anchor order (torch.topk leaves their order
+ * unspecified; exact ties between logits of different anchors are rare). NaN logits are never
+ * picked (and a level whose k-th largest logit is NaN contributes nothing).
+ */
+export function selectTopPerLevel(objectness: Float32Array, perLevel: number[], topN: number): Int32Array {
+  const histogram = new Int32Array(DIGIT_BINS);
+  const picked: Int32Array[] = [];
+  let offset = 0;
+  for (const count of perLevel) {
+    const k = Math.min(topN, count);
+    // A fractional k selects nothing, as indexing a sorted copy at count - k would.
+    if (k > 0 && Number.isInteger(k)) picked.push(topOfLevel(objectness.subarray(offset, offset + count), k, offset, histogram));
+    offset += count;
+  }
+  const out = new Int32Array(picked.reduce((n, p) => n + p.length, 0));
+  picked.reduce((o, p) => (out.set(p, o), o + p.length), 0);
+  return out;
+}
+
+/** The top 11 bits of a sort key. */
+const TOP_DIGIT_SHIFT = 21;
+
+/** selectTopPerLevel for one level (1 <= k <= level size), indices shifted by `offset`. */
+function topOfLevel(level: Float32Array, k: number, offset: number, histogram: Int32Array): Int32Array {
+  const n = level.length;
+  const bits = new Uint32Array(level.buffer, level.byteOffset, n);
+  // The k-th largest logit (NaN counting as largest): what a full ascending sort would hold at
+  // n - k. Its key's top digit first, from one histogram pass...
+  histogram.fill(0);
+  for (let i = 0; i < n; i++) histogram[sortKey(bits[i]) >>> TOP_DIGIT_SHIFT]++;
+  let digit = DIGIT_BINS - 1;
+  let atOrAbove = histogram[digit];
+  while (atOrAbove < k) atOrAbove += histogram[--digit];
+  // ...then only the logits in that digit or above (k plus that digit's excess) are looked at again.
+  const candidates = new Int32Array(atOrAbove);
+  const candidateKeys = new Uint32Array(atOrAbove);
+  for (let i = 0, m = 0; i < n; i++) {
+    const key = sortKey(bits[i]);
+    if (key >>> TOP_DIGIT_SHIFT >= digit) {
+      candidates[m] = i;
+      candidateKeys[m++] = key;
+    }
+  }
+  const bound = keyToFloat32(kthLargestKey(candidateKeys, atOrAbove, k));
+  if (bound !== bound) return new Int32Array(0);
+  // -0 and +0 are equal logits with keys in different digits: a zero bound needs the whole level.
+  const chosen = chooseAbove(level, bound, k, bound === 0 ? null : candidates);
+  return sortChosen(level, chosen, offset);
+}
+
+/**
+ * Of the level indices `among` (all when null; ascending), those whose logit is above `bound`,
+ * then the first of those equal to it, k at most: ascending within each group.
+ */
+function chooseAbove(level: Float32Array, bound: number, k: number, among: Int32Array | null): Int32Array {
+  const chosen = new Int32Array(k);
+  const ties = new Int32Array(k);
+  let above = 0;
+  let tied = 0;
+  const n = among ? among.length : level.length;
+  for (let j = 0; j < n; j++) {
+    const i = among ? among[j] : j;
+    const v = level[i];
+    if (v > bound) chosen[above++] = i;
+    else if (v === bound && tied < k) ties[tied++] = i;
+  }
+  const taken = above + tied < k ? above + tied : k;
+  chosen.set(ties.subarray(0, taken - above), above);
+  return chosen.subarray(0, taken);
+}
+
+/**
+ * `chosen` (level indices, equal logits in index order) sorted by logit descending, ties keeping
+ * their order, shifted by `offset`.
+ */
+function sortChosen(level: Float32Array, chosen: Int32Array, offset: number): Int32Array {
+  const n = chosen.length;
+  const values = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const v = level[chosen[i]];
+    // -0 and +0 compare equal, so they must share a key.
+    values[i] = v === 0 ? 0 : v;
+  }
+  const keys = float32SortKeys(values);
+  for (let i = 0; i < n; i++) keys[i] = 0xffffffff - keys[i];
+  const order = stableArgsortKeys(keys);
+  const out = new Int32Array(n);
+  for (let i = 0; i < n; i++) out[i] = offset + chosen[order[i]];
+  return out;
+}
+
+/**
+ * Upstream filter_proposals for one image: top-k per level by logit, decode, clip to the resized
+ * image, drop boxes smaller than minSize, NMS per level, keep the best postNmsTopN.
+ */
+export function filterProposals(
+  head: RpnHeadOutput,
+  anchors: Float32Array,
+  imageSize: Size,
+  config: RpnConfig = RPN_CONFIG,
+): Proposals {
+  const top = selectTopPerLevel(head.objectness, head.perLevel, config.preNmsTopN);
+  return proposalsOnDemand(head, anchors, imageSize, config, top) ?? proposalsOfAll(head, anchors, imageSize, config, top);
+}
+
+/**
+ * filterProposals' fast path on its own (see proposalsOnDemand): the same proposals, or null
+ * where it cannot guarantee them (filterProposals then runs the full path).
+ */
+export function filterProposalsOnDemand(
+  head: RpnHeadOutput,
+  anchors: Float32Array,
+  imageSize: Size,
+  config: RpnConfig = RPN_CONFIG,
+): Proposals | null {
+  return proposalsOnDemand(head, anchors, imageSize, config, selectTopPerLevel(head.objectness, head.perLevel, config.preNmsTopN));
+}
+
+/** filter_proposals as upstream runs it: every candidate decoded, clipped and size-checked, then NMS. */
+function proposalsOfAll(head: RpnHeadOutput, anchors: Float32Array, imageSize: Size, config: RpnConfig, top: Int32Array): Proposals {
+  const { objectness, perLevel } = head;
+  const decoded = clipBoxesToImage(decodeBoxes(head.deltas, anchors, top), imageSize[0], imageSize[1]);
+  const big = removeSmallBoxes(decoded, config.minSize);
+  const n = big.length;
+  const boxes = new Float32Array(n * 4);
+  const scores = new Float32Array(n);
+  const groups = new Int32Array(n);
+  // `top` ascends through the levels, so one pass assigns each candidate its level.
+  let level = 0;
+  let levelEnd = perLevel.length ? perLevel[0] : 0;
+  for (let k = 0; k < n; k++) {
+    const i = big[k];
+    const anchor = top[i];
+    while (level + 1 < perLevel.length && anchor >= levelEnd) levelEnd += perLevel[++level];
+    boxes[k * 4] = decoded[i * 4];
+    boxes[k * 4 + 1] = decoded[i * 4 + 1];
+    boxes[k * 4 + 2] = decoded[i * 4 + 2];
+    boxes[k * 4 + 3] = decoded[i * 4 + 3];
+    scores[k] = objectness[anchor];
+    groups[k] = level;
+  }
+
+  const keep = batchedNmsTop(boxes, scores, groups, config.nmsThresh, config.postNmsTopN);
+  const m = keep.length;
+  const out: Proposals = { boxes: new Float32Array(m * 4), scores: new Float32Array(m) };
+  for (let i = 0; i < m; i++) {
+    const k = keep[i];
+    out.boxes[i * 4] = boxes[k * 4];
+    out.boxes[i * 4 + 1] = boxes[k * 4 + 1];
+    out.boxes[i * 4 + 2] = boxes[k * 4 + 2];
+    out.boxes[i * 4 + 3] = boxes[k * 4 + 3];
+    out.scores[i] = scores[k];
+  }
+  return out;
+}
+
+/** Give up on the on-demand path when the grid registrations exceed this many per decided box. */
+const ON_DEMAND_MAX_CELLS_PER_BOX = 16;
+
+/**
+ * One level's candidates in visiting order (best logit first), each decoded, clipped and
+ * size-checked only when the NMS reaches it.
+ */
+interface LevelStream {
+  /** Next position in `top`, and the end of this level's positions. */
+  cursor: number;
+  end: number;
+  greedy: IncrementalNms;
+  /**
+   * The next surviving candidate: its logit and clipped box. -Infinity when none is left (or when
+   * the logit is -Infinity: such candidates cannot outrank a kept box, and if the loop runs out
+   * of others it gives up).
+   */
+  score: number;
+  box: Float32Array;
+}
+
+/**
+ * The same proposals as `proposalsOfAll`, or null where that cannot be guaranteed. With more than
+ * 1000 candidates, upstream's batched_nms runs the NMS of each level and then sorts all survivors
+ * by logit (torch's unstable sort), and filter_proposals keeps the first postNmsTopN. Here the
+ * levels' greedy loops run interleaved, best pending logit first (IncrementalNms: a box's fate
+ * depends only on the boxes before it in its level), and stop once postNmsTopN boxes are kept and
+ * every pending candidate's logit is below the last of them: nothing later can outrank those, and
+ * when their logits are distinct, every sort orders them the same way. Candidates after the stop
+ * are never decoded. Null (the full path) when the logits tie, when at most 1000 candidates
+ * survive the size check (batched_nms then takes its other path) or when the loops run out first.
+ */
+function proposalsOnDemand(
+  head: RpnHeadOutput,
+  anchors: Float32Array,
+  imageSize: Size,
+  config: RpnConfig,
+  top: Int32Array,
+): Proposals | null {
+  const { objectness, deltas, perLevel } = head;
+  const [height, width] = imageSize;
+  const limit = config.postNmsTopN;
+  const fitsGrid = width > 0 && width < Infinity && height > 0 && height < Infinity;
+  // More proposals asked for than candidates exist: the loops would run out anyway.
+  if (!(config.nmsThresh >= 0) || !Number.isInteger(limit) || limit < 1 || limit > top.length || !fitsGrid) return null;
+  const minSize = f32(config.minSize);
+
+  let candidates = 0;
+  /** Moves a level to its next candidate that survives the size check. */
+  const advance = (level: LevelStream): void => {
+    const { box } = level;
+    while (level.cursor < level.end) {
+      const anchor = top[level.cursor++];
+      decodeInto(deltas, anchors, anchor, box, 0);
+      // clip_boxes_to_image, then remove_small_boxes (NaN sides fail the size check).
+      box[0] = clampTo(box[0], width);
+      box[1] = clampTo(box[1], height);
+      box[2] = clampTo(box[2], width);
+      box[3] = clampTo(box[3], height);
+      if (f32(box[2] - box[0]) >= minSize && f32(box[3] - box[1]) >= minSize) {
+        level.score = objectness[anchor];
+        candidates++;
+        return;
+      }
+    }
+    level.score = -Infinity;
+  };
+
+  // `top` ascends through the levels: split it into the levels' runs.
+  const streams: LevelStream[] = [];
+  let cursor = 0;
+  let levelStart = 0;
+  for (const count of perLevel) {
+    const start = cursor;
+    while (cursor < top.length && top[cursor] < levelStart + count) cursor++;
+    levelStart += count;
+    if (cursor === start) continue;
+    const stream: LevelStream = {
+      cursor: start,
+      end: cursor,
+      greedy: new IncrementalNms(config.nmsThresh, levelGrid(anchors, top[start], width, height), cursor - start),
+      score: -Infinity,
+      box: new Float32Array(4),
+    };
+    advance(stream);
+    streams.push(stream);
+  }
+
+  const kept: number[] = [];
+  const keptBoxes = new Float32Array(limit * 4);
+  let bound = -Infinity;
+  let pushed = 0;
+  for (;;) {
+    let best: LevelStream | null = null;
+    for (const stream of streams) if (stream.score > -Infinity && (best === null || stream.score > best.score)) best = stream;
+    if (best === null) return null;
+    if (kept.length >= limit && best.score < bound) break;
+    const { box, score } = best;
+    if (best.greedy.push(box[0], box[1], box[2], box[3])) {
+      // A box kept after the limit-th scores the same as it: a tie.
+      if (kept.length === limit) return null;
+      keptBoxes.set(box, kept.length * 4);
+      if (kept.push(score) === limit) bound = score;
+    }
+    // Boxes far larger than the level's cells (a broken head): the full path's own grid copes better.
+    if (best.greedy.entries > ON_DEMAND_MAX_CELLS_PER_BOX * ++pushed + 4096) return null;
+    advance(best);
+  }
+  for (let k = 1; k < limit; k++) if (!(kept[k - 1] > kept[k])) return null;
+  // Which path batched_nms takes depends on how many candidates pass the size check in all.
+  for (const stream of streams) while (candidates <= COORDINATE_TRICK_MAX_BOXES && stream.cursor < stream.end) advance(stream);
+  if (candidates <= COORDINATE_TRICK_MAX_BOXES) return null;
+  return { boxes: keptBoxes, scores: Float32Array.from(kept) };
+}
+
+/** torch clamp(v, 0, hi): NaN stays NaN. */
+function clampTo(v: number, hi: number): number {
+  return v < 0 ? 0 : v > hi ? hi : v;
+}
+
+/** A grid over the image with cells about the size of the level's anchors (any grid is exact; this one is quick). */
+function levelGrid(anchors: Float32Array, anchor: number, width: number, height: number): GridGeometry {
+  const a = anchor * 4;
+  const side = Math.sqrt(Math.abs((anchors[a + 2] - anchors[a]) * (anchors[a + 3] - anchors[a + 1])));
+  const cell = side >= 1 && side < Infinity ? side : 1;
+  const cols = Math.max(1, Math.min(GRID_MAX_SIDE, Math.floor(width / cell)));
+  const rows = Math.max(1, Math.min(GRID_MAX_SIDE, Math.floor(height / cell)));
+  return { minX: 0, minY: 0, colScale: cols / width, rowScale: rows / height, cols, rows };
+}
+
+/**
+ * One image's proposal filtering, self-contained so it can run on a worker thread: the batch's
+ * read-back head output per level ([N, H, W, 15] values and (H, W)), the image's index in it
+ * and its sizes.
+ */
+export interface ProposalJob {
+  levels: Float32Array[];
+  levelSizes: Size[];
+  image: number;
+  paddedSize: Size;
+  imageSize: Size;
+  config: RpnConfig;
+}
+
+/** The job's image's head output: its own region of each level, flattened in upstream order. */
+export function headOf(job: ProposalJob): RpnHeadOutput {
+  const regions = featureSizes(job.paddedSize[0], job.paddedSize[1]);
+  const perLevel = regions.map(([h, w]) => h * w * ANCHORS_PER_LOCATION);
+  const total = perLevel.reduce((s, c) => s + c, 0);
+  const head: RpnHeadOutput = { objectness: new Float32Array(total), deltas: new Float32Array(total * 4), perLevel };
+  let o = 0;
+  job.levels.forEach((values, level) => {
+    const [height, width] = job.levelSizes[level];
+    const [h, w] = regions[level];
+    if (h > height || w > width) throw new Error(`RPN: image ${job.image} needs a ${h}x${w} level ${level}, batch has ${height}x${width}`);
+    o = flattenLevel(values, job.image, height, width, h, w, head, o);
+  });
+  return head;
+}
+
+/** The job's image's proposals. */
+export function proposalsOf(job: ProposalJob): Proposals {
+  const { anchors } = sharedImageAnchors(job.paddedSize[0], job.paddedSize[1]);
+  return filterProposals(headOf(job), anchors, job.imageSize, job.config);
+}
+
+/** The job cut down to its own image's slab of each level (a copy to send to a worker). */
+export function ownJob(job: ProposalJob): ProposalJob {
+  const levels = job.levels.map((values, level) => {
+    const [height, width] = job.levelSizes[level];
+    const slab = height * width * ANCHORS_PER_LOCATION * 5;
+    return values.slice(job.image * slab, (job.image + 1) * slab);
+  });
+  return { ...job, levels, image: 0 };
+}
+
+/**
+ * Copies image `image`'s own h x w region of one level's [N, height, width, 15] head output into
+ * `out` from anchor `start` on, in upstream order (y, x, anchor); returns the next anchor.
+ */
+function flattenLevel(
+  values: Float32Array,
+  image: number,
+  height: number,
+  width: number,
+  h: number,
+  w: number,
+  out: RpnHeadOutput,
+  start: number,
+): number {
+  const a = ANCHORS_PER_LOCATION;
+  const channels = a * 5;
+  const { objectness, deltas } = out;
+  let o = start;
+  for (let y = 0; y < h; y++) {
+    let base = (image * height + y) * width * channels;
+    for (let x = 0; x < w; x++, base += channels, o += a) {
+      for (let k = 0; k < a; k++) objectness[o + k] = values[base + k];
+      // The 4a deltas of a location are contiguous in both layouts: (anchor, coordinate).
+      const d = o * 4;
+      for (let c = 0; c < 4 * a; c++) deltas[d + c] = values[base + a + c];
+    }
+  }
+  return o;
+}
+
