@@ -13,6 +13,8 @@ import {
   filterProposals,
   filterProposalsOnDemand,
   headOf,
+  ProposalJob,
+  proposalsOf,
   kthLargestKey,
   selectTopPerLevel,
 } from '../src/rpn';
@@ -403,5 +405,35 @@ describe('RegionProposalNetwork on the reference features', () => {
       expect(maxAbsDiff(p.scores, singles[i].scores)).toBeLessThan(1e-5);
       expect(maxAbsDiff(p.boxes, singles[i].boxes)).toBeLessThan(1e-3);
     });
+  });
+});
+
+describe('proposalsOf on a padded batch', () => {
+  // Two images in one batch: the second (256x192 padded) sits in a 320x320 batch, so its own
+  // region of each level is smaller than the level and its values start one slab in.
+  const paddedSizes: [number, number][] = [[320, 320], [256, 192]];
+  const imageSizes: [number, number][] = [[300, 310], [250, 180]];
+  const batchLevels = featureSizes(320, 320);
+  const random = seeded(11);
+  const levels = batchLevels.map(([h, w]) => Float32Array.from({ length: 2 * h * w * 15 }, () => (random() - 0.5) * 4));
+  const job = (image: number): ProposalJob => ({
+    levels,
+    levelSizes: batchLevels,
+    image,
+    paddedSize: paddedSizes[image],
+    imageSize: imageSizes[image],
+    config: { ...RPN_CONFIG, preNmsTopN: 300, postNmsTopN: 200 },
+  });
+
+  it.each([0, 1])('gathers only the candidates\' deltas and still equals the full flattening (image %i)', (image) => {
+    const j = job(image);
+    const { anchors } = sharedImageAnchors(j.paddedSize[0], j.paddedSize[1]);
+    const full = filterProposals(headOf(j), anchors, j.imageSize, j.config);
+    const got = proposalsOf(j);
+    expect(got.scores.length).toBeGreaterThan(100);
+    expect(Array.from(got.boxes)).toEqual(Array.from(full.boxes));
+    expect(Array.from(got.scores)).toEqual(Array.from(full.scores));
+    // Image 1's own region really is smaller than the batch's levels.
+    if (image === 1) expect(headOf(j).perLevel[0]).toBeLessThan(batchLevels[0][0] * batchLevels[0][1] * 3);
   });
 });

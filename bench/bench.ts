@@ -224,7 +224,7 @@ async function disposeQuietly(d: { dispose(): void | Promise<void> }): Promise<v
 
 // --- --stages --------------------------------------------------------------------------------
 
-const STAGES: (keyof StageTimings)[] = ['transform', 'backbone', 'rpn', 'roiAlign', 'heads', 'postprocess'];
+const STAGES: (keyof StageTimings)[] = ['transform', 'backbone', 'rpn', 'proposals', 'roiAlign', 'heads', 'postprocess'];
 
 /**
  * Where the time of one forward goes, from Img2PoseModel's own stage timings (`predict`'s

@@ -5,14 +5,14 @@
 // to a bit more than an unsynchronised forward).
 // Bundled (see GPU_NOTES.md), run from the repo root on the device:
 //   node .gpu/app/bench.mjs [--mode webgpu|portable|both] [--batches 1,2,4,8,16] [--json out.json]
-//       [--host-threads 8] [--compare-threads]   (worker threads for a batch's host stages; the
+//       [--host-threads 8] [--compare-threads] [--overlap 4] [--overlap-sweep 0,2,4]   (worker threads for a batch's host stages; the
 //       worker bundle is .gpu/app/worker.mjs unless IMG2POSE_WORKER_SCRIPT names another)
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { formulaWeights } from '../src/formula_weights';
 import { decodeImage } from '../src/io';
-import { emptyTimings, Img2PoseModel, RawDetections, StageTimings } from '../src/model';
+import { emptyTimings, Img2PoseModel, PredictOptions, RawDetections, StageTimings, SUBBATCH_OVERLAP } from '../src/model';
 import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, setKernelMode } from '../src/webgpu';
 import { compareDetections } from './gpu_check';
 import { Backbone } from '../src/backbone';
@@ -30,6 +30,8 @@ const arg = (name: string, fallback: string): string => {
 };
 const GOLDEN = path.join(process.cwd(), '__tests__', 'fixtures', 'golden');
 const CONFIG = { minSize: 640, maxSize: 1400 };
+// Sub-batch overlap of predict (model.ts); --overlap-sweep measures several.
+let OPTS: PredictOptions = { overlap: Number(arg('--overlap', String(SUBBATCH_OVERLAP))) };
 const PHOTO = 'teaser.png';
 const MIXED = ['teaser.png', 'portrait_1.png', 'wide_1.png', 'small_1.png', 'square_1.png', 'gray_1.png', 'rgba_1.png', 'teaser.png'];
 
@@ -195,13 +197,13 @@ function report(mode: KernelMode, name: string, info: tf.TimingInfo, wallMs: num
 async function timeForward(model: Img2PoseModel, images: tf.Tensor3D[], reps: number): Promise<{ ms: number; out: RawDetections[] }> {
   // Warm-up: shader compilation, buffer pool growth, first touches (the first forwards of a
   // process run slower, GPU_NOTES.md).
-  let out = await model.predict(images, CONFIG);
-  out = await model.predict(images, CONFIG);
+  let out = await model.predict(images, CONFIG, OPTS);
+  out = await model.predict(images, CONFIG, OPTS);
   await gpuSync();
   const samples: number[] = [];
   for (let i = 0; i < reps; i++) {
     const t0 = performance.now();
-    out = await model.predict(images, CONFIG);
+    out = await model.predict(images, CONFIG, OPTS);
     samples.push(performance.now() - t0);
   }
   samples.sort((a, b) => a - b);
@@ -216,7 +218,7 @@ async function timeForward(model: Img2PoseModel, images: tf.Tensor3D[], reps: nu
 async function paired(model: Img2PoseModel, images: tf.Tensor3D[], rounds: number, label: string): Promise<void> {
   for (let w = 0; w < 2; w++) {
     for (const img of images) await model.predict([img], CONFIG);
-    await model.predict(images, CONFIG);
+    await model.predict(images, CONFIG, OPTS);
   }
   const seq: number[] = [];
   const bat: number[] = [];
@@ -225,7 +227,7 @@ async function paired(model: Img2PoseModel, images: tf.Tensor3D[], rounds: numbe
     for (const img of images) await model.predict([img], CONFIG);
     seq.push((performance.now() - t0) / images.length);
     t0 = performance.now();
-    await model.predict(images, CONFIG);
+    await model.predict(images, CONFIG, OPTS);
     bat.push((performance.now() - t0) / images.length);
   }
   const med = (v: number[]): number => v.slice().sort((a, b) => a - b)[v.length >> 1];
@@ -261,6 +263,14 @@ async function main(): Promise<void> {
     mixed = await Promise.all(MIXED.map(load));
     if (args.includes('--kernel-profile')) await kernelProfile(weights, Array.from({ length: 8 }, () => photo), mode);
     if (args.includes('--submit-sweep')) await submitSweep(weights, Array.from({ length: 8 }, () => photo), mode);
+    if (args.includes('--overlap-sweep')) {
+      for (const overlap of arg('--overlap-sweep', '0,4').split(',').map(Number)) {
+        OPTS = { overlap };
+        for (const b of batches) await paired(model, Array.from({ length: b }, () => photo), 5, `[${mode}, overlap ${overlap}] photo x${b}`);
+        await paired(model, mixed, 5, `[${mode}, overlap ${overlap}] mixed ${mixed.length} (7 sizes)`);
+      }
+      continue;
+    }
     if (args.includes('--paired')) {
       for (const [m, label] of [[inThread, 'host in-thread'], [model, `host threads ${hostThreads}`]] as const) {
         if (!m) continue;

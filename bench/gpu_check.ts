@@ -2,7 +2,8 @@
 // detections scoring >= 0.1 matched greedily by IoU >= 0.95, >= 98% matched both ways, matched
 // scores within 1e-3, rotations within 1e-3 rad, translations within 1e-3 relative, boxes within
 // 1 px, and equal counts of faces scoring >= 0.5. Runs every case with the stock kernels
-// ('portable') and with ours ('webgpu'), then checks that batches equal one-by-one runs.
+// ('portable') and with ours ('webgpu'), then checks that batches equal one-by-one runs (a batch's
+// host stages on 8 worker threads, as the detector runs them on a GPU backend).
 // Bundled (see GPU_NOTES.md), run from the repo root on the device: node .gpu/app/check.mjs
 import * as fs from 'fs';
 import * as path from 'path';
@@ -63,7 +64,9 @@ async function main(): Promise<void> {
   const manifest = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'manifest.json'), 'utf8')) as { cases: Case[] };
   const singles = new Map(manifest.cases.filter((c) => c.mode === 'single').map((c) => [`${c.image}@${c.min_size}`, c]));
   const weights = formulaWeights();
-  const model = new Img2PoseModel(weights);
+  process.env.IMG2POSE_WORKER_SCRIPT ??= path.join(process.cwd(), '.gpu', 'app', 'worker.mjs');
+  const model = new Img2PoseModel(weights, { hostThreads: 8 });
+  console.log(`batches' host stages on worker threads: ${model.usesHostThreads}`);
   const images = new Map<string, tf.Tensor3D>();
   const image = async (name: string): Promise<tf.Tensor3D> => {
     let t = images.get(name);

@@ -31,14 +31,17 @@ export interface RawDetections {
 export interface StageTimings {
   transform: number;
   backbone: number;
+  /** RPN head and its readback. */
   rpn: number;
+  /** Proposal filtering on the host (top-k, decode, NMS). */
+  proposals: number;
   roiAlign: number;
   heads: number;
   postprocess: number;
 }
 
 export function emptyTimings(): StageTimings {
-  return { transform: 0, backbone: 0, rpn: 0, roiAlign: 0, heads: 0, postprocess: 0 };
+  return { transform: 0, backbone: 0, rpn: 0, proposals: 0, roiAlign: 0, heads: 0, postprocess: 0 };
 }
 
 export interface ModelOptions {
@@ -59,7 +62,15 @@ export interface PredictOptions {
    * 'off': one stacked forward for all images, whatever their sizes (tests, benchmarks).
    */
   grouping?: 'auto' | 'off';
+  /**
+   * On GPU backends, groups larger than this are split into sub-batches of at most this many
+   * images whose forwards overlap (see `predict`). Default SUBBATCH_OVERLAP; 0 disables.
+   */
+  overlap?: number;
 }
+
+/** Sub-batch size for overlapping forwards on GPU backends (measured on an H200: GPU_NOTES.md). */
+export const SUBBATCH_OVERLAP = 4;
 
 /**
  * Most ROIs pooled and run through the heads at once. 1000 proposals are ~50 MB of pooled
@@ -94,6 +105,15 @@ function chunkImages(counts: number[], limit: number): number[][] {
 function pixelBudget(): number {
   const photo = 640 * 1152;
   return ['wasm', 'cpu'].includes(tf.getBackend()) ? 4 * photo : 16 * photo;
+}
+
+/**
+ * Whether the backend queues work and reads back asynchronously (GPU backends), so that forwards
+ * of several groups can overlap. CPU backends compute inside each op call: interleaving there would
+ * only hold every group's activations at once.
+ */
+function queuesAsync(): boolean {
+  return !['wasm', 'cpu', 'tensorflow'].includes(tf.getBackend());
 }
 
 /** Padding a group may add over its images' own padded areas before a new group is started. */
@@ -131,6 +151,18 @@ export function groupBySize(padded: Size[], budget: number): number[][] {
   }
   if (group.length > 0) groups.push(group);
   return groups;
+}
+
+/** `group` in consecutive parts of at most `size`, as equal as possible. */
+export function splitEvenly(group: number[], size: number): number[][] {
+  const parts = Math.ceil(group.length / size);
+  const out: number[][] = [];
+  for (let p = 0, start = 0; p < parts; p++) {
+    const end = start + Math.ceil((group.length - start) / (parts - p));
+    out.push(group.slice(start, end));
+    start = end;
+  }
+  return out;
 }
 
 /** Waits until the work queued so far has run (a 1-element readback), for honest stage times. */
@@ -194,9 +226,19 @@ export class Img2PoseModel {
     if (options.grouping === 'off') return this.predictStacked(images, config, options);
     const padded = images.map((img) => paddedSize(resizedSize(img.shape[0], img.shape[1], config.minSize, config.maxSize)));
     const results: RawDetections[] = new Array(images.length);
-    for (const group of groupBySize(padded, pixelBudget())) {
+    const overlap = !options.profile && queuesAsync() ? (options.overlap ?? SUBBATCH_OVERLAP) : 0;
+    const groups = groupBySize(padded, pixelBudget()).flatMap((g) => (overlap > 0 ? splitEvenly(g, overlap) : [g]));
+    const run = async (group: number[]): Promise<void> => {
       const out = await this.predictStacked(group.map((i) => images[i]), config, options);
       group.forEach((i, k) => (results[i] = out[k]));
+    };
+    if (groups.length > 1 && overlap > 0) {
+      // The groups' forwards interleave: one group's GPU work is queued while another's readback
+      // is awaited and its host stages run, so neither the device nor the host waits for the other.
+      // Smaller sub-batches hide more host work but use the GPU less well.
+      await Promise.all(groups.map(run));
+    } else {
+      for (const group of groups) await run(group);
     }
     return results;
   }
@@ -222,8 +264,10 @@ export class Img2PoseModel {
       batch.images.dispose();
       await lap('backbone', features[features.length - 1]);
       const pool = images.length > 1 ? this.pool() : undefined;
-      const proposals = await this.rpn.forward(features, batch.imageSizes, batch.paddedSizes, pool);
+      const jobs = await this.rpn.predictHead(features, batch.imageSizes, batch.paddedSizes, pool !== undefined);
       await lap('rpn');
+      const proposals = await this.rpn.proposals(jobs, pool);
+      await lap('proposals');
       const heads = await this.runHeads(features, proposals, batch.imageSizes, batch.paddedSizes, lap);
       tf.dispose(features);
       features = [];

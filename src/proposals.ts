@@ -232,7 +232,11 @@ export function filterProposals(
   imageSize: Size,
   config: RpnConfig = RPN_CONFIG,
 ): Proposals {
-  const top = selectTopPerLevel(head.objectness, head.perLevel, config.preNmsTopN);
+  return filterTop(head, anchors, imageSize, config, selectTopPerLevel(head.objectness, head.perLevel, config.preNmsTopN));
+}
+
+/** filterProposals after the top-k selection. */
+function filterTop(head: RpnHeadOutput, anchors: Float32Array, imageSize: Size, config: RpnConfig, top: Int32Array): Proposals {
   return proposalsOnDemand(head, anchors, imageSize, config, top) ?? proposalsOfAll(head, anchors, imageSize, config, top);
 }
 
@@ -431,8 +435,12 @@ export interface ProposalJob {
   config: RpnConfig;
 }
 
-/** The job's image's head output: its own region of each level, flattened in upstream order. */
-export function headOf(job: ProposalJob): RpnHeadOutput {
+/**
+ * The job's image's head output: its own region of each level, flattened in upstream order.
+ * With `deltas` false only the objectness is copied and the deltas are left zero (proposalsOf
+ * gathers the few it needs).
+ */
+export function headOf(job: ProposalJob, deltas = true): RpnHeadOutput {
   const regions = featureSizes(job.paddedSize[0], job.paddedSize[1]);
   const perLevel = regions.map(([h, w]) => h * w * ANCHORS_PER_LOCATION);
   const total = perLevel.reduce((s, c) => s + c, 0);
@@ -442,15 +450,49 @@ export function headOf(job: ProposalJob): RpnHeadOutput {
     const [height, width] = job.levelSizes[level];
     const [h, w] = regions[level];
     if (h > height || w > width) throw new Error(`RPN: image ${job.image} needs a ${h}x${w} level ${level}, batch has ${height}x${width}`);
-    o = flattenLevel(values, job.image, height, width, h, w, head, o);
+    o = flattenLevel(values, job.image, height, width, h, w, head, o, deltas);
   });
   return head;
 }
 
-/** The job's image's proposals. */
+/**
+ * The job's image's proposals. Only the pre-NMS candidates' deltas are gathered from the raw
+ * output (at most 6000 per level of ~185k anchors): the same numbers as flattening them all.
+ */
 export function proposalsOf(job: ProposalJob): Proposals {
   const { anchors } = sharedImageAnchors(job.paddedSize[0], job.paddedSize[1]);
-  return filterProposals(headOf(job), anchors, job.imageSize, job.config);
+  const head = headOf(job, false);
+  const top = selectTopPerLevel(head.objectness, head.perLevel, job.config.preNmsTopN);
+  gatherDeltas(job, head, top);
+  return filterTop(head, anchors, job.imageSize, job.config, top);
+}
+
+/** Copies the deltas of anchors `top` (ascending through the levels) from the raw output into head.deltas. */
+function gatherDeltas(job: ProposalJob, head: RpnHeadOutput, top: Int32Array): void {
+  const a = ANCHORS_PER_LOCATION;
+  const channels = a * 5;
+  const regions = featureSizes(job.paddedSize[0], job.paddedSize[1]);
+  const { deltas, perLevel } = head;
+  let level = 0;
+  let levelStart = 0;
+  for (let i = 0; i < top.length; i++) {
+    const anchor = top[i];
+    while (anchor >= levelStart + perLevel[level]) levelStart += perLevel[level++];
+    const [height, width] = job.levelSizes[level];
+    const w = regions[level][1];
+    const local = anchor - levelStart;
+    const location = (local / a) | 0;
+    const k = local - location * a;
+    const y = (location / w) | 0;
+    const x = location - y * w;
+    const src = ((job.image * height + y) * width + x) * channels + a + k * 4;
+    const values = job.levels[level];
+    const d = anchor * 4;
+    deltas[d] = values[src];
+    deltas[d + 1] = values[src + 1];
+    deltas[d + 2] = values[src + 2];
+    deltas[d + 3] = values[src + 3];
+  }
 }
 
 /** The job cut down to its own image's slab of each level (a copy to send to a worker). */
@@ -476,6 +518,7 @@ function flattenLevel(
   w: number,
   out: RpnHeadOutput,
   start: number,
+  withDeltas: boolean,
 ): number {
   const a = ANCHORS_PER_LOCATION;
   const channels = a * 5;
@@ -485,6 +528,7 @@ function flattenLevel(
     let base = (image * height + y) * width * channels;
     for (let x = 0; x < w; x++, base += channels, o += a) {
       for (let k = 0; k < a; k++) objectness[o + k] = values[base + k];
+      if (!withDeltas) continue;
       // The 4a deltas of a location are contiguous in both layouts: (anchor, coordinate).
       const d = o * 4;
       for (let c = 0; c < 4 * a; c++) deltas[d + c] = values[base + a + c];

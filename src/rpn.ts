@@ -11,7 +11,7 @@ import * as tf from '@tensorflow/tfjs';
 import { conv } from './webgpu';
 import { WorkerPool } from './threads';
 import { Img2PoseWeights } from './weights';
-import { featureSizes } from './anchors';
+import { ANCHORS_PER_LOCATION, featureSizes } from './anchors';
 import { ownJob, ProposalJob, Proposals, proposalsOf, RPN_CONFIG, RpnConfig, Size } from './proposals';
 
 export * from './proposals';
@@ -67,26 +67,42 @@ export class RegionProposalNetwork {
   }
 
   /**
-   * The head's raw output, read back: per level the batch's [N, H, W, 15] values and their
-   * (H, W), and one proposal job per image referring to them. Every level's readback is
-   * requested before any is awaited, so on a GPU they overlap.
+   * The head's raw output, read back, as one proposal job per image. Every level's readback is
+   * requested before any is awaited, so on a GPU they overlap. With `split`, each image's part of
+   * every level is split off on the device and read back on its own, so each job owns its buffers
+   * and can be sent to a worker without a copy; otherwise the jobs share the batch's buffers.
    */
-  async predictHead(features: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[]): Promise<ProposalJob[]> {
+  async predictHead(features: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[], split = false): Promise<ProposalJob[]> {
     const outputs = this.head(features, paddedSizes);
+    const n = paddedSizes.length;
+    const parts = split && n > 1 ? outputs.map((o) => tf.split(o, n, 0)) : outputs.map((o) => [o]);
     try {
-      const levels = await Promise.all(outputs.map((o) => o.data() as Promise<Float32Array>));
+      const values = await Promise.all(parts.map((level) => Promise.all(level.map((t) => t.data() as Promise<Float32Array>))));
       const levelSizes = outputs.map((o) => [o.shape[1], o.shape[2]] as Size);
+      const perImage = parts[0].length > 1;
       return paddedSizes.map((paddedSize, image) => ({
-        levels,
+        levels: values.map((v) => (perImage ? v[image] : v[0])),
         levelSizes,
-        image,
+        image: perImage ? 0 : image,
         paddedSize,
         imageSize: imageSizes[image],
         config: this.config,
       }));
     } finally {
       tf.dispose(outputs);
+      tf.dispose(parts.flat());
     }
+  }
+
+  /** Each job's proposals; with `pool`, in parallel on its worker threads. */
+  async proposals(jobs: ProposalJob[], pool?: WorkerPool): Promise<Proposals[]> {
+    if (!pool) return jobs.map(proposalsOf);
+    return Promise.all(
+      jobs.map((job) => {
+        const own = ownsBuffers(job) ? job : ownJob(job);
+        return pool.run<Proposals>({ kind: 'proposals', payload: own }, own.levels.map((l) => l.buffer as ArrayBuffer));
+      }),
+    );
   }
 
   /**
@@ -95,19 +111,23 @@ export class RegionProposalNetwork {
    * With `pool`, the images' proposal filtering runs in parallel on its worker threads.
    */
   async forward(features: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[], pool?: WorkerPool): Promise<Proposals[]> {
-    const jobs = await this.predictHead(features, imageSizes, paddedSizes);
-    if (!pool) return jobs.map(proposalsOf);
-    return Promise.all(
-      jobs.map((job) => {
-        const own = ownJob(job);
-        return pool.run<Proposals>({ kind: 'proposals', payload: own }, own.levels.map((l) => l.buffer as ArrayBuffer));
-      }),
-    );
+    return this.proposals(await this.predictHead(features, imageSizes, paddedSizes, pool !== undefined), pool);
   }
 
   dispose(): void {
     tf.dispose([this.convWeight, this.convBias, this.predWeight, this.predBias]);
   }
+}
+
+/** Whether the job's level arrays are whole buffers of one image's values (safe to transfer). */
+function ownsBuffers(job: ProposalJob): boolean {
+  return (
+    job.image === 0 &&
+    job.levels.every((l, level) => {
+      const [h, w] = job.levelSizes[level];
+      return l.length === h * w * ANCHORS_PER_LOCATION * 5 && l.byteOffset === 0 && l.byteLength === l.buffer.byteLength;
+    })
+  );
 }
 
 function maskOutsideRegions(feature: tf.Tensor4D, regions: OwnRegion[], n: number, height: number, width: number): tf.Tensor4D {
