@@ -32,6 +32,7 @@ const GOLDEN = path.join(process.cwd(), '__tests__', 'fixtures', 'golden');
 const CONFIG = { minSize: 640, maxSize: 1400 };
 // Sub-batch overlap of predict (model.ts); --overlap-sweep measures several.
 let OPTS: PredictOptions = { overlap: Number(arg('--overlap', String(SUBBATCH_OVERLAP))) };
+// 'one by one' in --paired rounds: single images, never split.
 const PHOTO = 'teaser.png';
 const MIXED = ['teaser.png', 'portrait_1.png', 'wide_1.png', 'small_1.png', 'square_1.png', 'gray_1.png', 'rgba_1.png', 'teaser.png'];
 
@@ -264,7 +265,9 @@ async function main(): Promise<void> {
     if (args.includes('--kernel-profile')) await kernelProfile(weights, Array.from({ length: 8 }, () => photo), mode);
     if (args.includes('--submit-sweep')) await submitSweep(weights, Array.from({ length: 8 }, () => photo), mode);
     if (args.includes('--overlap-sweep')) {
-      for (const overlap of arg('--overlap-sweep', '0,4').split(',').map(Number)) {
+      // Comma-separated settings; a setting is a sub-batch size or explicit sizes joined by '+'.
+      for (const setting of arg('--overlap-sweep', '0,4').split(',')) {
+        const overlap = setting.includes('+') ? setting.split('+').map(Number) : Number(setting);
         OPTS = { overlap };
         for (const b of batches) await paired(model, Array.from({ length: b }, () => photo), 5, `[${mode}, overlap ${overlap}] photo x${b}`);
         await paired(model, mixed, 5, `[${mode}, overlap ${overlap}] mixed ${mixed.length} (7 sizes)`);

@@ -64,9 +64,10 @@ export interface PredictOptions {
   grouping?: 'auto' | 'off';
   /**
    * On GPU backends, groups larger than this are split into sub-batches of at most this many
-   * images whose forwards overlap (see `predict`). Default SUBBATCH_OVERLAP; 0 disables.
+   * images whose forwards overlap (see `predict`). Default SUBBATCH_OVERLAP; 0 disables. A list
+   * gives the sub-batch sizes of a group of exactly their sum (for measurements).
    */
-  overlap?: number;
+  overlap?: number | number[];
 }
 
 /** Sub-batch size for overlapping forwards on GPU backends (measured on an H200: GPU_NOTES.md). */
@@ -153,6 +154,16 @@ export function groupBySize(padded: Size[], budget: number): number[][] {
   return groups;
 }
 
+/** A group's sub-batches for `overlap` (see PredictOptions.overlap). */
+function splitForOverlap(group: number[], overlap: number | number[]): number[][] {
+  if (Array.isArray(overlap)) {
+    if (overlap.reduce((a, b) => a + b, 0) !== group.length) return splitEvenly(group, Math.max(...overlap));
+    let start = 0;
+    return overlap.map((n) => group.slice(start, (start += n)));
+  }
+  return overlap > 0 ? splitEvenly(group, overlap) : [group];
+}
+
 /** `group` in consecutive parts of at most `size`, as equal as possible. */
 export function splitEvenly(group: number[], size: number): number[][] {
   const parts = Math.ceil(group.length / size);
@@ -227,12 +238,12 @@ export class Img2PoseModel {
     const padded = images.map((img) => paddedSize(resizedSize(img.shape[0], img.shape[1], config.minSize, config.maxSize)));
     const results: RawDetections[] = new Array(images.length);
     const overlap = !options.profile && queuesAsync() ? (options.overlap ?? SUBBATCH_OVERLAP) : 0;
-    const groups = groupBySize(padded, pixelBudget()).flatMap((g) => (overlap > 0 ? splitEvenly(g, overlap) : [g]));
+    const groups = groupBySize(padded, pixelBudget()).flatMap((g) => splitForOverlap(g, overlap));
     const run = async (group: number[]): Promise<void> => {
       const out = await this.predictStacked(group.map((i) => images[i]), config, options);
       group.forEach((i, k) => (results[i] = out[k]));
     };
-    if (groups.length > 1 && overlap > 0) {
+    if (groups.length > 1 && overlap !== 0) {
       // The groups' forwards interleave: one group's GPU work is queued while another's readback
       // is awaited and its host stages run, so neither the device nor the host waits for the other.
       // Smaller sub-batches hide more host work but use the GPU less well.
