@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { decodeImage } from '../src/io';
-import { groupBySize, Img2PoseModel, RawDetections } from '../src/model';
+import { groupBySize, Img2PoseModel, RawDetections, splitEvenly } from '../src/model';
 import { processPrediction } from '../src/detector';
 import { disposeWeights } from '../src/weights';
 import { formulaWeights } from './utils/formula';
@@ -52,6 +52,30 @@ describe('grouping by padded size', () => {
     expect(groups.find((g) => g.includes(1))).toEqual([1]);
     // Larger than the budget: alone, still run.
     expect(groupBySize([[4000, 4000], photo], 640 * 1152)).toEqual([[0], [1]]);
+  });
+
+  it('splits a group into nearly equal sub-batches, in order', () => {
+    expect(splitEvenly([0, 1, 2, 3, 4, 5, 6, 7], 4)).toEqual([[0, 1, 2, 3], [4, 5, 6, 7]]);
+    expect(splitEvenly([0, 1, 2, 3, 4, 5, 6, 7], 3)).toEqual([[0, 1, 2], [3, 4, 5], [6, 7]]);
+    expect(splitEvenly([5, 9], 4)).toEqual([[5, 9]]);
+    expect(splitEvenly([0, 1, 2, 3, 4], 1)).toEqual([[0], [1], [2], [3], [4]]);
+  });
+
+  it('overlapping sub-batch forwards give the results of one forward, and free every tensor', async () => {
+    const images = await decodeAll(['teaser.png', 'portrait_1.png', 'teaser.png']);
+    try {
+      const config = { minSize: 160, maxSize: 288 };
+      const before = tf.memory().numTensors;
+      const together = await model.predict(images, config, { overlap: 0 });
+      const overlapped = await model.predict(images, config, { overlap: 1 });
+      const uneven = await model.predict(images, config, { overlap: [2, 1] });
+      expect(tf.memory().numTensors).toBe(before);
+      const bits = (r: RawDetections) => [Array.from(r.boxes), Array.from(r.scores), Array.from(r.dofs)];
+      expect(overlapped.map(bits)).toEqual(together.map(bits));
+      expect(uneven.map(bits)).toEqual(together.map(bits));
+    } finally {
+      tf.dispose(images);
+    }
   });
 
   it('auto grouping gives the same results as one stacked forward', async () => {

@@ -63,9 +63,10 @@ export interface PredictOptions {
    */
   grouping?: 'auto' | 'off';
   /**
-   * On GPU backends, groups larger than this are split into sub-batches of at most this many
-   * images whose forwards overlap (see `predict`). Default SUBBATCH_OVERLAP; 0 disables. A list
-   * gives the sub-batch sizes of a group of exactly their sum (for measurements).
+   * Groups larger than this are split into sub-batches of at most this many images whose
+   * forwards overlap (see `predict`). Default: SUBBATCH_OVERLAP on GPU backends, 0 (off) on CPU
+   * backends, where it would only raise memory. A list gives the sub-batch sizes of a group of
+   * exactly their sum (for measurements). Ignored while profiling.
    */
   overlap?: number | number[];
 }
@@ -237,7 +238,8 @@ export class Img2PoseModel {
     if (options.grouping === 'off') return this.predictStacked(images, config, options);
     const padded = images.map((img) => paddedSize(resizedSize(img.shape[0], img.shape[1], config.minSize, config.maxSize)));
     const results: RawDetections[] = new Array(images.length);
-    const overlap = !options.profile && queuesAsync() ? (options.overlap ?? SUBBATCH_OVERLAP) : 0;
+    // By default only where work is queued asynchronously; an explicit value applies anywhere.
+    const overlap = options.profile ? 0 : (options.overlap ?? (queuesAsync() ? SUBBATCH_OVERLAP : 0));
     const groups = groupBySize(padded, pixelBudget()).flatMap((g) => splitForOverlap(g, overlap));
     const run = async (group: number[]): Promise<void> => {
       const out = await this.predictStacked(group.map((i) => images[i]), config, options);
