@@ -6,7 +6,7 @@
  *   const all = await detector.detectFaces(['a.jpg', 'b.png']); // Face[][]
  *   await detector.dispose();
  */
-export { Img2Pose, processPrediction, DEFAULT_OPTIONS } from './detector';
+export { Img2Pose, processPrediction, DEFAULT_OPTIONS, threadCount } from './detector';
 export type {
   Box,
   DetectionModel,
@@ -43,8 +43,10 @@ export type { LoadWeightsOptions } from './weights_io';
 export { visualize } from './visualize';
 export type { DrawableFace, VisualizeImage, VisualizeOptions } from './visualize';
 
-export { Img2PoseModel } from './model';
-export type { ModelConfig, RawDetections } from './model';
+export { Img2PoseModel, SUBBATCH_OVERLAP } from './model';
+export type { ModelConfig, ModelOptions, PredictOptions, RawDetections, StageTimings } from './model';
+
+export { WorkerTaskError } from './threads';
 
 export { KEYPOINT_INDICES, REFERENCE_POINTS_68, projectKeypoints, projectPoints } from './pose';
 export type { KeypointName } from './pose';

@@ -39,7 +39,9 @@ export function modelHandlers(data: ModelWorkerData): Record<string, (payload: u
     async 'model-predict'(payload: unknown): Promise<Done> {
       const task = payload as PredictTask;
       const net = await model;
-      const images = task.images.map((p) => tf.tensor3d(p.data, p.shape, p.dtype));
+      const images = task.images.map((p) =>
+        tf.tensor3d(p.data instanceof Uint8Array ? (p.dtype === 'int32' ? Int32Array.from(p.data) : Float32Array.from(p.data)) : p.data, p.shape, p.dtype),
+      );
       let out: RawDetections[];
       try {
         out = await net.predict(images, task.config);

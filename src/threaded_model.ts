@@ -24,11 +24,14 @@ export interface ModelWorkerData {
   model: { backend: 'wasm' | 'cpu'; weights: PortableWeights };
 }
 
-/** One image for a worker: pixels of a decoded [H, W, 3] tensor. */
+/**
+ * One image for a worker: pixels of a decoded [H, W, 3] tensor, as bytes when every value is one
+ * (decoded files always are: a quarter of the float32 size to copy).
+ */
 export interface PortableImage {
   shape: [number, number, number];
   dtype: 'float32' | 'int32';
-  data: Float32Array | Int32Array;
+  data: Float32Array | Int32Array | Uint8Array;
 }
 
 export interface PredictTask {
@@ -109,6 +112,20 @@ export class ThreadedModel {
 
 async function portableImage(t: tf.Tensor3D): Promise<PortableImage> {
   const dtype = t.dtype === 'int32' ? 'int32' : 'float32';
-  // data() returns a fresh copy on wasm/cpu, so it can be transferred.
-  return { shape: [t.shape[0], t.shape[1], t.shape[2]], dtype, data: (await t.data()) as Float32Array | Int32Array };
+  const values = (await t.data()) as Float32Array | Int32Array;
+  const shape: [number, number, number] = [t.shape[0], t.shape[1], t.shape[2]];
+  const bytes = asBytes(values);
+  // data() returns a fresh copy on wasm/cpu, so either array can be transferred.
+  return { shape, dtype, data: bytes ?? values };
+}
+
+/** The values as bytes when all are integers in 0..255, else null. */
+function asBytes(values: Float32Array | Int32Array): Uint8Array | null {
+  const out = new Uint8Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (!(v >= 0 && v <= 255) || v !== Math.floor(v)) return null;
+    out[i] = v;
+  }
+  return out;
 }
