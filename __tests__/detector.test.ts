@@ -455,10 +455,10 @@ function zeroWeights(): Img2PoseWeights {
 }
 
 describe('Img2Pose.load', () => {
-  it('in-memory weights on wasm stay the caller\'s; dispose frees the network\'s copies', async () => {
+  it('in-memory weights on wasm stay the caller\'s; dispose frees the network\'s copies (one thread: the network lives here)', async () => {
     const before = tf.memory().numTensors;
     const weights = zeroWeights();
-    const det = await Img2Pose.load({ weights, backend: 'wasm', minSize: 160, maxSize: 288, batchSize: 2 });
+    const det = await Img2Pose.load({ weights, backend: 'wasm', minSize: 160, maxSize: 288, batchSize: 2, threads: 1 });
     expect(det.backend).toBe('wasm');
     expect(det.options).toEqual({ scoreThreshold: 0.5, maxFaces: -1, minSize: 160, maxSize: 288, batchSize: 2 });
     expect(Array.from(weights.tensors.values()).every((t) => !t.isDisposed)).toBe(true);
