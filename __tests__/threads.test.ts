@@ -14,7 +14,7 @@ import { Img2Pose, threadCount } from '../src/detector';
 import { BatchError, InputError, OptionError } from '../src/errors';
 import { decodeImage } from '../src/io';
 import { Img2PoseModel, RawDetections } from '../src/model';
-import { shareOut } from '../src/threaded_model';
+import { shareOut, ThreadedModel } from '../src/threaded_model';
 import { WorkerPool, WorkerTaskError, workerScript } from '../src/threads';
 import { disposeWeights, Img2PoseWeights } from '../src/weights';
 import { formulaWeights } from './utils/formula';
@@ -116,13 +116,13 @@ describe('WorkerPool', () => {
 });
 
 describe('sharing a batch out among workers', () => {
-  it('balances padded pixels, largest first, and covers every image once', () => {
+  it('balances estimated cost (pixels + a fixed share per image), largest first, each image once', () => {
     const photo: [number, number] = [640, 1152];
     expect(shareOut([photo, photo, photo, photo], 2)).toEqual([[0, 2], [1, 3]]);
+    // Each image also costs a fixed share (its ~1000 ROIs): the tiny one joins a photo rather
+    // than piling onto the worker with the two mid-size images.
     const shares = shareOut([[320, 320], photo, [640, 640], photo, [96, 96]], 3);
-    expect(shares.flat().sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 4]);
-    expect(shares[0]).toEqual([1]);
-    expect(shares[1]).toEqual([3]);
+    expect(shares).toEqual([[1, 4], [3], [0, 2]]);
     expect(shareOut([photo], 4)).toEqual([[0], [], [], []]);
   });
 });
@@ -181,6 +181,27 @@ describe('results do not depend on threads', () => {
       tf.dispose(images);
       await one.dispose();
       await two.dispose();
+    }
+  });
+
+  it('leaves no tensors behind in the workers, after results and after a failed forward', async () => {
+    const model = await ThreadedModel.start(workerScript()!, weights, 'wasm', 2);
+    const images = await Promise.all(MIXED.slice(0, 3).map((n) => decodeImage(imagePath(n))));
+    try {
+      const base = await model.workerTensors();
+      expect(base.length).toBe(2);
+      expect((await model.predict(images, SMALL)).length).toBe(3);
+      expect(await model.workerTensors()).toEqual(base);
+      // The network takes RGB only (the detector converts before): the worker's error comes back.
+      const rgba = tf.zeros([16, 16, 4]) as tf.Tensor3D;
+      const failure = model.predict([images[0], rgba], SMALL);
+      await expect(failure).rejects.toBeInstanceOf(WorkerTaskError);
+      await expect(failure).rejects.toThrow(/3 \(RGB\) channels/);
+      rgba.dispose();
+      expect(await model.workerTensors()).toEqual(base);
+    } finally {
+      tf.dispose(images);
+      model.dispose();
     }
   });
 

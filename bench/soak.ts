@@ -5,7 +5,7 @@
  * that every good input gives, each time, the faces it gave the first time. Exit code 1 if not.
  *
  *   npm run build && npm run soak -- [--calls 1000] [--every 50] [--warmup 100]
- *       [--min-size 160 --max-size 288] [--backend wasm] [--rss-slack-mb 64]
+ *       [--min-size 160 --max-size 288] [--backend wasm] [--threads 1] [--rss-slack-mb 64]
  *
  * The defaults use the tiny 160/288 input sizes and small images, so on a 2-core machine with
  * the wasm backend a call costs ~0.1 s (a bad input) to ~4 s (a forward): ~30-40 minutes.
@@ -47,6 +47,7 @@ interface SoakOptions {
   minSize: number;
   maxSize: number;
   backend: BackendChoice;
+  threads: number | 'auto';
   rssSlackMb: number;
   big: boolean;
   repeat: number;
@@ -67,6 +68,7 @@ function parseOptions(argv: string[]): SoakOptions {
     .option('--min-size <n>', 'detector minSize (default 160; --big: 640)', int)
     .option('--max-size <n>', 'detector maxSize (default 288; --big: 1400)', int)
     .addOption(new Option('--backend <b>', 'compute backend').choices(BACKEND_CHOICES).default('wasm'))
+    .option('--threads <n>', "detector threads ('auto' or a count; the soak's figures were taken with 1)", (v: string) => (v === 'auto' ? 'auto' : int(v)), 1 as number | 'auto')
     .option('--rss-slack-mb <n>', 'allowed RSS growth (MiB) from the baseline to the end', int, 64)
     .option('--big', 'measure the peak RSS of an 8000x8000 JPEG photo instead', false)
     .option('--repeat <n>', '--big: detections on the photo', int, 3)
@@ -192,7 +194,7 @@ async function soak(o: SoakOptions): Promise<boolean> {
   try {
     const backend = await selectBackend(o.backend);
     const weights = formulaWeights();
-    const det = await Img2Pose.load({ weights, backend: o.backend, minSize: o.minSize, maxSize: o.maxSize, scoreThreshold: 0.5 });
+    const det = await Img2Pose.load({ weights, backend: o.backend, minSize: o.minSize, maxSize: o.maxSize, scoreThreshold: 0.5, threads: o.threads });
     disposeWeights(weights);
     const callAt = await schedule(dir);
     console.log(
@@ -293,7 +295,7 @@ async function big(o: SoakOptions, argv: string[]): Promise<boolean> {
   const backend = await selectBackend(o.backend);
   console.log(`big: ${o.photo}, ${backend}, minSize ${o.minSize}, maxSize ${o.maxSize}; RSS at start ${mb(rssNow())} MiB`);
   const weights = formulaWeights();
-  const det = await Img2Pose.load({ weights, backend: o.backend, minSize: o.minSize, maxSize: o.maxSize });
+  const det = await Img2Pose.load({ weights, backend: o.backend, minSize: o.minSize, maxSize: o.maxSize, threads: o.threads });
   disposeWeights(weights);
   console.log(`big: detector loaded, RSS ${mb(rssNow())} MiB, peak so far ${mb(peak())} MiB, numTensors ${tf.memory().numTensors}`);
   console.log('| run | seconds | faces | numTensors | RSS after (MiB) | peak RSS so far (MiB) |');

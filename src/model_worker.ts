@@ -36,6 +36,10 @@ export function modelHandlers(data: ModelWorkerData): Record<string, (payload: u
       await model;
       return { result: tf.getBackend(), transfer: [] };
     },
+    async 'model-memory'(): Promise<Done> {
+      await model;
+      return { result: tf.memory().numTensors, transfer: [] };
+    },
     async 'model-predict'(payload: unknown): Promise<Done> {
       const task = payload as PredictTask;
       const net = await model;

@@ -49,18 +49,27 @@ export async function portableWeights(weights: Img2PoseWeights): Promise<Portabl
 }
 
 /**
- * Splits images among `workers` by their padded pixel count, largest first to the least loaded
- * (LPT): a batch of equal images splits evenly. Returns each worker's image indices, ascending.
+ * What an image costs a worker beyond its pixels, in padded-pixel equivalents: the ROI heads run
+ * ~1000 proposals at any size. Measured on wasm (BENCHMARKS.md): ~3.5 s for a 160x288 input,
+ * ~10 s for 640x1152, i.e. ~3.3 s fixed + ~9 µs per padded pixel.
+ */
+const FIXED_COST_PIXELS = 360_000;
+
+/**
+ * Splits images among `workers` by estimated cost (padded pixels + FIXED_COST_PIXELS), largest
+ * first to the least loaded (LPT): a batch of equal images splits evenly. Returns each worker's
+ * image indices, ascending.
  */
 export function shareOut(padded: Size[], workers: number): number[][] {
   const shares: number[][] = Array.from({ length: workers }, () => []);
   const load = new Array<number>(workers).fill(0);
-  const order = padded.map((_, i) => i).sort((a, b) => padded[b][0] * padded[b][1] - padded[a][0] * padded[a][1] || a - b);
+  const cost = padded.map(([h, w]) => h * w + FIXED_COST_PIXELS);
+  const order = padded.map((_, i) => i).sort((a, b) => cost[b] - cost[a] || a - b);
   for (const i of order) {
     let w = 0;
     for (let k = 1; k < workers; k++) if (load[k] < load[w]) w = k;
     shares[w].push(i);
-    load[w] += padded[i][0] * padded[i][1];
+    load[w] += cost[i];
   }
   return shares.map((s) => s.sort((a, b) => a - b));
 }
@@ -103,6 +112,11 @@ export class ThreadedModel {
       }),
     );
     return results;
+  }
+
+  /** Tensors alive in each worker's tfjs (leak checks). */
+  workerTensors(): Promise<number[]> {
+    return this.pool.broadcast<number>({ kind: 'model-memory', payload: null });
   }
 
   dispose(): void {
