@@ -8,7 +8,7 @@
  * zero padding is therefore zero in normalised space.
  */
 import * as tf from '@tensorflow/tfjs';
-import { normalizeResizePadWebGPU, useWebGPUKernels } from './webgpu';
+import { normalizeResizePadBatchWebGPU, useWebGPUKernels } from './webgpu';
 
 /** torchvision's ImageNet statistics (GeneralizedRCNNTransform defaults used by upstream). */
 export const IMAGE_MEAN: readonly [number, number, number] = [0.485, 0.456, 0.406];
@@ -222,10 +222,14 @@ function buildBatch(
   const batchH = Math.max(...paddedSizes.map((s) => s[0]));
   const batchW = Math.max(...paddedSizes.map((s) => s[1]));
   if (useWebGPUKernels()) {
-    // One dispatch per image on the GPU, same taps and byte table (see src/webgpu/transform.ts).
-    const batch = tf.tidy(() => tf.stack(images.map((img, i) => normalizeResizePadWebGPU(
-      img, bilinearTaps(originalSizes[i][0], imageSizes[i][0]), bilinearTaps(originalSizes[i][1], imageSizes[i][1]),
-      [batchH, batchW], WEBGPU_TABLE))) as tf.Tensor4D);
+    // One dispatch for the batch on the GPU, same taps and byte table (see src/webgpu/transform.ts).
+    const batch = normalizeResizePadBatchWebGPU(
+      images,
+      images.map((_, i) => bilinearTaps(originalSizes[i][0], imageSizes[i][0])),
+      images.map((_, i) => bilinearTaps(originalSizes[i][1], imageSizes[i][1])),
+      [batchH, batchW],
+      WEBGPU_TABLE,
+    );
     return { images: batch, imageSizes, paddedSizes, originalSizes };
   }
   const imageLen = batchH * batchW * 3;

@@ -39,4 +39,4 @@ export type { WebGPUAdapterSummary } from './dawn';
 export { gpuSync, gpuMemory } from './program';
 export { roiAlignFused } from './roi_align';
 export type { RoiAlignInputs } from './roi_align';
-export { normalizeResizePadWebGPU } from './transform';
+export { normalizeResizePadBatchWebGPU } from './transform';

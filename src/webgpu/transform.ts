@@ -1,27 +1,34 @@
-// The input transform (normalise, bilinear resize, zero-pad bottom/right) as one WebGPU dispatch
-// per image. The host keeps what must match torch exactly: the bilinear taps (source indices and
-// float32 weights, see transform.ts `bilinearTaps`) and the normalised value of each byte; the GPU
-// only gathers and blends. Blending is float32 with an fma where the host rounds a float64 sum
+// The input transform (normalise, bilinear resize, zero-pad bottom/right) of a whole batch as one
+// WebGPU dispatch. The host keeps what must match torch exactly: the bilinear taps (source indices
+// and float32 weights, see transform.ts `bilinearTaps`) and the normalised value of each byte; the
+// GPU only gathers and blends. Blending is float32 with an fma where the host rounds a float64 sum
 // once, so values can differ from the host path by one float32 ulp.
+// One dispatch and two small uploads per batch, not per image: per image, the uploads and bind
+// groups cost ~1 ms of host time each while the GPU work is microseconds (GPU_NOTES.md).
 import * as tf from '@tensorflow/tfjs';
 import type { LinearTaps } from '../transform';
 import { runProgram, WebGPUProgram } from './program';
 
-class NormalizeResizePadProgram implements WebGPUProgram {
-  variableNames = ['img', 'yIdx', 'yWt', 'xIdx', 'xWt', 'table'];
-  variableComponents = [1, 2, 2, 2, 2, 1];
+/** Int32 words per image in the header of the taps buffer. */
+const HEADER = 8;
+
+class NormalizeResizePadBatchProgram implements WebGPUProgram {
+  variableNames = ['img', 'taps', 'table'];
   outputShape: number[];
-  shaderKey = 'i2pNormalizeResizePad';
-  dispatchLayout = { x: [0, 1, 2] };
+  shaderKey = 'i2pNormalizeResizePadBatch';
+  dispatchLayout = { x: [0, 1, 2, 3] };
   dispatch: [number, number, number];
   workgroupSize: [number, number, number] = [128, 1, 1];
   size = true;
 
-  constructor(paddedH: number, paddedW: number) {
-    this.outputShape = [paddedH, paddedW, 3];
-    this.dispatch = [Math.ceil((paddedH * paddedW * 3) / this.workgroupSize[0]), 1, 1];
+  constructor(n: number, paddedH: number, paddedW: number) {
+    this.outputShape = [n, paddedH, paddedW, 3];
+    this.dispatch = [Math.ceil((n * paddedH * paddedW * 3) / this.workgroupSize[0]), 1, 1];
   }
 
+  // taps: per image a header [pixel offset into img, source width, resized h, resized w, y taps
+  // offset, x taps offset, -, -], then the taps, 4 words each: index0, index1, weight0, weight1
+  // (weights as float32 bits).
   getUserCode(): string {
     return `
 fn norm(v: f32, c: i32) -> f32 {
@@ -32,49 +39,75 @@ fn norm(v: f32, c: i32) -> f32 {
 fn main(index: i32) {
   if (index >= uniforms.size) { return; }
   let c = index % 3; let p = index / 3;
-  let PW = uniforms.outShape.y; let x = p % PW; let y = p / PW;
-  if (y >= uniforms.yIdxShape.x || x >= uniforms.xIdxShape.x) { result[index] = 0.0; return; }
-  let W = uniforms.imgShape.y;
-  let yi = yIdx[y]; let yw = yWt[y]; let xi = xIdx[x]; let xw = xWt[x];
-  let r0 = fma(norm(img[(yi.x * W + xi.x) * 3 + c], c), xw.x, norm(img[(yi.x * W + xi.y) * 3 + c], c) * xw.y);
-  let r1 = fma(norm(img[(yi.y * W + xi.x) * 3 + c], c), xw.x, norm(img[(yi.y * W + xi.y) * 3 + c], c) * xw.y);
-  result[index] = fma(r0, yw.x, r1 * yw.y);
+  let PW = uniforms.outShape.z; let PH = uniforms.outShape.y;
+  let x = p % PW; let q = p / PW; let y = q % PH; let n = q / PH;
+  let h = n * ${HEADER};
+  if (y >= taps[h + 2] || x >= taps[h + 3]) { result[index] = 0.0; return; }
+  let off = taps[h]; let W = taps[h + 1];
+  let ty = taps[h + 4] + y * 4; let tx = taps[h + 5] + x * 4;
+  let y0 = taps[ty]; let y1 = taps[ty + 1]; let yw0 = bitcast<f32>(taps[ty + 2]); let yw1 = bitcast<f32>(taps[ty + 3]);
+  let x0 = taps[tx]; let x1 = taps[tx + 1]; let xw0 = bitcast<f32>(taps[tx + 2]); let xw1 = bitcast<f32>(taps[tx + 3]);
+  let r0 = fma(norm(img[off + (y0 * W + x0) * 3 + c], c), xw0, norm(img[off + (y0 * W + x1) * 3 + c], c) * xw1);
+  let r1 = fma(norm(img[off + (y1 * W + x0) * 3 + c], c), xw0, norm(img[off + (y1 * W + x1) * 3 + c], c) * xw1);
+  result[index] = fma(r0, yw0, r1 * yw1);
 }`;
   }
 }
 
-function interleave<T extends Int32Array | Float32Array>(a: T, b: T, out: T): T {
-  for (let i = 0; i < a.length; i++) {
-    out[2 * i] = a[i];
-    out[2 * i + 1] = b[i];
-  }
-  return out;
+/** The batch's header and taps in one int32 buffer (float weights stored as their bits). */
+function packTaps(images: tf.Tensor3D[], yTaps: LinearTaps[], xTaps: LinearTaps[]): Int32Array {
+  const n = images.length;
+  const count = yTaps.reduce((s, t) => s + t.index0.length, 0) + xTaps.reduce((s, t) => s + t.index0.length, 0);
+  const words = new Int32Array(n * HEADER + 4 * count);
+  const bits = new Float32Array(words.buffer);
+  let at = n * HEADER;
+  let pixels = 0;
+  const put = (t: LinearTaps): number => {
+    const start = at;
+    for (let d = 0; d < t.index0.length; d++, at += 4) {
+      words[at] = t.index0[d];
+      words[at + 1] = t.index1[d];
+      bits[at + 2] = t.weight0[d];
+      bits[at + 3] = t.weight1[d];
+    }
+    return start;
+  };
+  images.forEach((img, i) => {
+    const h = i * HEADER;
+    words[h] = pixels;
+    words[h + 1] = img.shape[1];
+    words[h + 2] = yTaps[i].index0.length;
+    words[h + 3] = xTaps[i].index0.length;
+    words[h + 4] = put(yTaps[i]);
+    words[h + 5] = put(xTaps[i]);
+    pixels += img.size;
+  });
+  return words;
 }
 
 /**
- * One HWC RGB image (0..255) -> normalised, resized with the given taps, zero-padded to
- * `padded` [H, W]: (H, W, 3) float32. `table`: 3 x 256 normalised byte values, then the 3 means
- * and the 3 standard deviations (float32).
+ * HWC RGB images (0..255) -> normalised, each resized with its taps and zero-padded to `padded`
+ * [H, W]: (N, H, W, 3) float32. `table`: 3 x 256 normalised byte values, then the 3 means and the
+ * 3 standard deviations (float32).
  */
-export function normalizeResizePadWebGPU(
-  image: tf.Tensor3D,
-  yTaps: LinearTaps,
-  xTaps: LinearTaps,
+export function normalizeResizePadBatchWebGPU(
+  images: tf.Tensor3D[],
+  yTaps: LinearTaps[],
+  xTaps: LinearTaps[],
   padded: [number, number],
   table: Float32Array,
-): tf.Tensor3D {
-  if (table.length !== 774) throw new Error('normalizeResizePadWebGPU: table must hold 3 x 256 values, 3 means, 3 stds');
+): tf.Tensor4D {
+  if (table.length !== 774) throw new Error('normalizeResizePadBatchWebGPU: table must hold 3 x 256 values, 3 means, 3 stds');
+  if (images.length === 0 || yTaps.length !== images.length || xTaps.length !== images.length) {
+    throw new Error('normalizeResizePadBatchWebGPU: one y and one x tap set per image, at least one image');
+  }
   return tf.tidy(() => {
-    const oh = yTaps.index0.length;
-    const ow = xTaps.index0.length;
+    const flat = images.map((img) => tf.reshape(img.dtype === 'float32' ? img : tf.cast(img, 'float32'), [-1]));
     const inputs = [
-      image.dtype === 'float32' ? image : tf.cast(image, 'float32'),
-      tf.tensor2d(interleave(yTaps.index0, yTaps.index1, new Int32Array(2 * oh)), [oh, 2], 'int32'),
-      tf.tensor2d(interleave(yTaps.weight0, yTaps.weight1, new Float32Array(2 * oh)), [oh, 2]),
-      tf.tensor2d(interleave(xTaps.index0, xTaps.index1, new Int32Array(2 * ow)), [ow, 2], 'int32'),
-      tf.tensor2d(interleave(xTaps.weight0, xTaps.weight1, new Float32Array(2 * ow)), [ow, 2]),
+      flat.length === 1 ? flat[0] : tf.concat(flat),
+      tf.tensor1d(packTaps(images, yTaps, xTaps), 'int32'),
       tf.tensor1d(table),
     ];
-    return runProgram<tf.Rank.R3>(new NormalizeResizePadProgram(padded[0], padded[1]), inputs);
+    return runProgram<tf.Rank.R4>(new NormalizeResizePadBatchProgram(images.length, padded[0], padded[1]), inputs);
   });
 }
