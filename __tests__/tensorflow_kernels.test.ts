@@ -69,14 +69,15 @@ beforeAll(async () => {
 
 /**
  * Kernel names dispatched by what a user of the tensorflow backend runs: building the model, decoding
- * (raw pixels and the tensor inputs: int32 RGBA and float32 gray), the host input transform and one
- * forward.
+ * (raw pixels and the tensor inputs: int32 RGBA and float32 gray), the host input transform, one
+ * forward of one image, and one of a batch with its host stages on worker threads (as `threads`
+ * gives on that backend: the RPN output is then split per image on the device).
  */
 async function dispatchedKernels(): Promise<Set<string>> {
   const before = tf.memory().numTensors;
   const info = await tf.profile(async () => {
     const weights = formulaWeights();
-    const model = new Img2PoseModel(weights);
+    const model = new Img2PoseModel(weights, { hostThreads: 2 });
     disposeWeights(weights);
     const image = await decodeImage({ ...teaser, channels: 4 });
     const rgba = tf.fill([8, 12, 4], 200, 'int32') as tf.Tensor3D;
@@ -88,6 +89,9 @@ async function dispatchedKernels(): Promise<Set<string>> {
       const [out] = await model.predict([image], CONFIG);
       // A forward that found no box would skip the RoIAlign and heads kernels.
       expect(out.scores.length).toBeGreaterThan(0);
+      expect(model.usesHostThreads).toBe(true);
+      const pair = await model.predict([image, image], CONFIG);
+      expect(Array.from(pair[1].scores)).toEqual(Array.from(out.scores));
     } finally {
       tf.dispose([image, rgba, gray]);
       model.dispose();
@@ -116,6 +120,8 @@ describe('kernels dispatched vs tfjs-node 4.22', () => {
     expect(kernels.has('CropAndResize')).toBe(true);
     expect(kernels.has('AvgPool')).toBe(true);
     expect(kernels.has('_FusedMatMul')).toBe(true);
+    // ...and the batch split its RPN output per image for the worker threads.
+    expect(kernels.has('SplitV')).toBe(true);
     expect(unsupported(kernels)).toEqual([]);
   });
 
