@@ -61,6 +61,17 @@ describe('grouping by padded size', () => {
     expect(splitEvenly([0, 1, 2, 3, 4], 1)).toEqual([[0], [1], [2], [3], [4]]);
   });
 
+  it('refuses an overlap that would lose images', async () => {
+    const image = tf.zeros([32, 32, 3]) as tf.Tensor3D;
+    try {
+      for (const overlap of [[], -1, 1.5, [2, 0]]) {
+        await expect(model.predict([image], { minSize: 32, maxSize: 32 }, { overlap })).rejects.toThrow(RangeError);
+      }
+    } finally {
+      image.dispose();
+    }
+  });
+
   it('overlapping sub-batch forwards give the results of one forward, and free every tensor', async () => {
     const images = await decodeAll(['teaser.png', 'portrait_1.png', 'teaser.png']);
     try {

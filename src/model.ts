@@ -157,6 +157,9 @@ export function groupBySize(padded: Size[], budget: number): number[][] {
 
 /** A group's sub-batches for `overlap` (see PredictOptions.overlap). */
 function splitForOverlap(group: number[], overlap: number | number[]): number[][] {
+  const sizes = Array.isArray(overlap) ? overlap : [overlap];
+  const valid = sizes.length > 0 && sizes.every((n) => Number.isInteger(n) && n >= (Array.isArray(overlap) ? 1 : 0));
+  if (!valid) throw new RangeError(`overlap must be an integer >= 0 or a list of positive integers, got ${JSON.stringify(overlap)}`);
   if (Array.isArray(overlap)) {
     if (overlap.reduce((a, b) => a + b, 0) !== group.length) return splitEvenly(group, Math.max(...overlap));
     let start = 0;
