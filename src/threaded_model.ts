@@ -128,9 +128,9 @@ async function portableImage(t: tf.Tensor3D): Promise<PortableImage> {
   const dtype = t.dtype === 'int32' ? 'int32' : 'float32';
   const values = (await t.data()) as Float32Array | Int32Array;
   const shape: [number, number, number] = [t.shape[0], t.shape[1], t.shape[2]];
-  const bytes = asBytes(values);
-  // data() returns a fresh copy on wasm/cpu, so either array can be transferred.
-  return { shape, dtype, data: bytes ?? values };
+  // Transferred to the worker: never the backend's own storage (the cpu backend's data() is the
+  // tensor's array, which may be shared with the caller's tensor).
+  return { shape, dtype, data: asBytes(values) ?? values.slice() };
 }
 
 /** The values as bytes when all are integers in 0..255, else null. */
