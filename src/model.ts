@@ -358,9 +358,9 @@ export class Img2PoseModel {
     return this.hostPool ?? undefined;
   }
 
-  /** True when batches run their host stages on worker threads. */
+  /** True when batches run their host stages on worker threads (without starting them). */
   get usesHostThreads(): boolean {
-    return this.pool() !== undefined;
+    return this.hostPool ? true : this.hostPool === undefined && this.hostThreads > 0 && workerScript() !== null;
   }
 
   dispose(): void {
