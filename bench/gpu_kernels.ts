@@ -20,6 +20,7 @@ import { initWebGPUBackend } from '../src/webgpu/dawn';
 import { gpuSync } from '../src/webgpu/program';
 import { roiAlignFused, RoiAlignInputs } from '../src/webgpu/roi_align';
 import { setKernelMode } from '../src/webgpu';
+import { conv2dWinograd, winogradFilter } from '../src/webgpu/winograd';
 import { prepareBatch } from '../src/transform';
 import { decodeImage } from '../src/io';
 import * as fsp from 'fs';
@@ -123,6 +124,59 @@ interface CheckRow {
   ok: boolean;
 }
 
+const winogradChecks: ConvCase[] = [
+  { name: '3x3 128->20 odd spatial', x: [1, 17, 23, 128], k: 3, cout: 20, stride: 1, pad: 1, relu: true },
+  { name: '3x3 256->256 batch 3', x: [3, 9, 14, 256], k: 3, cout: 256, stride: 1, pad: 1, relu: true },
+  { name: '3x3 128->128 + residual', x: [2, 15, 9, 128], k: 3, cout: 128, stride: 1, pad: 1, relu: true, residual: 'same' },
+  { name: '3x3 512->12 one row', x: [2, 1, 5, 512], k: 3, cout: 12, stride: 1, pad: 1, relu: false },
+  { name: '3x3 64->64 (below threshold)', x: [1, 33, 31, 64], k: 3, cout: 64, stride: 1, pad: 1, relu: false },
+  { name: '3x3 256->256 tile 64x64', x: [1, 21, 37, 256], k: 3, cout: 256, stride: 1, pad: 1, relu: true, tile: { bm: 64, bn: 64 } },
+];
+
+/**
+ * Winograd F(2x2, 3x3) against the direct kernel and a float64 convolution; each image of a batch
+ * bit-identical to its own single run; a batch run in image chunks bit-identical to one run.
+ */
+async function winogradCases(): Promise<CheckRow[]> {
+  const rows: CheckRow[] = [];
+  for (const c of winogradChecks) {
+    const { x, w, b, res } = makeConvInputs(c);
+    const opts = convOpts(c, res);
+    const u = winogradFilter(w);
+    tf.fill([c.x[0], c.x[1], c.x[2], c.cout], NaN).dispose();
+    const wino = conv2dWinograd(x, u, b, opts, c.tile);
+    const direct = conv2dFused(x, w, b, opts);
+    const e = await relErr(wino, direct);
+    rows.push({ name: `winograd ${c.name} vs direct`, relErr: e, ok: e < 1e-5 && Number.isFinite(e) });
+    const ref = await convReference64(x, w, b, c, res);
+    const got = await wino.data();
+    let num = 0;
+    let den = 0;
+    for (let i = 0; i < ref.length; i++) {
+      num += (got[i] - ref[i]) ** 2;
+      den += ref[i] ** 2;
+    }
+    const e64 = Math.sqrt(num / den);
+    rows.push({ name: `  vs float64 CPU`, relErr: e64, ok: e64 < 1e-5 && Number.isFinite(e64) });
+    if (c.x[0] > 1) {
+      // Image 1 alone vs inside the batch; the batch in chunks of one image vs at once.
+      const [n, h, wd, cin] = c.x;
+      const one = tf.slice(x, [1, 0, 0, 0], [1, h, wd, cin]);
+      const oneRes = res && tf.slice(res, [1, 0, 0, 0], [1, h, wd, c.cout]);
+      const single = conv2dWinograd(one, u, b, { ...opts, residual: oneRes }, c.tile);
+      const inBatch = tf.slice(wino, [1, 0, 0, 0], [1, h, wd, c.cout]);
+      const dSingle = tf.tidy(() => tf.max(tf.abs(tf.sub(single, inBatch))));
+      const chunked = conv2dWinograd(x, u, b, opts, c.tile, 16 * Math.ceil(h / 2) * Math.ceil(wd / 2) * Math.max(cin, c.cout) * 4);
+      const dChunk = tf.tidy(() => tf.max(tf.abs(tf.sub(chunked, wino))));
+      const [ds, dc] = [(await dSingle.data())[0], (await dChunk.data())[0]];
+      rows.push({ name: `  image 1 of ${n} == single, chunked == whole`, relErr: Math.max(ds, dc), ok: ds === 0 && dc === 0 });
+      tf.dispose([one, single, inBatch, dSingle, chunked, dChunk, ...(oneRes ? [oneRes] : [])]);
+    }
+    tf.dispose([x, w, b, u, wino, direct, ...(res ? [res] : [])]);
+  }
+  return rows;
+}
+
 async function runChecks(): Promise<CheckRow[]> {
   const rows: CheckRow[] = [];
   for (const c of checkCases) {
@@ -151,6 +205,7 @@ async function runChecks(): Promise<CheckRow[]> {
     }
     tf.dispose([x, w, b, fused, stock, ...(res ? [res] : [])]);
   }
+  for (const r of await winogradCases()) rows.push(r);
   for (const [m, k, n, relu] of [[37, 144, 70, true], [1000, 12544, 2048, true], [333, 1024, 12, false]] as [number, number, number, boolean][]) {
     const x = rnd([m, k]) as tf.Tensor2D;
     const w = rnd([k, n], Math.sqrt(6 / k)) as tf.Tensor2D;
@@ -342,6 +397,8 @@ interface TimingRow {
   tile: string;
   stockTflops: number;
   fusedTflops: number;
+  /** Winograd F(2x2, 3x3) for stride-1 3x3 layers (effective TF/s: the direct conv's FLOPs). */
+  winoMs?: number;
 }
 
 // ResNet-18 + FPN + RPN at the default 640x1152 (padded) input.
@@ -374,9 +431,15 @@ async function runTimings(batches: number[]): Promise<TimingRow[]> {
       const stockMs = await timeIt(() => conv2dPortable(x, w, b, opts));
       const again = await timeIt(() => conv2dFused(x, w, b, opts));
       if (Math.abs(again - fusedMs) > 0.1 * fusedMs) console.log(`  (fused time moved: ${fusedMs.toFixed(3)} -> ${again.toFixed(3)} ms)`);
+      let winoMs: number | undefined;
+      if (c.k === 3 && c.stride === 1 && c.x[3] % 4 === 0) {
+        const u = winogradFilter(w);
+        winoMs = await timeIt(() => conv2dWinograd(x, u, b, opts));
+        u.dispose();
+      }
       rows.push({
         layer: c.name, batch, gflop, stockMs, fusedMs, tile: `${tile.bm}x${tile.bn}`,
-        stockTflops: gflop / stockMs, fusedTflops: gflop / fusedMs,
+        stockTflops: gflop / stockMs, fusedTflops: gflop / fusedMs, winoMs,
       });
       tf.dispose([x, w, b, ...(res ? [res] : [])]);
       console.log(fmtTiming(rows[rows.length - 1]));
@@ -405,7 +468,8 @@ async function runTimings(batches: number[]): Promise<TimingRow[]> {
 function fmtTiming(r: TimingRow): string {
   return `${r.layer.padEnd(38)} b${String(r.batch).padEnd(2)} ${r.gflop.toFixed(2).padStart(8)} GF  ` +
     `stock ${r.stockMs.toFixed(3).padStart(9)} ms ${r.stockTflops.toFixed(2).padStart(6)} TF/s  ` +
-    `fused ${r.fusedMs.toFixed(3).padStart(8)} ms ${r.fusedTflops.toFixed(2).padStart(6)} TF/s  tile ${r.tile}`;
+    `fused ${r.fusedMs.toFixed(3).padStart(8)} ms ${r.fusedTflops.toFixed(2).padStart(6)} TF/s  tile ${r.tile}` +
+    (r.winoMs === undefined ? '' : `  winograd ${r.winoMs.toFixed(3).padStart(8)} ms ${(r.gflop / r.winoMs).toFixed(2).padStart(6)} TF/s eff`);
 }
 
 /** Shape and tile sweeps for one layer type (exploration; see GPU_NOTES.md). */

@@ -18,7 +18,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { Img2PoseWeights } from './weights';
 import { Conv, convOutputSize, disposeConv, foldFrozenBatchNorm, makeConv, readsBeyondRegion } from './layers';
-import { conv as convOp } from './webgpu';
+import { conv as convOp, prepareConvFilter, WINOGRAD_LEVELS } from './webgpu';
 
 export type Size = [number, number];
 
@@ -91,10 +91,12 @@ function maskedInput(f: Feature, kernel: number, stride: number, pad: number, ma
  * conv + bias (+ residual, nearest-upsampled when `upsample`) (+ ReLU, after the residual), through
  * the kernel switch of ./webgpu: stock tfjs ops by default, one fused WebGPU program when enabled.
  */
-function convFeature(f: Feature, conv: Conv, relu: boolean, masks: RegionMasks, residual?: tf.Tensor4D, upsample = false): Feature {
+function convFeature(
+  f: Feature, conv: Conv, relu: boolean, masks: RegionMasks, residual?: tf.Tensor4D, upsample = false, winograd = false,
+): Feature {
   const input = maskedInput(f, conv.kernel, conv.stride, conv.pad, masks);
   return {
-    x: convOp(input, conv.filter, conv.bias, { stride: conv.stride, pad: conv.pad, relu, residual, upsampleResidual: upsample }),
+    x: convOp(input, conv.filter, conv.bias, { stride: conv.stride, pad: conv.pad, relu, residual, upsampleResidual: upsample, winograd }),
     regions: regionsAfter(f.regions, conv.kernel, conv.stride, conv.pad),
     zeroOutside: false, // the bias
   };
@@ -172,6 +174,7 @@ export class Backbone {
         list.push(makeConv(filter, bias, 1));
       }
     }
+    for (let i = 0; i < WINOGRAD_LEVELS; i++) prepareConvFilter(this.outer[i].filter);
   }
 
   private foldedConv(weights: Img2PoseWeights, conv: string, bn: string, stride: number): Conv {
@@ -262,7 +265,7 @@ export class Backbone {
         // Top-down pathway: lateral 1x1 conv + nearest-upsampled coarser level (torch
         // interpolate 'nearest': source index floor(d * in / out)), fused into the conv.
         last = convFeature(c[i], this.inner[i], false, masks, last.x, true);
-        results[i] = convFeature(last, this.outer[i], false, masks);
+        results[i] = convFeature(last, this.outer[i], false, masks, undefined, false, i < WINOGRAD_LEVELS);
       }
       // The RPN head's 3x3 conv reads these maps: zero them outside each image's region.
       const levels: Feature[] = results.map((r) =>

@@ -4,6 +4,7 @@
  * independent of each other (see backbone.ts, "batch == single").
  */
 import * as tf from '@tensorflow/tfjs';
+import { releaseConvFilter } from './webgpu';
 
 /** torchvision's FrozenBatchNorm2d epsilon. */
 export const FROZEN_BN_EPS = 1e-5;
@@ -79,6 +80,7 @@ export function makeConv(filter: tf.Tensor4D, bias: tf.Tensor1D, stride: number)
 }
 
 export function disposeConv(conv: Conv): void {
+  releaseConvFilter(conv.filter); // prepared or not
   conv.filter.dispose();
   conv.bias.dispose();
 }

@@ -8,7 +8,7 @@
  * output there equals the single-image run's.
  */
 import * as tf from '@tensorflow/tfjs';
-import { conv } from './webgpu';
+import { conv, prepareConvFilter, releaseConvFilter, WINOGRAD_LEVELS } from './webgpu';
 import { WorkerPool } from './threads';
 import { Img2PoseWeights } from './weights';
 import { ANCHORS_PER_LOCATION, featureSizes } from './anchors';
@@ -42,6 +42,7 @@ export class RegionProposalNetwork {
     // Own copies, so the caller may dispose its weights map independently.
     this.convWeight = tf.clone(get('rpn.head.conv.weight')) as tf.Tensor4D;
     this.convBias = tf.clone(get('rpn.head.conv.bias')) as tf.Tensor1D;
+    prepareConvFilter(this.convWeight);
     this.predWeight = tf.concat4d(
       [get('rpn.head.cls_logits.weight') as tf.Tensor4D, get('rpn.head.bbox_pred.weight') as tf.Tensor4D],
       3,
@@ -60,7 +61,7 @@ export class RegionProposalNetwork {
       tf.tidy(() => {
         const [n, height, width] = feature.shape;
         const x = maskOutsideRegions(feature, regions.map((r) => r[level]), n, height, width);
-        const hidden = conv(x, this.convWeight, this.convBias, { stride: 1, pad: 1, relu: true });
+        const hidden = conv(x, this.convWeight, this.convBias, { stride: 1, pad: 1, relu: true, winograd: level < WINOGRAD_LEVELS });
         return conv(hidden, this.predWeight, this.predBias, { stride: 1, pad: 0, relu: false });
       }),
     );
@@ -115,6 +116,7 @@ export class RegionProposalNetwork {
   }
 
   dispose(): void {
+    releaseConvFilter(this.convWeight);
     tf.dispose([this.convWeight, this.convBias, this.predWeight, this.predBias]);
   }
 }

@@ -20,6 +20,12 @@ export interface ConvOptions {
   residual?: tf.Tensor4D;
   /** Read `residual` with nearest-neighbour upsampling to the output size (F.interpolate 'nearest'). */
   upsampleResidual?: boolean;
+  /**
+   * Let this call take the Winograd path (webgpu kernels, a filter given to `prepareConvFilter`,
+   * stride 1, pad 1). The caller decides per layer and level, never per batch, so an image's
+   * numbers do not depend on its batch.
+   */
+  winograd?: boolean;
 }
 
 /** Tile shape of one workgroup: BM output pixels x BN output channels, BK reduction steps (16 unless given). */
@@ -46,7 +52,7 @@ export function chooseTile(rows: number, cols: number): ConvTile {
   return { bm: 64, bn: 64 };
 }
 
-interface ConvShaderSpec {
+export interface ConvShaderSpec {
   kh: number;
   kw: number;
   cin: number;
@@ -57,11 +63,16 @@ interface ConvShaderSpec {
   hasBias: boolean;
   residual: 'none' | 'same' | 'upsample';
   tile: ConvTile;
+  /**
+   * 1x1 only: 16 independent GEMMs, one per workgroup z (Winograd's transformed components):
+   * x [16, 1, rows, in], W [16, in, out], output [16, 1, rows, out].
+   */
+  batched?: boolean;
 }
 
 function specKey(s: ConvShaderSpec): string {
   return `i2pConv_${s.kh}x${s.kw}_${s.cin}_${s.cout}_s${s.stride}_p${s.pad}_${s.relu ? 'r' : ''}${s.hasBias ? 'b' : ''}` +
-    `_${s.residual}_${s.tile.bm}x${s.tile.bn}x${s.tile.bk ?? BK}`;
+    `_${s.residual}_${s.tile.bm}x${s.tile.bn}x${s.tile.bk ?? BK}${s.batched ? '_z' : ''}`;
 }
 
 /**
@@ -74,6 +85,10 @@ export function convShaderSource(s: ConvShaderSpec): string {
   const rm = bm / 64; // row groups of 4 per thread, 16 threads apart
   const rn = bn / 64; // column groups of 4 per thread
   if (s.cin % 4 !== 0 || s.cout % 4 !== 0) throw new Error('convShaderSource: channels must be multiples of 4');
+  const batched = s.batched === true;
+  if (batched && (s.kh !== 1 || s.kw !== 1 || s.stride !== 1 || s.pad !== 0 || s.hasBias || s.residual !== 'none' || s.relu)) {
+    throw new Error('convShaderSource: batched GEMMs are plain 1x1 (no bias, residual or ReLU)');
+  }
   // Cin % 16 == 0: a whole k-tile is 16 channels of one tap, decoded once per tile; else each
   // vec4 (4 channels of one tap) decodes its own tap.
   const tileTap = s.cin % bk === 0;
@@ -91,7 +106,9 @@ export function convShaderSource(s: ConvShaderSpec): string {
   L(`fn main() {`);
   L(`  let tx = i32(localId.x); let ty = i32(localId.y); let tid = ty * 16 + tx;`);
   L(`  let n0 = i32(workgroupId.x) * BN; let m0 = i32(workgroupId.y) * BM;`);
-  L(`  let HO = uniforms.outShape.y; let WO = uniforms.outShape.z; let M = uniforms.outShape.x * HO * WO;`);
+  L(`  let HO = uniforms.outShape.y; let WO = uniforms.outShape.z;`);
+  // Batched: rows of one GEMM only; the GEMM's index is the workgroup's z.
+  L(batched ? `  let zb = i32(workgroupId.z); let M = HO * WO;` : `  let M = uniforms.outShape.x * HO * WO;`);
   L(`  let H = uniforms.xShape.y; let W_ = uniforms.xShape.z;`);
 
   // Per-thread A-loader rows are fixed for the whole k loop: decode their pixels once.
@@ -99,7 +116,7 @@ export function convShaderSource(s: ConvShaderSpec): string {
   for (let l = 0; l < aLoads; l++) {
     L(`  let aM${l} = (tid + ${l * THREADS}) / ${bk / 4}; let aK${l} = (tid + ${l * THREADS}) % ${bk / 4};`);
     L(`  let aPix${l} = m0 + aM${l}; let aOk${l} = aPix${l} < M;`);
-    L(`  let aB${l} = aPix${l} / (HO * WO); let aR${l} = aPix${l} - aB${l} * HO * WO;`);
+    L(batched ? `  let aB${l} = zb; let aR${l} = aPix${l};` : `  let aB${l} = aPix${l} / (HO * WO); let aR${l} = aPix${l} - aB${l} * HO * WO;`);
     L(`  let aOy${l} = aR${l} / WO; let aOx${l} = aR${l} - aOy${l} * WO;`);
     L(`  let aIy${l} = aOy${l} * STRIDE - PAD; let aIx${l} = aOx${l} * STRIDE - PAD; let aBase${l} = aB${l} * H * W_;`);
     L(`  var ra${l} = vec4<f32>(0.0);`);
@@ -137,7 +154,7 @@ export function convShaderSource(s: ConvShaderSpec): string {
     const out: string[] = [];
     for (let l = 0; l < bLoads; l++) {
       out.push(`{ let k = ${k0} + bK${l}; rb${l} = vec4<f32>(0.0);`);
-      out.push(`  if (k < KTOT && bN${l} < COUT) { rb${l} = W[(k * COUT + bN${l}) / 4]; } }`);
+      out.push(`  if (k < KTOT && bN${l} < COUT) { rb${l} = W[((${batched ? 'zb * KTOT + ' : ''}k) * COUT + bN${l}) / 4]; } }`);
     }
     return out;
   };
@@ -190,7 +207,7 @@ export function convShaderSource(s: ConvShaderSpec): string {
       if (s.hasBias) L(`          v = v + bias[n / 4];`);
       if (s.residual !== 'none') L(`          v = v + res[(rrow + n) / 4];`);
       if (s.relu) L(`          v = max(v, vec4<f32>(0.0));`);
-      L(`          result[(m * COUT + n) / 4] = v; } }`);
+      L(`          result[((${batched ? 'zb * M + ' : ''}m) * COUT + n) / 4] = v; } }`);
     }
     L(`    } }`);
   }
@@ -198,7 +215,7 @@ export function convShaderSource(s: ConvShaderSpec): string {
   return lines.join('\n');
 }
 
-class FusedConvProgram implements WebGPUProgram {
+export class FusedConvProgram implements WebGPUProgram {
   variableNames: string[];
   variableComponents: number[];
   outputComponent = 4;
@@ -216,7 +233,9 @@ class FusedConvProgram implements WebGPUProgram {
     this.variableComponents = this.variableNames.map(() => 4);
     this.shaderKey = specKey(spec);
     const rows = outShape[0] * outShape[1] * outShape[2];
-    this.dispatch = [Math.ceil(spec.cout / spec.tile.bn), Math.ceil(rows / spec.tile.bm), 1];
+    this.dispatch = spec.batched
+      ? [Math.ceil(spec.cout / spec.tile.bn), Math.ceil((outShape[1] * outShape[2]) / spec.tile.bm), outShape[0]]
+      : [Math.ceil(spec.cout / spec.tile.bn), Math.ceil(rows / spec.tile.bm), 1];
   }
 
   getUserCode(): string {

@@ -3,6 +3,7 @@
 // path is the default, so nothing changes unless a caller opts in with setKernelMode('webgpu').
 import * as tf from '@tensorflow/tfjs';
 import { ConvOptions, conv2dFused, conv2dPortable, linearFused, linearPortable } from './conv2d';
+import { conv2dWinograd, prepareWinograd, releaseWinograd, winogradFilterFor } from './winograd';
 
 export type KernelMode = 'portable' | 'webgpu';
 
@@ -24,7 +25,22 @@ export function useWebGPUKernels(): boolean {
 
 /** Convolution with PyTorch's symmetric padding, bias, optional residual (maybe upsampled) and ReLU. NHWC; w (kh, kw, in, out). */
 export function conv(x: tf.Tensor4D, w: tf.Tensor4D, bias: tf.Tensor1D | null, opts: ConvOptions): tf.Tensor4D {
-  return useWebGPUKernels() ? conv2dFused(x, w, bias, opts) : conv2dPortable(x, w, bias, opts);
+  if (!useWebGPUKernels()) return conv2dPortable(x, w, bias, opts);
+  const u = winogradFilterFor(w, opts);
+  return u ? conv2dWinograd(x, u, bias, opts) : conv2dFused(x, w, bias, opts);
+}
+
+/**
+ * Called by a stage for each conv filter it owns, once, when it is built: on the webgpu backend,
+ * keeps what our kernels' fast paths need (the Winograd-transformed filter), whatever the kernel
+ * mode is then, so the mode can change later. `releaseConvFilter` frees it.
+ */
+export function prepareConvFilter(w: tf.Tensor4D): void {
+  if (tf.getBackend() === 'webgpu') prepareWinograd(w);
+}
+
+export function releaseConvFilter(w: tf.Tensor4D): void {
+  releaseWinograd(w);
 }
 
 /** x (rows, in) @ w (in, out) + bias, optional ReLU. */
@@ -38,5 +54,6 @@ export { initWebGPUBackend } from './dawn';
 export type { WebGPUAdapterSummary } from './dawn';
 export { gpuSync, gpuMemory } from './program';
 export { roiAlignFused } from './roi_align';
+export { conv2dWinograd, setWinograd, winogradEnabled, winogradFilter, winogradHost, WINOGRAD_LEVELS, WINOGRAD_MIN_CHANNELS } from './winograd';
 export type { RoiAlignInputs } from './roi_align';
 export { normalizeResizePadBatchWebGPU } from './transform';

@@ -1,0 +1,124 @@
+// Winograd F(2x2, 3x3) off the GPU: the transforms, layouts and tile edges of src/webgpu/winograd.ts
+// checked through its host transcription (same three steps as the WGSL) against a float64 direct
+// convolution, plus the filter registry's lifetime. The WGSL itself runs on the GPU in
+// bench/gpu_kernels.ts against the direct kernel and a float64 convolution.
+import * as tf from '@tensorflow/tfjs';
+import {
+  convShaderSource,
+  prepareConvFilter,
+  releaseConvFilter,
+  setKernelMode,
+  winogradFilter,
+  winogradHost,
+  WINOGRAD_MIN_CHANNELS,
+} from '../src/webgpu';
+import { prepareWinograd, releaseWinograd, winogradFilterFits, winogradFilterFor, winogradOptionsFit } from '../src/webgpu/winograd';
+
+function values(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 2 ** 31 - 1;
+  }
+  return out;
+}
+
+/** Direct 3x3 stride-1 pad-1 convolution in float64. */
+function direct(x: Float32Array, [n, h, w, cin]: number[], f: Float32Array, cout: number, b: Float32Array, relu: boolean): Float64Array {
+  const out = new Float64Array(n * h * w * cout);
+  for (let bi = 0; bi < n; bi++) for (let y = 0; y < h; y++) for (let xx = 0; xx < w; xx++) for (let co = 0; co < cout; co++) {
+    let s = b[co];
+    for (let ky = 0; ky < 3; ky++) for (let kx = 0; kx < 3; kx++) {
+      const iy = y - 1 + ky;
+      const ix = xx - 1 + kx;
+      if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+      for (let ci = 0; ci < cin; ci++) s += x[((bi * h + iy) * w + ix) * cin + ci] * f[((ky * 3 + kx) * cin + ci) * cout + co];
+    }
+    out[((bi * h + y) * w + xx) * cout + co] = relu ? Math.max(s, 0) : s;
+  }
+  return out;
+}
+
+function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < b.length; i++) {
+    num += (a[i] - b[i]) ** 2;
+    den += b[i] ** 2;
+  }
+  return Math.sqrt(num / den);
+}
+
+describe('Winograd F(2x2, 3x3)', () => {
+  afterEach(() => setKernelMode('portable'));
+
+  // Odd and even sizes (a last tile half outside), one pixel wide, batches of several images.
+  it.each([
+    [[1, 7, 9, 8], 12, true],
+    [[2, 6, 5, 4], 8, false],
+    [[3, 1, 4, 12], 4, true],
+    [[1, 11, 2, 16], 20, false],
+  ] as [[number, number, number, number], number, boolean][])('x %j -> %i channels equals the direct convolution', (shape, cout, relu) => {
+    const [n, h, w, cin] = shape;
+    const x = values(n * h * w * cin, 11);
+    const f = values(9 * cin * cout, 12).map((v) => v * Math.sqrt(3 / (9 * cin)));
+    const b = values(cout, 13).map((v) => v * 0.1);
+    const u = tf.tidy(() => winogradFilter(tf.tensor4d(f, [3, 3, cin, cout])).dataSync() as Float32Array);
+    const got = winogradHost(x, shape, u, cout, b, relu);
+    const want = direct(x, shape, f, cout, b, relu);
+    const e = relErr(got, want);
+    expect(e).toBeLessThan(2e-6);
+    // The check can fail: a filter transformed for the wrong tap order is far off.
+    const flipped = f.slice();
+    for (let t = 0; t < 9; t++) flipped.set(f.subarray((8 - t) * cin * cout, (9 - t) * cin * cout), t * cin * cout);
+    const uBad = tf.tidy(() => winogradFilter(tf.tensor4d(flipped, [3, 3, cin, cout])).dataSync() as Float32Array);
+    expect(relErr(winogradHost(x, shape, uBad, cout, b, relu), want)).toBeGreaterThan(1e-2);
+  });
+
+  it('takes only 3x3 stride-1 pad-1 layers with enough channels, decided by the layer alone', () => {
+    expect(winogradFilterFits([3, 3, 256, 256])).toBe(true);
+    expect(winogradFilterFits([3, 3, WINOGRAD_MIN_CHANNELS, 4])).toBe(true);
+    expect(winogradFilterFits([3, 3, WINOGRAD_MIN_CHANNELS - 4, 256])).toBe(false);
+    expect(winogradFilterFits([1, 1, 256, 256])).toBe(false);
+    expect(winogradFilterFits([7, 7, 256, 256])).toBe(false);
+    expect(winogradFilterFits([3, 3, 256, 15])).toBe(false);
+    expect(winogradOptionsFit({ stride: 1, pad: 1, relu: true, winograd: true })).toBe(true);
+    expect(winogradOptionsFit({ stride: 1, pad: 1, relu: true })).toBe(false); // the caller did not ask
+    expect(winogradOptionsFit({ stride: 2, pad: 1, relu: true, winograd: true })).toBe(false);
+    expect(winogradOptionsFit({ stride: 1, pad: 0, relu: true, winograd: true })).toBe(false);
+  });
+
+  it('keeps a transformed filter only on the webgpu backend, and frees it on release', () => {
+    const w = tf.zeros([3, 3, 256, 256]) as tf.Tensor4D;
+    const before = tf.memory().numTensors;
+    setKernelMode('webgpu'); // on wasm: nothing to prepare
+    prepareConvFilter(w);
+    expect(tf.memory().numTensors).toBe(before);
+    expect(winogradFilterFor(w, { stride: 1, pad: 1, relu: false, winograd: true })).toBeUndefined();
+    prepareWinograd(w);
+    prepareWinograd(w); // once per filter
+    expect(tf.memory().numTensors).toBe(before + 1);
+    expect(winogradFilterFor(w, { stride: 1, pad: 1, relu: false, winograd: true })?.shape).toEqual([16, 256, 256]);
+    expect(winogradFilterFor(w, { stride: 1, pad: 1, relu: false })).toBeUndefined();
+    expect(winogradFilterFor(w, { stride: 2, pad: 1, relu: false, winograd: true })).toBeUndefined();
+    releaseConvFilter(w);
+    releaseWinograd(w);
+    expect(tf.memory().numTensors).toBe(before);
+    w.dispose();
+  });
+
+  it('the batched GEMM reads and writes the z-th matrix', () => {
+    const src = convShaderSource({
+      kh: 1, kw: 1, cin: 256, cout: 256, stride: 1, pad: 0, relu: false, hasBias: false, residual: 'none',
+      tile: { bm: 128, bn: 128 }, batched: true,
+    });
+    expect(src).toContain('let zb = i32(workgroupId.z); let M = HO * WO;');
+    expect(src).toContain('W[((zb * KTOT + k) * COUT');
+    expect(src).toContain('result[((zb * M + m) * COUT + n) / 4]');
+    expect(() => convShaderSource({
+      kh: 3, kw: 3, cin: 256, cout: 256, stride: 1, pad: 1, relu: false, hasBias: false, residual: 'none',
+      tile: { bm: 128, bn: 128 }, batched: true,
+    })).toThrow(/plain 1x1/);
+  });
+});

@@ -1,0 +1,360 @@
+// Winograd F(2x2, 3x3) for the stride-1 3x3 convolutions (Lavin & Gray 2016): each 2x2 block of
+// output pixels comes from its 4x4 input patch d as  Y = A^T [ sum_ci (G g G^T) . (B^T d B) ] A,
+// 16 products per block and channel pair instead of 36. Three dispatches:
+//   1. input transform   V[e][tile][ci]  = (B^T d B)[e]            (memory-bound)
+//   2. 16 GEMMs           M[e] = V[e] (tiles x cin) @ U[e] (cin x cout), the conv kernel in
+//                         batched 1x1 mode, e = workgroup z
+//   3. output transform   y = A^T M A + bias (+ residual) (ReLU), written NHWC
+// U = G g G^T is computed once per filter when the model is built (`prepareWinograd`).
+// Why: the 3x3 256->256 convs of the FPN outputs and the RPN head are 56% of the network's FLOPs,
+// and our fp32 SIMT GEMM is at ~half the card's peak, so doing 2.25x fewer multiplications is the
+// largest step left (GPU_NOTES.md). Rounding differs from the direct convolution by a few float32
+// ulps (checked against a float64 convolution); every image's numbers still depend only on its
+// own pixels, since tiles start at each image's origin and the choice of algorithm depends only
+// on the layer's channels, never on the batch.
+import * as tf from '@tensorflow/tfjs';
+import { ConvOptions, ConvTile, FusedConvProgram, chooseTile } from './conv2d';
+import { runProgram, WebGPUProgram, webgpuBackend } from './program';
+
+/** Layers with fewer input channels keep the direct convolution (short GEMMs, transform-bound). */
+export const WINOGRAD_MIN_CHANNELS = 128;
+
+/**
+ * Pyramid levels (from the finest, stride 4) whose 3x3 convs (FPN output, RPN head) take the
+ * Winograd path. Levels 0 and 1 hold 94% of those convs' FLOPs; on the smaller maps the two extra
+ * dispatches cost more host time than the GPU saves, which shows on batches of mixed sizes, whose
+ * forwards are host-bound (GPU_NOTES.md, third session).
+ */
+export const WINOGRAD_LEVELS = 2;
+
+/** B^T of F(2x2, 3x3): the input transform along one axis. */
+export const WINOGRAD_BT = [
+  [1, 0, -1, 0],
+  [0, 1, 1, 0],
+  [0, -1, 1, 0],
+  [0, 1, 0, -1],
+] as const;
+/** G: the filter transform along one axis. */
+export const WINOGRAD_G = [
+  [1, 0, 0],
+  [0.5, 0.5, 0.5],
+  [0.5, -0.5, 0.5],
+  [0, 0, 1],
+] as const;
+/** A^T: the output transform along one axis. */
+export const WINOGRAD_AT = [
+  [1, 1, 1, 0],
+  [0, 1, -1, -1],
+] as const;
+
+let enabled = true;
+const filters = new WeakMap<tf.Tensor, tf.Tensor3D>();
+
+/** Turns the Winograd path on or off for convolutions run from now on (A/B measurements). */
+export function setWinograd(on: boolean): void {
+  enabled = on;
+}
+
+export function winogradEnabled(): boolean {
+  return enabled;
+}
+
+/** Whether a filter (kh, kw, in, out) is one the Winograd path takes. Depends on the layer only. */
+export function winogradFilterFits(shape: readonly number[]): boolean {
+  const [kh, kw, cin, cout] = shape;
+  return kh === 3 && kw === 3 && cin % 4 === 0 && cout % 4 === 0 && cin >= WINOGRAD_MIN_CHANNELS;
+}
+
+/** Whether a call with these options can use the Winograd path (asked for, stride 1, PyTorch pad 1). */
+export function winogradOptionsFit(opts: ConvOptions): boolean {
+  return opts.winograd === true && opts.stride === 1 && opts.pad === 1 && !(opts.residual !== undefined && opts.upsampleResidual);
+}
+
+/** U[e][ci][co] = (G g G^T)[e] for a filter in tfjs layout (3, 3, in, out): [16, in, out]. */
+export function winogradFilter(filter: tf.Tensor4D): tf.Tensor3D {
+  const [kh, kw, cin, cout] = filter.shape;
+  if (kh !== 3 || kw !== 3) throw new Error(`winogradFilter: 3x3 filters only, got ${kh}x${kw}`);
+  // (G (x) G) as a [16, 9] matrix: U_e = sum over taps (a, b) of G[i][a] G[j][b] g[a][b], e = 4i + j.
+  const gg = new Float32Array(16 * 9);
+  for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) {
+    for (let a = 0; a < 3; a++) for (let b = 0; b < 3; b++) gg[(i * 4 + j) * 9 + a * 3 + b] = WINOGRAD_G[i][a] * WINOGRAD_G[j][b];
+  }
+  return tf.tidy(() => tf.reshape(tf.matMul(tf.tensor2d(gg, [16, 9]), tf.reshape(filter, [9, cin * cout])), [16, cin, cout]));
+}
+
+/**
+ * Transforms and keeps U for `filter` when our WebGPU kernels are on and the layer fits; the
+ * stage that owns the filter calls `releaseWinograd` when it is disposed.
+ */
+export function prepareWinograd(filter: tf.Tensor4D): void {
+  if (!winogradFilterFits(filter.shape) || filters.has(filter)) return;
+  filters.set(filter, tf.keep(winogradFilter(filter)));
+}
+
+export function releaseWinograd(filter: tf.Tensor): void {
+  const u = filters.get(filter);
+  if (u) {
+    u.dispose();
+    filters.delete(filter);
+  }
+}
+
+/** The prepared U of `filter` when the Winograd path applies to this call, else undefined. */
+export function winogradFilterFor(filter: tf.Tensor4D, opts: ConvOptions): tf.Tensor3D | undefined {
+  return enabled && winogradOptionsFit(opts) ? filters.get(filter) : undefined;
+}
+
+const THREADS = 256;
+// Workgroups per row of a 2-D dispatch: stays under WebGPU's default 65535 per dimension.
+const ROW = 32768;
+
+/** A flat one-thread-per-item dispatch folded into two dimensions. */
+function flatDispatch(items: number): [number, number, number] {
+  const groups = Math.ceil(items / THREADS);
+  return [Math.min(groups, ROW), Math.ceil(groups / ROW), 1];
+}
+
+const FLAT_INDEX = `let idx = i32((workgroupId.y * numWorkgroups.x + workgroupId.x) * ${THREADS}u + localIndex);`;
+
+/** x [N, H, W, C] -> V [16, 1, tiles, C], tiles = N * ceil(H/2) * ceil(W/2), one thread per tile and 4 channels. */
+export class WinogradInputProgram implements WebGPUProgram {
+  variableNames = ['x'];
+  variableComponents = [4];
+  outputComponent = 4;
+  outputShape: number[];
+  shaderKey: string;
+  // Not a flat layout: the backend then calls main() without an index (we fold a 2-D dispatch ourselves).
+  dispatchLayout = { x: [3], y: [1, 2], z: [0] };
+  dispatch: [number, number, number];
+  workgroupSize: [number, number, number] = [THREADS, 1, 1];
+
+  constructor(private readonly channels: number, tiles: number) {
+    this.outputShape = [16, 1, tiles, channels];
+    this.shaderKey = `i2pWinogradIn_${channels}`;
+    this.dispatch = flatDispatch((tiles * channels) / 4);
+  }
+
+  getUserCode(): string {
+    const L: string[] = [];
+    L.push(`fn main() {`);
+    L.push(`  ${FLAT_INDEX}`);
+    L.push(`  let C4 = ${this.channels / 4}; let H = uniforms.xShape.y; let W_ = uniforms.xShape.z;`);
+    L.push(`  let TW = (W_ + 1) / 2; let TT = ((H + 1) / 2) * TW; let T = uniforms.xShape.x * TT;`);
+    L.push(`  if (idx >= T * C4) { return; }`);
+    L.push(`  let c4 = idx % C4; let t = idx / C4;`);
+    L.push(`  let b = t / TT; let r = t - b * TT; let ty = r / TW; let tx = r - ty * TW;`);
+    L.push(`  let y0 = ty * 2 - 1; let x0 = tx * 2 - 1;`);
+    for (let p = 0; p < 4; p++) L.push(`  let rowOk${p} = y0 + ${p} >= 0 && y0 + ${p} < H;`);
+    for (let q = 0; q < 4; q++) L.push(`  let colOk${q} = x0 + ${q} >= 0 && x0 + ${q} < W_;`);
+    for (let p = 0; p < 4; p++) for (let q = 0; q < 4; q++) {
+      L.push(`  var d${p}${q} = vec4<f32>(0.0);`);
+      L.push(`  if (rowOk${p} && colOk${q}) { d${p}${q} = x[((b * H + y0 + ${p}) * W_ + x0 + ${q}) * C4 + c4]; }`);
+    }
+    // B^T d: combine rows p for each column q, then (B^T d) B: combine columns.
+    for (let i = 0; i < 4; i++) for (let q = 0; q < 4; q++) L.push(`  let s${i}${q} = ${combine(WINOGRAD_BT[i], (p) => `d${p}${q}`)};`);
+    L.push(`  let plane = T * C4; let at = t * C4 + c4;`);
+    for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) {
+      L.push(`  result[${i * 4 + j} * plane + at] = ${combine(WINOGRAD_BT[j], (q) => `s${i}${q}`)};`);
+    }
+    L.push(`}`);
+    return L.join('\n');
+  }
+}
+
+/** M [16, 1, tiles, C] -> y [N, H, W, C] (+ bias, + residual, ReLU), one thread per tile and 4 channels. */
+export class WinogradOutputProgram implements WebGPUProgram {
+  variableNames: string[];
+  variableComponents: number[];
+  outputComponent = 4;
+  outputShape: number[];
+  shaderKey: string;
+  // Not a flat layout: the backend then calls main() without an index (we fold a 2-D dispatch ourselves).
+  dispatchLayout = { x: [3], y: [1, 2], z: [0] };
+  dispatch: [number, number, number];
+  workgroupSize: [number, number, number] = [THREADS, 1, 1];
+
+  constructor(
+    private readonly channels: number,
+    outShape: [number, number, number, number],
+    private readonly hasBias: boolean,
+    private readonly hasResidual: boolean,
+    private readonly relu: boolean,
+  ) {
+    this.outputShape = outShape;
+    this.variableNames = ['wino'];
+    if (hasBias) this.variableNames.push('bias');
+    if (hasResidual) this.variableNames.push('res');
+    this.variableComponents = this.variableNames.map(() => 4);
+    this.shaderKey = `i2pWinogradOut_${channels}_${hasBias ? 'b' : ''}${hasResidual ? 'r' : ''}${relu ? 'relu' : ''}`;
+    const [n, h, w] = outShape;
+    this.dispatch = flatDispatch((n * Math.ceil(h / 2) * Math.ceil(w / 2) * channels) / 4);
+  }
+
+  getUserCode(): string {
+    const L: string[] = [];
+    L.push(`fn main() {`);
+    L.push(`  ${FLAT_INDEX}`);
+    L.push(`  let C4 = ${this.channels / 4}; let H = uniforms.outShape.y; let W_ = uniforms.outShape.z;`);
+    L.push(`  let TW = (W_ + 1) / 2; let TT = ((H + 1) / 2) * TW; let T = uniforms.outShape.x * TT;`);
+    L.push(`  if (idx >= T * C4) { return; }`);
+    L.push(`  let c4 = idx % C4; let t = idx / C4;`);
+    L.push(`  let b = t / TT; let r = t - b * TT; let ty = r / TW; let tx = r - ty * TW;`);
+    L.push(`  let plane = T * C4; let at = t * C4 + c4;`);
+    for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) L.push(`  let m${i}${j} = wino[${i * 4 + j} * plane + at];`);
+    // A^T M: combine rows i for each column j, then (A^T M) A: combine columns.
+    for (let r = 0; r < 2; r++) for (let j = 0; j < 4; j++) L.push(`  let s${r}${j} = ${combine(WINOGRAD_AT[r], (i) => `m${i}${j}`)};`);
+    if (this.hasBias) L.push(`  let bv = bias[c4];`);
+    for (let r = 0; r < 2; r++) for (let c = 0; c < 2; c++) {
+      L.push(`  { let oy = ty * 2 + ${r}; let ox = tx * 2 + ${c};`);
+      L.push(`    if (oy < H && ox < W_) {`);
+      L.push(`      let o = ((b * H + oy) * W_ + ox) * C4 + c4;`);
+      L.push(`      var v = ${combine(WINOGRAD_AT[c], (j) => `s${r}${j}`)};`);
+      if (this.hasBias) L.push(`      v = v + bv;`);
+      if (this.hasResidual) L.push(`      v = v + res[o];`);
+      if (this.relu) L.push(`      v = max(v, vec4<f32>(0.0));`);
+      L.push(`      result[o] = v; } }`);
+    }
+    L.push(`}`);
+    return L.join('\n');
+  }
+}
+
+/** `c[0]*t(0) + c[1]*t(1) + ...` for coefficients in {-1, 0, 1}, as WGSL adds and subtracts. */
+function combine(coeffs: readonly number[], term: (k: number) => string): string {
+  let s = '';
+  coeffs.forEach((c, k) => {
+    if (c === 0) return;
+    if (c !== 1 && c !== -1) throw new Error('combine: coefficients must be -1, 0 or 1');
+    s += s === '' ? (c === 1 ? term(k) : `-${term(k)}`) : ` ${c === 1 ? '+' : '-'} ${term(k)}`;
+  });
+  return s;
+}
+
+/** Bytes one Winograd buffer (V or M) may take before a batch is run in image chunks. */
+const MAX_CHUNK_BYTES = 1 << 30;
+
+/**
+ * Stride-1 pad-1 3x3 convolution of x NHWC with the prepared U [16, in, out] (+ bias, + residual
+ * of the output's shape, then ReLU). Must run on the webgpu backend. Batches whose transformed
+ * tiles would exceed a buffer binding run in image chunks (each image's numbers are unchanged).
+ */
+export function conv2dWinograd(
+  x: tf.Tensor4D,
+  u: tf.Tensor3D,
+  bias: tf.Tensor1D | null,
+  opts: ConvOptions,
+  tile?: ConvTile,
+  maxChunkBytes = MAX_CHUNK_BYTES,
+): tf.Tensor4D {
+  const [n, h, w, cin] = x.shape;
+  const [e, ucin, cout] = u.shape;
+  if (e !== 16 || ucin !== cin) throw new Error(`conv2dWinograd: input has ${cin} channels, U is [${u.shape}] (expects [16, ${cin}, out])`);
+  if (cin % 4 !== 0 || cout % 4 !== 0) throw new Error(`conv2dWinograd: channels must be multiples of 4, got ${cin} -> ${cout}`);
+  if (!winogradOptionsFit({ ...opts, winograd: true })) throw new Error('conv2dWinograd: stride 1, pad 1 and no upsampled residual only');
+  const residual = opts.residual;
+  if (residual !== undefined && !(residual.shape[0] === n && residual.shape[1] === h && residual.shape[2] === w && residual.shape[3] === cout)) {
+    throw new Error(`conv2dWinograd: residual shape ${residual.shape} does not fit output ${[n, h, w, cout]}`);
+  }
+  const tilesPerImage = Math.ceil(h / 2) * Math.ceil(w / 2);
+  const limit = Math.min(maxChunkBytes, webgpuBackend().device.limits.maxStorageBufferBindingSize);
+  const perImage = 16 * tilesPerImage * Math.max(cin, cout) * 4;
+  const chunk = Math.max(1, Math.floor(limit / perImage));
+  return tf.tidy(() => {
+    if (n <= chunk) return winogradOnce(x, u, bias, opts.relu, residual, tile);
+    const parts: tf.Tensor4D[] = [];
+    for (let b = 0; b < n; b += chunk) {
+      const size = Math.min(chunk, n - b);
+      const xs = tf.slice(x, [b, 0, 0, 0], [size, h, w, cin]);
+      const rs = residual === undefined ? undefined : tf.slice(residual, [b, 0, 0, 0], [size, h, w, cout]);
+      parts.push(winogradOnce(xs, u, bias, opts.relu, rs, tile));
+    }
+    return tf.concat4d(parts, 0);
+  });
+}
+
+function winogradOnce(
+  x: tf.Tensor4D,
+  u: tf.Tensor3D,
+  bias: tf.Tensor1D | null,
+  relu: boolean,
+  residual: tf.Tensor4D | undefined,
+  tile?: ConvTile,
+): tf.Tensor4D {
+  const [n, h, w, cin] = x.shape;
+  const cout = u.shape[2];
+  const tiles = n * Math.ceil(h / 2) * Math.ceil(w / 2);
+  const v = runProgram<tf.Rank.R4>(new WinogradInputProgram(cin, tiles), [x]);
+  const gemm = new FusedConvProgram(
+    {
+      kh: 1, kw: 1, cin, cout, stride: 1, pad: 0, relu: false, hasBias: false, residual: 'none',
+      tile: tile ?? chooseTile(16 * tiles, cout), batched: true,
+    },
+    [16, 1, tiles, cout],
+  );
+  const m = runProgram<tf.Rank.R4>(gemm, [v, u]);
+  const inputs: tf.Tensor[] = [m];
+  if (bias !== null) inputs.push(bias);
+  if (residual !== undefined) inputs.push(residual);
+  return runProgram<tf.Rank.R4>(new WinogradOutputProgram(cout, [n, h, w, cout], bias !== null, residual !== undefined, relu), inputs);
+}
+
+/**
+ * The same three steps on the host in float32 (Math.fround after every operation, sums in the
+ * kernels' order), for tests of the transforms and layouts where no GPU is available.
+ * x [N, H, W, Cin] flat, u [16, Cin, Cout] flat; returns [N, H, W, Cout].
+ */
+export function winogradHost(
+  x: Float32Array, shape: [number, number, number, number], u: Float32Array, cout: number,
+  bias: Float32Array | null, relu: boolean,
+): Float32Array {
+  const f = Math.fround;
+  const [n, h, w, cin] = shape;
+  const th = Math.ceil(h / 2);
+  const tw = Math.ceil(w / 2);
+  const out = new Float32Array(n * h * w * cout);
+  const d = new Float32Array(16 * cin);
+  const v = new Float32Array(16 * cin);
+  const m = new Float32Array(16 * cout);
+  for (let b = 0; b < n; b++) for (let ty = 0; ty < th; ty++) for (let tx = 0; tx < tw; tx++) {
+    d.fill(0);
+    for (let p = 0; p < 4; p++) for (let q = 0; q < 4; q++) {
+      const iy = ty * 2 - 1 + p;
+      const ix = tx * 2 - 1 + q;
+      if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+      for (let c = 0; c < cin; c++) d[(p * 4 + q) * cin + c] = x[((b * h + iy) * w + ix) * cin + c];
+    }
+    for (let c = 0; c < cin; c++) {
+      const s = new Float32Array(16);
+      for (let i = 0; i < 4; i++) for (let q = 0; q < 4; q++) s[i * 4 + q] = hostCombine(WINOGRAD_BT[i], (p) => d[(p * 4 + q) * cin + c]);
+      for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) v[(i * 4 + j) * cin + c] = hostCombine(WINOGRAD_BT[j], (q) => s[i * 4 + q]);
+    }
+    m.fill(0);
+    for (let e = 0; e < 16; e++) for (let co = 0; co < cout; co++) {
+      let acc = 0;
+      for (let c = 0; c < cin; c++) acc = f(acc + f(v[e * cin + c] * u[(e * cin + c) * cout + co]));
+      m[e * cout + co] = acc;
+    }
+    for (let co = 0; co < cout; co++) {
+      const s = new Float32Array(8);
+      for (let r = 0; r < 2; r++) for (let j = 0; j < 4; j++) s[r * 4 + j] = hostCombine(WINOGRAD_AT[r], (i) => m[(i * 4 + j) * cout + co]);
+      for (let r = 0; r < 2; r++) for (let c = 0; c < 2; c++) {
+        const oy = ty * 2 + r;
+        const ox = tx * 2 + c;
+        if (oy >= h || ox >= w) continue;
+        let y = hostCombine(WINOGRAD_AT[c], (j) => s[r * 4 + j]);
+        if (bias) y = f(y + bias[co]);
+        out[((b * h + oy) * w + ox) * cout + co] = relu ? Math.max(y, 0) : y;
+      }
+    }
+  }
+  return out;
+}
+
+function hostCombine(coeffs: readonly number[], term: (k: number) => number): number {
+  let s: number | undefined;
+  coeffs.forEach((c, k) => {
+    if (c === 0) return;
+    s = s === undefined ? c * term(k) : Math.fround(s + c * term(k));
+  });
+  return s ?? 0;
+}
