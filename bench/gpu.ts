@@ -7,14 +7,15 @@
 //   node .gpu/app/bench.mjs [--mode webgpu|portable|both] [--batches 1,2,4,8,16] [--json out.json]
 //       [--host-threads 8] [--compare-threads] [--overlap 4] [--overlap-sweep 0,2,4]   (worker threads for a batch's host stages; the
 //       worker bundle is .gpu/app/worker.mjs unless IMG2POSE_WORKER_SCRIPT names another)
-//       [--winograd off] [--winograd-ab]   (Winograd 3x3 convs off; or alternated off/on rounds)
+//       [--winograd off|2f|5u] [--winograd-sweep off,2f,5f]   (Winograd 3x3 convs: off, or <levels> with the input
+//       transform fused (f) or on its own (u); the sweep alternates settings round by round)
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { formulaWeights } from '../src/formula_weights';
 import { decodeImage } from '../src/io';
 import { emptyTimings, Img2PoseModel, PredictOptions, RawDetections, StageTimings, SUBBATCH_OVERLAP } from '../src/model';
-import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, setKernelMode, setWinograd } from '../src/webgpu';
+import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, setKernelMode, setWinograd, winogradSettings, WinogradSettings } from '../src/webgpu';
 import { compareDetections } from './gpu_check';
 import { Backbone } from '../src/backbone';
 import { RegionProposalNetwork } from '../src/rpn';
@@ -259,44 +260,49 @@ async function paired(model: Img2PoseModel, images: tf.Tensor3D[], rounds: numbe
   );
 }
 
+/** A --winograd-sweep setting: 'off', or levels plus 'f' (fused input transform) / 'u' (own dispatch), e.g. '2f'. */
+function winogradSetting(name: string): Partial<WinogradSettings> {
+  if (name === 'off') return { enabled: false };
+  const m = /^(\d)([fu])$/.exec(name);
+  if (!m) throw new Error(`--winograd-sweep: settings are 'off' or <levels>f|u, got '${name}'`);
+  return { enabled: true, levels: Number(m[1]), fusedInput: m[2] === 'f' };
+}
+
 /**
- * Winograd off vs on, alternated round by round on the same batch (medians of `rounds`), and how
- * far the detections move (the rounding of the 3x3 convs changes, nothing else).
+ * Winograd settings alternated round by round on the same batch (medians of `rounds`), and
+ * whether the detections of each stay within tolerance of the first setting's.
  */
-async function winogradAB(model: Img2PoseModel, images: tf.Tensor3D[], rounds: number, label: string): Promise<void> {
-  const run = async (on: boolean): Promise<{ ms: number; out: RawDetections[] }> => {
-    setWinograd(on);
+async function winogradSweep(model: Img2PoseModel, images: tf.Tensor3D[], names: string[], rounds: number, label: string): Promise<void> {
+  const before = winogradSettings();
+  const run = async (name: string): Promise<{ ms: number; out: RawDetections[] }> => {
+    setWinograd(winogradSetting(name));
     const t0 = performance.now();
     const out = await model.predict(images, CONFIG, OPTS);
     return { ms: (performance.now() - t0) / images.length, out };
   };
-  for (let w = 0; w < 2; w++) {
-    await run(false);
-    await run(true);
-  }
-  const off: number[] = [];
-  const on: number[] = [];
-  let last: { off: RawDetections[]; on: RawDetections[] } | undefined;
+  for (let w = 0; w < 2; w++) for (const name of names) await run(name);
+  const times = new Map<string, number[]>(names.map((n) => [n, []]));
+  const outs = new Map<string, RawDetections[]>();
   for (let r = 0; r < rounds; r++) {
-    const a = await run(false);
-    const b = await run(true);
-    off.push(a.ms);
-    on.push(b.ms);
-    last = { off: a.out, on: b.out };
+    for (const name of names) {
+      const { ms, out } = await run(name);
+      times.get(name)!.push(ms);
+      outs.set(name, out);
+    }
   }
-  setWinograd(true);
+  setWinograd(before);
   const med = (v: number[]): number => v.slice().sort((x, y) => x - y)[v.length >> 1];
-  const same = last ? last.on.every((d, i) => compareDetections(d, last!.off[i]).ok) : false;
-  console.log(
-    `winograd ${label}: off ${med(off).toFixed(2)} ms/image, on ${med(on).toFixed(2)} ms/image, ` +
-      `${(med(off) / med(on)).toFixed(2)}x (median of ${rounds} alternating rounds; off ${off.map((v) => v.toFixed(1)).join('/')}, ` +
-      `on ${on.map((v) => v.toFixed(1)).join('/')}); detections on vs off within tolerance: ${same ? 'yes' : 'NO'}`,
-  );
+  const base = outs.get(names[0])!;
+  const parts = names.map((n) => {
+    const same = outs.get(n)!.every((d, i) => compareDetections(d, base[i]).ok);
+    return `${n} ${med(times.get(n)!).toFixed(2)} (${times.get(n)!.map((v) => v.toFixed(1)).join('/')})${same ? '' : ' DIFFERS'}`;
+  });
+  console.log(`winograd ${label} ms/image, median of ${rounds} alternating rounds: ${parts.join(' | ')}`);
 }
 
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend((process.env.DAWN_FLAGS ?? '').split(';').filter(Boolean));
-  if (arg('--winograd', 'on') === 'off') setWinograd(false);
+  if (args.includes('--winograd')) setWinograd(winogradSetting(arg('--winograd', 'off')));
   console.log('backend', JSON.stringify(adapter));
   const modeArg = arg('--mode', 'webgpu');
   const modes: KernelMode[] = modeArg === 'both' ? ['webgpu', 'portable'] : [modeArg as KernelMode];
@@ -332,9 +338,10 @@ async function main(): Promise<void> {
       }
       continue;
     }
-    if (args.includes('--winograd-ab')) {
-      for (const b of batches) await winogradAB(model, Array.from({ length: b }, () => photo), 5, `[${mode}] photo x${b}`);
-      await winogradAB(model, mixed, 5, `[${mode}] mixed ${mixed.length} (7 sizes)`);
+    if (args.includes('--winograd-sweep')) {
+      const names = arg('--winograd-sweep', 'off,2f').split(',');
+      for (const b of batches) await winogradSweep(model, Array.from({ length: b }, () => photo), names, 5, `[${mode}] photo x${b}`);
+      await winogradSweep(model, mixed, names, 5, `[${mode}] mixed ${mixed.length} (7 sizes)`);
       continue;
     }
     if (args.includes('--paired')) {

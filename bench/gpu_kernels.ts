@@ -20,7 +20,7 @@ import { initWebGPUBackend } from '../src/webgpu/dawn';
 import { gpuSync } from '../src/webgpu/program';
 import { roiAlignFused, RoiAlignInputs } from '../src/webgpu/roi_align';
 import { setKernelMode } from '../src/webgpu';
-import { conv2dWinograd, winogradFilter } from '../src/webgpu/winograd';
+import { conv2dWinograd, setWinograd, winogradFilter } from '../src/webgpu/winograd';
 import { prepareBatch } from '../src/transform';
 import { decodeImage } from '../src/io';
 import * as fsp from 'fs';
@@ -139,6 +139,16 @@ const winogradChecks: ConvCase[] = [
  */
 async function winogradCases(): Promise<CheckRow[]> {
   const rows: CheckRow[] = [];
+  for (const fusedInput of [true, false]) {
+    setWinograd({ fusedInput });
+    rows.push(...(await winogradCasesNow(fusedInput ? 'fused input' : 'input dispatch')));
+  }
+  setWinograd({ fusedInput: true });
+  return rows;
+}
+
+async function winogradCasesNow(mode: string): Promise<CheckRow[]> {
+  const rows: CheckRow[] = [];
   for (const c of winogradChecks) {
     const { x, w, b, res } = makeConvInputs(c);
     const opts = convOpts(c, res);
@@ -147,7 +157,7 @@ async function winogradCases(): Promise<CheckRow[]> {
     const wino = conv2dWinograd(x, u, b, opts, c.tile);
     const direct = conv2dFused(x, w, b, opts);
     const e = await relErr(wino, direct);
-    rows.push({ name: `winograd ${c.name} vs direct`, relErr: e, ok: e < 1e-5 && Number.isFinite(e) });
+    rows.push({ name: `winograd (${mode}) ${c.name} vs direct`, relErr: e, ok: e < 1e-5 && Number.isFinite(e) });
     const ref = await convReference64(x, w, b, c, res);
     const got = await wino.data();
     let num = 0;
@@ -435,6 +445,10 @@ async function runTimings(batches: number[]): Promise<TimingRow[]> {
       if (c.k === 3 && c.stride === 1 && c.x[3] % 4 === 0) {
         const u = winogradFilter(w);
         winoMs = await timeIt(() => conv2dWinograd(x, u, b, opts));
+        setWinograd({ fusedInput: false });
+        const unfused = await timeIt(() => conv2dWinograd(x, u, b, opts));
+        setWinograd({ fusedInput: true });
+        console.log(`  winograd ${c.name} b${batch}: fused input ${winoMs.toFixed(3)} ms, input dispatch ${unfused.toFixed(3)} ms`);
         u.dispose();
       }
       rows.push({

@@ -18,7 +18,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { Img2PoseWeights } from './weights';
 import { Conv, convOutputSize, disposeConv, foldFrozenBatchNorm, makeConv, readsBeyondRegion } from './layers';
-import { conv as convOp, prepareConvFilter, WINOGRAD_LEVELS } from './webgpu';
+import { conv as convOp, prepareConvFilter, winogradAtLevel } from './webgpu';
 
 export type Size = [number, number];
 
@@ -174,7 +174,9 @@ export class Backbone {
         list.push(makeConv(filter, bias, 1));
       }
     }
-    for (let i = 0; i < WINOGRAD_LEVELS; i++) prepareConvFilter(this.outer[i].filter);
+    // The stride-1 3x3 convs may take the Winograd path on the GPU (prepareConvFilter skips the rest).
+    for (const blocks of this.layers) for (const b of blocks) for (const c of b.convs) if (c.stride === 1) prepareConvFilter(c.filter);
+    for (const c of this.outer) prepareConvFilter(c.filter);
   }
 
   private foldedConv(weights: Img2PoseWeights, conv: string, bn: string, stride: number): Conv {
@@ -234,9 +236,10 @@ export class Backbone {
     });
     const outputs: Feature[] = [];
     let f = stem;
-    for (const blocks of this.layers) {
+    for (const [l, blocks] of this.layers.entries()) {
       for (const block of blocks) {
-        const next = tidyFeature(() => this.runBlock(block, f, masks));
+        // layer l + 1 runs at stride 4 * 2^l: Winograd level l.
+        const next = tidyFeature(() => this.runBlock(block, f, masks, winogradAtLevel(l)));
         if (!outputs.includes(f)) f.x.dispose();
         f = next;
       }
@@ -245,12 +248,12 @@ export class Backbone {
     return outputs;
   }
 
-  private runBlock(block: ResidualBlock, input: Feature, masks: RegionMasks): Feature {
+  private runBlock(block: ResidualBlock, input: Feature, masks: RegionMasks, winograd: boolean): Feature {
     const identity = block.downsample ? convFeature(input, block.downsample, false, masks).x : input.x;
     let y = input;
     block.convs.forEach((conv, k) => {
       // The residual add and the ReLU after it are the last conv's epilogue.
-      y = convFeature(y, conv, true, masks, k === block.convs.length - 1 ? identity : undefined);
+      y = convFeature(y, conv, true, masks, k === block.convs.length - 1 ? identity : undefined, false, winograd);
     });
     return { x: y.x, regions: y.regions, zeroOutside: false };
   }
@@ -265,7 +268,7 @@ export class Backbone {
         // Top-down pathway: lateral 1x1 conv + nearest-upsampled coarser level (torch
         // interpolate 'nearest': source index floor(d * in / out)), fused into the conv.
         last = convFeature(c[i], this.inner[i], false, masks, last.x, true);
-        results[i] = convFeature(last, this.outer[i], false, masks, undefined, false, i < WINOGRAD_LEVELS);
+        results[i] = convFeature(last, this.outer[i], false, masks, undefined, false, winogradAtLevel(i));
       }
       // The RPN head's 3x3 conv reads these maps: zero them outside each image's region.
       const levels: Feature[] = results.map((r) =>

@@ -8,7 +8,7 @@
  * output there equals the single-image run's.
  */
 import * as tf from '@tensorflow/tfjs';
-import { conv, prepareConvFilter, releaseConvFilter, WINOGRAD_LEVELS } from './webgpu';
+import { conv, prepareConvFilter, releaseConvFilter, winogradAtLevel } from './webgpu';
 import { WorkerPool } from './threads';
 import { Img2PoseWeights } from './weights';
 import { ANCHORS_PER_LOCATION, featureSizes } from './anchors';
@@ -61,7 +61,7 @@ export class RegionProposalNetwork {
       tf.tidy(() => {
         const [n, height, width] = feature.shape;
         const x = maskOutsideRegions(feature, regions.map((r) => r[level]), n, height, width);
-        const hidden = conv(x, this.convWeight, this.convBias, { stride: 1, pad: 1, relu: true, winograd: level < WINOGRAD_LEVELS });
+        const hidden = conv(x, this.convWeight, this.convBias, { stride: 1, pad: 1, relu: true, winograd: winogradAtLevel(level) });
         return conv(hidden, this.predWeight, this.predBias, { stride: 1, pad: 0, relu: false });
       }),
     );

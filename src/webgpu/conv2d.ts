@@ -68,11 +68,17 @@ export interface ConvShaderSpec {
    * x [16, 1, rows, in], W [16, in, out], output [16, 1, rows, out].
    */
   batched?: boolean;
+  /**
+   * Batched only: A is not read from a [16, 1, rows, in] tensor but computed while loading from
+   * the conv input x [N, H, W, in]: row m is Winograd tile m (2x2 outputs, 4x4 input patch at
+   * (2ty - 1, 2tx - 1)) and GEMM z is component (z / 4, z % 4) of B^T d B.
+   */
+  winogradInput?: boolean;
 }
 
 function specKey(s: ConvShaderSpec): string {
   return `i2pConv_${s.kh}x${s.kw}_${s.cin}_${s.cout}_s${s.stride}_p${s.pad}_${s.relu ? 'r' : ''}${s.hasBias ? 'b' : ''}` +
-    `_${s.residual}_${s.tile.bm}x${s.tile.bn}x${s.tile.bk ?? BK}${s.batched ? '_z' : ''}`;
+    `_${s.residual}_${s.tile.bm}x${s.tile.bn}x${s.tile.bk ?? BK}${s.batched ? '_z' : ''}${s.winogradInput ? 'w' : ''}`;
 }
 
 /**
@@ -89,6 +95,8 @@ export function convShaderSource(s: ConvShaderSpec): string {
   if (batched && (s.kh !== 1 || s.kw !== 1 || s.stride !== 1 || s.pad !== 0 || s.hasBias || s.residual !== 'none' || s.relu)) {
     throw new Error('convShaderSource: batched GEMMs are plain 1x1 (no bias, residual or ReLU)');
   }
+  const wino = s.winogradInput === true;
+  if (wino && !batched) throw new Error('convShaderSource: the Winograd input transform needs batched GEMMs');
   // Cin % 16 == 0: a whole k-tile is 16 channels of one tap, decoded once per tile; else each
   // vec4 (4 channels of one tap) decodes its own tap.
   const tileTap = s.cin % bk === 0;
@@ -113,7 +121,31 @@ export function convShaderSource(s: ConvShaderSpec): string {
 
   // Per-thread A-loader rows are fixed for the whole k loop: decode their pixels once.
   const aLoads = (bm * bk) / 4 / THREADS;
-  for (let l = 0; l < aLoads; l++) {
+  if (wino) {
+    // Component (i, j) of B^T d B is sum over rows p in {PA, PB} and columns q in {QA, QB} of
+    // sign * d[p][q]: each row of B^T has two non-zero entries, +-1.
+    L(`  let wi = zb / 4; let wj = zb - wi * 4;`);
+    // B^T rows: 0 -> d0 - d2, 1 -> d1 + d2, 2 -> -d1 + d2, 3 -> d1 - d3.
+    L(`  let PA = select(1, 0, wi == 0); let PB = select(2, 3, wi == 3);`);
+    L(`  let QA = select(1, 0, wj == 0); let QB = select(2, 3, wj == 3);`);
+    L(`  let SA = select(1.0, -1.0, wi == 2); let SB = select(1.0, -1.0, wi == 0 || wi == 3);`);
+    L(`  let TA = select(1.0, -1.0, wj == 2); let TB = select(1.0, -1.0, wj == 0 || wj == 3);`);
+    L(`  let TW = (W_ + 1) / 2; let TT = ((H + 1) / 2) * TW;`);
+    for (let l = 0; l < aLoads; l++) {
+      L(`  let aM${l} = (tid + ${l * THREADS}) / ${bk / 4}; let aK${l} = (tid + ${l * THREADS}) % ${bk / 4};`);
+      L(`  let aT${l} = m0 + aM${l}; let aOk${l} = aT${l} < M;`);
+      L(`  let aB${l} = aT${l} / TT; let aR${l} = aT${l} - aB${l} * TT; let aTy${l} = aR${l} / TW; let aTx${l} = aR${l} - aTy${l} * TW;`);
+      L(`  let ya${l} = aTy${l} * 2 - 1 + PA; let yb${l} = aTy${l} * 2 - 1 + PB; let xa${l} = aTx${l} * 2 - 1 + QA; let xb${l} = aTx${l} * 2 - 1 + QB;`);
+      L(`  let okYa${l} = aOk${l} && ya${l} >= 0 && ya${l} < H; let okYb${l} = aOk${l} && yb${l} >= 0 && yb${l} < H;`);
+      L(`  let okXa${l} = xa${l} >= 0 && xa${l} < W_; let okXb${l} = xb${l} >= 0 && xb${l} < W_;`);
+      // Element offsets of the four pixels, -1 where the pixel is padding.
+      for (const [name, y, x] of [['aa', 'a', 'a'], ['ab', 'a', 'b'], ['ba', 'b', 'a'], ['bb', 'b', 'b']]) {
+        L(`  let p${name}${l} = select(-1, ((aB${l} * H + y${y}${l}) * W_ + x${x}${l}) * CIN, okY${y}${l} && okX${x}${l});`);
+      }
+      L(`  var ra${l} = vec4<f32>(0.0);`);
+    }
+  }
+  for (let l = 0; l < (wino ? 0 : aLoads); l++) {
     L(`  let aM${l} = (tid + ${l * THREADS}) / ${bk / 4}; let aK${l} = (tid + ${l * THREADS}) % ${bk / 4};`);
     L(`  let aPix${l} = m0 + aM${l}; let aOk${l} = aPix${l} < M;`);
     L(batched ? `  let aB${l} = zb; let aR${l} = aPix${l};` : `  let aB${l} = aPix${l} / (HO * WO); let aR${l} = aPix${l} - aB${l} * HO * WO;`);
@@ -137,6 +169,17 @@ export function convShaderSource(s: ConvShaderSpec): string {
   ];
   const loadA = (k0: string): string[] => {
     const out: string[] = [];
+    if (wino) {
+      for (let l = 0; l < aLoads; l++) {
+        out.push(`{ let ci = ${k0} + aK${l} * 4; ra${l} = vec4<f32>(0.0);`);
+        out.push(`  if (ci < CIN) {`);
+        for (const name of ['aa', 'ab', 'ba', 'bb']) {
+          out.push(`    var d${name} = vec4<f32>(0.0); if (p${name}${l} >= 0) { d${name} = x[(p${name}${l} + ci) / 4]; }`);
+        }
+        out.push(`    ra${l} = SA * (TA * daa + TB * dab) + SB * (TA * dba + TB * dbb); } }`);
+      }
+      return out;
+    }
     if (tileTap) {
       out.push(`{ let kpos = ${k0} / CIN; let ci0 = ${k0} - kpos * CIN; let ky = kpos / KW; let kx = kpos - ky * KW;`);
       for (let l = 0; l < aLoads; l++) out.push(...gather(l, `ci0 + aK${l} * 4`));

@@ -54,6 +54,7 @@ export { initWebGPUBackend } from './dawn';
 export type { WebGPUAdapterSummary } from './dawn';
 export { gpuSync, gpuMemory } from './program';
 export { roiAlignFused } from './roi_align';
-export { conv2dWinograd, setWinograd, winogradEnabled, winogradFilter, winogradHost, WINOGRAD_LEVELS, WINOGRAD_MIN_CHANNELS } from './winograd';
+export { conv2dWinograd, setWinograd, winogradAtLevel, winogradFilter, winogradHost, winogradSettings, WINOGRAD_LEVELS, WINOGRAD_MIN_CHANNELS } from './winograd';
+export type { WinogradSettings } from './winograd';
 export type { RoiAlignInputs } from './roi_align';
 export { normalizeResizePadBatchWebGPU } from './transform';

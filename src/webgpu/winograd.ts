@@ -1,10 +1,11 @@
 // Winograd F(2x2, 3x3) for the stride-1 3x3 convolutions (Lavin & Gray 2016): each 2x2 block of
 // output pixels comes from its 4x4 input patch d as  Y = A^T [ sum_ci (G g G^T) . (B^T d B) ] A,
-// 16 products per block and channel pair instead of 36. Three dispatches:
-//   1. input transform   V[e][tile][ci]  = (B^T d B)[e]            (memory-bound)
-//   2. 16 GEMMs           M[e] = V[e] (tiles x cin) @ U[e] (cin x cout), the conv kernel in
-//                         batched 1x1 mode, e = workgroup z
-//   3. output transform   y = A^T M A + bias (+ residual) (ReLU), written NHWC
+// 16 products per block and channel pair instead of 36. Two dispatches:
+//   1. 16 GEMMs           M[e] = V[e] (tiles x cin) @ U[e] (cin x cout), the conv kernel in
+//                         batched 1x1 mode, e = workgroup z, with the input transform
+//                         V[e][tile][ci] = (B^T d B)[e] computed in its loads from x
+//   2. output transform   y = A^T M A + bias (+ residual) (ReLU), written NHWC
+// (`fusedInput: false` runs the input transform as a dispatch of its own, writing V.)
 // U = G g G^T is computed once per filter when the model is built (`prepareWinograd`).
 // Why: the 3x3 256->256 convs of the FPN outputs and the RPN head are 56% of the network's FLOPs,
 // and our fp32 SIMT GEMM is at ~half the card's peak, so doing 2.25x fewer multiplications is the
@@ -17,15 +18,25 @@ import { ConvOptions, ConvTile, FusedConvProgram, chooseTile } from './conv2d';
 import { runProgram, WebGPUProgram, webgpuBackend } from './program';
 
 /** Layers with fewer input channels keep the direct convolution (short GEMMs, transform-bound). */
-export const WINOGRAD_MIN_CHANNELS = 128;
+export const WINOGRAD_MIN_CHANNELS = 64;
 
 /**
- * Pyramid levels (from the finest, stride 4) whose 3x3 convs (FPN output, RPN head) take the
- * Winograd path. Levels 0 and 1 hold 94% of those convs' FLOPs; on the smaller maps the two extra
- * dispatches cost more host time than the GPU saves, which shows on batches of mixed sizes, whose
- * forwards are host-bound (GPU_NOTES.md, third session).
+ * Levels (0: stride 4, 1: stride 8, ...) whose stride-1 3x3 convs take the Winograd path: ResNet
+ * layer l + 1 runs at level l, FPN outputs and the RPN head at their pyramid level. The finest
+ * levels hold most of the FLOPs; on small maps the extra dispatch can cost more host time than
+ * the GPU saves (GPU_NOTES.md, third session).
  */
 export const WINOGRAD_LEVELS = 2;
+
+export interface WinogradSettings {
+  enabled: boolean;
+  /** Convs at levels below this take the Winograd path. */
+  levels: number;
+  /** Compute the input transform inside the GEMM's loads (2 dispatches) instead of on its own (3). */
+  fusedInput: boolean;
+}
+
+const settings: WinogradSettings = { enabled: true, levels: WINOGRAD_LEVELS, fusedInput: true };
 
 /** B^T of F(2x2, 3x3): the input transform along one axis. */
 export const WINOGRAD_BT = [
@@ -47,16 +58,20 @@ export const WINOGRAD_AT = [
   [0, 1, -1, -1],
 ] as const;
 
-let enabled = true;
 const filters = new WeakMap<tf.Tensor, tf.Tensor3D>();
 
-/** Turns the Winograd path on or off for convolutions run from now on (A/B measurements). */
-export function setWinograd(on: boolean): void {
-  enabled = on;
+/** Changes the Winograd path for convolutions run from now on (A/B measurements); true/false: on/off. */
+export function setWinograd(next: boolean | Partial<WinogradSettings>): void {
+  Object.assign(settings, typeof next === 'boolean' ? { enabled: next } : next);
 }
 
-export function winogradEnabled(): boolean {
-  return enabled;
+export function winogradSettings(): Readonly<WinogradSettings> {
+  return { ...settings };
+}
+
+/** Whether the 3x3 convs at this level (see WINOGRAD_LEVELS) ask for the Winograd path. */
+export function winogradAtLevel(level: number): boolean {
+  return settings.enabled && level < settings.levels;
 }
 
 /** Whether a filter (kh, kw, in, out) is one the Winograd path takes. Depends on the layer only. */
@@ -101,7 +116,7 @@ export function releaseWinograd(filter: tf.Tensor): void {
 
 /** The prepared U of `filter` when the Winograd path applies to this call, else undefined. */
 export function winogradFilterFor(filter: tf.Tensor4D, opts: ConvOptions): tf.Tensor3D | undefined {
-  return enabled && winogradOptionsFit(opts) ? filters.get(filter) : undefined;
+  return winogradOptionsFit(opts) ? filters.get(filter) : undefined;
 }
 
 const THREADS = 256;
@@ -257,7 +272,7 @@ export function conv2dWinograd(
   }
   const tilesPerImage = Math.ceil(h / 2) * Math.ceil(w / 2);
   const limit = Math.min(maxChunkBytes, webgpuBackend().device.limits.maxStorageBufferBindingSize);
-  const perImage = 16 * tilesPerImage * Math.max(cin, cout) * 4;
+  const perImage = 16 * tilesPerImage * (settings.fusedInput ? cout : Math.max(cin, cout)) * 4;
   const chunk = Math.max(1, Math.floor(limit / perImage));
   return tf.tidy(() => {
     if (n <= chunk) return winogradOnce(x, u, bias, opts.relu, residual, tile);
@@ -283,15 +298,16 @@ function winogradOnce(
   const [n, h, w, cin] = x.shape;
   const cout = u.shape[2];
   const tiles = n * Math.ceil(h / 2) * Math.ceil(w / 2);
-  const v = runProgram<tf.Rank.R4>(new WinogradInputProgram(cin, tiles), [x]);
+  const fused = settings.fusedInput;
   const gemm = new FusedConvProgram(
     {
       kh: 1, kw: 1, cin, cout, stride: 1, pad: 0, relu: false, hasBias: false, residual: 'none',
-      tile: tile ?? chooseTile(16 * tiles, cout), batched: true,
+      tile: tile ?? chooseTile(16 * tiles, cout), batched: true, winogradInput: fused,
     },
     [16, 1, tiles, cout],
   );
-  const m = runProgram<tf.Rank.R4>(gemm, [v, u]);
+  const a = fused ? x : runProgram<tf.Rank.R4>(new WinogradInputProgram(cin, tiles), [x]);
+  const m = runProgram<tf.Rank.R4>(gemm, [a, u]);
   const inputs: tf.Tensor[] = [m];
   if (bias !== null) inputs.push(bias);
   if (residual !== undefined) inputs.push(residual);
