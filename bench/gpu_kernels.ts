@@ -129,7 +129,7 @@ const winogradChecks: ConvCase[] = [
   { name: '3x3 256->256 batch 3', x: [3, 9, 14, 256], k: 3, cout: 256, stride: 1, pad: 1, relu: true },
   { name: '3x3 128->128 + residual', x: [2, 15, 9, 128], k: 3, cout: 128, stride: 1, pad: 1, relu: true, residual: 'same' },
   { name: '3x3 512->12 one row', x: [2, 1, 5, 512], k: 3, cout: 12, stride: 1, pad: 1, relu: false },
-  { name: '3x3 64->64 (below threshold)', x: [1, 33, 31, 64], k: 3, cout: 64, stride: 1, pad: 1, relu: false },
+  { name: '3x3 64->64 (ResNet layer1)', x: [1, 33, 31, 64], k: 3, cout: 64, stride: 1, pad: 1, relu: false },
   { name: '3x3 256->256 tile 64x64', x: [1, 21, 37, 256], k: 3, cout: 256, stride: 1, pad: 1, relu: true, tile: { bm: 64, bn: 64 } },
 ];
 

@@ -17,16 +17,16 @@ import * as tf from '@tensorflow/tfjs';
 import { ConvOptions, ConvTile, FusedConvProgram, chooseTile } from './conv2d';
 import { runProgram, WebGPUProgram, webgpuBackend } from './program';
 
-/** Layers with fewer input channels keep the direct convolution (short GEMMs, transform-bound). */
+/** Layers with fewer input channels keep the direct convolution (ResNet-18's narrowest, 64, gains). */
 export const WINOGRAD_MIN_CHANNELS = 64;
 
 /**
  * Levels (0: stride 4, 1: stride 8, ...) whose stride-1 3x3 convs take the Winograd path: ResNet
- * layer l + 1 runs at level l, FPN outputs and the RPN head at their pyramid level. The finest
- * levels hold most of the FLOPs; on small maps the extra dispatch can cost more host time than
- * the GPU saves (GPU_NOTES.md, third session).
+ * layer l + 1 runs at level l, FPN outputs and the RPN head at their pyramid level. All five by
+ * default: measured end to end, stopping at level 2 or 3 was slower at batches 1, 8 and 16 and on
+ * mixed sizes (GPU_NOTES.md, third session); the setting stays for such sweeps.
  */
-export const WINOGRAD_LEVELS = 2;
+export const WINOGRAD_LEVELS = 5;
 
 export interface WinogradSettings {
   enabled: boolean;
