@@ -300,6 +300,20 @@ async function winogradSweep(model: Img2PoseModel, images: tf.Tensor3D[], names:
   console.log(`winograd ${label} ms/image, median of ${rounds} alternating rounds: ${parts.join(' | ')}`);
 }
 
+/** Timelines of a few forwards (PredictOptions.trace): when each sub-batch passes each phase, ms from the call. */
+async function traceForwards(model: Img2PoseModel, images: tf.Tensor3D[], label: string): Promise<void> {
+  for (let w = 0; w < 3; w++) await model.predict(images, CONFIG, OPTS);
+  for (let rep = 0; rep < 3; rep++) {
+    const events: { phase: string; group: string; at: number }[] = [];
+    const t0 = performance.now();
+    await model.predict(images, CONFIG, { ...OPTS, trace: (phase, group, at) => events.push({ phase, group: `[${group[0]}..${group[group.length - 1]}]`, at: at - t0 }) });
+    const total = performance.now() - t0;
+    const groups = [...new Set(events.map((e) => e.group))];
+    const lines = groups.map((g) => `${g} ${events.filter((e) => e.group === g).map((e) => `${e.phase} ${e.at.toFixed(1)}`).join(', ')}`);
+    console.log(`trace ${label} rep ${rep}: total ${total.toFixed(1)} ms; ${lines.join(' | ')}`);
+  }
+}
+
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend((process.env.DAWN_FLAGS ?? '').split(';').filter(Boolean));
   if (args.includes('--winograd')) setWinograd(winogradSetting(arg('--winograd', 'off')));
@@ -336,6 +350,10 @@ async function main(): Promise<void> {
         for (const b of batches) await paired(model, Array.from({ length: b }, () => photo), 5, `[${mode}, overlap ${overlap}] photo x${b}`);
         await paired(model, mixed, 5, `[${mode}, overlap ${overlap}] mixed ${mixed.length} (7 sizes)`);
       }
+      continue;
+    }
+    if (args.includes('--trace')) {
+      for (const b of batches) await traceForwards(model, Array.from({ length: b }, () => photo), `[${mode}] photo x${b}`);
       continue;
     }
     if (args.includes('--winograd-sweep')) {

@@ -44,7 +44,7 @@ export { visualize } from './visualize';
 export type { DrawableFace, VisualizeImage, VisualizeOptions } from './visualize';
 
 export { Img2PoseModel, SUBBATCH_OVERLAP } from './model';
-export type { ModelConfig, ModelOptions, PredictOptions, RawDetections, StageTimings } from './model';
+export type { ForwardPhase, ModelConfig, ModelOptions, PredictOptions, RawDetections, StageTimings } from './model';
 
 export { WorkerTaskError } from './threads';
 

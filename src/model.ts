@@ -69,7 +69,18 @@ export interface PredictOptions {
    * exactly their sum (for measurements). Ignored while profiling.
    */
   overlap?: number | number[];
+  /**
+   * Diagnostics: called as each stacked forward passes a phase (no device sync, unlike
+   * `profile`), with the forward's images (indices into `images`) and performance.now().
+   */
+  trace?: (event: ForwardPhase, images: readonly number[], at: number) => void;
 }
+
+/**
+ * Phases of one stacked forward, in order: 'start', 'issued' (backbone and RPN head queued),
+ * 'headRead' (RPN output read back), 'proposals', 'headsRead' (ROI heads read back), 'done'.
+ */
+export type ForwardPhase = 'start' | 'issued' | 'headRead' | 'proposals' | 'headsRead' | 'done';
 
 /** Sub-batch size for overlapping forwards on GPU backends (measured on an H200: GPU_NOTES.md). */
 export const SUBBATCH_OVERLAP = 4;
@@ -238,14 +249,14 @@ export class Img2PoseModel {
    */
   async predict(images: tf.Tensor3D[], config: ModelConfig, options: PredictOptions = {}): Promise<RawDetections[]> {
     if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
-    if (options.grouping === 'off') return this.predictStacked(images, config, options);
+    if (options.grouping === 'off') return this.predictStacked(images, config, options, images.map((_, i) => i));
     const padded = images.map((img) => paddedSize(resizedSize(img.shape[0], img.shape[1], config.minSize, config.maxSize)));
     const results: RawDetections[] = new Array(images.length);
     // By default only where work is queued asynchronously; an explicit value applies anywhere.
     const overlap = options.profile ? 0 : (options.overlap ?? (queuesAsync() ? SUBBATCH_OVERLAP : 0));
     const groups = groupBySize(padded, pixelBudget()).flatMap((g) => splitForOverlap(g, overlap));
     const run = async (group: number[]): Promise<void> => {
-      const out = await this.predictStacked(group.map((i) => images[i]), config, options);
+      const out = await this.predictStacked(group.map((i) => images[i]), config, options, group);
       group.forEach((i, k) => (results[i] = out[k]));
     };
     if (groups.length > 1 && overlap !== 0) {
@@ -259,10 +270,14 @@ export class Img2PoseModel {
     return results;
   }
 
-  /** One stacked, padded forward of all `images`. */
-  private async predictStacked(images: tf.Tensor3D[], config: ModelConfig, options: PredictOptions): Promise<RawDetections[]> {
+  /** One stacked, padded forward of all `images` (`indices`: theirs in the caller's list, for `trace`). */
+  private async predictStacked(
+    images: tf.Tensor3D[], config: ModelConfig, options: PredictOptions, indices: readonly number[],
+  ): Promise<RawDetections[]> {
     if (images.length === 0) return [];
     const profile = options.profile;
+    const trace = (phase: ForwardPhase): void => options.trace?.(phase, indices, performance.now());
+    trace('start');
     let t0 = performance.now();
     const lap = async (stage: keyof StageTimings, pending?: tf.Tensor): Promise<void> => {
       if (!profile) return;
@@ -280,11 +295,16 @@ export class Img2PoseModel {
       batch.images.dispose();
       await lap('backbone', features[features.length - 1]);
       const pool = images.length > 1 ? this.pool() : undefined;
-      const jobs = await this.rpn.predictHead(features, batch.imageSizes, batch.paddedSizes, pool !== undefined);
+      const head = this.rpn.predictHead(features, batch.imageSizes, batch.paddedSizes, pool !== undefined);
+      trace('issued');
+      const jobs = await head;
+      trace('headRead');
       await lap('rpn');
       const proposals = await this.rpn.proposals(jobs, pool);
+      trace('proposals');
       await lap('proposals');
       const heads = await this.runHeads(features, proposals, batch.imageSizes, batch.paddedSizes, lap);
+      trace('headsRead');
       tf.dispose(features);
       features = [];
       const inputs: PostprocessInput[] = proposals.map((p, i) => ({
@@ -307,6 +327,7 @@ export class Img2PoseModel {
           )
         : inputs.map(postprocessDetections);
       await lap('postprocess');
+      trace('done');
       return results;
     } finally {
       batch.images.dispose();
