@@ -9,6 +9,7 @@
 //       worker bundle is .gpu/app/worker.mjs unless IMG2POSE_WORKER_SCRIPT names another)
 //       [--winograd off|2f|5u] [--winograd-sweep off,2f,5f]   (Winograd 3x3 convs: off, or <levels> with the input
 //       transform fused (f) or on its own (u); the sweep alternates settings round by round)
+//       [--submit-sweep-e2e 15,64]   (tfjs' dispatches per queue submit, alternated the same way)
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
@@ -269,35 +270,34 @@ function winogradSetting(name: string): Partial<WinogradSettings> {
 }
 
 /**
- * Winograd settings alternated round by round on the same batch (medians of `rounds`), and
- * whether the detections of each stay within tolerance of the first setting's.
+ * Settings alternated round by round on the same batch (medians of `rounds`), and whether the
+ * detections of each stay within tolerance of the first setting's.
  */
-async function winogradSweep(model: Img2PoseModel, images: tf.Tensor3D[], names: string[], rounds: number, label: string): Promise<void> {
-  const before = winogradSettings();
-  const run = async (name: string): Promise<{ ms: number; out: RawDetections[] }> => {
-    setWinograd(winogradSetting(name));
+async function alternate(
+  model: Img2PoseModel, images: tf.Tensor3D[], settings: { name: string; apply: () => void }[], rounds: number, label: string,
+): Promise<void> {
+  const run = async (s: { apply: () => void }): Promise<{ ms: number; out: RawDetections[] }> => {
+    s.apply();
     const t0 = performance.now();
     const out = await model.predict(images, CONFIG, OPTS);
     return { ms: (performance.now() - t0) / images.length, out };
   };
-  for (let w = 0; w < 2; w++) for (const name of names) await run(name);
-  const times = new Map<string, number[]>(names.map((n) => [n, []]));
-  const outs = new Map<string, RawDetections[]>();
+  for (let w = 0; w < 2; w++) for (const s of settings) await run(s);
+  const times = settings.map((): number[] => []);
+  const outs: RawDetections[][] = [];
   for (let r = 0; r < rounds; r++) {
-    for (const name of names) {
-      const { ms, out } = await run(name);
-      times.get(name)!.push(ms);
-      outs.set(name, out);
+    for (const [k, s] of settings.entries()) {
+      const { ms, out } = await run(s);
+      times[k].push(ms);
+      outs[k] = out;
     }
   }
-  setWinograd(before);
   const med = (v: number[]): number => v.slice().sort((x, y) => x - y)[v.length >> 1];
-  const base = outs.get(names[0])!;
-  const parts = names.map((n) => {
-    const same = outs.get(n)!.every((d, i) => compareDetections(d, base[i]).ok);
-    return `${n} ${med(times.get(n)!).toFixed(2)} (${times.get(n)!.map((v) => v.toFixed(1)).join('/')})${same ? '' : ' DIFFERS'}`;
+  const parts = settings.map((s, k) => {
+    const same = outs[k].every((d, i) => compareDetections(d, outs[0][i]).ok);
+    return `${s.name} ${med(times[k]).toFixed(2)} (${times[k].map((v) => v.toFixed(1)).join('/')})${same ? '' : ' DIFFERS'}`;
   });
-  console.log(`winograd ${label} ms/image, median of ${rounds} alternating rounds: ${parts.join(' | ')}`);
+  console.log(`${label} ms/image, median of ${rounds} alternating rounds: ${parts.join(' | ')}`);
 }
 
 /** Timelines of a few forwards (PredictOptions.trace): when each sub-batch passes each phase, ms from the call. */
@@ -356,10 +356,19 @@ async function main(): Promise<void> {
       for (const b of batches) await traceForwards(model, Array.from({ length: b }, () => photo), `[${mode}] photo x${b}`);
       continue;
     }
-    if (args.includes('--winograd-sweep')) {
-      const names = arg('--winograd-sweep', 'off,2f').split(',');
-      for (const b of batches) await winogradSweep(model, Array.from({ length: b }, () => photo), names, 5, `[${mode}] photo x${b}`);
-      await winogradSweep(model, mixed, names, 5, `[${mode}] mixed ${mixed.length} (7 sizes)`);
+    const sweep = args.includes('--winograd-sweep')
+      ? arg('--winograd-sweep', 'off,2f').split(',').map((name) => ({ name: `winograd ${name}`, apply: () => setWinograd(winogradSetting(name)) }))
+      : args.includes('--submit-sweep-e2e')
+        ? arg('--submit-sweep-e2e', '15,64').split(',').map((n) => ({
+          name: `submit every ${n}`, apply: () => tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', Number(n)),
+        }))
+        : null;
+    if (sweep) {
+      const before = { winograd: winogradSettings(), submit: tf.env().getNumber('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE') };
+      for (const b of batches) await alternate(model, Array.from({ length: b }, () => photo), sweep, 5, `[${mode}] photo x${b}`);
+      await alternate(model, mixed, sweep, 5, `[${mode}] mixed ${mixed.length} (7 sizes)`);
+      setWinograd(before.winograd);
+      tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', before.submit);
       continue;
     }
     if (args.includes('--paired')) {

@@ -177,6 +177,7 @@ export class Backbone {
     // The stride-1 3x3 convs may take the Winograd path on the GPU (prepareConvFilter skips the rest).
     for (const blocks of this.layers) for (const b of blocks) for (const c of b.convs) if (c.stride === 1) prepareConvFilter(c.filter);
     for (const c of this.outer) prepareConvFilter(c.filter);
+    prepareConvFilter(this.stem.filter, this.stem.bias); // RGB: channel-padded once
   }
 
   private foldedConv(weights: Img2PoseWeights, conv: string, bn: string, stride: number): Conv {

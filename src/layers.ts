@@ -80,7 +80,7 @@ export function makeConv(filter: tf.Tensor4D, bias: tf.Tensor1D, stride: number)
 }
 
 export function disposeConv(conv: Conv): void {
-  releaseConvFilter(conv.filter); // prepared or not
+  releaseConvFilter(conv.filter, conv.bias); // prepared or not
   conv.filter.dispose();
   conv.bias.dispose();
 }

@@ -42,12 +42,13 @@ export class RegionProposalNetwork {
     // Own copies, so the caller may dispose its weights map independently.
     this.convWeight = tf.clone(get('rpn.head.conv.weight')) as tf.Tensor4D;
     this.convBias = tf.clone(get('rpn.head.conv.bias')) as tf.Tensor1D;
-    prepareConvFilter(this.convWeight);
     this.predWeight = tf.concat4d(
       [get('rpn.head.cls_logits.weight') as tf.Tensor4D, get('rpn.head.bbox_pred.weight') as tf.Tensor4D],
       3,
     );
     this.predBias = tf.concat1d([get('rpn.head.cls_logits.bias') as tf.Tensor1D, get('rpn.head.bbox_pred.bias') as tf.Tensor1D]);
+    prepareConvFilter(this.convWeight);
+    prepareConvFilter(this.predWeight, this.predBias); // 15 channels: padded once
   }
 
   /**
@@ -117,6 +118,7 @@ export class RegionProposalNetwork {
 
   dispose(): void {
     releaseConvFilter(this.convWeight);
+    releaseConvFilter(this.predWeight, this.predBias);
     tf.dispose([this.convWeight, this.convBias, this.predWeight, this.predBias]);
   }
 }

@@ -288,6 +288,31 @@ export class FusedConvProgram implements WebGPUProgram {
 
 const roundUp4 = (v: number): number => Math.ceil(v / 4) * 4;
 
+/** Channel-padded copies of filters and biases, kept per tensor so calls skip a pad dispatch each. */
+const paddedCopies = new WeakMap<tf.Tensor, tf.Tensor>();
+
+/**
+ * Keeps the vec4-padded copy that conv2dFused would make on every call, for a filter (kh, kw, in,
+ * out) and its bias whose channels are not multiples of 4 (the RGB stem, the RPN predictor).
+ */
+export function preparePadded(w: tf.Tensor4D, bias: tf.Tensor1D | null): void {
+  const [, , cin, cout] = w.shape;
+  if ((cin % 4 !== 0 || cout % 4 !== 0) && !paddedCopies.has(w)) {
+    paddedCopies.set(w, tf.keep(tf.tidy(() => padAxis(padAxis(w, roundUp4(cin), 2), roundUp4(cout)))));
+  }
+  if (bias !== null && cout % 4 !== 0 && !paddedCopies.has(bias)) paddedCopies.set(bias, tf.keep(padAxis(bias, roundUp4(cout))));
+}
+
+export function releasePadded(...tensors: (tf.Tensor | null)[]): void {
+  for (const t of tensors) {
+    const copy = t && paddedCopies.get(t);
+    if (t && copy) {
+      copy.dispose();
+      paddedCopies.delete(t);
+    }
+  }
+}
+
 /** Zeros appended along `axis` (default: the last) up to length `to`; `t` itself when none are needed. */
 function padAxis<T extends tf.Tensor>(t: T, to: number, axis = t.rank - 1): T {
   const extra = to - t.shape[axis];
@@ -330,8 +355,8 @@ export function conv2dFused(
       kh, kw, cin: cinP, cout: coutP, stride: opts.stride, pad: opts.pad, relu: opts.relu,
       hasBias: bias !== null, residual, tile: tile ?? chooseTile(n * ho * wo, coutP),
     };
-    const inputs: tf.Tensor[] = [padAxis(x, cinP), padAxis(padAxis(w, cinP, 2), coutP)];
-    if (bias !== null) inputs.push(padAxis(bias, coutP));
+    const inputs: tf.Tensor[] = [padAxis(x, cinP), paddedCopies.get(w) ?? padAxis(padAxis(w, cinP, 2), coutP)];
+    if (bias !== null) inputs.push(paddedCopies.get(bias) ?? padAxis(bias, coutP));
     if (opts.residual !== undefined) inputs.push(padAxis(opts.residual, coutP));
     const out = runProgram<tf.Rank.R4>(new FusedConvProgram(spec, [n, ho, wo, coutP]), inputs);
     return coutP === cout ? out : tf.slice(out, [0, 0, 0, 0], [n, ho, wo, cout]);

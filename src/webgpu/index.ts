@@ -2,7 +2,7 @@
 // Stage code calls `conv` / `linear` from here instead of tf.conv2d / tf.matMul; the portable
 // path is the default, so nothing changes unless a caller opts in with setKernelMode('webgpu').
 import * as tf from '@tensorflow/tfjs';
-import { ConvOptions, conv2dFused, conv2dPortable, linearFused, linearPortable } from './conv2d';
+import { ConvOptions, conv2dFused, conv2dPortable, linearFused, linearPortable, preparePadded, releasePadded } from './conv2d';
 import { conv2dWinograd, prepareWinograd, releaseWinograd, winogradFilterFor } from './winograd';
 
 export type KernelMode = 'portable' | 'webgpu';
@@ -31,16 +31,20 @@ export function conv(x: tf.Tensor4D, w: tf.Tensor4D, bias: tf.Tensor1D | null, o
 }
 
 /**
- * Called by a stage for each conv filter it owns, once, when it is built: on the webgpu backend,
- * keeps what our kernels' fast paths need (the Winograd-transformed filter), whatever the kernel
- * mode is then, so the mode can change later. `releaseConvFilter` frees it.
+ * Called by a stage for each conv filter (and bias) it owns, once, when it is built: on the webgpu
+ * backend, keeps what our kernels' fast paths need (the Winograd-transformed filter, channel-padded
+ * copies), whatever the kernel mode is then, so the mode can change later. `releaseConvFilter`
+ * frees them.
  */
-export function prepareConvFilter(w: tf.Tensor4D): void {
-  if (tf.getBackend() === 'webgpu') prepareWinograd(w);
+export function prepareConvFilter(w: tf.Tensor4D, bias: tf.Tensor1D | null = null): void {
+  if (tf.getBackend() !== 'webgpu') return;
+  prepareWinograd(w);
+  preparePadded(w, bias);
 }
 
-export function releaseConvFilter(w: tf.Tensor4D): void {
+export function releaseConvFilter(w: tf.Tensor4D, bias: tf.Tensor1D | null = null): void {
   releaseWinograd(w);
+  releasePadded(w, bias);
 }
 
 /** x (rows, in) @ w (in, out) + bias, optional ReLU. */
