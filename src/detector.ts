@@ -85,9 +85,10 @@ export interface LoadOptions extends Partial<DetectorOptions>, LoadWeightsOption
   /** Compute backend; 'auto' takes the fastest available (see `selectBackend`). */
   backend?: BackendChoice;
   /**
-   * On the webgpu backend, run our own WGSL kernels (implicit-GEMM convolutions, fused RoIAlign,
-   * GPU transform: about 2x the stock tfjs kernels, same results). Default true; false keeps the
-   * stock tfjs ops. No effect on other backends.
+   * On the webgpu backend, run our own WGSL kernels (implicit-GEMM and Winograd convolutions,
+   * fused RoIAlign, GPU transform: 2-3x the stock tfjs kernels; results within float32 rounding of
+   * them, the golden cases pass with both). Default true; false keeps the stock tfjs ops. No effect
+   * on other backends.
    */
   webgpuKernels?: boolean;
   /**
