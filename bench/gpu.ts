@@ -300,6 +300,31 @@ async function alternate(
   console.log(`${label} ms/image, median of ${rounds} alternating rounds: ${parts.join(' | ')}`);
 }
 
+/**
+ * Back-to-back batches vs the same with a forced full GC before each (not timed; needs
+ * node --expose-gc): how much the garbage of one batch costs the next.
+ */
+async function gcProbe(model: Img2PoseModel, images: tf.Tensor3D[], label: string): Promise<void> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (!gc) throw new Error('--gc-probe needs node --expose-gc');
+  for (let w = 0; w < 3; w++) await model.predict(images, CONFIG, OPTS);
+  const plain: number[] = [];
+  const collected: number[] = [];
+  for (let r = 0; r < 5; r++) {
+    for (const [forced, out] of [[false, plain], [true, collected]] as const) {
+      for (let k = 0; k < 3; k++) {
+        if (forced) gc();
+        const t0 = performance.now();
+        await model.predict(images, CONFIG, OPTS);
+        out.push((performance.now() - t0) / images.length);
+      }
+    }
+  }
+  const med = (v: number[]): number => v.slice().sort((x, y) => x - y)[v.length >> 1];
+  console.log(`gc probe ${label} ms/image: back to back ${med(plain).toFixed(2)} (${plain.map((v) => v.toFixed(1)).join('/')}), ` +
+    `full GC before each ${med(collected).toFixed(2)} (${collected.map((v) => v.toFixed(1)).join('/')})`);
+}
+
 /** Timelines of a few forwards (PredictOptions.trace): when each sub-batch passes each phase, ms from the call. */
 async function traceForwards(model: Img2PoseModel, images: tf.Tensor3D[], label: string): Promise<void> {
   for (let w = 0; w < 3; w++) await model.predict(images, CONFIG, OPTS);
@@ -350,6 +375,10 @@ async function main(): Promise<void> {
         for (const b of batches) await paired(model, Array.from({ length: b }, () => photo), 5, `[${mode}, overlap ${overlap}] photo x${b}`);
         await paired(model, mixed, 5, `[${mode}, overlap ${overlap}] mixed ${mixed.length} (7 sizes)`);
       }
+      continue;
+    }
+    if (args.includes('--gc-probe')) {
+      for (const b of batches) await gcProbe(model, Array.from({ length: b }, () => photo), `[${mode}] photo x${b}`);
       continue;
     }
     if (args.includes('--trace')) {
