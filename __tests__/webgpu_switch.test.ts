@@ -16,17 +16,7 @@ import {
   setKernelMode,
   useWebGPUKernels,
 } from '../src/webgpu';
-
-/** Deterministic values in [-1, 1) (a small LCG), so failures reproduce. */
-function values(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
-  return out;
-}
+import { lcgValues, relErr } from './utils/lcg';
 
 interface Case {
   x: [number, number, number, number];
@@ -62,16 +52,6 @@ function reference(x: Float32Array, w: Float32Array, b: Float32Array, c: Case, r
   return out;
 }
 
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return Math.sqrt(num / den);
-}
-
 const cases: Case[] = [
   { x: [1, 9, 11, 5], k: 3, cout: 7, stride: 1, pad: 1, relu: true },
   { x: [2, 13, 10, 3], k: 7, cout: 8, stride: 2, pad: 3, relu: true },
@@ -95,14 +75,14 @@ describe('kernel switch (src/webgpu) on wasm', () => {
   it.each(cases)('conv %j matches a float64 convolution, in both modes', (c) => {
     const before = tf.memory().numTensors;
     const [n, h, w, cin] = c.x;
-    const xd = values(n * h * w * cin, 1);
-    const wdat = values(c.k * c.k * cin * c.cout, 2).map((v) => v * Math.sqrt(3 / (c.k * c.k * cin)));
-    const bd = values(c.cout, 3).map((v) => v * 0.1);
+    const xd = lcgValues(n * h * w * cin, 1);
+    const wdat = lcgValues(c.k * c.k * cin * c.cout, 2).map((v) => v * Math.sqrt(3 / (c.k * c.k * cin)));
+    const bd = lcgValues(c.cout, 3).map((v) => v * 0.1);
     const ho = convOutputSize(h, c.k, c.stride, c.pad);
     const wo = convOutputSize(w, c.k, c.stride, c.pad);
     const rh = c.residual === 'upsample' ? Math.ceil(ho / 2) : ho;
     const rw = c.residual === 'upsample' ? Math.ceil(wo / 2) : wo;
-    const rd = c.residual ? values(n * rh * rw * c.cout, 4) : undefined;
+    const rd = c.residual ? lcgValues(n * rh * rw * c.cout, 4) : undefined;
     const expected = reference(xd, wdat, bd, c, rd && { data: rd, h: rh, w: rw });
     for (const mode of ['portable', 'webgpu'] as const) {
       setKernelMode(mode);
@@ -122,8 +102,8 @@ describe('kernel switch (src/webgpu) on wasm', () => {
 
   it('conv2dPortable without bias equals the stock conv', () => {
     tf.tidy(() => {
-      const x = tf.tensor4d(values(2 * 6 * 5 * 4, 5), [2, 6, 5, 4]);
-      const w = tf.tensor4d(values(3 * 3 * 4 * 6, 6), [3, 3, 4, 6]);
+      const x = tf.tensor4d(lcgValues(2 * 6 * 5 * 4, 5), [2, 6, 5, 4]);
+      const w = tf.tensor4d(lcgValues(3 * 3 * 4 * 6, 6), [3, 3, 4, 6]);
       const got = conv2dPortable(x, w, null, { stride: 2, pad: 1, relu: false }).dataSync();
       const want = tf.conv2d(x, w, 2, [[0, 0], [1, 1], [1, 1], [0, 0]]).dataSync();
       expect(relErr(got, want)).toBeLessThan(1e-7);
@@ -133,8 +113,8 @@ describe('kernel switch (src/webgpu) on wasm', () => {
   it('addUpsampled repeats the coarse map (exact 2x and odd sizes alike)', () => {
     tf.tidy(() => {
       for (const [h, w, hc, wc] of [[4, 6, 2, 3], [5, 7, 3, 4]]) {
-        const lateral = tf.tensor4d(values(h * w * 2, 7), [1, h, w, 2]);
-        const coarse = tf.tensor4d(values(hc * wc * 2, 8), [1, hc, wc, 2]);
+        const lateral = tf.tensor4d(lcgValues(h * w * 2, 7), [1, h, w, 2]);
+        const coarse = tf.tensor4d(lcgValues(hc * wc * 2, 8), [1, hc, wc, 2]);
         const got = addUpsampled(lateral, coarse).arraySync()[0];
         const l = lateral.arraySync()[0];
         const cc = coarse.arraySync()[0];
@@ -149,8 +129,8 @@ describe('kernel switch (src/webgpu) on wasm', () => {
 
   it('linear is x @ w + bias (+ ReLU) off the GPU', () => {
     tf.tidy(() => {
-      const x = tf.tensor2d(values(5 * 7, 9), [5, 7]);
-      const w = tf.tensor2d(values(7 * 3, 10), [7, 3]);
+      const x = tf.tensor2d(lcgValues(5 * 7, 9), [5, 7]);
+      const w = tf.tensor2d(lcgValues(7 * 3, 10), [7, 3]);
       const b = tf.tensor1d([0.5, -2, 0.1]);
       const xd = x.arraySync();
       const wd = w.arraySync();

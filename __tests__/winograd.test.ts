@@ -12,17 +12,8 @@ import {
   winogradHost,
   WINOGRAD_MIN_CHANNELS,
 } from '../src/webgpu';
+import { lcgValues, relErr } from './utils/lcg';
 import { prepareWinograd, releaseWinograd, winogradFilterFits, winogradFilterFor, winogradOptionsFit } from '../src/webgpu/winograd';
-
-function values(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
-  return out;
-}
 
 /** Direct 3x3 stride-1 pad-1 convolution in float64. */
 function direct(x: Float32Array, [n, h, w, cin]: number[], f: Float32Array, cout: number, b: Float32Array, relu: boolean): Float64Array {
@@ -40,16 +31,6 @@ function direct(x: Float32Array, [n, h, w, cin]: number[], f: Float32Array, cout
   return out;
 }
 
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return Math.sqrt(num / den);
-}
-
 describe('Winograd F(2x2, 3x3)', () => {
   afterEach(() => setKernelMode('portable'));
 
@@ -61,9 +42,9 @@ describe('Winograd F(2x2, 3x3)', () => {
     [[1, 11, 2, 16], 20, false],
   ] as [[number, number, number, number], number, boolean][])('x %j -> %i channels equals the direct convolution', (shape, cout, relu) => {
     const [n, h, w, cin] = shape;
-    const x = values(n * h * w * cin, 11);
-    const f = values(9 * cin * cout, 12).map((v) => v * Math.sqrt(3 / (9 * cin)));
-    const b = values(cout, 13).map((v) => v * 0.1);
+    const x = lcgValues(n * h * w * cin, 11);
+    const f = lcgValues(9 * cin * cout, 12).map((v) => v * Math.sqrt(3 / (9 * cin)));
+    const b = lcgValues(cout, 13).map((v) => v * 0.1);
     const u = tf.tidy(() => winogradFilter(tf.tensor4d(f, [3, 3, cin, cout])).dataSync() as Float32Array);
     const got = winogradHost(x, shape, u, cout, b, relu);
     const want = direct(x, shape, f, cout, b, relu);

@@ -118,6 +118,17 @@ async function convReference64(
   return out;
 }
 
+/** ||got - ref|| / ||ref|| against a float64 reference. */
+function relErr64(got: ArrayLike<number>, ref: Float64Array): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < ref.length; i++) {
+    num += (got[i] - ref[i]) ** 2;
+    den += ref[i] ** 2;
+  }
+  return Math.sqrt(num / den);
+}
+
 interface CheckRow {
   name: string;
   relErr: number;
@@ -158,15 +169,7 @@ async function winogradCasesNow(mode: string): Promise<CheckRow[]> {
     const direct = conv2dFused(x, w, b, opts);
     const e = await relErr(wino, direct);
     rows.push({ name: `winograd (${mode}) ${c.name} vs direct`, relErr: e, ok: e < 1e-5 && Number.isFinite(e) });
-    const ref = await convReference64(x, w, b, c, res);
-    const got = await wino.data();
-    let num = 0;
-    let den = 0;
-    for (let i = 0; i < ref.length; i++) {
-      num += (got[i] - ref[i]) ** 2;
-      den += ref[i] ** 2;
-    }
-    const e64 = Math.sqrt(num / den);
+    const e64 = relErr64(await wino.data(), await convReference64(x, w, b, c, res));
     rows.push({ name: `  vs float64 CPU`, relErr: e64, ok: e64 < 1e-5 && Number.isFinite(e64) });
     if (c.x[0] > 1) {
       // Image 1 alone vs inside the batch; the batch in chunks of one image vs at once.
@@ -202,15 +205,7 @@ async function runChecks(): Promise<CheckRow[]> {
     rows.push({ name: `conv ${c.name}`, relErr: e, ok: e < 1e-5 && Number.isFinite(e) });
     if (fused.size * c.k * c.k * c.x[3] < 5e6) {
       // Identical summation order can make fused == stock bit for bit; float64 is the independent check.
-      const ref = await convReference64(x, w, b, c, res);
-      const got = await fused.data();
-      let num = 0;
-      let den = 0;
-      for (let i = 0; i < ref.length; i++) {
-        num += (got[i] - ref[i]) ** 2;
-        den += ref[i] ** 2;
-      }
-      const e64 = Math.sqrt(num / den);
+      const e64 = relErr64(await fused.data(), await convReference64(x, w, b, c, res));
       rows.push({ name: `  vs float64 CPU`, relErr: e64, ok: e64 < 1e-5 && Number.isFinite(e64) });
     }
     tf.dispose([x, w, b, fused, stock, ...(res ? [res] : [])]);

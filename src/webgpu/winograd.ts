@@ -129,7 +129,21 @@ function flatDispatch(items: number): [number, number, number] {
   return [Math.min(groups, ROW), Math.ceil(groups / ROW), 1];
 }
 
-const FLAT_INDEX = `let idx = i32((workgroupId.y * numWorkgroups.x + workgroupId.x) * ${THREADS}u + localIndex);`;
+/**
+ * WGSL prologue of the transform programs: this thread's tile (b, ty, tx) and 4-channel group c4
+ * over a [N, H, W, C] map whose shape is the uniform `shape`; returns early past the last tile.
+ */
+function tilePrologue(shape: 'xShape' | 'outShape', channels: number): string[] {
+  return [
+    `  let idx = i32((workgroupId.y * numWorkgroups.x + workgroupId.x) * ${THREADS}u + localIndex);`,
+    `  let C4 = ${channels / 4}; let H = uniforms.${shape}.y; let W_ = uniforms.${shape}.z;`,
+    `  let TW = (W_ + 1) / 2; let TT = ((H + 1) / 2) * TW; let T = uniforms.${shape}.x * TT;`,
+    `  if (idx >= T * C4) { return; }`,
+    `  let c4 = idx % C4; let t = idx / C4;`,
+    `  let b = t / TT; let r = t - b * TT; let ty = r / TW; let tx = r - ty * TW;`,
+    `  let plane = T * C4; let at = t * C4 + c4;`,
+  ];
+}
 
 /** x [N, H, W, C] -> V [16, 1, tiles, C], tiles = N * ceil(H/2) * ceil(W/2), one thread per tile and 4 channels. */
 export class WinogradInputProgram implements WebGPUProgram {
@@ -151,13 +165,7 @@ export class WinogradInputProgram implements WebGPUProgram {
 
   getUserCode(): string {
     const L: string[] = [];
-    L.push(`fn main() {`);
-    L.push(`  ${FLAT_INDEX}`);
-    L.push(`  let C4 = ${this.channels / 4}; let H = uniforms.xShape.y; let W_ = uniforms.xShape.z;`);
-    L.push(`  let TW = (W_ + 1) / 2; let TT = ((H + 1) / 2) * TW; let T = uniforms.xShape.x * TT;`);
-    L.push(`  if (idx >= T * C4) { return; }`);
-    L.push(`  let c4 = idx % C4; let t = idx / C4;`);
-    L.push(`  let b = t / TT; let r = t - b * TT; let ty = r / TW; let tx = r - ty * TW;`);
+    L.push(`fn main() {`, ...tilePrologue('xShape', this.channels));
     L.push(`  let y0 = ty * 2 - 1; let x0 = tx * 2 - 1;`);
     for (let p = 0; p < 4; p++) L.push(`  let rowOk${p} = y0 + ${p} >= 0 && y0 + ${p} < H;`);
     for (let q = 0; q < 4; q++) L.push(`  let colOk${q} = x0 + ${q} >= 0 && x0 + ${q} < W_;`);
@@ -167,7 +175,6 @@ export class WinogradInputProgram implements WebGPUProgram {
     }
     // B^T d: combine rows p for each column q, then (B^T d) B: combine columns.
     for (let i = 0; i < 4; i++) for (let q = 0; q < 4; q++) L.push(`  let s${i}${q} = ${combine(WINOGRAD_BT[i], (p) => `d${p}${q}`)};`);
-    L.push(`  let plane = T * C4; let at = t * C4 + c4;`);
     for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) {
       L.push(`  result[${i * 4 + j} * plane + at] = ${combine(WINOGRAD_BT[j], (q) => `s${i}${q}`)};`);
     }
@@ -207,14 +214,7 @@ export class WinogradOutputProgram implements WebGPUProgram {
 
   getUserCode(): string {
     const L: string[] = [];
-    L.push(`fn main() {`);
-    L.push(`  ${FLAT_INDEX}`);
-    L.push(`  let C4 = ${this.channels / 4}; let H = uniforms.outShape.y; let W_ = uniforms.outShape.z;`);
-    L.push(`  let TW = (W_ + 1) / 2; let TT = ((H + 1) / 2) * TW; let T = uniforms.outShape.x * TT;`);
-    L.push(`  if (idx >= T * C4) { return; }`);
-    L.push(`  let c4 = idx % C4; let t = idx / C4;`);
-    L.push(`  let b = t / TT; let r = t - b * TT; let ty = r / TW; let tx = r - ty * TW;`);
-    L.push(`  let plane = T * C4; let at = t * C4 + c4;`);
+    L.push(`fn main() {`, ...tilePrologue('outShape', this.channels));
     for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) L.push(`  let m${i}${j} = wino[${i * 4 + j} * plane + at];`);
     // A^T M: combine rows i for each column j, then (A^T M) A: combine columns.
     for (let r = 0; r < 2; r++) for (let j = 0; j < 4; j++) L.push(`  let s${r}${j} = ${combine(WINOGRAD_AT[r], (i) => `m${i}${j}`)};`);
