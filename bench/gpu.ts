@@ -377,6 +377,18 @@ async function main(): Promise<void> {
       }
       continue;
     }
+    if (args.includes('--memory')) {
+      // One configuration per process (the pool keeps every buffer size it has seen): the pool
+      // after a few forwards of it. Batch 0 means the mixed set.
+      for (const b of batches) {
+        const imgs = b === 0 ? mixed : Array.from({ length: b }, () => photo);
+        for (let r = 0; r < 3; r++) await model.predict(imgs, CONFIG, OPTS);
+        const m = gpuMemory();
+        console.log(`memory [${mode}, winograd ${winogradSettings().enabled ? 'on' : 'off'}] ${b === 0 ? 'mixed 8' : `photo x${b}`}: ` +
+          `GPU pool ${(m.allocated / 2 ** 30).toFixed(2)} GiB allocated, ${(m.inUse / 2 ** 30).toFixed(2)} GiB in use after the forwards`);
+      }
+      continue;
+    }
     if (args.includes('--gc-probe')) {
       for (const b of batches) await gcProbe(model, Array.from({ length: b }, () => photo), `[${mode}] photo x${b}`);
       continue;
