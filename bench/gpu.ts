@@ -440,10 +440,10 @@ async function main(): Promise<void> {
     const batchRows: { b: number; ms: number; out: RawDetections[]; gpuMiB: number }[] = [];
     for (const b of batches) {
       const imgs = Array.from({ length: b }, () => photo);
-      const { ms, out } = await timeForward(model, imgs, b >= 8 ? 3 : 5);
+      const { ms, out } = await timeForward(model, imgs, b >= 8 ? 7 : 5);
       batchRows.push({ b, ms, out, gpuMiB: gpuMemory().allocated / 2 ** 20 });
     }
-    const mixedBatch = await timeForward(model, mixed, 3);
+    const mixedBatch = await timeForward(model, mixed, 7);
     const mixedGpuMiB = gpuMemory().allocated / 2 ** 20;
     const singleAgain = await timeForward(model, [photo], 5);
     let mixedAgainMs = 0;
