@@ -87,14 +87,23 @@ function maskedInput(f: Feature, kernel: number, stride: number, pad: number, ma
   return leaks ? masks.apply(f.x, f.regions) : f.x;
 }
 
+/** What a conv step adds to conv + bias, in the order applied. */
+interface ConvStep {
+  /** Added after the bias; nearest-upsampled to the output first when `upsample`. */
+  residual?: tf.Tensor4D;
+  upsample?: boolean;
+  relu: boolean;
+  /** Allow the Winograd path (the caller's level decides, see ./webgpu). */
+  winograd?: boolean;
+}
+
 /**
- * conv + bias (+ residual, nearest-upsampled when `upsample`) (+ ReLU, after the residual), through
- * the kernel switch of ./webgpu: stock tfjs ops by default, one fused WebGPU program when enabled.
+ * conv + bias (+ residual) (+ ReLU, after the residual), through the kernel switch of ./webgpu:
+ * stock tfjs ops by default, our WebGPU programs when enabled.
  */
-function convFeature(
-  f: Feature, conv: Conv, relu: boolean, masks: RegionMasks, residual?: tf.Tensor4D, upsample = false, winograd = false,
-): Feature {
+function convFeature(f: Feature, conv: Conv, masks: RegionMasks, step: ConvStep): Feature {
   const input = maskedInput(f, conv.kernel, conv.stride, conv.pad, masks);
+  const { relu, residual, upsample, winograd } = step;
   return {
     x: convOp(input, conv.filter, conv.bias, { stride: conv.stride, pad: conv.pad, relu, residual, upsampleResidual: upsample, winograd }),
     regions: regionsAfter(f.regions, conv.kernel, conv.stride, conv.pad),
@@ -232,7 +241,7 @@ export class Backbone {
   /** ResNet body: stem, then layer1..4; returns their outputs (strides 4, 8, 16, 32). */
   private runBody(input: Feature, masks: RegionMasks): Feature[] {
     const stem = tidyFeature(() => {
-      const c1 = convFeature(input, this.stem, true, masks);
+      const c1 = convFeature(input, this.stem, masks, { relu: true });
       return maxPoolFeature(c1, 3, 2, 1, masks);
     });
     const outputs: Feature[] = [];
@@ -250,11 +259,11 @@ export class Backbone {
   }
 
   private runBlock(block: ResidualBlock, input: Feature, masks: RegionMasks, winograd: boolean): Feature {
-    const identity = block.downsample ? convFeature(input, block.downsample, false, masks).x : input.x;
+    const identity = block.downsample ? convFeature(input, block.downsample, masks, { relu: false }).x : input.x;
     let y = input;
     block.convs.forEach((conv, k) => {
       // The residual add and the ReLU after it are the last conv's epilogue.
-      y = convFeature(y, conv, true, masks, k === block.convs.length - 1 ? identity : undefined, false, winograd);
+      y = convFeature(y, conv, masks, { relu: true, residual: k === block.convs.length - 1 ? identity : undefined, winograd });
     });
     return { x: y.x, regions: y.regions, zeroOutside: false };
   }
@@ -263,13 +272,13 @@ export class Backbone {
   private runFpn(c: Feature[], masks: RegionMasks): tf.Tensor4D[] {
     return tf.tidy(() => {
       const results: Feature[] = new Array(4);
-      let last = convFeature(c[3], this.inner[3], false, masks);
-      results[3] = convFeature(last, this.outer[3], false, masks);
+      let last = convFeature(c[3], this.inner[3], masks, { relu: false });
+      results[3] = convFeature(last, this.outer[3], masks, { relu: false, winograd: winogradAtLevel(3) });
       for (let i = 2; i >= 0; i--) {
         // Top-down pathway: lateral 1x1 conv + nearest-upsampled coarser level (torch
         // interpolate 'nearest': source index floor(d * in / out)), fused into the conv.
-        last = convFeature(c[i], this.inner[i], false, masks, last.x, true);
-        results[i] = convFeature(last, this.outer[i], false, masks, undefined, false, winogradAtLevel(i));
+        last = convFeature(c[i], this.inner[i], masks, { relu: false, residual: last.x, upsample: true });
+        results[i] = convFeature(last, this.outer[i], masks, { relu: false, winograd: winogradAtLevel(i) });
       }
       // The RPN head's 3x3 conv reads these maps: zero them outside each image's region.
       const levels: Feature[] = results.map((r) =>
