@@ -12,7 +12,7 @@
 // largest step left (GPU_NOTES.md). Rounding differs from the direct convolution by a few float32
 // ulps (checked against a float64 convolution); every image's numbers still depend only on its
 // own pixels, since tiles start at each image's origin and the choice of algorithm depends only
-// on the layer's channels, never on the batch.
+// on the layer (its channels and level), never on the batch.
 import * as tf from '@tensorflow/tfjs';
 import { ConvOptions, ConvTile, FusedConvProgram, chooseTile } from './conv2d';
 import { runProgram, WebGPUProgram, webgpuBackend } from './program';
@@ -98,8 +98,8 @@ export function winogradFilter(filter: tf.Tensor4D): tf.Tensor3D {
 }
 
 /**
- * Transforms and keeps U for `filter` when our WebGPU kernels are on and the layer fits; the
- * stage that owns the filter calls `releaseWinograd` when it is disposed.
+ * Transforms and keeps U for `filter` when the layer fits (see `prepareConvFilter`, which calls
+ * this on the webgpu backend); the stage that owns the filter releases it when it is disposed.
  */
 export function prepareWinograd(filter: tf.Tensor4D): void {
   if (!winogradFilterFits(filter.shape) || filters.has(filter)) return;
