@@ -146,7 +146,7 @@ function tilePrologue(shape: 'xShape' | 'outShape', channels: number): string[] 
 }
 
 /** x [N, H, W, C] -> V [16, 1, tiles, C], tiles = N * ceil(H/2) * ceil(W/2), one thread per tile and 4 channels. */
-export class WinogradInputProgram implements WebGPUProgram {
+class WinogradInputProgram implements WebGPUProgram {
   variableNames = ['x'];
   variableComponents = [4];
   outputComponent = 4;
@@ -184,7 +184,7 @@ export class WinogradInputProgram implements WebGPUProgram {
 }
 
 /** M [16, 1, tiles, C] -> y [N, H, W, C] (+ bias, + residual, ReLU), one thread per tile and 4 channels. */
-export class WinogradOutputProgram implements WebGPUProgram {
+class WinogradOutputProgram implements WebGPUProgram {
   variableNames: string[];
   variableComponents: number[];
   outputComponent = 4;
