@@ -47,8 +47,9 @@ fn main(index: i32) {
   let ty = taps[h + 4] + y * 4; let tx = taps[h + 5] + x * 4;
   let y0 = taps[ty]; let y1 = taps[ty + 1]; let yw0 = bitcast<f32>(taps[ty + 2]); let yw1 = bitcast<f32>(taps[ty + 3]);
   let x0 = taps[tx]; let x1 = taps[tx + 1]; let xw0 = bitcast<f32>(taps[tx + 2]); let xw1 = bitcast<f32>(taps[tx + 3]);
-  let r0 = fma(norm(img[off + (y0 * W + x0) * 3 + c], c), xw0, norm(img[off + (y0 * W + x1) * 3 + c], c) * xw1);
-  let r1 = fma(norm(img[off + (y1 * W + x0) * 3 + c], c), xw0, norm(img[off + (y1 * W + x1) * 3 + c], c) * xw1);
+  // f32(): tfjs casts int32 to float32 by relabelling the same buffer, so img may hold i32.
+  let r0 = fma(norm(f32(img[off + (y0 * W + x0) * 3 + c]), c), xw0, norm(f32(img[off + (y0 * W + x1) * 3 + c]), c) * xw1);
+  let r1 = fma(norm(f32(img[off + (y1 * W + x0) * 3 + c]), c), xw0, norm(f32(img[off + (y1 * W + x1) * 3 + c]), c) * xw1);
   result[index] = fma(r0, yw0, r1 * yw1);
 }`;
   }

@@ -1,0 +1,142 @@
+// A service's stream on the GPU: single images of random sizes (sides drawn from 100..2000 px,
+// the upstream photo resampled to each size), one predict each, as a server sees them. Prints
+// ms per image (mean, median, by quarter of the stream), the tfjs buffer pool after every
+// `--every` images, and what the first sight of a size costs: buffers created (count, bytes,
+// host time) and pipelines compiled. `bench/upstream_gpu_stream.py` runs upstream on the same sizes.
+// Bundled with `npm run gpu:bundle`; on the device, from the repo root:
+//   node .gpu/app/stream.mjs [--images 120] [--seed 1] [--pool classes|exact] [--limit-gib 6]
+//       [--passes 1] [--every 20] [--batch 1] [--json out.json]
+import * as fs from 'fs';
+import * as path from 'path';
+import * as tf from '@tensorflow/tfjs';
+import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import { formulaWeights } from '../src/formula_weights';
+import { decodeImage } from '../src/io';
+import { Img2PoseModel } from '../src/model';
+import { gpuMemory, initWebGPUBackend, setKernelMode, useSizeClassPool, trimPool, DEFAULT_POOL_LIMIT } from '../src/webgpu';
+import { streamSizes } from './stream_sizes';
+
+const args = process.argv.slice(2);
+const arg = (name: string, fallback: string): string => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : fallback;
+};
+const CONFIG = { minSize: Number(arg('--min-size', '640')), maxSize: Number(arg('--max-size', '1400')) };
+const GiB = 2 ** 30;
+
+/** `src` (HWC RGB bytes) resampled to h x w, nearest neighbour (the content only needs to be photo-like). */
+function resample(src: Uint8Array | Int32Array | Float32Array, sh: number, sw: number, h: number, w: number): Int32Array {
+  const out = new Int32Array(h * w * 3);
+  for (let y = 0; y < h; y++) {
+    const sy = Math.min(sh - 1, Math.floor(((y + 0.5) * sh) / h));
+    for (let x = 0; x < w; x++) {
+      const sx = Math.min(sw - 1, Math.floor(((x + 0.5) * sw) / w));
+      const s = (sy * sw + sx) * 3;
+      const o = (y * w + x) * 3;
+      out[o] = src[s];
+      out[o + 1] = src[s + 1];
+      out[o + 2] = src[s + 2];
+    }
+  }
+  return out;
+}
+
+interface Counters {
+  buffers: number;
+  bytes: number;
+  ms: number;
+}
+
+/** Counts and times the device's buffer creations. */
+function countBuffers(device: GPUDevice): Counters {
+  const c: Counters = { buffers: 0, bytes: 0, ms: 0 };
+  const create = device.createBuffer.bind(device);
+  device.createBuffer = (desc: GPUBufferDescriptor): GPUBuffer => {
+    const t = performance.now();
+    const b = create(desc);
+    c.ms += performance.now() - t;
+    c.buffers++;
+    c.bytes += desc.size;
+    return b;
+  };
+  return c;
+}
+
+/** FNV-1a over the bytes of `a`, continuing from `h`: equal results give equal digests. */
+function fnv(h: number, a: ArrayLike<number> & { buffer: ArrayBufferLike; byteOffset: number; byteLength: number }): number {
+  const bytes = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  for (let i = 0; i < bytes.length; i++) h = Math.imul(h ^ bytes[i], 0x01000193) >>> 0;
+  return h;
+}
+
+function median(v: number[]): number {
+  const s = [...v].sort((a, b) => a - b);
+  return s.length ? s[s.length >> 1] : NaN;
+}
+
+async function main(): Promise<void> {
+  const adapter = await initWebGPUBackend();
+  console.log('backend', JSON.stringify(adapter), new Date().toISOString());
+  setKernelMode('webgpu');
+  const backend = tf.backend() as unknown as WebGPUBackend;
+  const pipelines = (): number => Object.keys((backend as unknown as { pipelineCache: object }).pipelineCache).length;
+  const pool = arg('--pool', 'classes');
+  const limit = Number(arg('--limit-gib', String(DEFAULT_POOL_LIMIT / GiB))) * GiB;
+  if (pool === 'classes') useSizeClassPool(backend, limit);
+  const counters = countBuffers(backend.device);
+  const n = Number(arg('--images', '120'));
+  const batch = Number(arg('--batch', '1'));
+  const sizes = streamSizes(n, Number(arg('--seed', '1')));
+  const photoT = decodeImage(fs.readFileSync(path.join(process.cwd(), '__tests__', 'fixtures', 'golden', 'teaser.png')));
+  const photo = (await photoT).dataSync() as Int32Array;
+  const [ph, pw] = (await photoT).shape;
+  const weights = formulaWeights();
+  const model = new Img2PoseModel(weights, { hostThreads: 0 });
+  tf.dispose([...weights.tensors.values()]);
+  const every = Number(arg('--every', '20'));
+  const passes = Number(arg('--passes', '1'));
+  const report: Record<string, unknown>[] = [];
+  // Warm-up on the photo itself: compiles the common pipelines, as a service's first call would.
+  await model.predict([tf.tensor3d(photo, [ph, pw, 3], 'int32')], CONFIG);
+  for (let pass = 0; pass < passes; pass++) {
+    const times: number[] = [];
+    let digest = 0x811c9dc5;
+    const poolCurve: string[] = [];
+    const firstSight = { buffers: counters.buffers, bytes: counters.bytes, ms: counters.ms, pipelines: pipelines() };
+    for (let i = 0; i < n; i += batch) {
+      const imgs = sizes.slice(i, i + batch).map(([h, w]) => tf.tensor3d(resample(photo, ph, pw, h, w), [h, w, 3], 'int32'));
+      const t0 = performance.now();
+      const out = await model.predict(imgs, CONFIG);
+      for (const d of out) for (const a of [d.boxes, d.scores, d.dofs]) digest = fnv(digest, a);
+      times.push((performance.now() - t0) / imgs.length);
+      tf.dispose(imgs);
+      if ((i + batch) % every < batch) {
+        const m = gpuMemory();
+        poolCurve.push(`${i + batch}:${(m.allocated / GiB).toFixed(2)}`);
+      }
+    }
+    const q = Math.ceil(times.length / 4);
+    const quarters = [0, 1, 2, 3].map((k) => times.slice(k * q, (k + 1) * q)).map((v) => (v.reduce((a, b) => a + b, 0) / v.length).toFixed(1));
+    const mean = times.reduce((a, b) => a + b, 0) / times.length;
+    const line = {
+      pool, limitGiB: limit / GiB, pass, images: n, batch,
+      meanMs: +mean.toFixed(2), medianMs: +median(times).toFixed(2), quarterMeansMs: quarters.join('/'),
+      buffersCreated: counters.buffers - firstSight.buffers, bytesCreatedGiB: +((counters.bytes - firstSight.bytes) / GiB).toFixed(2),
+      createMs: +(counters.ms - firstSight.ms).toFixed(1), pipelinesCompiled: pipelines() - firstSight.pipelines,
+      digest: digest.toString(16), poolGiB: poolCurve.join(' '), inUseGiB: +(gpuMemory().inUse / GiB).toFixed(2), tensors: tf.memory().numTensors,
+    };
+    report.push(line);
+    console.log(`stream ${JSON.stringify(line)}`);
+  }
+  model.dispose();
+  const freed = trimPool(backend, true);
+  console.log(`after dispose: pool ${(gpuMemory().allocated / GiB).toFixed(2)} GiB (${(freed / GiB).toFixed(2)} GiB freed), in use ${(gpuMemory().inUse / GiB).toFixed(3)} GiB, tensors ${tf.memory().numTensors}`);
+  const json = arg('--json', '');
+  if (json) fs.writeFileSync(json, JSON.stringify({ adapter, report }, null, 1));
+  process.exit(0);
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exit(2);
+});

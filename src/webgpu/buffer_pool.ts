@@ -1,0 +1,151 @@
+// Size-class pooling for tfjs' webgpu buffer manager.
+//
+// tfjs pools released GPU buffers by exact byte size and never frees them. A service that sees
+// images of many sizes needs buffers of new sizes at every call, so each call creates buffers
+// (slow: device allocation and Dawn's lazy zero-fill) and the pool grows without end. Here a
+// request is rounded up to a size class (four classes per power of two, so at most 25% slack),
+// which lets a buffer serve every size in its class, and the pool is held under a limit: a
+// buffer released while the pool is above it is destroyed instead of kept.
+//
+// A buffer may now be larger than its tensor. Everything tfjs does with it is unaffected (bind
+// groups bind the whole buffer, shaders index by shape uniforms) except readback, which copies
+// `buffer.size` bytes; `getBufferData` is therefore replaced by one that copies the size that
+// was asked for. The change applies to the whole webgpu backend of the process and stays once
+// made: tensors created under it must keep reading back their own size.
+import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+
+/**
+ * Default pool limit: above what a batch of 16 default-size images holds in use at once, so
+ * steady batches never churn; a stream of mixed single images stays well below it.
+ */
+export const DEFAULT_POOL_LIMIT = 6 * 2 ** 30;
+
+/** Below this, sizes round up to a multiple of 256 bytes (uniforms and small tensors). */
+const SMALL = 4096;
+const SMALL_STEP = 256;
+/** Size classes per power of two above SMALL. */
+const STEPS = 4;
+
+/**
+ * The size class of a request of `bytes`: a multiple of 256 up to 4 KiB, then the next of
+ * 2^k * (4 + j) / 4 (j = 0..3). Never below the request, at most 25% above it.
+ */
+export function sizeClass(bytes: number): number {
+  if (!(Number.isInteger(bytes) && bytes >= 0)) throw new RangeError(`sizeClass: bytes must be an integer >= 0, got ${bytes}`);
+  if (bytes <= SMALL) return Math.max(SMALL_STEP, Math.ceil(bytes / SMALL_STEP) * SMALL_STEP);
+  const octave = 2 ** Math.floor(Math.log2(bytes));
+  const step = octave / STEPS;
+  return Math.ceil(bytes / step) * step;
+}
+
+/** The parts of tfjs' BufferManager used here (its fields are public at run time). */
+interface BufferManagerLike {
+  acquireBuffer(size: number, usage: number, mappedAtCreation?: boolean, reuse?: boolean): GPUBuffer;
+  releaseBuffer(buffer: GPUBuffer, reuse?: boolean): void;
+  freeBuffers: Map<string, GPUBuffer[]>;
+  numBytesAllocated: number;
+  numBytesUsed: number;
+  numFreeBuffers: number;
+}
+
+interface BackendInternals {
+  bufferManager: BufferManagerLike;
+  device: GPUDevice;
+  getBufferData(buffer: GPUBuffer): Promise<ArrayBuffer | null>;
+  ensureCommandEncoderReady(): void;
+  endComputePassEncoder(): void;
+  submitQueue(): void;
+  commandEncoder: GPUCommandEncoder;
+}
+
+interface PoolState {
+  limit: number;
+  /** The byte size each live buffer was last acquired for. */
+  requested: WeakMap<GPUBuffer, number>;
+}
+
+const installed = new WeakMap<object, PoolState>();
+
+/** WebGPU's buffer usage bits used here (the global GPUBufferUsage exists only where WebGPU does). */
+const MAP_READ = 0x0001;
+const COPY_DST = 0x0008;
+
+/**
+ * Rounds the backend's buffer requests to size classes and keeps its pool (buffers in use plus
+ * free ones) under `limit` bytes where it can: buffers in use are never touched, so the pool
+ * can exceed the limit by what one forward needs at once. Calling it again only changes the
+ * limit. Returns the limit in force.
+ */
+export function useSizeClassPool(backend: WebGPUBackend, limit: number): number {
+  if (!(limit > 0)) throw new RangeError(`useSizeClassPool: limit must be > 0 bytes, got ${limit}`);
+  const internals = backend as unknown as BackendInternals;
+  const existing = installed.get(internals);
+  if (existing) {
+    existing.limit = limit;
+    trimPool(backend);
+    return limit;
+  }
+  const state: PoolState = { limit, requested: new WeakMap() };
+  installed.set(internals, state);
+  const manager = internals.bufferManager;
+  const maxBinding = internals.device.limits.maxStorageBufferBindingSize;
+  const acquire = manager.acquireBuffer.bind(manager);
+  const release = manager.releaseBuffer.bind(manager);
+
+  manager.acquireBuffer = (size, usage, mappedAtCreation = false, reuse = true) => {
+    const rounded = sizeClass(size);
+    // A class above the binding limit could not be bound whole: keep such a request exact.
+    const buffer = acquire(rounded <= maxBinding || size > maxBinding ? rounded : size, usage, mappedAtCreation, reuse);
+    state.requested.set(buffer, size);
+    return buffer;
+  };
+  manager.releaseBuffer = (buffer, reuse = true) => {
+    release(buffer, reuse && manager.numBytesAllocated <= state.limit);
+  };
+  internals.getBufferData = async (buffer) => readBuffer(internals, buffer, state.requested.get(buffer) ?? buffer.size);
+  return limit;
+}
+
+/** The size-class pool's limit on `backend`, or null where it is not in use. */
+export function sizeClassPoolLimit(backend: WebGPUBackend): number | null {
+  return installed.get(backend as unknown as object)?.limit ?? null;
+}
+
+/** `size` bytes of `buffer`, read back through a staging buffer from the pool. */
+async function readBuffer(backend: BackendInternals, buffer: GPUBuffer, size: number): Promise<ArrayBuffer> {
+  const manager = backend.bufferManager;
+  const staging = manager.acquireBuffer(size, COPY_DST | MAP_READ);
+  backend.ensureCommandEncoderReady();
+  backend.endComputePassEncoder();
+  backend.commandEncoder.copyBufferToBuffer(buffer, 0, staging, 0, size);
+  backend.submitQueue();
+  await staging.mapAsync(1 /* GPUMapMode.READ */, 0, size);
+  const values = staging.getMappedRange(0, size).slice(0);
+  staging.unmap();
+  manager.releaseBuffer(staging);
+  return values;
+}
+
+/**
+ * Destroys free buffers, largest first, until the pool is within its limit (all of them with
+ * `all`). Buffers in use stay. Returns the bytes freed.
+ */
+export function trimPool(backend: WebGPUBackend, all = false): number {
+  const manager = (backend as unknown as BackendInternals).bufferManager;
+  const limit = all ? 0 : (sizeClassPoolLimit(backend) ?? Infinity);
+  if (manager.numBytesAllocated <= limit) return 0;
+  const free = [...manager.freeBuffers.values()].flat().sort((a, b) => b.size - a.size);
+  let freed = 0;
+  for (const buffer of free) {
+    if (manager.numBytesAllocated <= limit) break;
+    const list = manager.freeBuffers.get(`${buffer.size}_${buffer.usage}`);
+    const at = list ? list.indexOf(buffer) : -1;
+    if (!list || at < 0) continue;
+    list.splice(at, 1);
+    manager.numFreeBuffers--;
+    manager.numBytesAllocated -= buffer.size;
+    freed += buffer.size;
+    buffer.destroy();
+  }
+  return freed;
+}
