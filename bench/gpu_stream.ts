@@ -98,15 +98,31 @@ async function main(): Promise<void> {
   const report: Record<string, unknown>[] = [];
   // Warm-up on the photo itself: compiles the common pipelines, as a service's first call would.
   await model.predict([tf.tensor3d(photo, [ph, pw, 3], 'int32')], CONFIG);
+  const base: number[] = [];
+  for (let r = 0; r < 10; r++) {
+    const img = tf.tensor3d(photo, [ph, pw, 3], 'int32');
+    const t0 = performance.now();
+    await model.predict([img], CONFIG);
+    base.push(performance.now() - t0);
+    img.dispose();
+  }
+  console.log(`photo ${ph}x${pw} repeated: median ${median(base).toFixed(1)} ms`);
   for (let pass = 0; pass < passes; pass++) {
     const times: number[] = [];
     let digest = 0x811c9dc5;
+    const phases: Record<string, number> = {};
     const poolCurve: string[] = [];
     const firstSight = { buffers: counters.buffers, bytes: counters.bytes, ms: counters.ms, pipelines: pipelines() };
     for (let i = 0; i < n; i += batch) {
       const imgs = sizes.slice(i, i + batch).map(([h, w]) => tf.tensor3d(resample(photo, ph, pw, h, w), [h, w, 3], 'int32'));
       const t0 = performance.now();
-      const out = await model.predict(imgs, CONFIG);
+      let last = 0;
+      const out = await model.predict(imgs, CONFIG, {
+        trace: (phase, _images, at) => {
+          if (phase !== 'start') phases[phase] = (phases[phase] ?? 0) + (at - last) / imgs.length;
+          last = at;
+        },
+      });
       for (const d of out) for (const a of [d.boxes, d.scores, d.dofs]) digest = fnv(digest, a);
       times.push((performance.now() - t0) / imgs.length);
       tf.dispose(imgs);
@@ -123,7 +139,8 @@ async function main(): Promise<void> {
       meanMs: +mean.toFixed(2), medianMs: +median(times).toFixed(2), quarterMeansMs: quarters.join('/'),
       buffersCreated: counters.buffers - firstSight.buffers, bytesCreatedGiB: +((counters.bytes - firstSight.bytes) / GiB).toFixed(2),
       createMs: +(counters.ms - firstSight.ms).toFixed(1), pipelinesCompiled: pipelines() - firstSight.pipelines,
-      digest: digest.toString(16), poolGiB: poolCurve.join(' '), inUseGiB: +(gpuMemory().inUse / GiB).toFixed(2), tensors: tf.memory().numTensors,
+      digest: digest.toString(16),
+      phaseMeansMs: Object.entries(phases).map(([k, v]) => `${k} ${(v / times.length).toFixed(1)}`).join(', '), poolGiB: poolCurve.join(' '), inUseGiB: +(gpuMemory().inUse / GiB).toFixed(2), tensors: tf.memory().numTensors,
     };
     report.push(line);
     console.log(`stream ${JSON.stringify(line)}`);

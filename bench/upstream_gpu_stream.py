@@ -36,14 +36,17 @@ photo = np.array(Image.open('.gpu/teaser.jpeg').convert('RGB'))
 def T(a): return (torch.from_numpy(a.astype(np.float32)).permute(2, 0, 1) / 255.).to(dev)
 for _ in range(3): m.predict([T(photo)])
 torch.cuda.synchronize()
-times, curve = [], []
+times, curve, host = [], [], []
 for i, (h, w) in enumerate(stream_sizes(n)):
     img = resample(photo, h, w)
     t0 = time.time()
-    m.predict([T(img)])
+    x = T(img)
+    torch.cuda.synchronize()
+    host.append((time.time() - t0) * 1000)
+    m.predict([x])
     torch.cuda.synchronize()
     times.append((time.time() - t0) * 1000)
     if (i + 1) % 20 == 0: curve.append(f'{i + 1}:{torch.cuda.memory_reserved() / 2**30:.2f}')
 q = (len(times) + 3) // 4
 print('upstream stream', json.dumps({'images': n, 'meanMs': round(float(np.mean(times)), 2), 'medianMs': round(float(np.median(times)), 2),
-      'quarterMeansMs': '/'.join(f'{np.mean(times[k*q:(k+1)*q]):.1f}' for k in range(4)), 'reservedGiB': ' '.join(curve)}))
+      'quarterMeansMs': '/'.join(f'{np.mean(times[k*q:(k+1)*q]):.1f}' for k in range(4)), 'reservedGiB': ' '.join(curve), 'toTensorMs': round(float(np.mean(host)), 2)}))

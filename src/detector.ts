@@ -29,7 +29,7 @@ import { ImageInput, decodeImage } from './io';
 import { Img2PoseModel, ModelConfig, RawDetections } from './model';
 import { cores, workerScript } from './threads';
 import { ThreadedModel } from './threaded_model';
-import { setKernelMode } from './webgpu';
+import { DEFAULT_POOL_LIMIT, releaseGpuPool, setKernelMode, useGpuPool } from './webgpu';
 import { KeypointName, projectKeypoints } from './pose';
 import { Img2PoseWeights, disposeWeights } from './weights';
 import { LoadWeightsOptions, loadWeights } from './weights_io';
@@ -101,6 +101,14 @@ export interface LoadOptions extends Partial<DetectorOptions>, LoadWeightsOption
    * elsewhere. Results are the same whatever the count.
    */
   threads?: number | 'auto';
+  /**
+   * On the webgpu backend, the most bytes tfjs' GPU buffer pool may keep (buffers in use plus
+   * free ones kept for reuse). Buffers are pooled by size class (at most 25% above the size asked
+   * for), so images of any size reuse them; a buffer released while the pool is above the limit is
+   * destroyed. Default 6 GiB (above what a batch of 16 default-size images uses at once); the pool
+   * belongs to the backend, so this applies to every tfjs model on it in the process.
+   */
+  gpuPoolLimit?: number;
 }
 
 /** What the detector needs of a network; `Img2PoseModel` is one, tests pass fakes. */
@@ -144,9 +152,12 @@ export class Img2Pose {
     if (typeof options !== 'object' || options === null) {
       throw new OptionError('options', 'an object with at least { weights }', options);
     }
-    const { weights, backend = 'auto', poseMean, poseStddev, warn, webgpuKernels = true, threads = 'auto', ...rest } = options;
+    const {
+      weights, backend = 'auto', poseMean, poseStddev, warn, webgpuKernels = true, threads = 'auto', gpuPoolLimit = DEFAULT_POOL_LIMIT, ...rest
+    } = options;
     const resolved = resolveOptions(rest);
     if (!(threads === 'auto' || isPositiveInt(threads))) throw new OptionError('threads', "'auto' or a positive integer", threads);
+    if (!(typeof gpuPoolLimit === 'number' && gpuPoolLimit > 0)) throw new OptionError('gpuPoolLimit', 'a number of bytes > 0 (Infinity: no limit)', gpuPoolLimit);
     if (!BACKEND_CHOICES.includes(backend)) {
       throw new OptionError('backend', `one of ${BACKEND_CHOICES.join(', ')}`, backend);
     }
@@ -155,6 +166,7 @@ export class Img2Pose {
     }
     const backendName = await selectBackend(backend);
     setKernelMode(backendName === 'webgpu' && webgpuKernels ? 'webgpu' : 'portable');
+    if (backendName === 'webgpu') useGpuPool(gpuPoolLimit);
     const fromDisk = typeof weights === 'string';
     const loaded = fromDisk ? await loadWeightsOrExplain(weights, { poseMean, poseStddev, warn }) : weights;
     let built: { model: DetectionModel; threads: number };
@@ -232,6 +244,8 @@ export class Img2Pose {
     this.isDisposed = true;
     await this.tail;
     this.model.dispose();
+    // The network's buffers are back in the pool now: give the free ones back to the device.
+    if (this.backend === 'webgpu') releaseGpuPool();
   }
 
   // --- upstream's routing: _detect_single / _detect_batch -------------------------------------

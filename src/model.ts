@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { Backbone } from './backbone';
-import { Detections, postprocessDetections, PostprocessInput } from './postprocess';
+import { BOX_SCORE_THRESH, Detections, postprocessDetections, PostprocessInput } from './postprocess';
 import { REFERENCE_POINTS_68 } from './reference_points';
 import { multiScaleRoIAlign } from './roi_align';
 import { RoIHeads } from './roi_heads';
@@ -353,7 +353,7 @@ export class Img2PoseModel {
       let dofs: Float32Array;
       try {
         await lap('roiAlign', pooled);
-        ({ classLogits: logits, dofRegression: dofs } = await this.roiHeads.forward(pooled));
+        ({ classLogits: logits, dofRegression: dofs } = await this.roiHeads.forward(pooled, BOX_SCORE_THRESH));
         await lap('heads');
       } finally {
         pooled.dispose();

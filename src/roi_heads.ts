@@ -7,17 +7,22 @@
  *     -> class_predictor.cls_score: Linear 1024->2
  *
  * Upstream pools twice with identical settings (box_roi_pool, class_roi_pool), so one pooled
- * tensor feeds both heads, and both fc6 layers run as one [R, 12544] x [12544, 2048] product
- * (on wasm as a sum of 8 smaller products, see fc6Chunked). fc6's rows are reordered once so that
- * it reads our (7, 7, C) pooled layout instead of torch's (C, 7, 7) flatten order.
+ * tensor feeds both heads (fc6 on wasm as a sum of 8 smaller products, see fc6Chunked). fc6's rows
+ * are reordered once so that it reads our (7, 7, C) pooled layout instead of torch's (C, 7, 7)
+ * flatten order.
+ *
+ * The pose branch runs only where its output is used: post-processing keeps the dofs of rows
+ * whose face score passes upstream's 0.05 filter, so `forward` classifies first and regresses the
+ * dofs of those rows alone (on trained weights, a few percent of the 1000 proposals). Each row's
+ * numbers are computed as in a run over all rows.
  */
 import * as tf from '@tensorflow/tfjs';
+import { faceScores } from './postprocess';
 import { Img2PoseWeights } from './weights';
 import { ROI_OUTPUT_SIZE } from './roi_align';
 import { linear, useWebGPUKernels } from './webgpu';
 
 const BN_EPS = 1e-5;
-const REPRESENTATION = 1024;
 
 export interface RoIHeadOutputs {
   /** (R, 2): background and face logits per box. */
@@ -102,12 +107,39 @@ function foldBatchNorm(
   return { weight: w, bias: b };
 }
 
+/** fc6 of one head: [12544, 1024] as one matrix, or on wasm in FC6_CHUNKS filter pieces. */
+interface Fc6 {
+  weight: tf.Tensor2D | null;
+  chunks: tf.Tensor4D[];
+  bias: tf.Tensor1D;
+}
+
+function makeFc6(weight: tf.Tensor2D, bias: tf.Tensor1D): Fc6 {
+  if (tf.getBackend() === 'wasm' && weight.shape[0] % FC6_CHUNKS === 0) {
+    const rows = weight.shape[0] / FC6_CHUNKS;
+    const chunks = tf.split(weight, FC6_CHUNKS, 0).map((piece) => {
+      const filter = tf.reshape(piece, [1, 1, rows, weight.shape[1]]) as tf.Tensor4D;
+      piece.dispose();
+      return filter;
+    });
+    weight.dispose();
+    return { weight: null, chunks, bias };
+  }
+  return { weight, chunks: [], bias };
+}
+
+function runFc6(x: tf.Tensor2D, fc6: Fc6): tf.Tensor2D {
+  return fc6.weight ? dense(x, fc6.weight, fc6.bias, true) : fc6Chunked(x, fc6.chunks, fc6.bias);
+}
+
+function disposeFc6(fc6: Fc6): void {
+  tf.dispose([...(fc6.weight ? [fc6.weight] : []), ...fc6.chunks, fc6.bias]);
+}
+
 export class RoIHeads {
-  /** box_head.fc6 | class_head.fc6, rows permuted for NHWC pooling: [12544, 2048] (non-wasm)... */
-  private readonly fc6Weight: tf.Tensor2D | null;
-  /** ...or, on wasm, the same rows in FC6_CHUNKS [1, 1, 12544 / FC6_CHUNKS, 2048] pieces. */
-  private readonly fc6Chunks: tf.Tensor4D[];
-  private readonly fc6Bias: tf.Tensor1D;
+  /** box_head.fc6 and class_head.fc6, rows permuted for NHWC pooling. */
+  private readonly boxFc6: Fc6;
+  private readonly classFc6: Fc6;
   private readonly boxFc7: [tf.Tensor2D, tf.Tensor1D];
   private readonly classFc7: [tf.Tensor2D, tf.Tensor1D];
   /** dof_pred.0 with dof_pred.1 (BatchNorm) folded in. */
@@ -125,25 +157,13 @@ export class RoIHeads {
       tf.clone(get(`${name}.weight`)) as tf.Tensor2D,
       tf.clone(get(`${name}.bias`)) as tf.Tensor1D,
     ];
-    const boxFc6 = get('box_head.fc6.weight') as tf.Tensor2D;
-    const channels = boxFc6.shape[0] / (ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE);
-    const fc6 = tf.tidy(() =>
-      tf.concat2d([permuteFc6Rows(boxFc6, channels), permuteFc6Rows(get('class_head.fc6.weight') as tf.Tensor2D, channels)], 1),
-    );
-    if (tf.getBackend() === 'wasm' && fc6.shape[0] % FC6_CHUNKS === 0) {
-      const rows = fc6.shape[0] / FC6_CHUNKS;
-      this.fc6Chunks = tf.split(fc6, FC6_CHUNKS, 0).map((piece) => {
-        const filter = tf.reshape(piece, [1, 1, rows, fc6.shape[1]]) as tf.Tensor4D;
-        piece.dispose();
-        return filter;
-      });
-      fc6.dispose();
-      this.fc6Weight = null;
-    } else {
-      this.fc6Chunks = [];
-      this.fc6Weight = fc6;
-    }
-    this.fc6Bias = tf.concat1d([get('box_head.fc6.bias') as tf.Tensor1D, get('class_head.fc6.bias') as tf.Tensor1D]);
+    const fc6 = (head: string): Fc6 => {
+      const weight = get(`${head}.fc6.weight`) as tf.Tensor2D;
+      const channels = weight.shape[0] / (ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE);
+      return makeFc6(permuteFc6Rows(weight, channels), tf.clone(get(`${head}.fc6.bias`)) as tf.Tensor1D);
+    };
+    this.boxFc6 = fc6('box_head');
+    this.classFc6 = fc6('class_head');
     this.boxFc7 = layer('box_head.fc7');
     this.classFc7 = layer('class_head.fc7');
     this.dofOut = layer('box_predictor.dof_pred.3');
@@ -162,43 +182,76 @@ export class RoIHeads {
     this.dofHidden = [tf.tensor2d(folded.weight, hidden.shape as [number, number]), tf.tensor1d(folded.bias)];
   }
 
-  /** Pooled features [R, 7, 7, C] -> class logits [R, 2] and dof regression [R, 12]. */
-  apply(pooled: tf.Tensor4D): { classLogits: tf.Tensor2D; dofRegression: tf.Tensor2D } {
+  /** class_head and cls_score: pooled features [R, 7, 7, C] -> class logits [R, 2]. */
+  classify(pooled: tf.Tensor4D): tf.Tensor2D {
     return tf.tidy(() => {
-      const r = pooled.shape[0];
-      const x = pooled.reshape([r, -1]) as tf.Tensor2D;
-      const fc6 = this.fc6Weight ? dense(x, this.fc6Weight, this.fc6Bias, true) : fc6Chunked(x, this.fc6Chunks, this.fc6Bias);
-      const layer = (input: tf.Tensor2D, [w, b]: [tf.Tensor2D, tf.Tensor1D], relu: boolean): tf.Tensor2D => dense(input, w, b, relu);
-      const boxFeatures = layer(tf.slice(fc6, [0, 0], [r, REPRESENTATION]), this.boxFc7, true);
-      const classFeatures = layer(tf.slice(fc6, [0, REPRESENTATION], [r, REPRESENTATION]), this.classFc7, true);
-      const dofRegression = layer(layer(boxFeatures, this.dofHidden, true), this.dofOut, false);
-      const classLogits = layer(classFeatures, this.clsScore, false);
-      return { classLogits, dofRegression };
+      const x = pooled.reshape([pooled.shape[0], -1]) as tf.Tensor2D;
+      const features = dense(runFc6(x, this.classFc6), ...this.classFc7, true);
+      return dense(features, ...this.clsScore, false);
     });
   }
 
-  /** apply(), read back. */
-  async forward(pooled: tf.Tensor4D): Promise<RoIHeadOutputs> {
-    if (pooled.shape[0] === 0) return { classLogits: new Float32Array(0), dofRegression: new Float32Array(0) };
-    const { classLogits, dofRegression } = this.apply(pooled);
-    try {
-      const [c, d] = await Promise.all([classLogits.data(), dofRegression.data()]);
-      return { classLogits: c as Float32Array, dofRegression: d as Float32Array };
-    } finally {
-      tf.dispose([classLogits, dofRegression]);
+  /** box_head and dof_pred: pooled features [R, 7, 7, C] -> dof regression [R, 12]. */
+  regressDofs(pooled: tf.Tensor4D): tf.Tensor2D {
+    return tf.tidy(() => {
+      const x = pooled.reshape([pooled.shape[0], -1]) as tf.Tensor2D;
+      const features = dense(runFc6(x, this.boxFc6), ...this.boxFc7, true);
+      return dense(dense(features, ...this.dofHidden, true), ...this.dofOut, false);
+    });
+  }
+
+  /** Both heads on every row: class logits [R, 2] and dof regression [R, 12]. */
+  apply(pooled: tf.Tensor4D): { classLogits: tf.Tensor2D; dofRegression: tf.Tensor2D } {
+    return { classLogits: this.classify(pooled), dofRegression: this.regressDofs(pooled) };
+  }
+
+  /**
+   * Both heads, read back. With `scoreThresh`, the dofs are regressed only for rows whose face
+   * score (post-processing's softmax) is above it; the other rows' dofs are zero, and
+   * post-processing never reads them.
+   */
+  async forward(pooled: tf.Tensor4D, scoreThresh?: number): Promise<RoIHeadOutputs> {
+    const rows = pooled.shape[0];
+    if (rows === 0) return { classLogits: new Float32Array(0), dofRegression: new Float32Array(0) };
+    if (scoreThresh === undefined) {
+      const { classLogits, dofRegression } = this.apply(pooled);
+      try {
+        const [c, d] = await Promise.all([classLogits.data(), dofRegression.data()]);
+        return { classLogits: c as Float32Array, dofRegression: d as Float32Array };
+      } finally {
+        tf.dispose([classLogits, dofRegression]);
+      }
     }
+    const logitsTensor = this.classify(pooled);
+    let classLogits: Float32Array;
+    try {
+      classLogits = (await logitsTensor.data()) as Float32Array;
+    } finally {
+      logitsTensor.dispose();
+    }
+    const dofRegression = new Float32Array(rows * 12);
+    const thresh = Math.fround(scoreThresh);
+    const kept: number[] = [];
+    faceScores(classLogits).forEach((score, i) => {
+      if (score > thresh) kept.push(i);
+    });
+    if (kept.length === 0) return { classLogits, dofRegression };
+    const dofs = tf.tidy(() => {
+      const subset = kept.length === rows ? pooled : (tf.gather(pooled, tf.tensor1d(kept, 'int32')) as tf.Tensor4D);
+      return this.regressDofs(subset);
+    });
+    try {
+      const values = (await dofs.data()) as Float32Array;
+      kept.forEach((row, k) => dofRegression.set(values.subarray(k * 12, k * 12 + 12), row * 12));
+    } finally {
+      dofs.dispose();
+    }
+    return { classLogits, dofRegression };
   }
 
   dispose(): void {
-    tf.dispose([
-      ...(this.fc6Weight ? [this.fc6Weight] : []),
-      ...this.fc6Chunks,
-      this.fc6Bias,
-      ...this.boxFc7,
-      ...this.classFc7,
-      ...this.dofHidden,
-      ...this.dofOut,
-      ...this.clsScore,
-    ]);
+    disposeFc6(this.boxFc6);
+    disposeFc6(this.classFc6);
+    tf.dispose([...this.boxFc7, ...this.classFc7, ...this.dofHidden, ...this.dofOut, ...this.clsScore]);
   }
 }

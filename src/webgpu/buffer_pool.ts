@@ -10,8 +10,11 @@
 // A buffer may now be larger than its tensor. Everything tfjs does with it is unaffected (bind
 // groups bind the whole buffer, shaders index by shape uniforms) except readback, which copies
 // `buffer.size` bytes; `getBufferData` is therefore replaced by one that copies the size that
-// was asked for. The change applies to the whole webgpu backend of the process and stays once
+// was asked for. Uploads go through `queue.writeBuffer` into a pooled buffer, where tfjs would
+// create (and zero-fill) a new mapped staging buffer for every upload: an input photo is tens of
+// MB. The change applies to the whole webgpu backend of the process and stays once
 // made: tensors created under it must keep reading back their own size.
+import * as tf from '@tensorflow/tfjs';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 
 /**
@@ -48,8 +51,17 @@ interface BufferManagerLike {
   numFreeBuffers: number;
 }
 
+/** A tensor's entry in the backend's tensor map (the fields used here). */
+interface TensorDataLike {
+  dtype: string;
+  values: ArrayLike<number> | null;
+  resource: unknown;
+}
+
 interface BackendInternals {
   bufferManager: BufferManagerLike;
+  tensorMap: { get(dataId: object): TensorDataLike };
+  uploadToGPU(dataId: object): void;
   device: GPUDevice;
   getBufferData(buffer: GPUBuffer): Promise<ArrayBuffer | null>;
   ensureCommandEncoderReady(): void;
@@ -68,7 +80,9 @@ const installed = new WeakMap<object, PoolState>();
 
 /** WebGPU's buffer usage bits used here (the global GPUBufferUsage exists only where WebGPU does). */
 const MAP_READ = 0x0001;
+const COPY_SRC = 0x0004;
 const COPY_DST = 0x0008;
+const STORAGE = 0x0080;
 
 /**
  * Rounds the backend's buffer requests to size classes and keeps its pool (buffers in use plus
@@ -103,12 +117,34 @@ export function useSizeClassPool(backend: WebGPUBackend, limit: number): number 
     release(buffer, reuse && manager.numBytesAllocated <= state.limit);
   };
   internals.getBufferData = async (buffer) => readBuffer(internals, buffer, state.requested.get(buffer) ?? buffer.size);
+  const upload = internals.uploadToGPU.bind(internals);
+  internals.uploadToGPU = (dataId) => {
+    const data = internals.tensorMap.get(dataId);
+    const values = data.resource == null && data.values ? wordsOf(data.dtype, data.values) : null;
+    if (!values) {
+      upload(dataId);
+      return;
+    }
+    // Safe without a submit: tfjs returns a buffer to the pool only once the commands that use
+    // it have been submitted, and writeBuffer is ordered after everything submitted before it.
+    const buffer = manager.acquireBuffer(values.byteLength, STORAGE | COPY_SRC | COPY_DST);
+    internals.device.queue.writeBuffer(buffer, 0, values.buffer, values.byteOffset, values.byteLength);
+    data.values = null;
+    data.resource = buffer;
+  };
   return limit;
 }
 
 /** The size-class pool's limit on `backend`, or null where it is not in use. */
 export function sizeClassPoolLimit(backend: WebGPUBackend): number | null {
   return installed.get(backend as unknown as object)?.limit ?? null;
+}
+
+/** A tensor's values as the 32-bit words the backend stores, or null for dtypes left to tfjs. */
+function wordsOf(dtype: string, values: ArrayLike<number>): Float32Array | Int32Array | null {
+  if (dtype === 'float32') return values instanceof Float32Array ? values : Float32Array.from(values);
+  if (dtype === 'int32') return values instanceof Int32Array ? values : Int32Array.from(values);
+  return null;
 }
 
 /** `size` bytes of `buffer`, read back through a staging buffer from the pool. */
@@ -148,4 +184,22 @@ export function trimPool(backend: WebGPUBackend, all = false): number {
     buffer.destroy();
   }
   return freed;
+}
+
+/** The registered webgpu backend, if any (without making it active). */
+function registeredWebGPU(): WebGPUBackend | null {
+  return (tf.findBackend('webgpu') as unknown as WebGPUBackend | null) ?? null;
+}
+
+/** `useSizeClassPool` on the registered webgpu backend; false where there is none. */
+export function useGpuPool(limit: number = DEFAULT_POOL_LIMIT): boolean {
+  const backend = registeredWebGPU();
+  if (backend) useSizeClassPool(backend, limit);
+  return backend !== null;
+}
+
+/** Destroys every free buffer of the webgpu backend's pool (buffers in use stay). Bytes freed. */
+export function releaseGpuPool(): number {
+  const backend = registeredWebGPU();
+  return backend ? trimPool(backend, true) : 0;
 }

@@ -57,7 +57,7 @@ export { addUpsampled, conv2dFused, conv2dPortable, convShaderSource, linearFuse
 export { initWebGPUBackend } from './dawn';
 export type { WebGPUAdapterSummary } from './dawn';
 export { gpuSync, gpuMemory } from './program';
-export { DEFAULT_POOL_LIMIT, sizeClass, sizeClassPoolLimit, trimPool, useSizeClassPool } from './buffer_pool';
+export { DEFAULT_POOL_LIMIT, releaseGpuPool, sizeClass, sizeClassPoolLimit, trimPool, useGpuPool, useSizeClassPool } from './buffer_pool';
 export { roiAlignFused } from './roi_align';
 export { conv2dWinograd, setWinograd, winogradAtLevel, winogradFilter, winogradHost, winogradSettings, WINOGRAD_LEVELS, WINOGRAD_MIN_CHANNELS } from './winograd';
 export type { WinogradSettings } from './winograd';
