@@ -10,13 +10,14 @@
 //       [--winograd off|2f|5u] [--winograd-sweep off,2f,5f]   (Winograd 3x3 convs: off, or <levels> with the input
 //       transform fused (f) or on its own (u); the sweep alternates settings round by round)
 //       [--submit-sweep-e2e 15,64]   (tfjs' dispatches per queue submit, alternated the same way)
+//       [--gating-sweep]   (the pose branch for rows above the score filter only, on and off, alternated)
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { formulaWeights } from '../src/formula_weights';
 import { decodeImage } from '../src/io';
-import { emptyTimings, Img2PoseModel, PredictOptions, RawDetections, StageTimings, SUBBATCH_OVERLAP } from '../src/model';
-import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, setKernelMode, setWinograd, winogradSettings, WinogradSettings } from '../src/webgpu';
+import { emptyTimings, Img2PoseModel, POSE_GATING_FLAG, PredictOptions, RawDetections, StageTimings, SUBBATCH_OVERLAP } from '../src/model';
+import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, setKernelMode, setWinograd, winogradSettings, WinogradSettings, useGpuPool } from '../src/webgpu';
 import { compareDetections } from './gpu_check';
 import { Backbone } from '../src/backbone';
 import { RegionProposalNetwork } from '../src/rpn';
@@ -341,6 +342,8 @@ async function traceForwards(model: Img2PoseModel, images: tf.Tensor3D[], label:
 
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend((process.env.DAWN_FLAGS ?? '').split(';').filter(Boolean));
+  // As Img2Pose.load sets it up (IMG2POSE_GPU_POOL=exact keeps tfjs' own pooling).
+  if (process.env.IMG2POSE_GPU_POOL !== 'exact') useGpuPool(Number(process.env.IMG2POSE_GPU_POOL_GIB ?? 4) * 2 ** 30);
   if (args.includes('--winograd')) setWinograd(winogradSetting(arg('--winograd', 'off')));
   console.log('backend', JSON.stringify(adapter));
   const modeArg = arg('--mode', 'webgpu');
@@ -397,7 +400,9 @@ async function main(): Promise<void> {
       for (const b of batches) await traceForwards(model, Array.from({ length: b }, () => photo), `[${mode}] photo x${b}`);
       continue;
     }
-    const sweep = args.includes('--winograd-sweep')
+    const sweep = args.includes('--gating-sweep')
+      ? [true, false].map((on) => ({ name: `pose gating ${on ? 'on' : 'off'}`, apply: () => tf.env().set(POSE_GATING_FLAG, on) }))
+      : args.includes('--winograd-sweep')
       ? arg('--winograd-sweep', 'off,2f').split(',').map((name) => ({ name: `winograd ${name}`, apply: () => setWinograd(winogradSetting(name)) }))
       : args.includes('--submit-sweep-e2e')
         ? arg('--submit-sweep-e2e', '15,64').split(',').map((n) => ({

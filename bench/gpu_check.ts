@@ -13,7 +13,7 @@ import { failures, matchDetections, pct, sci } from './match';
 import { formulaWeights } from '../src/formula_weights';
 import { decodeImage } from '../src/io';
 import { Img2PoseModel, RawDetections } from '../src/model';
-import { initWebGPUBackend, KernelMode, setKernelMode } from '../src/webgpu';
+import { initWebGPUBackend, KernelMode, setKernelMode, useGpuPool } from '../src/webgpu';
 
 const GOLDEN = path.join(process.cwd(), '__tests__', 'fixtures', 'golden');
 
@@ -60,6 +60,8 @@ export function compareDetections(ours: RawDetections, ref: RawDetections): Comp
 
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend();
+  // As Img2Pose.load sets it up (IMG2POSE_GPU_POOL=exact keeps tfjs' own pooling).
+  if (process.env.IMG2POSE_GPU_POOL !== 'exact') useGpuPool(Number(process.env.IMG2POSE_GPU_POOL_GIB ?? 4) * 2 ** 30);
   console.log('backend', JSON.stringify(adapter));
   const manifest = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'manifest.json'), 'utf8')) as { cases: Case[] };
   const singles = new Map(manifest.cases.filter((c) => c.mode === 'single').map((c) => [`${c.image}@${c.min_size}`, c]));

@@ -19,7 +19,7 @@ import {
 import { initWebGPUBackend } from '../src/webgpu/dawn';
 import { gpuSync } from '../src/webgpu/program';
 import { roiAlignFused, RoiAlignInputs } from '../src/webgpu/roi_align';
-import { setKernelMode } from '../src/webgpu';
+import { setKernelMode, useGpuPool } from '../src/webgpu';
 import { conv2dWinograd, setWinograd, winogradFilter } from '../src/webgpu/winograd';
 import { prepareBatch } from '../src/transform';
 import { decodeImage } from '../src/io';
@@ -526,6 +526,8 @@ async function exploreState(): Promise<void> {
 
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend((process.env.DAWN_FLAGS ?? '').split(';').filter(Boolean));
+  // As Img2Pose.load sets it up (IMG2POSE_GPU_POOL=exact keeps tfjs' own pooling).
+  if (process.env.IMG2POSE_GPU_POOL !== 'exact') useGpuPool(Number(process.env.IMG2POSE_GPU_POOL_GIB ?? 4) * 2 ** 30);
   const features = (tf.backend() as unknown as { device: { features: Set<string> } }).device.features;
   console.log('timestamp-query', features.has('timestamp-query'));
   if (args.includes('--state')) {

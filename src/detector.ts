@@ -102,11 +102,12 @@ export interface LoadOptions extends Partial<DetectorOptions>, LoadWeightsOption
    */
   threads?: number | 'auto';
   /**
-   * On the webgpu backend, the most bytes tfjs' GPU buffer pool may keep (buffers in use plus
-   * free ones kept for reuse). Buffers are pooled by size class (at most 25% above the size asked
-   * for), so images of any size reuse them; a buffer released while the pool is above the limit is
-   * destroyed. Default 6 GiB (above what a batch of 16 default-size images uses at once); the pool
-   * belongs to the backend, so this applies to every tfjs model on it in the process.
+   * On the webgpu backend, the most bytes of free GPU buffers tfjs' pool keeps for reuse. Buffers
+   * are pooled by size class (at most 25% above the size asked for), so images of any size reuse
+   * them, and one released while the free ones already hold the limit is destroyed: the pool is at
+   * most what a forward uses at once plus this. Default 4 GiB (what a stream of single images of
+   * every size keeps at the default input size). The pool belongs to the backend, so this applies
+   * to every tfjs model on it in the process; `dispose()` frees the free buffers.
    */
   gpuPoolLimit?: number;
 }

@@ -82,6 +82,17 @@ export interface PredictOptions {
  */
 export type ForwardPhase = 'start' | 'issued' | 'headRead' | 'proposals' | 'headsRead' | 'done';
 
+/**
+ * tfjs env flag: run the pose branch of the ROI heads only for rows above the 0.05 score filter
+ * (see RoIHeads.forward). On by default; results are the same either way, so it exists for
+ * measurements.
+ */
+export const POSE_GATING_FLAG = 'IMG2POSE_POSE_GATING';
+// Registered once per tfjs instance, also when this module is bundled twice.
+if (!(POSE_GATING_FLAG in (tf.env() as unknown as { flagRegistry: object }).flagRegistry)) {
+  tf.env().registerFlag(POSE_GATING_FLAG, () => true);
+}
+
 /** Sub-batch size for overlapping forwards on GPU backends (measured on an H200: GPU_NOTES.md). */
 export const SUBBATCH_OVERLAP = 4;
 
@@ -353,7 +364,7 @@ export class Img2PoseModel {
       let dofs: Float32Array;
       try {
         await lap('roiAlign', pooled);
-        ({ classLogits: logits, dofRegression: dofs } = await this.roiHeads.forward(pooled, BOX_SCORE_THRESH));
+        ({ classLogits: logits, dofRegression: dofs } = await this.roiHeads.forward(pooled, tf.env().getBool(POSE_GATING_FLAG) ? BOX_SCORE_THRESH : undefined));
         await lap('heads');
       } finally {
         pooled.dispose();

@@ -4,8 +4,9 @@
 // images of many sizes needs buffers of new sizes at every call, so each call creates buffers
 // (slow: device allocation and Dawn's lazy zero-fill) and the pool grows without end. Here a
 // request is rounded up to a size class (four classes per power of two, so at most 25% slack),
-// which lets a buffer serve every size in its class, and the pool is held under a limit: a
-// buffer released while the pool is above it is destroyed instead of kept.
+// which lets a buffer serve every size in its class, and the free part of the pool is held under
+// a limit: a buffer released while the free buffers already hold that much is destroyed instead
+// of kept. The pool is then at most what is in use at the busiest moment plus the limit.
 //
 // A buffer may now be larger than its tensor. Everything tfjs does with it is unaffected (bind
 // groups bind the whole buffer, shaders index by shape uniforms) except readback, which copies
@@ -18,10 +19,11 @@ import * as tf from '@tensorflow/tfjs';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 
 /**
- * Default pool limit: above what a batch of 16 default-size images holds in use at once, so
- * steady batches never churn; a stream of mixed single images stays well below it.
+ * Default limit on the free buffers kept for reuse: what a stream of single images of every size
+ * (default input size) keeps, so such a stream stops allocating after warm-up. Batches of one size
+ * reuse their own buffers whatever the limit.
  */
-export const DEFAULT_POOL_LIMIT = 6 * 2 ** 30;
+export const DEFAULT_POOL_LIMIT = 4 * 2 ** 30;
 
 /** Below this, sizes round up to a multiple of 256 bytes (uniforms and small tensors). */
 const SMALL = 4096;
@@ -85,10 +87,8 @@ const COPY_DST = 0x0008;
 const STORAGE = 0x0080;
 
 /**
- * Rounds the backend's buffer requests to size classes and keeps its pool (buffers in use plus
- * free ones) under `limit` bytes where it can: buffers in use are never touched, so the pool
- * can exceed the limit by what one forward needs at once. Calling it again only changes the
- * limit. Returns the limit in force.
+ * Rounds the backend's buffer requests to size classes and keeps at most `limit` bytes of free
+ * buffers for reuse. Calling it again only changes the limit. Returns the limit in force.
  */
 export function useSizeClassPool(backend: WebGPUBackend, limit: number): number {
   if (!(limit > 0)) throw new RangeError(`useSizeClassPool: limit must be > 0 bytes, got ${limit}`);
@@ -114,7 +114,7 @@ export function useSizeClassPool(backend: WebGPUBackend, limit: number): number 
     return buffer;
   };
   manager.releaseBuffer = (buffer, reuse = true) => {
-    release(buffer, reuse && manager.numBytesAllocated <= state.limit);
+    release(buffer, reuse && freeBytes(manager) + buffer.size <= state.limit);
   };
   internals.getBufferData = async (buffer) => readBuffer(internals, buffer, state.requested.get(buffer) ?? buffer.size);
   const upload = internals.uploadToGPU.bind(internals);
@@ -162,18 +162,22 @@ async function readBuffer(backend: BackendInternals, buffer: GPUBuffer, size: nu
   return values;
 }
 
+function freeBytes(manager: BufferManagerLike): number {
+  return manager.numBytesAllocated - manager.numBytesUsed;
+}
+
 /**
- * Destroys free buffers, largest first, until the pool is within its limit (all of them with
- * `all`). Buffers in use stay. Returns the bytes freed.
+ * Destroys free buffers, largest first, until they are within the pool's limit (all of them
+ * with `all`). Buffers in use stay. Returns the bytes freed.
  */
 export function trimPool(backend: WebGPUBackend, all = false): number {
   const manager = (backend as unknown as BackendInternals).bufferManager;
   const limit = all ? 0 : (sizeClassPoolLimit(backend) ?? Infinity);
-  if (manager.numBytesAllocated <= limit) return 0;
+  if (freeBytes(manager) <= limit) return 0;
   const free = [...manager.freeBuffers.values()].flat().sort((a, b) => b.size - a.size);
   let freed = 0;
   for (const buffer of free) {
-    if (manager.numBytesAllocated <= limit) break;
+    if (freeBytes(manager) <= limit) break;
     const list = manager.freeBuffers.get(`${buffer.size}_${buffer.usage}`);
     const at = list ? list.indexOf(buffer) : -1;
     if (!list || at < 0) continue;
