@@ -343,7 +343,7 @@ async function traceForwards(model: Img2PoseModel, images: tf.Tensor3D[], label:
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend((process.env.DAWN_FLAGS ?? '').split(';').filter(Boolean));
   // As Img2Pose.load sets it up (IMG2POSE_GPU_POOL=exact keeps tfjs' own pooling).
-  if (process.env.IMG2POSE_GPU_POOL !== 'exact') useGpuPool(Number(process.env.IMG2POSE_GPU_POOL_GIB ?? 4) * 2 ** 30);
+  if (process.env.IMG2POSE_GPU_POOL !== 'exact') useGpuPool(Number(process.env.IMG2POSE_GPU_POOL_GIB ?? 8) * 2 ** 30);
   if (args.includes('--winograd')) setWinograd(winogradSetting(arg('--winograd', 'off')));
   console.log('backend', JSON.stringify(adapter));
   const modeArg = arg('--mode', 'webgpu');

@@ -527,7 +527,7 @@ async function exploreState(): Promise<void> {
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend((process.env.DAWN_FLAGS ?? '').split(';').filter(Boolean));
   // As Img2Pose.load sets it up (IMG2POSE_GPU_POOL=exact keeps tfjs' own pooling).
-  if (process.env.IMG2POSE_GPU_POOL !== 'exact') useGpuPool(Number(process.env.IMG2POSE_GPU_POOL_GIB ?? 4) * 2 ** 30);
+  if (process.env.IMG2POSE_GPU_POOL !== 'exact') useGpuPool(Number(process.env.IMG2POSE_GPU_POOL_GIB ?? 8) * 2 ** 30);
   const features = (tf.backend() as unknown as { device: { features: Set<string> } }).device.features;
   console.log('timestamp-query', features.has('timestamp-query'));
   if (args.includes('--state')) {

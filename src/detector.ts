@@ -105,8 +105,8 @@ export interface LoadOptions extends Partial<DetectorOptions>, LoadWeightsOption
    * On the webgpu backend, the most bytes of free GPU buffers tfjs' pool keeps for reuse. Buffers
    * are pooled by size class (at most 25% above the size asked for), so images of any size reuse
    * them, and one released while the free ones already hold the limit is destroyed: the pool is at
-   * most what a forward uses at once plus this. Default 4 GiB (what a stream of single images of
-   * every size keeps at the default input size). The pool belongs to the backend, so this applies
+   * most what a forward uses at once plus this. Default 8 GiB (a stream of single images of every
+   * size keeps ~4 GiB at the default input size; batches of 8 and 16 alongside need more). The pool belongs to the backend, so this applies
    * to every tfjs model on it in the process; `dispose()` frees the free buffers.
    */
   gpuPoolLimit?: number;
