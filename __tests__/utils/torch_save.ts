@@ -9,8 +9,15 @@ import { zipSync, Zippable } from 'fflate';
 export interface SavedTensor {
   name: string;
   shape: number[];
-  /** float32 values, row-major */
+  /** float32 values of its storage (row-major when `strides` and `offset` are left out) */
   data: Float32Array;
+  /** Crafting: the storage offset and strides written to the pickle (default 0, contiguous). */
+  offset?: number;
+  strides?: number[];
+  /** Crafting: the element count the storage reference declares (default data.length). */
+  numel?: number;
+  /** Legacy format only: a view (key, element offset, element count) into this storage. */
+  view?: [string, number, number];
 }
 
 class PickleWriter {
@@ -37,6 +44,15 @@ class PickleWriter {
     for (const x of b) this.parts.push(x);
     return this;
   }
+  /** An int (BININT), or any other number as a float (BINFLOAT, big-endian). */
+  number(n: number): this {
+    if (Number.isInteger(n) && n >= -(2 ** 31) && n < 2 ** 31) return this.int(n);
+    this.op('G');
+    const b = Buffer.alloc(8);
+    b.writeDoubleBE(n);
+    for (const x of b) this.parts.push(x);
+    return this;
+  }
   global(module: string, name: string): this {
     return this.op('c').text(`${module}\n${name}\n`);
   }
@@ -57,7 +73,7 @@ function contiguousStrides(shape: number[]): number[] {
   return strides;
 }
 
-/** The data.pkl of a zip checkpoint: storage i holds tensor i. */
+/** The data.pkl of a zip checkpoint (or the object pickle of a legacy one): storage i holds tensor i. */
 export function pickleCheckpoint(tensors: readonly SavedTensor[], prefix = 'module.'): Uint8Array {
   const w = new PickleWriter();
   w.op(0x80).op(2).op('}').str('fpn_model');
@@ -65,12 +81,14 @@ export function pickleCheckpoint(tensors: readonly SavedTensor[], prefix = 'modu
   tensors.forEach((t, i) => {
     w.str(`${prefix}${t.name}`);
     w.global('torch._utils', '_rebuild_tensor_v2').op('(');
-    w.op('(').str('storage').global('torch', 'FloatStorage').str(String(i)).str('cpu').int(t.data.length).op('t').op('Q');
-    w.int(0);
+    w.op('(').str('storage').global('torch', 'FloatStorage').str(String(i)).str('cpu').number(t.numel ?? t.data.length);
+    if (t.view) w.op('(').str(t.view[0]).number(t.view[1]).number(t.view[2]).op('t');
+    w.op('t').op('Q');
+    w.number(t.offset ?? 0);
     w.op('(');
     for (const n of t.shape) w.int(n);
     w.op('t').op('(');
-    for (const s of contiguousStrides(t.shape)) w.int(s);
+    for (const s of t.strides ?? contiguousStrides(t.shape)) w.int(s);
     w.op('t').op(0x89);
     w.global('collections', 'OrderedDict').op(')').op('R');
     w.op('t').op('R').op('s');
@@ -89,6 +107,38 @@ export function zipCheckpoint(tensors: readonly SavedTensor[], level: 0 | 1 | 6 
     files[`archive/data/${i}`] = [new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), { level }];
   });
   return zipSync(files);
+}
+
+/**
+ * A legacy-format checkpoint (torch.save with `_use_new_zipfile_serialization=False`): magic,
+ * protocol and system-info pickles, the object, the storage key list, then each storage's
+ * element count and bytes.
+ */
+export function legacyCheckpoint(tensors: readonly SavedTensor[]): Uint8Array {
+  const small = (body: (w: PickleWriter) => void): Uint8Array => {
+    const w = new PickleWriter();
+    w.op(0x80).op(2);
+    body(w);
+    return w.op('.').bytes();
+  };
+  const magic = Buffer.from([0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e]);
+  const parts: Uint8Array[] = [
+    magic,
+    small((w) => w.int(1001)),
+    small((w) => w.op('}').str('little_endian').op(0x88).op('s')),
+    pickleCheckpoint(tensors, ''),
+    small((w) => {
+      w.op('(');
+      tensors.forEach((_, i) => w.str(String(i)));
+      w.op('l');
+    }),
+  ];
+  for (const t of tensors) {
+    const count = Buffer.alloc(8);
+    count.writeBigInt64LE(BigInt(t.data.length));
+    parts.push(count, new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+  }
+  return Buffer.concat(parts);
 }
 
 /** Byte offset of the (compressed) data of the zip record `name`, from its local header. */
