@@ -202,7 +202,8 @@ export class Img2Pose {
   constructor(model: DetectionModel, options: Partial<DetectorOptions> = {}, backend: string = tf.getBackend(), threads = 1) {
     this.model = model;
     this.threads = threads;
-    checkKnownKeys(options, Object.keys(DEFAULT_OPTIONS), 'detector');
+    // load's own keys are tolerated: callers hand the same options object to both
+    checkKnownKeys(options, LOAD_OPTION_KEYS, 'detector');
     this.options = Object.freeze(resolveOptions(options));
     this.backend = backend;
   }
