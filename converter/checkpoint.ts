@@ -11,7 +11,7 @@
  * with the storage given as a persistent id ('storage', <type>, key, location, numel[, view]).
  */
 import { createHash } from 'crypto';
-import { promises as fsp } from 'fs';
+import { FileReadError, readRegularFile } from '../src/safe_read';
 import { CheckpointError } from './errors';
 import { HostValue, PickleError, PyDict, PyGlobal, PyObject, PyTuple, PyValue, UnpickleHooks, pyTypeName, unpickle } from './pickle';
 import { ZipArchive, ZipRecord } from './zip';
@@ -462,10 +462,10 @@ function checkBounds(file: string, name: string, t: TorchTensor): void {
 export async function loadCheckpoint(file: string): Promise<LoadedCheckpoint> {
   let buf: Uint8Array;
   try {
-    buf = await fsp.readFile(file);
+    buf = await readRegularFile(file);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    const problem = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a folder, expected a .pth file' : `cannot read (${code ?? String(e)})`;
+    if (!(e instanceof FileReadError)) throw e;
+    const problem = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'is a folder, expected a .pth file' : e.problem;
     throw new CheckpointError(file, problem);
   }
   const sha256 = createHash('sha256').update(buf).digest('hex');

@@ -11,7 +11,7 @@ import * as path from 'path';
 import { parseNpy, NpyError } from './npy';
 import { CheckpointError } from './errors';
 import { CheckpointFormat, LoadedCheckpoint, TorchStorage, TorchTensor, loadCheckpoint } from './checkpoint';
-import { FLOAT_DTYPES, TorchDtype, gatherStrided } from './tensor_data';
+import { FLOAT_DTYPES, TorchDtype, firstNonFinite, gatherStrided } from './tensor_data';
 import { KeySpec, compareToSpec, describeMismatch, detectDepth, img2poseSpec, isMismatchEmpty, isModelTensor } from './spec';
 import { tfjsAxisOrder } from './axis_order';
 import {
@@ -27,6 +27,7 @@ import {
   shardName,
 } from './weights_format';
 import { DEFAULT_POSE_MEAN, DEFAULT_POSE_STDDEV, ResNetDepth } from '../src/weights';
+import { FileReadError, readRegularFile } from '../src/safe_read';
 
 /** A path to a .npy file holding 6 values (any shape), or the 6 values themselves. */
 export type PoseStatisticsInput = string | ArrayLike<number>;
@@ -38,6 +39,8 @@ export interface PoseStatistics {
 }
 
 export type Warn = (message: string) => void;
+
+const MAX_NPY_BYTES = 64 * 1024;
 
 export const defaultWarn: Warn = (message) => console.warn(`img2pose: warning: ${message}`);
 
@@ -54,10 +57,11 @@ async function readPoseVector(input: PoseStatisticsInput, what: string): Promise
   }
   let bytes: Uint8Array;
   try {
-    bytes = await fsp.readFile(input);
+    // 6 values and a header: anything much larger is not a pose statistics file
+    bytes = await readRegularFile(input, MAX_NPY_BYTES);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new CheckpointError(input, code === 'ENOENT' ? `no such file (${what})` : `cannot read ${what} (${code ?? String(e)})`);
+    if (!(e instanceof FileReadError)) throw e;
+    throw new CheckpointError(input, e.code === 'ENOENT' ? `no such file (${what})` : `cannot read ${what}: ${e.problem}`);
   }
   let values: Float64Array;
   let shape: number[];
@@ -164,11 +168,23 @@ export async function forEachEntry(
   }
 }
 
-/** Row-major tfjs-layout values of one entry (a fresh array). */
-export function entryValues(e: LayoutEntry, source: Float32Array): Float32Array {
+/** Row-major tfjs-layout values of one entry (a fresh array); NaN or infinite values are refused. */
+export function entryValues(e: LayoutEntry, source: Float32Array, file: string): Float32Array {
   const out = new Float32Array(e.numel);
   gatherStrided(source, e.offset, e.shape, e.strides, out, 0, 0, e.numel);
+  checkFiniteValues(file, e.name, out, 0, e.numel, 0);
   return out;
+}
+
+/**
+ * Refuses a tensor holding NaN or infinite values (`values[from, to)` are its elements from
+ * `from + elementShift`): the network would run on them and give no faces, or NaN boxes.
+ */
+function checkFiniteValues(file: string, name: string, values: Float32Array, from: number, to: number, elementShift: number): void {
+  const at = firstNonFinite(values, from, to);
+  if (at >= 0) {
+    throw new CheckpointError(file, `tensor '${name}' holds ${values[at]} at element ${at + elementShift} (NaN or infinite weights: a corrupt checkpoint)`);
+  }
 }
 
 export interface ConvertOptions {
@@ -284,7 +300,7 @@ async function replaceFolder(out: string, staging: string, target: string, exist
 }
 
 /** Streams the entries into 4 MB shards; returns shard names and sizes. */
-async function writeShards(out: string, entries: LayoutEntry[]): Promise<{ paths: string[]; sizes: number[] }> {
+async function writeShards(out: string, entries: LayoutEntry[], file: string): Promise<{ paths: string[]; sizes: number[] }> {
   const totalValues = entries.reduce((a, e) => a + e.numel, 0);
   const perShard = SHARD_BYTES / 4;
   const count = Math.max(1, Math.ceil(totalValues / perShard));
@@ -309,6 +325,7 @@ async function writeShards(out: string, entries: LayoutEntry[]): Promise<{ paths
     while (done < e.numel) {
       const n = Math.min(e.numel - done, shard.length - fill);
       gatherStrided(source, e.offset, e.shape, e.strides, shard, fill, done, n);
+      checkFiniteValues(file, e.name, shard, fill, fill + n, done - fill);
       fill += n;
       done += n;
       if (fill === shard.length) await flush();
@@ -370,7 +387,7 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Conver
   const staging = await makeStagingFolder(options.out, target);
   let shards: { paths: string[]; sizes: number[] };
   try {
-    shards = await writeShards(staging, prepared.entries);
+    shards = await writeShards(staging, prepared.entries, prepared.checkpoint.file);
     const modelJson = buildModelJson(prepared, pose, shards);
     try {
       await fsp.writeFile(path.join(staging, MODEL_JSON), formatJson(modelJson));

@@ -123,6 +123,7 @@ function buildProgram(io: CliIO, setExit: (code: number) => void): Command {
     .option('--max-faces <n>', 'keep the n most confident faces per image (-1: all)', maxFaces, DEFAULT_OPTIONS.maxFaces)
     .option('--min-size <n>', 'shorter side is resized to this', positiveInt, DEFAULT_OPTIONS.minSize)
     .option('--max-size <n>', 'unless the longer side would exceed this', positiveInt, DEFAULT_OPTIONS.maxSize)
+    .option('--max-pixels <n>', 'refuse images larger than this (width x height, read from the header before decoding)', positiveInt, DEFAULT_OPTIONS.maxPixels)
     .addOption(new Option('--backend <b>', 'compute backend').choices(BACKEND_CHOICES).default('auto'))
     .option('--threads <n>', "CPU threads a batch may use ('auto': IMG2POSE_THREADS or the cores; 1: none)", threadsArg, 'auto')
     .option('--json <file>', 'write the results to this file as one JSON array, kept up to date as images finish (default: a JSON line per image on stdout)')
@@ -191,6 +192,7 @@ interface DetectCliOptions {
   maxFaces: number;
   minSize: number;
   maxSize: number;
+  maxPixels: number;
   backend: BackendChoice;
   threads: number | 'auto';
   json?: string;
@@ -244,6 +246,7 @@ async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO
     maxSize: opts.maxSize,
     batchSize: opts.batchSize,
     threads: opts.threads,
+    maxPixels: opts.maxPixels,
   };
   let done = 0;
   let bar: SingleBar | undefined;

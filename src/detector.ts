@@ -533,7 +533,14 @@ async function settle(run: Promise<Face[]>, index: number): Promise<SettledDetec
 function asDetectionError(e: unknown, index: number): Img2PoseError {
   if (e instanceof InputError) return e.index === index ? e : e.atIndex(index);
   if (e instanceof Img2PoseError) return e;
-  return new InferenceError(`Detection failed on input #${index} (see the error cause)`, { cause: e });
+  // the cause's own words belong in the message: the CLI prints messages, not causes
+  return new InferenceError(`Detection failed on input #${index}: ${causeText(e)}`, { cause: e });
+}
+
+/** A lower-level error as one line: its class and message (a worker's error keeps its own name). */
+function causeText(e: unknown): string {
+  if (!(e instanceof Error)) return String(e);
+  return `${e.name && e.name !== 'Error' ? `${e.name}: ` : ''}${e.message.split('\n')[0]}`;
 }
 
 async function loadWeightsOrExplain(path: string, options: LoadWeightsOptions): Promise<Img2PoseWeights> {
