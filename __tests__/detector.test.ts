@@ -460,7 +460,7 @@ describe('Img2Pose.load', () => {
     const weights = zeroWeights();
     const det = await Img2Pose.load({ weights, backend: 'wasm', minSize: 160, maxSize: 288, batchSize: 2, threads: 1 });
     expect(det.backend).toBe('wasm');
-    expect(det.options).toEqual({ scoreThreshold: 0.5, maxFaces: -1, minSize: 160, maxSize: 288, batchSize: 2 });
+    expect(det.options).toEqual({ scoreThreshold: 0.5, maxFaces: -1, minSize: 160, maxSize: 288, batchSize: 2, maxPixels: 178956970 });
     expect(Array.from(weights.tensors.values()).every((t) => !t.isDisposed)).toBe(true);
     disposeWeights(weights);
     expect(tf.memory().numTensors).toBeGreaterThan(before);

@@ -119,8 +119,10 @@ export async function writeBadFiles(dir: string): Promise<BadInputCase[]> {
     ['empty.jpg', new Uint8Array(0), /an empty file \(0 bytes\)/],
     ['text.jpg', 'these are not pixels\n', /data that is not an image \(starts with 74 68 65 73/],
     ['random.png', Uint8Array.from({ length: 512 }, (_, i) => (i * 37 + 11) & 255), /data that is not an image/],
-    // A header promising 6.4 GB of pixels: refused on the missing data, nothing that large is allocated.
-    ['huge-header.png', await pngClaiming(40000, 40000), /truncated or corrupt PNG data/],
+    // A header promising 6.4 GB of pixels: refused from the header (the pixel limit), nothing is decoded.
+    ['huge-header.png', await pngClaiming(40000, 40000), /a 40000x40000 PNG image \(1600000000 pixels\)/],
+    // A header promising 81 megapixels (under the limit) over 68 bytes of pixel data: refused before decoding.
+    ['short-data.png', await pngClaiming(9000, 9000), /truncated or corrupt PNG data \(pixel data cut short \(68 of 324009000 bytes\)\)/],
     ['folder.png', null, /a directory/],
   ];
   const cases: BadInputCase[] = files.map(([name, content, found]) => {

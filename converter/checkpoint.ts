@@ -11,10 +11,10 @@
  * with the storage given as a persistent id ('storage', <type>, key, location, numel[, view]).
  */
 import { createHash } from 'crypto';
-import { promises as fsp } from 'fs';
-import { unzipSync } from 'fflate';
+import { FileReadError, readRegularFile } from '../src/safe_read';
 import { CheckpointError } from './errors';
 import { HostValue, PickleError, PyDict, PyGlobal, PyObject, PyTuple, PyValue, UnpickleHooks, pyTypeName, unpickle } from './pickle';
+import { ZipArchive, ZipRecord } from './zip';
 import { DTYPE_BYTES, TorchDtype, TensorValues, allocValues, floatValuesToFloat32, gatherStrided, numelOf, typedView } from './tensor_data';
 
 /** Storage classes and dtype names as they appear in pickles (`torch.FloatStorage`, `torch.float32`). */
@@ -135,7 +135,12 @@ interface FpnModel {
 }
 
 function isIntTuple(v: PyValue): v is PyTuple {
-  return v instanceof PyTuple && v.items.every((x) => typeof x === 'number' && Number.isInteger(x) && x >= 0);
+  return v instanceof PyTuple && v.items.every(isCount);
+}
+
+/** A size, stride, offset or element count: a non-negative integer that float64 holds exactly. */
+function isCount(x: PyValue | undefined): x is number {
+  return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
 }
 
 /** Element sizes of storage classes we do not decode, so the legacy reader can step over their data. */
@@ -177,9 +182,10 @@ function torchHooks(storages: StorageTable): UnpickleHooks {
     if (where === 'torch._utils._rebuild_tensor_v2' || where === 'torch._utils._rebuild_tensor') {
       const [storage, offset, size, stride] = args;
       if (storage instanceof UnsupportedStorage) return new UnsupportedTensor(storage.typeName);
-      if (!(storage instanceof TorchStorage) || typeof offset !== 'number' || !isIntTuple(size) || !isIntTuple(stride)) {
+      if (!(storage instanceof TorchStorage) || !isIntTuple(size) || !isIntTuple(stride)) {
         throw new PickleError(`malformed ${callable.name} arguments`, 0);
       }
+      if (!isCount(offset)) throw new PickleError(`a tensor with storage offset ${String(offset)} (expected a non-negative integer)`, 0);
       return new TorchTensor(storage, offset, size.items as number[], stride.items as number[]);
     }
     if (where === 'torch._utils._rebuild_parameter' || where === 'torch._utils._rebuild_parameter_with_state') {
@@ -197,7 +203,7 @@ function torchHooks(storages: StorageTable): UnpickleHooks {
       throw new PickleError(`unknown persistent id (${pyTypeName(pid)})`, 0);
     }
     const [, type, key, , numel, view] = pid.items;
-    if (!(type instanceof PyGlobal) || typeof key !== 'string' || typeof numel !== 'number') {
+    if (!(type instanceof PyGlobal) || typeof key !== 'string' || !isCount(numel)) {
       throw new PickleError('malformed storage reference', 0);
     }
     const dtype = type.module === 'torch' ? STORAGE_DTYPES[type.name] : undefined;
@@ -210,8 +216,14 @@ function torchHooks(storages: StorageTable): UnpickleHooks {
     if (view instanceof PyTuple) {
       // legacy storage view: (view_key, element offset, element count) into the root storage
       const [viewKey, viewOffset, viewSize] = view.items;
-      if (typeof viewKey !== 'string' || typeof viewOffset !== 'number' || typeof viewSize !== 'number') {
+      if (typeof viewKey !== 'string' || !isCount(viewOffset) || !isCount(viewSize)) {
         throw new PickleError('malformed storage view', 0);
+      }
+      if (viewOffset + viewSize > storage.numel) {
+        throw new PickleError(
+          `storage view ${viewKey} covers elements ${viewOffset}..${viewOffset + viewSize} of storage ${key}, which has ${storage.numel}`,
+          0,
+        );
       }
       let v = views.get(viewKey);
       if (!v) {
@@ -247,53 +259,78 @@ function fpnStorages(stateDict: Map<string, TorchTensor>): Set<TorchStorage> {
 }
 
 function zipProblem(file: string, e: unknown): CheckpointError {
+  if (e instanceof CheckpointError) return e;
   return new CheckpointError(file, `truncated or corrupt zip archive (${e instanceof Error ? e.message : String(e)})`);
 }
 
+/** Largest data.pkl read: an img2pose checkpoint's is tens of KB, with an optimizer state a few MB. */
+export const MAX_PICKLE_BYTES = 64 * 1024 * 1024;
+
+/**
+ * A storage may hold a little more than its tensors use (views share storages), but not much:
+ * its declared size is what gets inflated, so a crafted size would cost that much memory.
+ */
+function storageLimit(elementsUsed: number): number {
+  return 2 * elementsUsed + 1024;
+}
+
+/** Elements of each storage that the tensors of `stateDict` use (the sum of their sizes). */
+function elementsUsed(stateDict: Map<string, TorchTensor>): Map<TorchStorage, number> {
+  const used = new Map<TorchStorage, number>();
+  for (const t of stateDict.values()) used.set(t.storage, (used.get(t.storage) ?? 0) + t.numel);
+  return used;
+}
+
 function readZip(file: string, buf: Uint8Array): FpnModel {
-  const sizes = new Map<string, number>();
-  let records: Record<string, Uint8Array>;
+  let archive: ZipArchive;
   try {
-    records = unzipSync(buf, {
-      filter: (f) => {
-        sizes.set(f.name, f.originalSize);
-        return /(^|\/)(data\.pkl|byteorder)$/.test(f.name);
-      },
-    });
+    archive = ZipArchive.open(buf);
   } catch (e) {
     throw zipProblem(file, e);
   }
+  const names = [...archive.records.keys()];
   // the record sits in one top folder whose name varies; pick the shallowest data.pkl
-  const pkl = [...sizes.keys()].filter((n) => /(^|\/)data\.pkl$/.test(n)).sort((a, b) => a.split('/').length - b.split('/').length)[0];
+  const pkl = names.filter((n) => /(^|\/)data\.pkl$/.test(n)).sort((a, b) => a.split('/').length - b.split('/').length)[0];
   if (pkl === undefined) throw new CheckpointError(file, 'zip archive has no data.pkl: not a PyTorch checkpoint');
   const top = pkl.slice(0, pkl.length - 'data.pkl'.length);
-  const byteorder = records[`${top}byteorder`];
-  if (byteorder && Buffer.from(byteorder).toString('latin1').trim() !== 'little') {
-    throw new CheckpointError(file, 'big-endian checkpoints are not supported');
+  const read = (name: string, maxBytes: number): Uint8Array => {
+    try {
+      return archive.read(archive.records.get(name) as ZipRecord, maxBytes);
+    } catch (e) {
+      throw zipProblem(file, e);
+    }
+  };
+  if (archive.records.has(`${top}byteorder`)) {
+    const byteorder = read(`${top}byteorder`, 64);
+    if (Buffer.from(byteorder).toString('latin1').trim() !== 'little') {
+      throw new CheckpointError(file, 'big-endian checkpoints are not supported');
+    }
   }
   const storages: StorageTable = new Map();
-  const { value: root } = readPickle(file, records[pkl], 0, torchHooks(storages), `${pkl} record`);
+  const { value: root } = readPickle(file, read(pkl, MAX_PICKLE_BYTES), 0, torchHooks(storages), `${pkl} record`);
   const { stateDict, otherKeys } = takeFpnModel(file, root);
 
-  // Check every needed record's size now; extract each only when it is converted, so memory
+  // Check every needed record's size now; inflate each only when it is converted, so memory
   // holds the archive plus one storage instead of the archive plus a copy of everything.
+  const used = elementsUsed(stateDict);
   for (const storage of fpnStorages(stateDict)) {
     const name = `${top}data/${storage.key}`;
-    const size = sizes.get(name);
-    if (size === undefined) throw new CheckpointError(file, `zip archive lacks the storage record ${name}`);
-    const expected = storage.numel * DTYPE_BYTES[storage.dtype];
-    if (size < expected) {
-      throw new CheckpointError(file, `storage record ${name} is truncated: expected ${expected} bytes, found ${size}`);
+    const record = archive.records.get(name);
+    if (record === undefined) throw new CheckpointError(file, `zip archive lacks the storage record ${name}`);
+    const elementBytes = DTYPE_BYTES[storage.dtype];
+    const expected = storage.numel * elementBytes;
+    const limit = storageLimit(used.get(storage) ?? 0);
+    if (storage.numel > limit) {
+      throw new CheckpointError(
+        file,
+        `storage ${storage.key} declares ${storage.numel} elements but its tensors use ${used.get(storage) ?? 0} (corrupt or crafted checkpoint)`,
+      );
     }
-    storage.fetch = () => {
-      try {
-        const bytes = unzipSync(buf, { filter: (f) => f.name === name })[name];
-        if (bytes === undefined || bytes.length < expected) throw new Error(`record ${name} is unreadable`);
-        return bytes;
-      } catch (e) {
-        throw zipProblem(file, e);
-      }
-    };
+    if (record.size < expected) {
+      throw new CheckpointError(file, `storage record ${name} is truncated: expected ${expected} bytes, found ${record.size}`);
+    }
+    const maxBytes = Math.max(expected, limit * elementBytes);
+    storage.fetch = () => read(name, maxBytes);
   }
   return { stateDict, otherKeys };
 }
@@ -334,7 +371,11 @@ function readLegacy(file: string, buf: Uint8Array): FpnModel {
         if ([...wanted].every((w) => w.bytes)) break;
         throw new CheckpointError(file, `cannot step over the data of storage ${key} (unsupported type ${storage.typeName})`);
       }
-      pos += 8 + count * storage.elementBytes;
+      const skip = count * storage.elementBytes;
+      if (count < 0 || pos + 8 + skip > buf.length) {
+        throw new CheckpointError(file, `truncated: storage ${key} needs ${skip} bytes at byte ${pos + 8}, the file ends at byte ${buf.length}`);
+      }
+      pos += 8 + skip;
       continue;
     }
     const size = count * DTYPE_BYTES[storage.dtype];
@@ -421,10 +462,10 @@ function checkBounds(file: string, name: string, t: TorchTensor): void {
 export async function loadCheckpoint(file: string): Promise<LoadedCheckpoint> {
   let buf: Uint8Array;
   try {
-    buf = await fsp.readFile(file);
+    buf = await readRegularFile(file);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    const problem = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a folder, expected a .pth file' : `cannot read (${code ?? String(e)})`;
+    if (!(e instanceof FileReadError)) throw e;
+    const problem = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'is a folder, expected a .pth file' : e.problem;
     throw new CheckpointError(file, problem);
   }
   const sha256 = createHash('sha256').update(buf).digest('hex');

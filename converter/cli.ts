@@ -77,8 +77,11 @@ export async function runConvert(argv: string[], io: CliStreams = process): Prom
     return code;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode; // commander already printed its message (or help)
+    // Anything else is a bug of ours, not of the file: say which file it happened on.
     const message =
-      e instanceof CheckpointError ? e.message : `unexpected error: ${e instanceof Error ? e.message : String(e)}`;
+      e instanceof CheckpointError
+        ? e.message
+        : `${argv.find((a) => !a.startsWith('-')) ?? 'the checkpoint'}: conversion failed (${e instanceof Error ? `${e.name}: ${e.message}` : String(e)})`;
     io.stderr.write(`${PROG}: ${oneLine(message)}\n`);
     return 1;
   }

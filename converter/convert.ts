@@ -11,7 +11,7 @@ import * as path from 'path';
 import { parseNpy, NpyError } from './npy';
 import { CheckpointError } from './errors';
 import { CheckpointFormat, LoadedCheckpoint, TorchStorage, TorchTensor, loadCheckpoint } from './checkpoint';
-import { FLOAT_DTYPES, TorchDtype, gatherStrided } from './tensor_data';
+import { FLOAT_DTYPES, TorchDtype, firstNonFinite, gatherStrided } from './tensor_data';
 import { KeySpec, compareToSpec, describeMismatch, detectDepth, img2poseSpec, isMismatchEmpty, isModelTensor } from './spec';
 import { tfjsAxisOrder } from './axis_order';
 import {
@@ -27,6 +27,7 @@ import {
   shardName,
 } from './weights_format';
 import { DEFAULT_POSE_MEAN, DEFAULT_POSE_STDDEV, ResNetDepth } from '../src/weights';
+import { FileReadError, readRegularFile } from '../src/safe_read';
 
 /** A path to a .npy file holding 6 values (any shape), or the 6 values themselves. */
 export type PoseStatisticsInput = string | ArrayLike<number>;
@@ -38,6 +39,8 @@ export interface PoseStatistics {
 }
 
 export type Warn = (message: string) => void;
+
+const MAX_NPY_BYTES = 64 * 1024;
 
 export const defaultWarn: Warn = (message) => console.warn(`img2pose: warning: ${message}`);
 
@@ -54,10 +57,11 @@ async function readPoseVector(input: PoseStatisticsInput, what: string): Promise
   }
   let bytes: Uint8Array;
   try {
-    bytes = await fsp.readFile(input);
+    // 6 values and a header: anything much larger is not a pose statistics file
+    bytes = await readRegularFile(input, MAX_NPY_BYTES);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new CheckpointError(input, code === 'ENOENT' ? `no such file (${what})` : `cannot read ${what} (${code ?? String(e)})`);
+    if (!(e instanceof FileReadError)) throw e;
+    throw new CheckpointError(input, e.code === 'ENOENT' ? `no such file (${what})` : `cannot read ${what}: ${e.problem}`);
   }
   let values: Float64Array;
   let shape: number[];
@@ -164,11 +168,23 @@ export async function forEachEntry(
   }
 }
 
-/** Row-major tfjs-layout values of one entry (a fresh array). */
-export function entryValues(e: LayoutEntry, source: Float32Array): Float32Array {
+/** Row-major tfjs-layout values of one entry (a fresh array); NaN or infinite values are refused. */
+export function entryValues(e: LayoutEntry, source: Float32Array, file: string): Float32Array {
   const out = new Float32Array(e.numel);
   gatherStrided(source, e.offset, e.shape, e.strides, out, 0, 0, e.numel);
+  checkFiniteValues(file, e.name, out, 0, e.numel, 0);
   return out;
+}
+
+/**
+ * Refuses a tensor holding NaN or infinite values (`values[from, to)` are its elements from
+ * `from + elementShift`): the network would run on them and give no faces, or NaN boxes.
+ */
+function checkFiniteValues(file: string, name: string, values: Float32Array, from: number, to: number, elementShift: number): void {
+  const at = firstNonFinite(values, from, to);
+  if (at >= 0) {
+    throw new CheckpointError(file, `tensor '${name}' holds ${values[at]} at element ${at + elementShift} (NaN or infinite weights: a corrupt checkpoint)`);
+  }
 }
 
 export interface ConvertOptions {
@@ -176,7 +192,11 @@ export interface ConvertOptions {
   checkpoint: string;
   poseMean?: PoseStatisticsInput;
   poseStddev?: PoseStatisticsInput;
-  /** Output folder; created if needed. Our previous model.json and shards in it are replaced. */
+  /**
+   * Output folder; created if needed. The conversion is written beside it and replaces our
+   * previous model.json and shards only once complete (other files in it are kept): a failure
+   * leaves the folder as it was.
+   */
   out: string;
   /** Receives warnings (default: console.warn). */
   warn?: Warn;
@@ -203,27 +223,84 @@ export interface ConversionReport {
   seconds: number;
 }
 
-async function prepareOutputFolder(out: string): Promise<void> {
+function fsProblem(e: unknown): string {
+  return (e as NodeJS.ErrnoException).code ?? String(e);
+}
+
+/** Our files in an output folder: what a new conversion replaces. */
+function isOurFile(name: string): boolean {
+  return name === MODEL_JSON || SHARD_PATTERN.test(name);
+}
+
+/**
+ * The output folder as it will be replaced: its real path (a symlinked folder is replaced where
+ * it points) and whether it exists. Refuses a path that is not a folder, before any work.
+ */
+async function resolveOutputFolder(out: string): Promise<{ target: string; exists: boolean }> {
+  let st;
   try {
-    const st = await fsp.stat(out);
-    if (!st.isDirectory()) throw new CheckpointError(out, 'output path exists and is not a folder');
+    st = await fsp.stat(out);
   } catch (e) {
-    if (e instanceof CheckpointError) throw e;
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new CheckpointError(out, `cannot use as output folder (${(e as NodeJS.ErrnoException).code})`);
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { target: path.resolve(out), exists: false };
+    throw new CheckpointError(out, `cannot use as output folder (${fsProblem(e)})`);
   }
+  if (!st.isDirectory()) throw new CheckpointError(out, 'output path exists and is not a folder');
+  return { target: await fsp.realpath(out), exists: true };
+}
+
+/**
+ * A fresh folder beside `target` (same file system, so the final rename is atomic) where the
+ * conversion is written; the old output stays untouched until this one is complete.
+ */
+async function makeStagingFolder(out: string, target: string): Promise<string> {
+  const parent = path.dirname(target);
   try {
-    await fsp.mkdir(out, { recursive: true });
-    // a previous conversion may have had a different shard count: leave no stale shards behind
-    for (const name of await fsp.readdir(out)) {
-      if (name === MODEL_JSON || SHARD_PATTERN.test(name)) await fsp.rm(path.join(out, name), { force: true });
-    }
+    await fsp.mkdir(parent, { recursive: true });
+    return await fsp.mkdtemp(path.join(parent, `.${path.basename(target)}.converting-`));
   } catch (e) {
-    throw new CheckpointError(out, `cannot write the output folder (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+    throw new CheckpointError(out, `cannot write beside the output folder (${fsProblem(e)})`);
   }
 }
 
+/**
+ * Puts the complete staging folder in place of `target`. Files of the old folder that are not
+ * ours (a README, the checkpoint itself...) move into the new one first; the old model.json and
+ * shards are deleted only once the new folder is in place.
+ */
+async function replaceFolder(out: string, staging: string, target: string, exists: boolean): Promise<void> {
+  const fail = (e: unknown): never => {
+    throw new CheckpointError(out, `cannot replace the output folder (${fsProblem(e)}); the new conversion is in ${staging}`);
+  };
+  if (!exists) {
+    await fsp.rename(staging, target).catch(fail);
+    return;
+  }
+  const carried: string[] = [];
+  const old = `${staging}.old`;
+  try {
+    for (const name of await fsp.readdir(target)) {
+      if (isOurFile(name)) continue;
+      await fsp.rename(path.join(target, name), path.join(staging, name));
+      carried.push(name);
+    }
+    await fsp.rename(target, old);
+  } catch (e) {
+    // put back what moved: the old folder stays exactly as it was
+    for (const name of carried) await fsp.rename(path.join(staging, name), path.join(target, name)).catch(() => undefined);
+    fail(e);
+  }
+  try {
+    await fsp.rename(staging, target);
+  } catch (e) {
+    await fsp.rename(old, target).catch(() => undefined);
+    for (const name of carried) await fsp.rename(path.join(staging, name), path.join(target, name)).catch(() => undefined);
+    fail(e);
+  }
+  await fsp.rm(old, { recursive: true, force: true });
+}
+
 /** Streams the entries into 4 MB shards; returns shard names and sizes. */
-async function writeShards(out: string, entries: LayoutEntry[]): Promise<{ paths: string[]; sizes: number[] }> {
+async function writeShards(out: string, entries: LayoutEntry[], file: string): Promise<{ paths: string[]; sizes: number[] }> {
   const totalValues = entries.reduce((a, e) => a + e.numel, 0);
   const perShard = SHARD_BYTES / 4;
   const count = Math.max(1, Math.ceil(totalValues / perShard));
@@ -248,6 +325,7 @@ async function writeShards(out: string, entries: LayoutEntry[]): Promise<{ paths
     while (done < e.numel) {
       const n = Math.min(e.numel - done, shard.length - fill);
       gatherStrided(source, e.offset, e.shape, e.strides, shard, fill, done, n);
+      checkFiniteValues(file, e.name, shard, fill, fill + n, done - fill);
       fill += n;
       done += n;
       if (fill === shard.length) await flush();
@@ -303,17 +381,26 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Conver
   };
   // bad .npy files are cheap to find: before the checkpoint is read; the defaults warning after
   const pose = await resolvePoseStatistics(options.poseMean, options.poseStddev);
+  const { target, exists } = await resolveOutputFolder(options.out);
   const prepared = prepareCheckpoint(await loadCheckpoint(options.checkpoint));
   if (pose.source === 'defaults') warn(DEFAULT_POSE_WARNING);
-  await prepareOutputFolder(options.out);
-  const shards = await writeShards(options.out, prepared.entries);
-  const modelJson = buildModelJson(prepared, pose, shards);
-  const modelJsonPath = path.join(options.out, MODEL_JSON);
+  const staging = await makeStagingFolder(options.out, target);
+  let shards: { paths: string[]; sizes: number[] };
   try {
-    await fsp.writeFile(modelJsonPath, formatJson(modelJson));
+    shards = await writeShards(staging, prepared.entries, prepared.checkpoint.file);
+    const modelJson = buildModelJson(prepared, pose, shards);
+    try {
+      await fsp.writeFile(path.join(staging, MODEL_JSON), formatJson(modelJson));
+    } catch (e) {
+      throw new CheckpointError(options.out, `cannot write ${MODEL_JSON} (${fsProblem(e)})`);
+    }
   } catch (e) {
-    throw new CheckpointError(options.out, `cannot write ${MODEL_JSON} (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+    await fsp.rm(staging, { recursive: true, force: true });
+    throw e;
   }
+  // outside the clean-up above: once files of the old folder may have moved, nothing is deleted
+  await replaceFolder(options.out, staging, target, exists);
+  const modelJsonPath = path.join(options.out, MODEL_JSON);
   const c = prepared.checkpoint;
   const values = prepared.entries.reduce((a, e) => a + e.numel, 0);
   return {

@@ -30,7 +30,7 @@ export async function checkpointToWeights(
   const tensors = new Map<string, tf.Tensor>();
   try {
     await forEachEntry(prepared.entries, (e, source) => {
-      tensors.set(e.name, tf.tensor(entryValues(e, source), e.shape, 'float32'));
+      tensors.set(e.name, tf.tensor(entryValues(e, source, checkpoint), e.shape, 'float32'));
     });
   } catch (err) {
     tf.dispose([...tensors.values()]);

@@ -120,19 +120,42 @@ function dictKey(k: PyValue): unknown {
   return k;
 }
 
-function littleEndianSigned(bytes: Uint8Array): number | bigint {
+/**
+ * The largest integer a pickle may hold, in bytes (LONG1/LONG4) and decimal digits (INT/LONG
+ * text). Checkpoints hold counters and sizes (8 bytes at most); the cap keeps a crafted
+ * megabyte-long integer from costing time or memory.
+ */
+export const MAX_INT_BYTES = 256;
+export const MAX_INT_DIGITS = 620;
+
+/** Deepest MARK nesting accepted; torch.save's pickles nest a handful of levels. */
+export const MAX_NESTING = 10_000;
+
+function littleEndianSigned(bytes: Uint8Array, pos: number): number | bigint {
   if (bytes.length === 0) return 0;
-  let v = 0n;
-  for (let i = bytes.length - 1; i >= 0; i--) v = (v << 8n) | BigInt(bytes[i]);
+  if (bytes.length > MAX_INT_BYTES) {
+    throw new PickleError(`an integer of ${bytes.length} bytes (more than ${MAX_INT_BYTES}): not a value a checkpoint holds`, pos);
+  }
+  // hex text is read in linear time, where shifting a BigInt byte by byte is quadratic
+  const hex = Buffer.from(bytes).reverse().toString('hex');
+  let v = BigInt(`0x${hex}`);
   if (bytes[bytes.length - 1] & 0x80) v -= 1n << BigInt(8 * bytes.length);
   return Number.isSafeInteger(Number(v)) ? Number(v) : v;
 }
 
 function parseIntText(text: string, pos: number): number | bigint {
   const t = text.endsWith('L') ? text.slice(0, -1) : text;
-  if (!/^[+-]?\d+$/.test(t)) throw new PickleError(`bad integer literal '${text}'`, pos);
+  if (t.length > MAX_INT_DIGITS) {
+    throw new PickleError(`an integer of ${t.length} digits (more than ${MAX_INT_DIGITS}): not a value a checkpoint holds`, pos);
+  }
+  if (!/^[+-]?\d+$/.test(t)) throw new PickleError(`bad integer literal '${text.slice(0, 40)}'`, pos);
   const b = BigInt(t);
   return Number.isSafeInteger(Number(b)) ? Number(b) : b;
+}
+
+/** `target.push(...items)` without the argument-count limit of a spread (a crafted list can hold millions). */
+function pushAll<T>(target: T[], items: readonly T[]): void {
+  for (const item of items) target.push(item);
 }
 
 /** Python 2 `repr(str)` body (STRING opcode): quotes and the common escapes. */
@@ -263,8 +286,8 @@ export function unpickle(data: Uint8Array, start = 0, hooks: UnpickleHooks = {})
     }
   };
   const appendItems = (target: PyValue, items: PyValue[]): void => {
-    if (Array.isArray(target)) target.push(...items);
-    else if (target instanceof PyObject) target.listItems.push(...items);
+    if (Array.isArray(target)) pushAll(target, items);
+    else if (target instanceof PyObject) pushAll(target.listItems, items);
     else throw new PickleError(`cannot append to ${pyTypeName(target)}`, pos);
   };
   const persistent = (pid: PyValue): PyValue => {
@@ -285,6 +308,7 @@ export function unpickle(data: Uint8Array, start = 0, hooks: UnpickleHooks = {})
       case 0x2e: // STOP
         return { value: pop(), end: pos };
       case 0x28: // MARK
+        if (marks.length >= MAX_NESTING) throw new PickleError(`nested more than ${MAX_NESTING} levels deep`, opPos);
         marks.push(stack);
         stack = [];
         break;
@@ -324,12 +348,12 @@ export function unpickle(data: Uint8Array, start = 0, hooks: UnpickleHooks = {})
         push(parseIntText(line(), opPos));
         break;
       case 0x8a: // LONG1
-        push(littleEndianSigned(bytes(u8())));
+        push(littleEndianSigned(bytes(u8()), opPos));
         break;
       case 0x8b: { // LONG4
         const n = i32();
         if (n < 0) throw new PickleError('negative LONG4 length', opPos);
-        push(littleEndianSigned(bytes(n)));
+        push(littleEndianSigned(bytes(n), opPos));
         break;
       }
       case 0x46: // FLOAT (text)
@@ -440,7 +464,7 @@ export function unpickle(data: Uint8Array, start = 0, hooks: UnpickleHooks = {})
         const items = popMark();
         const s = top();
         if (!(s instanceof PySet)) throw new PickleError(`cannot add items to ${pyTypeName(s)}`, opPos);
-        s.items.push(...items);
+        pushAll(s.items, items);
         break;
       }
       case 0x91: // FROZENSET

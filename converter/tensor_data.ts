@@ -191,3 +191,13 @@ export function gatherStrided<E>(
 export function numelOf(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
+
+/** Index of the first NaN or infinite value of `values[from, to)`, or -1. */
+export function firstNonFinite(values: Float32Array, from = 0, to = values.length): number {
+  for (let i = from; i < to; i++) {
+    const x = values[i];
+    // x - x is 0 for every finite x and NaN for NaN and the infinities
+    if (x - x !== 0) return i;
+  }
+  return -1;
+}

@@ -15,6 +15,8 @@ import { BACKEND_CHOICES, BackendChoice, selectBackend } from './backend';
 import { DEFAULT_OPTIONS, Face, Img2Pose, LoadOptions } from './detector';
 import { InputError, OptionError } from './errors';
 import { formulaWeights } from './formula_weights';
+import { JsonArrayFile, OutputPathError, onStopSignal } from './json_output';
+import { inputsInFolder, uniqueOutputNames, writeNewFile } from './output_names';
 import { visualize } from './visualize';
 
 /** Where the CLI writes; tests substitute it. */
@@ -85,7 +87,7 @@ async function guard(fn: () => Promise<number>, io: CliIO): Promise<number> {
 }
 
 function isUsageError(e: unknown): boolean {
-  return e instanceof UsageError || e instanceof OptionError || e instanceof InvalidArgumentError;
+  return e instanceof UsageError || e instanceof OptionError || e instanceof InvalidArgumentError || e instanceof OutputPathError;
 }
 
 function messageOf(e: unknown): string {
@@ -121,10 +123,12 @@ function buildProgram(io: CliIO, setExit: (code: number) => void): Command {
     .option('--max-faces <n>', 'keep the n most confident faces per image (-1: all)', maxFaces, DEFAULT_OPTIONS.maxFaces)
     .option('--min-size <n>', 'shorter side is resized to this', positiveInt, DEFAULT_OPTIONS.minSize)
     .option('--max-size <n>', 'unless the longer side would exceed this', positiveInt, DEFAULT_OPTIONS.maxSize)
+    .option('--max-pixels <n>', 'refuse images larger than this (width x height, read from the header before decoding)', positiveInt, DEFAULT_OPTIONS.maxPixels)
     .addOption(new Option('--backend <b>', 'compute backend').choices(BACKEND_CHOICES).default('auto'))
     .option('--threads <n>', "CPU threads a batch may use ('auto': IMG2POSE_THREADS or the cores; 1: none)", threadsArg, 'auto')
-    .option('--json <file>', 'write all results to this file as one JSON array (default: a JSON line per image on stdout)')
-    .option('--draw <dir>', 'write each image with its detections drawn to <dir>/<name>.png')
+    .option('--json <file>', 'write the results to this file as one JSON array, kept up to date as images finish (default: a JSON line per image on stdout)')
+    .option('--draw <dir>', 'write each image with its detections drawn to <dir>/<name>.png (never over an existing file: <name>_2.png...)')
+    .option('--draw-into-inputs', 'allow a --draw folder that holds input images (their drawings get new names)')
     .action(async (inputs: string[], opts: DetectCliOptions) => setExit(await detectCommand(inputs, opts, io)));
 
   program
@@ -188,10 +192,12 @@ interface DetectCliOptions {
   maxFaces: number;
   minSize: number;
   maxSize: number;
+  maxPixels: number;
   backend: BackendChoice;
   threads: number | 'auto';
   json?: string;
   draw?: string;
+  drawIntoInputs?: boolean;
 }
 
 /**
@@ -227,7 +233,9 @@ async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO
   if (opts.minSize > opts.maxSize) {
     throw new UsageError(`--min-size (${opts.minSize}) must not exceed --max-size (${opts.maxSize})`);
   }
-  if (opts.draw) await fs.promises.mkdir(opts.draw, { recursive: true });
+  // Outputs are checked before the model loads: a bad path must not cost a run's results.
+  const drawNames = opts.draw ? await prepareDrawFolder(opts.draw, images, opts.drawIntoInputs === true) : undefined;
+  const json = opts.json ? JsonArrayFile.open(opts.json) : undefined;
 
   const loadOptions: LoadOptions = {
     weights: opts.weights,
@@ -238,64 +246,92 @@ async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO
     maxSize: opts.maxSize,
     batchSize: opts.batchSize,
     threads: opts.threads,
+    maxPixels: opts.maxPixels,
   };
-  const detector = await Img2Pose.load(loadOptions);
-  const results: ImageResult[] = [];
-  let failures = 0;
-  const bar = progressBar(images.length, opts.json !== undefined, io);
-  const drawNames = new DrawNames();
-  try {
-    for (let start = 0; start < images.length; start += opts.batchSize) {
-      const chunk = images.slice(start, start + opts.batchSize);
-      // One settled call per chunk: a bad file fails alone, and results stream out chunk by chunk.
-      const settled = await detector.detectFacesSettled(chunk);
-      for (let i = 0; i < chunk.length; i++) {
-        const s = settled[i];
-        const image = chunk[i];
-        let result: ImageResult;
-        if (s.ok) {
-          result = { image, faces: s.faces };
-          if (opts.draw) {
-            const out = path.join(opts.draw, drawNames.next(image));
-            try {
-              await visualize(image, s.faces, { out });
-            } catch (e) {
-              failures++;
-              io.stderr(`img2pose: cannot draw ${image}: ${oneLine(messageOf(e))}\n`);
-            }
-          }
-        } else {
-          failures++;
-          // The library locates errors within the chunk it was given; the user counts inputs.
-          const error = s.error instanceof InputError ? s.error.atIndex(start + i) : s.error;
-          result = { image, error: oneLine(error.message) };
-        }
-        results.push(result);
-        if (!opts.json) io.stdout(`${JSON.stringify(result)}\n`);
-      }
-      bar?.update(Math.min(images.length, start + chunk.length));
-    }
-  } finally {
+  let done = 0;
+  let bar: SingleBar | undefined;
+  // A stop keeps what was done: the JSON file already holds every finished chunk.
+  const removeSignalHandlers = onStopSignal((signal) => {
     bar?.stop();
-    await detector.dispose();
+    json?.abandon();
+    const kept = json && json.length > 0 ? `; ${json.length} results are in ${opts.json}` : '';
+    io.stderr(`img2pose: stopped by ${signal} after ${done} of ${images.length} images${kept}\n`);
+  });
+  let failures = 0;
+  try {
+    const detector = await Img2Pose.load(loadOptions);
+    bar = progressBar(images.length, opts.json !== undefined, io);
+    try {
+      for (let start = 0; start < images.length; start += opts.batchSize) {
+        const chunk = images.slice(start, start + opts.batchSize);
+        // One settled call per chunk: a bad file fails alone, and results stream out chunk by chunk.
+        const settled = await detector.detectFacesSettled(chunk);
+        const results: ImageResult[] = [];
+        for (let i = 0; i < chunk.length; i++) {
+          const s = settled[i];
+          const image = chunk[i];
+          let result: ImageResult;
+          if (s.ok) {
+            result = { image, faces: s.faces };
+            if (opts.draw && drawNames) {
+              try {
+                await writeNewFile(opts.draw, drawNames[start + i], await visualize(image, s.faces));
+              } catch (e) {
+                failures++;
+                io.stderr(`img2pose: cannot draw ${image}: ${oneLine(messageOf(e))}\n`);
+              }
+            }
+          } else {
+            failures++;
+            // The library locates errors within the chunk it was given; the user counts inputs.
+            const error = s.error instanceof InputError ? s.error.atIndex(start + i) : s.error;
+            result = { image, error: oneLine(error.message) };
+          }
+          results.push(result);
+          if (!json) io.stdout(`${JSON.stringify(result)}\n`);
+        }
+        json?.append(results);
+        done = start + chunk.length;
+        bar?.update(Math.min(images.length, done));
+      }
+    } finally {
+      bar?.stop();
+      await detector.dispose();
+    }
+  } catch (e) {
+    json?.abandon();
+    throw e;
+  } finally {
+    removeSignalHandlers();
   }
-  if (opts.json) {
-    await fs.promises.writeFile(opts.json, `${JSON.stringify(results, null, 2)}\n`);
-    io.stderr(`img2pose: wrote ${results.length} results to ${opts.json}${failures ? ` (${failures} failed)` : ''}\n`);
+  if (json) {
+    json.close();
+    io.stderr(`img2pose: wrote ${json.length} results to ${opts.json}${failures ? ` (${failures} failed)` : ''}\n`);
   }
   return failures > 0 ? 1 : 0;
 }
 
-/** `<dir>/<name>.png` per drawn image; a repeated base name gets `_2`, `_3`, ... */
-class DrawNames {
-  private readonly used = new Map<string, number>();
-
-  next(image: string): string {
-    const base = path.basename(image, path.extname(image)) || 'image';
-    const n = (this.used.get(base) ?? 0) + 1;
-    this.used.set(base, n);
-    return n === 1 ? `${base}.png` : `${base}_${n}.png`;
+/**
+ * Creates the --draw folder and names each image's drawing there, never the name of a file it
+ * already holds. A folder holding input images is refused unless asked for: drawings mixed
+ * with the photos would be taken as inputs by the next run on that folder.
+ */
+async function prepareDrawFolder(dir: string, images: readonly string[], intoInputs: boolean): Promise<string[]> {
+  try {
+    await fs.promises.mkdir(dir, { recursive: true });
+  } catch (e) {
+    throw new OutputPathError(dir, `cannot create the --draw folder (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
   }
+  if (!intoInputs) {
+    const inside = await inputsInFolder(dir, images);
+    if (inside.length > 0) {
+      throw new UsageError(
+        `the --draw folder ${dir} holds input images (${inside.slice(0, 3).join(', ')}${inside.length > 3 ? ', ...' : ''}); ` +
+          'choose another folder, or pass --draw-into-inputs to draw there under new names',
+      );
+    }
+  }
+  return uniqueOutputNames(images, '.png', await fs.promises.readdir(dir));
 }
 
 function progressBar(total: number, stdoutFree: boolean, io: CliIO): SingleBar | undefined {

@@ -13,6 +13,7 @@
  *   an input is decoded only when its forward is next, so memory stays that of one batch;
  * - every tensor made on the way is disposed, on errors too; `dispose()` frees the weights.
  */
+import * as os from 'os';
 import * as tf from '@tensorflow/tfjs';
 import { BackendChoice, BACKEND_CHOICES, selectBackend } from './backend';
 import {
@@ -25,7 +26,8 @@ import {
   OptionError,
   WeightsError,
 } from './errors';
-import { ImageInput, decodeImage } from './io';
+import { DEFAULT_MAX_PIXELS, ImageInput, decodeImage } from './io';
+import { checkKnownKeys } from './options';
 import { Img2PoseModel, ModelConfig, RawDetections } from './model';
 import { cores, workerScript } from './threads';
 import { ThreadedModel } from './threaded_model';
@@ -65,6 +67,11 @@ export interface DetectorOptions {
   maxSize: number;
   /** Images per stacked forward when a list is given. */
   batchSize: number;
+  /**
+   * Largest image accepted, in pixels (width x height), read from the file's header before it
+   * is decoded: a bigger one is an `InputError`. Default 178956970, PIL's decompression-bomb error bound.
+   */
+  maxPixels: number;
 }
 
 export const DEFAULT_OPTIONS: Readonly<DetectorOptions> = {
@@ -73,7 +80,24 @@ export const DEFAULT_OPTIONS: Readonly<DetectorOptions> = {
   minSize: 640,
   maxSize: 1400,
   batchSize: 8,
+  maxPixels: DEFAULT_MAX_PIXELS,
 };
+
+/** Every key `Img2Pose.load` accepts; any other is refused (a typo would otherwise be ignored). */
+export const LOAD_OPTION_KEYS: readonly string[] = [
+  'weights',
+  'backend',
+  'poseMean',
+  'poseStddev',
+  'warn',
+  'webgpuKernels',
+  'threads',
+  'gpuPoolLimit',
+  ...Object.keys(DEFAULT_OPTIONS),
+];
+
+/** Every key of `DetectOptions`. */
+export const DETECT_OPTION_KEYS: readonly string[] = ['scoreThreshold', 'maxFaces'];
 
 export interface LoadOptions extends Partial<DetectorOptions>, LoadWeightsOptions {
   /**
@@ -153,11 +177,13 @@ export class Img2Pose {
     if (typeof options !== 'object' || options === null) {
       throw new OptionError('options', 'an object with at least { weights }', options);
     }
+    checkKnownKeys(options, LOAD_OPTION_KEYS, 'Img2Pose.load');
     const {
       weights, backend = 'auto', poseMean, poseStddev, warn, webgpuKernels = true, threads = 'auto', gpuPoolLimit = DEFAULT_POOL_LIMIT, ...rest
     } = options;
     const resolved = resolveOptions(rest);
     if (!(threads === 'auto' || isPositiveInt(threads))) throw new OptionError('threads', "'auto' or a positive integer", threads);
+    if (threads !== 'auto') checkThreadLimit(threads, 'threads', backend);
     if (!(typeof gpuPoolLimit === 'number' && gpuPoolLimit > 0)) throw new OptionError('gpuPoolLimit', 'a number of bytes > 0 (Infinity: no limit)', gpuPoolLimit);
     if (!BACKEND_CHOICES.includes(backend)) {
       throw new OptionError('backend', `one of ${BACKEND_CHOICES.join(', ')}`, backend);
@@ -190,6 +216,8 @@ export class Img2Pose {
   constructor(model: DetectionModel, options: Partial<DetectorOptions> = {}, backend: string = tf.getBackend(), threads = 1) {
     this.model = model;
     this.threads = threads;
+    // load's own keys are tolerated: callers hand the same options object to both
+    checkKnownKeys(options, LOAD_OPTION_KEYS, 'detector');
     this.options = Object.freeze(resolveOptions(options));
     this.backend = backend;
   }
@@ -267,7 +295,7 @@ export class Img2Pose {
   }
 
   private async detectSingle(pending: Pending, filter: Filter): Promise<Face[]> {
-    const image = await decodeImage(pending.input);
+    const image = await decodeImage(pending.input, undefined, { maxPixels: this.options.maxPixels });
     try {
       const [height, width] = image.shape;
       const [prediction] = await this.forward([image]);
@@ -297,7 +325,7 @@ export class Img2Pose {
     try {
       for (let slot = 0; slot < chunk.length; slot++) {
         try {
-          decoded.push({ slot, image: await decodeImage(chunk[slot].input, start + slot) });
+          decoded.push({ slot, image: await decodeImage(chunk[slot].input, start + slot, { maxPixels: this.options.maxPixels }) });
         } catch (e) {
           out[slot] = { ok: false, error: asDetectionError(e, start + slot) };
         }
@@ -373,6 +401,7 @@ export class Img2Pose {
     if (options !== undefined && (typeof options !== 'object' || options === null)) {
       throw new OptionError('options', 'an object { scoreThreshold?, maxFaces? }', options);
     }
+    if (typeof options === 'object' && options !== null) checkKnownKeys(options, DETECT_OPTION_KEYS, 'detectFaces');
     const scoreThreshold = options?.scoreThreshold ?? this.options.scoreThreshold;
     const maxFaces = options?.maxFaces ?? this.options.maxFaces;
     checkThreshold(scoreThreshold);
@@ -390,9 +419,34 @@ export function threadCount(threads: number | 'auto', backend: string, env: Node
   if (fromEnv !== undefined && fromEnv !== '') {
     const n = Number(fromEnv);
     if (!isPositiveInt(n)) throw new OptionError('IMG2POSE_THREADS', 'a positive integer', fromEnv);
+    checkThreadLimit(n, 'IMG2POSE_THREADS', backend);
     return n;
   }
-  return Math.min(cores(), CPU_BACKENDS.includes(backend) ? 4 : 8);
+  return Math.max(1, Math.min(cores(), CPU_BACKENDS.includes(backend) ? 4 : 8, memoryThreads(backend)));
+}
+
+/**
+ * Memory a worker of the CPU backends may take (its copy of the weights plus a batch's
+ * activations at the default sizes).
+ */
+const WORKER_BYTES = 0.75 * 1024 ** 3;
+
+/** Workers that half of this machine's memory holds (no bound on the GPU backends). */
+function memoryThreads(backend: string): number {
+  return CPU_BACKENDS.includes(backend) ? Math.max(1, Math.floor(os.totalmem() / 2 / WORKER_BYTES)) : Infinity;
+}
+
+/** The most threads accepted: twice the cores (at least 8; more only queue), within what memory holds. */
+export function threadLimit(backend: string): number {
+  return Math.max(1, Math.min(Math.max(8, 2 * cores()), memoryThreads(backend)));
+}
+
+function checkThreadLimit(n: number, option: string, backend: string): void {
+  // 'auto' is resolved later: check against the tighter CPU bound unless a GPU backend is named
+  const limit = threadLimit(backend === 'auto' ? 'wasm' : backend);
+  if (n > limit) {
+    throw new OptionError(option, `at most ${limit} (more threads than max(8, twice the ${cores()} CPU cores) only wait, and each worker takes ~0.75 GB of the ${(os.totalmem() / 1024 ** 3).toFixed(0)} GB here)`, n);
+  }
 }
 
 /**
@@ -446,12 +500,14 @@ function resolveOptions(given: Partial<DetectorOptions>): DetectorOptions {
     minSize: pick('minSize'),
     maxSize: pick('maxSize'),
     batchSize: pick('batchSize'),
+    maxPixels: pick('maxPixels'),
   };
   checkThreshold(o.scoreThreshold);
   checkMaxFaces(o.maxFaces);
-  for (const k of ['minSize', 'maxSize', 'batchSize'] as const) {
+  for (const k of ['minSize', 'maxSize', 'batchSize', 'maxPixels'] as const) {
     if (!isPositiveInt(o[k])) throw new OptionError(k, 'a positive integer', o[k]);
   }
+  if (o.minSize > o.maxSize) throw new OptionError('minSize', `at most maxSize (${o.maxSize})`, o.minSize);
   return o;
 }
 
@@ -465,7 +521,7 @@ function checkMaxFaces(m: unknown): asserts m is number {
 }
 
 function isPositiveInt(v: unknown): v is number {
-  return typeof v === 'number' && Number.isInteger(v) && v > 0;
+  return typeof v === 'number' && Number.isSafeInteger(v) && v > 0;
 }
 
 function isWeights(w: unknown): w is Img2PoseWeights {
@@ -493,7 +549,14 @@ async function settle(run: Promise<Face[]>, index: number): Promise<SettledDetec
 function asDetectionError(e: unknown, index: number): Img2PoseError {
   if (e instanceof InputError) return e.index === index ? e : e.atIndex(index);
   if (e instanceof Img2PoseError) return e;
-  return new InferenceError(`Detection failed on input #${index} (see the error cause)`, { cause: e });
+  // the cause's own words belong in the message: the CLI prints messages, not causes
+  return new InferenceError(`Detection failed on input #${index}: ${causeText(e)}`, { cause: e });
+}
+
+/** A lower-level error as one line: its class and message (a worker's error keeps its own name). */
+function causeText(e: unknown): string {
+  if (!(e instanceof Error)) return String(e);
+  return `${e.name && e.name !== 'Error' ? `${e.name}: ` : ''}${e.message.split('\n')[0]}`;
 }
 
 async function loadWeightsOrExplain(path: string, options: LoadWeightsOptions): Promise<Img2PoseWeights> {

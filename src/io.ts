@@ -28,6 +28,16 @@ import * as fs from 'fs';
 import * as tf from '@tensorflow/tfjs';
 import { defaultFormats } from 'jimp';
 import { InputError, describeValue } from './errors';
+import { Unzlib } from 'fflate';
+import { DEFAULT_MAX_PIXELS, ImageFormat, headerSize, pngDataProblem } from './image_header';
+
+export { DEFAULT_MAX_PIXELS };
+
+/** Bounds on what an encoded image may cost to decode. */
+export interface DecodeLimits {
+  /** Largest width x height accepted, read from the header before decoding (default `DEFAULT_MAX_PIXELS`). */
+  maxPixels?: number;
+}
 
 /** Pixels already in memory, row-major HWC. 8-bit data or float data in 0..255. */
 export interface RawImage {
@@ -71,7 +81,8 @@ export function describeInput(input: unknown): string {
  * Decode any supported input to a new float32 [H, W, 3] tensor (0..255). `index` locates the
  * input in a batch for error messages. Throws `InputError` for anything unusable.
  */
-export async function decodeImage(input: ImageInput, index?: number): Promise<tf.Tensor3D> {
+export async function decodeImage(input: ImageInput, index?: number, limits: DecodeLimits = {}): Promise<tf.Tensor3D> {
+  const maxPixels = limits.maxPixels ?? DEFAULT_MAX_PIXELS;
   const where = describeInput(input);
   const fail = (expected: string, found: string, cause?: unknown): never => {
     throw new InputError({ index, input: where, expected, found, cause });
@@ -79,12 +90,12 @@ export async function decodeImage(input: ImageInput, index?: number): Promise<tf
 
   if (typeof input === 'string') {
     const bytes = await readImageFile(input, fail);
-    return bitmapToTensor(await decodeBytes(bytes, fail), fail);
+    return bitmapToTensor(await decodeBytes(bytes, fail, maxPixels), fail);
   }
   if (input instanceof tf.Tensor) return tensorToRgb(input, fail);
-  if (input instanceof Uint8Array) return bitmapToTensor(await decodeBytes(input, fail), fail);
+  if (input instanceof Uint8Array) return bitmapToTensor(await decodeBytes(input, fail, maxPixels), fail);
   if (input instanceof ArrayBuffer) {
-    return bitmapToTensor(await decodeBytes(new Uint8Array(input), fail), fail);
+    return bitmapToTensor(await decodeBytes(new Uint8Array(input), fail, maxPixels), fail);
   }
   if (isJimpLike(input)) return bitmapToTensor(input.bitmap, fail);
   if (isForeignTensor(input)) {
@@ -98,14 +109,14 @@ export async function decodeImage(input: ImageInput, index?: number): Promise<tf
  * An encoded image (file path or bytes) decoded to its RGBA bitmap, with `decodeImage`'s checks and
  * `InputError`s. For callers that draw on pixels rather than run the network (`visualize`).
  */
-export async function decodeBitmap(input: string | Uint8Array | ArrayBuffer, index?: number): Promise<Bitmap> {
+export async function decodeBitmap(input: string | Uint8Array | ArrayBuffer, index?: number, limits: DecodeLimits = {}): Promise<Bitmap> {
   const where = describeInput(input);
   const fail = (expected: string, found: string, cause?: unknown): never => {
     throw new InputError({ index, input: where, expected, found, cause });
   };
   const bytes =
     typeof input === 'string' ? await readImageFile(input, fail) : input instanceof ArrayBuffer ? new Uint8Array(input) : input;
-  const decoded = await decodeBytes(bytes, fail);
+  const decoded = await decodeBytes(bytes, fail, limits.maxPixels ?? DEFAULT_MAX_PIXELS);
   return { width: decoded.width, height: decoded.height, data: new Uint8Array(decoded.data) };
 }
 
@@ -146,7 +157,7 @@ function fsProblem(e: unknown): string {
   }
 }
 
-type Format = 'JPEG' | 'PNG' | 'BMP' | 'GIF' | 'TIFF';
+type Format = ImageFormat;
 
 const MIME: Record<Format, string> = {
   JPEG: 'image/jpeg',
@@ -174,33 +185,91 @@ const ENCODED_IMAGE = 'a JPEG or PNG image';
  * type detection is an ESM dynamic import that CommonJS runners (jest) cannot execute, and it
  * applies EXIF rotation.
  */
-async function decodeBytes(bytes: Uint8Array, fail: Fail): Promise<Bitmap> {
+async function decodeBytes(bytes: Uint8Array, fail: Fail, maxPixels: number): Promise<Bitmap> {
   if (bytes.length === 0) return fail(ENCODED_IMAGE, 'no data (0 bytes)');
   const format = sniffFormat(bytes);
   if (format === undefined) return fail(ENCODED_IMAGE, `data that is not an image (${headHex(bytes)})`);
+  // The size the header declares decides what the decoder allocates: checked before decoding.
+  const size = headerSize(bytes, format);
+  if ('problem' in size) return fail(ENCODED_IMAGE, `truncated or corrupt ${format} data (${size.problem})`);
+  const pixels = size.width * size.height;
+  if (pixels === 0) return fail('an image with at least one pixel', `a ${size.width}x${size.height} ${format} image`);
+  if (pixels > maxPixels) {
+    return fail(`an image of at most ${maxPixels} pixels (the maxPixels option)`, `a ${size.width}x${size.height} ${format} image (${pixels} pixels)`);
+  }
+  if (format === 'PNG') {
+    const short = pngDataProblem(bytes, inflatePieces);
+    if (short) return fail(ENCODED_IMAGE, `truncated or corrupt PNG data (${short})`);
+  }
   const codec = defaultFormats.map((f) => f()).find((f) => f.mime === MIME[format]);
   if (codec === undefined) return fail(ENCODED_IMAGE, `a ${format} image, which this jimp build cannot decode`);
   const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   try {
-    const decoded = await (format === 'JPEG' ? (codec as JpegCodec).decode(buffer, JPEG_LIMITS) : codec.decode(buffer));
+    const decoded = await quietly(format, () =>
+      format === 'JPEG' ? (codec as JpegCodec).decode(buffer, jpegLimits(maxPixels)) : codec.decode(buffer),
+    );
+    if (decoded.width * decoded.height > maxPixels) {
+      return fail(`an image of at most ${maxPixels} pixels (the maxPixels option)`, `a ${decoded.width}x${decoded.height} ${format} image`);
+    }
     return { data: decoded.data, width: decoded.width, height: decoded.height };
   } catch (e) {
+    if (e instanceof InputError) throw e;
     const msg = e instanceof Error ? e.message : String(e);
     // jpeg-js refuses images above its resolution / memory limits with these words.
     if (/limit exceeded/.test(msg)) return fail(ENCODED_IMAGE, `a ${format} too large to decode (${msg})`, e);
+    if (e instanceof RangeError && /allocation|typed array length|array length|Array buffer/i.test(e.message)) {
+      return fail(ENCODED_IMAGE, `a ${size.width}x${size.height} ${format} image too large to decode in memory`, e);
+    }
     return fail(ENCODED_IMAGE, `truncated or corrupt ${format} data`, e);
+  }
+}
+
+/** Streams zlib data through inflate, reporting the size of each piece (none is kept). */
+function inflatePieces(pieces: Uint8Array[], onBytes: (n: number) => void): void {
+  const inflater = new Unzlib((chunk) => onBytes(chunk.length));
+  pieces.forEach((p, i) => inflater.push(p, i === pieces.length - 1));
+}
+
+/**
+ * Runs a decoder with console.log/warn captured: the GIF decoder reports a stream shorter than
+ * its frame there (and decodes the rest as zeros), which would break JSON on stdout and accept
+ * a truncated file. Such a report becomes an error.
+ */
+async function quietly<T>(format: Format, decode: () => T | Promise<T>): Promise<T> {
+  if (format !== 'GIF') return decode();
+  const said: string[] = [];
+  const { log, warn } = console;
+  console.log = console.warn = (...args: unknown[]) => void said.push(args.map(String).join(' '));
+  try {
+    const out = await decode();
+    if (said.length > 0) throw new Error(`decoder: ${said.join('; ')}`);
+    return out;
+  } finally {
+    console.log = log;
+    console.warn = warn;
   }
 }
 
 /**
  * jpeg-js refuses to decode once its buffers would pass 512 MB, which stops photos near 8000x8000
- * (~750 MB). Its resolution cap (100 megapixels) stays the bound; this budget covers that.
+ * (~750 MB): its budget follows the pixel limit instead (~12 bytes a pixel, at least 2 GB), and
+ * its own resolution cap is the pixel limit.
  */
-const JPEG_LIMITS = { maxResolutionInMP: 100, maxMemoryUsageInMB: 2048 };
+function jpegLimits(maxPixels: number): JpegLimits {
+  return {
+    maxResolutionInMP: Math.ceil(maxPixels / 1e6),
+    maxMemoryUsageInMB: Math.max(2048, Math.ceil((maxPixels * 12) / 2 ** 20)),
+  };
+}
+
+interface JpegLimits {
+  maxResolutionInMP: number;
+  maxMemoryUsageInMB: number;
+}
 
 /** jimp's JPEG codec (@jimp/js-jpeg) passes its decode options through to jpeg-js. */
 interface JpegCodec {
-  decode(data: Buffer, options: typeof JPEG_LIMITS): Bitmap;
+  decode(data: Buffer, options: JpegLimits): Bitmap;
 }
 
 function headHex(b: Uint8Array): string {

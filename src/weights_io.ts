@@ -7,17 +7,22 @@
  * every name and shape against the architecture, every shard's size), so a bad folder is
  * refused with a `WeightsError` naming the problem before any tensor exists.
  */
-import { promises as fsp } from 'fs';
+import { Stats, promises as fsp } from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { WeightsError } from './errors';
 import { Img2PoseWeights, ResNetDepth } from './weights';
 import { CheckpointError } from '../converter/errors';
+import { firstNonFinite } from '../converter/tensor_data';
 import { tfjsShape } from '../converter/axis_order';
 import { checkpointToWeights } from '../converter/in_memory';
 import { PoseStatisticsInput, Warn } from '../converter/convert';
 import { FoundTensor, RESNETS, compareToSpec, describeMismatch, detectDepth, img2poseSpec, isMismatchEmpty, isModelTensor } from '../converter/spec';
-import { Img2PoseModelJson, MODEL_JSON, WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION, WeightEntryJson } from '../converter/weights_format';
+import { Img2PoseModelJson, MODEL_JSON, SHARD_BYTES, WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION, WeightEntryJson } from '../converter/weights_format';
+import { FileReadError, confinedPath, readRegularFile } from './safe_read';
+
+/** model.json is a few hundred KB; anything much larger is not ours. */
+const MAX_MODEL_JSON_BYTES = 16 * 1024 * 1024;
 
 export interface LoadWeightsOptions {
   /** For a .pth source: the release's pose_mean.npy (or 6 values). Without both, upstream's defaults. */
@@ -116,6 +121,30 @@ function checkManifestAgainstSpec(jsonPath: string, depth: ResNetDepth, entries:
   refuse(jsonPath, `${describeMismatch(mismatch, `the weights manifest (ResNet-${depth})`)}${hint}`);
 }
 
+/**
+ * Refuses weights holding NaN or infinite values, naming the first such tensor: the network
+ * would run and give no faces, or NaN boxes, without a word.
+ */
+function checkFinite(jsonPath: string, weights: readonly WeightEntryJson[], buffers: readonly ArrayBuffer[]): void {
+  const ends: number[] = [];
+  let total = 0;
+  for (const w of weights) ends.push((total += w.shape.reduce((a, b) => a * b, 1)));
+  let index = 0;
+  let bad = -1;
+  for (const b of buffers) {
+    const values = new Float32Array(b, 0, Math.floor(b.byteLength / 4));
+    const at = firstNonFinite(values);
+    if (at >= 0) {
+      bad = index + at;
+      break;
+    }
+    index += values.length;
+  }
+  if (bad < 0) return;
+  const t = ends.findIndex((end) => bad < end);
+  refuse(jsonPath, `weight ${weights[t]?.name ?? '?'} holds a NaN or infinite value (element ${bad - (t > 0 ? ends[t - 1] : 0)}); the weights are corrupt`);
+}
+
 function exactArrayBuffer(b: Buffer): ArrayBuffer {
   if (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer) return b.buffer;
   return new Uint8Array(b).buffer;
@@ -125,34 +154,51 @@ async function loadConvertedFolder(jsonPath: string): Promise<Img2PoseWeights> {
   const dir = path.dirname(jsonPath);
   let text: string;
   try {
-    text = await fsp.readFile(jsonPath, 'utf8');
+    text = (await readRegularFile(jsonPath, MAX_MODEL_JSON_BYTES)).toString('utf8');
   } catch (e) {
-    if (errnoCode(e) === 'ENOENT') {
+    if (e instanceof FileReadError && e.code === 'ENOENT') {
       refuse(dir, `no ${path.basename(jsonPath)} in this folder (expected a folder written by \`img2pose convert\`)`);
     }
-    refuse(jsonPath, `cannot read (${errnoCode(e)})`);
+    refuse(jsonPath, e instanceof FileReadError ? e.problem : `cannot read (${errnoCode(e)})`);
   }
   const json = checkModelJson(jsonPath, text);
   const meta = json.img2pose;
   const entries = json.weightsManifest.flatMap((g) => g.weights);
   checkManifestAgainstSpec(jsonPath, meta.depth, entries);
 
-  // every shard present and of the size the converter recorded, before reading any of them
-  const shardPaths = json.weightsManifest.map((g) => g.paths.map((p) => path.resolve(dir, p)));
-  const recorded = Array.isArray(meta.shardBytes) ? meta.shardBytes : [];
+  // every shard inside the folder, a regular file, present and of the size the converter
+  // recorded, before reading any of them
+  const shardPaths: string[][] = [];
+  for (const group of json.weightsManifest) {
+    const paths: string[] = [];
+    for (const p of group.paths) {
+      const confined = await confinedPath(dir, p);
+      if ('problem' in confined) refuse(jsonPath, `shard path ${JSON.stringify(p)} is ${confined.problem}`);
+      paths.push(confined.path);
+    }
+    shardPaths.push(paths);
+  }
+  const recorded = Array.isArray(meta.shardBytes) && meta.shardBytes.length > 0 ? meta.shardBytes : undefined;
   let k = 0;
   for (const [g, group] of json.weightsManifest.entries()) {
     let held = 0;
-    for (const shard of shardPaths[g]) {
-      let size: number;
+    for (const [i, shard] of shardPaths[g].entries()) {
+      let st: Stats;
       try {
-        size = (await fsp.stat(shard)).size;
+        st = await fsp.stat(shard);
       } catch (e) {
         refuse(shard, errnoCode(e) === 'ENOENT' ? `missing weight shard (listed in ${path.basename(jsonPath)})` : `cannot read (${errnoCode(e)})`);
       }
-      const expected = recorded[k++];
+      if (!st.isFile()) refuse(shard, 'a weight shard that is not a regular file (a folder, device, pipe or socket)');
+      const size = st.size;
+      const expected = recorded?.[k++];
       if (typeof expected === 'number' && size !== expected) {
         refuse(shard, `${size < expected ? 'truncated' : 'oversized'} weight shard: expected ${expected} bytes, found ${size}`);
+      }
+      // Without recorded sizes, shards are cut every SHARD_BYTES, as the converter (and tfjs) cut them:
+      // a short shard followed by a long one would shift every tensor after it.
+      if (!recorded && i < shardPaths[g].length - 1 && size !== SHARD_BYTES) {
+        refuse(shard, `weight shard of ${size} bytes: without img2pose.shardBytes, every shard but the last must hold ${SHARD_BYTES}`);
       }
       held += size;
     }
@@ -168,11 +214,12 @@ async function loadConvertedFolder(jsonPath: string): Promise<Img2PoseWeights> {
       const buffers: ArrayBuffer[] = [];
       for (const shard of shardPaths[g]) {
         try {
-          buffers.push(exactArrayBuffer(await fsp.readFile(shard)));
+          buffers.push(exactArrayBuffer(await readRegularFile(shard, SHARD_BYTES * 64)));
         } catch (e) {
-          refuse(shard, `cannot read (${errnoCode(e)})`);
+          refuse(shard, e instanceof FileReadError ? e.problem : `cannot read (${errnoCode(e)})`);
         }
       }
+      checkFinite(jsonPath, group.weights, buffers);
       Object.assign(decoded, tf.io.decodeWeights(buffers, group.weights));
     }
   } catch (e) {

@@ -1,0 +1,187 @@
+/**
+ * The zip container of torch.save checkpoints, read from its central directory: records are
+ * located without inflating anything, and a record is inflated only when asked for, into at
+ * most the size the directory declares (and the caller accepts), with its CRC-32 checked.
+ * Every offset and size is checked against the file, so a crafted archive costs time and
+ * memory in proportion to what is actually read, never to what a header claims.
+ */
+import * as zlib from 'zlib';
+
+export class ZipFormatError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ZipFormatError';
+  }
+}
+
+export interface ZipRecord {
+  name: string;
+  /** 0 stored, 8 deflated */
+  method: number;
+  compressedSize: number;
+  /** uncompressed size as the central directory declares it */
+  size: number;
+  crc32: number;
+  localHeaderOffset: number;
+}
+
+const EOCD = 0x06054b50;
+const EOCD64 = 0x06064b50;
+const EOCD64_LOCATOR = 0x07064b50;
+const CENTRAL = 0x02014b50;
+const LOCAL = 0x04034b50;
+
+const CRC_TABLE = (() => {
+  const t = new Int32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    t[n] = c;
+  }
+  return t;
+})();
+
+/** CRC-32 (zip's), by zlib when this Node has it. */
+export function crc32(bytes: Uint8Array): number {
+  const native = (zlib as { crc32?: (data: Uint8Array) => number }).crc32;
+  if (native) return native(bytes) >>> 0;
+  let c = -1;
+  for (let i = 0; i < bytes.length; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
+  return (c ^ -1) >>> 0;
+}
+
+export class ZipArchive {
+  private constructor(
+    private readonly buf: Uint8Array,
+    /** by name; the first record of a name wins (a later duplicate is ignored) */
+    readonly records: ReadonlyMap<string, ZipRecord>,
+  ) {}
+
+  /** Reads the central directory of `buf`. */
+  static open(buf: Uint8Array): ZipArchive {
+    const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    const eocd = findEndOfCentralDirectory(buf, view);
+    let count = view.getUint16(eocd + 10, true);
+    let cdSize = view.getUint32(eocd + 12, true);
+    let cdOffset = view.getUint32(eocd + 16, true);
+    if (count === 0xffff || cdSize === 0xffffffff || cdOffset === 0xffffffff) {
+      const locator = eocd - 20;
+      if (locator < 0 || view.getUint32(locator, true) !== EOCD64_LOCATOR) throw new ZipFormatError('zip64 end record missing');
+      const at = safeU64(view, locator + 8);
+      if (at + 56 > buf.length || view.getUint32(at, true) !== EOCD64) throw new ZipFormatError('zip64 end record missing');
+      count = safeU64(view, at + 32);
+      cdSize = safeU64(view, at + 40);
+      cdOffset = safeU64(view, at + 48);
+    }
+    if (cdOffset + cdSize > buf.length) throw new ZipFormatError('the central directory lies beyond the end of the file');
+    // each central record takes at least 46 bytes: a count the directory cannot hold is a lie
+    if (count * 46 > cdSize) throw new ZipFormatError(`the central directory is too small for ${count} records`);
+    const records = new Map<string, ZipRecord>();
+    let pos = cdOffset;
+    const end = cdOffset + cdSize;
+    for (let i = 0; i < count; i++) {
+      if (pos + 46 > end || view.getUint32(pos, true) !== CENTRAL) throw new ZipFormatError(`central directory record ${i} is corrupt`);
+      const flags = view.getUint16(pos + 8, true);
+      const method = view.getUint16(pos + 10, true);
+      const crc = view.getUint32(pos + 16, true);
+      let compressedSize = view.getUint32(pos + 20, true);
+      let size = view.getUint32(pos + 24, true);
+      const nameLength = view.getUint16(pos + 28, true);
+      const extraLength = view.getUint16(pos + 30, true);
+      const commentLength = view.getUint16(pos + 32, true);
+      let localHeaderOffset = view.getUint32(pos + 42, true);
+      const next = pos + 46 + nameLength + extraLength + commentLength;
+      if (next > end) throw new ZipFormatError(`central directory record ${i} is corrupt`);
+      const name = Buffer.from(buf.buffer, buf.byteOffset + pos + 46, nameLength).toString('utf8');
+      // zip64: the real sizes follow in the 0x0001 extra field, in this order, when the 32-bit ones are saturated
+      let extra = pos + 46 + nameLength;
+      const extraEnd = extra + extraLength;
+      while (extra + 4 <= extraEnd) {
+        const id = view.getUint16(extra, true);
+        const length = view.getUint16(extra + 2, true);
+        if (id === 0x0001) {
+          let f = extra + 4;
+          const take = (): number => {
+            if (f + 8 > extra + 4 + length) throw new ZipFormatError(`record ${name}: corrupt zip64 field`);
+            const v = safeU64(view, f);
+            f += 8;
+            return v;
+          };
+          if (size === 0xffffffff) size = take();
+          if (compressedSize === 0xffffffff) compressedSize = take();
+          if (localHeaderOffset === 0xffffffff) localHeaderOffset = take();
+        }
+        extra += 4 + length;
+      }
+      if (!records.has(name)) {
+        if (flags & 1) throw new ZipFormatError(`record ${name} is encrypted`);
+        records.set(name, { name, method, compressedSize, size, crc32: crc, localHeaderOffset });
+      }
+      pos = next;
+    }
+    return new ZipArchive(buf, records);
+  }
+
+  /**
+   * The bytes of `record`: a view for a stored record, else inflated into at most `record.size`
+   * bytes. Refuses a record larger than `maxBytes` before reading it, and data whose length or
+   * CRC-32 differs from the directory's.
+   */
+  read(record: ZipRecord, maxBytes: number): Uint8Array {
+    const name = record.name;
+    if (record.size > maxBytes) throw new ZipFormatError(`record ${name} declares ${record.size} bytes, more than the ${maxBytes} it may hold`);
+    const view = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
+    const at = record.localHeaderOffset;
+    if (at + 30 > this.buf.length || view.getUint32(at, true) !== LOCAL) throw new ZipFormatError(`record ${name}: local header missing`);
+    const start = at + 30 + view.getUint16(at + 26, true) + view.getUint16(at + 28, true);
+    if (start + record.compressedSize > this.buf.length) throw new ZipFormatError(`record ${name} runs past the end of the file`);
+    const raw = this.buf.subarray(start, start + record.compressedSize);
+    let data: Uint8Array;
+    if (record.method === 0) {
+      if (record.compressedSize !== record.size) throw new ZipFormatError(`stored record ${name} has two different sizes`);
+      data = raw;
+    } else if (record.method === 8) {
+      if (record.size === 0) {
+        data = new Uint8Array(0);
+      } else {
+        try {
+          data = zlib.inflateRawSync(raw, { maxOutputLength: record.size });
+        } catch (e) {
+          const code = (e as NodeJS.ErrnoException).code;
+          throw new ZipFormatError(
+            code === 'ERR_BUFFER_TOO_LARGE'
+              ? `record ${name} inflates to more than its declared ${record.size} bytes`
+              : `record ${name}: invalid deflate data (${(e as Error).message})`,
+          );
+        }
+      }
+      if (data.length !== record.size) throw new ZipFormatError(`record ${name} inflates to ${data.length} bytes, its header says ${record.size}`);
+    } else {
+      throw new ZipFormatError(`record ${name} uses compression method ${record.method} (only stored and deflate are read)`);
+    }
+    const crc = crc32(data);
+    if (crc !== record.crc32) {
+      throw new ZipFormatError(`record ${name} is corrupt: CRC-32 ${hex(crc)}, the archive says ${hex(record.crc32)}`);
+    }
+    return data;
+  }
+}
+
+function hex(n: number): string {
+  return n.toString(16).padStart(8, '0');
+}
+
+function safeU64(view: DataView, at: number): number {
+  const v = view.getBigUint64(at, true);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new ZipFormatError('a zip64 size or offset out of range');
+  return Number(v);
+}
+
+function findEndOfCentralDirectory(buf: Uint8Array, view: DataView): number {
+  // the record is 22 bytes plus a comment of at most 65535
+  const lowest = Math.max(0, buf.length - 22 - 0xffff);
+  for (let at = buf.length - 22; at >= lowest; at--) {
+    if (view.getUint32(at, true) === EOCD && at + 22 + view.getUint16(at + 20, true) <= buf.length) return at;
+  }
+  throw new ZipFormatError('no end of central directory record (cut short?)');
+}
