@@ -24,7 +24,7 @@ class FakeBuffer {
     this.mapState = 'mapped';
   }
   getMappedRange(offset = 0, size = this.size - offset): ArrayBuffer {
-    return this.bytes.buffer.slice(offset, offset + size);
+    return (this.bytes.buffer as ArrayBuffer).slice(offset, offset + size);
   }
   unmap(): void {
     this.mapState = 'unmapped';
