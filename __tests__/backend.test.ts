@@ -1,7 +1,8 @@
 /**
- * Backend selection (src/backend.ts). On this machine neither tfjs-node nor Dawn (`webgpu`) is
- * installed, so the real loader must pick wasm for 'auto' and refuse 'tensorflow' / 'webgpu' with
- * install instructions. The preference order and the WebGPU set-up are checked with a fake module
+ * Backend selection (src/backend.ts). On this machine tfjs-node is not installed and Dawn
+ * (`webgpu`, a dev dependency) is hidden from the loader here, so the real loader must pick wasm
+ * for 'auto' and refuse 'tensorflow' / 'webgpu' with install instructions (Dawn itself is
+ * exercised by the webgpu_*.test.ts suites). The preference order and the WebGPU set-up are checked with a fake module
  * loader that "installs" packages registering stand-in backends (the pure-JS cpu kernels).
  */
 import * as tf from '@tensorflow/tfjs';
@@ -40,7 +41,13 @@ function registerStandIn(name: string): void {
   tf.registerBackend(name, () => new MathBackendCPU());
 }
 
-describe('on this machine (real module loader)', () => {
+/** The real loader, on a machine without Dawn. */
+const noDawn: ModuleLoader = {
+  resolvable: (name) => name !== 'webgpu' && nodeModuleLoader.resolvable(name),
+  load: (name) => nodeModuleLoader.load(name),
+};
+
+describe('on this machine (real module loader, Dawn not installed)', () => {
   it('explicit wasm works', async () => {
     await tf.setBackend('cpu');
     expect(await selectBackend('wasm')).toBe('wasm');
@@ -54,9 +61,9 @@ describe('on this machine (real module loader)', () => {
 
   it('auto picks wasm (no tfjs-node, no Dawn here)', async () => {
     expect(nodeModuleLoader.resolvable('@tensorflow/tfjs-node')).toBe(false);
-    expect(nodeModuleLoader.resolvable('webgpu')).toBe(false);
+    expect(noDawn.resolvable('webgpu')).toBe(false);
     await tf.setBackend('cpu');
-    expect(await selectBackend('auto')).toBe('wasm');
+    expect(await selectBackend('auto', noDawn)).toBe('wasm');
     expect(tf.getBackend()).toBe('wasm');
     // Nothing of the failed WebGPU probe stays behind.
     expect(g.navigator).toBeUndefined();
@@ -74,7 +81,7 @@ describe('on this machine (real module loader)', () => {
   });
 
   it('explicit webgpu fails, saying what to install', async () => {
-    const err = await selectBackend('webgpu').catch((e: unknown) => e);
+    const err = await selectBackend('webgpu', noDawn).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(BackendError);
     expect((err as Error).message).toContain('"webgpu" package (Dawn for Node) is not installed');
     expect((err as Error).message).toContain('npm install webgpu @tensorflow/tfjs-backend-webgpu');
@@ -87,8 +94,8 @@ describe('on this machine (real module loader)', () => {
 });
 
 describe('preference order (fake packages)', () => {
-  it('auto order is tensorflow, webgpu, wasm, cpu', () => {
-    expect(AUTO_ORDER).toEqual(['tensorflow', 'webgpu', 'wasm', 'cpu']);
+  it('auto order is tensorflow, webgpu, webgl, wasm, cpu', () => {
+    expect(AUTO_ORDER).toEqual(['tensorflow', 'webgpu', 'webgl', 'wasm', 'cpu']);
   });
 
   it('auto prefers tfjs-node-gpu when it loads', async () => {

@@ -1,0 +1,89 @@
+/**
+ * @jest-environment ./__tests__/utils/webgpu_environment.js
+ *
+ * The whole pipeline on the webgpu backend (Dawn; SwiftShader in CI), against the upstream
+ * PyTorch run: the tiny golden cases within the fixtures' end-to-end tolerances, with the stock
+ * tfjs ops ('portable') and with our WGSL kernels ('webgpu'); and with our kernels, a padded
+ * batch of two sizes gives each image exactly (bit for bit) its single-image detections.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { decodeImage } from '../src/io';
+import { Img2PoseModel, RawDetections } from '../src/model';
+import { disposeWeights } from '../src/weights';
+import { KernelMode, setKernelMode } from '../src/webgpu';
+import { formulaWeights } from './utils/formula';
+import { golden, goldenCase, imagePath } from './utils/golden';
+import { expectWithinTolerance, matchDetections } from './utils/match';
+import { describeWebGPU } from './utils/webgpu';
+
+const CASES = ['tiny_portrait', 'tiny_teaser'];
+
+function reference(id: string): RawDetections {
+  return {
+    boxes: Float32Array.from(golden(id, 'final_boxes').data),
+    scores: Float32Array.from(golden(id, 'final_scores').data),
+    dofs: Float64Array.from(golden(id, 'final_dofs').data),
+  };
+}
+
+function expectIdentical(got: RawDetections, want: RawDetections): void {
+  expect(got.scores.length).toBe(want.scores.length);
+  expect(Array.from(got.boxes)).toEqual(Array.from(want.boxes));
+  expect(Array.from(got.scores)).toEqual(Array.from(want.scores));
+  expect(Array.from(got.dofs)).toEqual(Array.from(want.dofs));
+}
+
+describeWebGPU('webgpu backend end to end (tiny golden cases)', () => {
+  let model: Img2PoseModel;
+  const images = new Map<string, tf.Tensor3D>();
+  const singles = new Map<string, RawDetections>();
+
+  beforeAll(async () => {
+    const w = formulaWeights();
+    model = new Img2PoseModel(w);
+    disposeWeights(w);
+    for (const id of CASES) {
+      const name = goldenCase(id).image as string;
+      images.set(id, await decodeImage(imagePath(name)));
+    }
+  });
+  afterAll(() => {
+    model?.dispose();
+    tf.dispose([...images.values()]);
+  });
+
+  describe.each(['portable', 'webgpu'] as KernelMode[])('kernels: %s', (mode) => {
+    beforeAll(() => setKernelMode(mode));
+
+    it.each(CASES)('%s matches upstream within the golden tolerances, no tensor left behind', async (id) => {
+      const c = goldenCase(id);
+      const before = tf.memory().numTensors;
+      const t0 = performance.now();
+      const [det] = await model.predict([images.get(id)!], { minSize: c.min_size, maxSize: c.max_size });
+      const ms = performance.now() - t0;
+      expect(tf.memory().numTensors).toBe(before);
+      const ref = reference(id);
+      const report = matchDetections(det, ref);
+      console.log(`${mode} ${id} (${ms.toFixed(0)} ms): ${JSON.stringify(report)}`);
+      process.stderr.write(`PROGRESS ${new Date().toISOString()} ${mode} ${id} ${ms.toFixed(0)} ms\n`);
+      expectWithinTolerance(report);
+      expect(Math.abs(det.scores.length - ref.scores.length)).toBeLessThanOrEqual(Math.max(2, 0.02 * ref.scores.length));
+      if (mode === 'webgpu') singles.set(id, det);
+    });
+  });
+
+  it('with our kernels, a padded batch of both images equals their single runs bit for bit', async () => {
+    setKernelMode('webgpu');
+    const c = goldenCase('tiny_batch');
+    const before = tf.memory().numTensors;
+    const batch = await model.predict(CASES.map((id) => images.get(id)!), { minSize: c.min_size, maxSize: c.max_size }, { grouping: 'off' });
+    expect(tf.memory().numTensors).toBe(before);
+    CASES.forEach((id, i) => {
+      const single = singles.get(id);
+      if (!single) throw new Error(`the single run of ${id} failed, nothing to compare the batch with`);
+      expectIdentical(batch[i], single);
+    });
+    // The teaser must produce detections, or equality would prove little.
+    expect(batch[CASES.indexOf('tiny_teaser')].scores.length).toBeGreaterThan(100);
+  });
+});

@@ -1,0 +1,348 @@
+/**
+ * @jest-environment ./__tests__/utils/webgpu_environment.js
+ *
+ * Every WGSL program of src/webgpu on a real WebGPU device (Dawn; SwiftShader in CI) against the
+ * portable path (stock tfjs ops on the same backend) and an independent float64 reference, on
+ * awkward sizes: odd widths, one-pixel and one-row maps, channel counts that are not multiples of
+ * 4, batches whose images have different own sizes. Each program also gives an image inside a
+ * batch exactly its single-image numbers. Sizes are small: SwiftShader runs on the CPU.
+ */
+import * as tf from '@tensorflow/tfjs';
+import {
+  ConvOptions,
+  ConvTile,
+  conv2dFused,
+  conv2dPortable,
+  conv2dWinograd,
+  linearFused,
+  linearPortable,
+  normalizeResizePadBatchWebGPU,
+  roiAlignFused,
+  setKernelMode,
+  setWinograd,
+  winogradFilter,
+  winogradSettings,
+} from '../src/webgpu';
+import { multiScaleRoIAlign, ROI_OUTPUT_SIZE, ROI_SAMPLING_RATIO } from '../src/roi_align';
+import { paddedSize, prepareBatch, Size } from '../src/transform';
+import { decodeImage } from '../src/io';
+import { imagePath } from './utils/golden';
+import { lcgValues, relErr } from './utils/lcg';
+import { ConvCase, ConvData, convOutShape, convReference64, RoiCase, roiAlignReference64 } from './utils/kernel_reference';
+import { describeWebGPU } from './utils/webgpu';
+
+/** Float32 noise of sums of a few hundred products, well below any real indexing or tap error. */
+const REL_TOL = 1e-5;
+
+function convData(c: ConvCase, seed: number): ConvData {
+  const [n, h, w, cin] = c.x;
+  const [, ho, wo] = convOutShape(c);
+  const fan = c.k * c.k * cin;
+  const d: ConvData = {
+    x: lcgValues(n * h * w * cin, seed),
+    w: lcgValues(fan * c.cout, seed + 1).map((v) => v * Math.sqrt(6 / fan)),
+    b: lcgValues(c.cout, seed + 2).map((v) => v * 0.1),
+  };
+  if (c.residual === 'same') d.res = { data: lcgValues(n * ho * wo * c.cout, seed + 3), h: ho, w: wo };
+  if (c.residual === 'upsample') {
+    const [hr, wr] = [Math.ceil(ho / 2), Math.ceil(wo / 2)];
+    d.res = { data: lcgValues(n * hr * wr * c.cout, seed + 3), h: hr, w: wr };
+  }
+  return d;
+}
+
+interface ConvTensors {
+  x: tf.Tensor4D;
+  w: tf.Tensor4D;
+  b: tf.Tensor1D;
+  opts: ConvOptions;
+}
+
+function convTensors(c: ConvCase, d: ConvData): ConvTensors {
+  const res = d.res && tf.tensor4d(d.res.data, [c.x[0], d.res.h, d.res.w, c.cout]);
+  return {
+    x: tf.tensor4d(d.x, c.x),
+    w: tf.tensor4d(d.w, [c.k, c.k, c.x[3], c.cout]),
+    b: tf.tensor1d(d.b),
+    opts: { stride: c.stride, pad: c.pad, relu: c.relu, residual: res, upsampleResidual: c.residual === 'upsample' },
+  };
+}
+
+function disposeConv(t: ConvTensors): void {
+  tf.dispose([t.x, t.w, t.b, ...(t.opts.residual ? [t.opts.residual] : [])]);
+}
+
+/** Fills the backend's buffer pool with NaN of `shape`, so an output that skips elements cannot inherit a right answer. */
+function poisonPool(shape: number[]): void {
+  tf.fill(shape, NaN).dispose();
+}
+
+async function values(t: tf.Tensor): Promise<Float32Array> {
+  return (await t.data()) as Float32Array;
+}
+
+function expectFinite(a: Float32Array): void {
+  const bad = a.findIndex((v) => !Number.isFinite(v));
+  expect(bad).toBe(-1);
+}
+
+/** Image `i` of a 4-D batch. */
+function imageOf(t: tf.Tensor4D, i: number): tf.Tensor4D {
+  return tf.slice(t, [i, 0, 0, 0], [1, ...t.shape.slice(1)] as [number, number, number]);
+}
+
+async function expectBitEqual(a: tf.Tensor, b: tf.Tensor): Promise<void> {
+  expect(a.shape).toEqual(b.shape);
+  const [x, y] = [await values(a), await values(b)];
+  let differing = 0;
+  for (let i = 0; i < x.length; i++) if (!Object.is(x[i], y[i])) differing++;
+  expect(differing).toBe(0);
+}
+
+describeWebGPU('WGSL programs against the portable path', () => {
+  let tensorsBefore = 0;
+  beforeAll(() => {
+    tensorsBefore = tf.memory().numTensors;
+  });
+  afterAll(() => {
+    // Every check disposes what it made: the programs leak nothing.
+    expect(tf.memory().numTensors).toBe(tensorsBefore);
+    setKernelMode('portable');
+  });
+
+  type Named = ConvCase & { name: string; tile?: ConvTile };
+  const convCases: Named[] = [
+    { name: '3x3 s1 odd spatial, vec4 channels', x: [1, 17, 23, 16], k: 3, cout: 20, stride: 1, pad: 1, relu: true },
+    { name: '3x3 s2 channels 5 -> 7 (padded to vec4)', x: [2, 19, 21, 5], k: 3, cout: 7, stride: 2, pad: 1, relu: false },
+    { name: '7x7 s2 stem, RGB input', x: [1, 37, 29, 3], k: 7, cout: 64, stride: 2, pad: 3, relu: true },
+    { name: '1x1 s2 downsample', x: [2, 13, 11, 64], k: 1, cout: 36, stride: 2, pad: 0, relu: false },
+    { name: '1x1 + upsampled residual (FPN), even', x: [2, 10, 12, 32], k: 1, cout: 24, stride: 1, pad: 0, relu: false, residual: 'upsample' },
+    { name: '1x1 + upsampled residual, odd', x: [1, 11, 7, 64], k: 1, cout: 32, stride: 1, pad: 0, relu: false, residual: 'upsample' },
+    { name: '3x3 + residual + relu (ResNet block)', x: [2, 15, 9, 48], k: 3, cout: 48, stride: 1, pad: 1, relu: true, residual: 'same' },
+    { name: 'one-pixel map, batch 3', x: [3, 1, 1, 8], k: 3, cout: 12, stride: 1, pad: 1, relu: true },
+    { name: 'one-row map + residual', x: [2, 1, 9, 16], k: 3, cout: 16, stride: 1, pad: 1, relu: false, residual: 'same' },
+    { name: '1x1 256 -> 15 (RPN predictor, padded)', x: [2, 13, 17, 256], k: 1, cout: 15, stride: 1, pad: 0, relu: false },
+    { name: 'tile 128x128, partial', x: [1, 5, 7, 256], k: 3, cout: 256, stride: 1, pad: 1, relu: true, tile: { bm: 128, bn: 128 } },
+    { name: 'tile 128x64, cout 200', x: [1, 7, 9, 128], k: 3, cout: 200, stride: 1, pad: 1, relu: true, tile: { bm: 128, bn: 64 } },
+    { name: 'tile 64x64 s2', x: [2, 9, 7, 128], k: 3, cout: 72, stride: 2, pad: 1, relu: false, tile: { bm: 64, bn: 64 } },
+    { name: 'tile 128x128 bk 32', x: [1, 6, 5, 64], k: 3, cout: 128, stride: 1, pad: 1, relu: false, tile: { bm: 128, bn: 128, bk: 32 } },
+  ];
+
+  describe('conv2dFused (implicit GEMM)', () => {
+    it.each(convCases.map((c, i) => [c.name, c, i] as const))('%s', async (_name, c, i) => {
+      const d = convData(c, 100 * i + 1);
+      const t = convTensors(c, d);
+      poisonPool(convOutShape(c));
+      const fused = conv2dFused(t.x, t.w, t.b, t.opts, c.tile);
+      const stock = conv2dPortable(t.x, t.w, t.b, t.opts);
+      expect(fused.shape).toEqual(convOutShape(c));
+      const got = await values(fused);
+      expectFinite(got);
+      expect(relErr(got, await values(stock))).toBeLessThan(REL_TOL);
+      expect(relErr(got, convReference64(c, d))).toBeLessThan(REL_TOL);
+      if (c.x[0] > 1) {
+        // The last image alone gives exactly its slice of the batch.
+        const last = c.x[0] - 1;
+        const res = t.opts.residual && imageOf(t.opts.residual, last);
+        const x1 = imageOf(t.x, last);
+        const single = conv2dFused(x1, t.w, t.b, { ...t.opts, residual: res }, c.tile);
+        const inBatch = imageOf(fused, last);
+        await expectBitEqual(single, inBatch);
+        tf.dispose([x1, single, inBatch, ...(res ? [res] : [])]);
+      }
+      tf.dispose([fused, stock]);
+      disposeConv(t);
+    });
+
+    it('the check fails on a wrong answer (a filter with swapped taps)', async () => {
+      const c = convCases[0];
+      const d = convData(c, 1);
+      const t = convTensors(c, d);
+      const flipped = tf.reverse(t.w, [0, 1]) as tf.Tensor4D;
+      const wrong = conv2dFused(t.x, flipped, t.b, t.opts);
+      expect(relErr(await values(wrong), convReference64(c, d))).toBeGreaterThan(1e-2);
+      tf.dispose([flipped, wrong]);
+      disposeConv(t);
+    });
+  });
+
+  describe('linearFused (the conv kernel as a GEMM)', () => {
+    it.each([
+      [37, 144, 70, true],
+      [1, 100, 20, false],
+      [333, 260, 12, false],
+    ] as [number, number, number, boolean][])('%i x %i @ %i x ..., relu %s', async (m, k, n, relu) => {
+      const x = tf.tensor2d(lcgValues(m * k, m + k), [m, k]);
+      const w = tf.tensor2d(lcgValues(k * n, k + n).map((v) => v * Math.sqrt(6 / k)), [k, n]);
+      const b = tf.tensor1d(lcgValues(n, n).map((v) => v * 0.1));
+      poisonPool([m, n]);
+      const fused = linearFused(x, w, b, relu);
+      const stock = linearPortable(x, w, b, relu);
+      const got = await values(fused);
+      expectFinite(got);
+      expect(relErr(got, await values(stock))).toBeLessThan(REL_TOL);
+      tf.dispose([x, w, b, fused, stock]);
+    });
+  });
+
+  describe.each([true, false])('conv2dWinograd F(2x2, 3x3), input transform fused into the GEMM: %s', (fusedInput) => {
+    const saved = winogradSettings();
+    beforeAll(() => setWinograd({ fusedInput }));
+    afterAll(() => setWinograd(saved));
+
+    const winoCases: Named[] = [
+      { name: 'odd spatial 17x23', x: [1, 17, 23, 64], k: 3, cout: 20, stride: 1, pad: 1, relu: true },
+      { name: 'batch 3', x: [3, 9, 14, 64], k: 3, cout: 64, stride: 1, pad: 1, relu: true },
+      { name: '+ residual', x: [2, 15, 9, 64], k: 3, cout: 64, stride: 1, pad: 1, relu: true, residual: 'same' },
+      { name: 'one row', x: [2, 1, 5, 128], k: 3, cout: 12, stride: 1, pad: 1, relu: false },
+      { name: 'one pixel', x: [2, 1, 1, 64], k: 3, cout: 8, stride: 1, pad: 1, relu: true },
+      { name: 'tile 64x64, one column', x: [2, 7, 1, 64], k: 3, cout: 64, stride: 1, pad: 1, relu: false, tile: { bm: 64, bn: 64 } },
+    ];
+
+    it.each(winoCases.map((c, i) => [c.name, c, i] as const))('%s: equals the direct kernel and float64; batch == single; chunks == whole', async (_name, c, i) => {
+      const d = convData(c, 1000 * i + 7);
+      const t = convTensors(c, d);
+      const u = winogradFilter(t.w);
+      poisonPool(convOutShape(c));
+      const wino = conv2dWinograd(t.x, u, t.b, t.opts, c.tile);
+      const direct = conv2dFused(t.x, t.w, t.b, t.opts);
+      const got = await values(wino);
+      expectFinite(got);
+      expect(relErr(got, await values(direct))).toBeLessThan(REL_TOL);
+      expect(relErr(got, convReference64(c, d))).toBeLessThan(REL_TOL);
+      const [n, h, w] = c.x;
+      if (n > 1) {
+        const last = n - 1;
+        const res = t.opts.residual && imageOf(t.opts.residual, last);
+        const x1 = imageOf(t.x, last);
+        const single = conv2dWinograd(x1, u, t.b, { ...t.opts, residual: res }, c.tile);
+        const inBatch = imageOf(wino, last);
+        await expectBitEqual(single, inBatch);
+        // A buffer limit of one image's transformed tiles: the batch runs image by image.
+        const oneImage = 16 * Math.ceil(h / 2) * Math.ceil(w / 2) * Math.max(c.x[3], c.cout) * 4;
+        const chunked = conv2dWinograd(t.x, u, t.b, t.opts, c.tile, oneImage);
+        await expectBitEqual(chunked, wino);
+        tf.dispose([x1, single, inBatch, chunked, ...(res ? [res] : [])]);
+      }
+      tf.dispose([u, wino, direct]);
+      disposeConv(t);
+    });
+  });
+
+  describe('roiAlignFused (multi-scale RoIAlign, one dispatch)', () => {
+    // Batches whose images have different own sizes (smaller than the padded batch maps), boxes of
+    // all sizes: past the map edge, degenerate (zero width or height), on one-pixel maps.
+    const SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32];
+    const roiCases: [string, Size[], number, number][] = [
+      ['one image 96x160, C 8', [[96, 160]], 8, 37],
+      ['three mixed sizes, C 12', [[96, 128], [64, 96], [32, 32]], 12, 101],
+      ['one-pixel coarsest maps, C 4', [[32, 64], [32, 32]], 4, 29],
+    ];
+
+    function roiCase(own: Size[], channels: number, rois: number, seed: number): RoiCase {
+      const batchH = Math.max(...own.map((s) => s[0]));
+      const batchW = Math.max(...own.map((s) => s[1]));
+      const maps = SCALES.map((s) => [Math.ceil(batchH * s), Math.ceil(batchW * s)] as [number, number]);
+      const r = lcgValues(rois * 5, seed).map((v) => (v + 1) / 2);
+      const scaledBoxes = new Float32Array(rois * 4);
+      const meta = new Int32Array(rois * 4);
+      for (let k = 0; k < rois; k++) {
+        const b = k % own.length;
+        const [ih, iw] = own[b];
+        const level = Math.floor(r[k * 5] * 4);
+        const s = SCALES[level];
+        const bw = k % 17 === 0 ? 0 : Math.exp(r[k * 5 + 1] * Math.log(iw * 0.9));
+        const bh = k % 13 === 0 ? 0 : Math.exp(r[k * 5 + 2] * Math.log(ih * 0.9));
+        const x1 = r[k * 5 + 3] * iw * 1.05 - 8;
+        const y1 = r[k * 5 + 4] * ih * 1.05 - 8;
+        scaledBoxes.set([x1, y1, x1 + bw, y1 + bh].map((v) => Math.fround(Math.fround(v) * s)), k * 4);
+        meta.set([b, level, Math.ceil(ih * s), Math.ceil(iw * s)], k * 4);
+      }
+      return { channels, maps, scaledBoxes, meta };
+    }
+
+    it.each(roiCases.map((c, i) => [...c, i] as const))('%s equals torchvision roi_align in float64', async (_name, own, channels, rois, i) => {
+      const rc = roiCase(own, channels, rois, 31 * i + 5);
+      const featData = rc.maps.map(([h, w], l) => lcgValues(own.length * h * w * channels, 77 * i + l));
+      const feats = featData.map((d, l) => tf.tensor4d(d, [own.length, rc.maps[l][0], rc.maps[l][1], channels]));
+      poisonPool([rois, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, channels]);
+      const fused = roiAlignFused(feats, { scaledBoxes: rc.scaledBoxes, meta: rc.meta }, ROI_OUTPUT_SIZE, ROI_SAMPLING_RATIO);
+      expect(fused.shape).toEqual([rois, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, channels]);
+      const got = await values(fused);
+      expectFinite(got);
+      expect(relErr(got, roiAlignReference64(featData, rc, ROI_OUTPUT_SIZE, ROI_SAMPLING_RATIO))).toBeLessThan(REL_TOL);
+      tf.dispose([...feats, fused]);
+    });
+
+    it('through multiScaleRoIAlign: equals the host path (torch-exact, as on wasm) on a mixed-size batch', async () => {
+      // Resized image sizes and their own padded sizes; the batch is padded to the largest.
+      const imageSizes: Size[] = [[150, 97], [61, 160], [20, 31]];
+      const paddedSizes = imageSizes.map(paddedSize);
+      const batch: Size = [Math.max(...paddedSizes.map((s) => s[0])), Math.max(...paddedSizes.map((s) => s[1]))];
+      const channels = 16;
+      const feats = [4, 8, 16, 32].map((s, l) => tf.tensor4d(lcgValues(3 * (batch[0] / s) * (batch[1] / s) * channels, 500 + l), [3, batch[0] / s, batch[1] / s, channels]));
+      const boxes = imageSizes.map(([h, w], b) => {
+        const r = lcgValues(4 * 25, 900 + b).map((v) => (v + 1) / 2);
+        const out = new Float32Array(4 * 25);
+        for (let k = 0; k < 25; k++) {
+          const [x1, y1] = [r[4 * k] * w * 0.9, r[4 * k + 1] * h * 0.9];
+          out.set([x1, y1, x1 + 1 + r[4 * k + 2] * (w - x1), y1 + 1 + r[4 * k + 3] * (h - y1)], 4 * k);
+        }
+        return out;
+      });
+      setKernelMode('webgpu');
+      const gpu = await multiScaleRoIAlign(feats, boxes, imageSizes, paddedSizes, 'webgpu');
+      setKernelMode('portable');
+      const host = await multiScaleRoIAlign(feats, boxes, imageSizes, paddedSizes, 'host');
+      expect(gpu.shape).toEqual([75, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, channels]);
+      expect(relErr(await values(gpu), await values(host))).toBeLessThan(REL_TOL);
+      tf.dispose([...feats, gpu, host]);
+    });
+  });
+
+  describe('normalizeResizePadBatchWebGPU (input transform of a batch)', () => {
+    async function expectLikeHost(images: tf.Tensor3D[], minSize: number, maxSize: number): Promise<void> {
+      setKernelMode('portable');
+      const host = prepareBatch(images, minSize, maxSize);
+      setKernelMode('webgpu');
+      const gpu = prepareBatch(images, minSize, maxSize);
+      setKernelMode('portable');
+      expect(gpu.images.shape).toEqual(host.images.shape);
+      expect(gpu.imageSizes).toEqual(host.imageSizes);
+      const [g, h] = [await values(gpu.images), await values(host.images)];
+      expectFinite(g);
+      // Blending in float32 with fma where the host rounds a float64 sum once: ulps apart.
+      let maxAbs = 0;
+      for (let i = 0; i < h.length; i++) maxAbs = Math.max(maxAbs, Math.abs(g[i] - h[i]));
+      expect(maxAbs).toBeLessThan(1e-5);
+      expect(relErr(g, h)).toBeLessThan(1e-6);
+      tf.dispose([gpu.images, host.images]);
+    }
+
+    it('real images of four sizes (RGB, gray, RGBA sources) in one batch', async () => {
+      const names = ['teaser.png', 'portrait_1.png', 'gray_1.png', 'rgba_1.png'];
+      const images = await Promise.all(names.map((n) => decodeImage(imagePath(n))));
+      poisonPool([4, 288, 288, 3]);
+      await expectLikeHost(images, 160, 288);
+      tf.dispose(images);
+    });
+
+    it('one pixel, one row, odd widths, and non-byte float pixels', async () => {
+      const shapes: [number, number][] = [[1, 1], [1, 7], [5, 3], [9, 1]];
+      const images = shapes.map(([h, w], i) => {
+        const v = lcgValues(h * w * 3, 40 + i).map((x) => Math.round((x + 1) * 127.5));
+        return tf.tensor3d(v, [h, w, 3], 'int32');
+      });
+      // Values between bytes take the computed branch of the shader instead of the table.
+      images.push(tf.tensor3d(lcgValues(6 * 11 * 3, 49).map((x) => (x + 1) * 127.4 + 0.3), [6, 11, 3], 'float32'));
+      await expectLikeHost(images, 32, 64);
+      tf.dispose(images);
+    });
+
+    it('rejects mismatched taps instead of reading past them', () => {
+      const img = tf.zeros([2, 2, 3]) as tf.Tensor3D;
+      expect(() => normalizeResizePadBatchWebGPU([img], [], [], [32, 32], new Float32Array(774))).toThrow(/one y and one x tap set per image/);
+      img.dispose();
+    });
+  });
+});
