@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { ModuleLoader, nodeModuleLoader, selectBackend } from '../../src/backend';
-import { setKernelMode } from '../../src/webgpu';
+import { setKernelMode, useGpuPool } from '../../src/webgpu';
 
 interface Probe {
   ok: boolean;
@@ -31,9 +31,13 @@ const dawnLoader: ModuleLoader = {
   load: (name) => (name === 'webgpu' && g.__loadDawn ? g.__loadDawn() : nodeModuleLoader.load(name)),
 };
 
-/** Makes the webgpu backend active, with the stock ops (kernel mode 'portable'). */
+/**
+ * Makes the webgpu backend active, with the stock ops (kernel mode 'portable') and the buffer
+ * pool that `Img2Pose.load` sets up (size classes, readback of the asked size, writeBuffer uploads).
+ */
 export async function startWebGPU(): Promise<void> {
   if (tf.getBackend() !== 'webgpu') await selectBackend('webgpu', dawnLoader);
+  useGpuPool();
   setKernelMode('portable');
 }
 
