@@ -20,6 +20,7 @@ import * as tf from '@tensorflow/tfjs';
 import { InputError, OptionError, describeValue } from './errors';
 import { ImageInput, RawImage, decodeBitmap, decodeImage } from './io';
 import { projectPoints } from './pose';
+import { encodePng } from './visualize';
 
 export type AlignSize = 112 | 224;
 export const ALIGN_SIZES: readonly AlignSize[] = [112, 224];
@@ -186,7 +187,7 @@ export function alignmentTemplate(index: number, size: AlignSize): Float64Array 
  * the smallest sum of point distances between the transformed landmarks and the template.
  */
 export function fitTemplate(landmarks: ArrayLike<number>, size: AlignSize): { transform: Float32Array; template: number } {
-  let best = new Float32Array(6);
+  let best: Float32Array = new Float32Array(6);
   let bestIndex = 0;
   let bestError = Infinity;
   for (let t = 0; t < TEMPLATE_COUNT; t++) {
@@ -327,10 +328,36 @@ export function warpAffine(src: Rgb8Image, m: ArrayLike<number>, size: number, o
  */
 export async function alignFaces(image: ImageInput, faces: readonly PosedFace[], options?: AlignOptions): Promise<AlignedFace[]> {
   const size = alignSizeOf(options);
-  const poses = checkPoses(faces, 'faces');
+  return alignChecked(image, checkPoses(faces, 'faces'), size);
+}
+
+/**
+ * `alignFaces` with the poses already checked (`checkPoses`). `index` locates the image in a
+ * caller's list and `name` names its face list, for errors.
+ */
+export async function alignChecked(
+  image: ImageInput,
+  poses: readonly Float32Array[],
+  size: AlignSize,
+  index?: number,
+  name = 'faces',
+): Promise<AlignedFace[]> {
   if (poses.length === 0) return [];
-  const rgb = await decodeRgb8(image);
-  return alignPoses(rgb, poses, size, (k) => `faces[${k}].pose`);
+  const rgb = await decodeRgb8(image, index);
+  return alignPoses(rgb, poses, size, (k) => `${name}[${k}].pose`, index);
+}
+
+/** A crop (or any packed RGB image) as PNG file bytes. */
+export async function cropToPng(image: { data: Uint8Array; width: number; height: number }): Promise<Buffer> {
+  const { width, height, data } = image;
+  const rgba = new Uint8Array(width * height * 4);
+  for (let p = 0, s = 0, o = 0; p < width * height; p++, s += 3, o += 4) {
+    rgba[o] = data[s];
+    rgba[o + 1] = data[s + 1];
+    rgba[o + 2] = data[s + 2];
+    rgba[o + 3] = 255;
+  }
+  return encodePng({ width, height, data: rgba });
 }
 
 /**
