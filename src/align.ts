@@ -237,7 +237,7 @@ export function cvRound(v: number): number {
   if (!(v >= -2147483648.5 && v < 2147483647.5)) return INT_MIN;
   let r = Math.round(v);
   if (r - v === 0.5 && r % 2 !== 0) r -= 1;
-  return r;
+  return r | 0;
 }
 
 function saturateShort(v: number): number {
