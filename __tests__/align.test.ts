@@ -274,7 +274,7 @@ describe('alignFaces: inputs, options, errors', () => {
   const PORTRAIT = path.join(FIXTURES, 'golden', 'portrait_1.png');
   const portrait = rgbOfPng(PORTRAIT);
   const randomPoses = npy(EXTRA, 'faces_112.poses.npy');
-  const faces = [0, 1].map((k) => ({ pose: Array.from(randomPoses.data.subarray(k * 6, k * 6 + 6)) }));
+  const faces = [0, 2].map((k) => ({ pose: Array.from(randomPoses.data.subarray(k * 6, k * 6 + 6)) }));
   let expected: Uint8Array[];
 
   beforeAll(async () => {
