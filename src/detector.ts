@@ -413,7 +413,7 @@ export class Img2Pose {
   // --- alignment (upstream align_faces, align_faces_batch, detect_and_align) -----------------
 
   /** `alignFaces` (src/align.ts): needs no network, only each face's pose. */
-  alignFaces(image: ImageInput, faces: readonly PosedFace[], options?: AlignOptions): Promise<AlignedFace[]> {
+  async alignFaces(image: ImageInput, faces: readonly PosedFace[], options?: AlignOptions): Promise<AlignedFace[]> {
     this.assertAlive();
     return alignFaces(image, faces, options);
   }
