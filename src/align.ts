@@ -273,8 +273,15 @@ export function warpAffine(src: Rgb8Image, m: ArrayLike<number>, size: number, o
     adelta[x] = cvRound(m0 * x * AB_SCALE);
     bdelta[x] = cvRound(m3 * x * AB_SCALE);
   }
-  const { data: s, width, height } = src;
+  const { width, height } = src;
+  // A monomorphic Uint8Array view keeps the hot loop's loads fast.
+  const s = src.data instanceof Uint8Array ? src.data : new Uint8Array(src.data.buffer, src.data.byteOffset, src.data.length);
   const stride = width * 3;
+  // Pixels whose four taps are inside; OpenCV stores positions as int16, so beyond 32767 the
+  // slow path's saturation applies (images that wide are refused by OpenCV anyway).
+  const xLim = Math.min(width - 1, 32767);
+  const yLim = Math.min(height - 1, 32767);
+  const wtab = bilinearTable();
   let o = 0;
   for (let y = 0; y < size; y++) {
     const x0 = (cvRound((m1 * y + m2) * AB_SCALE) + ROUND_DELTA) | 0;
@@ -282,39 +289,71 @@ export function warpAffine(src: Rgb8Image, m: ArrayLike<number>, size: number, o
     for (let x = 0; x < size; x++, o += 3) {
       const X = ((x0 + adelta[x]) | 0) >> (AB_BITS - INTER_BITS);
       const Y = ((y0 + bdelta[x]) | 0) >> (AB_BITS - INTER_BITS);
-      const sx = saturateShort(X >> INTER_BITS);
-      const sy = saturateShort(Y >> INTER_BITS);
-      const fx = X & (INTER_TAB_SIZE - 1);
-      const fy = Y & (INTER_TAB_SIZE - 1);
-      // (1 - fx/32)(1 - fy/32) * 2^15 = (32 - fx)(32 - fy) * 32, and so on: exact integers.
-      const w00 = (INTER_TAB_SIZE - fx) * (INTER_TAB_SIZE - fy) * 32;
-      const w01 = fx * (INTER_TAB_SIZE - fy) * 32;
-      const w10 = (INTER_TAB_SIZE - fx) * fy * 32;
-      const w11 = fx * fy * 32;
-      if (sx >= 0 && sx < width - 1 && sy >= 0 && sy < height - 1) {
+      const sx = X >> INTER_BITS;
+      const sy = Y >> INTER_BITS;
+      if (sx >>> 0 < xLim && sy >>> 0 < yLim) {
+        const w = (((Y & (INTER_TAB_SIZE - 1)) << INTER_BITS) | (X & (INTER_TAB_SIZE - 1))) << 2;
+        const w00 = wtab[w], w01 = wtab[w + 1], w10 = wtab[w + 2], w11 = wtab[w + 3];
         const p = sy * stride + sx * 3;
         const q = p + stride;
         out[o] = (s[p] * w00 + s[p + 3] * w01 + s[q] * w10 + s[q + 3] * w11 + COEF_ROUND) >> COEF_BITS;
         out[o + 1] = (s[p + 1] * w00 + s[p + 4] * w01 + s[q + 1] * w10 + s[q + 4] * w11 + COEF_ROUND) >> COEF_BITS;
         out[o + 2] = (s[p + 2] * w00 + s[p + 5] * w01 + s[q + 2] * w10 + s[q + 5] * w11 + COEF_ROUND) >> COEF_BITS;
-      } else if (sx >= width || sx + 1 < 0 || sy >= height || sy + 1 < 0) {
-        out[o] = out[o + 1] = out[o + 2] = 0;
       } else {
-        // Straddling the border: taps outside read the border value 0.
-        const in0x = sx >= 0, in1x = sx + 1 < width, in0y = sy >= 0, in1y = sy + 1 < height;
-        const p = sy * stride + sx * 3;
-        const q = p + stride;
-        for (let c = 0; c < 3; c++) {
-          const v00 = in0x && in0y ? s[p + c] : 0;
-          const v01 = in1x && in0y ? s[p + 3 + c] : 0;
-          const v10 = in0x && in1y ? s[q + c] : 0;
-          const v11 = in1x && in1y ? s[q + 3 + c] : 0;
-          out[o + c] = (v00 * w00 + v01 * w01 + v10 * w10 + v11 * w11 + COEF_ROUND) >> COEF_BITS;
-        }
+        borderPixel(s, width, height, X, Y, wtab, out, o);
       }
     }
   }
   return out;
+}
+
+/**
+ * A pixel with a tap outside the image (or a position saturated to int16): OpenCV's border
+ * path, where taps outside read the border value 0 and a pixel with all taps outside is 0.
+ */
+function borderPixel(s: Uint8Array, width: number, height: number, X: number, Y: number, wtab: Int32Array, out: Uint8Array, o: number): void {
+  const sx = saturateShort(X >> INTER_BITS);
+  const sy = saturateShort(Y >> INTER_BITS);
+  if (sx >= width || sx + 1 < 0 || sy >= height || sy + 1 < 0) {
+    out[o] = out[o + 1] = out[o + 2] = 0;
+    return;
+  }
+  const w = (((Y & (INTER_TAB_SIZE - 1)) << INTER_BITS) | (X & (INTER_TAB_SIZE - 1))) << 2;
+  const in0x = sx >= 0, in1x = sx + 1 < width, in0y = sy >= 0, in1y = sy + 1 < height;
+  const p = sy * width * 3 + sx * 3;
+  const q = p + width * 3;
+  for (let c = 0; c < 3; c++) {
+    const v00 = in0x && in0y ? s[p + c] : 0;
+    const v01 = in1x && in0y ? s[p + 3 + c] : 0;
+    const v10 = in0x && in1y ? s[q + c] : 0;
+    const v11 = in1x && in1y ? s[q + 3 + c] : 0;
+    out[o + c] = (v00 * wtab[w] + v01 * wtab[w + 1] + v10 * wtab[w + 2] + v11 * wtab[w + 3] + COEF_ROUND) >> COEF_BITS;
+  }
+}
+
+let bilinearWeights: Int32Array | undefined;
+
+/**
+ * OpenCV's fixed-point bilinear weights (`initInterTab2D`) for the 32 x 32 sub-pixel positions,
+ * 4 per position: (1 - fx)(1 - fy), fx (1 - fy), (1 - fx) fy, fx fy, times 2^15. They are exact
+ * integers summing to 2^15. (OpenCV's table saturates the (0, 0) entry to 32767 and adds 1 to
+ * another tap; with 8-bit samples the rounded result is the same.)
+ */
+function bilinearTable(): Int32Array {
+  if (bilinearWeights) return bilinearWeights;
+  const t = new Int32Array(INTER_TAB_SIZE * INTER_TAB_SIZE * 4);
+  for (let fy = 0; fy < INTER_TAB_SIZE; fy++) {
+    for (let fx = 0; fx < INTER_TAB_SIZE; fx++) {
+      const i = ((fy << INTER_BITS) | fx) << 2;
+      const scale = (1 << COEF_BITS) / (INTER_TAB_SIZE * INTER_TAB_SIZE);
+      t[i] = (INTER_TAB_SIZE - fx) * (INTER_TAB_SIZE - fy) * scale;
+      t[i + 1] = fx * (INTER_TAB_SIZE - fy) * scale;
+      t[i + 2] = (INTER_TAB_SIZE - fx) * fy * scale;
+      t[i + 3] = fx * fy * scale;
+    }
+  }
+  bilinearWeights = t;
+  return t;
 }
 
 // --- the public call -------------------------------------------------------------------------------
