@@ -225,8 +225,15 @@ const INTER_TAB_SIZE = 1 << INTER_BITS;
 const AB_BITS = 10;
 const AB_SCALE = 1 << AB_BITS;
 const ROUND_DELTA = AB_SCALE / INTER_TAB_SIZE / 2;
-const COEF_BITS = 15;
-const COEF_ROUND = 1 << (COEF_BITS - 1);
+/**
+ * OpenCV's bilinear weights (`initInterTab2D`, 15 fractional bits) are (32 - fx)(32 - fy) * 32,
+ * fx (32 - fy) * 32, (32 - fx) fy * 32 and fx fy * 32 for the 1/32-pixel fraction (fx, fy): exact
+ * integers summing to 2^15. So (sum + 2^14) >> 15 equals, exactly, the separable form
+ * ((p00 (32 - fx) + p01 fx)(32 - fy) + (p10 (32 - fx) + p11 fx) fy + 2^9) >> 10, which needs fewer
+ * multiplications. (OpenCV's table saturates the fx = fy = 0 entry to 32767 and gives the spare 1
+ * to p11; with 8-bit samples that rounds to the same p00.)
+ */
+const ROUND_10 = 1 << 9;
 const INT_MIN = -2147483648;
 
 /**
@@ -249,8 +256,9 @@ function saturateShort(v: number): number {
  * OpenCV 4.x computes it: `m` (2x3, source -> destination) is inverted in float64; for output
  * pixel (x, y) the source position is cvRound(m0 x 1024) + cvRound((m1 y + m2) 1024) + 16 (int32),
  * shifted right by 5 to 1/32 pixel; its integer part picks the 2x2 taps and its fraction the
- * integer weights (1 - fx)(1 - fy) 2^15 ..., and the pixel is (sum + 2^14) >> 15. Taps outside
- * the image read 0, so pixels along the border blend with black.
+ * integer weights (1 - fx)(1 - fy) 2^15 ..., and the pixel is (sum + 2^14) >> 15 (computed in the
+ * equivalent separable form, see ROUND_10). Taps outside the image read 0, so pixels along the
+ * border blend with black.
  */
 export function warpAffine(src: Rgb8Image, m: ArrayLike<number>, size: number, out = new Uint8Array(size * size * 3)): Uint8Array {
   // Inverse map, in OpenCV's operation order.
@@ -281,7 +289,6 @@ export function warpAffine(src: Rgb8Image, m: ArrayLike<number>, size: number, o
   // slow path's saturation applies (images that wide are refused by OpenCV anyway).
   const xLim = Math.min(width - 1, 32767);
   const yLim = Math.min(height - 1, 32767);
-  const wtab = bilinearTable();
   let o = 0;
   for (let y = 0; y < size; y++) {
     const x0 = (cvRound((m1 * y + m2) * AB_SCALE) + ROUND_DELTA) | 0;
@@ -292,15 +299,15 @@ export function warpAffine(src: Rgb8Image, m: ArrayLike<number>, size: number, o
       const sx = X >> INTER_BITS;
       const sy = Y >> INTER_BITS;
       if (sx >>> 0 < xLim && sy >>> 0 < yLim) {
-        const w = (((Y & (INTER_TAB_SIZE - 1)) << INTER_BITS) | (X & (INTER_TAB_SIZE - 1))) << 2;
-        const w00 = wtab[w], w01 = wtab[w + 1], w10 = wtab[w + 2], w11 = wtab[w + 3];
+        const fx = X & (INTER_TAB_SIZE - 1), ix = INTER_TAB_SIZE - fx;
+        const fy = Y & (INTER_TAB_SIZE - 1), iy = INTER_TAB_SIZE - fy;
         const p = sy * stride + sx * 3;
         const q = p + stride;
-        out[o] = (s[p] * w00 + s[p + 3] * w01 + s[q] * w10 + s[q + 3] * w11 + COEF_ROUND) >> COEF_BITS;
-        out[o + 1] = (s[p + 1] * w00 + s[p + 4] * w01 + s[q + 1] * w10 + s[q + 4] * w11 + COEF_ROUND) >> COEF_BITS;
-        out[o + 2] = (s[p + 2] * w00 + s[p + 5] * w01 + s[q + 2] * w10 + s[q + 5] * w11 + COEF_ROUND) >> COEF_BITS;
+        out[o] = ((s[p] * ix + s[p + 3] * fx) * iy + (s[q] * ix + s[q + 3] * fx) * fy + ROUND_10) >> 10;
+        out[o + 1] = ((s[p + 1] * ix + s[p + 4] * fx) * iy + (s[q + 1] * ix + s[q + 4] * fx) * fy + ROUND_10) >> 10;
+        out[o + 2] = ((s[p + 2] * ix + s[p + 5] * fx) * iy + (s[q + 2] * ix + s[q + 5] * fx) * fy + ROUND_10) >> 10;
       } else {
-        borderPixel(s, width, height, X, Y, wtab, out, o);
+        borderPixel(s, width, height, X, Y, out, o);
       }
     }
   }
@@ -311,14 +318,15 @@ export function warpAffine(src: Rgb8Image, m: ArrayLike<number>, size: number, o
  * A pixel with a tap outside the image (or a position saturated to int16): OpenCV's border
  * path, where taps outside read the border value 0 and a pixel with all taps outside is 0.
  */
-function borderPixel(s: Uint8Array, width: number, height: number, X: number, Y: number, wtab: Int32Array, out: Uint8Array, o: number): void {
+function borderPixel(s: Uint8Array, width: number, height: number, X: number, Y: number, out: Uint8Array, o: number): void {
   const sx = saturateShort(X >> INTER_BITS);
   const sy = saturateShort(Y >> INTER_BITS);
   if (sx >= width || sx + 1 < 0 || sy >= height || sy + 1 < 0) {
     out[o] = out[o + 1] = out[o + 2] = 0;
     return;
   }
-  const w = (((Y & (INTER_TAB_SIZE - 1)) << INTER_BITS) | (X & (INTER_TAB_SIZE - 1))) << 2;
+  const fx = X & (INTER_TAB_SIZE - 1), ix = INTER_TAB_SIZE - fx;
+  const fy = Y & (INTER_TAB_SIZE - 1), iy = INTER_TAB_SIZE - fy;
   const in0x = sx >= 0, in1x = sx + 1 < width, in0y = sy >= 0, in1y = sy + 1 < height;
   const p = sy * width * 3 + sx * 3;
   const q = p + width * 3;
@@ -327,33 +335,8 @@ function borderPixel(s: Uint8Array, width: number, height: number, X: number, Y:
     const v01 = in1x && in0y ? s[p + 3 + c] : 0;
     const v10 = in0x && in1y ? s[q + c] : 0;
     const v11 = in1x && in1y ? s[q + 3 + c] : 0;
-    out[o + c] = (v00 * wtab[w] + v01 * wtab[w + 1] + v10 * wtab[w + 2] + v11 * wtab[w + 3] + COEF_ROUND) >> COEF_BITS;
+    out[o + c] = ((v00 * ix + v01 * fx) * iy + (v10 * ix + v11 * fx) * fy + ROUND_10) >> 10;
   }
-}
-
-let bilinearWeights: Int32Array | undefined;
-
-/**
- * OpenCV's fixed-point bilinear weights (`initInterTab2D`) for the 32 x 32 sub-pixel positions,
- * 4 per position: (1 - fx)(1 - fy), fx (1 - fy), (1 - fx) fy, fx fy, times 2^15. They are exact
- * integers summing to 2^15. (OpenCV's table saturates the (0, 0) entry to 32767 and adds 1 to
- * another tap; with 8-bit samples the rounded result is the same.)
- */
-function bilinearTable(): Int32Array {
-  if (bilinearWeights) return bilinearWeights;
-  const t = new Int32Array(INTER_TAB_SIZE * INTER_TAB_SIZE * 4);
-  for (let fy = 0; fy < INTER_TAB_SIZE; fy++) {
-    for (let fx = 0; fx < INTER_TAB_SIZE; fx++) {
-      const i = ((fy << INTER_BITS) | fx) << 2;
-      const scale = (1 << COEF_BITS) / (INTER_TAB_SIZE * INTER_TAB_SIZE);
-      t[i] = (INTER_TAB_SIZE - fx) * (INTER_TAB_SIZE - fy) * scale;
-      t[i + 1] = fx * (INTER_TAB_SIZE - fy) * scale;
-      t[i + 2] = (INTER_TAB_SIZE - fx) * fy * scale;
-      t[i + 3] = fx * fy * scale;
-    }
-  }
-  bilinearWeights = t;
-  return t;
 }
 
 // --- the public call -------------------------------------------------------------------------------
