@@ -336,6 +336,7 @@ describe('alignFaces: inputs, options, errors', () => {
     ['7 values', [0, 0, 0, 0, 0, 10, 1], /faces\[1\]\.pose.*7 values/],
     ['strings', ['0', 0, 0, 0, 0, 10], /faces\[1\]\.pose/],
     ['missing', undefined, /faces\[1\]\.pose.*undefined/],
+    ['BigInts', new BigInt64Array(6), /faces\[1\]\.pose.*BigInt64Array/],
   ])('a pose with %s: InputError naming the face, before the image is read', async (_what, pose, message) => {
     const err = await alignFaces('/no/such/file.png', badPose(pose)).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(InputError);

@@ -440,16 +440,16 @@ export function checkPoses(faces: unknown, name: string, index?: number): Float3
     const pose = typeof face === 'object' && face !== null ? (face as { pose?: unknown }).pose : undefined;
     if (!isNumberList(pose)) return fail(face === null || typeof face !== 'object' ? describeValue(face) : describeValue(pose));
     if (pose.length !== 6) return fail(`${pose.length} values`);
-    const p32 = Float32Array.from(pose as ArrayLike<number>);
+    const p32 = Float32Array.from(pose);
     const bad = p32.findIndex((v) => !Number.isFinite(v));
     // A finite float64 beyond float32's range becomes infinite too: upstream would fail on it.
-    if (bad >= 0) return fail(`${describeValue((pose as ArrayLike<number>)[bad])} at position ${bad}`);
+    if (bad >= 0) return fail(`${describeValue(pose[bad])} at position ${bad}`);
     return p32;
   });
 }
 
-function isNumberList(v: unknown): v is ArrayLike<unknown> {
-  if (ArrayBuffer.isView(v) && !(v instanceof DataView)) return true;
+function isNumberList(v: unknown): v is ArrayLike<number> {
+  if (ArrayBuffer.isView(v) && !(v instanceof DataView)) return !(v instanceof BigInt64Array || v instanceof BigUint64Array);
   return Array.isArray(v) && v.every((x) => typeof x === 'number');
 }
 
