@@ -12,6 +12,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { SingleBar, Presets } from 'cli-progress';
 import { runConvert } from '../converter/cli';
 import { BACKEND_CHOICES, BackendChoice, selectBackend } from './backend';
+import { ALIGN_SIZES, AlignSize, cropToPng } from './align';
 import { DEFAULT_OPTIONS, Face, Img2Pose, LoadOptions } from './detector';
 import { InputError, OptionError } from './errors';
 import { formulaWeights } from './formula_weights';
@@ -45,7 +46,10 @@ export const PROGRESS_MIN_IMAGES = 8;
 class UsageError extends Error {}
 
 /** The result line of one image, as written to stdout / the --json file. */
-export type ImageResult = { image: string; faces: Face[] } | { image: string; error: string };
+export type ImageResult = { image: string; faces: CliFace[] } | { image: string; error: string };
+
+/** A face in the output; `crop` names its aligned crop file (with --align). */
+export type CliFace = Face & { crop?: string };
 
 /**
  * Runs the CLI on `argv` as `process.argv` gives it (node, script, args...) and resolves to the
@@ -129,6 +133,8 @@ function buildProgram(io: CliIO, setExit: (code: number) => void): Command {
     .option('--json <file>', 'write the results to this file as one JSON array, kept up to date as images finish (default: a JSON line per image on stdout)')
     .option('--draw <dir>', 'write each image with its detections drawn to <dir>/<name>.png (never over an existing file: <name>_2.png...)')
     .option('--draw-into-inputs', 'allow a --draw folder that holds input images (their drawings get new names)')
+    .option('--align <dir>', "write each face's aligned crop to <dir>/<name>.<k>.png (k: the face's index; never over an existing file)")
+    .option('--align-size <n>', 'aligned crop side: 112 or 224 (default 224)', alignSizeArg)
     .action(async (inputs: string[], opts: DetectCliOptions) => setExit(await detectCommand(inputs, opts, io)));
 
   program
@@ -174,6 +180,12 @@ function unitInterval(value: string): number {
   return n;
 }
 
+function alignSizeArg(value: string): AlignSize {
+  const n = Number(value.trim());
+  if (!ALIGN_SIZES.includes(n as AlignSize)) throw new InvalidArgumentError('expected 112 or 224.');
+  return n as AlignSize;
+}
+
 function maxFaces(value: string): number {
   if (value.trim() === '-1') return -1;
   try {
@@ -198,6 +210,8 @@ interface DetectCliOptions {
   json?: string;
   draw?: string;
   drawIntoInputs?: boolean;
+  align?: string;
+  alignSize?: AlignSize;
 }
 
 /**
@@ -235,6 +249,8 @@ async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO
   }
   // Outputs are checked before the model loads: a bad path must not cost a run's results.
   const drawNames = opts.draw ? await prepareDrawFolder(opts.draw, images, opts.drawIntoInputs === true) : undefined;
+  if (opts.alignSize !== undefined && !opts.align) throw new UsageError('--align-size needs --align <dir>');
+  const cropStems = opts.align ? await prepareAlignFolder(opts.align, images) : undefined;
   const json = opts.json ? JsonArrayFile.open(opts.json) : undefined;
 
   const loadOptions: LoadOptions = {
@@ -279,6 +295,14 @@ async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO
               } catch (e) {
                 failures++;
                 io.stderr(`img2pose: cannot draw ${image}: ${oneLine(messageOf(e))}\n`);
+              }
+            }
+            if (opts.align && cropStems) {
+              try {
+                result.faces = await writeCrops(detector, image, s.faces, opts.align, cropStems[start + i], opts.alignSize);
+              } catch (e) {
+                failures++;
+                io.stderr(`img2pose: cannot align ${image}: ${oneLine(messageOf(e))}\n`);
               }
             }
           } else {
@@ -332,6 +356,38 @@ async function prepareDrawFolder(dir: string, images: readonly string[], intoInp
     }
   }
   return uniqueOutputNames(images, '.png', await fs.promises.readdir(dir));
+}
+
+/**
+ * Creates the --align folder and picks each image's crop stem: crops are `<stem>.<k>.png`, and
+ * no stem is one whose crops are already in the folder or another image's (same-named images from
+ * different folders get `<name>_2`, ...). A folder holding input images is refused, as for --draw.
+ */
+async function prepareAlignFolder(dir: string, images: readonly string[]): Promise<string[]> {
+  try {
+    await fs.promises.mkdir(dir, { recursive: true });
+  } catch (e) {
+    throw new OutputPathError(dir, `cannot create the --align folder (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+  }
+  const inside = await inputsInFolder(dir, images);
+  if (inside.length > 0) {
+    throw new UsageError(
+      `the --align folder ${dir} holds input images (${inside.slice(0, 3).join(', ')}${inside.length > 3 ? ', ...' : ''}); choose another folder`,
+    );
+  }
+  // k has no dot, so the stem of `<stem>.<k>.png` is everything before the last number.
+  const taken = (await fs.promises.readdir(dir)).flatMap((name) => /^(.*)\.\d+\.png$/i.exec(name)?.[1] ?? []);
+  return uniqueOutputNames(images, '', taken);
+}
+
+/** Aligns `faces` of `image` and writes `<dir>/<stem>.<k>.png`; the faces with their files. */
+async function writeCrops(detector: Img2Pose, image: string, faces: Face[], dir: string, stem: string, size?: AlignSize): Promise<CliFace[]> {
+  const crops = await detector.alignFaces(image, faces, { size });
+  const out: CliFace[] = [];
+  for (let k = 0; k < faces.length; k++) {
+    out.push({ ...faces[k], crop: await writeNewFile(dir, `${stem}.${k}.png`, await cropToPng(crops[k].image)) });
+  }
+  return out;
 }
 
 function progressBar(total: number, stdoutFree: boolean, io: CliIO): SingleBar | undefined {

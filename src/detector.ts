@@ -26,8 +26,9 @@ import {
   OptionError,
   WeightsError,
 } from './errors';
-import { DEFAULT_MAX_PIXELS, ImageInput, decodeImage } from './io';
+import { DEFAULT_MAX_PIXELS, ImageInput, RawImage, decodeImage } from './io';
 import { checkKnownKeys } from './options';
+import { AlignOptions, AlignSize, AlignedFace, PosedFace, Rgb8Image, alignChecked, alignFaces, alignPoses, alignSizeOf, checkPoses, decodeRgb8 } from './align';
 import { Img2PoseModel, ModelConfig, RawDetections } from './model';
 import { cores, workerScript } from './threads';
 import { ThreadedModel } from './threaded_model';
@@ -408,6 +409,116 @@ export class Img2Pose {
     checkMaxFaces(maxFaces);
     return { scoreThreshold, maxFaces };
   }
+
+  // --- alignment (upstream align_faces, align_faces_batch, detect_and_align) -----------------
+
+  /** `alignFaces` (src/align.ts): needs no network, only each face's pose. */
+  async alignFaces(image: ImageInput, faces: readonly PosedFace[], options?: AlignOptions): Promise<AlignedFace[]> {
+    this.assertAlive();
+    return alignFaces(image, faces, options);
+  }
+
+  /**
+   * `alignFaces` per image: `facesPerImage[i]` are the faces of `images[i]` (e.g. a list's
+   * `detectFaces` result). Sizes, lengths and poses are checked before any image is read; an
+   * image that cannot be read rejects with its `InputError` (its `index` says which).
+   */
+  async alignFacesBatch(
+    images: readonly ImageInput[],
+    facesPerImage: readonly (readonly PosedFace[])[],
+    options?: AlignOptions,
+  ): Promise<AlignedFace[][]> {
+    this.assertAlive();
+    const size = alignSizeOf(options);
+    if (!Array.isArray(images)) throw new OptionError('images', 'an array of image inputs', images);
+    if (!Array.isArray(facesPerImage) || facesPerImage.length !== images.length) {
+      throw new OptionError('facesPerImage', `an array of ${images.length} face lists, one per image`, facesPerImage);
+    }
+    const poses = facesPerImage.map((faces, i) => checkPoses(faces, `facesPerImage[${i}]`, i));
+    const out: AlignedFace[][] = [];
+    // One image decoded at a time: memory stays that of one image.
+    for (let i = 0; i < images.length; i++) {
+      out.push(await alignChecked(images[i], poses[i], size, i, `facesPerImage[${i}]`));
+    }
+    return out;
+  }
+
+  /**
+   * `detectFaces` then `alignFaces`, each image decoded once: every face with its `crop`. A list
+   * is processed `batchSize` images at a time and, like `detectFaces`, rejects with a
+   * `BatchError` (the other images' results included) when some images fail.
+   */
+  detectAndAlign(image: ImageInput, options?: DetectAlignOptions): Promise<AlignedDetection[]>;
+  detectAndAlign(images: readonly ImageInput[], options?: DetectAlignOptions): Promise<AlignedDetection[][]>;
+  async detectAndAlign(
+    images: ImageInput | readonly ImageInput[],
+    options?: DetectAlignOptions,
+  ): Promise<AlignedDetection[] | AlignedDetection[][]> {
+    this.assertAlive();
+    const { size, ...detect } = options ?? {};
+    const alignSize = alignSizeOf({ size });
+    this.filterFor(detect);
+    if (!Array.isArray(images)) {
+      // Tensors are taken at call time, as detectFaces does, so callers may dispose theirs at once.
+      const pending = take(images as ImageInput);
+      try {
+        const rgb = await decodeRgb8(pending.input);
+        const faces = await this.detectFaces(rgb.exact ? asRawImage(rgb) : pending.input, detect);
+        return withCrops(faces, rgb, alignSize);
+      } finally {
+        pending.owned?.dispose();
+      }
+    }
+    const pendings = (images as readonly ImageInput[]).map(take);
+    const results: (AlignedDetection[] | undefined)[] = new Array(pendings.length).fill(undefined);
+    const errors: IndexedError[] = [];
+    try {
+      for (let start = 0; start < pendings.length; start += this.options.batchSize) {
+        const chunk: { slot: number; rgb: Rgb8Image & { exact: boolean }; input: ImageInput }[] = [];
+        for (let slot = start; slot < Math.min(pendings.length, start + this.options.batchSize); slot++) {
+          const { input } = pendings[slot];
+          try {
+            chunk.push({ slot, rgb: await decodeRgb8(input, slot), input });
+          } catch (e) {
+            errors.push({ index: slot, error: asDetectionError(e, slot) });
+          }
+        }
+        // Detect on the decoded pixels when they are the input's own (no second decode).
+        const inputs = chunk.map(({ rgb, input }) => (rgb.exact ? asRawImage(rgb) : input));
+        const detections = inputs.length > 0 ? await this.detectFacesSettled(inputs, detect) : [];
+        chunk.forEach(({ slot, rgb }, k) => {
+          const s = detections[k];
+          try {
+            if (!s.ok) throw s.error;
+            results[slot] = withCrops(s.faces, rgb, alignSize, slot);
+          } catch (e) {
+            errors.push({ index: slot, error: asDetectionError(e, slot) });
+          }
+        });
+      }
+    } finally {
+      for (const p of pendings) p.owned?.dispose();
+    }
+    if (errors.length > 0) throw new BatchError<AlignedDetection[]>(results, errors.sort((a, b) => a.index - b.index));
+    return results as AlignedDetection[][];
+  }
+}
+
+/** `detectAndAlign`'s options: the detection filter and the crop size. */
+export interface DetectAlignOptions extends DetectOptions, AlignOptions {}
+
+/** A detected face with its aligned crop (upstream `detect_and_align`'s "image"). */
+export interface AlignedDetection extends Face {
+  crop: AlignedFace;
+}
+
+function withCrops(faces: Face[], rgb: Rgb8Image, size: AlignSize, index?: number): AlignedDetection[] {
+  const crops = alignPoses(rgb, checkPoses(faces, 'faces', index), size, undefined, index);
+  return faces.map((face, k) => ({ ...face, crop: crops[k] }));
+}
+
+function asRawImage(rgb: Rgb8Image): RawImage {
+  return { data: rgb.data, width: rgb.width, height: rgb.height, channels: 3 };
 }
 
 const CPU_BACKENDS = ['wasm', 'cpu'];

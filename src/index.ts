@@ -4,12 +4,15 @@
  *   const detector = await Img2Pose.load({ weights: 'img2pose-weights/' });
  *   const faces = await detector.detectFaces('photo.jpg');   // Face[]
  *   const all = await detector.detectFaces(['a.jpg', 'b.png']); // Face[][]
+ *   const crops = await alignFaces('photo.jpg', faces, { size: 112 }); // AlignedFace[]
  *   await detector.dispose();
  */
 export { Img2Pose, processPrediction, DEFAULT_OPTIONS, threadCount } from './detector';
 export type {
+  AlignedDetection,
   Box,
   DetectionModel,
+  DetectAlignOptions,
   DetectOptions,
   DetectorOptions,
   Face,
@@ -39,6 +42,12 @@ export type { BackendChoice, ModuleLoader } from './backend';
 
 export { loadWeights } from './weights_io';
 export type { LoadWeightsOptions } from './weights_io';
+
+export { alignFaces, cropToPng, ALIGN_SIZES } from './align';
+export type { AffineTransform, AlignedFace, AlignedImage, AlignOptions, AlignSize, PosedFace } from './align';
+
+export { poseToEuler } from './euler';
+export type { EulerAngles } from './euler';
 
 export { visualize } from './visualize';
 export type { DrawableFace, VisualizeImage, VisualizeOptions } from './visualize';
