@@ -21,6 +21,20 @@ export interface ModuleLoader {
   /** Whether `name` can be required from here, without loading it. */
   resolvable(name: string): boolean;
   load(name: string): unknown;
+  /**
+   * Whether the Vulkan loader would find a driver (on Linux, Dawn's only way to a GPU), or
+   * undefined where that is not known. `auto` skips Dawn when none is listed: the loader would
+   * only print warnings on stderr and find no adapter.
+   */
+  vulkanDriverListed?(): boolean | undefined;
+}
+
+/** Where the Vulkan loader looks for driver manifests on Linux (its documented search path). */
+function vulkanManifestDirs(env: NodeJS.ProcessEnv): string[] {
+  const home = env.HOME ?? '';
+  const config = (env.XDG_CONFIG_DIRS || '/etc/xdg').split(':');
+  const data = [env.XDG_DATA_HOME || `${home}/.local/share`, ...(env.XDG_DATA_DIRS || '/usr/local/share:/usr/share').split(':')];
+  return [...config, '/etc', ...data].map((d) => `${d}/vulkan/icd.d`);
 }
 
 export const nodeModuleLoader: ModuleLoader = {
@@ -34,6 +48,19 @@ export const nodeModuleLoader: ModuleLoader = {
   },
   load(name: string): unknown {
     return require(name) as unknown;
+  },
+  vulkanDriverListed(): boolean | undefined {
+    if (typeof process === 'undefined' || process.platform !== 'linux') return undefined;
+    const env = process.env;
+    if (env.VK_ICD_FILENAMES || env.VK_DRIVER_FILES || env.VK_ADD_DRIVER_FILES) return true;
+    const fs = require('fs') as typeof import('fs');
+    return vulkanManifestDirs(env).some((dir) => {
+      try {
+        return fs.readdirSync(dir).some((f) => f.endsWith('.json'));
+      } catch {
+        return false;
+      }
+    });
   },
 };
 
@@ -64,7 +91,7 @@ export async function selectBackend(
   const candidates = choice === 'auto' ? AUTO_ORDER : [choice];
   const failures: string[] = [];
   for (const name of candidates) {
-    const attempt = await trySetUp(name, loader);
+    const attempt = await trySetUp(name, loader, choice === 'auto');
     if (attempt.ok) return tf.getBackend();
     if (choice !== 'auto') {
       throw new BackendError(
@@ -78,12 +105,12 @@ export async function selectBackend(
   throw new BackendError('auto', `No compute backend could start (${failures.join('; ')})`);
 }
 
-async function trySetUp(name: Exclude<BackendChoice, 'auto'>, loader: ModuleLoader): Promise<Attempt> {
+async function trySetUp(name: Exclude<BackendChoice, 'auto'>, loader: ModuleLoader, auto: boolean): Promise<Attempt> {
   switch (name) {
     case 'tensorflow':
       return setUpTensorflow(loader);
     case 'webgpu':
-      return setUpWebGpu(loader);
+      return setUpWebGpu(loader, auto);
     case 'wasm':
       return setUpBundled('wasm', '@tensorflow/tfjs-backend-wasm', loader);
     case 'cpu':
@@ -148,12 +175,24 @@ function currentGpu(): GpuLike | undefined {
   return nav?.gpu;
 }
 
-async function setUpWebGpu(loader: ModuleLoader): Promise<Attempt> {
+/** A CPU implementation of WebGPU (SwiftShader, lavapipe/llvmpipe): slower than wasm. */
+function isSoftwareAdapter(adapter: unknown): boolean {
+  const a = adapter as { isFallbackAdapter?: boolean; info?: Record<string, unknown> };
+  if (a.isFallbackAdapter === true) return true;
+  const info = a.info ?? {};
+  const text = ['architecture', 'description', 'device'].map((k) => String(info[k] ?? '')).join(' ').toLowerCase();
+  return /swiftshader|llvmpipe|lavapipe/.test(text);
+}
+
+async function setUpWebGpu(loader: ModuleLoader, auto: boolean): Promise<Attempt> {
   // Where the platform already has WebGPU (a browser, Deno) there is nothing to install.
   let gpu = currentGpu();
   let undo: (() => void) | undefined;
   if (gpu === undefined) {
     if (!loader.resolvable('webgpu')) return { ok: false, reason: 'the "webgpu" package (Dawn for Node) is not installed' };
+    if (auto && loader.vulkanDriverListed?.() === false) {
+      return { ok: false, reason: 'no Vulkan driver is installed (no driver manifest in the Vulkan loader\'s icd.d folders)' };
+    }
     let dawn: unknown;
     try {
       dawn = loader.load('webgpu');
@@ -186,6 +225,9 @@ async function setUpWebGpu(loader: ModuleLoader): Promise<Attempt> {
   }
   if (adapter === null || adapter === undefined) {
     return giveUp('no WebGPU adapter was found (no GPU, no driver, or on Linux no Vulkan loader libvulkan.so.1)');
+  }
+  if (auto && isSoftwareAdapter(adapter)) {
+    return giveUp('the only WebGPU adapter runs on the CPU (a software renderer), slower than wasm');
   }
 
   if (!loader.resolvable('@tensorflow/tfjs-backend-webgpu')) {
