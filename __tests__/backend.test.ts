@@ -172,6 +172,32 @@ describe('preference order (fake packages)', () => {
     expect(err.message).toContain('no WebGPU adapter was found');
   });
 
+  it('auto does not load Dawn where no Vulkan driver is listed; an explicit webgpu still tries', async () => {
+    const loader = {
+      ...fakeLoader({
+        webgpu: () => ({ create: () => ({ requestAdapter: async () => null }), globals: {} }),
+        '@tensorflow/tfjs-backend-webgpu': () => registerStandIn('webgpu'),
+      }),
+      vulkanDriverListed: () => false,
+    };
+    expect(await selectBackend('auto', loader)).toBe('wasm');
+    expect(loader.loaded).toEqual([]);
+    const err = (await selectBackend('webgpu', loader).catch((e: unknown) => e)) as BackendError;
+    expect(err.message).toContain('no WebGPU adapter was found');
+    expect(loader.loaded).toEqual(['webgpu']);
+  });
+
+  it('auto passes over a software WebGPU adapter (slower than wasm); an explicit webgpu takes it', async () => {
+    const software = { info: { architecture: 'swiftshader', description: 'SwiftShader driver 5.0.0' } };
+    const loader = fakeLoader({
+      webgpu: () => ({ create: () => ({ requestAdapter: async () => software }), globals: {} }),
+      '@tensorflow/tfjs-backend-webgpu': () => registerStandIn('webgpu'),
+    });
+    expect(await selectBackend('auto', loader)).toBe('wasm');
+    expect(g.navigator).toBeUndefined();
+    expect(await selectBackend('webgpu', loader)).toBe('webgpu');
+  });
+
   it('a Node too old to require the ESM webgpu package says which Node is needed', async () => {
     const loader = fakeLoader({
       webgpu: () => {
