@@ -18,6 +18,7 @@ import { InputError, OptionError } from './errors';
 import { formulaWeights } from './formula_weights';
 import { JsonArrayFile, OutputPathError, onStopSignal } from './json_output';
 import { inputsInFolder, uniqueOutputNames, writeNewFile } from './output_names';
+import { registerQueueCommands } from './queue/cli';
 import { visualize } from './visualize';
 
 /** Where the CLI writes; tests substitute it. */
@@ -151,6 +152,14 @@ function buildProgram(io: CliIO, setExit: (code: number) => void): Command {
     .option('--min-size <n>', 'shorter side is resized to this', positiveInt, DEFAULT_OPTIONS.minSize)
     .option('--max-size <n>', 'unless the longer side would exceed this', positiveInt, DEFAULT_OPTIONS.maxSize)
     .action(async (opts: DemoCliOptions) => setExit(await demoCommand(opts, io)));
+
+  registerQueueCommands(program, {
+    stdout: io.stdout,
+    stderr: io.stderr,
+    setExit,
+    expandInputs,
+    parse: { positiveInt, unitInterval, maxFaces, threads: threadsArg },
+  });
 
   return program;
 }
