@@ -108,14 +108,18 @@ export function tlsOptions(settings: RedisSettings): TlsOptions | undefined {
 /** A connected client for a one-shot command; rejects with the cause if Redis cannot be reached. */
 export async function connectOnce(settings: RedisSettings): Promise<Redis> {
   const client = new Redis(settings.url, { ...redisOptions(settings, false), lazyConnect: true });
-  // Connection errors surface through connect() below; the event would only repeat them.
-  client.on('error', () => undefined);
+  // The first error event has the cause (a refused connection, a wrong password); what
+  // connect() rejects with may only say that the connection closed.
+  let first: Error | undefined;
+  client.on('error', (e: Error) => {
+    first ??= e;
+  });
   try {
     await client.connect();
     await client.ping();
   } catch (e) {
     client.disconnect();
-    throw new Error(`cannot reach Redis at ${redactUrl(settings.url)}: ${(e as Error).message}`);
+    throw new Error(`cannot reach Redis at ${redactUrl(settings.url)}: ${(first ?? (e as Error)).message}`);
   }
   return client;
 }
