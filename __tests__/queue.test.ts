@@ -24,7 +24,7 @@ import { storeKeys } from '../src/queue/store';
 import { disposeWeights } from '../src/weights';
 import { patternImage, pngBytes, writeWeightsFolder } from '../bench/reliability_cases';
 import { formulaWeights } from './utils/formula';
-import { TestRedis, haveRedis, startRedis } from './utils/redis';
+import { TestRedis, haveRedis, startRedis } from '../bench/redis_server';
 
 const REPO = path.join(__dirname, '..');
 const BIN = path.join(REPO, 'bin', 'img2pose.js');

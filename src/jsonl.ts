@@ -170,3 +170,58 @@ export class JsonlWriter {
     }
   }
 }
+
+// --- a detect run --------------------------------------------------------------------------------
+
+export interface JsonlRunOptions {
+  /** The results file (--jsonl). */
+  file?: string;
+  resume?: boolean;
+  shard?: Shard;
+}
+
+export interface JsonlRun {
+  /** The images this run detects: its shard, less what the file already has. */
+  todo: string[];
+  /** Images of the shard the file already had (skipped). */
+  skipped: number;
+  /** Appends an image's result with its file's stamp; a no-op without --jsonl. */
+  append(result: { image: string } & object): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * Plans a `detect` run: picks the shard, reads the file to resume, opens it for appending. An
+ * existing file is only ever continued (--resume), never silently replaced: it may hold days of
+ * results.
+ */
+export async function startJsonlRun(images: readonly string[], opts: JsonlRunOptions): Promise<JsonlRun> {
+  if (opts.resume && !opts.file) throw new OptionError('--resume', 'a --jsonl <file> to resume', undefined);
+  const mine = inShard(images, opts.shard);
+  if (!opts.file) return { todo: mine, skipped: 0, append: async () => undefined, close: async () => undefined };
+  const file = opts.file;
+  let writer: JsonlWriter;
+  let todo = mine;
+  if (opts.resume) {
+    const { done, validBytes } = await readDone(file);
+    todo = await notDone(mine, done);
+    writer = await JsonlWriter.open(file, validBytes);
+  } else {
+    const existing = await fs.promises.stat(file).catch(() => undefined);
+    if (existing && existing.size > 0) {
+      throw new OptionError('--jsonl', `a new file, or --resume to continue ${file}`, `a file of ${existing.size} bytes`);
+    }
+    writer = await JsonlWriter.open(file);
+  }
+  return {
+    todo,
+    skipped: mine.length - todo.length,
+    async append(result) {
+      const stamp = 'faces' in result ? await stampOf(result.image) : undefined;
+      // The stamp goes between the image and its faces, so a line reads like the stdout lines.
+      const { image, ...rest } = result;
+      await writer.append(stamp ? { image, ...stamp, ...rest } : result);
+    },
+    close: () => writer.close(),
+  };
+}

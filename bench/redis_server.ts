@@ -1,5 +1,5 @@
 /**
- * A throwaway redis-server for a test: its own loopback port and folder, never the system
+ * A throwaway redis-server for a test or a benchmark: its own loopback port and folder, never the system
  * service. `stop()` shuts it down (SIGTERM: Redis writes its append-only file first) and
  * `start()` brings it back on the same port and folder, for restart tests.
  */
