@@ -12,6 +12,7 @@
  */
 import { createHash } from 'crypto';
 import * as fs from 'fs';
+import * as path from 'path';
 import { OptionError } from './errors';
 
 /** How often appended lines are forced to disk (fsync); a line is always written (flushed) at once. */
@@ -191,37 +192,52 @@ export interface JsonlRun {
 }
 
 /**
- * Plans a `detect` run: picks the shard, reads the file to resume, opens it for appending. An
- * existing file is only ever continued (--resume), never silently replaced: it may hold days of
- * results.
+ * Plans a `detect` run: picks the shard and reads the file to resume; checks the file can be
+ * written, before any model is loaded. The file is opened at the first result, so a run that
+ * fails before one leaves it as it was. An existing file is only ever continued (--resume),
+ * never replaced: it may hold days of results.
  */
 export async function startJsonlRun(images: readonly string[], opts: JsonlRunOptions): Promise<JsonlRun> {
   if (opts.resume && !opts.file) throw new OptionError('--resume', 'a --jsonl <file> to resume', undefined);
   const mine = inShard(images, opts.shard);
   if (!opts.file) return { todo: mine, skipped: 0, append: async () => undefined, close: async () => undefined };
   const file = opts.file;
-  let writer: JsonlWriter;
   let todo = mine;
+  let keepBytes: number | undefined;
   if (opts.resume) {
     const { done, validBytes } = await readDone(file);
     todo = await notDone(mine, done);
-    writer = await JsonlWriter.open(file, validBytes);
+    keepBytes = validBytes;
   } else {
     const existing = await fs.promises.stat(file).catch(() => undefined);
     if (existing && existing.size > 0) {
       throw new OptionError('--jsonl', `a new file, or --resume to continue ${file}`, `a file of ${existing.size} bytes`);
     }
-    writer = await JsonlWriter.open(file);
   }
+  await checkWritable(file);
+  let writer: Promise<JsonlWriter> | undefined;
   return {
     todo,
     skipped: mine.length - todo.length,
     async append(result) {
+      writer ??= JsonlWriter.open(file, keepBytes);
       const stamp = 'faces' in result ? await stampOf(result.image) : undefined;
       // The stamp goes between the image and its faces, so a line reads like the stdout lines.
       const { image, ...rest } = result;
-      await writer.append(stamp ? { image, ...stamp, ...rest } : result);
+      await (await writer).append(stamp ? { image, ...stamp, ...rest } : result);
     },
-    close: () => writer.close(),
+    close: async () => (writer ? (await writer).close() : undefined),
   };
+}
+
+/** The file, or the folder for a new one, must be writable. */
+async function checkWritable(file: string): Promise<void> {
+  const exists = await fs.promises.stat(file).catch(() => undefined);
+  if (exists?.isDirectory()) throw new OptionError('--jsonl', 'a file path', `the folder ${file}`);
+  const target = exists ? file : path.dirname(path.resolve(file));
+  try {
+    await fs.promises.access(target, fs.constants.W_OK);
+  } catch (e) {
+    throw new OptionError('--jsonl', 'a file that can be written', `${target} (${(e as NodeJS.ErrnoException).code ?? 'not writable'})`);
+  }
 }
