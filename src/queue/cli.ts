@@ -4,6 +4,7 @@
  */
 import { Command, Option } from 'commander';
 import { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
 import { BACKEND_CHOICES, BackendChoice } from '../backend';
 import { DEFAULT_OPTIONS } from '../detector';
 import { OptionError } from '../errors';
@@ -52,7 +53,7 @@ function redisSettings(o: RedisCliOptions): RedisSettings {
 }
 
 /** A one-shot session: a BullMQ queue handle and a plain client, both closed after `fn`. */
-async function withQueue<T>(o: RedisCliOptions, fn: (queue: Queue<ChunkData>, redis: Awaited<ReturnType<typeof connectOnce>>, keys: StoreKeys) => Promise<T>): Promise<T> {
+async function withQueue<T>(o: RedisCliOptions, fn: (queue: Queue<ChunkData>, redis: Redis, keys: StoreKeys) => Promise<T>): Promise<T> {
   const settings = redisSettings(o);
   const redis = await connectOnce(settings);
   const queue = new Queue<ChunkData>(o.queue, { connection: bullConnection(settings, false), prefix: o.prefix });
