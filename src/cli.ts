@@ -16,8 +16,10 @@ import { ALIGN_SIZES, AlignSize, cropToPng } from './align';
 import { DEFAULT_OPTIONS, Face, Img2Pose, LoadOptions } from './detector';
 import { InputError, OptionError } from './errors';
 import { formulaWeights } from './formula_weights';
+import { Shard, parseShard, startJsonlRun } from './jsonl';
 import { JsonArrayFile, OutputPathError, onStopSignal } from './json_output';
 import { inputsInFolder, uniqueOutputNames, writeNewFile } from './output_names';
+import { registerQueueCommands } from './queue/cli';
 import { visualize } from './visualize';
 
 /** Where the CLI writes; tests substitute it. */
@@ -135,6 +137,9 @@ function buildProgram(io: CliIO, setExit: (code: number) => void): Command {
     .option('--draw-into-inputs', 'allow a --draw folder that holds input images (their drawings get new names)')
     .option('--align <dir>', "write each face's aligned crop to <dir>/<name>.<k>.png (k: the face's index; never over an existing file)")
     .option('--align-size <n>', 'aligned crop side: 112 or 224 (default 224)', alignSizeArg)
+    .option('--jsonl <file>', 'append a JSON line per image to this file as each finishes (a crash loses only the images in flight)')
+    .option('--resume', 'with --jsonl: skip the images the file already has (same path, size and mtime), append the rest')
+    .option('--shard <i/n>', 'detect only shard i of n (0 <= i < n), a stable share of the images by hashed path', parseShard)
     .action(async (inputs: string[], opts: DetectCliOptions) => setExit(await detectCommand(inputs, opts, io)));
 
   program
@@ -151,6 +156,14 @@ function buildProgram(io: CliIO, setExit: (code: number) => void): Command {
     .option('--min-size <n>', 'shorter side is resized to this', positiveInt, DEFAULT_OPTIONS.minSize)
     .option('--max-size <n>', 'unless the longer side would exceed this', positiveInt, DEFAULT_OPTIONS.maxSize)
     .action(async (opts: DemoCliOptions) => setExit(await demoCommand(opts, io)));
+
+  registerQueueCommands(program, {
+    stdout: io.stdout,
+    stderr: io.stderr,
+    setExit,
+    expandInputs,
+    parse: { positiveInt, unitInterval, maxFaces, threads: threadsArg },
+  });
 
   return program;
 }
@@ -212,6 +225,9 @@ interface DetectCliOptions {
   drawIntoInputs?: boolean;
   align?: string;
   alignSize?: AlignSize;
+  jsonl?: string;
+  resume?: boolean;
+  shard?: Shard;
 }
 
 /**
@@ -242,10 +258,18 @@ export async function expandInputs(inputs: readonly string[]): Promise<string[]>
 }
 
 async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO): Promise<number> {
-  const images = await expandInputs(inputs);
-  if (images.length === 0) throw new UsageError(`no .jpg, .jpeg or .png images in ${inputs.join(', ')}`);
+  const all = await expandInputs(inputs);
+  if (all.length === 0) throw new UsageError(`no .jpg, .jpeg or .png images in ${inputs.join(', ')}`);
   if (opts.minSize > opts.maxSize) {
     throw new UsageError(`--min-size (${opts.minSize}) must not exceed --max-size (${opts.maxSize})`);
+  }
+  // --shard and --resume narrow the run; --jsonl records each image as it finishes.
+  const jsonl = await startJsonlRun(all, { file: opts.jsonl, resume: opts.resume, shard: opts.shard });
+  const images = jsonl.todo;
+  if (jsonl.skipped > 0) io.stderr(`img2pose: skipping ${jsonl.skipped} images already in ${opts.jsonl}\n`);
+  if (images.length === 0) {
+    io.stderr('img2pose: nothing left to detect\n');
+    return 0;
   }
   // Outputs are checked before the model loads: a bad path must not cost a run's results.
   const drawNames = opts.draw ? await prepareDrawFolder(opts.draw, images, opts.drawIntoInputs === true) : undefined;
@@ -312,7 +336,8 @@ async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO
             result = { image, error: oneLine(error.message) };
           }
           results.push(result);
-          if (!json) io.stdout(`${JSON.stringify(result)}\n`);
+          await jsonl.append(result);
+          if (!json && !opts.jsonl) io.stdout(`${JSON.stringify(result)}\n`);
         }
         json?.append(results);
         done = start + chunk.length;
@@ -320,6 +345,7 @@ async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO
       }
     } finally {
       bar?.stop();
+      await jsonl.close();
       await detector.dispose();
     }
   } catch (e) {
