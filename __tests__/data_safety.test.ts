@@ -17,7 +17,7 @@ import { disposeWeights } from '../src/weights';
 import { patternImage, pngBytes, writeWeightsFolder } from '../bench/reliability_cases';
 import { formulaWeights } from './utils/formula';
 import { keySpecs } from './utils/formula';
-import { SavedTensor, zipCheckpoint, zipRecordDataOffset } from './utils/torch_save';
+import { SavedTensor, zipCheckpoint, zipRecordDataOffset } from '../bench/torch_save';
 
 const made: string[] = [];
 function tmpDir(): string {

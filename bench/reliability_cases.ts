@@ -283,7 +283,7 @@ export async function writeWeightsFolder(weights: Img2PoseWeights, dir: string):
 }
 
 /** A folder with a real model.json and all-zero (sparse) shards of the right sizes for `depth`. */
-function writeZeroFolder(dir: string, depth: ResNetDepth, declaredDepth: ResNetDepth = depth): void {
+export function writeZeroFolder(dir: string, depth: ResNetDepth, declaredDepth: ResNetDepth = depth): void {
   fs.mkdirSync(dir, { recursive: true });
   const entries = manifestEntries(depth);
   const sizes = shardSizes(entries.reduce((a, e) => a + e.shape.reduce((x, y) => x * y, 1) * 4, 0));

@@ -187,6 +187,9 @@ function gifSize(bytes: Uint8Array, view: DataView): HeaderSize {
   return frames > 0 ? { width, height } : { problem: 'no frame' };
 }
 
+/** Bytes per value of the TIFF field types (6.0 and BigTIFF's 8-byte ones). */
+const TIFF_TYPE_BYTES: Record<number, number> = { 1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8 };
+
 /** TIFF: every page (IFD) of the chain; the largest counts. */
 function tiffSize(bytes: Uint8Array, view: DataView): HeaderSize {
   if (bytes.length < 8) return TRUNCATED;
@@ -207,8 +210,13 @@ function tiffSize(bytes: Uint8Array, view: DataView): HeaderSize {
     for (let i = 0; i < count; i++) {
       const e = ifd + 2 + i * 12;
       const tag = u16(e);
-      if (tag !== 256 && tag !== 257) continue;
       const type = u16(e + 2);
+      // a field's values must lie in the file: decoders read (and keep, as JS arrays) as many as it says
+      const size = TIFF_TYPE_BYTES[type];
+      if (size === undefined) return { problem: `a field of unknown type ${type}` };
+      const bytesNeeded = size * u32(e + 4);
+      if (bytesNeeded > 4 && u32(e + 8) + bytesNeeded > bytes.length) return { problem: `field ${tag} runs past the end of the file` };
+      if (tag !== 256 && tag !== 257) continue;
       const value = type === 3 ? u16(e + 8) : type === 4 ? u32(e + 8) : 0;
       if (tag === 256) width = value;
       else height = value;

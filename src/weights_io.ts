@@ -145,6 +145,18 @@ function checkFinite(jsonPath: string, weights: readonly WeightEntryJson[], buff
   refuse(jsonPath, `weight ${weights[t]?.name ?? '?'} holds a NaN or infinite value (element ${bad - (t > 0 ? ends[t - 1] : 0)}); the weights are corrupt`);
 }
 
+/**
+ * img2pose.shardBytes: one size per shard path, or absent (older or hand-made folders, checked
+ * by the 4 MB rule instead). Anything else is refused: half-valid sizes would disable the checks.
+ */
+function recordedShardBytes(jsonPath: string, sizes: unknown, count: number): number[] | undefined {
+  if (sizes === undefined || (Array.isArray(sizes) && sizes.length === 0)) return undefined;
+  if (!Array.isArray(sizes) || sizes.length !== count || !sizes.every((n) => Number.isSafeInteger(n) && n >= 0)) {
+    refuse(jsonPath, `img2pose.shardBytes must list the byte size of each of the ${count} shards`);
+  }
+  return sizes as number[];
+}
+
 function exactArrayBuffer(b: Buffer): ArrayBuffer {
   if (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer) return b.buffer;
   return new Uint8Array(b).buffer;
@@ -178,7 +190,8 @@ async function loadConvertedFolder(jsonPath: string): Promise<Img2PoseWeights> {
     }
     shardPaths.push(paths);
   }
-  const recorded = Array.isArray(meta.shardBytes) && meta.shardBytes.length > 0 ? meta.shardBytes : undefined;
+  const shardCount = shardPaths.reduce((a, g) => a + g.length, 0);
+  const recorded = recordedShardBytes(jsonPath, meta.shardBytes, shardCount);
   let k = 0;
   for (const [g, group] of json.weightsManifest.entries()) {
     let held = 0;
@@ -220,7 +233,9 @@ async function loadConvertedFolder(jsonPath: string): Promise<Img2PoseWeights> {
         }
       }
       checkFinite(jsonPath, group.weights, buffers);
-      Object.assign(decoded, tf.io.decodeWeights(buffers, group.weights));
+      // only what was checked reaches tfjs: extra fields (a `quantization`...) would change how bytes are read
+      const specs = group.weights.map((w) => ({ name: w.name, shape: w.shape, dtype: 'float32' as const }));
+      Object.assign(decoded, tf.io.decodeWeights(buffers, specs));
     }
   } catch (e) {
     tf.dispose(decoded);

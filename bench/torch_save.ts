@@ -4,7 +4,8 @@
  * storage), so tests can make full-size checkpoints without torch. Storages may be deflated:
  * constant-valued weights then take a few hundred KB for the 170 MB of ResNet-18.
  */
-import { zipSync, Zippable } from 'fflate';
+import * as zlib from 'zlib';
+import { crc32 } from '../converter/zip';
 
 export interface SavedTensor {
   name: string;
@@ -97,16 +98,72 @@ export function pickleCheckpoint(tensors: readonly SavedTensor[], prefix = 'modu
   return w.bytes();
 }
 
+/** One record of a zip written by `writeZip`. */
+export interface ZipInput {
+  name: string;
+  data: Uint8Array;
+  /** deflate level (0: stored) */
+  level?: number;
+}
+
+/**
+ * A zip archive (no zip64), deflated by zlib: fast enough to write hundreds of MB of test data.
+ * Records with identical data and level share one compression.
+ */
+export function writeZip(records: readonly ZipInput[]): Uint8Array {
+  const parts: Uint8Array[] = [];
+  const central: Uint8Array[] = [];
+  const cache = new Map<Uint8Array, Map<number, { body: Uint8Array; crc: number }>>();
+  let offset = 0;
+  for (const r of records) {
+    const level = r.level ?? 0;
+    let byLevel = cache.get(r.data);
+    if (!byLevel) cache.set(r.data, (byLevel = new Map()));
+    let packed = byLevel.get(level);
+    if (!packed) {
+      packed = { body: level === 0 ? r.data : zlib.deflateRawSync(r.data, { level }), crc: crc32(r.data) };
+      byLevel.set(level, packed);
+    }
+    const name = Buffer.from(r.name, 'utf8');
+    const local = Buffer.alloc(30);
+    local.writeUInt32LE(0x04034b50, 0);
+    local.writeUInt16LE(20, 4);
+    local.writeUInt16LE(level === 0 ? 0 : 8, 8);
+    local.writeUInt32LE(packed.crc, 14);
+    local.writeUInt32LE(packed.body.length, 18);
+    local.writeUInt32LE(r.data.length, 22);
+    local.writeUInt16LE(name.length, 26);
+    const head = Buffer.alloc(46);
+    head.writeUInt32LE(0x02014b50, 0);
+    head.writeUInt16LE(20, 4);
+    head.writeUInt16LE(20, 6);
+    head.writeUInt16LE(level === 0 ? 0 : 8, 10);
+    head.writeUInt32LE(packed.crc, 16);
+    head.writeUInt32LE(packed.body.length, 20);
+    head.writeUInt32LE(r.data.length, 24);
+    head.writeUInt16LE(name.length, 28);
+    head.writeUInt32LE(offset, 42);
+    parts.push(local, name, packed.body);
+    central.push(head, name);
+    offset += 30 + name.length + packed.body.length;
+  }
+  const cdSize = central.reduce((a, c) => a + c.length, 0);
+  const end = Buffer.alloc(22);
+  end.writeUInt32LE(0x06054b50, 0);
+  end.writeUInt16LE(records.length, 8);
+  end.writeUInt16LE(records.length, 10);
+  end.writeUInt32LE(cdSize, 12);
+  end.writeUInt32LE(offset, 16);
+  return Buffer.concat([...parts, ...central, end]);
+}
+
 /** A zip-format checkpoint (top folder `archive/`), storages deflated at `level`. */
-export function zipCheckpoint(tensors: readonly SavedTensor[], level: 0 | 1 | 6 = 1): Uint8Array {
-  const files: Zippable = {
-    'archive/data.pkl': [pickleCheckpoint(tensors), { level: 0 }],
-    'archive/byteorder': [Buffer.from('little'), { level: 0 }],
-  };
-  tensors.forEach((t, i) => {
-    files[`archive/data/${i}`] = [new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), { level }];
-  });
-  return zipSync(files);
+export function zipCheckpoint(tensors: readonly SavedTensor[], level = 1): Uint8Array {
+  return writeZip([
+    { name: 'archive/data.pkl', data: pickleCheckpoint(tensors) },
+    { name: 'archive/byteorder', data: Buffer.from('little') },
+    ...tensors.map((t, i) => ({ name: `archive/data/${i}`, data: new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), level })),
+  ]);
 }
 
 /**
