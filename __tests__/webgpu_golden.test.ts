@@ -65,7 +65,6 @@ describeWebGPU('webgpu backend end to end (tiny golden cases)', () => {
       const ref = reference(id);
       const report = matchDetections(det, ref);
       console.log(`${mode} ${id} (${ms.toFixed(0)} ms): ${JSON.stringify(report)}`);
-      process.stderr.write(`PROGRESS ${new Date().toISOString()} ${mode} ${id} ${ms.toFixed(0)} ms\n`);
       expectWithinTolerance(report);
       expect(Math.abs(det.scores.length - ref.scores.length)).toBeLessThanOrEqual(Math.max(2, 0.02 * ref.scores.length));
       if (mode === 'webgpu') singles.set(id, det);
