@@ -15,9 +15,11 @@
 import * as tf from '@tensorflow/tfjs';
 import { decode as decodeJpeg } from 'jpeg-js';
 import { describeValue, InputError } from '../errors';
-import { decodeImage as decodeCore, describeInput as describeCore, ImageInput as CoreInput, RawImage } from '../io';
+import { decodeImage as decodeCore, describeInput as describeCore, DecodeLimits, ImageInput as CoreInput, RawImage } from '../io';
+import { DEFAULT_MAX_PIXELS, headerSize } from '../image_header';
 
-export type { JimpImageLike, RawImage } from '../io';
+// Everything else of src/io.ts as it is; the names declared below replace theirs.
+export * from '../io';
 
 /** What a page can draw from: decoded by drawing it on a canvas. */
 export type DrawableSource = HTMLImageElement | HTMLCanvasElement | OffscreenCanvas | ImageBitmap | VideoFrame | HTMLVideoElement;
@@ -32,8 +34,10 @@ const EXPECTED_KINDS =
   'an image URL, JPEG/PNG bytes (Uint8Array, ArrayBuffer, Blob), ImageData, an HTMLImageElement, canvas, ImageBitmap, ' +
   'VideoFrame or HTMLVideoElement, raw pixels {data, width, height, channels} or a tf.Tensor3D';
 
-/** Same limits as the Node path (jpeg-js refuses past them with a clear error). */
-const JPEG_LIMITS = { maxResolutionInMP: 100, maxMemoryUsageInMB: 2048 };
+/** jpeg-js's own bounds for `maxPixels`, as the Node path sets them. */
+function jpegLimits(maxPixels: number): { maxResolutionInMP: number; maxMemoryUsageInMB: number } {
+  return { maxResolutionInMP: Math.ceil(maxPixels / 1e6), maxMemoryUsageInMB: Math.max(2048, Math.ceil((maxPixels * 12) / 2 ** 20)) };
+}
 
 function isA<T>(name: string, v: unknown): v is T {
   const ctor = (globalThis as Record<string, unknown>)[name];
@@ -65,17 +69,18 @@ export function describeInput(input: unknown): string {
 type Fail = (expected: string, found: string, cause?: unknown) => never;
 
 /** Decode any supported input to a new float32 [H, W, 3] tensor (0..255); `InputError` otherwise. */
-export async function decodeImage(input: ImageInput, index?: number): Promise<tf.Tensor3D> {
+export async function decodeImage(input: ImageInput, index?: number, limits: DecodeLimits = {}): Promise<tf.Tensor3D> {
+  const maxPixels = limits.maxPixels ?? DEFAULT_MAX_PIXELS;
   const where = describeInput(input);
   const fail: Fail = (expected, found, cause) => {
     throw new InputError({ index, input: where, expected, found, cause });
   };
   if (typeof input !== 'string' && (typeof input !== 'object' || input === null)) return fail(EXPECTED_KINDS, describeValue(input));
-  const raw = await toRaw(input, fail);
+  const raw = await toRaw(input, fail, maxPixels);
   // Tensors, raw pixels and unknown objects: src/io.ts decides, as in Node.
-  if (raw === undefined) return decodeCore(input as CoreInput, index);
+  if (raw === undefined) return decodeCore(input as CoreInput, index, limits);
   try {
-    return await decodeCore(raw, index);
+    return await decodeCore(raw, index, limits);
   } catch (e) {
     // The core names the decoded pixels; the user gave something else.
     if (e instanceof InputError) fail(e.expected, e.found, e);
@@ -84,17 +89,18 @@ export async function decodeImage(input: ImageInput, index?: number): Promise<tf
 }
 
 /** RGBA pixels of a browser input; undefined for the forms src/io.ts takes as they are. */
-async function toRaw(input: ImageInput, fail: Fail): Promise<RawImage | undefined> {
-  if (typeof input === 'string') return decodeBytes(await fetchBytes(input, fail), fail);
-  if (isA<Blob>('Blob', input)) return decodeBytes(new Uint8Array(await input.arrayBuffer()), fail);
-  if (input instanceof Uint8Array) return decodeBytes(input, fail);
-  if (input instanceof ArrayBuffer) return decodeBytes(new Uint8Array(input), fail);
+async function toRaw(input: ImageInput, fail: Fail, maxPixels: number): Promise<RawImage | undefined> {
+  if (typeof input === 'string') return decodeBytes(await fetchBytes(input, fail), fail, maxPixels);
+  if (isA<Blob>('Blob', input)) return decodeBytes(new Uint8Array(await input.arrayBuffer()), fail, maxPixels);
+  if (input instanceof Uint8Array) return decodeBytes(input, fail, maxPixels);
+  if (input instanceof ArrayBuffer) return decodeBytes(new Uint8Array(input), fail, maxPixels);
   if (isA<ImageData>('ImageData', input)) return { data: input.data, width: input.width, height: input.height, channels: 4 };
   const size = drawableSize(input);
   if (size) {
     if (!(size.width > 0 && size.height > 0)) {
       return fail('an image with pixels (loaded, decoded, or a video with a current frame)', `a ${size.width}x${size.height} ${size.kind}`);
     }
+    checkPixels(size.width, size.height, size.kind, maxPixels, fail);
     return drawToPixels(input as DrawableSource, size.width, size.height);
   }
   return undefined;
@@ -118,11 +124,24 @@ function sniff(b: Uint8Array): 'JPEG' | 'PNG' | 'other' {
   return 'other';
 }
 
-async function decodeBytes(bytes: Uint8Array, fail: Fail): Promise<RawImage> {
+function checkPixels(width: number, height: number, what: string, maxPixels: number, fail: Fail): void {
+  if (width * height > maxPixels) {
+    fail(`an image of at most ${maxPixels} pixels (the maxPixels option)`, `a ${width}x${height} ${what} (${width * height} pixels)`);
+  }
+}
+
+async function decodeBytes(bytes: Uint8Array, fail: Fail, maxPixels: number): Promise<RawImage> {
   if (bytes.length === 0) return fail('a JPEG or PNG image', 'no data (0 bytes)');
-  if (sniff(bytes) === 'JPEG') {
+  const format = sniff(bytes);
+  if (format !== 'other') {
+    // The size the header declares, before any decoder allocates it.
+    const size = headerSize(bytes, format);
+    if ('problem' in size) return fail('a JPEG or PNG image', `a ${format} whose header is broken (${size.problem})`);
+    checkPixels(size.width, size.height, `${format} image`, maxPixels, fail);
+  }
+  if (format === 'JPEG') {
     try {
-      const d = decodeJpeg(bytes, { ...JPEG_LIMITS, useTArray: true, formatAsRGBA: true });
+      const d = decodeJpeg(bytes, { ...jpegLimits(maxPixels), useTArray: true, formatAsRGBA: true });
       return { data: d.data, width: d.width, height: d.height, channels: 4 };
     } catch (e) {
       const msg = e instanceof Error ? e.message : String(e);

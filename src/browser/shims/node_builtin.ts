@@ -9,6 +9,12 @@ function unavailable(name: string): () => never {
   };
 }
 
+/** os.totalmem for the detector's worker bound: the device memory browsers report (Chrome), else 4 GB. */
+export function totalmem(): number {
+  const gb = (globalThis as { navigator?: { deviceMemory?: number } }).navigator?.deviceMemory;
+  return (typeof gb === 'number' && gb > 0 ? gb : 4) * 1024 ** 3;
+}
+
 export const promises = { stat: unavailable('fs.promises.stat'), readFile: unavailable('fs.promises.readFile'), writeFile: unavailable('fs.promises.writeFile') };
 export const readFileSync = unavailable('fs.readFileSync');
 export const existsSync = unavailable('fs.existsSync');
