@@ -52,10 +52,18 @@ describeWebGPU('webgpu backend end to end (tiny golden cases)', () => {
     tf.dispose([...images.values()]);
   });
 
-  describe.each(['portable', 'webgpu'] as KernelMode[])('kernels: %s', (mode) => {
+  // SwiftShader runs on the CPU, about a minute per tiny forward on 2 cores: the stock ops on the
+  // teaser only (the portrait has no detection above 0.05 to compare), ours
+  // on both, whose single runs the batch is then compared with.
+  const RUNS: [KernelMode, string[]][] = [
+    ['portable', ['tiny_teaser']],
+    ['webgpu', CASES],
+  ];
+
+  describe.each(RUNS)('kernels: %s', (mode, ids) => {
     beforeAll(() => setKernelMode(mode));
 
-    it.each(CASES)('%s matches upstream within the golden tolerances, no tensor left behind', async (id) => {
+    it.each(ids)('%s matches upstream within the golden tolerances, no tensor left behind', async (id) => {
       const c = goldenCase(id);
       const before = tf.memory().numTensors;
       const t0 = performance.now();
