@@ -88,6 +88,18 @@ export async function decodeImage(input: ImageInput, index?: number, limits: Dec
   }
 }
 
+/**
+ * A browser input as 8-bit RGBA pixels (raw pixels and tensors are returned as they are), for
+ * callers that work on pixels rather than run the network (`alignFaces`).
+ */
+export async function decodePixels(input: ImageInput, index?: number, limits: DecodeLimits = {}): Promise<RawImage | CoreInput> {
+  const fail: Fail = (expected, found, cause) => {
+    throw new InputError({ index, input: describeInput(input), expected, found, cause });
+  };
+  if (typeof input !== 'string' && (typeof input !== 'object' || input === null)) return fail(EXPECTED_KINDS, describeValue(input));
+  return (await toRaw(input, fail, limits.maxPixels ?? DEFAULT_MAX_PIXELS)) ?? (input as CoreInput);
+}
+
 /** RGBA pixels of a browser input; undefined for the forms src/io.ts takes as they are. */
 async function toRaw(input: ImageInput, fail: Fail, maxPixels: number): Promise<RawImage | undefined> {
   if (typeof input === 'string') return decodeBytes(await fetchBytes(input, fail), fail, maxPixels);
