@@ -52,10 +52,18 @@ describeWebGPU('webgpu backend end to end (tiny golden cases)', () => {
     tf.dispose([...images.values()]);
   });
 
-  describe.each(['portable', 'webgpu'] as KernelMode[])('kernels: %s', (mode) => {
+  // SwiftShader runs on the CPU, about a minute per tiny forward on 2 cores: the stock ops on the
+  // teaser only (the portrait has no detection above 0.05 to compare), ours
+  // on both, whose single runs the batch is then compared with.
+  const RUNS: [KernelMode, string[]][] = [
+    ['portable', ['tiny_teaser']],
+    ['webgpu', CASES],
+  ];
+
+  describe.each(RUNS)('kernels: %s', (mode, ids) => {
     beforeAll(() => setKernelMode(mode));
 
-    it.each(CASES)('%s matches upstream within the golden tolerances, no tensor left behind', async (id) => {
+    it.each(ids)('%s matches upstream within the golden tolerances, no tensor left behind', async (id) => {
       const c = goldenCase(id);
       const before = tf.memory().numTensors;
       const t0 = performance.now();
@@ -65,7 +73,6 @@ describeWebGPU('webgpu backend end to end (tiny golden cases)', () => {
       const ref = reference(id);
       const report = matchDetections(det, ref);
       console.log(`${mode} ${id} (${ms.toFixed(0)} ms): ${JSON.stringify(report)}`);
-      process.stderr.write(`PROGRESS ${new Date().toISOString()} ${mode} ${id} ${ms.toFixed(0)} ms\n`);
       expectWithinTolerance(report);
       expect(Math.abs(det.scores.length - ref.scores.length)).toBeLessThanOrEqual(Math.max(2, 0.02 * ref.scores.length));
       if (mode === 'webgpu') singles.set(id, det);

@@ -1,17 +1,18 @@
 /**
  * Compute backend selection. TensorFlow's native binding (tfjs-node / tfjs-node-gpu) and WebGPU
  * (Dawn via the `webgpu` package) are optional peers: they are required only when resolvable,
- * so the library runs with its own dependencies alone (wasm, then pure-JS cpu).
+ * so the library runs with its own dependencies alone (wasm, then pure-JS cpu). In browsers the
+ * platform gives WebGPU and WebGL, and the browser build supplies its own module loader.
  */
 import * as tf from '@tensorflow/tfjs';
 import { BackendError, OptionError } from './errors';
 
-export type BackendChoice = 'auto' | 'tensorflow' | 'webgpu' | 'wasm' | 'cpu';
+export type BackendChoice = 'auto' | 'tensorflow' | 'webgpu' | 'webgl' | 'wasm' | 'cpu';
 
-export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'];
+export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'tensorflow', 'webgpu', 'webgl', 'wasm', 'cpu'];
 
-/** The order `auto` tries, fastest first. */
-export const AUTO_ORDER: readonly Exclude<BackendChoice, 'auto'>[] = ['tensorflow', 'webgpu', 'wasm', 'cpu'];
+/** The order `auto` tries, fastest first ('webgl' exists in browsers only, tfjs-node in Node only). */
+export const AUTO_ORDER: readonly Exclude<BackendChoice, 'auto'>[] = ['tensorflow', 'webgpu', 'webgl', 'wasm', 'cpu'];
 
 /**
  * How optional packages are found and loaded. The default is Node's `require`; tests substitute
@@ -68,12 +69,20 @@ const INSTALL: Record<Exclude<BackendChoice, 'auto'>, string> = {
   tensorflow: 'npm install @tensorflow/tfjs-node@4.22.0 (CPU) or @tensorflow/tfjs-node-gpu@4.22.0 (CUDA GPU)',
   webgpu:
     'npm install webgpu @tensorflow/tfjs-backend-webgpu@4.22.0, on a machine with a GPU driver ' +
-    '(Linux: also the Vulkan loader, libvulkan1)',
+    '(Linux: also the Vulkan loader, libvulkan1); in a browser: one with WebGPU enabled',
+  webgl: 'a browser with WebGL 2 (tfjs registers its webgl backend in browsers only)',
   wasm: 'npm install @tensorflow/tfjs-backend-wasm@4.22.0',
   cpu: 'npm install @tensorflow/tfjs@4.22.0',
 };
 
 type Attempt = { ok: true } | { ok: false; reason: string; cause?: unknown };
+
+let defaultLoader: ModuleLoader = nodeModuleLoader;
+
+/** The loader `selectBackend` uses when given none (the browser build sets its own). */
+export function setDefaultModuleLoader(loader: ModuleLoader): void {
+  defaultLoader = loader;
+}
 
 /**
  * Make `choice` the active tfjs backend and return the name tfjs knows it by
@@ -83,7 +92,7 @@ type Attempt = { ok: true } | { ok: false; reason: string; cause?: unknown };
  */
 export async function selectBackend(
   choice: BackendChoice = 'auto',
-  loader: ModuleLoader = nodeModuleLoader,
+  loader: ModuleLoader = defaultLoader,
 ): Promise<string> {
   if (!BACKEND_CHOICES.includes(choice)) {
     throw new OptionError('backend', `one of ${BACKEND_CHOICES.join(', ')}`, choice);
@@ -111,6 +120,8 @@ async function trySetUp(name: Exclude<BackendChoice, 'auto'>, loader: ModuleLoad
       return setUpTensorflow(loader);
     case 'webgpu':
       return setUpWebGpu(loader, auto);
+    case 'webgl':
+      return activate('webgl');
     case 'wasm':
       return setUpBundled('wasm', '@tensorflow/tfjs-backend-wasm', loader);
     case 'cpu':

@@ -66,7 +66,7 @@ const EXPECTED_KINDS =
 export function describeInput(input: unknown): string {
   if (typeof input === 'string') return `file ${JSON.stringify(input)}`;
   if (input instanceof tf.Tensor) return `tf.Tensor [${input.shape.join(',')}] ${input.dtype}`;
-  if (Buffer.isBuffer(input)) return `Buffer of ${input.length} bytes`;
+  if (typeof Buffer !== 'undefined' && Buffer.isBuffer(input)) return `Buffer of ${input.length} bytes`;
   if (input instanceof Uint8Array) return `Uint8Array of ${input.length} bytes`;
   if (input instanceof ArrayBuffer) return `ArrayBuffer of ${input.byteLength} bytes`;
   if (isJimpLike(input)) return `Jimp image ${input.bitmap.width}x${input.bitmap.height}`;

@@ -1,0 +1,87 @@
+#!/usr/bin/env node
+/**
+ * The browser build (package export "browser"): esbuild bundles src/browser/index.ts as ESM for
+ * browsers. The detector's Node-only modules are swapped for their browser versions
+ * (src/threads.ts, src/io.ts, src/weights_io.ts -> src/browser/*), and the Node built-ins that
+ * shared modules import for their Node-only paths resolve to a stub that throws when used;
+ * anything else Node-specific fails the build (platform 'browser').
+ *
+ *   dist/browser/img2pose.mjs         for bundlers: @tensorflow/* stay imports (one tfjs per app)
+ *   dist/browser/img2pose.bundle.mjs  self-contained (tfjs, webgpu and wasm backends) for a
+ *                                     <script type="module">, with the .wasm files beside it
+ *
+ * Usage: node tools/build_browser.js [outdir]   (default dist/browser)
+ */
+const fs = require('fs');
+const path = require('path');
+const esbuild = require('esbuild');
+
+const ROOT = path.join(__dirname, '..');
+const SRC = path.join(ROOT, 'src');
+// Module -> importers whose import of it is swapped (visualize.ts keeps the core io: the browser
+// build uses only its drawing geometry).
+const SWAPPED = { './io': ['detector.ts'], './threads': null, './weights_io': null };
+const BUILTINS = /^(node:)?(fs|path|os|worker_threads|crypto|zlib|stream|util|url|child_process)$/;
+
+const browserSwaps = {
+  name: 'img2pose-browser-swaps',
+  setup(build) {
+    build.onResolve({ filter: /^\.\/(io|threads|weights_io)$/ }, (args) =>
+      path.dirname(args.importer) === SRC && (SWAPPED[args.path] === null || SWAPPED[args.path].includes(path.basename(args.importer)))
+        ? { path: path.join(SRC, 'browser', `${args.path.slice(2)}.ts`) }
+        : undefined,
+    );
+    build.onResolve({ filter: BUILTINS }, () => ({ path: path.join(SRC, 'browser', 'shims', 'node_builtin.ts') }));
+    build.onResolve({ filter: /^jimp$/ }, () => ({ path: path.join(SRC, 'browser', 'shims', 'jimp.ts') }));
+  },
+};
+
+const common = {
+  bundle: true,
+  format: 'esm',
+  platform: 'browser',
+  target: 'es2022',
+  plugins: [browserSwaps],
+  // threadCount's default argument reads process.env: browsers have no environment.
+  define: { 'process.env': '{}' },
+  logLevel: 'warning',
+  metafile: true,
+  sourcemap: true,
+  legalComments: 'none',
+};
+
+async function buildBrowser(outdir = path.join(ROOT, 'dist', 'browser')) {
+  fs.mkdirSync(outdir, { recursive: true });
+  const lib = await esbuild.build({
+    ...common,
+    entryPoints: [path.join(SRC, 'browser', 'index.ts')],
+    outfile: path.join(outdir, 'img2pose.mjs'),
+    external: ['@tensorflow/*'],
+  });
+  const bundle = await esbuild.build({
+    ...common,
+    stdin: {
+      // The .wasm files are served from beside the bundle unless the page calls setWasmPaths.
+      contents: "import { setWasmPaths } from './src/browser/index.ts';\n" +
+        "setWasmPaths(new URL('./', import.meta.url).href);\n" +
+        "export * from './src/browser/index.ts';\n",
+      resolveDir: ROOT,
+      sourcefile: 'img2pose.bundle.ts',
+      loader: 'ts',
+    },
+    outfile: path.join(outdir, 'img2pose.bundle.mjs'),
+    minify: true,
+  });
+  const wasmDir = path.join(path.dirname(require.resolve('@tensorflow/tfjs-backend-wasm/package.json')), 'dist');
+  for (const f of fs.readdirSync(wasmDir).filter((n) => n.endsWith('.wasm'))) fs.copyFileSync(path.join(wasmDir, f), path.join(outdir, f));
+  return { outdir, inputs: [...Object.keys(lib.metafile.inputs), ...Object.keys(bundle.metafile.inputs)] };
+}
+
+module.exports = { buildBrowser };
+
+if (require.main === module) {
+  buildBrowser(process.argv[2]).catch((e) => {
+    console.error(e.message ?? e);
+    process.exit(1);
+  });
+}
