@@ -259,7 +259,7 @@ describe('the real executable (bin/img2pose.js in a child process)', () => {
     expect(out.map((o) => o.image)).toEqual([good, bad[0], bad[1], bad[3]]);
     expect(out.map((o) => ('faces' in o ? 'faces' : o.error.replace(/^Input #\d \(file "[^"]*"\): expected .*, found /, '')))).toEqual([
       'faces',
-      'truncated or corrupt JPEG data',
+      'truncated or corrupt JPEG data (a corrupt marker sequence)',
       'data that is not an image (starts with 74 68 65 73 65 20 61 72 ...)',
       'no such file',
     ]);
