@@ -249,7 +249,8 @@ async function downloadRelease(zip: string, options: ReleaseOptions, report: Rep
   } catch (e) {
     if (!(e instanceof DownloadError)) throw e;
     const found = e.found ? ` (found: ${e.found})` : '';
-    const resume = e.kind === 'network' || e.kind === 'timeout' || e.kind === 'incomplete' ? ' Loading again resumes the download.' : '';
+    const partial = await fsp.stat(`${zip}.part`).then((st) => st.size > 0, () => false);
+    const resume = partial ? ' Loading again resumes the download.' : '';
     throw new WeightsError(`Cannot download the img2pose weights from ${e.url}: ${e.message}${found}.${resume} ${manualSteps(options)}`, {
       path: e.url,
       cause: e,
