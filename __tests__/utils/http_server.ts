@@ -26,6 +26,9 @@ export async function startServer(handler: Handler): Promise<TestServer> {
   const server = http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://127.0.0.1');
     requests.push({ path: url.pathname + url.search, range: req.headers.range, cookie: req.headers.cookie });
+    // No keep-alive: tests pause between requests, and a reused socket the server is closing
+    // would fail the next request with ECONNRESET.
+    res.setHeader('connection', 'close');
     Promise.resolve(handler(req, res, url)).catch(() => res.destroy());
   });
   server.on('connection', (s) => {
