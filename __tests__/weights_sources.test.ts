@@ -93,14 +93,18 @@ describe('the untrained test weights as a folder', () => {
 });
 
 describe('in-memory weights made before the backend was chosen', () => {
-  it('in a fresh process, Img2Pose.load({ weights: await loadWeights(dir) }) with the default backend detects as upstream', async () => {
+  it('in a fresh process, Img2Pose.load({ weights: await loadWeights(dir) }) with the default backend detects as upstream (image tensors made before it too)', async () => {
     const dist = path.join(__dirname, '..', 'dist', 'src', 'index.js');
     const code =
       `const { Img2Pose, loadWeights } = require(${JSON.stringify(dist)});` +
+      `const tf = require(${JSON.stringify(require.resolve('@tensorflow/tfjs'))});` +
       `(async () => { const w = await loadWeights(${JSON.stringify(dir)});` +
+      // an image tensor made before the detector too (big enough to grow the wasm heap)
+      ' const image = tf.zeros([2000, 2000, 3]);' +
       ' const d = await Img2Pose.load({ weights: w, minSize: 160, maxSize: 288 });' +
       ` const faces = await d.detectFaces(${JSON.stringify(imagePath('teaser.png'))});` +
-      ' process.stdout.write(JSON.stringify({ backend: d.backend, threads: d.threads, faces })); await d.dispose(); })()' +
+      ' const blank = await d.detectFaces(image);' +
+      ' process.stdout.write(JSON.stringify({ backend: d.backend, faces, blank })); await d.dispose(); })()' +
       '.catch((e) => { process.stderr.write(String(e && e.stack)); process.exitCode = 1; });';
     // Default backend choice; one thread (the network in this thread: where tensors made on
     // tfjs' initial backend used to break the wasm backend's kernels).
@@ -115,8 +119,9 @@ describe('in-memory weights made before the backend was chosen', () => {
     });
     expect(r.stderr).not.toMatch(/detached|Error/);
     expect(r.code).toBe(0);
-    const out = JSON.parse(r.stdout) as { backend: string; faces: { box: number[]; confidence: number }[] };
+    const out = JSON.parse(r.stdout) as { backend: string; faces: { box: number[]; confidence: number }[]; blank: unknown };
     expect(out.backend).toBe('wasm');
+    expect(Array.isArray(out.blank)).toBe(true);
     const expected = goldenCase('tiny_teaser')['faces_t0.5']!;
     expect(out.faces).toHaveLength(expected.length);
     out.faces.forEach((f, i) => {

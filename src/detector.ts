@@ -37,6 +37,7 @@ import { KeypointName, projectKeypoints } from './pose';
 import { Img2PoseWeights } from './weights';
 import { LoadWeightsOptions } from './weights_io';
 import { ReleaseOptions } from './weights_cache';
+import { copyToActiveBackend, onActiveBackend } from './tensor_home';
 import { DEFAULT_WEIGHTS, WeightsSource, isWeightsSource, openWeights } from './weights_source';
 
 export type Box = [x1: number, y1: number, x2: number, y2: number];
@@ -650,7 +651,8 @@ function isPositiveInt(v: unknown): v is number {
 
 function take(input: ImageInput): Pending {
   if (input instanceof tf.Tensor && !input.isDisposed) {
-    const owned = tf.clone(input) as tf.Tensor3D;
+    // A tensor made on another backend is copied over, not moved lazily (see tensor_home.ts).
+    const owned = (onActiveBackend(input) ? tf.clone(input) : copyToActiveBackend(input)) as tf.Tensor3D;
     return { input: owned, owned };
   }
   return { input };
