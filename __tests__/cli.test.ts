@@ -216,7 +216,6 @@ describe('img2pose detect', () => {
 
   it('rejects bad usage with exit code 2 and one line', async () => {
     const cases: [string[], RegExp][] = [
-      [['detect', p('single.png')], /--weights/],
       [['detect', p('single.png'), '--weights', 'w', '--threshold', '1.5'], /threshold.*0\.\.1/],
       [['detect', p('single.png'), '--weights', 'w', '--batch-size', '0'], /batch-size.*positive integer/],
       [['detect', p('single.png'), '--weights', 'w', '--max-faces', '0'], /max-faces/],
@@ -232,6 +231,12 @@ describe('img2pose detect', () => {
       expectOneLineError(r, pattern);
     }
     expect(Img2Pose.load).not.toHaveBeenCalled();
+  });
+
+  it('detect without --weights asks for the official weights', async () => {
+    const r = await run(['detect', p('single.png')]);
+    expect(r.code).toBe(0);
+    expect(loads.map((o) => o.weights)).toEqual(['img2pose_v1']);
   });
 
   it('reports a load failure in one line with exit code 1', async () => {

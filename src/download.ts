@@ -28,7 +28,7 @@ export interface DownloadOptions {
   onProgress?: (p: DownloadProgress) => void;
   /** An attempt with no response or no new byte for this long fails (and is retried). Default 60 s. */
   idleTimeoutMs?: number;
-  /** Further attempts after a dropped connection, a stall or a server error. Default 5. */
+  /** Further attempts in a row that bring no new byte (dropped connections, stalls, server errors). Default 5. */
   retries?: number;
   /** Wait before a further attempt (doubling each time). Default 1 s. */
   retryDelayMs?: number;
@@ -77,7 +77,7 @@ export async function downloadFile(url: string, options: DownloadOptions): Promi
   const retryOrThrow = async (error: DownloadError): Promise<void> => {
     failures++;
     if (failures > retries) {
-      throw new DownloadError(`${error.message} (gave up after ${failures} attempts)`, error.url, error.kind, error.found, { cause: error.cause });
+      throw new DownloadError(`${error.message} (gave up after ${failures} failed attempts in a row)`, error.url, error.kind, error.found, { cause: error.cause });
     }
     await delay(retryDelayMs * 2 ** (failures - 1));
   };
@@ -162,9 +162,11 @@ export async function downloadFile(url: string, options: DownloadOptions): Promi
     if (res.status === 206) {
       const range = parseContentRange(res.headers.get('content-range'));
       if (range === undefined || range.start !== have) {
-        // A range we did not ask for: start over without one.
+        // A range we did not ask for: start over without one (once).
         attempt.end();
         await reader.cancel().catch(() => undefined);
+        if (restarted) throw new DownloadError(`the server sent a range we did not ask for (${res.headers.get('content-range') ?? 'none'})`, where, 'http');
+        restarted = true;
         await fsp.rm(part, { force: true });
         continue;
       }
@@ -192,6 +194,13 @@ export async function downloadFile(url: string, options: DownloadOptions): Promi
     } catch (e) {
       attempt.end();
       await fh.close();
+      // Only attempts that bring nothing count against the retries: a connection that keeps
+      // breaking but moves the file on each time gets there.
+      if (received > have) {
+        failures = 0;
+        await delay(retryDelayMs);
+        continue;
+      }
       await retryOrThrow(networkFailure(where, e, attempt.timedOut, idleTimeoutMs, received, total));
       continue;
     }
