@@ -117,7 +117,7 @@ describe('in-memory weights made before the backend was chosen', () => {
       child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       child.on('close', (c) => resolve({ code: c, stdout, stderr }));
     });
-    expect(r.stderr).not.toMatch(/detached|Error/);
+    expect(r.stderr).not.toMatch(/detached|WeightsError|TypeError/);
     expect(r.code).toBe(0);
     const out = JSON.parse(r.stdout) as { backend: string; faces: { box: number[]; confidence: number }[]; blank: unknown };
     expect(out.backend).toBe('wasm');

@@ -77,7 +77,7 @@ export async function downloadFile(url: string, options: DownloadOptions): Promi
   const retryOrThrow = async (error: DownloadError): Promise<void> => {
     failures++;
     if (failures > retries) {
-      throw new DownloadError(`${error.message} (gave up after ${failures} failed attempts in a row)`, error.url, error.kind, error.found, { cause: error.cause });
+      throw new DownloadError(`${error.message} (gave up after ${failures} failed attempt${failures === 1 ? '' : 's'} in a row)`, error.url, error.kind, error.found, { cause: error.cause });
     }
     await delay(retryDelayMs * 2 ** (failures - 1));
   };
