@@ -236,7 +236,7 @@ async function downloadRelease(zip: string, options: ReleaseOptions, report: Rep
   const url = releaseUrl(options);
   if (await exists(zip)) return { url, downloadedFrom: url }; // downloaded before, not yet converted
   report.log(
-    `downloading the official img2pose weights (${RELEASE.name}, about 160 MB) from ${url} into ${path.dirname(path.dirname(zip))}. ` +
+    `downloading the official img2pose weights (${RELEASE.name}, some 170 MB) from ${url} into ${path.dirname(path.dirname(zip))}. ` +
       `The weights are licensed ${RELEASE.licence}.`,
   );
   try {
