@@ -135,7 +135,7 @@ describe('first and second load', () => {
   });
 
   it('Img2Pose.load() with no weights named detects with the cached release (golden tiny teaser)', async () => {
-    const detector = await Img2Pose.load({ release: options, threads: 1, minSize: 160, maxSize: 288 });
+    const detector = await Img2Pose.load({ release: options, backend: 'wasm', threads: 1, minSize: 160, maxSize: 288 });
     try {
       const faces = await detector.detectFaces(imagePath('teaser.png'));
       const expected = goldenCase('tiny_teaser')['faces_t0.5']!;
@@ -170,7 +170,7 @@ describe('first and second load', () => {
       expect(e.message).toMatch(/^The cached weights in .*img2pose_v1 are damaged: group1-shard7of41\.bin has sha256 [0-9a-f]{64}, [0-9a-f]{64} was written\. Remove it with `npx img2pose weights clear` --cache-dir .* and load again/);
       expect(e.message).toContain('weights install img2pose_v1.zip');
       expect(drive.requests.length).toBe(before); // no silent download over it
-      const viaLoad = await rejection(Img2Pose.load({ release: copy, threads: 1 }));
+      const viaLoad = await rejection(Img2Pose.load({ release: copy, backend: 'wasm', threads: 1 }));
       expect(viaLoad.message).toBe(e.message);
     });
 

@@ -290,7 +290,7 @@ describe('img2pose weights ...', () => {
     await closed.close();
     const url = `${closed.base}/uc?export=download&id=x`;
     const started = Date.now();
-    const r = await run(['detect', imagePath('teaser.png'), '--threads', '1'], { IMG2POSE_CACHE: path.join(tmp, 'offline-cache'), IMG2POSE_WEIGHTS_URL: url });
+    const r = await run(['detect', imagePath('teaser.png'), '--threads', '1', '--backend', 'wasm'], { IMG2POSE_CACHE: path.join(tmp, 'offline-cache'), IMG2POSE_WEIGHTS_URL: url });
     expect(Date.now() - started).toBeLessThan(3000);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`img2pose: Cannot download the img2pose weights from ${url}: cannot connect (ECONNREFUSED). To install the weights by hand`);
