@@ -130,7 +130,8 @@ describe('first and second load', () => {
     const before = drive.requests.length;
     const started = Date.now();
     expect(await ensureReleaseWeights(options)).toBe(folder);
-    expect(Date.now() - started).toBeLessThan(2000);
+    // reading and hashing the 170 MB once (~0.3 s when the machine is idle), nothing else
+    expect(Date.now() - started).toBeLessThan(10_000);
     expect(drive.requests.length).toBe(before);
   });
 
