@@ -16,6 +16,7 @@ import { WeightsError } from '../src/errors';
 import { ModelConfig, RawDetections } from '../src/model';
 import { formulaWeights } from '../src/formula_weights';
 import { decodeBitmap } from '../src/io';
+import { Img2PoseWeights } from '../src/weights';
 import { goldenCase, imagePath } from './utils/golden';
 
 /** Three detections per image, scaled to its size: scores 0.9, 0.3, 0.06 (network order 0.3 first). */
@@ -65,7 +66,7 @@ afterAll(() => {
 beforeEach(() => {
   model = new FakeModel();
   loads = [];
-  jest.spyOn(Img2Pose, 'load').mockImplementation(async (options: LoadOptions) => {
+  jest.spyOn(Img2Pose, 'load').mockImplementation(async (options: LoadOptions = {}) => {
     loads.push(options);
     return new Img2Pose(model, options, 'fake');
   });
@@ -215,7 +216,6 @@ describe('img2pose detect', () => {
 
   it('rejects bad usage with exit code 2 and one line', async () => {
     const cases: [string[], RegExp][] = [
-      [['detect', p('single.png')], /--weights/],
       [['detect', p('single.png'), '--weights', 'w', '--threshold', '1.5'], /threshold.*0\.\.1/],
       [['detect', p('single.png'), '--weights', 'w', '--batch-size', '0'], /batch-size.*positive integer/],
       [['detect', p('single.png'), '--weights', 'w', '--max-faces', '0'], /max-faces/],
@@ -231,6 +231,12 @@ describe('img2pose detect', () => {
       expectOneLineError(r, pattern);
     }
     expect(Img2Pose.load).not.toHaveBeenCalled();
+  });
+
+  it('detect without --weights asks for the official weights', async () => {
+    const r = await run(['detect', p('single.png')]);
+    expect(r.code).toBe(0);
+    expect(loads.map((o) => o.weights)).toEqual(['img2pose_v1']);
   });
 
   it('reports a load failure in one line with exit code 1', async () => {
@@ -254,9 +260,9 @@ describe('img2pose demo', () => {
     expect(r.stderr).toMatch(/UNTRAINED/);
     expect(r.stdout).toMatch(/meaningless/);
     // The detector got the formula weights (ResNet-18, their pose statistics) and the sizes asked for.
-    const w = loads[0].weights;
+    const w = loads[0].weights as Img2PoseWeights;
     expect(typeof w).not.toBe('string');
-    if (typeof w !== 'string') {
+    {
       expect(w.depth).toBe(18);
       expect(Array.from(w.poseMean)).toEqual([0, 0, 0, 0, 0, 3]);
       for (const t of w.tensors.values()) t.dispose();
@@ -272,7 +278,7 @@ describe('img2pose demo', () => {
 
 describe('img2pose detect with the real network', () => {
   it('gives upstream\'s faces on the tiny teaser case (formula weights, min 160 / max 288)', async () => {
-    jest.spyOn(Img2Pose, 'load').mockImplementation((o: LoadOptions) => realLoad({ ...o, weights: formulaWeights() }));
+    jest.spyOn(Img2Pose, 'load').mockImplementation((o: LoadOptions = {}) => realLoad({ ...o, weights: formulaWeights() }));
     const r = await run(['detect', imagePath('teaser.png'), '--weights', 'formula', '--min-size', '160', '--max-size', '288']);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);

@@ -47,7 +47,7 @@ beforeAll(() => {
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 beforeEach(() => {
-  jest.spyOn(Img2Pose, 'load').mockImplementation(async (options: LoadOptions) => new Img2Pose(new FakeModel(), options, 'fake'));
+  jest.spyOn(Img2Pose, 'load').mockImplementation(async (options: LoadOptions = {}) => new Img2Pose(new FakeModel(), options, 'fake'));
 });
 
 afterEach(() => jest.restoreAllMocks());

@@ -166,7 +166,7 @@ describe('detect --draw and --json never lose a file', () => {
   });
   beforeEach(() => {
     loads = 0;
-    jest.spyOn(Img2Pose, 'load').mockImplementation(async (options: LoadOptions) => {
+    jest.spyOn(Img2Pose, 'load').mockImplementation(async (options: LoadOptions = {}) => {
       loads++;
       return new Img2Pose(new FakeModel(), options, 'fake');
     });

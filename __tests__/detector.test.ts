@@ -489,7 +489,7 @@ describe('Img2Pose.load', () => {
     await expect(Img2Pose.load({ ...weights, scoreThreshold: 2 })).rejects.toBeInstanceOf(OptionError);
     await expect(Img2Pose.load({ ...weights, backend: 'cuda' as never })).rejects.toBeInstanceOf(OptionError);
     await expect(Img2Pose.load({ weights: 42 as never })).rejects.toBeInstanceOf(OptionError);
-    await expect(Img2Pose.load(undefined as never)).rejects.toBeInstanceOf(OptionError);
+    await expect(Img2Pose.load(null as never)).rejects.toBeInstanceOf(OptionError);
   });
 
   it('an unavailable backend fails with install advice', async () => {

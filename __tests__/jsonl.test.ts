@@ -218,7 +218,7 @@ describe('detect --jsonl --resume --shard (real network, tiny images)', () => {
     const l = lines(file);
     expect(l.slice(13).map((x) => x.image)).toEqual([changed, path.join(dir, 'zz_bad.png')]);
     // The filesystem keeps the time to the nanosecond: the float ms can differ from the Date's in the last digit.
-    expect(Math.abs(l[13].mtimeMs - later.getTime())).toBeLessThan(0.01);
+    expect(Math.abs(Number(l[13].mtimeMs) - later.getTime())).toBeLessThan(0.01);
 
     const text = fs.readFileSync(file, 'utf8');
     const refused = await run(['--jsonl', file]);

@@ -50,7 +50,8 @@ export interface Img2PoseMetadata {
   poseMean: number[];
   poseStddev: number[];
   poseStatistics: PoseStatisticsSource;
-  source: { file: string; sha256: string; format: 'zip' | 'legacy'; bytes: number };
+  /** The checkpoint converted ('generated': weights made in memory, sha256 of their bytes). */
+  source: { file: string; sha256: string; format: 'zip' | 'legacy' | 'generated'; bytes: number };
   converterVersion: string;
   /** Byte size of each shard, so a reader can name a truncated one. */
   shardBytes: number[];

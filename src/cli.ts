@@ -20,6 +20,7 @@ import { Shard, parseShard, startJsonlRun } from './jsonl';
 import { JsonArrayFile, OutputPathError, onStopSignal } from './json_output';
 import { inputsInFolder, uniqueOutputNames, writeNewFile } from './output_names';
 import { registerQueueCommands } from './queue/cli';
+import { addWeightsCommand } from './cli_weights';
 import { visualize } from './visualize';
 
 /** Where the CLI writes; tests substitute it. */
@@ -123,7 +124,7 @@ function buildProgram(io: CliIO, setExit: (code: number) => void): Command {
     .command('detect')
     .description('detect faces and head poses; folders expand to their .jpg/.jpeg/.png files (sorted)')
     .argument('<inputs...>', 'image files or folders')
-    .requiredOption('--weights <path>', 'converted weights folder or .pth checkpoint')
+    .option('--weights <path>', "converted weights folder, model.json, .pth, http(s)/file URL, or img2pose_v1: the official weights, downloaded and cached on first use", 'img2pose_v1')
     .option('--batch-size <k>', 'images per forward pass', positiveInt, DEFAULT_OPTIONS.batchSize)
     .option('--threshold <t>', 'minimum confidence, 0..1 (0 keeps every detection)', unitInterval, DEFAULT_OPTIONS.scoreThreshold)
     .option('--max-faces <n>', 'keep the n most confident faces per image (-1: all)', maxFaces, DEFAULT_OPTIONS.maxFaces)
@@ -147,6 +148,8 @@ function buildProgram(io: CliIO, setExit: (code: number) => void): Command {
     .description('convert a PyTorch .pth checkpoint to a tfjs weights folder (img2pose convert --help)')
     .allowUnknownOption()
     .allowExcessArguments();
+
+  addWeightsCommand(program, io, setExit);
 
   program
     .command('demo')

@@ -34,8 +34,11 @@ import { cores, workerScript } from './threads';
 import { ThreadedModel } from './threaded_model';
 import { DEFAULT_POOL_LIMIT, releaseGpuPool, setKernelMode, useGpuPool } from './webgpu';
 import { KeypointName, projectKeypoints } from './pose';
-import { Img2PoseWeights, disposeWeights } from './weights';
-import { LoadWeightsOptions, loadWeights } from './weights_io';
+import { Img2PoseWeights } from './weights';
+import { LoadWeightsOptions } from './weights_io';
+import { ReleaseOptions } from './weights_cache';
+import { copyToActiveBackend, onActiveBackend } from './tensor_home';
+import { DEFAULT_WEIGHTS, WeightsSource, isWeightsSource, openWeights } from './weights_source';
 
 export type Box = [x1: number, y1: number, x2: number, y2: number];
 export type Pose = [rx: number, ry: number, rz: number, tx: number, ty: number, tz: number];
@@ -87,6 +90,7 @@ export const DEFAULT_OPTIONS: Readonly<DetectorOptions> = {
 /** Every key `Img2Pose.load` accepts; any other is refused (a typo would otherwise be ignored). */
 export const LOAD_OPTION_KEYS: readonly string[] = [
   'weights',
+  'release',
   'backend',
   'poseMean',
   'poseStddev',
@@ -102,11 +106,15 @@ export const DETECT_OPTION_KEYS: readonly string[] = ['scoreThreshold', 'maxFace
 
 export interface LoadOptions extends Partial<DetectorOptions>, LoadWeightsOptions {
   /**
-   * A converted weights folder, a release `.pth` checkpoint, or weights already in memory.
-   * The network keeps its own (folded) copies: in-memory weights stay the caller's, who may
-   * dispose them once `load` has resolved; weights read from disk are freed by `load` itself.
+   * 'img2pose_v1' (the default: the official weights, downloaded and cached on first use), a
+   * converted weights folder or its model.json, a `.pth` checkpoint, an http(s):// URL of a
+   * model.json or a file:// URL, weights already in memory, or a tf.io handler. The network keeps
+   * its own (folded) copies: in-memory weights stay the caller's, who may dispose them once
+   * `load` has resolved; weights loaded here are freed by `load` itself.
    */
-  weights: string | Img2PoseWeights;
+  weights?: WeightsSource;
+  /** For the official weights: cache folder, download URL, progress display. */
+  release?: ReleaseOptions;
   /** Compute backend; 'auto' takes the fastest available (see `selectBackend`). */
   backend?: BackendChoice;
   /**
@@ -174,13 +182,22 @@ export class Img2Pose {
    * Load the weights and pick the backend. Options are checked before anything heavy happens;
    * failures are `OptionError`, `BackendError` or `WeightsError`.
    */
-  static async load(options: LoadOptions): Promise<Img2Pose> {
+  static async load(options: LoadOptions = {}): Promise<Img2Pose> {
     if (typeof options !== 'object' || options === null) {
-      throw new OptionError('options', 'an object with at least { weights }', options);
+      throw new OptionError('options', 'an object such as { weights }', options);
     }
     checkKnownKeys(options, LOAD_OPTION_KEYS, 'Img2Pose.load');
     const {
-      weights, backend = 'auto', poseMean, poseStddev, warn, webgpuKernels = true, threads = 'auto', gpuPoolLimit = DEFAULT_POOL_LIMIT, ...rest
+      weights = DEFAULT_WEIGHTS,
+      release,
+      backend = 'auto',
+      poseMean,
+      poseStddev,
+      warn,
+      webgpuKernels = true,
+      threads = 'auto',
+      gpuPoolLimit = DEFAULT_POOL_LIMIT,
+      ...rest
     } = options;
     const resolved = resolveOptions(rest);
     if (!(threads === 'auto' || isPositiveInt(threads))) throw new OptionError('threads', "'auto' or a positive integer", threads);
@@ -189,26 +206,23 @@ export class Img2Pose {
     if (!BACKEND_CHOICES.includes(backend)) {
       throw new OptionError('backend', `one of ${BACKEND_CHOICES.join(', ')}`, backend);
     }
-    if (typeof weights !== 'string' && !isWeights(weights)) {
-      throw new OptionError('weights', 'a weights folder or .pth path, or Img2PoseWeights', weights);
+    if (!isWeightsSource(weights)) {
+      throw new OptionError('weights', "'img2pose_v1', a weights folder, model.json, .pth or URL, Img2PoseWeights or a tf.io handler", weights);
     }
     const backendName = await selectBackend(backend);
     setKernelMode(backendName === 'webgpu' && webgpuKernels ? 'webgpu' : 'portable');
     if (backendName === 'webgpu') useGpuPool(gpuPoolLimit);
-    const fromDisk = typeof weights === 'string';
-    const loaded = fromDisk ? await loadWeightsOrExplain(weights, { poseMean, poseStddev, warn }) : weights;
+    // Made on the chosen backend (in-memory weights made elsewhere are copied there).
+    const opened = await openWeights(weights, { poseMean, poseStddev, warn, release });
     let built: { model: DetectionModel; threads: number };
     try {
-      built = await buildModel(loaded, backendName, threadCount(threads, backendName));
+      built = await buildModel(opened.weights, backendName, threadCount(threads, backendName));
     } catch (e) {
       if (e instanceof Img2PoseError) throw e;
-      throw new WeightsError(`These weights do not fit the img2pose network: ${messageOf(e)}`, {
-        path: fromDisk ? weights : undefined,
-        cause: e,
-      });
+      throw new WeightsError(`These weights do not fit the img2pose network: ${messageOf(e)}`, { path: opened.path, cause: e });
     } finally {
-      // The stages hold their own copies; weights we loaded ourselves are ours to free.
-      if (fromDisk) disposeWeights(loaded);
+      // The stages hold their own copies; tensors made for loading are ours to free.
+      opened.release();
     }
     return new Img2Pose(built.model, resolved, backendName, built.threads);
   }
@@ -635,14 +649,10 @@ function isPositiveInt(v: unknown): v is number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v > 0;
 }
 
-function isWeights(w: unknown): w is Img2PoseWeights {
-  const c = w as Partial<Img2PoseWeights> | null;
-  return typeof c === 'object' && c !== null && c.tensors instanceof Map && c.poseMean !== undefined;
-}
-
 function take(input: ImageInput): Pending {
   if (input instanceof tf.Tensor && !input.isDisposed) {
-    const owned = tf.clone(input) as tf.Tensor3D;
+    // A tensor made on another backend is copied over, not moved lazily (see tensor_home.ts).
+    const owned = (onActiveBackend(input) ? tf.clone(input) : copyToActiveBackend(input)) as tf.Tensor3D;
     return { input: owned, owned };
   }
   return { input };
@@ -668,15 +678,6 @@ function asDetectionError(e: unknown, index: number): Img2PoseError {
 function causeText(e: unknown): string {
   if (!(e instanceof Error)) return String(e);
   return `${e.name && e.name !== 'Error' ? `${e.name}: ` : ''}${e.message.split('\n')[0]}`;
-}
-
-async function loadWeightsOrExplain(path: string, options: LoadWeightsOptions): Promise<Img2PoseWeights> {
-  try {
-    return await loadWeights(path, options);
-  } catch (e) {
-    if (e instanceof Img2PoseError) throw e;
-    throw new WeightsError(`Cannot load weights from ${JSON.stringify(path)}: ${messageOf(e)}`, { path, cause: e });
-  }
 }
 
 function messageOf(e: unknown): string {

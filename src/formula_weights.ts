@@ -7,7 +7,10 @@
  * Everything needed ships with the library (the key list comes from the converter's architecture
  * spec, the gains from assets/formula_gains.json), so this works without the test fixtures.
  */
+import { promises as fsp } from 'fs';
+import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
+import { writeHostWeights } from '../converter/host_folder';
 import { toTfjsLayout, HostTensor } from '../converter/layout';
 import { KeySpec, img2poseSpec } from '../converter/spec';
 import { Img2PoseWeights } from './weights';
@@ -103,21 +106,49 @@ export function formulaStateDict(): Map<string, HostTensor> {
 // The tfjs-layout host arrays take ~1 s to build; callers (tests, bench) ask for them repeatedly.
 let hostCache: Map<string, HostTensor> | undefined;
 
+/** The formula state dict in tfjs layout, host arrays (built once; do not modify them). */
+function formulaHostTensors(): Map<string, HostTensor> {
+  if (!hostCache) {
+    hostCache = new Map();
+    for (const [name, t] of formulaStateDict()) hostCache.set(name, toTfjsLayout(t));
+  }
+  return hostCache;
+}
+
 /**
  * The formula weights as the model consumes them: tfjs layout, fresh tensors on the current
  * backend (the caller owns them: `disposeWeights` or `Img2PoseModel.dispose`).
  */
 export function formulaWeights(): Img2PoseWeights {
-  if (!hostCache) {
-    hostCache = new Map();
-    for (const [name, t] of formulaStateDict()) hostCache.set(name, toTfjsLayout(t));
-  }
   const tensors = new Map<string, tf.Tensor>();
-  for (const [name, t] of hostCache) tensors.set(name, tf.tensor(t.data, t.shape, 'float32'));
+  for (const [name, t] of formulaHostTensors()) tensors.set(name, tf.tensor(t.data, t.shape, 'float32'));
   return {
     depth: 18,
     tensors,
     poseMean: Float64Array.from(FORMULA_GAINS.POSE_MEAN),
     poseStddev: Float64Array.from(FORMULA_GAINS.POSE_STDDEV),
   };
+}
+
+/** Said wherever the formula weights are written, so nobody takes their output for detections. */
+export const FORMULA_NOTE =
+  'UNTRAINED deterministic test weights ("formula" weights): every detection made with them is meaningless. ' +
+  'They exist to try the API and the command line; use the official img2pose_v1 weights for real results.';
+
+/**
+ * Writes the formula weights as a normal converted weights folder (model.json + shards), loadable
+ * by `Img2Pose.load({ weights: out })` and `img2pose detect --weights out`. They are UNTRAINED:
+ * detections made with them are meaningless. Returns the model.json path.
+ */
+export async function writeFormulaWeights(out: string): Promise<string> {
+  const { modelJson } = await writeHostWeights(out, {
+    depth: 18,
+    tensors: formulaHostTensors(),
+    poseMean: FORMULA_GAINS.POSE_MEAN,
+    poseStddev: FORMULA_GAINS.POSE_STDDEV,
+    sourceName: 'formula (untrained test weights)',
+    note: FORMULA_NOTE,
+  });
+  await fsp.writeFile(path.join(out, 'UNTRAINED.txt'), `${FORMULA_NOTE}\n`);
+  return modelJson;
 }

@@ -1,7 +1,7 @@
 /**
  * img2pose-tfjs: face detection and 6DoF head pose (img2pose) on TensorFlow.js.
  *
- *   const detector = await Img2Pose.load({ weights: 'img2pose-weights/' });
+ *   const detector = await Img2Pose.load();   // the official weights, downloaded and cached on first use
  *   const faces = await detector.detectFaces('photo.jpg');   // Face[]
  *   const all = await detector.detectFaces(['a.jpg', 'b.png']); // Face[][]
  *   const crops = await alignFaces('photo.jpg', faces, { size: 112 }); // AlignedFace[]
@@ -42,6 +42,19 @@ export type { BackendChoice, ModuleLoader } from './backend';
 
 export { loadWeights } from './weights_io';
 export type { LoadWeightsOptions } from './weights_io';
+export { loadWeightsFromUrl } from './weights_url';
+export type { WeightsSource } from './weights_source';
+export {
+  RELEASE,
+  cacheRoot,
+  clearReleaseCache,
+  ensureReleaseWeights,
+  installReleaseZip,
+  releaseFolder,
+  verifyReleaseFolder,
+} from './weights_cache';
+export type { CacheRecord, ReleaseEvent, ReleaseOptions } from './weights_cache';
+export { writeFormulaWeights } from './formula_weights';
 
 export { alignFaces, cropToPng, ALIGN_SIZES } from './align';
 export type { AffineTransform, AlignedFace, AlignedImage, AlignOptions, AlignSize, PosedFace } from './align';

@@ -71,7 +71,7 @@ function isWeightEntry(v: unknown): v is WeightEntryJson {
 }
 
 /** Parses and checks model.json; returns it typed, or refuses. */
-function checkModelJson(jsonPath: string, text: string): Img2PoseModelJson {
+export function checkModelJson(jsonPath: string, text: string): Img2PoseModelJson {
   let json: Partial<Img2PoseModelJson> & { modelTopology?: unknown };
   try {
     json = JSON.parse(text);
@@ -102,7 +102,7 @@ function checkModelJson(jsonPath: string, text: string): Img2PoseModelJson {
 }
 
 /** Names, shapes, dtypes and depth of the manifest against the architecture. */
-function checkManifestAgainstSpec(jsonPath: string, depth: ResNetDepth, entries: WeightEntryJson[]): void {
+export function checkManifestAgainstSpec(jsonPath: string, depth: ResNetDepth, entries: WeightEntryJson[]): void {
   const found = new Map<string, FoundTensor>();
   for (const e of entries) {
     if (found.has(e.name)) refuse(jsonPath, `the manifest lists ${e.name} twice`);
