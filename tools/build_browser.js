@@ -2,7 +2,7 @@
 /**
  * The browser build (package export "browser"): esbuild bundles src/browser/index.ts as ESM for
  * browsers. The detector's Node-only modules are swapped for their browser versions
- * (src/threads.ts, src/io.ts, src/weights_io.ts -> src/browser/*), and the Node built-ins that
+ * (src/threads.ts, src/io.ts, src/weights_io.ts, src/weights_cache.ts -> src/browser/*), and the Node built-ins that
  * shared modules import for their Node-only paths resolve to a stub that throws when used;
  * anything else Node-specific fails the build (platform 'browser').
  *
@@ -20,13 +20,13 @@ const ROOT = path.join(__dirname, '..');
 const SRC = path.join(ROOT, 'src');
 // Module -> importers whose import of it is swapped (visualize.ts keeps the core io: the browser
 // build uses only its drawing geometry).
-const SWAPPED = { './io': ['detector.ts'], './threads': null, './weights_io': null };
-const BUILTINS = /^(node:)?(fs|path|os|worker_threads|crypto|zlib|stream|util|url|child_process)$/;
+const SWAPPED = { './io': ['detector.ts'], './threads': null, './weights_io': null, './weights_cache': null };
+const BUILTINS = /^(node:)?(fs|path|os|worker_threads|crypto|zlib|stream|stream\/promises|util|url|child_process|events|readline|http|https|net)$/;
 
 const browserSwaps = {
   name: 'img2pose-browser-swaps',
   setup(build) {
-    build.onResolve({ filter: /^\.\/(io|threads|weights_io)$/ }, (args) =>
+    build.onResolve({ filter: /^\.\/(io|threads|weights_io|weights_cache)$/ }, (args) =>
       path.dirname(args.importer) === SRC && (SWAPPED[args.path] === null || SWAPPED[args.path].includes(path.basename(args.importer)))
         ? { path: path.join(SRC, 'browser', `${args.path.slice(2)}.ts`) }
         : undefined,

@@ -148,3 +148,6 @@ function checkManifestAgainstSpec(where: string, depth: ResNetDepth, entries: We
   const mismatch = compareToSpec(found, spec, (_, dtype) => dtype === 'float32');
   if (!isMismatchEmpty(mismatch)) refuse(where, describeMismatch(mismatch, `the weights manifest (ResNet-${depth})`));
 }
+
+// Pure checks shared with Node (weights from a URL or a tf.io handler validate with them).
+export { checkManifestAgainstSpec, checkModelJson } from '../weights_checks';

@@ -22,3 +22,5 @@ export const join = unavailable('path.join');
 export const dirname = unavailable('path.dirname');
 export const resolve = unavailable('path.resolve');
 export const basename = unavailable('path.basename');
+export const createHash = unavailable('crypto.createHash');
+export const fileURLToPath = unavailable('url.fileURLToPath');
