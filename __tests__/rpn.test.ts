@@ -1,7 +1,7 @@
 // Anchors and the region proposal network against the upstream run's own intermediates
 // (golden tiny_* cases: the reference FPN features go in, so only the RPN is under test).
 import * as tf from '@tensorflow/tfjs';
-import { ANCHOR_CACHE_SIZE, baseAnchors, featureSizes, imageAnchors, roundHalfEven, sharedImageAnchors } from '../src/anchors';
+import { ANCHOR_CACHE_SIZE, anchorsAt, baseAnchors, featureSizes, imageAnchors, roundHalfEven, sharedImageAnchors } from '../src/anchors';
 import { clipBoxesToImage, removeSmallBoxes } from '../src/boxes';
 import { batchedNms, torchSortDescending } from '../src/nms';
 import {
@@ -70,6 +70,29 @@ describe('anchors', () => {
     const again = sharedImageAnchors(192, 288);
     expect(again).not.toBe(first);
     expect(maxAbsDiff(again.anchors, first.anchors)).toBe(0);
+  });
+
+  it('computes chosen anchors exactly as indexing every anchor would', () => {
+    for (const [h, w] of [[800, 1216], [160, 96], [32, 32]] as Array<[number, number]>) {
+      const all = sharedImageAnchors(h, w);
+      // Every 7th anchor of each level, and each level's last.
+      const local: number[] = [];
+      const perLevel = all.perLevel.map((count) => {
+        const picked = Array.from({ length: Math.ceil(count / 7) }, (_, i) => i * 7);
+        if ((count - 1) % 7 !== 0) picked.push(count - 1);
+        local.push(...picked);
+        return picked.length;
+      });
+      const got = anchorsAt(h, w, perLevel, Int32Array.from(local));
+      const want = new Float32Array(got.length);
+      let o = 0;
+      let levelStart = 0;
+      perLevel.forEach((n, level) => {
+        for (let i = 0; i < n; i++, o++) want.set(all.anchors.subarray((levelStart + local[o]) * 4, (levelStart + local[o]) * 4 + 4), o * 4);
+        levelStart += all.perLevel[level];
+      });
+      expect(Buffer.from(got.buffer)).toEqual(Buffer.from(want.buffer));
+    }
   });
 
   it('has the reference anchor count per level for every single-image case', () => {

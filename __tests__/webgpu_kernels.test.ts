@@ -30,6 +30,9 @@ import { imagePath } from './utils/golden';
 import { lcgValues, relErr } from './utils/lcg';
 import { ConvCase, ConvData, convOutShape, convReference64, RoiCase, roiAlignReference64 } from './utils/kernel_reference';
 import { describeWebGPU } from './utils/webgpu';
+import { rpnCandidates } from '../src/webgpu/rpn_candidates';
+import { featureSizes } from '../src/anchors';
+import { candidateLayout, candidatesOf, ProposalJob, proposalsOf, RPN_CONFIG } from '../src/proposals';
 
 /** Float32 noise of sums of a few hundred products, well below any real indexing or tap error. */
 const REL_TOL = 1e-5;
@@ -343,6 +346,84 @@ describeWebGPU('WGSL programs against the portable path', () => {
       const img = tf.zeros([2, 2, 3]) as tf.Tensor3D;
       expect(() => normalizeResizePadBatchWebGPU([img], [], [], [32, 32], new Float32Array(774))).toThrow(/one y and one x tap set per image/);
       img.dispose();
+    });
+  });
+
+  describe('RPN top-k candidates', () => {
+    // Two images of different own sizes in one batch; logits with ties, both zeros, infinities
+    // and NaN, so the selection's tie and sort-key rules are exercised.
+    const padded: Size[] = [[96, 160], [64, 96]];
+    const levelSizes = featureSizes(96, 160);
+    function headValues(seed: number, quantum: number): Float32Array[] {
+      return levelSizes.map(([h, w], level) => {
+        const v = lcgValues(padded.length * h * w * 15, seed + level).map((x) => x * 4);
+        for (let i = 0; i < v.length; i += 15) {
+          // Logits on a grid of `quantum` (ties), and a few special values.
+          for (let a = 0; a < 3; a++) v[i + a] = quantum > 0 ? Math.round(v[i + a] / quantum) * quantum : v[i + a];
+        }
+        const specials = [NaN, -0, 0, Infinity, -Infinity, -NaN];
+        specials.forEach((s, j) => (v[(j * 7 + level) * 15 + (j % 3)] = s));
+        return v;
+      });
+    }
+    /** Host reference: the anchors of a level whose sort key's top 16 bits reach the k-th largest's. */
+    function expectedSet(values: Float32Array, k: number): number[] {
+      const key = (v: number): number => {
+        if (v !== v) return 0xffffffff;
+        const b = new Uint32Array(new Float32Array([v === 0 ? 0 : v]).buffer)[0];
+        return b >= 0x80000000 ? 0xffffffff - b : b + 0x80000000;
+      };
+      const keys = Array.from(values, key);
+      const digit = [...keys].sort((a, b) => b - a)[k - 1] >>> 16;
+      return keys.flatMap((x, i) => (x >>> 16 >= digit ? [i] : []));
+    }
+
+    for (const [name, quantum, topN, slack] of [
+      ['continuous logits', 0, 200, 600],
+      ['tied logits (grid of 1/8)', 0.125, 150, 4000],
+      ['topN above a level\'s anchors', 0.5, 5000, 64],
+    ] as Array<[string, number, number, number]>) {
+      it(`${name}: exactly the expected candidates, and the host's proposals from them`, async () => {
+        const values = headValues(70, quantum);
+        const head = values.map((v, l) => tf.tensor4d(v, [padded.length, levelSizes[l][0], levelSizes[l][1], 15]));
+        const config = { ...RPN_CONFIG, preNmsTopN: topN, postNmsTopN: 300 };
+        const layout = candidateLayout(padded, topN, slack);
+        const result = rpnCandidates(head, layout);
+        const words = (await result.data()) as Int32Array;
+        tf.dispose([...head, result]);
+        for (let image = 0; image < padded.length; image++) {
+          const candidates = candidatesOf(words, layout, image);
+          expect(candidates).not.toBeNull();
+          if (!candidates) continue;
+          const job: ProposalJob = { levels: values, levelSizes, image, paddedSize: padded[image], imageSize: [padded[image][0] - 5, padded[image][1] - 9], config };
+          // The candidate sets, level by level, against the host's reading of the same rule.
+          const own = featureSizes(...padded[image]);
+          let o = 0;
+          own.forEach(([h, w], level) => {
+            const [, W] = levelSizes[level];
+            const logits = new Float32Array(h * w * 3);
+            for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) for (let a = 0; a < 3; a++) logits[(y * w + x) * 3 + a] = values[level][((image * levelSizes[level][0] + y) * W + x) * 15 + a];
+            const n = candidates.perLevel[level];
+            expect(Array.from(candidates.index.subarray(o, o + n))).toEqual(expectedSet(logits, Math.min(topN, logits.length)));
+            o += n;
+          });
+          const fromCandidates = proposalsOf({ ...job, levels: [], candidates });
+          const fromAll = proposalsOf(job);
+          expect(fromCandidates.boxes.length).toBeGreaterThan(0);
+          expect(Buffer.from(fromCandidates.boxes.buffer)).toEqual(Buffer.from(fromAll.boxes.buffer));
+          expect(Buffer.from(fromCandidates.scores.buffer)).toEqual(Buffer.from(fromAll.scores.buffer));
+        }
+      });
+    }
+
+    it('reports a level whose candidates overflow their slots (the caller then reads everything)', async () => {
+      const values = headValues(90, 0.5);
+      const head = values.map((v, l) => tf.tensor4d(v, [padded.length, levelSizes[l][0], levelSizes[l][1], 15]));
+      const layout = candidateLayout(padded, 100, 0);
+      const result = rpnCandidates(head, layout);
+      const words = (await result.data()) as Int32Array;
+      tf.dispose([...head, result]);
+      expect(candidatesOf(words, layout, 0)).toBeNull();
     });
   });
 });

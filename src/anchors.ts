@@ -90,6 +90,35 @@ export function levelAnchors(
   return out;
 }
 
+/**
+ * The anchors of an image whose own padded size is paddedH x paddedW at the level-local indices
+ * `local` (perLevel[l] of them for level l, levels in order): the same numbers as indexing
+ * `imageAnchors`, for a few thousand anchors instead of all of them.
+ */
+export function anchorsAt(paddedH: number, paddedW: number, perLevel: readonly number[], local: Int32Array): Float32Array {
+  const sizes = featureSizes(paddedH, paddedW);
+  const out = new Float32Array(local.length * 4);
+  let i = 0;
+  perLevel.forEach((count, level) => {
+    const [featH, featW] = sizes[level];
+    const strideY = Math.floor(paddedH / featH);
+    const strideX = Math.floor(paddedW / featW);
+    const cell = baseAnchors(ANCHOR_SIZES[level]);
+    const a = cell.length / 4;
+    for (const end = i + count; i < end; i++) {
+      const location = Math.floor(local[i] / a);
+      const k = local[i] - location * a;
+      const sx = f32((location % featW) * strideX);
+      const sy = f32(Math.floor(location / featW) * strideY);
+      out[i * 4] = f32(sx + cell[k * 4]);
+      out[i * 4 + 1] = f32(sy + cell[k * 4 + 1]);
+      out[i * 4 + 2] = f32(sx + cell[k * 4 + 2]);
+      out[i * 4 + 3] = f32(sy + cell[k * 4 + 3]);
+    }
+  });
+  return out;
+}
+
 export interface ImageAnchors {
   /** All levels concatenated, (x1, y1, x2, y2) per anchor. */
   anchors: Float32Array;

@@ -6,7 +6,7 @@
  * (Math.fround after every operation) follow torch's float32 CPU arithmetic. No tfjs here: worker
  * threads run this module on their own (src/worker.ts).
  */
-import { ANCHORS_PER_LOCATION, featureSizes, sharedImageAnchors } from './anchors';
+import { ANCHORS_PER_LOCATION, anchorsAt, featureSizes, sharedImageAnchors } from './anchors';
 import { clipBoxesToImage, removeSmallBoxes } from './boxes';
 import {
   COORDINATE_TRICK_MAX_BOXES,
@@ -422,6 +422,104 @@ function levelGrid(anchors: Float32Array, anchor: number, width: number, height:
 }
 
 /**
+ * An image's RPN candidates, as the GPU preselects them (src/webgpu/rpn_candidates.ts): per level,
+ * the anchors whose logit can be among the level's k best (every anchor at least as large as the
+ * k-th largest, and a few below it), in anchor order, with their logits and deltas. Running the
+ * exact selection on these gives the same proposals as running it on every anchor.
+ */
+export interface RpnCandidates {
+  /** Candidates of each level. */
+  perLevel: number[];
+  /** Each candidate's anchor index within its level. */
+  index: Int32Array;
+  objectness: Float32Array;
+  /** (dx, dy, dw, dh) per candidate. */
+  deltas: Float32Array;
+}
+
+/** Words per candidate record: level-local anchor index, logit bits, 4 delta bits. */
+export const RECORD_WORDS = 6;
+/**
+ * Record slots per (image, level) beyond k: room for the anchors that share the k-th largest
+ * key's top 16 bits (sign, exponent and 7 mantissa bits: ~0.8% of a logit's magnitude). When more
+ * than that tie so closely, the image's whole head output is read back instead.
+ */
+export const CANDIDATE_SLACK = 2048;
+
+/** Where each (image, level)'s candidates go in the GPU's result, and how many it needs. */
+export interface CandidateLayout {
+  images: number;
+  levels: number;
+  /** Per slot (image * levels + level): the image's own region (h, w) of the level. */
+  ownSizes: Array<[number, number]>;
+  /** Per slot: k = min(topN, own anchors), record slots reserved, first word of its records. */
+  k: Int32Array;
+  capacity: Int32Array;
+  base: Int32Array;
+  /** Words in all: one counter per slot, then the records. */
+  words: number;
+}
+
+/** The layout for a batch whose images have the given padded sizes (topN a positive integer). */
+export function candidateLayout(paddedSizes: Size[], topN: number, slack: number = CANDIDATE_SLACK): CandidateLayout {
+  const ownSizes = paddedSizes.map(([h, w]) => featureSizes(h, w));
+  const images = ownSizes.length;
+  const levels = images ? ownSizes[0].length : 0;
+  const slots = images * levels;
+  const k = new Int32Array(slots);
+  const capacity = new Int32Array(slots);
+  const base = new Int32Array(slots);
+  let words = slots;
+  ownSizes.flat().forEach(([h, w], slot) => {
+    const count = h * w * ANCHORS_PER_LOCATION;
+    k[slot] = Math.min(topN, count);
+    capacity[slot] = Math.min(count, k[slot] + slack);
+    base[slot] = words;
+    words += capacity[slot] * RECORD_WORDS;
+  });
+  return { images, levels, ownSizes: ownSizes.flat(), k, capacity, base, words };
+}
+
+/**
+ * Image `image`'s candidates from the GPU's result words, sorted into anchor order; null when a
+ * level's candidates did not fit its slots (or are fewer than k, which a correct result never has).
+ */
+export function candidatesOf(words: Int32Array, layout: CandidateLayout, image: number): RpnCandidates | null {
+  const floats = new Float32Array(words.buffer, words.byteOffset, words.length);
+  const perLevel: number[] = [];
+  for (let level = 0; level < layout.levels; level++) {
+    const slot = image * layout.levels + level;
+    const count = words[slot];
+    if (count > layout.capacity[slot] || count < layout.k[slot]) return null;
+    perLevel.push(count);
+  }
+  const total = perLevel.reduce((s, c) => s + c, 0);
+  const out: RpnCandidates = { perLevel, index: new Int32Array(total), objectness: new Float32Array(total), deltas: new Float32Array(total * 4) };
+  let o = 0;
+  perLevel.forEach((count, level) => {
+    const base = layout.base[image * layout.levels + level];
+    // Anchor indices are distinct: sorting (index, record) pairs packed in one double orders the records.
+    const order = new Float64Array(count);
+    for (let j = 0; j < count; j++) order[j] = words[base + j * RECORD_WORDS] * 2 ** 20 + j;
+    order.sort();
+    for (let j = 0; j < count; j++, o++) {
+      const r = base + (order[j] % 2 ** 20) * RECORD_WORDS;
+      out.index[o] = words[r];
+      out.objectness[o] = floats[r + 1];
+      out.deltas.set(floats.subarray(r + 2, r + 6), o * 4);
+    }
+  });
+  return out;
+}
+
+/** filterProposals on an image's candidates: the same proposals as on its whole head output. */
+export function proposalsOfCandidates(candidates: RpnCandidates, paddedSize: Size, imageSize: Size, config: RpnConfig = RPN_CONFIG): Proposals {
+  const anchors = anchorsAt(paddedSize[0], paddedSize[1], candidates.perLevel, candidates.index);
+  const head: RpnHeadOutput = { objectness: candidates.objectness, deltas: candidates.deltas, perLevel: candidates.perLevel };
+  return filterProposals(head, anchors, imageSize, config);
+}
+
+/**
  * One image's proposal filtering, self-contained so it can run on a worker thread: the batch's
  * read-back head output per level ([N, H, W, 15] values and (H, W)), the image's index in it
  * and its sizes.
@@ -433,6 +531,8 @@ export interface ProposalJob {
   paddedSize: Size;
   imageSize: Size;
   config: RpnConfig;
+  /** The GPU's preselection for this image; `levels` is then empty. */
+  candidates?: RpnCandidates;
 }
 
 /**
@@ -460,6 +560,7 @@ export function headOf(job: ProposalJob, deltas = true): RpnHeadOutput {
  * output (at most 6000 per level of ~185k anchors): the same numbers as flattening them all.
  */
 export function proposalsOf(job: ProposalJob): Proposals {
+  if (job.candidates) return proposalsOfCandidates(job.candidates, job.paddedSize, job.imageSize, job.config);
   const { anchors } = sharedImageAnchors(job.paddedSize[0], job.paddedSize[1]);
   const head = headOf(job, false);
   const top = selectTopPerLevel(head.objectness, head.perLevel, job.config.preNmsTopN);

@@ -2,19 +2,32 @@
  * Region proposal network (upstream `_rpn.py`, img2pose's own copy of torchvision's RPN).
  *
  *   head:  shared 3x3 conv + ReLU, then 1x1 objectness (3 per location) and 1x1 box deltas (12)
- *   post:  src/proposals.ts, per image, on the host (or on worker threads for a batch)
+ *   post:  src/proposals.ts, per image, on the host (or on worker threads for a batch); with our
+ *          WebGPU kernels the GPU first narrows each level to its top-k candidates, so only those
+ *          are read back (src/webgpu/rpn_candidates.ts)
  *
  * The head runs on the whole batch; features outside each image's own region are masked so its
  * output there equals the single-image run's.
  */
 import * as tf from '@tensorflow/tfjs';
-import { conv, prepareConvFilter, releaseConvFilter, winogradAtLevel } from './webgpu';
+import { conv, prepareConvFilter, releaseConvFilter, useWebGPUKernels, winogradAtLevel } from './webgpu';
+import { rpnCandidates } from './webgpu/rpn_candidates';
 import { WorkerPool } from './threads';
 import { Img2PoseWeights } from './weights';
 import { ANCHORS_PER_LOCATION, featureSizes } from './anchors';
-import { ownJob, ProposalJob, Proposals, proposalsOf, RPN_CONFIG, RpnConfig, Size } from './proposals';
+import { candidateLayout, candidatesOf, ownJob, ProposalJob, Proposals, proposalsOf, RPN_CONFIG, RpnConfig, Size } from './proposals';
 
 export * from './proposals';
+
+/**
+ * tfjs flag: with our WebGPU kernels, preselect the RPN's top-k candidates on the GPU and read back
+ * only those (true), or read back the whole head output (false). Results are the same either way.
+ */
+export const GPU_CANDIDATES_FLAG = 'IMG2POSE_GPU_CANDIDATES';
+// Registered once per tfjs instance, also when this module is bundled twice.
+if (!(GPU_CANDIDATES_FLAG in (tf.env() as unknown as { flagRegistry: object }).flagRegistry)) {
+  tf.env().registerFlag(GPU_CANDIDATES_FLAG, () => true);
+}
 
 /** One image's own region of a level (rows/cols from 0), for images padded to a larger batch. */
 interface OwnRegion {
@@ -76,6 +89,7 @@ export class RegionProposalNetwork {
    */
   async predictHead(features: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[], split = false): Promise<ProposalJob[]> {
     const outputs = this.head(features, paddedSizes);
+    if (!split && this.candidatesOnGpu()) return this.candidateJobs(outputs, imageSizes, paddedSizes);
     const n = paddedSizes.length;
     const parts = split && n > 1 ? outputs.map((o) => tf.split(o, n, 0)) : outputs.map((o) => [o]);
     try {
@@ -93,6 +107,37 @@ export class RegionProposalNetwork {
     } finally {
       tf.dispose(outputs);
       tf.dispose(parts.flat());
+    }
+  }
+
+  private candidatesOnGpu(): boolean {
+    const topN = this.config.preNmsTopN;
+    return useWebGPUKernels() && tf.env().getBool(GPU_CANDIDATES_FLAG) && Number.isInteger(topN) && topN >= 1 && topN <= 2 ** 19;
+  }
+
+  /**
+   * predictHead with the GPU's top-k preselection: one small readback for the batch; an image
+   * whose candidates overflow their slots (many near-equal logits) gets its whole head output.
+   */
+  private async candidateJobs(outputs: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[]): Promise<ProposalJob[]> {
+    try {
+      const layout = candidateLayout(paddedSizes, this.config.preNmsTopN);
+      const result = rpnCandidates(outputs, layout);
+      const words = await result.data().finally(() => result.dispose());
+      const candidates = paddedSizes.map((_, image) => candidatesOf(words as Int32Array, layout, image));
+      const full = candidates.some((c) => c === null) ? await Promise.all(outputs.map((o) => o.data() as Promise<Float32Array>)) : [];
+      const levelSizes = outputs.map((o) => [o.shape[1], o.shape[2]] as Size);
+      return paddedSizes.map((paddedSize, image) => ({
+        levels: candidates[image] ? [] : full,
+        levelSizes,
+        image,
+        paddedSize,
+        imageSize: imageSizes[image],
+        config: this.config,
+        ...(candidates[image] ? { candidates: candidates[image] } : {}),
+      }));
+    } finally {
+      tf.dispose(outputs);
     }
   }
 

@@ -25,9 +25,10 @@ export function runProgram<R extends tf.Rank>(
   program: WebGPUProgram,
   inputs: tf.Tensor[],
   uniforms: ProgramUniform[] = [],
+  dtype: 'float32' | 'int32' = 'float32',
 ): tf.Tensor<R> {
   const backend = webgpuBackend();
-  const info = backend.runWebGPUProgram(program, inputs, 'float32', uniforms);
+  const info = backend.runWebGPUProgram(program, inputs, dtype, uniforms);
   return tf.engine().makeTensorFromTensorInfo(info) as tf.Tensor<R>;
 }
 
