@@ -8,6 +8,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
+import './gpu_flags';
 import { parseNpy } from '../converter/npy';
 import { failures, matchDetections, pct, sci } from './match';
 import { formulaWeights } from '../src/formula_weights';

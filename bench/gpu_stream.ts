@@ -9,6 +9,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
+import './gpu_flags';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { formulaWeights } from '../src/formula_weights';
 import { decodeImage } from '../src/io';

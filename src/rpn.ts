@@ -89,7 +89,7 @@ export class RegionProposalNetwork {
    */
   async predictHead(features: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[], split = false): Promise<ProposalJob[]> {
     const outputs = this.head(features, paddedSizes);
-    if (!split && this.candidatesOnGpu()) return this.candidateJobs(outputs, imageSizes, paddedSizes);
+    if (this.candidatesOnGpu()) return this.candidateJobs(outputs, imageSizes, paddedSizes);
     const n = paddedSizes.length;
     const parts = split && n > 1 ? outputs.map((o) => tf.split(o, n, 0)) : outputs.map((o) => [o]);
     try {
@@ -146,6 +146,10 @@ export class RegionProposalNetwork {
     if (!pool) return jobs.map(proposalsOf);
     return Promise.all(
       jobs.map((job) => {
+        if (job.candidates) {
+          const { index, objectness, deltas } = job.candidates;
+          return pool.run<Proposals>({ kind: 'proposals', payload: job }, [index.buffer, objectness.buffer, deltas.buffer] as ArrayBuffer[]);
+        }
         const own = ownsBuffers(job) ? job : ownJob(job);
         return pool.run<Proposals>({ kind: 'proposals', payload: own }, own.levels.map((l) => l.buffer as ArrayBuffer));
       }),

@@ -21,6 +21,8 @@ const ANCHORS = 3;
 const CHANNELS = ANCHORS * 5;
 /** Histogram bins: the top 16 bits of a sort key. */
 const BINS = 65536;
+/** Anchors per thread in the histogram pass. */
+const RUN = 16;
 const SORT_KEY_WGSL = `
 fn sortKey(v: f32) -> u32 {
   let b = bitcast<u32>(v);
@@ -55,8 +57,41 @@ class LogitPassProgram implements WebGPUProgram {
 
   private visit(level: number): string {
     const h = `h${level}`;
-    const record = this.compact
-      ? `if (i32(key >> 16u) < digits[slot]) { return; }
+    const locate = `
+  let a = i % ${ANCHORS}; let t = i / ${ANCHORS}; let x = t % W; let t2 = t / W; let y = t2 % H; let n = t2 / H;
+  let slot = n * ${this.levels} + ${level};
+  let own = info[slot * 2];`;
+    if (!this.compact) {
+      // A run of RUN consecutive anchors per thread, one atomic per run of equal bins: neighbouring
+      // anchors often share a digit, and atomics on one address serialise.
+      return `
+fn visit${level}(run: i32) {
+  let H = uniforms.${h}Shape.y; let W = uniforms.${h}Shape.z;
+  let count = uniforms.${h}Shape.x * H * W * ${ANCHORS};
+  var bin = -1; var same = 0;
+  for (var i = run * ${RUN}; i < min(count, (run + 1) * ${RUN}); i++) {
+    ${locate}
+    var b = -1;
+    if (y < own.x && x < own.y) {
+      b = slot * ${BINS} + i32(sortKey(${h}[((n * H + y) * W + x) * ${CHANNELS} + a]) >> 16u);
+    }
+    if (b != bin) {
+      if (bin >= 0) { atomicAdd(&result[bin], same); }
+      bin = b; same = 0;
+    }
+    same++;
+  }
+  if (bin >= 0) { atomicAdd(&result[bin], same); }
+}`;
+    }
+    return `
+fn visit${level}(i: i32) {
+  let H = uniforms.${h}Shape.y; let W = uniforms.${h}Shape.z;
+  ${locate}
+  if (y >= own.x || x >= own.y) { return; }
+  let base = ((n * H + y) * W + x) * ${CHANNELS};
+  let v = ${h}[base + a];
+  if (i32(sortKey(v) >> 16u) < digits[slot]) { return; }
   let c = atomicAdd(&result[slot], 1);
   let room = info[slot * 2 + 1];
   if (c >= room.x) { return; }
@@ -67,19 +102,7 @@ class LogitPassProgram implements WebGPUProgram {
   atomicStore(&result[r + 2], bitcast<i32>(${h}[d]));
   atomicStore(&result[r + 3], bitcast<i32>(${h}[d + 1]));
   atomicStore(&result[r + 4], bitcast<i32>(${h}[d + 2]));
-  atomicStore(&result[r + 5], bitcast<i32>(${h}[d + 3]));`
-      : `atomicAdd(&result[slot * ${BINS} + i32(key >> 16u)], 1);`;
-    return `
-fn visit${level}(i: i32) {
-  let H = uniforms.${h}Shape.y; let W = uniforms.${h}Shape.z;
-  let a = i % ${ANCHORS}; let t = i / ${ANCHORS}; let x = t % W; let t2 = t / W; let y = t2 % H; let n = t2 / H;
-  let slot = n * ${this.levels} + ${level};
-  let own = info[slot * 2];
-  if (y >= own.x || x >= own.y) { return; }
-  let base = ((n * H + y) * W + x) * ${CHANNELS};
-  let v = ${h}[base + a];
-  let key = sortKey(v);
-  ${record}
+  atomicStore(&result[r + 5], bitcast<i32>(${h}[d + 3]));
 }`;
   }
 
@@ -169,15 +192,20 @@ export function rpnCandidates(head: tf.Tensor4D[], layout: CandidateLayout): tf.
     const [h, w] = layout.ownSizes[s];
     infoData.set([h, w, layout.k[s], 0, layout.capacity[s], layout.base[s], 0, 0], s * 8);
   }
-  const starts: number[] = [0];
-  for (const h of head) starts.push(starts[starts.length - 1] + h.shape[0] * h.shape[1] * h.shape[2] * ANCHORS);
-  const total = starts[levels];
-  const uniforms = [total, ...[1, 2, 3, 4].map((l) => starts[Math.min(l, levels)])].map((v) => ({ type: 'int32' as const, data: [v] }));
+  // Threads of each pass laid end to end over the levels: one per anchor (compaction) or per run.
+  const threads = (run: number): { total: number; uniforms: Array<{ type: 'int32'; data: number[] }> } => {
+    const starts: number[] = [0];
+    for (const h of head) starts.push(starts[starts.length - 1] + Math.ceil((h.shape[0] * h.shape[1] * h.shape[2] * ANCHORS) / run));
+    const total = starts[levels];
+    return { total, uniforms: [total, ...[1, 2, 3, 4].map((l) => starts[Math.min(l, levels)])].map((v) => ({ type: 'int32' as const, data: [v] })) };
+  };
+  const runs = threads(RUN);
+  const anchors = threads(1);
   return tf.tidy(() => {
     const info = tf.tensor2d(infoData, [slots * 2, 4], 'int32');
-    const histogram = runInto(new LogitPassProgram(levels, false, slots * BINS, total), [...head, info], uniforms, slots * BINS);
+    const histogram = runInto(new LogitPassProgram(levels, false, slots * BINS, runs.total), [...head, info], runs.uniforms, slots * BINS);
     const digits = runProgram<tf.Rank.R1>(new KthDigitProgram(slots), [histogram, info], [], 'int32');
-    return runInto(new LogitPassProgram(levels, true, layout.words, total), [...head, info, digits], uniforms, layout.words);
+    return runInto(new LogitPassProgram(levels, true, layout.words, anchors.total), [...head, info, digits], anchors.uniforms, layout.words);
   });
 }
 

@@ -1,0 +1,12 @@
+/**
+ * Library flags for GPU bench runs, from the environment, so one bundle compares both settings:
+ * IMG2POSE_GPU_CANDIDATES=0 reads the whole RPN head output back instead of the GPU's top-k
+ * candidates; IMG2POSE_POSE_GATING=0 runs the pose head on every proposal.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { POSE_GATING_FLAG } from '../src/model';
+import { GPU_CANDIDATES_FLAG } from '../src/rpn';
+
+for (const flag of [GPU_CANDIDATES_FLAG, POSE_GATING_FLAG]) {
+  if (process.env[flag] === '0') tf.env().set(flag, false);
+}
