@@ -15,7 +15,7 @@ import { BatchError, InputError, OptionError } from '../src/errors';
 import { decodeImage } from '../src/io';
 import { Img2PoseModel, RawDetections } from '../src/model';
 import { shareOut, ThreadedModel } from '../src/threaded_model';
-import { WorkerPool, WorkerTaskError, workerScript } from '../src/threads';
+import { WorkerExitError, WorkerPool, WorkerTaskError, workerScript } from '../src/threads';
 import { disposeWeights, Img2PoseWeights } from '../src/weights';
 import { formulaWeights } from './utils/formula';
 import { imagePath } from './utils/golden';
@@ -97,9 +97,32 @@ describe('WorkerPool', () => {
     try {
       const pending = pool.run({ kind: 'slow', payload: 2000 });
       const dying = pool.run({ kind: 'exit', payload: null });
-      await expect(dying).rejects.toThrow(/exited \(code 3\)/);
-      await expect(pending).rejects.toThrow(/exited/);
+      await expect(dying).rejects.toThrow(/a worker thread stopped \(exit code 3\) with the task pending/);
+      await expect(dying).rejects.toBeInstanceOf(WorkerExitError);
+      await expect(pending).rejects.toMatchObject({ name: 'WorkerExitError', exitCode: 3 });
+      // Replaced lazily, at the slot's next task.
       expect(await pool.run({ kind: 'sum', payload: [2, 3] })).toBe(5);
+      expect(await pool.run<{ threadId: number }>({ kind: 'echo', payload: 0 }, [], 0)).toMatchObject({ payload: 0 });
+    } finally {
+      await pool.terminate();
+    }
+  });
+
+  it('a worker that cannot start fails its task and is not restarted in a loop', async () => {
+    const broken = path.join(dir, 'broken.js');
+    const starts = path.join(dir, 'starts.txt');
+    fs.writeFileSync(broken, `require('fs').appendFileSync(${JSON.stringify(starts)}, 'x'); throw new Error('cannot start');`);
+    const pool = new WorkerPool(broken, 1);
+    try {
+      const failure = await pool.run({ kind: 'echo', payload: 1 }).catch((e: unknown) => e);
+      expect(failure).toBeInstanceOf(WorkerExitError);
+      expect((failure as Error).message).toMatch(/a worker thread stopped \(.*cannot start\) with the task pending/);
+      // Nothing is respawned until asked: the next task tries once more and fails the same way.
+      await new Promise((r) => setTimeout(r, 300));
+      await expect(pool.run({ kind: 'echo', payload: 2 })).rejects.toThrow(/cannot start/);
+      await new Promise((r) => setTimeout(r, 300));
+      // The first worker (it got the first task, and died starting), and one for the second task.
+      expect(fs.readFileSync(starts, 'utf8')).toBe('xx');
     } finally {
       await pool.terminate();
     }
