@@ -10,7 +10,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
-import { Img2Pose, threadCount } from '../src/detector';
+import { Img2Pose, threadCount, threadLimit } from '../src/detector';
 import { BatchError, InputError, OptionError } from '../src/errors';
 import { decodeImage } from '../src/io';
 import { Img2PoseModel, RawDetections } from '../src/model';
@@ -159,6 +159,30 @@ describe('the threads option', () => {
     expect(threadCount('auto', 'webgpu', {})).toBe(Math.min(cpus, 8));
     expect(() => threadCount('auto', 'wasm', { IMG2POSE_THREADS: 'many' })).toThrow(OptionError);
     expect(() => threadCount('auto', 'wasm', { IMG2POSE_THREADS: '0' })).toThrow(/IMG2POSE_THREADS: expected a positive integer, found "0"/);
+  });
+
+  it("'auto' and the limit on wasm/cpu are sized by memory too (~0.75 GB a worker, half the memory); GPU backends are not", () => {
+    const GiB = 1024 ** 3;
+    // The module object itself (the namespace import above is read-only).
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const nodeOs = require('os') as typeof os;
+    jest.spyOn(nodeOs, 'availableParallelism').mockReturnValue(16);
+    const memory = jest.spyOn(nodeOs, 'totalmem');
+    try {
+      memory.mockReturnValue(64 * GiB);
+      expect(threadCount('auto', 'wasm', {})).toBe(4);
+      expect(threadLimit('wasm')).toBe(32);
+      memory.mockReturnValue(3 * GiB);
+      expect(threadCount('auto', 'wasm', {})).toBe(2);
+      expect(threadCount('auto', 'cpu', {})).toBe(2);
+      expect(threadCount('auto', 'webgpu', {})).toBe(8);
+      expect(threadLimit('wasm')).toBe(2);
+      expect(() => threadCount('auto', 'wasm', { IMG2POSE_THREADS: '3' })).toThrow(/IMG2POSE_THREADS: expected at most 2 .*~0.75 GB of the 3 GB here/);
+      memory.mockReturnValue(1 * GiB);
+      expect(threadCount('auto', 'wasm', {})).toBe(1);
+    } finally {
+      jest.restoreAllMocks();
+    }
   });
 
   it('rejects a bad value before loading anything', async () => {
