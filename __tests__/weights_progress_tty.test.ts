@@ -104,4 +104,24 @@ test('stderr not a terminal: no bar and no terminal control codes, only log line
   expect(r.stderr).toContain(`the weights are cached in ${folder}`);
   expect(r.output).toContain(folder);
   expect(fs.existsSync(path.join(folder, 'model.json'))).toBe(true);
+
+  // The cache it made, managed from the command line: path, verify, a damaged file, clear.
+  const weights = (...more: string[]) => run(process.execPath, [CLI, 'weights', ...more], env);
+  expect(await weights('path')).toMatchObject({ code: 0, output: `${folder}\n`, stderr: '' });
+  const ok = await weights('verify');
+  expect(ok.code).toBe(0);
+  expect(ok.output.startsWith(`${folder}: ok (`)).toBe(true);
+  expect(ok.output).toMatch(/ files; checkpoint .* sha256 [0-9a-f]{64}; downloaded .* from http:\/\/127\.0\.0\.1:/);
+  const shard = fs.readdirSync(folder).find((f) => f.endsWith('.bin')) as string;
+  const bytes = fs.readFileSync(path.join(folder, shard));
+  bytes[100] ^= 1;
+  fs.writeFileSync(path.join(folder, shard), bytes);
+  const damaged = await weights('verify');
+  expect(damaged.code).toBe(1);
+  expect(damaged.stderr.trim().split('\n')).toHaveLength(1);
+  expect(damaged.stderr).toContain(shard);
+  const cleared = await weights('clear');
+  expect(cleared.code).toBe(0);
+  expect(cleared.output).toContain(`removed ${folder}`);
+  expect(fs.existsSync(folder)).toBe(false);
 }, 240_000);
