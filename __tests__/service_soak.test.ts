@@ -54,7 +54,7 @@ describe('a worker killed mid-batch', () => {
     inputs = images();
     reference = plain(await model.predict(inputs, TINY));
     baseTensors = await model.workerTensors();
-  }, 120_000);
+  }, 300_000);
 
   afterAll(() => {
     killer?.close();
@@ -71,7 +71,7 @@ describe('a worker killed mid-batch', () => {
     expect(plain(killed)).toEqual(reference);
     // Both workers hold the network and nothing else (the new one included).
     expect(await model.workerTensors()).toEqual(baseTensors);
-  }, 120_000);
+  }, 300_000);
 
   it('a batch that kills the replacement too fails with an InferenceError; later calls work', async () => {
     // Every worker dies on every forward task: the retry on the replacement dies too.
@@ -85,7 +85,7 @@ describe('a worker killed mid-batch', () => {
     // The dead slot gets a healthy worker at its next task.
     expect(plain(await model.predict(inputs, TINY))).toEqual(reference);
     expect(await model.workerTensors()).toEqual(baseTensors);
-  }, 120_000);
+  }, 300_000);
 
   it('through the detector: only the affected call fails, typed; the calls before and after get their faces', async () => {
     const weights = formulaWeights();
@@ -116,7 +116,7 @@ describe('a worker killed mid-batch', () => {
       killer.killEvery(false);
       await det.dispose();
     }
-  }, 180_000);
+  }, 300_000);
 });
 
 describe('the service soak, short version', () => {
@@ -136,5 +136,5 @@ describe('the service soak, short version', () => {
       expect(s.workerTensors).toEqual(report.samples[0].workerTensors);
     }
     expect(tf.memory().numTensors).toBe(0);
-  }, 180_000);
+  }, 300_000);
 });
