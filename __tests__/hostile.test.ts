@@ -26,12 +26,22 @@ describe.each(hostileCases().map((c, i) => [`${c.row}: ${c.label}`, i, c] as con
     const action = await c.make(dir);
     const tensors = tf.memory().numTensors;
     const peak = peakMiB();
+    // Nothing printed (a decoder's warning on stdout would break the CLI's JSON lines).
+    const printed = (['log', 'warn', 'info', 'error'] as const).map((m) => jest.spyOn(console, m).mockImplementation(() => undefined));
+    const written = jest.spyOn(process.stdout, 'write').mockImplementation(() => true);
     const started = Date.now();
-    const error = await action().then(
-      () => undefined,
-      (e: unknown) => e,
-    );
+    let output: unknown[][] = [];
+    const error = await action()
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+      .finally(() => {
+        output = [...printed, written].flatMap((spy) => spy.mock.calls as unknown[][]);
+        jest.restoreAllMocks();
+      });
     const seconds = (Date.now() - started) / 1000;
+    expect(output).toEqual([]);
     expect(error).toBeInstanceOf(Error);
     expect(error instanceof Img2PoseError || error instanceof CheckpointError).toBe(true);
     expect((error as Error).message).toMatch(c.message);

@@ -10,12 +10,12 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
-import { Img2Pose, threadCount } from '../src/detector';
+import { Img2Pose, threadCount, threadLimit } from '../src/detector';
 import { BatchError, InputError, OptionError } from '../src/errors';
 import { decodeImage } from '../src/io';
 import { Img2PoseModel, RawDetections } from '../src/model';
 import { shareOut, ThreadedModel } from '../src/threaded_model';
-import { WorkerPool, WorkerTaskError, workerScript } from '../src/threads';
+import { WorkerExitError, WorkerPool, WorkerTaskError, workerScript } from '../src/threads';
 import { disposeWeights, Img2PoseWeights } from '../src/weights';
 import { formulaWeights } from './utils/formula';
 import { imagePath } from './utils/golden';
@@ -97,9 +97,32 @@ describe('WorkerPool', () => {
     try {
       const pending = pool.run({ kind: 'slow', payload: 2000 });
       const dying = pool.run({ kind: 'exit', payload: null });
-      await expect(dying).rejects.toThrow(/exited \(code 3\)/);
-      await expect(pending).rejects.toThrow(/exited/);
+      await expect(dying).rejects.toThrow(/a worker thread stopped \(exit code 3\) with the task pending/);
+      await expect(dying).rejects.toBeInstanceOf(WorkerExitError);
+      await expect(pending).rejects.toMatchObject({ name: 'WorkerExitError', exitCode: 3 });
+      // Replaced lazily, at the slot's next task.
       expect(await pool.run({ kind: 'sum', payload: [2, 3] })).toBe(5);
+      expect(await pool.run<{ threadId: number }>({ kind: 'echo', payload: 0 }, [], 0)).toMatchObject({ payload: 0 });
+    } finally {
+      await pool.terminate();
+    }
+  });
+
+  it('a worker that cannot start fails its task and is not restarted in a loop', async () => {
+    const broken = path.join(dir, 'broken.js');
+    const starts = path.join(dir, 'starts.txt');
+    fs.writeFileSync(broken, `require('fs').appendFileSync(${JSON.stringify(starts)}, 'x'); throw new Error('cannot start');`);
+    const pool = new WorkerPool(broken, 1);
+    try {
+      const failure = await pool.run({ kind: 'echo', payload: 1 }).catch((e: unknown) => e);
+      expect(failure).toBeInstanceOf(WorkerExitError);
+      expect((failure as Error).message).toMatch(/a worker thread stopped \(.*cannot start\) with the task pending/);
+      // Nothing is respawned until asked: the next task tries once more and fails the same way.
+      await new Promise((r) => setTimeout(r, 300));
+      await expect(pool.run({ kind: 'echo', payload: 2 })).rejects.toThrow(/cannot start/);
+      await new Promise((r) => setTimeout(r, 300));
+      // The first worker (it got the first task, and died starting), and one for the second task.
+      expect(fs.readFileSync(starts, 'utf8')).toBe('xx');
     } finally {
       await pool.terminate();
     }
@@ -136,6 +159,30 @@ describe('the threads option', () => {
     expect(threadCount('auto', 'webgpu', {})).toBe(Math.min(cpus, 8));
     expect(() => threadCount('auto', 'wasm', { IMG2POSE_THREADS: 'many' })).toThrow(OptionError);
     expect(() => threadCount('auto', 'wasm', { IMG2POSE_THREADS: '0' })).toThrow(/IMG2POSE_THREADS: expected a positive integer, found "0"/);
+  });
+
+  it("'auto' and the limit on wasm/cpu are sized by memory too (~0.75 GB a worker, half the memory); GPU backends are not", () => {
+    const GiB = 1024 ** 3;
+    // The module object itself (the namespace import above is read-only).
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const nodeOs = require('os') as typeof os;
+    jest.spyOn(nodeOs, 'availableParallelism').mockReturnValue(16);
+    const memory = jest.spyOn(nodeOs, 'totalmem');
+    try {
+      memory.mockReturnValue(64 * GiB);
+      expect(threadCount('auto', 'wasm', {})).toBe(4);
+      expect(threadLimit('wasm')).toBe(32);
+      memory.mockReturnValue(3 * GiB);
+      expect(threadCount('auto', 'wasm', {})).toBe(2);
+      expect(threadCount('auto', 'cpu', {})).toBe(2);
+      expect(threadCount('auto', 'webgpu', {})).toBe(8);
+      expect(threadLimit('wasm')).toBe(2);
+      expect(() => threadCount('auto', 'wasm', { IMG2POSE_THREADS: '3' })).toThrow(/IMG2POSE_THREADS: expected at most 2 .*~0.75 GB of the 3 GB here/);
+      memory.mockReturnValue(1 * GiB);
+      expect(threadCount('auto', 'wasm', {})).toBe(1);
+    } finally {
+      jest.restoreAllMocks();
+    }
   });
 
   it('rejects a bad value before loading anything', async () => {

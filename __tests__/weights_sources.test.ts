@@ -93,12 +93,25 @@ describe('the untrained test weights as a folder', () => {
 });
 
 describe('in-memory weights made before the backend was chosen', () => {
-  it('in a fresh process, Img2Pose.load({ weights: await loadWeights(dir) }) with the default backend detects as upstream (image tensors made before it too)', async () => {
+  // Each source is made in the child before any backend call: in-memory weights, a file:// URL, a
+  // tf.io handler (tf.io.fromMemory over the folder's files, with its img2pose metadata).
+  const sources: [string, (dir: string) => string][] = [
+    ['await loadWeights(dir)', (d) => `await loadWeights(${JSON.stringify(d)})`],
+    ['a file:// URL of model.json', (d) => JSON.stringify(pathToFileURL(path.join(d, 'model.json')).href)],
+    [
+      'a tf.io handler',
+      (d) =>
+        `(() => { const fs = require('fs'); const p = require('path'); const j = JSON.parse(fs.readFileSync(p.join(${JSON.stringify(d)}, 'model.json'), 'utf8'));` +
+        ` const g = j.weightsManifest[0]; const b = Buffer.concat(g.paths.map((f) => fs.readFileSync(p.join(${JSON.stringify(d)}, f))));` +
+        ' return tf.io.fromMemory({ weightSpecs: g.weights, weightData: b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength), userDefinedMetadata: { img2pose: j.img2pose } }); })()',
+    ],
+  ];
+  it.each(sources)('in a fresh process, Img2Pose.load({ weights: %s }) with the default backend detects as upstream (image tensors made before it too)', async (_label, source) => {
     const dist = path.join(__dirname, '..', 'dist', 'src', 'index.js');
     const code =
       `const { Img2Pose, loadWeights } = require(${JSON.stringify(dist)});` +
       `const tf = require(${JSON.stringify(require.resolve('@tensorflow/tfjs'))});` +
-      `(async () => { const w = await loadWeights(${JSON.stringify(dir)});` +
+      `(async () => { const w = ${source(dir)};` +
       // an image tensor made before the detector too (big enough to grow the wasm heap)
       ' const image = tf.zeros([2000, 2000, 3]);' +
       ' const d = await Img2Pose.load({ weights: w, minSize: 160, maxSize: 288 });' +

@@ -18,7 +18,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { InputError, OptionError, describeValue } from './errors';
-import { ImageInput, RawImage, decodeBitmap, decodeImage } from './io';
+import { DecodeLimits, ImageInput, RawImage, decodeBitmap, decodeImage } from './io';
 import { projectPoints } from './pose';
 import { encodePng } from './visualize';
 
@@ -49,6 +49,11 @@ export interface AlignedFace {
 export interface AlignOptions {
   /** Crop side in pixels: 112 or 224 (default 224, as upstream's `align_faces`). */
   size?: AlignSize;
+  /**
+   * Largest width x height of an encoded image accepted, read from its header before decoding
+   * (default `DEFAULT_MAX_PIXELS`; a detector's `alignFaces` uses the detector's `maxPixels`).
+   */
+  maxPixels?: number;
 }
 
 /** Anything with a 6DoF pose [rx, ry, rz, tx, ty, tz]: a detected `Face` or a bare `{ pose }`. */
@@ -350,7 +355,7 @@ function borderPixel(s: Uint8Array, width: number, height: number, X: number, Y:
  */
 export async function alignFaces(image: ImageInput, faces: readonly PosedFace[], options?: AlignOptions): Promise<AlignedFace[]> {
   const size = alignSizeOf(options);
-  return alignChecked(image, checkPoses(faces, 'faces'), size);
+  return alignChecked(image, checkPoses(faces, 'faces'), size, undefined, 'faces', alignLimitsOf(options));
 }
 
 /**
@@ -363,9 +368,10 @@ export async function alignChecked(
   size: AlignSize,
   index?: number,
   name = 'faces',
+  limits: DecodeLimits = {},
 ): Promise<AlignedFace[]> {
   if (poses.length === 0) return [];
-  const rgb = await decodeRgb8(image, index);
+  const rgb = await decodeRgb8(image, index, limits);
   return alignPoses(rgb, poses, size, (k) => `${name}[${k}].pose`, index);
 }
 
@@ -418,6 +424,15 @@ export function alignPoses(
 }
 
 /** The `size` option, checked. */
+/** The decoding bounds of `options` (`maxPixels`, else `fallback`, else the library default). */
+export function alignLimitsOf(options: AlignOptions | undefined, fallback?: number): DecodeLimits {
+  const maxPixels = (options as AlignOptions | undefined)?.maxPixels ?? fallback;
+  if (maxPixels !== undefined && !(Number.isInteger(maxPixels) && maxPixels > 0)) {
+    throw new OptionError('maxPixels', 'a positive integer', maxPixels);
+  }
+  return { maxPixels };
+}
+
 export function alignSizeOf(options: AlignOptions | undefined): AlignSize {
   if (options !== undefined && (typeof options !== 'object' || options === null)) {
     throw new OptionError('options', 'an object { size? }', options);
@@ -461,9 +476,9 @@ function isNumberList(v: unknown): v is ArrayLike<number> {
  * and are rounded to 8 bits. `exact` says whether the pixels are the input's own values (false
  * when rounding changed any).
  */
-export async function decodeRgb8(input: ImageInput, index?: number): Promise<Rgb8Image & { exact: boolean }> {
+export async function decodeRgb8(input: ImageInput, index?: number, limits: DecodeLimits = {}): Promise<Rgb8Image & { exact: boolean }> {
   if (typeof input === 'string' || input instanceof Uint8Array || input instanceof ArrayBuffer) {
-    const bitmap = await decodeBitmap(input, index);
+    const bitmap = await decodeBitmap(input, index, limits);
     return { ...rgbaToRgb(bitmap.data, bitmap.width, bitmap.height, 4), exact: true };
   }
   if (!(input instanceof tf.Tensor)) {
@@ -471,7 +486,7 @@ export async function decodeRgb8(input: ImageInput, index?: number): Promise<Rgb
     if (raw) return { ...rgbaToRgb(raw.data, raw.width, raw.height, raw.channels), exact: true };
   }
   // Tensors, float pixels, and anything malformed: decodeImage checks and explains.
-  const t = await decodeImage(input, index);
+  const t = await decodeImage(input, index, limits);
   try {
     const [height, width] = t.shape;
     const values = await t.data();

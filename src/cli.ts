@@ -318,7 +318,7 @@ async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO
             result = { image, faces: s.faces };
             if (opts.draw && drawNames) {
               try {
-                await writeNewFile(opts.draw, drawNames[start + i], await visualize(image, s.faces));
+                await writeNewFile(opts.draw, drawNames[start + i], await visualize(image, s.faces, { maxPixels: opts.maxPixels }));
               } catch (e) {
                 failures++;
                 io.stderr(`img2pose: cannot draw ${image}: ${oneLine(messageOf(e))}\n`);

@@ -28,7 +28,7 @@ import {
 } from './errors';
 import { DEFAULT_MAX_PIXELS, ImageInput, RawImage, decodeImage } from './io';
 import { checkKnownKeys } from './options';
-import { AlignOptions, AlignSize, AlignedFace, PosedFace, Rgb8Image, alignChecked, alignFaces, alignPoses, alignSizeOf, checkPoses, decodeRgb8 } from './align';
+import { AlignOptions, AlignSize, AlignedFace, PosedFace, Rgb8Image, alignChecked, alignLimitsOf, alignPoses, alignSizeOf, checkPoses, decodeRgb8 } from './align';
 import { Img2PoseModel, ModelConfig, RawDetections } from './model';
 import { cores, workerScript } from './threads';
 import { ThreadedModel } from './threaded_model';
@@ -429,7 +429,8 @@ export class Img2Pose {
   /** `alignFaces` (src/align.ts): needs no network, only each face's pose. */
   async alignFaces(image: ImageInput, faces: readonly PosedFace[], options?: AlignOptions): Promise<AlignedFace[]> {
     this.assertAlive();
-    return alignFaces(image, faces, options);
+    const size = alignSizeOf(options);
+    return alignChecked(image, checkPoses(faces, 'faces'), size, undefined, 'faces', alignLimitsOf(options, this.options.maxPixels));
   }
 
   /**
@@ -444,6 +445,7 @@ export class Img2Pose {
   ): Promise<AlignedFace[][]> {
     this.assertAlive();
     const size = alignSizeOf(options);
+    const limits = alignLimitsOf(options, this.options.maxPixels);
     if (!Array.isArray(images)) throw new OptionError('images', 'an array of image inputs', images);
     if (!Array.isArray(facesPerImage) || facesPerImage.length !== images.length) {
       throw new OptionError('facesPerImage', `an array of ${images.length} face lists, one per image`, facesPerImage);
@@ -452,7 +454,7 @@ export class Img2Pose {
     const out: AlignedFace[][] = [];
     // One image decoded at a time: memory stays that of one image.
     for (let i = 0; i < images.length; i++) {
-      out.push(await alignChecked(images[i], poses[i], size, i, `facesPerImage[${i}]`));
+      out.push(await alignChecked(images[i], poses[i], size, i, `facesPerImage[${i}]`, limits));
     }
     return out;
   }
@@ -476,7 +478,7 @@ export class Img2Pose {
       // Tensors are taken at call time, as detectFaces does, so callers may dispose theirs at once.
       const pending = take(images as ImageInput);
       try {
-        const rgb = await decodeRgb8(pending.input);
+        const rgb = await decodeRgb8(pending.input, undefined, { maxPixels: this.options.maxPixels });
         const faces = await this.detectFaces(rgb.exact ? asRawImage(rgb) : pending.input, detect);
         return withCrops(faces, rgb, alignSize);
       } finally {
@@ -492,7 +494,7 @@ export class Img2Pose {
         for (let slot = start; slot < Math.min(pendings.length, start + this.options.batchSize); slot++) {
           const { input } = pendings[slot];
           try {
-            chunk.push({ slot, rgb: await decodeRgb8(input, slot), input });
+            chunk.push({ slot, rgb: await decodeRgb8(input, slot, { maxPixels: this.options.maxPixels }), input });
           } catch (e) {
             errors.push({ index: slot, error: asDetectionError(e, slot) });
           }

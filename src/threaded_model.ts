@@ -6,9 +6,10 @@
  * never mixes images, and every worker runs the same kernels).
  */
 import * as tf from '@tensorflow/tfjs';
+import { InferenceError } from './errors';
 import type { ModelConfig, RawDetections } from './model';
 import { paddedSize, resizedSize, Size } from './transform';
-import { WorkerPool } from './threads';
+import { WorkerExitError, WorkerPool } from './threads';
 import { Img2PoseWeights, ResNetDepth } from './weights';
 
 /** Weights as plain arrays, to hand to workers (each builds its own tensors from them). */
@@ -102,16 +103,46 @@ export class ThreadedModel {
     await Promise.all(
       shares.map(async (share, worker) => {
         if (share.length === 0) return;
-        const portable = await Promise.all(share.map((i) => portableImage(images[i])));
-        const out = await this.pool.run<RawDetections[]>(
-          { kind: 'model-predict', payload: { images: portable, config } satisfies PredictTask },
-          portable.map((p) => p.data.buffer as ArrayBuffer),
-          worker,
-        );
+        const out = await this.predictShare(share.map((i) => images[i]), config, worker);
         share.forEach((i, k) => (results[i] = out[k]));
       }),
     );
     return results;
+  }
+
+  /**
+   * One worker's share. A worker that stops while holding it (a crash, or killed) is replaced and
+   * the share runs once more on the new one: the images are still ours, and a forward has no side
+   * effects, so the caller gets the same results. A second stop is not retried again (the images
+   * themselves may be what kills it): the call fails with an `InferenceError`.
+   */
+  private async predictShare(images: tf.Tensor3D[], config: ModelConfig, worker: number): Promise<RawDetections[]> {
+    const attempt = async () => {
+      // Built afresh for each attempt: the pixels are transferred to the worker, not copied.
+      const portable = await Promise.all(images.map(portableImage));
+      return this.pool.run<RawDetections[]>(
+        { kind: 'model-predict', payload: { images: portable, config } satisfies PredictTask },
+        portable.map((p) => p.data.buffer as ArrayBuffer),
+        worker,
+      );
+    };
+    try {
+      return await attempt();
+    } catch (first) {
+      if (!(first instanceof WorkerExitError)) throw first;
+      try {
+        return await attempt();
+      } catch (second) {
+        if (!(second instanceof WorkerExitError)) throw second;
+        const n = images.length;
+        throw new InferenceError(
+          `The network's worker thread stopped twice on ${n === 1 ? 'this image' : `these ${n} images`}: ` +
+            `${first.message}, then on the retry ${second.message}; the worker was replaced for later calls ` +
+            '(if memory ran out, lower batchSize, maxSize or threads)',
+          { cause: second },
+        );
+      }
+    }
   }
 
   /** Tensors alive in each worker's tfjs (leak checks). */

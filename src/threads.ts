@@ -38,6 +38,17 @@ export class WorkerTaskError extends Error {
   }
 }
 
+/**
+ * A worker stopped (crashed, ran out of memory, was terminated) while holding the task: the task
+ * never ran to its end there. The pool has dropped that worker; a later task starts a new one.
+ */
+export class WorkerExitError extends Error {
+  constructor(readonly exitCode: number | undefined, readonly reason?: Error) {
+    super(`a worker thread stopped ${exitCode === undefined ? `(${reason?.message ?? 'error'})` : `(exit code ${exitCode})`} with the task pending`);
+    this.name = 'WorkerExitError';
+  }
+}
+
 /** Environment variable naming the worker script, for bundles that move it. */
 export const WORKER_SCRIPT_ENV = 'IMG2POSE_WORKER_SCRIPT';
 
@@ -61,14 +72,18 @@ export function cores(): number {
 
 interface Slot {
   worker: Worker;
+  /** Set once the worker has stopped: the slot is refilled at its next task. */
+  dead: boolean;
   pending: Map<number, { resolve(v: unknown): void; reject(e: unknown): void }>;
 }
 
 /**
  * A fixed set of workers running `script`. `run` gives a task to the least busy worker (or the
- * one named); replies are matched by id. A worker that dies fails its own pending tasks and is
- * replaced (with the same `workerData`) for later ones. Idle workers are unref'd, so a forgotten
- * pool never keeps the process alive; `terminate` stops them.
+ * one named); replies are matched by id. A worker that dies fails its own pending tasks with a
+ * `WorkerExitError` (the other workers' tasks go on) and is replaced, with the same `workerData`,
+ * when its slot gets its next task: lazily, so a worker that cannot start never spins in a
+ * restart loop. Idle workers are unref'd, so a forgotten pool never keeps the process alive;
+ * `terminate` stops them.
  */
 export class WorkerPool {
   private readonly slots: Slot[] = [];
@@ -91,8 +106,10 @@ export class WorkerPool {
   /** Runs `task` on worker `index`, or on the worker with the fewest pending tasks. */
   run<R>(task: TaskMessage, transfer: ArrayBuffer[] = [], index?: number): Promise<R> {
     if (this.closed) return Promise.reject(new Error('WorkerPool: used after terminate()'));
-    const slot = index === undefined ? this.leastBusy() : this.slots[index];
-    if (!slot) return Promise.reject(new RangeError(`WorkerPool: no worker ${index}`));
+    const at = index ?? this.leastBusy();
+    if (!this.slots[at]) return Promise.reject(new RangeError(`WorkerPool: no worker ${index}`));
+    if (this.slots[at].dead) this.slots[at] = this.spawn();
+    const slot = this.slots[at];
     const id = this.nextId++;
     return new Promise<R>((resolve, reject) => {
       slot.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
@@ -123,7 +140,7 @@ export class WorkerPool {
 
   private spawn(): Slot {
     const worker = new Worker(this.script, { workerData: this.workerData });
-    const slot: Slot = { worker, pending: new Map() };
+    const slot: Slot = { worker, dead: false, pending: new Map() };
     worker.on('message', (reply: Reply) => {
       const waiting = slot.pending.get(reply.id);
       if (!waiting) return;
@@ -132,22 +149,27 @@ export class WorkerPool {
       if (reply.ok) waiting.resolve(reply.result);
       else waiting.reject(new WorkerTaskError(reply.error));
     });
-    const replace = (error: Error): void => {
-      this.failPending(slot, error);
-      const at = this.slots.indexOf(slot);
-      if (at >= 0 && !this.closed) this.slots[at] = this.spawn();
-    };
-    worker.on('error', (e) => replace(e instanceof Error ? e : new Error(String(e))));
+    // 'error' (an uncaught exception, out of memory) is followed by 'exit': the first one says why.
+    let reason: Error | undefined;
+    worker.on('error', (e) => {
+      reason = e instanceof Error ? e : new Error(String(e));
+      slot.dead = true;
+      this.failPending(slot, new WorkerExitError(undefined, reason));
+    });
     worker.on('exit', (code) => {
-      if (!this.closed) replace(new Error(`WorkerPool: a worker exited (code ${code}) with tasks pending`));
+      slot.dead = true;
+      if (!this.closed) this.failPending(slot, new WorkerExitError(reason === undefined ? code : undefined, reason));
     });
     worker.unref();
     return slot;
   }
 
-  private leastBusy(): Slot {
-    let best = this.slots[0];
-    for (const s of this.slots) if (s.pending.size < best.pending.size) best = s;
+  /** The index of the worker with the fewest pending tasks (a dead one has none). */
+  private leastBusy(): number {
+    let best = 0;
+    this.slots.forEach((s, i) => {
+      if (s.pending.size < this.slots[best].pending.size) best = i;
+    });
     return best;
   }
 

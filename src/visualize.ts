@@ -7,7 +7,7 @@
  */
 import * as fs from 'fs';
 import { Jimp } from 'jimp';
-import { ImageInput, decodeBitmap, decodeImage as decodeToTensor } from './io';
+import { DecodeLimits, ImageInput, decodeBitmap, decodeImage as decodeToTensor } from './io';
 import { projectPoints, transformPoints } from './pose';
 
 /**
@@ -38,6 +38,8 @@ export interface VisualizeOptions {
   showPose?: boolean;
   /** Length of the drawn pose axes in the 3D reference face's units (the face is ~1.5 wide). */
   axisLength?: number;
+  /** Largest width x height of an encoded image accepted, read from its header before decoding (default `DEFAULT_MAX_PIXELS`). */
+  maxPixels?: number;
 }
 
 /** A decoded RGBA image, row-major, 4 bytes a pixel. */
@@ -58,7 +60,7 @@ const AXIS_COLORS: [RGB, RGB, RGB] = [
  * Coordinates are those `detectFaces` returns: original-image pixels.
  */
 export async function visualize(image: VisualizeImage, faces: readonly DrawableFace[], opts: VisualizeOptions = {}): Promise<Buffer> {
-  const bm = await toBitmap(image);
+  const bm = await toBitmap(image, { maxPixels: opts.maxPixels });
   const thickness = Math.max(1, Math.round(opts.thickness ?? 2));
   const boxColor = opts.boxColor ?? [0, 255, 0];
   const keypointColor = opts.keypointColor ?? [255, 0, 0];
@@ -95,8 +97,8 @@ export async function encodePng(bm: RgbaBitmap): Promise<Buffer> {
   );
 }
 
-async function toBitmap(image: VisualizeImage): Promise<RgbaBitmap> {
-  if (typeof image === 'string' || image instanceof Uint8Array || image instanceof ArrayBuffer) return decodeBitmap(image);
+async function toBitmap(image: VisualizeImage, limits: DecodeLimits): Promise<RgbaBitmap> {
+  if (typeof image === 'string' || image instanceof Uint8Array || image instanceof ArrayBuffer) return decodeBitmap(image, undefined, limits);
   if ('bitmap' in image) {
     const { width, height, data } = image.bitmap;
     if (data.length !== width * height * 4) {
@@ -105,7 +107,7 @@ async function toBitmap(image: VisualizeImage): Promise<RgbaBitmap> {
     return { width, height, data: Uint8Array.from(data) };
   }
   // Raw pixels and tensors: the detector's own conversion (validation, gray -> RGB, alpha dropped).
-  const rgb = await decodeToTensor(image);
+  const rgb = await decodeToTensor(image, undefined, limits);
   try {
     const [height, width] = rgb.shape;
     const values = await rgb.data();

@@ -480,7 +480,9 @@ function reporter(options: ReleaseOptions): Reporter {
           );
           bar.start(Math.ceil(e.total / 1e6), 0);
         }
-        const mb = Math.floor(e.received / 1e6);
+        // Whole megabytes received, and the bar's full total once everything has come (the total
+        // is rounded up, so flooring the last count would leave the bar at 99%).
+        const mb = e.received >= e.total ? Math.ceil(e.total / 1e6) : Math.floor(e.received / 1e6);
         if (mb !== lastMb) bar.update(mb);
         lastMb = mb;
       }

@@ -8,6 +8,8 @@ import type { TaskMessage } from '../threads';
 
 export class WorkerTaskError extends Error {}
 
+export class WorkerExitError extends Error {}
+
 export const WORKER_SCRIPT_ENV = 'IMG2POSE_WORKER_SCRIPT';
 
 /** No worker script in browsers: every stage runs on the calling thread. */

@@ -1,0 +1,140 @@
+/**
+ * A detector on worker threads run as a service: a worker killed in the middle of a batch is
+ * replaced and only its share runs again (same results as with no kill); a batch that kills every
+ * worker it lands on fails with an InferenceError, and the detector goes on. Then the bounded
+ * service soak (bench/service_soak.ts --short): random sizes, bad inputs, two kills, flat tensors
+ * and memory.
+ *
+ * Workers run the compiled build (dist/bench/fault_worker.js wraps dist/src/worker.js).
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import * as tf from '@tensorflow/tfjs';
+import { selectBackend } from '../src/backend';
+import { Img2Pose } from '../src/detector';
+import { InferenceError, InputError } from '../src/errors';
+import { RawDetections } from '../src/model';
+import { ThreadedModel } from '../src/threaded_model';
+import { disposeWeights } from '../src/weights';
+import { KILLED_EXIT_CODE, WorkerKiller } from '../bench/fault_worker';
+import { serviceSoak, SHORT } from '../bench/service_soak';
+import { formulaWeights } from './utils/formula';
+
+const SCRIPT = path.join(__dirname, '..', 'dist', 'bench', 'fault_worker.js');
+const TINY = { minSize: 64, maxSize: 96 };
+
+function images(): tf.Tensor3D[] {
+  return [
+    [40, 60],
+    [90, 30],
+    [64, 64],
+    [17, 120],
+  ].map(([h, w], k) => tf.tidy(() => tf.range(k, k + h * w * 3, 1, 'int32').mod(251).reshape([h, w, 3])) as tf.Tensor3D);
+}
+
+const plain = (r: RawDetections[]) => r.map((d) => ({ boxes: Array.from(d.boxes), scores: Array.from(d.scores), dofs: Array.from(d.dofs) }));
+
+describe('a worker killed mid-batch', () => {
+  let model: ThreadedModel;
+  let killer: WorkerKiller;
+  let inputs: tf.Tensor3D[];
+  let reference: ReturnType<typeof plain>;
+  let baseTensors: number[];
+
+  beforeAll(async () => {
+    if (!fs.existsSync(SCRIPT)) throw new Error(`${SCRIPT} is missing: run \`npm run build\``);
+    await selectBackend('wasm');
+    const weights = formulaWeights();
+    try {
+      model = await ThreadedModel.start(SCRIPT, weights, 'wasm', 2);
+    } finally {
+      disposeWeights(weights);
+    }
+    killer = new WorkerKiller();
+    inputs = images();
+    reference = plain(await model.predict(inputs, TINY));
+    baseTensors = await model.workerTensors();
+  }, 300_000);
+
+  afterAll(() => {
+    killer?.close();
+    model?.dispose();
+    tf.dispose(inputs);
+  });
+
+  it('is replaced, and its share runs again on the new worker: the same results as with no kill', async () => {
+    expect(reference.length).toBe(4);
+    expect(reference.some((r) => r.scores.length > 0)).toBe(true);
+    await killer.arm(2);
+    const killed = await model.predict(inputs, TINY);
+    expect(killer.fired).toBe(true);
+    expect(plain(killed)).toEqual(reference);
+    // Both workers hold the network and nothing else (the new one included).
+    expect(await model.workerTensors()).toEqual(baseTensors);
+  }, 300_000);
+
+  it('a batch that kills the replacement too fails with an InferenceError; later calls work', async () => {
+    // Every worker dies on every forward task: the retry on the replacement dies too.
+    killer.killEvery(true);
+    const failure = await model.predict(inputs, TINY).catch((e: unknown) => e);
+    killer.killEvery(false);
+    expect(failure).toBeInstanceOf(InferenceError);
+    expect((failure as Error).message).toMatch(
+      new RegExp(`worker thread stopped twice on these 2 images: .*exit code ${KILLED_EXIT_CODE}.*then on the retry .*exit code ${KILLED_EXIT_CODE}`),
+    );
+    // The dead slot gets a healthy worker at its next task.
+    expect(plain(await model.predict(inputs, TINY))).toEqual(reference);
+    expect(await model.workerTensors()).toEqual(baseTensors);
+  }, 300_000);
+
+  it('through the detector: only the affected call fails, typed; the calls before and after get their faces', async () => {
+    const weights = formulaWeights();
+    let threaded: ThreadedModel;
+    try {
+      threaded = await ThreadedModel.start(SCRIPT, weights, 'wasm', 2);
+    } finally {
+      disposeWeights(weights);
+    }
+    const det = new Img2Pose(threaded, { ...TINY, scoreThreshold: 0.5 }, 'wasm', 2);
+    try {
+      const expected = await det.detectFacesSettled([...inputs, 'no-such-file.png']);
+      expect(expected.slice(0, 4).every((s) => s.ok)).toBe(true);
+      expect(!expected[4].ok && expected[4].error).toBeInstanceOf(InputError);
+
+      expect(await det.detectFaces(inputs[0])).toEqual((expected[0] as { faces: unknown }).faces);
+      killer.killEvery(true);
+      const error = await det.detectFaces(inputs.slice(0, 2)).catch((e: unknown) => e);
+      killer.killEvery(false);
+      expect(error).toMatchObject({ name: 'BatchError' });
+      const { errors } = error as { errors: { index: number; error: Error }[] };
+      expect(errors.map((e) => e.index)).toEqual([0, 1]);
+      for (const e of errors) expect(e.error).toBeInstanceOf(InferenceError);
+      expect(errors[0].error.message).toMatch(/worker thread stopped twice/);
+      // The next calls, on a new worker, get exactly their faces again.
+      expect(await det.detectFacesSettled([...inputs, 'no-such-file.png'])).toEqual(expected);
+    } finally {
+      killer.killEvery(false);
+      await det.dispose();
+    }
+  }, 300_000);
+});
+
+describe('the service soak, short version', () => {
+  it('60 calls with random sizes, bad inputs and two workers killed mid-batch: every outcome right, tensors and RSS flat', async () => {
+    const lines: string[] = [];
+    const report = await serviceSoak({ ...SHORT, log: (l) => lines.push(l) });
+    if (report.problems.length > 0) throw new Error(lines.join('\n'));
+    expect(report.calls).toBe(60);
+    expect(report.kills).toBe(2);
+    expect(report.goodInputs).toBeGreaterThan(30);
+    expect(report.badInputs).toBeGreaterThan(10);
+    // Flat: the same counts at every sample after the warm-up, the network's own in each worker.
+    const after = report.samples.filter((s) => s.call >= report.baseline.call);
+    expect(after.length).toBeGreaterThanOrEqual(3);
+    for (const s of after) {
+      expect(s.mainTensors).toBe(0);
+      expect(s.workerTensors).toEqual(report.samples[0].workerTensors);
+    }
+    expect(tf.memory().numTensors).toBe(0);
+  }, 300_000);
+});
