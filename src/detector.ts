@@ -26,9 +26,9 @@ import {
   OptionError,
   WeightsError,
 } from './errors';
-import { DEFAULT_MAX_PIXELS, ImageInput, RawImage, decodeImage } from './io';
+import { DEFAULT_MAX_PIXELS, ImageInput, RawImage, decodeImage, decodePixels } from './io';
 import { checkKnownKeys } from './options';
-import { AlignOptions, AlignSize, AlignedFace, PosedFace, Rgb8Image, alignChecked, alignFaces, alignPoses, alignSizeOf, checkPoses, decodeRgb8 } from './align';
+import { AlignOptions, AlignSize, AlignedFace, PosedFace, Rgb8Image, alignChecked, alignPoses, alignSizeOf, checkPoses, decodeRgb8 } from './align';
 import { Img2PoseModel, ModelConfig, RawDetections } from './model';
 import { cores, workerScript } from './threads';
 import { ThreadedModel } from './threaded_model';
@@ -429,7 +429,9 @@ export class Img2Pose {
   /** `alignFaces` (src/align.ts): needs no network, only each face's pose. */
   async alignFaces(image: ImageInput, faces: readonly PosedFace[], options?: AlignOptions): Promise<AlignedFace[]> {
     this.assertAlive();
-    return alignFaces(image, faces, options);
+    const size = alignSizeOf(options);
+    const poses = checkPoses(faces, 'faces');
+    return alignChecked(poses.length > 0 ? await decodePixels(image) : image, poses, size);
   }
 
   /**
@@ -452,7 +454,7 @@ export class Img2Pose {
     const out: AlignedFace[][] = [];
     // One image decoded at a time: memory stays that of one image.
     for (let i = 0; i < images.length; i++) {
-      out.push(await alignChecked(images[i], poses[i], size, i, `facesPerImage[${i}]`));
+      out.push(await alignChecked(poses[i].length > 0 ? await decodePixels(images[i], i) : images[i], poses[i], size, i, `facesPerImage[${i}]`));
     }
     return out;
   }
@@ -476,7 +478,7 @@ export class Img2Pose {
       // Tensors are taken at call time, as detectFaces does, so callers may dispose theirs at once.
       const pending = take(images as ImageInput);
       try {
-        const rgb = await decodeRgb8(pending.input);
+        const rgb = await decodeRgb8(await decodePixels(pending.input));
         const faces = await this.detectFaces(rgb.exact ? asRawImage(rgb) : pending.input, detect);
         return withCrops(faces, rgb, alignSize);
       } finally {
@@ -492,7 +494,7 @@ export class Img2Pose {
         for (let slot = start; slot < Math.min(pendings.length, start + this.options.batchSize); slot++) {
           const { input } = pendings[slot];
           try {
-            chunk.push({ slot, rgb: await decodeRgb8(input, slot), input });
+            chunk.push({ slot, rgb: await decodeRgb8(await decodePixels(input, slot), slot), input });
           } catch (e) {
             errors.push({ index: slot, error: asDetectionError(e, slot) });
           }
