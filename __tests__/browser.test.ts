@@ -16,6 +16,9 @@ import { Face, processPrediction } from '../src/detector';
 import { Img2PoseModel } from '../src/model';
 import { disposeWeights } from '../src/weights';
 import { facesToDets } from '../bench/match';
+import { parseNpy } from '../converter/npy';
+import { alignFaces } from '../src/align';
+import { FIXTURES } from './utils/formula';
 import { formulaWeights } from './utils/formula';
 import { golden, goldenCase, imagePath } from './utils/golden';
 import { expectWithinTolerance, matchDetections } from './utils/match';
@@ -125,10 +128,125 @@ describeBrowser('in headless Chromium: the demo page', () => {
 
   it.each(['webgpu', 'wasm'])('%s in the page: the tiny teaser matches upstream and Node within the golden tolerances', async (backend) => {
     const { page, result } = await detectInPage(`backend=${backend}&threshold=0&${SIZES}`);
-    await page.close();
-    expect(result.backend).toBe(backend);
-    expectLikeGoldenAndNode(result.faces, `${backend} in Chromium (${result.ms} ms)`);
+    try {
+      expect(result.backend).toBe(backend);
+      expectLikeGoldenAndNode(result.faces, `${backend} in Chromium (${result.ms} ms)`);
+      await expectPageAlignsLikeUpstream(page);
+      if (backend === 'wasm') await expectPageDetectAndAlignLikeNode(page, backend);
+    } finally {
+      await page.close();
+    }
   });
+
+  /** Upstream's alignment fixtures on the teaser: poses and crops for both sizes. */
+  function alignmentCase(id: string): { poses: number[][]; crops: Uint8Array; size: number } {
+    const dir = path.join(FIXTURES, 'alignment');
+    const poses = parseNpy(fs.readFileSync(path.join(dir, `${id}.poses.npy`)), id);
+    const crops = parseNpy(fs.readFileSync(path.join(dir, `${id}.crops.npy`)), id);
+    const n = poses.shape[0];
+    return {
+      poses: Array.from({ length: n }, (_, k) => Array.from(poses.data.slice(k * 6, k * 6 + 6) as ArrayLike<number>)),
+      crops: Uint8Array.from(crops.data as ArrayLike<number>),
+      size: crops.shape[1],
+    };
+  }
+
+  /**
+   * `alignFaces` in the page on every kind of page input (encoded bytes, Blob, ImageBitmap, canvas,
+   * ImageData, HTMLImageElement): the crops equal upstream's (OpenCV's) byte for byte.
+   */
+  async function expectPageAlignsLikeUpstream(page: Page): Promise<void> {
+    const cases = ['al_teaser_top_112', 'al_teaser_top_224'].map(alignmentCase);
+    const teaserB64 = fs.readFileSync(path.join(FIXTURES, 'golden', 'teaser.png')).toString('base64');
+    const fixtures = cases.map((c) => ({ poses: c.poses, size: c.size, crops: Buffer.from(c.crops).toString('base64') }));
+    const report = await page.evaluate(async (pngB64: string, all: { poses: number[][]; size: number; crops: string }[]) => {
+      // A dynamic import written out here would be rewritten by the test's CommonJS transpilation.
+      const pageImport = new Function('url', 'return import(url)') as (url: string) => Promise<unknown>;
+      const lib = (await pageImport(new URL('img2pose.bundle.mjs', location.href).href)) as {
+        alignFaces(image: unknown, faces: { pose: number[] }[], o: { size: number }): Promise<{ image: { data: Uint8Array; width: number; height: number } }[]>;
+      };
+      const decode = (b64: string): Uint8Array => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const bytes = decode(pngB64);
+      const blob = new Blob([bytes as BlobPart], { type: 'image/png' });
+      const bitmap = await createImageBitmap(blob);
+      const canvas = Object.assign(document.createElement('canvas'), { width: bitmap.width, height: bitmap.height });
+      const ctx = canvas.getContext('2d', { willReadFrequently: true }) as CanvasRenderingContext2D;
+      ctx.drawImage(bitmap, 0, 0);
+      const imageData = ctx.getImageData(0, 0, bitmap.width, bitmap.height);
+      const img = new Image();
+      img.src = URL.createObjectURL(blob);
+      await img.decode();
+      const inputs: Record<string, unknown> = { bytes, blob, bitmap, canvas, imageData, img };
+      const out: string[] = [];
+      for (const [name, input] of Object.entries(inputs)) {
+        for (const { poses, size, crops } of all) {
+          const want = decode(crops);
+          const aligned = await lib.alignFaces(input, poses.map((pose) => ({ pose })), { size });
+          let differing = 0;
+          let max = 0;
+          aligned.forEach((f, k) => {
+            const d = f.image.data;
+            if (f.image.width !== size || f.image.height !== size || d.length !== size * size * 3) differing = -1;
+            for (let i = 0; i < d.length; i++) {
+              const diff = Math.abs(d[i] - want[k * size * size * 3 + i]);
+              if (diff > 0) differing++;
+              max = Math.max(max, diff);
+            }
+          });
+          out.push(`${name} ${size}: ${aligned.length} crops, ${differing} bytes differ (max ${max})`);
+        }
+      }
+      bitmap.close();
+      return out;
+    }, teaserB64, fixtures);
+    console.log(`alignFaces in Chromium:\n${report.join('\n')}`);
+    expect(report).toEqual(
+      ['bytes', 'blob', 'bitmap', 'canvas', 'imageData', 'img'].flatMap((name) =>
+        cases.map((c) => `${name} ${c.size}: ${c.poses.length} crops, 0 bytes differ (max 0)`),
+      ),
+    );
+  }
+
+  /**
+   * `detectAndAlign` in the page (a detector of its own on `backend`, the teaser as an
+   * HTMLImageElement): every face's crop equals, byte for byte, Node's `alignFaces` with that face's pose.
+   */
+  async function expectPageDetectAndAlignLikeNode(page: Page, backend: string): Promise<void> {
+    const teaserB64 = fs.readFileSync(TEASER).toString('base64');
+    const found = await page.evaluate(async (pngB64: string, be: string, minSize: number, maxSize: number) => {
+      // A dynamic import written out here would be rewritten by the test's CommonJS transpilation.
+      const pageImport = new Function('url', 'return import(url)') as (url: string) => Promise<unknown>;
+      const lib = (await pageImport(new URL('img2pose.bundle.mjs', location.href).href)) as {
+        Img2Pose: {
+          load(o: object): Promise<{
+            detectAndAlign(image: unknown, o: object): Promise<{ pose: number[]; crop: { image: { data: Uint8Array } } }[]>;
+            dispose(): Promise<void> | void;
+          }>;
+        };
+      };
+      const bytes = Uint8Array.from(atob(pngB64), (c) => c.charCodeAt(0));
+      const img = new Image();
+      img.src = URL.createObjectURL(new Blob([bytes as BlobPart], { type: 'image/png' }));
+      await img.decode();
+      const detector = await lib.Img2Pose.load({ weights: 'weights/', backend: be, minSize, maxSize });
+      try {
+        const faces = await detector.detectAndAlign(img, { scoreThreshold: 0.5, size: 112 });
+        const b64 = (d: Uint8Array): string => {
+          let s = '';
+          for (let i = 0; i < d.length; i += 0x8000) s += String.fromCharCode(...d.subarray(i, i + 0x8000));
+          return btoa(s);
+        };
+        return faces.map((f) => ({ pose: Array.from(f.pose), crop: b64(f.crop.image.data) }));
+      } finally {
+        await detector.dispose();
+      }
+    }, teaserB64, backend, CASE.min_size as number, CASE.max_size as number);
+    expect(found.length).toBe(CASE['faces_t0.5']?.length);
+    const node = await alignFaces(fs.readFileSync(TEASER), found.map((f) => ({ pose: f.pose })), { size: 112 });
+    const differing = found.filter((f, k) => !Buffer.from(f.crop, 'base64').equals(Buffer.from(node[k].image.data))).length;
+    console.log(`detectAndAlign in Chromium (${backend}): ${found.length} faces, ${differing} crops differ from Node's`);
+    expect(differing).toBe(0);
+  }
 
   it('a screenshot after one detection shows the boxes and keypoints drawn where the faces are', async () => {
     const { page, result } = await detectInPage(`backend=wasm&threshold=0.5&${SIZES}`);

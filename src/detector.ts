@@ -26,7 +26,7 @@ import {
   OptionError,
   WeightsError,
 } from './errors';
-import { DEFAULT_MAX_PIXELS, ImageInput, RawImage, decodeImage } from './io';
+import { DEFAULT_MAX_PIXELS, ImageInput, RawImage, decodeImage, decodePixels } from './io';
 import { checkKnownKeys } from './options';
 import { AlignOptions, AlignSize, AlignedFace, PosedFace, Rgb8Image, alignChecked, alignLimitsOf, alignPoses, alignSizeOf, checkPoses, decodeRgb8 } from './align';
 import { Img2PoseModel, ModelConfig, RawDetections } from './model';
@@ -430,7 +430,8 @@ export class Img2Pose {
   async alignFaces(image: ImageInput, faces: readonly PosedFace[], options?: AlignOptions): Promise<AlignedFace[]> {
     this.assertAlive();
     const size = alignSizeOf(options);
-    return alignChecked(image, checkPoses(faces, 'faces'), size, undefined, 'faces', alignLimitsOf(options, this.options.maxPixels));
+    const poses = checkPoses(faces, 'faces');
+    return alignChecked(poses.length > 0 ? await decodePixels(image) : image, poses, size, undefined, 'faces', alignLimitsOf(options, this.options.maxPixels));
   }
 
   /**
@@ -454,7 +455,7 @@ export class Img2Pose {
     const out: AlignedFace[][] = [];
     // One image decoded at a time: memory stays that of one image.
     for (let i = 0; i < images.length; i++) {
-      out.push(await alignChecked(images[i], poses[i], size, i, `facesPerImage[${i}]`, limits));
+      out.push(await alignChecked(poses[i].length > 0 ? await decodePixels(images[i], i) : images[i], poses[i], size, i, `facesPerImage[${i}]`, limits));
     }
     return out;
   }
@@ -478,7 +479,7 @@ export class Img2Pose {
       // Tensors are taken at call time, as detectFaces does, so callers may dispose theirs at once.
       const pending = take(images as ImageInput);
       try {
-        const rgb = await decodeRgb8(pending.input, undefined, { maxPixels: this.options.maxPixels });
+        const rgb = await decodeRgb8(await decodePixels(pending.input), undefined, { maxPixels: this.options.maxPixels });
         const faces = await this.detectFaces(rgb.exact ? asRawImage(rgb) : pending.input, detect);
         return withCrops(faces, rgb, alignSize);
       } finally {
@@ -494,7 +495,7 @@ export class Img2Pose {
         for (let slot = start; slot < Math.min(pendings.length, start + this.options.batchSize); slot++) {
           const { input } = pendings[slot];
           try {
-            chunk.push({ slot, rgb: await decodeRgb8(input, slot, { maxPixels: this.options.maxPixels }), input });
+            chunk.push({ slot, rgb: await decodeRgb8(await decodePixels(input, slot), slot, { maxPixels: this.options.maxPixels }), input });
           } catch (e) {
             errors.push({ index: slot, error: asDetectionError(e, slot) });
           }

@@ -78,6 +78,14 @@ export function describeInput(input: unknown): string {
 }
 
 /**
+ * The input in a form the pixel-level code (alignment) reads. In Node every input already is
+ * one; the browser build's version draws page elements (images, canvases, video) into pixels.
+ */
+export async function decodePixels(input: ImageInput, _index?: number): Promise<ImageInput> {
+  return input;
+}
+
+/**
  * Decode any supported input to a new float32 [H, W, 3] tensor (0..255). `index` locates the
  * input in a batch for error messages. Throws `InputError` for anything unusable.
  */

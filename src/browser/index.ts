@@ -25,8 +25,31 @@ setDefaultModuleLoader(browserLoader);
 
 export { tf, setWasmPaths };
 
-export { Img2Pose, processPrediction, DEFAULT_OPTIONS } from '../detector';
-export type { Box, DetectionModel, DetectOptions, DetectorOptions, Face, LoadOptions, Point, Pose, SettledDetection } from '../detector';
+export { processPrediction, DEFAULT_OPTIONS } from '../detector';
+import { Img2Pose as CoreImg2Pose } from '../detector';
+import type { AlignedDetection, DetectAlignOptions, DetectOptions, Face, LoadOptions, SettledDetection } from '../detector';
+import type { AlignedFace, AlignOptions, PosedFace } from '../align';
+import type { ImageInput as PageInput } from './io';
+
+/**
+ * The detector of this build: the same class, its image parameters typed with the page's inputs
+ * (elements, ImageBitmap, ImageData, VideoFrame, Blob, URLs), which this build reads (./io.ts).
+ */
+export interface Img2Pose
+  extends Omit<CoreImg2Pose, 'detectFaces' | 'detectFacesSettled' | 'alignFaces' | 'alignFacesBatch' | 'detectAndAlign'> {
+  detectFaces(image: PageInput, options?: DetectOptions): Promise<Face[]>;
+  detectFaces(images: readonly PageInput[], options?: DetectOptions): Promise<Face[][]>;
+  detectFacesSettled(images: readonly PageInput[], options?: DetectOptions): Promise<SettledDetection[]>;
+  alignFaces(image: PageInput, faces: readonly PosedFace[], options?: AlignOptions): Promise<AlignedFace[]>;
+  alignFacesBatch(images: readonly PageInput[], facesPerImage: readonly (readonly PosedFace[])[], options?: AlignOptions): Promise<AlignedFace[][]>;
+  detectAndAlign(image: PageInput, options?: DetectAlignOptions): Promise<AlignedDetection[]>;
+  detectAndAlign(images: readonly PageInput[], options?: DetectAlignOptions): Promise<AlignedDetection[][]>;
+}
+export const Img2Pose = CoreImg2Pose as unknown as Omit<typeof CoreImg2Pose, 'load' | 'prototype'> & {
+  load(options?: LoadOptions): Promise<Img2Pose>;
+  prototype: Img2Pose;
+};
+export type { AlignedDetection, DetectAlignOptions, Box, DetectionModel, DetectOptions, DetectorOptions, Face, LoadOptions, Point, Pose, SettledDetection } from '../detector';
 export { BackendError, BatchError, DisposedError, Img2PoseError, InferenceError, InputError, OptionError, WeightsError } from '../errors';
 export type { Img2PoseErrorCode, IndexedError, InputErrorDetails } from '../errors';
 export { decodeImage, describeInput } from './io';
