@@ -110,6 +110,18 @@ describe('img2pose --help', () => {
     for (const o of ['--weights', '--batch-size', '--threshold', '--max-faces', '--min-size', '--max-size', '--backend', '--json', '--draw']) {
       expect(detect.stdout).toContain(o);
     }
+    // --weights is optional: its default (the official weights) is shown.
+    expect(detect.stdout).toMatch(/--weights <path>[\s\S]*default: "img2pose_v1"/);
+    expect(Img2Pose.load).not.toHaveBeenCalled();
+  });
+
+  it('prints the package version', async () => {
+    const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')) as { version: string };
+    for (const flag of ['--version', '-V']) {
+      const r = await run([flag]);
+      expect(r.code).toBe(0);
+      expect(r.stdout.trim()).toBe(pkg.version);
+    }
     expect(Img2Pose.load).not.toHaveBeenCalled();
   });
 
@@ -132,13 +144,41 @@ describe('expandInputs', () => {
 });
 
 describe('img2pose detect', () => {
+  it('refuses a missing or unreadable input before the model loads, a typed error on stderr', async () => {
+    const missing = await run(['detect', p('single.png'), p('missing.jpg'), '--weights', 'w']);
+    expect(missing.code).toBe(1);
+    expect(missing.stdout).toBe('');
+    expect(lines(missing.stderr)).toEqual([`img2pose: Input #1 (file "${p('missing.jpg')}"): expected a readable JPEG or PNG image file, found no such file`]);
+    expect(loads).toHaveLength(0);
+    const unreadable = p('unreadable.png');
+    fs.writeFileSync(unreadable, 'x');
+    fs.chmodSync(unreadable, 0o000);
+    let readable = true;
+    try {
+      fs.readFileSync(unreadable);
+    } catch {
+      readable = false;
+    }
+    const denied = await run(['detect', unreadable, '--weights', 'w']);
+    fs.unlinkSync(unreadable);
+    // root reads any file: then the check has nothing to refuse and the image fails to decode.
+    if (!readable) {
+      expect(denied.code).toBe(1);
+      expect(denied.stderr).toContain('found no permission to read it');
+      expect(loads).toHaveLength(0);
+    }
+  });
+
   it('prints one JSON line per image in input order, an error line for a bad one, exit code 1', async () => {
-    const r = await run(['detect', p('photos'), p('missing.jpg'), p('single.png'), '--weights', 'w', '--min-size', '160', '--max-size', '288']);
+    const broken = p('broken.jpg');
+    fs.writeFileSync(broken, 'not a jpeg');
+    const r = await run(['detect', p('photos'), broken, p('single.png'), '--weights', 'w', '--min-size', '160', '--max-size', '288']);
+    fs.unlinkSync(broken);
     expect(r.code).toBe(1);
     const out = lines(r.stdout).map((l) => JSON.parse(l));
-    expect(out.map((o) => o.image)).toEqual([p('photos', 'a.JPG'), p('photos', 'b.png'), p('missing.jpg'), p('single.png')]);
+    expect(out.map((o) => o.image)).toEqual([p('photos', 'a.JPG'), p('photos', 'b.png'), broken, p('single.png')]);
     expect(out[2].faces).toBeUndefined();
-    expect(out[2].error).toMatch(/missing\.jpg.*no such file/);
+    expect(out[2].error).toMatch(/broken\.jpg/);
     // Default threshold 0.5: only the 0.9 detection, with the library's keypoints.
     const b = out[1].faces;
     expect(b).toHaveLength(1);
@@ -174,11 +214,14 @@ describe('img2pose detect', () => {
 
   it('writes the results as one JSON array with --json', async () => {
     const file = p('results.json');
-    const r = await run(['detect', p('single.png'), p('missing.jpg'), p('photos'), '--weights', 'w', '--json', file]);
+    const broken = p('broken.png');
+    fs.writeFileSync(broken, 'not a png');
+    const r = await run(['detect', p('single.png'), broken, p('photos'), '--weights', 'w', '--json', file]);
+    fs.unlinkSync(broken);
     expect(r.code).toBe(1);
     expect(r.stdout).toBe('');
     const out = JSON.parse(fs.readFileSync(file, 'utf8'));
-    expect(out.map((o: { image: string }) => o.image)).toEqual([p('single.png'), p('missing.jpg'), p('photos', 'a.JPG'), p('photos', 'b.png')]);
+    expect(out.map((o: { image: string }) => o.image)).toEqual([p('single.png'), broken, p('photos', 'a.JPG'), p('photos', 'b.png')]);
     expect(out[0].faces).toHaveLength(1);
     expect(typeof out[1].error).toBe('string');
     expect(r.stderr).toMatch(/wrote 4 results .*1 failed/);

@@ -13,6 +13,7 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { buildSync } from 'esbuild';
 import { CliIO, main } from '../src/cli';
+import { Img2Pose } from '../src/detector';
 import { Img2PoseModel } from '../src/model';
 import { disposeWeights } from '../src/weights';
 import {
@@ -114,8 +115,9 @@ describe('detect --weights <broken>: one line on stderr, exit code 1, no inferen
 
 describe('detect with bad images among good ones', () => {
   it('each bad file gets its own error line (naming it), the good ones their faces, exit code 1', async () => {
-    // The folder case is left out: a folder given to detect is expanded, not read (next test).
-    const bad = badFiles.filter((c) => !c.label.startsWith('folder'));
+    // Left out: a folder given to detect is expanded, not read (next test); a missing file is
+    // refused before the model loads (below).
+    const bad = badFiles.filter((c) => !c.label.startsWith('folder') && c.label !== 'missing.jpg');
     const inputs = [good, ...bad.map((c) => c.file!), oddFiles[0].file!, good];
     const before = tf.memory().numTensors;
     const r = await run(['detect', ...inputs, '--weights', weightsDir, ...TINY, '--threshold', '0', '--batch-size', '4']);
@@ -165,26 +167,37 @@ describe('detect with bad images among good ones', () => {
 
   it('--json: all results in the file, one summary line on stderr, exit code 1', async () => {
     const file = path.join(tmp, 'results.json');
-    const missing = badFiles.find((c) => c.label === 'missing.jpg')!.file!;
+    const truncated = badFiles.find((c) => c.label === 'truncated.jpg')!.file!;
     const empty = badFiles.find((c) => c.label === 'empty.jpg')!.file!;
-    const r = await run(['detect', missing, good, empty, '--weights', weightsDir, ...TINY, '--json', file]);
+    const r = await run(['detect', truncated, good, empty, '--weights', weightsDir, ...TINY, '--json', file]);
     expect(r.code).toBe(1);
     expect(r.stdout).toBe('');
     expect(lines(r.stderr)).toEqual([`img2pose: wrote 3 results to ${file} (2 failed)`]);
     const out = JSON.parse(fs.readFileSync(file, 'utf8'));
     expect(out.map((o: { error?: string }) => o.error)).toEqual([
-      `Input #0 (file ${JSON.stringify(missing)}): expected a readable JPEG or PNG image file, found no such file`,
+      `Input #0 (file ${JSON.stringify(truncated)}): expected a JPEG or PNG image, found truncated or corrupt JPEG data`,
       undefined,
       `Input #2 (file ${JSON.stringify(empty)}): expected a readable JPEG or PNG image file, found an empty file (0 bytes)`,
     ]);
   });
 
   it('only bad images: every one reported, no forward at all', async () => {
-    const bad = badFiles.filter((c) => !c.label.startsWith('folder')).map((c) => c.file!);
+    const bad = badFiles.filter((c) => !c.label.startsWith('folder') && c.label !== 'missing.jpg').map((c) => c.file!);
     const r = await run(['detect', ...bad, '--weights', weightsDir, ...TINY]);
     expect(r.code).toBe(1);
     expect(lines(r.stdout).map((l) => 'error' in JSON.parse(l))).toEqual(bad.map(() => true));
     expect(predict).not.toHaveBeenCalled();
+  });
+
+  it('a missing file: one typed error on stderr before the model loads, exit code 1', async () => {
+    const missing = badFiles.find((c) => c.label === 'missing.jpg')!.file!;
+    const load = jest.spyOn(Img2Pose, 'load');
+    const r = await run(['detect', good, missing, '--weights', weightsDir, ...TINY]);
+    expect(load).not.toHaveBeenCalled();
+    load.mockRestore();
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(lines(r.stderr)).toEqual([`img2pose: Input #1 (file ${JSON.stringify(missing)}): expected a readable JPEG or PNG image file, found no such file`]);
   });
 
   it('odd but valid images: 1x1, 4000x3, 3x4000', async () => {
@@ -250,18 +263,17 @@ describe('the real executable (bin/img2pose.js in a child process)', () => {
   });
 
   it('bad and good images with the default backend: stdout is pure JSON lines, stderr empty, exit code 1', () => {
-    const bad = ['corrupt.jpg', 'text.jpg', 'folder.png', 'missing.jpg'].map((l) => badFiles.find((c) => c.label === l)!.file!);
+    const bad = ['corrupt.jpg', 'text.jpg', 'folder.png'].map((l) => badFiles.find((c) => c.label === l)!.file!);
     const r = exec(['detect', good, ...bad, '--weights', weightsDir, '--min-size', '160', '--max-size', '288']);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(1);
     const out = lines(r.stdout).map((l) => JSON.parse(l));
-    // The folder is expanded (to nothing: it is empty), so four results.
-    expect(out.map((o) => o.image)).toEqual([good, bad[0], bad[1], bad[3]]);
+    // The folder is expanded (to nothing: it is empty), so three results.
+    expect(out.map((o) => o.image)).toEqual([good, bad[0], bad[1]]);
     expect(out.map((o) => ('faces' in o ? 'faces' : o.error.replace(/^Input #\d \(file "[^"]*"\): expected .*, found /, '')))).toEqual([
       'faces',
       'truncated or corrupt JPEG data (a corrupt marker sequence)',
       'data that is not an image (starts with 74 68 65 73 65 20 61 72 ...)',
-      'no such file',
     ]);
   });
 });

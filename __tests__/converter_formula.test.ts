@@ -1,5 +1,5 @@
 // Full-size conversion: the 170 MB formula checkpoints written by real torch.save (.ci/run makes
-// them with shared/fixtures/weights/make_formula_checkpoint.py) against the formula rebuilt in JS.
+// them with tools/make_formula_checkpoint.py) against the formula rebuilt in JS.
 import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -20,7 +20,8 @@ const present = [ZIP, LEGACY, MEAN, STDDEV].every((f) => fs.existsSync(f));
 if (!present) {
   console.warn(
     `SKIPPED full-size converter tests: ${DIR} lacks formula.pth/legacy.pth. ` +
-      'Run .ci/run, or /usr/bin/python3 shared/fixtures/weights/make_formula_checkpoint.py (needs python3-torch).',
+      'Run .ci/run, or (needs python3-torch) /usr/bin/python3 tools/make_formula_checkpoint.py tmp/formula_ckpt/formula.pth ' +
+        "and the same with tmp/formula_ckpt/legacy.pth --legacy --prefix '' --with-optimizer.",
   );
 }
 const describeFull = present ? describe : describe.skip;

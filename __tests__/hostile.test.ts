@@ -1,4 +1,4 @@
-// Hostile files and API misuse (bench/hostile_cases.ts, the catalogue RELIABILITY.md is made
+// Hostile files and API misuse (bench/hostile_cases.ts, the catalogue docs/reliability.md is made
 // from): each is refused with its message, within its time bound, without a big allocation and
 // without leaving a tensor behind.
 import * as fs from 'fs';

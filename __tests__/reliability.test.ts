@@ -5,7 +5,7 @@
  * overlapping calls on one detector give exactly the results of the same calls made one after
  * another; broken weights are refused at load, before any tensor exists.
  *
- * The inputs come from bench/reliability_cases.ts, which RELIABILITY.md is generated from.
+ * The inputs come from bench/reliability_cases.ts, which docs/reliability.md is generated from.
  */
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';

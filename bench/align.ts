@@ -2,7 +2,7 @@
  * Alignment speed: `alignFaces` on N faces in one W x H image (8-bit RGB pixels in memory, so
  * no file decoding is timed), median of repeated calls after a warm-up, for each crop size. The
  * CPU time of the call is printed next to the wall time: on a shared machine it is the steadier
- * measure of the work. Prints a markdown table for BENCHMARKS.md.
+ * measure of the work. Prints a markdown table for docs/benchmarks.md.
  *
  *   npm run build && node dist/bench/align.js [--faces 100] [--width 1280 --height 720] [--repeats 20]
  */

@@ -1,7 +1,7 @@
 /**
  * Batch vs one-by-one benchmark: for 1, 2, 4 and 8 images of one size and of mixed sizes, the
  * time per image when each image gets its own forward and when they share one stacked forward,
- * plus a check that both give the same faces. Prints markdown for BENCHMARKS.md.
+ * plus a check that both give the same faces. Prints markdown for docs/benchmarks.md.
  *
  *   npm run build && npm run bench -- [--backend auto] [--weights <dir|pth>]
  *       [--min-size 640 --max-size 1400] [--counts 1,2,4,8] [--sets same,mixed] [--repeats 1]

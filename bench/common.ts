@@ -1,6 +1,6 @@
 /**
  * Helpers of the benchmark script: locating the repository's images, building the image sets,
- * timing, comparing results and printing markdown for BENCHMARKS.md.
+ * timing, comparing results and printing markdown for docs/benchmarks.md.
  */
 import * as fs from 'fs';
 import * as os from 'os';

@@ -1,7 +1,7 @@
 /**
  * Hostile and careless inputs: crafted checkpoints, weights folders and image headers, and API
  * misuse, each with the message it must be refused with and a bound on its time. One catalogue
- * for the tests (__tests__/hostile.test.ts) and for the generator of RELIABILITY.md's table
+ * for the tests (__tests__/hostile.test.ts) and for the generator of docs/reliability.md's table
  * (bench/reliability_table.ts, which also measures each case's peak memory in a fresh process).
  *
  * `row` is the row of the reliability table the case belongs to: 4 hangs, 5 escapes from the

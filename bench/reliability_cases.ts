@@ -1,6 +1,6 @@
 /**
  * The bad and odd inputs of issue 5, in one catalogue shared by the reliability tests, the soak
- * (bench/soak.ts) and the generator of RELIABILITY.md (bench/reliability_table.ts), so the
+ * (bench/soak.ts) and the generator of docs/reliability.md (bench/reliability_table.ts), so the
  * document describes exactly what the tests check.
  *
  * Files are written into a folder the caller owns (a temp dir); nothing here reads the test
@@ -104,7 +104,7 @@ function crc32(bytes: Uint8Array): number {
 
 /**
  * Bad files, written into `dir`. Every one of them must give an `InputError` naming the file.
- * (A folder is among them: the API refuses it; the CLI expands folders instead, see RELIABILITY.md.)
+ * (A folder is among them: the API refuses it; the CLI expands folders instead, see docs/reliability.md.)
  */
 export async function writeBadFiles(dir: string): Promise<BadInputCase[]> {
   fs.mkdirSync(dir, { recursive: true });

@@ -1,9 +1,9 @@
 /**
- * Generates the tables of RELIABILITY.md from real runs: every input of the reliability
+ * Generates the tables of docs/reliability.md from real runs: every input of the reliability
  * catalogue (bench/reliability_cases.ts) through the API (`detectFaces`, `Img2Pose.load`) and
  * through the CLI (`img2pose detect`, in-process), recording what the user gets.
  *
- *   npm run build && node dist/bench/reliability_table.js [--out RELIABILITY.md]
+ *   npm run build && node dist/bench/reliability_table.js [--out docs/reliability.md]
  *
  * The tables replace what lies between the GENERATED markers of the file; the prose around them
  * (soak and memory figures) is kept. The network runs only for the good and odd images, with the
@@ -234,7 +234,7 @@ function replaceBetween(text: string, begin: string, end: string, body: string, 
 
 async function run(argv: string[]): Promise<void> {
   const i = argv.indexOf('--out');
-  const file = i >= 0 ? argv[i + 1] : path.join(repoRoot(), 'RELIABILITY.md');
+  const file = i >= 0 ? argv[i + 1] : path.join(repoRoot(), 'docs', 'reliability.md');
   if (argv.includes('--hostile')) {
     const text = fs.readFileSync(file, 'utf8');
     fs.writeFileSync(file, replaceBetween(text, HOSTILE_BEGIN, HOSTILE_END, hostileTable(), file));

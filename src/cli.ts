@@ -22,6 +22,7 @@ import { inputsInFolder, uniqueOutputNames, writeNewFile } from './output_names'
 import { registerQueueCommands } from './queue/cli';
 import { addWeightsCommand } from './cli_weights';
 import { visualize } from './visualize';
+import { packageVersion } from './package_version';
 
 /** Where the CLI writes; tests substitute it. */
 export interface CliIO {
@@ -113,6 +114,7 @@ function oneLine(s: string): string {
 function buildProgram(io: CliIO, setExit: (code: number) => void): Command {
   const program = new Command('img2pose')
     .description('Face detection and 6DoF head pose (img2pose) on TensorFlow.js')
+    .version(packageVersion(), '-V, --version', 'print the version')
     .exitOverride()
     .configureOutput({
       writeOut: (s) => io.stdout(s),
@@ -260,9 +262,29 @@ export async function expandInputs(inputs: readonly string[]): Promise<string[]>
   return out;
 }
 
+/** Throws an InputError naming the first input that is missing, not a file or not readable. */
+export async function checkReadable(files: readonly string[]): Promise<void> {
+  for (const [index, file] of files.entries()) {
+    let found: string | undefined;
+    try {
+      const stat = await fs.promises.stat(file);
+      if (!stat.isFile()) found = 'not a file';
+      else await fs.promises.access(file, fs.constants.R_OK);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      found = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'no permission to read it' : messageOf(e);
+    }
+    if (found !== undefined) {
+      throw new InputError({ index: files.length > 1 ? index : undefined, input: `file "${file}"`, expected: 'a readable JPEG or PNG image file', found });
+    }
+  }
+}
+
 async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO): Promise<number> {
   const all = await expandInputs(inputs);
   if (all.length === 0) throw new UsageError(`no .jpg, .jpeg or .png images in ${inputs.join(', ')}`);
+  // A path that cannot be read fails the run before the model loads (seconds, or a download).
+  await checkReadable(all);
   if (opts.minSize > opts.maxSize) {
     throw new UsageError(`--min-size (${opts.minSize}) must not exceed --max-size (${opts.maxSize})`);
   }

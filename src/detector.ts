@@ -249,6 +249,8 @@ export class Img2Pose {
    */
   detectFaces(image: ImageInput, options?: DetectOptions): Promise<Face[]>;
   detectFaces(images: readonly ImageInput[], options?: DetectOptions): Promise<Face[][]>;
+  /** Either form, decided at run time: an array gives one `Face[]` per image. */
+  detectFaces(input: ImageInput | readonly ImageInput[], options?: DetectOptions): Promise<Face[] | Face[][]>;
   async detectFaces(
     images: ImageInput | readonly ImageInput[],
     options?: DetectOptions,
@@ -467,6 +469,8 @@ export class Img2Pose {
    */
   detectAndAlign(image: ImageInput, options?: DetectAlignOptions): Promise<AlignedDetection[]>;
   detectAndAlign(images: readonly ImageInput[], options?: DetectAlignOptions): Promise<AlignedDetection[][]>;
+  /** Either form, decided at run time: an array gives one list per image. */
+  detectAndAlign(input: ImageInput | readonly ImageInput[], options?: DetectAlignOptions): Promise<AlignedDetection[] | AlignedDetection[][]>;
   async detectAndAlign(
     images: ImageInput | readonly ImageInput[],
     options?: DetectAlignOptions,

@@ -51,7 +51,7 @@ export async function portableWeights(weights: Img2PoseWeights): Promise<Portabl
 
 /**
  * What an image costs a worker beyond its pixels, in padded-pixel equivalents: the ROI heads run
- * ~1000 proposals at any size. Measured on wasm (BENCHMARKS.md): ~3.5 s for a 160x288 input,
+ * ~1000 proposals at any size. Measured on wasm (docs/benchmarks.md): ~3.5 s for a 160x288 input,
  * ~10 s for 640x1152, i.e. ~3.3 s fixed + ~9 µs per padded pixel.
  */
 const FIXED_COST_PIXELS = 360_000;
