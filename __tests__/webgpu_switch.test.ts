@@ -1,7 +1,7 @@
 // The kernel switch of src/webgpu on the wasm backend: the portable path (what every stage runs
 // unless the WebGPU kernels are switched on) against a float64 reference, the fallback when the
 // switch is on but the backend is not webgpu, and the WGSL generator's guards. The WebGPU
-// programs themselves are checked on the GPU by bench/gpu_kernels.ts (see GPU_NOTES.md).
+// programs themselves are checked on the GPU by bench/gpu_kernels.ts (see docs/webgpu.md).
 import * as tf from '@tensorflow/tfjs';
 import {
   addUpsampled,

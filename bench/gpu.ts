@@ -3,7 +3,7 @@
 // ms/image, images/s, speedup of a batch over one-by-one, GPU memory, results of each batch vs
 // one-by-one, and a per-stage breakdown (GPU synchronised around each stage, so the stages add up
 // to a bit more than an unsynchronised forward).
-// Bundled (see GPU_NOTES.md), run from the repo root on the device:
+// Bundled (`npm run gpu:bundle`, docs/webgpu.md), run from the repo root on the device:
 //   node .gpu/app/bench.mjs [--mode webgpu|portable|both] [--batches 1,2,4,8,16] [--json out.json]
 //       [--host-threads 8] [--compare-threads] [--overlap 4] [--overlap-sweep 0,2,4]   (worker threads for a batch's host stages; the
 //       worker bundle is .gpu/app/worker.mjs unless IMG2POSE_WORKER_SCRIPT names another)
@@ -222,7 +222,7 @@ function report(mode: KernelMode, name: string, info: tf.TimingInfo, wallMs: num
 
 async function timeForward(model: Img2PoseModel, images: tf.Tensor3D[], reps: number): Promise<{ ms: number; out: RawDetections[] }> {
   // Warm-up: shader compilation, buffer pool growth, first touches (the first forwards of a
-  // process run slower, GPU_NOTES.md).
+  // process run slower, docs/webgpu.md).
   let out = await model.predict(images, CONFIG, OPTS);
   out = await model.predict(images, CONFIG, OPTS);
   await gpuSync();

@@ -4,7 +4,7 @@
 // 1 px, and equal counts of faces scoring >= 0.5. Runs every case with the stock kernels
 // ('portable') and with ours ('webgpu'), then checks that batches equal one-by-one runs (a batch's
 // host stages on 8 worker threads, as the detector runs them on a GPU backend).
-// Bundled (see GPU_NOTES.md), run from the repo root on the device: node .gpu/app/check.mjs
+// Bundled (`npm run gpu:bundle`, docs/webgpu.md), run from the repo root on the device: node .gpu/app/check.mjs
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';

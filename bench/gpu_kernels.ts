@@ -1,5 +1,5 @@
 // Checks and times our WebGPU programs against the portable path (stock tfjs ops) ON THE GPU.
-// Bundle (see GPU_NOTES.md) and run on the device machine:
+// Bundle (`npm run gpu:bundle`, docs/webgpu.md) and run on the device machine:
 //   source .gpu/setup.sh && node .gpu/app/kernels.mjs [--quick] [--json out.json]
 // Correctness: random inputs of awkward sizes (not tile multiples), relative error
 // ||fused - stock|| / ||stock|| must stay in float32 noise (< 1e-5), no NaN.
@@ -481,7 +481,7 @@ function fmtTiming(r: TimingRow): string {
     (r.winoMs === undefined ? '' : `  winograd ${r.winoMs.toFixed(3).padStart(8)} ms ${(r.gflop / r.winoMs).toFixed(2).padStart(6)} TF/s eff`);
 }
 
-/** Shape and tile sweeps for one layer type (exploration; see GPU_NOTES.md). */
+/** Shape and tile sweeps for one layer type (exploration). */
 async function explore(): Promise<void> {
   const shapes: [number, number, number][] = [[1, 160, 288], [8, 160, 288], [8, 80, 144], [1, 160, 288]];
   const tiles: (ConvTile | undefined)[] = [undefined, { bm: 128, bn: 128, bk: 32 }, { bm: 128, bn: 64, bk: 32 }, { bm: 64, bn: 64, bk: 32 }];
@@ -500,7 +500,7 @@ async function explore(): Promise<void> {
   }
 }
 
-/** Does the time of the same conv depend on where its input came from? (see GPU_NOTES.md step 4) */
+/** Does the time of the same conv depend on where its input came from? (a timing-state probe) */
 async function exploreState(): Promise<void> {
   for (const [n, h, w] of [[1, 160, 288], [8, 160, 288]] as [number, number, number][]) {
     const c: ConvCase = { name: '3x3 256->256', x: [n, h, w, 256], k: 3, cout: 256, stride: 1, pad: 1, relu: true };

@@ -93,7 +93,7 @@ if (!(POSE_GATING_FLAG in (tf.env() as unknown as { flagRegistry: object }).flag
   tf.env().registerFlag(POSE_GATING_FLAG, () => true);
 }
 
-/** Sub-batch size for overlapping forwards on GPU backends (measured on an H200: GPU_NOTES.md). */
+/** Sub-batch size for overlapping forwards on GPU backends (measured on an H200: docs/webgpu.md). */
 export const SUBBATCH_OVERLAP = 4;
 
 /**

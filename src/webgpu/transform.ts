@@ -4,7 +4,7 @@
 // GPU only gathers and blends. Blending is float32 with an fma where the host rounds a float64 sum
 // once, so values can differ from the host path by one float32 ulp.
 // One dispatch and two small uploads per batch, not per image: per image, the uploads and bind
-// groups cost ~1 ms of host time each while the GPU work is microseconds (GPU_NOTES.md).
+// groups cost ~1 ms of host time each while the GPU work is microseconds (docs/webgpu.md).
 import * as tf from '@tensorflow/tfjs';
 import type { LinearTaps } from '../transform';
 import { runProgram, WebGPUProgram } from './program';

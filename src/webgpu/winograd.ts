@@ -9,7 +9,7 @@
 // U = G g G^T is computed once per filter when the model is built (`prepareWinograd`).
 // Why: the 3x3 256->256 convs of the FPN outputs and the RPN head are 56% of the network's FLOPs,
 // and our fp32 SIMT GEMM is at ~half the card's peak, so doing 2.25x fewer multiplications is the
-// largest step left (GPU_NOTES.md). Rounding differs from the direct convolution by a few float32
+// largest step left (docs/webgpu.md). Rounding differs from the direct convolution by a few float32
 // ulps (checked against a float64 convolution); every image's numbers still depend only on its
 // own pixels, since tiles start at each image's origin and the choice of algorithm depends only
 // on the layer (its channels and level), never on the batch.
@@ -24,7 +24,7 @@ export const WINOGRAD_MIN_CHANNELS = 64;
  * Levels (0: stride 4, 1: stride 8, ...) whose stride-1 3x3 convs take the Winograd path: ResNet
  * layer l + 1 runs at level l, FPN outputs and the RPN head at their pyramid level. All five by
  * default: measured end to end, stopping at level 2 or 3 was slower at batches 1, 8 and 16 and on
- * mixed sizes (GPU_NOTES.md, third session); the setting stays for such sweeps.
+ * mixed sizes (docs/webgpu.md); the setting stays for such sweeps.
  */
 export const WINOGRAD_LEVELS = 5;
 
