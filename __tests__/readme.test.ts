@@ -33,8 +33,9 @@ describe('README examples', () => {
       strict: true,
       noEmit: true,
       target: ts.ScriptTarget.ES2022,
-      module: ts.ModuleKind.CommonJS,
-      moduleResolution: ts.ModuleResolutionKind.Node10,
+      // ES modules, as the README's examples are written (top-level await included).
+      module: ts.ModuleKind.ES2022,
+      moduleResolution: ts.ModuleResolutionKind.Bundler,
       esModuleInterop: true,
       skipLibCheck: true,
       resolveJsonModule: true,
