@@ -26,7 +26,7 @@ import {
   warpAffine,
 } from '../src/align';
 import { InputError, OptionError } from '../src/errors';
-import { decodeBitmap, RawImage } from '../src/io';
+import { decodeBitmap, RawImage } from '../src/io/images';
 import { FIXTURES } from './utils/formula';
 
 const ALIGNMENT = path.join(FIXTURES, 'alignment');

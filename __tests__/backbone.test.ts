@@ -4,10 +4,10 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { toTfjsLayout } from '../converter/layout';
-import { Backbone, FEATURE_NAMES } from '../src/backbone';
-import { convOutputSize, foldFrozenBatchNorm, readsBeyondRegion } from '../src/layers';
-import { prepareBatch } from '../src/transform';
-import { disposeWeights, Img2PoseWeights, ResNetDepth } from '../src/weights';
+import { Backbone, FEATURE_NAMES } from '../src/model/backbone';
+import { convOutputSize, foldFrozenBatchNorm, readsBeyondRegion } from '../src/model/layers';
+import { prepareBatch } from '../src/model/transform';
+import { disposeWeights, Img2PoseWeights, ResNetDepth } from '../src/model/weights';
 import { formulaTensor, formulaWeights, keySpecs } from './utils/formula';
 import { golden, goldenCase, loadGoldenRgb, relError } from './utils/golden';
 

@@ -1,5 +1,5 @@
 /**
- * Backend selection (src/backend.ts). On this machine tfjs-node is not installed and Dawn
+ * Backend selection (src/runtime/backend.ts). On this machine tfjs-node is not installed and Dawn
  * (`webgpu`, a dev dependency) is hidden from the loader here, so the real loader must pick wasm
  * for 'auto' and refuse 'tensorflow' / 'webgpu' with install instructions (Dawn itself is
  * exercised by the webgpu_*.test.ts suites). The preference order and the WebGPU set-up are checked with a fake module
@@ -7,7 +7,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
-import { AUTO_ORDER, ModuleLoader, nodeModuleLoader, selectBackend } from '../src/backend';
+import { AUTO_ORDER, ModuleLoader, nodeModuleLoader, selectBackend } from '../src/runtime/backend';
 import { BackendError, OptionError } from '../src/errors';
 
 type Globals = Record<string, unknown>;

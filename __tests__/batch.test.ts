@@ -4,10 +4,10 @@
  * whatever else is in the batch.
  */
 import * as tf from '@tensorflow/tfjs';
-import { decodeImage } from '../src/io';
-import { groupBySize, Img2PoseModel, RawDetections, splitEvenly } from '../src/model';
+import { decodeImage } from '../src/io/images';
+import { groupBySize, Img2PoseModel, RawDetections, splitEvenly } from '../src/model/model';
 import { processPrediction } from '../src/detector';
-import { disposeWeights } from '../src/weights';
+import { disposeWeights } from '../src/model/weights';
 import { formulaWeights } from './utils/formula';
 import { golden, goldenCase, imagePath, loadNpy } from './utils/golden';
 import { expectWithinTolerance, matchDetections } from './utils/match';

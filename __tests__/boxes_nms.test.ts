@@ -10,7 +10,7 @@ import {
   gatherRows,
   removeSmallBoxes,
   resizeBoxes,
-} from '../src/boxes';
+} from '../src/ops/boxes';
 import {
   GridGeometry,
   IncrementalNms,
@@ -24,7 +24,7 @@ import {
   stableArgsortKeys,
   stableSortDescending,
   torchSortDescending,
-} from '../src/nms';
+} from '../src/ops/nms';
 import { referenceKernel, seeded } from './utils/nms_reference';
 
 /** Inverted, degenerate, duplicated and threshold-edge boxes. */

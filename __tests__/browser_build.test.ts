@@ -26,7 +26,7 @@ describe('browser build', () => {
 
   it('swaps the Node-only modules for their browser versions and leaves out jimp and the worker script', () => {
     const rel = inputs.map((p) => p.replace(/\\/g, '/'));
-    for (const nodeOnly of ['src/threads.ts', 'src/weights_io.ts', 'src/worker.ts', 'converter/in_memory.ts']) {
+    for (const nodeOnly of ['src/runtime/threads.ts', 'src/io/weights_io.ts', 'src/runtime/worker.ts', 'converter/in_memory.ts']) {
       expect(rel.filter((p) => p.endsWith(nodeOnly) && !p.includes('src/browser/'))).toEqual([]);
     }
     expect(rel.some((p) => p.endsWith('src/browser/threads.ts'))).toBe(true);

@@ -3,7 +3,7 @@
 // run as they do on a GPU. (The same pool runs on a real adapter in the webgpu suites.)
 import * as tf from '@tensorflow/tfjs';
 import { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
-import { sizeClass, trimPool, useSizeClassPool } from '../src/webgpu/buffer_pool';
+import { sizeClass, trimPool, useSizeClassPool } from '../src/kernels/webgpu/buffer_pool';
 
 class FakeBuffer {
   destroyed = false;

@@ -13,10 +13,10 @@ import { Jimp } from 'jimp';
 import { CliIO, expandInputs, main } from '../src/cli';
 import { DetectionModel, Img2Pose, LoadOptions } from '../src/detector';
 import { WeightsError } from '../src/errors';
-import { ModelConfig, RawDetections } from '../src/model';
-import { formulaWeights } from '../src/formula_weights';
-import { decodeBitmap } from '../src/io';
-import { Img2PoseWeights } from '../src/weights';
+import { ModelConfig, RawDetections } from '../src/model/model';
+import { formulaWeights } from '../src/io/formula_weights';
+import { decodeBitmap } from '../src/io/images';
+import { Img2PoseWeights } from '../src/model/weights';
 import { goldenCase, imagePath } from './utils/golden';
 
 /** Three detections per image, scaled to its size: scores 0.9, 0.3, 0.06 (network order 0.3 first). */

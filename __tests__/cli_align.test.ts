@@ -13,7 +13,7 @@ import { parseNpy } from '../converter/npy';
 import { alignFaces } from '../src/align';
 import { CliIO, main } from '../src/cli';
 import { DetectionModel, Img2Pose, LoadOptions } from '../src/detector';
-import { RawDetections } from '../src/model';
+import { RawDetections } from '../src/model/model';
 import { FIXTURES } from './utils/formula';
 
 const PORTRAIT = path.join(FIXTURES, 'golden', 'portrait_1.png');

@@ -14,8 +14,8 @@ import * as tf from '@tensorflow/tfjs';
 import { buildSync } from 'esbuild';
 import { CliIO, main } from '../src/cli';
 import { Img2Pose } from '../src/detector';
-import { Img2PoseModel } from '../src/model';
-import { disposeWeights } from '../src/weights';
+import { Img2PoseModel } from '../src/model/model';
+import { disposeWeights } from '../src/model/weights';
 import {
   BadInputCase,
   OddInputCase,

@@ -13,7 +13,7 @@ import { toTfjsLayout } from '../converter/layout';
 import { floatValuesToFloat32, gatherStrided } from '../converter/tensor_data';
 import { unpickle, PyDict, PyObject, PySet, PyTuple } from '../converter/pickle';
 import { FIXTURES, keySpecs } from './utils/formula';
-import { ResNetDepth } from '../src/weights';
+import { ResNetDepth } from '../src/model/weights';
 
 const CKPT = path.join(FIXTURES, 'checkpoints');
 const ckpt = (name: string): string => path.join(CKPT, name);

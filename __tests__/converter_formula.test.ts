@@ -7,8 +7,8 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { convertCheckpoint, checkpointToWeights, ConversionReport, Img2PoseModelJson, DEFAULT_POSE_WARNING } from '../converter';
 import { toTfjsLayout, HostTensor } from '../converter/layout';
-import { loadWeights } from '../src/weights_io';
-import { Img2PoseWeights } from '../src/weights';
+import { loadWeights } from '../src/io/weights_io';
+import { Img2PoseWeights } from '../src/model/weights';
 import { formulaStateDict, gains } from './utils/formula';
 
 const DIR = path.join(__dirname, '..', 'tmp', 'formula_ckpt');

@@ -15,11 +15,11 @@ import {
   SettledDetection,
 } from '../src/detector';
 import { BackendError, BatchError, DisposedError, InferenceError, InputError, OptionError, WeightsError } from '../src/errors';
-import { ImageInput, RawImage } from '../src/io';
-import { ModelConfig, RawDetections } from '../src/model';
-import { DEFAULT_POSE_MEAN, DEFAULT_POSE_STDDEV, Img2PoseWeights, disposeWeights } from '../src/weights';
+import { ImageInput, RawImage } from '../src/io/images';
+import { ModelConfig, RawDetections } from '../src/model/model';
+import { DEFAULT_POSE_MEAN, DEFAULT_POSE_STDDEV, Img2PoseWeights, disposeWeights } from '../src/model/weights';
 import { img2poseSpec, isModelTensor } from '../converter/spec';
-import * as weightsIo from '../src/weights_io';
+import * as weightsIo from '../src/io/weights_io';
 import { FIXTURES, formulaWeights } from './utils/formula';
 import { GoldenFace, imagePath, loadNpy, manifest, relError } from './utils/golden';
 

@@ -13,8 +13,8 @@ import { parseNpy } from '../converter/npy';
 import { alignFaces } from '../src/align';
 import { DetectionModel, Img2Pose } from '../src/detector';
 import { BatchError, DisposedError, InputError, OptionError } from '../src/errors';
-import { RawImage } from '../src/io';
-import { ModelConfig, RawDetections } from '../src/model';
+import { RawImage } from '../src/io/images';
+import { ModelConfig, RawDetections } from '../src/model/model';
 import { FIXTURES } from './utils/formula';
 
 const PORTRAIT = path.join(FIXTURES, 'golden', 'portrait_1.png');

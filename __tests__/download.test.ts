@@ -4,7 +4,7 @@ import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { DownloadError, DownloadProgress, confirmationUrl, downloadFile } from '../src/download';
+import { DownloadError, DownloadProgress, confirmationUrl, downloadFile } from '../src/io/download';
 import { DRIVE_ID, TestServer, confirmFormPage, confirmLinkPage, driveHandler, sendFile, startServer } from './utils/http_server';
 
 // Deterministic bytes that no step could produce by accident (not all zeros, not text).

@@ -4,13 +4,13 @@
  * faces above 0.5 (and 0.3, max 5).
  */
 import * as tf from '@tensorflow/tfjs';
-import { decodeImage } from '../src/io';
-import { Img2PoseModel, RawDetections } from '../src/model';
+import { decodeImage } from '../src/io/images';
+import { Img2PoseModel, RawDetections } from '../src/model/model';
 import { processPrediction } from '../src/detector';
 import { formulaWeights } from './utils/formula';
 import { golden, GoldenCase, GoldenFace, imagePath, manifest } from './utils/golden';
 import { expectWithinTolerance, matchDetections } from './utils/match';
-import { disposeWeights } from '../src/weights';
+import { disposeWeights } from '../src/model/weights';
 
 const singleCases = manifest().cases.filter((c) => c.mode === 'single');
 

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
-import { FORMULA_GAINS, FORMULA_KEY_SPECS, formulaTensor, formulaWeights } from '../src/formula_weights';
-import { disposeWeights } from '../src/weights';
+import { FORMULA_GAINS, FORMULA_KEY_SPECS, formulaTensor, formulaWeights } from '../src/io/formula_weights';
+import { disposeWeights } from '../src/model/weights';
 import { gains, keySpecs } from './utils/formula';
 
 // The library ships its own copy of the key list and gains (assets/); they must be the fixtures'.

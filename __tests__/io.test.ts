@@ -1,5 +1,5 @@
 /**
- * Image inputs -> RGB float32 tensors (src/io.ts), against PIL's `Image.open(f).convert('RGB')`,
+ * Image inputs -> RGB float32 tensors (src/io/images.ts), against PIL's `Image.open(f).convert('RGB')`,
  * which is what upstream feeds its network. Expected hashes: sha256 of the uint8 HWC RGB bytes
  * of `np.array(Image.open(f).convert('RGB'))` (Pillow 9.4).
  */
@@ -10,7 +10,7 @@ import * as path from 'path';
 import * as zlib from 'zlib';
 import * as tf from '@tensorflow/tfjs';
 import { Jimp, defaultFormats } from 'jimp';
-import { decodeImage, describeInput, ImageInput, sniffFormat } from '../src/io';
+import { decodeImage, describeInput, ImageInput, sniffFormat } from '../src/io/images';
 import { InputError } from '../src/errors';
 import { imagePath } from './utils/golden';
 

@@ -1,5 +1,5 @@
 /**
- * Resumable local runs (src/jsonl.ts): sharding, reading a results file back (a crash's cut line
+ * Resumable local runs (src/io/jsonl.ts): sharding, reading a results file back (a crash's cut line
  * included), the appending writer. The command line's `detect --jsonl --resume --shard` is tested
  * with a real process killed mid-run at the end.
  */
@@ -9,8 +9,8 @@ import * as os from 'os';
 import * as path from 'path';
 import { CliIO, main } from '../src/cli';
 import { OptionError } from '../src/errors';
-import { JsonlWriter, inShard, notDone, parseShard, readDone, shardOf, stampOf } from '../src/jsonl';
-import { disposeWeights } from '../src/weights';
+import { JsonlWriter, inShard, notDone, parseShard, readDone, shardOf, stampOf } from '../src/io/jsonl';
+import { disposeWeights } from '../src/model/weights';
 import { patternImage, pngBytes, writeWeightsFolder } from '../bench/reliability_cases';
 import { formulaWeights } from './utils/formula';
 

@@ -13,7 +13,7 @@ import { alignFaces } from '../src/align';
 import { CliIO, main } from '../src/cli';
 import { DetectionModel, Face, Img2Pose, LoadOptions } from '../src/detector';
 import { BatchError, InputError, OptionError } from '../src/errors';
-import { RawDetections } from '../src/model';
+import { RawDetections } from '../src/model/model';
 import { visualize } from '../src/visualize';
 import { patternImage, pngBytes, pngClaiming } from '../bench/reliability_cases';
 import { FIXTURES } from './utils/formula';

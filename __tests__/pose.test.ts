@@ -18,7 +18,7 @@ import {
   projectPoints,
   REFERENCE_POINTS_68,
   rotvecToMatrix,
-} from '../src/pose';
+} from '../src/model/pose';
 import { FIXTURES } from './utils/formula';
 import { imagePath, manifest } from './utils/golden';
 

@@ -11,7 +11,7 @@ import {
   selectCandidates,
   torchExpf,
   transformPoseGlobalProjectBbox,
-} from '../src/postprocess';
+} from '../src/model/postprocess';
 import { golden, GoldenCase, imagePath, manifest, relError } from './utils/golden';
 
 const M = manifest();

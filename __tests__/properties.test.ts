@@ -1,16 +1,16 @@
 /** Property tests (fast-check) of the NMS, box and rotation helpers, and the resize-size rule. */
 import fc from 'fast-check';
-import { boxArea, boxIou, clipBoxesToImage, gatherRows, removeSmallBoxes } from '../src/boxes';
-import { batchedNms, nms, nmsExhaustive, nmsGrid, torchSortDescending } from '../src/nms';
-import { fmaf } from '../src/postprocess';
+import { boxArea, boxIou, clipBoxesToImage, gatherRows, removeSmallBoxes } from '../src/ops/boxes';
+import { batchedNms, nms, nmsExhaustive, nmsGrid, torchSortDescending } from '../src/ops/nms';
+import { fmaf } from '../src/model/postprocess';
 import {
   expandBboxRectangle,
   matrixToQuat,
   matrixToRotvec,
   quatToMatrix,
   rotvecToMatrix,
-} from '../src/pose';
-import { resizedSize } from '../src/transform';
+} from '../src/model/pose';
+import { resizedSize } from '../src/model/transform';
 
 const coord = fc.integer({ min: -20, max: 120 }).map((v) => v / 2);
 /** Any box, inverted and degenerate ones included. */

@@ -21,7 +21,7 @@ import { redactUrl, redisOptions, redisUrl, tlsOptions } from '../src/queue/conn
 import { parseChunkData } from '../src/queue/add';
 import { QueueStatus } from '../src/queue/status';
 import { storeKeys } from '../src/queue/store';
-import { disposeWeights } from '../src/weights';
+import { disposeWeights } from '../src/model/weights';
 import { patternImage, pngBytes, writeWeightsFolder } from '../bench/reliability_cases';
 import { formulaWeights } from './utils/formula';
 import { TestRedis, haveRedis, startRedis } from '../bench/redis_server';

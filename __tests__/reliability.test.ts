@@ -14,9 +14,9 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { Face, Img2Pose } from '../src/detector';
 import { BatchError, Img2PoseError, InputError, WeightsError } from '../src/errors';
-import { ImageInput, describeInput } from '../src/io';
-import { Img2PoseModel } from '../src/model';
-import { disposeWeights } from '../src/weights';
+import { ImageInput, describeInput } from '../src/io/images';
+import { Img2PoseModel } from '../src/model/model';
+import { disposeWeights } from '../src/model/weights';
 import {
   BadInputCase,
   OddInputCase,

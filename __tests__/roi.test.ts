@@ -1,10 +1,10 @@
 // Multi-scale RoIAlign and the ROI heads against torchvision and the upstream run's own values.
 import * as tf from '@tensorflow/tfjs';
-import { featureSizes } from '../src/anchors';
-import { RoIAlignMethod, inferScales, levelRange, mapRoiLevels, multiScaleRoIAlign } from '../src/roi_align';
-import { RoIHeads } from '../src/roi_heads';
-import { BOX_SCORE_THRESH, faceScores, postprocessDetections } from '../src/postprocess';
-import { Img2PoseWeights } from '../src/weights';
+import { featureSizes } from '../src/ops/anchors';
+import { RoIAlignMethod, inferScales, levelRange, mapRoiLevels, multiScaleRoIAlign } from '../src/model/roi_align';
+import { RoIHeads } from '../src/model/roi_heads';
+import { BOX_SCORE_THRESH, faceScores, postprocessDetections } from '../src/model/postprocess';
+import { Img2PoseWeights } from '../src/model/weights';
 import { golden, relError } from './utils/golden';
 import { LEVEL_KEYS, formulaSubset, goldenFeature, maxAbsDiff, paddedSize, resizedSize } from './utils/stage_inputs';
 

@@ -1,9 +1,9 @@
 // Anchors and the region proposal network against the upstream run's own intermediates
 // (golden tiny_* cases: the reference FPN features go in, so only the RPN is under test).
 import * as tf from '@tensorflow/tfjs';
-import { ANCHOR_CACHE_SIZE, anchorsAt, baseAnchors, featureSizes, imageAnchors, roundHalfEven, sharedImageAnchors } from '../src/anchors';
-import { clipBoxesToImage, removeSmallBoxes } from '../src/boxes';
-import { batchedNms, torchSortDescending } from '../src/nms';
+import { ANCHOR_CACHE_SIZE, anchorsAt, baseAnchors, featureSizes, imageAnchors, roundHalfEven, sharedImageAnchors } from '../src/ops/anchors';
+import { clipBoxesToImage, removeSmallBoxes } from '../src/ops/boxes';
+import { batchedNms, torchSortDescending } from '../src/ops/nms';
 import {
   RPN_CONFIG,
   RegionProposalNetwork,
@@ -17,8 +17,8 @@ import {
   proposalsOf,
   kthLargestKey,
   selectTopPerLevel,
-} from '../src/rpn';
-import { Img2PoseWeights } from '../src/weights';
+} from '../src/model/rpn';
+import { Img2PoseWeights } from '../src/model/weights';
 import { golden, goldenCase, manifest, relError } from './utils/golden';
 import { referenceKernel, seeded } from './utils/nms_reference';
 import { LEVEL_KEYS as LEVELS, alignNearTies, formulaSubset, goldenFeature, maxAbsDiff, paddedSize, resizedSize } from './utils/stage_inputs';

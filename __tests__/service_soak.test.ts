@@ -5,17 +5,17 @@
  * service soak (bench/service_soak.ts --short): random sizes, bad inputs, two kills, flat tensors
  * and memory.
  *
- * Workers run the compiled build (dist/bench/fault_worker.js wraps dist/src/worker.js).
+ * Workers run the compiled build (dist/bench/fault_worker.js wraps dist/src/runtime/worker.js).
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
-import { selectBackend } from '../src/backend';
+import { selectBackend } from '../src/runtime/backend';
 import { Img2Pose } from '../src/detector';
 import { InferenceError, InputError } from '../src/errors';
-import { RawDetections } from '../src/model';
-import { ThreadedModel } from '../src/threaded_model';
-import { disposeWeights } from '../src/weights';
+import { RawDetections } from '../src/model/model';
+import { ThreadedModel } from '../src/runtime/threaded_model';
+import { disposeWeights } from '../src/model/weights';
 import { KILLED_EXIT_CODE, WorkerKiller } from '../bench/fault_worker';
 import { serviceSoak, SHORT } from '../bench/service_soak';
 import { formulaWeights } from './utils/formula';

@@ -3,11 +3,11 @@
 // registers, or the first forward there fails with "Kernel 'X' not registered".
 import * as tf from '@tensorflow/tfjs';
 import * as path from 'path';
-import { formulaWeights } from '../src/formula_weights';
-import { Bitmap, decodeBitmap, decodeImage } from '../src/io';
-import { Img2PoseModel } from '../src/model';
-import { prepareBatch } from '../src/transform';
-import { disposeWeights } from '../src/weights';
+import { formulaWeights } from '../src/io/formula_weights';
+import { Bitmap, decodeBitmap, decodeImage } from '../src/io/images';
+import { Img2PoseModel } from '../src/model/model';
+import { prepareBatch } from '../src/model/transform';
+import { disposeWeights } from '../src/model/weights';
 
 /**
  * The kernels tfjs-node 4.22.0 registers for backend 'tensorflow': the `kernelName` of every config

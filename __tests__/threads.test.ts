@@ -1,5 +1,5 @@
 /**
- * Worker threads (src/threads.ts, src/worker.ts, src/threaded_model.ts): the pool's plumbing on a
+ * Worker threads (src/runtime/threads.ts, src/runtime/worker.ts, src/runtime/threaded_model.ts): the pool's plumbing on a
  * throwaway worker script, then the real thing. A batch shared out among model workers (wasm)
  * and a batch whose host stages run on workers must give exactly the results of one thread.
  *
@@ -12,11 +12,11 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { Img2Pose, threadCount, threadLimit } from '../src/detector';
 import { BatchError, InputError, OptionError } from '../src/errors';
-import { decodeImage } from '../src/io';
-import { Img2PoseModel, RawDetections } from '../src/model';
-import { shareOut, ThreadedModel } from '../src/threaded_model';
-import { WorkerExitError, WorkerPool, WorkerTaskError, workerScript } from '../src/threads';
-import { disposeWeights, Img2PoseWeights } from '../src/weights';
+import { decodeImage } from '../src/io/images';
+import { Img2PoseModel, RawDetections } from '../src/model/model';
+import { shareOut, ThreadedModel } from '../src/runtime/threaded_model';
+import { WorkerExitError, WorkerPool, WorkerTaskError, workerScript } from '../src/runtime/threads';
+import { disposeWeights, Img2PoseWeights } from '../src/model/weights';
 import { formulaWeights } from './utils/formula';
 import { imagePath } from './utils/golden';
 
@@ -35,7 +35,7 @@ function newestMtime(dir: string): number {
 describe('the compiled worker script', () => {
   it('exists and is not older than the sources', () => {
     const script = workerScript();
-    if (script === null) throw new Error('dist/src/worker.js is missing: run `npm run build`');
+    if (script === null) throw new Error('dist/src/runtime/worker.js is missing: run `npm run build`');
     const src = path.join(__dirname, '..', 'src');
     const built = newestMtime(path.dirname(script));
     if (built < newestMtime(src)) throw new Error(`${path.dirname(script)} is older than src/: run \`npm run build\``);

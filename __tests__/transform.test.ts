@@ -4,7 +4,7 @@
  */
 import * as fs from 'fs';
 import * as tf from '@tensorflow/tfjs';
-import { bilinearTaps, normalizePixel, paddedSize, prepareBatch, resizedSize } from '../src/transform';
+import { bilinearTaps, normalizePixel, paddedSize, prepareBatch, resizedSize } from '../src/model/transform';
 import { golden, goldenCase, imagePath, loadGoldenRgb, manifest, relError } from './utils/golden';
 
 /** [height, width] from a PNG's IHDR chunk. */

@@ -4,7 +4,7 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { Jimp } from 'jimp';
 import { DrawableFace, clipSegment, poseAxes2d, visualize } from '../src/visualize';
-import { decodeBitmap } from '../src/io';
+import { decodeBitmap } from '../src/io/images';
 import { imagePath } from './utils/golden';
 
 const W = 120;

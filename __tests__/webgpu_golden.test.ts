@@ -7,10 +7,10 @@
  * batch of two sizes gives each image exactly (bit for bit) its single-image detections.
  */
 import * as tf from '@tensorflow/tfjs';
-import { decodeImage } from '../src/io';
-import { Img2PoseModel, RawDetections } from '../src/model';
-import { disposeWeights } from '../src/weights';
-import { KernelMode, setKernelMode } from '../src/webgpu';
+import { decodeImage } from '../src/io/images';
+import { Img2PoseModel, RawDetections } from '../src/model/model';
+import { disposeWeights } from '../src/model/weights';
+import { KernelMode, setKernelMode } from '../src/kernels/webgpu';
 import { formulaWeights } from './utils/formula';
 import { golden, goldenCase, imagePath } from './utils/golden';
 import { expectWithinTolerance, matchDetections } from './utils/match';

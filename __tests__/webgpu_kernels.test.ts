@@ -1,7 +1,7 @@
 /**
  * @jest-environment ./__tests__/utils/webgpu_environment.js
  *
- * Every WGSL program of src/webgpu on a real WebGPU device (Dawn; SwiftShader in CI) against the
+ * Every WGSL program of src/kernels/webgpu on a real WebGPU device (Dawn; SwiftShader in CI) against the
  * portable path (stock tfjs ops on the same backend) and an independent float64 reference, on
  * awkward sizes: odd widths, one-pixel and one-row maps, channel counts that are not multiples of
  * 4, batches whose images have different own sizes. Each program also gives an image inside a
@@ -22,17 +22,17 @@ import {
   setWinograd,
   winogradFilter,
   winogradSettings,
-} from '../src/webgpu';
-import { multiScaleRoIAlign, ROI_OUTPUT_SIZE, ROI_SAMPLING_RATIO } from '../src/roi_align';
-import { paddedSize, prepareBatch, Size } from '../src/transform';
-import { decodeImage } from '../src/io';
+} from '../src/kernels/webgpu';
+import { multiScaleRoIAlign, ROI_OUTPUT_SIZE, ROI_SAMPLING_RATIO } from '../src/model/roi_align';
+import { paddedSize, prepareBatch, Size } from '../src/model/transform';
+import { decodeImage } from '../src/io/images';
 import { imagePath } from './utils/golden';
 import { lcgValues, relErr } from './utils/lcg';
 import { ConvCase, ConvData, convOutShape, convReference64, RoiCase, roiAlignReference64 } from './utils/kernel_reference';
 import { describeWebGPU } from './utils/webgpu';
-import { rpnCandidates } from '../src/webgpu/rpn_candidates';
-import { featureSizes } from '../src/anchors';
-import { candidateLayout, candidatesOf, ProposalJob, proposalsOf, RPN_CONFIG } from '../src/proposals';
+import { rpnCandidates } from '../src/kernels/webgpu/rpn_candidates';
+import { featureSizes } from '../src/ops/anchors';
+import { candidateLayout, candidatesOf, ProposalJob, proposalsOf, RPN_CONFIG } from '../src/ops/proposals';
 
 /** Float32 noise of sums of a few hundred products, well below any real indexing or tap error. */
 const REL_TOL = 1e-5;

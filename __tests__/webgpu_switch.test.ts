@@ -1,4 +1,4 @@
-// The kernel switch of src/webgpu on the wasm backend: the portable path (what every stage runs
+// The kernel switch of src/kernels/webgpu on the wasm backend: the portable path (what every stage runs
 // unless the WebGPU kernels are switched on) against a float64 reference, the fallback when the
 // switch is on but the backend is not webgpu, and the WGSL generator's guards. The WebGPU
 // programs themselves are checked on the GPU by bench/gpu_kernels.ts (see docs/webgpu.md).
@@ -15,7 +15,7 @@ import {
   linear,
   setKernelMode,
   useWebGPUKernels,
-} from '../src/webgpu';
+} from '../src/kernels/webgpu';
 import { lcgValues, relErr } from './utils/lcg';
 
 interface Case {
@@ -61,7 +61,7 @@ const cases: Case[] = [
   { x: [1, 7, 5, 4], k: 1, cout: 3, stride: 1, pad: 0, relu: false, residual: 'upsample' },
 ];
 
-describe('kernel switch (src/webgpu) on wasm', () => {
+describe('kernel switch (src/kernels/webgpu) on wasm', () => {
   afterEach(() => setKernelMode('portable'));
 
   it('defaults to the portable path and never runs WebGPU programs off the webgpu backend', () => {

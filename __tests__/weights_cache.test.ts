@@ -10,7 +10,7 @@ import * as path from 'path';
 import { zipSync } from 'fflate';
 import { Img2Pose } from '../src/detector';
 import { WeightsError } from '../src/errors';
-import { FORMULA_GAINS, formulaStateDict, writeFormulaWeights } from '../src/formula_weights';
+import { FORMULA_GAINS, formulaStateDict, writeFormulaWeights } from '../src/io/formula_weights';
 import {
   CACHE_RECORD,
   CacheRecord,
@@ -22,7 +22,7 @@ import {
   ensureReleaseWeights,
   installReleaseZip,
   releaseFolder,
-} from '../src/weights_cache';
+} from '../src/io/weights_cache';
 import { DRIVE_ID, TestServer, driveHandler, sendFile, startServer } from './utils/http_server';
 import { releaseZip, torchZipCheckpoint } from './utils/release_zip';
 import { goldenCase, imagePath } from './utils/golden';
@@ -291,7 +291,7 @@ describe('bad downloads', () => {
 
 describe('concurrent first loads', () => {
   const script = (cacheDir: string, url: string): string =>
-    `require(${JSON.stringify(path.join(__dirname, '..', 'dist', 'src', 'weights_cache.js'))})` +
+    `require(${JSON.stringify(path.join(__dirname, '..', 'dist', 'src', 'io', 'weights_cache.js'))})` +
     `.ensureReleaseWeights({ cacheDir: ${JSON.stringify(cacheDir)}, url: ${JSON.stringify(url)}, progress: false })` +
     '.then((f) => process.stdout.write(f), (e) => { process.stderr.write(String(e && e.message)); process.exitCode = 1; })';
 

@@ -5,7 +5,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
-import { loadWeights } from '../src/weights_io';
+import { loadWeights } from '../src/io/weights_io';
 import { WeightsError } from '../src/errors';
 import { img2poseSpec, isModelTensor } from '../converter/spec';
 import { tfjsShape } from '../converter/axis_order';

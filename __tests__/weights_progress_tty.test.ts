@@ -6,7 +6,7 @@ import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { FORMULA_GAINS, formulaStateDict } from '../src/formula_weights';
+import { FORMULA_GAINS, formulaStateDict } from '../src/io/formula_weights';
 import { TestServer, sendFile, startServer } from './utils/http_server';
 import { releaseZip, torchZipCheckpoint } from './utils/release_zip';
 

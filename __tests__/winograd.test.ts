@@ -1,4 +1,4 @@
-// Winograd F(2x2, 3x3) off the GPU: the transforms, layouts and tile edges of src/webgpu/winograd.ts
+// Winograd F(2x2, 3x3) off the GPU: the transforms, layouts and tile edges of src/kernels/webgpu/winograd.ts
 // checked through its host transcription (same three steps as the WGSL) against a float64 direct
 // convolution, plus the filter registry's lifetime. The WGSL itself runs on the GPU in
 // bench/gpu_kernels.ts against the direct kernel and a float64 convolution.
@@ -11,9 +11,9 @@ import {
   winogradFilter,
   winogradHost,
   WINOGRAD_MIN_CHANNELS,
-} from '../src/webgpu';
+} from '../src/kernels/webgpu';
 import { lcgValues, relErr } from './utils/lcg';
-import { prepareWinograd, releaseWinograd, winogradFilterFits, winogradFilterFor, winogradOptionsFit } from '../src/webgpu/winograd';
+import { prepareWinograd, releaseWinograd, winogradFilterFits, winogradFilterFor, winogradOptionsFit } from '../src/kernels/webgpu/winograd';
 
 /** Direct 3x3 stride-1 pad-1 convolution in float64. */
 function direct(x: Float32Array, [n, h, w, cin]: number[], f: Float32Array, cout: number, b: Float32Array, relu: boolean): Float64Array {

@@ -13,11 +13,11 @@
  */
 import { Command, Option } from 'commander';
 import * as tf from '@tensorflow/tfjs';
-import { BACKEND_CHOICES, BackendChoice, selectBackend } from '../src/backend';
+import { BACKEND_CHOICES, BackendChoice, selectBackend } from '../src/runtime/backend';
 import { Face, Img2Pose } from '../src/detector';
 import { BatchError } from '../src/errors';
-import { formulaWeights } from '../src/formula_weights';
-import { StageTimings, emptyTimings } from '../src/model';
+import { formulaWeights } from '../src/io/formula_weights';
+import { StageTimings, emptyTimings } from '../src/model/model';
 import {
   BenchImage,
   FaceDiff,

@@ -7,11 +7,11 @@ import * as os from 'os';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import type { Face } from '../src/detector';
-import { decodeImage } from '../src/io';
-import { formulaWeights } from '../src/formula_weights';
-import { Img2PoseModel } from '../src/model';
-import { disposeWeights } from '../src/weights';
-import { loadWeights } from '../src/weights_io';
+import { decodeImage } from '../src/io/images';
+import { formulaWeights } from '../src/io/formula_weights';
+import { Img2PoseModel } from '../src/model/model';
+import { disposeWeights } from '../src/model/weights';
+import { loadWeights } from '../src/io/weights_io';
 
 /** The repository root (holds package.json), from bench/ (ts) or dist/bench/ (built) alike. */
 export function repoRoot(): string {

@@ -1,5 +1,5 @@
 /**
- * Fault injection for the service soak and the worker tests: the model worker of src/worker.ts,
+ * Fault injection for the service soak and the worker tests: the model worker of src/runtime/worker.ts,
  * plus a way to make it die the moment it receives a forward task, as a crash mid-batch would.
  * Hand the compiled copy (dist/bench/fault_worker.js) to `ThreadedModel.start` as its script.
  *
@@ -84,11 +84,11 @@ if (!isMainThread && parentPort) {
     token = new Int32Array(m.token);
     channel.postMessage({ type: 'ack', id: m.id } satisfies FaultMessage);
   };
-  // Registered before src/worker.ts's listener: a dying worker never starts the task.
+  // Registered before src/runtime/worker.ts's listener: a dying worker never starts the task.
   parentPort.on('message', (request: { kind?: string }) => {
     if (request.kind !== 'model-predict') return;
     if (fs.existsSync(flag) || (token !== undefined && Atomics.compareExchange(token, 0, 1, 0) === 1)) process.exit(KILLED_EXIT_CODE);
   });
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  require('../src/worker');
+  require('../src/runtime/worker');
 }

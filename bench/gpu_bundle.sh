@@ -15,7 +15,7 @@ banner="import{createRequire}from'module';const require=createRequire(import.met
 # run carries must stay under the device's 64 MiB.
 rm -rf .gpu/app && mkdir -p .gpu/app
 npx esbuild kernels=bench/gpu_kernels.ts check=bench/gpu_check.ts bench=bench/gpu.ts stream=bench/gpu_stream.ts \
-  worker=src/worker.ts --bundle --splitting --platform=node --format=esm --outdir=.gpu/app --out-extension:.js=.mjs \
+  worker=src/runtime/worker.ts --bundle --splitting --platform=node --format=esm --outdir=.gpu/app --out-extension:.js=.mjs \
   --external:webgpu --banner:js="$banner" $([ "${MINIFY:-1}" = 1 ] && echo --minify) --log-level=warning
 cp "$shared/bench/upstream_gpu.py" bench/upstream_gpu_stream.py .gpu/py/
 upstream="${1:-/work/.mirror/TalHassner+img2pose/repo}"

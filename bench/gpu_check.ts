@@ -11,10 +11,10 @@ import * as tf from '@tensorflow/tfjs';
 import './gpu_flags';
 import { parseNpy } from '../converter/npy';
 import { failures, matchDetections, pct, sci } from './match';
-import { formulaWeights } from '../src/formula_weights';
-import { decodeImage } from '../src/io';
-import { Img2PoseModel, RawDetections } from '../src/model';
-import { initWebGPUBackend, KernelMode, setKernelMode, useGpuPool } from '../src/webgpu';
+import { formulaWeights } from '../src/io/formula_weights';
+import { decodeImage } from '../src/io/images';
+import { Img2PoseModel, RawDetections } from '../src/model/model';
+import { initWebGPUBackend, KernelMode, setKernelMode, useGpuPool } from '../src/kernels/webgpu';
 
 const GOLDEN = path.join(process.cwd(), '__tests__', 'fixtures', 'golden');
 

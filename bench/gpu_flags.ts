@@ -4,8 +4,8 @@
  * candidates; IMG2POSE_POSE_GATING=0 runs the pose head on every proposal.
  */
 import * as tf from '@tensorflow/tfjs';
-import { POSE_GATING_FLAG } from '../src/model';
-import { GPU_CANDIDATES_FLAG } from '../src/rpn';
+import { POSE_GATING_FLAG } from '../src/model/model';
+import { GPU_CANDIDATES_FLAG } from '../src/model/rpn';
 
 for (const flag of [GPU_CANDIDATES_FLAG, POSE_GATING_FLAG]) {
   if (process.env[flag] === '0') tf.env().set(flag, false);

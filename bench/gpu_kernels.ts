@@ -15,14 +15,14 @@ import {
   linearFused,
   linearPortable,
   chooseTile,
-} from '../src/webgpu/conv2d';
-import { initWebGPUBackend } from '../src/webgpu/dawn';
-import { gpuSync } from '../src/webgpu/program';
-import { roiAlignFused, RoiAlignInputs } from '../src/webgpu/roi_align';
-import { setKernelMode, useGpuPool } from '../src/webgpu';
-import { conv2dWinograd, setWinograd, winogradFilter } from '../src/webgpu/winograd';
-import { prepareBatch } from '../src/transform';
-import { decodeImage } from '../src/io';
+} from '../src/kernels/webgpu/conv2d';
+import { initWebGPUBackend } from '../src/kernels/webgpu/dawn';
+import { gpuSync } from '../src/kernels/webgpu/program';
+import { roiAlignFused, RoiAlignInputs } from '../src/kernels/webgpu/roi_align';
+import { setKernelMode, useGpuPool } from '../src/kernels/webgpu';
+import { conv2dWinograd, setWinograd, winogradFilter } from '../src/kernels/webgpu/winograd';
+import { prepareBatch } from '../src/model/transform';
+import { decodeImage } from '../src/io/images';
 import * as fsp from 'fs';
 
 const args = process.argv.slice(2);

@@ -11,10 +11,10 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import './gpu_flags';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
-import { formulaWeights } from '../src/formula_weights';
-import { decodeImage } from '../src/io';
-import { Img2PoseModel } from '../src/model';
-import { gpuMemory, initWebGPUBackend, setKernelMode, useSizeClassPool, trimPool, DEFAULT_POOL_LIMIT } from '../src/webgpu';
+import { formulaWeights } from '../src/io/formula_weights';
+import { decodeImage } from '../src/io/images';
+import { Img2PoseModel } from '../src/model/model';
+import { gpuMemory, initWebGPUBackend, setKernelMode, useSizeClassPool, trimPool, DEFAULT_POOL_LIMIT } from '../src/kernels/webgpu';
 import { streamSizes } from './stream_sizes';
 
 const args = process.argv.slice(2);

@@ -13,7 +13,7 @@ import * as path from 'path';
 import { convertCheckpoint } from '../converter/convert';
 import { MODEL_JSON, SHARD_BYTES } from '../converter/weights_format';
 import { Img2Pose, LoadOptions } from '../src/detector';
-import { decodeImage } from '../src/io';
+import { decodeImage } from '../src/io/images';
 import { img2poseSpec, isModelTensor } from '../converter/spec';
 import { SavedTensor, legacyCheckpoint, pickleCheckpoint, writeZip, zipCheckpoint } from './torch_save';
 import { pngClaiming, writeZeroFolder } from './reliability_cases';

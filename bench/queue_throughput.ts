@@ -11,7 +11,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { Redis } from 'ioredis';
 import { main } from '../src/cli';
-import { formulaWeights } from '../src/formula_weights';
+import { formulaWeights } from '../src/io/formula_weights';
 import { storeKeys } from '../src/queue/store';
 import { patternImage, pngBytes, writeWeightsFolder } from './reliability_cases';
 import { startRedis } from './redis_server';

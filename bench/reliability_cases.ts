@@ -11,8 +11,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { Jimp, JimpInstance } from 'jimp';
-import type { ImageInput } from '../src/io';
-import { Img2PoseWeights, ResNetDepth } from '../src/weights';
+import type { ImageInput } from '../src/io/images';
+import { Img2PoseWeights, ResNetDepth } from '../src/model/weights';
 import { img2poseSpec, isModelTensor } from '../converter/spec';
 import { tfjsShape } from '../converter/axis_order';
 import {

@@ -22,12 +22,12 @@ import * as path from 'path';
 import { Command, Option } from 'commander';
 import * as tf from '@tensorflow/tfjs';
 import { Jimp } from 'jimp';
-import { BACKEND_CHOICES, BackendChoice, selectBackend } from '../src/backend';
+import { BACKEND_CHOICES, BackendChoice, selectBackend } from '../src/runtime/backend';
 import { Face, Img2Pose } from '../src/detector';
 import { Img2PoseError } from '../src/errors';
-import { formulaWeights } from '../src/formula_weights';
-import { ImageInput } from '../src/io';
-import { disposeWeights } from '../src/weights';
+import { formulaWeights } from '../src/io/formula_weights';
+import { ImageInput } from '../src/io/images';
+import { disposeWeights } from '../src/model/weights';
 import { repoRoot } from './common';
 import {
   BadInputCase,

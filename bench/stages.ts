@@ -21,11 +21,11 @@ import * as path from 'path';
 import * as readline from 'readline';
 import { Command } from 'commander';
 import * as tf from '@tensorflow/tfjs';
-import { BACKEND_CHOICES, BackendChoice, selectBackend } from '../src/backend';
+import { BACKEND_CHOICES, BackendChoice, selectBackend } from '../src/runtime/backend';
 import { processPrediction } from '../src/detector';
-import { decodeImage } from '../src/io';
-import { Img2PoseModel, StageTimings, emptyTimings } from '../src/model';
-import { resizedSize } from '../src/transform';
+import { decodeImage } from '../src/io/images';
+import { Img2PoseModel, StageTimings, emptyTimings } from '../src/model/model';
+import { resizedSize } from '../src/model/transform';
 import { buildModel, machineInfo, markdownTable, median, repoRoot, timeMs } from './common';
 
 // Upstream's forward hooks see the RPN whole: our proposal filtering is folded into 'rpn' (add()).

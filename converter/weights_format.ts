@@ -2,11 +2,11 @@
  * Our converted-weights folder: the standard tfjs weights format (model.json with a
  * `weightsManifest`, binary shards `group1-shardKofN.bin` of at most 4 MB each, split at fixed
  * byte offsets like tfjs' own writer) plus an `img2pose` metadata object. Shared by the
- * converter (writer) and src/weights_io.ts (reader).
+ * converter (writer) and src/io/weights_io.ts (reader).
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { ResNetDepth } from '../src/weights';
+import { ResNetDepth } from '../src/model/weights';
 
 export const WEIGHTS_FORMAT = 'img2pose-tfjs-weights';
 export const WEIGHTS_FORMAT_VERSION = 1;

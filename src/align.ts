@@ -18,8 +18,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { InputError, OptionError, describeValue } from './errors';
-import { DecodeLimits, ImageInput, RawImage, decodeBitmap, decodeImage } from './io';
-import { projectPoints } from './pose';
+import { DecodeLimits, ImageInput, RawImage, decodeBitmap, decodeImage } from './io/images';
+import { projectPoints } from './model/pose';
 import { encodePng } from './visualize';
 
 export type AlignSize = 112 | 224;

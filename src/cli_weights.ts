@@ -5,7 +5,7 @@
 import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { Command } from 'commander';
-import { writeFormulaWeights, FORMULA_NOTE } from './formula_weights';
+import { writeFormulaWeights, FORMULA_NOTE } from './io/formula_weights';
 import {
   ReleaseOptions,
   clearReleaseCache,
@@ -13,7 +13,7 @@ import {
   installReleaseZip,
   releaseFolder,
   verifyReleaseFolder,
-} from './weights_cache';
+} from './io/weights_cache';
 
 export interface WeightsCommandIO {
   stdout: (text: string) => void;

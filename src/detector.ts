@@ -5,7 +5,7 @@
  * several to `detectBatch` (one stacked forward per chunk of `batchSize`), and
  * `processPrediction` turns the network's raw detections into `Face`s. (Upstream's padded
  * batches change an image's detections when sizes differ; our network masks the padding so a
- * list gives each image its single-image result: that is src/model.ts's business, not ours.)
+ * list gives each image its single-image result: that is src/model/model.ts's business, not ours.)
  *
  * Beyond upstream:
  * - a bad input in a list fails only its own index (`BatchError` / `detectFacesSettled`);
@@ -15,7 +15,7 @@
  */
 import * as os from 'os';
 import * as tf from '@tensorflow/tfjs';
-import { BackendChoice, BACKEND_CHOICES, selectBackend } from './backend';
+import { BackendChoice, BACKEND_CHOICES, selectBackend } from './runtime/backend';
 import {
   BatchError,
   DisposedError,
@@ -26,19 +26,19 @@ import {
   OptionError,
   WeightsError,
 } from './errors';
-import { DEFAULT_MAX_PIXELS, ImageInput, RawImage, decodeImage, decodePixels } from './io';
+import { DEFAULT_MAX_PIXELS, ImageInput, RawImage, decodeImage, decodePixels } from './io/images';
 import { checkKnownKeys } from './options';
 import { AlignOptions, AlignSize, AlignedFace, PosedFace, Rgb8Image, alignChecked, alignLimitsOf, alignPoses, alignSizeOf, checkPoses, decodeRgb8 } from './align';
-import { Img2PoseModel, ModelConfig, RawDetections } from './model';
-import { cores, workerScript } from './threads';
-import { ThreadedModel } from './threaded_model';
-import { DEFAULT_POOL_LIMIT, releaseGpuPool, setKernelMode, useGpuPool } from './webgpu';
-import { KeypointName, projectKeypoints } from './pose';
-import { Img2PoseWeights } from './weights';
-import { LoadWeightsOptions } from './weights_io';
-import { ReleaseOptions } from './weights_cache';
-import { copyToActiveBackend, onActiveBackend } from './tensor_home';
-import { DEFAULT_WEIGHTS, WeightsSource, isWeightsSource, openWeights } from './weights_source';
+import { Img2PoseModel, ModelConfig, RawDetections } from './model/model';
+import { cores, workerScript } from './runtime/threads';
+import { ThreadedModel } from './runtime/threaded_model';
+import { DEFAULT_POOL_LIMIT, releaseGpuPool, setKernelMode, useGpuPool } from './kernels/webgpu';
+import { KeypointName, projectKeypoints } from './model/pose';
+import { Img2PoseWeights } from './model/weights';
+import { LoadWeightsOptions } from './io/weights_io';
+import { ReleaseOptions } from './io/weights_cache';
+import { copyToActiveBackend, onActiveBackend } from './runtime/tensor_home';
+import { DEFAULT_WEIGHTS, WeightsSource, isWeightsSource, openWeights } from './io/weights_source';
 
 export type Box = [x1: number, y1: number, x2: number, y2: number];
 export type Pose = [rx: number, ry: number, rz: number, tx: number, ty: number, tz: number];

@@ -10,7 +10,7 @@
  *   gets from the signs of the zeros in its matrix.
  */
 import { OptionError, describeValue } from './errors';
-import { rotvecToMatrix } from './pose';
+import { rotvecToMatrix } from './model/pose';
 
 export interface EulerAngles {
   /** Rotation about the camera's x axis (nodding), degrees. */

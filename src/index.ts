@@ -34,16 +34,16 @@ export {
 } from './errors';
 export type { Img2PoseErrorCode, IndexedError, InputErrorDetails } from './errors';
 
-export { decodeImage, describeInput } from './io';
-export type { ImageInput, JimpImageLike, RawImage } from './io';
+export { decodeImage, describeInput } from './io/images';
+export type { ImageInput, JimpImageLike, RawImage } from './io/images';
 
-export { selectBackend, BACKEND_CHOICES, AUTO_ORDER } from './backend';
-export type { BackendChoice, ModuleLoader } from './backend';
+export { selectBackend, BACKEND_CHOICES, AUTO_ORDER } from './runtime/backend';
+export type { BackendChoice, ModuleLoader } from './runtime/backend';
 
-export { loadWeights } from './weights_io';
-export type { LoadWeightsOptions } from './weights_io';
-export { loadWeightsFromUrl } from './weights_url';
-export type { WeightsSource } from './weights_source';
+export { loadWeights } from './io/weights_io';
+export type { LoadWeightsOptions } from './io/weights_io';
+export { loadWeightsFromUrl } from './io/weights_url';
+export type { WeightsSource } from './io/weights_source';
 export {
   RELEASE,
   cacheRoot,
@@ -52,9 +52,9 @@ export {
   installReleaseZip,
   releaseFolder,
   verifyReleaseFolder,
-} from './weights_cache';
-export type { CacheRecord, ReleaseEvent, ReleaseOptions } from './weights_cache';
-export { writeFormulaWeights } from './formula_weights';
+} from './io/weights_cache';
+export type { CacheRecord, ReleaseEvent, ReleaseOptions } from './io/weights_cache';
+export { writeFormulaWeights } from './io/formula_weights';
 
 export { alignFaces, cropToPng, ALIGN_SIZES } from './align';
 export type { AffineTransform, AlignedFace, AlignedImage, AlignOptions, AlignSize, PosedFace } from './align';
@@ -65,12 +65,12 @@ export type { EulerAngles } from './euler';
 export { visualize } from './visualize';
 export type { DrawableFace, VisualizeImage, VisualizeOptions } from './visualize';
 
-export { Img2PoseModel, SUBBATCH_OVERLAP } from './model';
-export type { ForwardPhase, ModelConfig, ModelOptions, PredictOptions, RawDetections, StageTimings } from './model';
+export { Img2PoseModel, SUBBATCH_OVERLAP } from './model/model';
+export type { ForwardPhase, ModelConfig, ModelOptions, PredictOptions, RawDetections, StageTimings } from './model/model';
 
-export { WorkerTaskError } from './threads';
+export { WorkerTaskError } from './runtime/threads';
 
-export { KEYPOINT_INDICES, REFERENCE_POINTS_68, projectKeypoints, projectPoints } from './pose';
-export type { KeypointName } from './pose';
+export { KEYPOINT_INDICES, REFERENCE_POINTS_68, projectKeypoints, projectPoints } from './model/pose';
+export type { KeypointName } from './model/pose';
 
-export * from './weights';
+export * from './model/weights';

@@ -7,8 +7,8 @@
  */
 import * as fs from 'fs';
 import { Jimp } from 'jimp';
-import { DecodeLimits, ImageInput, decodeBitmap, decodeImage as decodeToTensor } from './io';
-import { projectPoints, transformPoints } from './pose';
+import { DecodeLimits, ImageInput, decodeBitmap, decodeImage as decodeToTensor } from './io/images';
+import { projectPoints, transformPoints } from './model/pose';
 
 /**
  * Anything `detectFaces` takes: a file path, encoded bytes, a jimp image, raw pixels or a HWC

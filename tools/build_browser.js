@@ -2,7 +2,7 @@
 /**
  * The browser build (package export "browser"): esbuild bundles src/browser/index.ts as ESM for
  * browsers. The detector's Node-only modules are swapped for their browser versions
- * (src/threads.ts, src/io.ts, src/weights_io.ts, src/weights_cache.ts -> src/browser/*), and the Node built-ins that
+ * (src/runtime/threads.ts, src/io/images.ts, src/io/weights_io.ts, src/io/weights_cache.ts -> src/browser/*), and the Node built-ins that
  * shared modules import for their Node-only paths resolve to a stub that throws when used;
  * anything else Node-specific fails the build (platform 'browser').
  *
@@ -18,19 +18,28 @@ const esbuild = require('esbuild');
 
 const ROOT = path.join(__dirname, '..');
 const SRC = path.join(ROOT, 'src');
-// Module -> importers whose import of it is swapped (visualize.ts keeps the core io: the browser
-// build uses only its drawing geometry).
-const SWAPPED = { './io': ['detector.ts'], './threads': null, './weights_io': null, './weights_cache': null };
+// Node module (path under src/, no extension) -> its browser version, and the importers whose
+// import is swapped (null: all of them; visualize.ts keeps the core io: the browser build uses
+// only its drawing geometry). The browser versions themselves import the originals.
+const SWAPPED = {
+  'io/images': { to: 'io.ts', importers: ['detector.ts'] },
+  'runtime/threads': { to: 'threads.ts', importers: null },
+  'io/weights_io': { to: 'weights_io.ts', importers: null },
+  'io/weights_cache': { to: 'weights_cache.ts', importers: null },
+};
 const BUILTINS = /^(node:)?(fs|path|os|worker_threads|crypto|zlib|stream|stream\/promises|util|url|child_process|events|readline|http|https|net)$/;
 
 const browserSwaps = {
   name: 'img2pose-browser-swaps',
   setup(build) {
-    build.onResolve({ filter: /^\.\/(io|threads|weights_io|weights_cache)$/ }, (args) =>
-      path.dirname(args.importer) === SRC && (SWAPPED[args.path] === null || SWAPPED[args.path].includes(path.basename(args.importer)))
-        ? { path: path.join(SRC, 'browser', `${args.path.slice(2)}.ts`) }
-        : undefined,
-    );
+    build.onResolve({ filter: /^\.\.?\// }, (args) => {
+      if (args.importer.startsWith(path.join(SRC, 'browser') + path.sep)) return undefined;
+      const target = path.relative(SRC, path.resolve(path.dirname(args.importer), args.path)).split(path.sep).join('/');
+      const swap = SWAPPED[target];
+      if (swap === undefined) return undefined;
+      if (swap.importers !== null && !swap.importers.includes(path.relative(SRC, args.importer))) return undefined;
+      return { path: path.join(SRC, 'browser', swap.to) };
+    });
     build.onResolve({ filter: BUILTINS }, () => ({ path: path.join(SRC, 'browser', 'shims', 'node_builtin.ts') }));
     build.onResolve({ filter: /^jimp$/ }, () => ({ path: path.join(SRC, 'browser', 'shims', 'jimp.ts') }));
   },

@@ -30,12 +30,12 @@ const TYPES = {
 async function formulaWeightsFolder(dir = path.join(ROOT, 'dist', 'demo-weights')) {
   if (fs.existsSync(path.join(dir, 'model.json'))) return dir;
   const dist = path.join(ROOT, 'dist');
-  if (!fs.existsSync(path.join(dist, 'src', 'formula_weights.js'))) {
+  if (!fs.existsSync(path.join(dist, 'src', 'io', 'formula_weights.js'))) {
     throw new Error('the compiled library is missing: run `npm run build` first');
   }
-  const { formulaWeights } = require(path.join(dist, 'src', 'formula_weights.js'));
+  const { formulaWeights } = require(path.join(dist, 'src', 'io', 'formula_weights.js'));
   const { writeWeightsFolder } = require(path.join(dist, 'bench', 'reliability_cases.js'));
-  const { disposeWeights } = require(path.join(dist, 'src', 'weights.js'));
+  const { disposeWeights } = require(path.join(dist, 'src', 'model', 'weights.js'));
   const weights = formulaWeights();
   try {
     await writeWeightsFolder(weights, `${dir}.tmp`);

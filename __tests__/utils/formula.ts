@@ -1,20 +1,20 @@
 /**
  * The formula test weights of shared/fixtures/README.md. The algorithm lives in
- * src/formula_weights.ts (the demo and bench need it too); this module keeps the tests' entry
+ * src/io/formula_weights.ts (the demo and bench need it too); this module keeps the tests' entry
  * points and reads key lists and gains from the copied fixtures, so a test can check the shipped
  * assets against them.
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import { HostTensor } from '../../converter/layout';
-import { Img2PoseWeights, ResNetDepth } from '../../src/weights';
+import { Img2PoseWeights, ResNetDepth } from '../../src/model/weights';
 import { KeySpec } from '../../converter/spec';
 import {
   FormulaGains,
   formulaStateDictFromSpecs,
   formulaTensor as formulaTensorImpl,
   formulaWeights as formulaWeightsImpl,
-} from '../../src/formula_weights';
+} from '../../src/io/formula_weights';
 
 export const FIXTURES = path.join(__dirname, '..', 'fixtures');
 

@@ -3,7 +3,7 @@
  * (not from our kernels): convolution with symmetric zero padding and a nearest-upsampled residual,
  * and multi-scale RoIAlign (aligned=False, fixed sampling ratio).
  */
-import { convOutputSize } from '../../src/webgpu';
+import { convOutputSize } from '../../src/kernels/webgpu';
 
 export interface ConvCase {
   x: [number, number, number, number];

@@ -1,5 +1,5 @@
 /**
- * Test-only references for the NMS stages, written plainly and independently of src/nms.ts's
+ * Test-only references for the NMS stages, written plainly and independently of src/ops/nms.ts's
  * incremental engine: the kernel's loop as torchvision's CPU kernel runs it (each kept box
  * suppressing the later ones), and deterministic random numbers.
  */

@@ -1,7 +1,7 @@
 /** Inputs for stage tests that start after the backbone: formula weight subsets, golden features. */
 import * as tf from '@tensorflow/tfjs';
 import { toTfjsLayout } from '../../converter/layout';
-import { Img2PoseWeights } from '../../src/weights';
+import { Img2PoseWeights } from '../../src/model/weights';
 import { formulaTensor, gains, keySpecs } from './formula';
 import { golden, goldenCase } from './golden';
 

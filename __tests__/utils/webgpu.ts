@@ -4,8 +4,8 @@
  * install elsewhere. The backend is brought up through the library's own `selectBackend('webgpu')`.
  */
 import * as tf from '@tensorflow/tfjs';
-import { ModuleLoader, nodeModuleLoader, selectBackend } from '../../src/backend';
-import { setKernelMode, useGpuPool } from '../../src/webgpu';
+import { ModuleLoader, nodeModuleLoader, selectBackend } from '../../src/runtime/backend';
+import { setKernelMode, useGpuPool } from '../../src/kernels/webgpu';
 
 interface Probe {
   ok: boolean;

@@ -4,7 +4,7 @@
  * them on a canvas with `new ImageData(...)` after adding alpha.
  */
 import { AlignedFace, AlignOptions, alignFaces as alignCore, PosedFace } from '../align';
-import { ImageInput as CoreInput } from '../io';
+import { ImageInput as CoreInput } from '../io/images';
 import { decodePixels, ImageInput } from './io';
 
 export async function alignFaces(image: ImageInput, faces: readonly PosedFace[], options?: AlignOptions): Promise<AlignedFace[]> {

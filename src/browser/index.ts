@@ -13,7 +13,7 @@ import * as tf from '@tensorflow/tfjs';
 // Both register their backend when evaluated; webgpu only where the page has navigator.gpu.
 import '@tensorflow/tfjs-backend-webgpu';
 import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
-import { ModuleLoader, setDefaultModuleLoader } from '../backend';
+import { ModuleLoader, setDefaultModuleLoader } from '../runtime/backend';
 
 /** The backend packages are part of this build: nothing to resolve at run time. */
 const BUNDLED = new Set(['@tensorflow/tfjs-backend-webgpu', '@tensorflow/tfjs-backend-wasm']);
@@ -62,10 +62,10 @@ export type { AffineTransform, AlignedFace, AlignedImage, AlignOptions, AlignSiz
 export { poseToEuler } from '../euler';
 export type { EulerAngles } from '../euler';
 export type { DrawOptions } from './draw';
-export { selectBackend, BACKEND_CHOICES, AUTO_ORDER } from '../backend';
-export type { BackendChoice } from '../backend';
-export { Img2PoseModel } from '../model';
-export type { ModelConfig, RawDetections } from '../model';
-export { KEYPOINT_INDICES, projectKeypoints, projectPoints } from '../pose';
-export type { KeypointName } from '../pose';
-export * from '../weights';
+export { selectBackend, BACKEND_CHOICES, AUTO_ORDER } from '../runtime/backend';
+export type { BackendChoice } from '../runtime/backend';
+export { Img2PoseModel } from '../model/model';
+export type { ModelConfig, RawDetections } from '../model/model';
+export { KEYPOINT_INDICES, projectKeypoints, projectPoints } from '../model/pose';
+export type { KeypointName } from '../model/pose';
+export * from '../model/weights';

@@ -1,7 +1,7 @@
 /// <reference lib="dom" />
 /**
- * src/io.ts for browsers (the browser build swaps it in for the detector): everything a page
- * holds an image in, turned into the raw RGBA pixels that src/io.ts then checks and converts
+ * src/io/images.ts for browsers (the browser build swaps it in for the detector): everything a page
+ * holds an image in, turned into the raw RGBA pixels that src/io/images.ts then checks and converts
  * exactly as in Node.
  *
  * - `ImageData`: its pixels as they are.
@@ -10,16 +10,16 @@
  * - Encoded bytes (`Uint8Array`, `ArrayBuffer`, `Blob`/`File`) and URL strings (fetched): JPEG with
  *   jpeg-js, the decoder Node's path uses (jimp's), so pixels equal the Node CLI's; PNG and the rest
  *   with the browser's decoder, colour profiles ignored as in Node.
- * - Raw pixels and tensors: src/io.ts unchanged.
+ * - Raw pixels and tensors: src/io/images.ts unchanged.
  */
 import * as tf from '@tensorflow/tfjs';
 import { decode as decodeJpeg } from 'jpeg-js';
 import { describeValue, InputError } from '../errors';
-import { decodeImage as decodeCore, describeInput as describeCore, DecodeLimits, ImageInput as CoreInput, RawImage } from '../io';
-import { DEFAULT_MAX_PIXELS, headerSize } from '../image_header';
+import { decodeImage as decodeCore, describeInput as describeCore, DecodeLimits, ImageInput as CoreInput, RawImage } from '../io/images';
+import { DEFAULT_MAX_PIXELS, headerSize } from '../io/image_header';
 
-// Everything else of src/io.ts as it is; the names declared below replace theirs.
-export * from '../io';
+// Everything else of src/io/images.ts as it is; the names declared below replace theirs.
+export * from '../io/images';
 
 /** What a page can draw from: decoded by drawing it on a canvas. */
 export type DrawableSource = HTMLImageElement | HTMLCanvasElement | OffscreenCanvas | ImageBitmap | VideoFrame | HTMLVideoElement;
@@ -77,7 +77,7 @@ export async function decodeImage(input: ImageInput, index?: number, limits: Dec
   };
   if (typeof input !== 'string' && (typeof input !== 'object' || input === null)) return fail(EXPECTED_KINDS, describeValue(input));
   const raw = await toRaw(input, fail, maxPixels);
-  // Tensors, raw pixels and unknown objects: src/io.ts decides, as in Node.
+  // Tensors, raw pixels and unknown objects: src/io/images.ts decides, as in Node.
   if (raw === undefined) return decodeCore(input as CoreInput, index, limits);
   try {
     return await decodeCore(raw, index, limits);
@@ -100,7 +100,7 @@ export async function decodePixels(input: ImageInput, index?: number, limits: De
   return (await toRaw(input, fail, limits.maxPixels ?? DEFAULT_MAX_PIXELS)) ?? (input as CoreInput);
 }
 
-/** RGBA pixels of a browser input; undefined for the forms src/io.ts takes as they are. */
+/** RGBA pixels of a browser input; undefined for the forms src/io/images.ts takes as they are. */
 async function toRaw(input: ImageInput, fail: Fail, maxPixels: number): Promise<RawImage | undefined> {
   if (typeof input === 'string') return decodeBytes(await fetchBytes(input, fail), fail, maxPixels);
   if (isA<Blob>('Blob', input)) return decodeBytes(new Uint8Array(await input.arrayBuffer()), fail, maxPixels);

@@ -1,10 +1,10 @@
 /**
- * src/threads.ts for browsers (the browser build swaps it in): the page's own thread only. Worker
+ * src/runtime/threads.ts for browsers (the browser build swaps it in): the page's own thread only. Worker
  * threads there would need a second bundle and a model copy per worker; a browser's backends
  * (webgpu, webgl) already run the heavy work off the main thread on the GPU.
  */
-export type { Reply, SerializedError, TaskMessage } from '../threads';
-import type { TaskMessage } from '../threads';
+export type { Reply, SerializedError, TaskMessage } from '../runtime/threads';
+import type { TaskMessage } from '../runtime/threads';
 
 export class WorkerTaskError extends Error {}
 

@@ -7,7 +7,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { WeightsError } from '../errors';
-import { Img2PoseWeights, ResNetDepth } from '../weights';
+import { Img2PoseWeights, ResNetDepth } from '../model/weights';
 import { tfjsShape } from '../../converter/axis_order';
 import { FoundTensor, RESNETS, compareToSpec, describeMismatch, img2poseSpec, isMismatchEmpty, isModelTensor } from '../../converter/spec';
 import { Img2PoseModelJson, MODEL_JSON, WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION, WeightEntryJson } from '../../converter/weights_format';
@@ -150,4 +150,4 @@ function checkManifestAgainstSpec(where: string, depth: ResNetDepth, entries: We
 }
 
 // Pure checks shared with Node (weights from a URL or a tf.io handler validate with them).
-export { checkManifestAgainstSpec, checkModelJson } from '../weights_checks';
+export { checkManifestAgainstSpec, checkModelJson } from '../io/weights_checks';

@@ -5,7 +5,7 @@
 import { Command, Option } from 'commander';
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { BACKEND_CHOICES, BackendChoice } from '../backend';
+import { BACKEND_CHOICES, BackendChoice } from '../runtime/backend';
 import { DEFAULT_OPTIONS } from '../detector';
 import { OptionError } from '../errors';
 import { ChunkData, DEFAULT_ATTEMPTS, DEFAULT_CHUNK_SIZE, collectImages, enqueueImages } from './add';

@@ -19,7 +19,7 @@ import * as os from 'os';
 import type { Job } from 'bullmq';
 import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
-import { BackendChoice } from '../backend';
+import { BackendChoice } from '../runtime/backend';
 import { Img2Pose, SettledDetection } from '../detector';
 import { InputError } from '../errors';
 import { ChunkData, parseChunkData } from './add';

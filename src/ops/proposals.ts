@@ -4,7 +4,7 @@
  * boxes; NMS within each level; keep the best post_nms_top_n. It uses only the image's own region
  * of each level, so an image gets the same proposals in a batch as alone. Float32 semantics
  * (Math.fround after every operation) follow torch's float32 CPU arithmetic. No tfjs here: worker
- * threads run this module on their own (src/worker.ts).
+ * threads run this module on their own (src/runtime/worker.ts).
  */
 import { ANCHORS_PER_LOCATION, anchorsAt, featureSizes, sharedImageAnchors } from './anchors';
 import { clipBoxesToImage, removeSmallBoxes } from './boxes';
@@ -422,7 +422,7 @@ function levelGrid(anchors: Float32Array, anchor: number, width: number, height:
 }
 
 /**
- * An image's RPN candidates, as the GPU preselects them (src/webgpu/rpn_candidates.ts): per level,
+ * An image's RPN candidates, as the GPU preselects them (src/kernels/webgpu/rpn_candidates.ts): per level,
  * the anchors whose logit can be among the level's k best (every anchor at least as large as the
  * k-th largest, and a few below it), in anchor order, with their logits and deltas. Running the
  * exact selection on these gives the same proposals as running it on every anchor.

@@ -4,9 +4,9 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { selectBackend } from './backend';
-import { Img2PoseModel, RawDetections } from './model';
+import { Img2PoseModel, RawDetections } from '../model/model';
 import type { ModelWorkerData, PredictTask } from './threaded_model';
-import { disposeWeights, Img2PoseWeights } from './weights';
+import { disposeWeights, Img2PoseWeights } from '../model/weights';
 
 async function build(data: ModelWorkerData): Promise<Img2PoseModel> {
   const { backend, weights } = data.model;
@@ -26,7 +26,7 @@ async function build(data: ModelWorkerData): Promise<Img2PoseModel> {
 
 type Done = { result: unknown; transfer: ArrayBuffer[] };
 
-/** Handlers for src/worker.ts; the network is built once, when the worker starts. */
+/** Handlers for src/runtime/worker.ts; the network is built once, when the worker starts. */
 export function modelHandlers(data: ModelWorkerData): Record<string, (payload: unknown) => Promise<Done>> {
   const model = build(data);
   // A failed build is reported by the first task (model-ready), not as an unhandled rejection.

@@ -10,14 +10,14 @@
 import { Stats, promises as fsp } from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
-import { WeightsError } from './errors';
-import { Img2PoseWeights } from './weights';
-import { CheckpointError } from '../converter/errors';
-import { firstNonFinite } from '../converter/tensor_data';
-import { checkpointToWeights } from '../converter/in_memory';
-import { PoseStatisticsInput, Warn } from '../converter/convert';
-import { img2poseSpec, isModelTensor } from '../converter/spec';
-import { MODEL_JSON, SHARD_BYTES, WeightEntryJson } from '../converter/weights_format';
+import { WeightsError } from '../errors';
+import { Img2PoseWeights } from '../model/weights';
+import { CheckpointError } from '../../converter/errors';
+import { firstNonFinite } from '../../converter/tensor_data';
+import { checkpointToWeights } from '../../converter/in_memory';
+import { PoseStatisticsInput, Warn } from '../../converter/convert';
+import { img2poseSpec, isModelTensor } from '../../converter/spec';
+import { MODEL_JSON, SHARD_BYTES, WeightEntryJson } from '../../converter/weights_format';
 import { FileReadError, confinedPath, readRegularFile } from './safe_read';
 import { checkManifestAgainstSpec, checkModelJson } from './weights_checks';
 

@@ -20,7 +20,7 @@ import * as tf from '@tensorflow/tfjs';
 import { faceScores } from './postprocess';
 import { Img2PoseWeights } from './weights';
 import { ROI_OUTPUT_SIZE } from './roi_align';
-import { linear, useWebGPUKernels } from './webgpu';
+import { linear, useWebGPUKernels } from '../kernels/webgpu';
 
 const BN_EPS = 1e-5;
 
@@ -34,7 +34,7 @@ export interface RoIHeadOutputs {
 /**
  * x (rows, in) @ w (in, out) + bias, optional ReLU. On wasm as a 1x1 convolution over [rows, 1, 1,
  * in] (XNNPACK's conv beat tf.matMul by ~15% on these shapes), elsewhere through the shared
- * kernel switch (src/webgpu).
+ * kernel switch (src/kernels/webgpu).
  */
 function dense(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D, relu: boolean): tf.Tensor2D {
   if (useWebGPUKernels() || tf.getBackend() !== 'wasm') return linear(x, w, bias, relu);

@@ -5,7 +5,7 @@
  * platform gives WebGPU and WebGL, and the browser build supplies its own module loader.
  */
 import * as tf from '@tensorflow/tfjs';
-import { BackendError, OptionError } from './errors';
+import { BackendError, OptionError } from '../errors';
 
 export type BackendChoice = 'auto' | 'tensorflow' | 'webgpu' | 'webgl' | 'wasm' | 'cpu';
 

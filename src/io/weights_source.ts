@@ -2,8 +2,8 @@
  * Everything `Img2Pose.load({ weights })` accepts, turned into weights on the active backend:
  *
  *   'img2pose_v1' (or nothing)     the official release: from the cache, downloaded on first use
- *   a folder / model.json / .pth   read from disk (src/weights_io.ts)
- *   'http(s)://…/model.json'       fetched (src/weights_url.ts)
+ *   a folder / model.json / .pth   read from disk (src/io/weights_io.ts)
+ *   'http(s)://…/model.json'       fetched (src/io/weights_url.ts)
  *   'file://…', a URL object       the file it names
  *   Img2PoseWeights                in memory (copied onto the active backend where elsewhere)
  *   a tf.io.IOHandler              its `load()` artifacts (e.g. tf.io.http, tf.io.browserFiles)
@@ -12,15 +12,15 @@
  */
 import { promises as fsp } from 'fs';
 import * as tf from '@tensorflow/tfjs';
-import { Img2PoseError, WeightsError } from './errors';
-import { weightsOnActiveBackend } from './tensor_home';
-import { Img2PoseWeights, ResNetDepth, disposeWeights } from './weights';
+import { Img2PoseError, WeightsError } from '../errors';
+import { weightsOnActiveBackend } from '../runtime/tensor_home';
+import { Img2PoseWeights, ResNetDepth, disposeWeights } from '../model/weights';
 import { LoadWeightsOptions, checkManifestAgainstSpec, loadWeights } from './weights_io';
 import { isWeightsUrl, loadWeightsFromUrl } from './weights_url';
 import { RELEASE, ReleaseOptions, ensureReleaseWeights } from './weights_cache';
-import { DEFAULT_POSE_WARNING, defaultWarn, resolvePoseStatistics } from '../converter/convert';
-import { CheckpointError } from '../converter/errors';
-import { RESNETS, detectDepth, img2poseSpec, isModelTensor } from '../converter/spec';
+import { DEFAULT_POSE_WARNING, defaultWarn, resolvePoseStatistics } from '../../converter/convert';
+import { CheckpointError } from '../../converter/errors';
+import { RESNETS, detectDepth, img2poseSpec, isModelTensor } from '../../converter/spec';
 
 /** The weights `load` uses when none are named: the official release. */
 export const DEFAULT_WEIGHTS = RELEASE.name;

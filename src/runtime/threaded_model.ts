@@ -6,11 +6,11 @@
  * never mixes images, and every worker runs the same kernels).
  */
 import * as tf from '@tensorflow/tfjs';
-import { InferenceError } from './errors';
-import type { ModelConfig, RawDetections } from './model';
-import { paddedSize, resizedSize, Size } from './transform';
+import { InferenceError } from '../errors';
+import type { ModelConfig, RawDetections } from '../model/model';
+import { paddedSize, resizedSize, Size } from '../model/transform';
 import { WorkerExitError, WorkerPool } from './threads';
-import { Img2PoseWeights, ResNetDepth } from './weights';
+import { Img2PoseWeights, ResNetDepth } from '../model/weights';
 
 /** Weights as plain arrays, to hand to workers (each builds its own tensors from them). */
 export interface PortableWeights {

@@ -27,7 +27,7 @@
 import * as fs from 'fs';
 import * as tf from '@tensorflow/tfjs';
 import { defaultFormats } from 'jimp';
-import { InputError, describeValue } from './errors';
+import { InputError, describeValue } from '../errors';
 import { Unzlib } from 'fflate';
 import { DEFAULT_MAX_PIXELS, ImageFormat, headerSize, pngDataProblem } from './image_header';
 

@@ -4,7 +4,7 @@
  * independent of each other (see backbone.ts, "batch == single").
  */
 import * as tf from '@tensorflow/tfjs';
-import { releaseConvFilter } from './webgpu';
+import { releaseConvFilter } from '../kernels/webgpu';
 
 /** torchvision's FrozenBatchNorm2d epsilon. */
 export const FROZEN_BN_EPS = 1e-5;

@@ -2,7 +2,7 @@
 // can be among the level's k best objectness logits, with their logits and box deltas, compacted
 // into one small buffer. Reading that back (~0.6 MB an image) replaces reading the whole head
 // output (~11 MB at the default size) and the host's pass over every anchor; the host then runs
-// the exact selection, decoding and NMS on the candidates alone (src/proposals.ts).
+// the exact selection, decoding and NMS on the candidates alone (src/ops/proposals.ts).
 //
 // Three dispatches over the batch, all levels at once:
 //   1. histogram of each (image, level)'s logits by the top 16 bits of their sort key;
@@ -13,7 +13,7 @@
 // to the k-th largest is in, which is what the host's tie rules need. Sort keys treat -0 as +0 (the
 // host compares logits with ==, so the two must fall in one digit) and every NaN as the largest.
 import * as tf from '@tensorflow/tfjs';
-import { CandidateLayout, RECORD_WORDS } from '../proposals';
+import { CandidateLayout, RECORD_WORDS } from '../../ops/proposals';
 import { runProgram, webgpuBackend, WebGPUProgram } from './program';
 
 /** Anchors per feature location and head channels per location (3 logits, 3 x 4 deltas). */

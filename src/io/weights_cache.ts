@@ -17,12 +17,12 @@ import { createReadStream, promises as fsp } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { SingleBar, Presets } from 'cli-progress';
-import { WeightsError } from './errors';
+import { WeightsError } from '../errors';
 import { DownloadError, DownloadOptions, DownloadProgress, downloadFile } from './download';
 import { ZipEntry, ZipProblem, extractZipEntry, listZip } from './zip_members';
-import { convertCheckpoint } from '../converter/convert';
-import { CheckpointError } from '../converter/errors';
-import { MODEL_JSON } from '../converter/weights_format';
+import { convertCheckpoint } from '../../converter/convert';
+import { CheckpointError } from '../../converter/errors';
+import { MODEL_JSON } from '../../converter/weights_format';
 
 export { RELEASE } from './release';
 import { RELEASE } from './release';

@@ -6,7 +6,7 @@ import { multiScaleRoIAlign } from './roi_align';
 import { RoIHeads } from './roi_heads';
 import { Proposals, RegionProposalNetwork } from './rpn';
 import { paddedSize, prepareBatchAsync, resizedSize, Size } from './transform';
-import { WorkerPool, workerScript } from './threads';
+import { WorkerPool, workerScript } from '../runtime/threads';
 import { Img2PoseWeights } from './weights';
 
 /** Sizes of the input transform (upstream's min_size / max_size). */

@@ -1,10 +1,10 @@
 /**
- * The worker-thread side of src/threads.ts: answers tasks by `kind`. The host stages are plain
+ * The worker-thread side of src/runtime/threads.ts: answers tasks by `kind`. The host stages are plain
  * functions on typed arrays; results travel back with their buffers transferred, not copied.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { postprocessDetections, PostprocessInput } from './postprocess';
-import { ProposalJob, proposalsOf } from './proposals';
+import { postprocessDetections, PostprocessInput } from '../model/postprocess';
+import { ProposalJob, proposalsOf } from '../ops/proposals';
 import { Reply, SerializedError } from './threads';
 
 type Handler = (payload: unknown) => Promise<{ result: unknown; transfer: ArrayBuffer[] }> | { result: unknown; transfer: ArrayBuffer[] };

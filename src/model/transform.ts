@@ -8,7 +8,7 @@
  * zero padding is therefore zero in normalised space.
  */
 import * as tf from '@tensorflow/tfjs';
-import { normalizeResizePadBatchWebGPU, useWebGPUKernels } from './webgpu';
+import { normalizeResizePadBatchWebGPU, useWebGPUKernels } from '../kernels/webgpu';
 
 /** torchvision's ImageNet statistics (GeneralizedRCNNTransform defaults used by upstream). */
 export const IMAGE_MEAN: readonly [number, number, number] = [0.485, 0.456, 0.406];
@@ -222,7 +222,7 @@ function buildBatch(
   const batchH = Math.max(...paddedSizes.map((s) => s[0]));
   const batchW = Math.max(...paddedSizes.map((s) => s[1]));
   if (useWebGPUKernels()) {
-    // One dispatch for the batch on the GPU, same taps and byte table (see src/webgpu/transform.ts).
+    // One dispatch for the batch on the GPU, same taps and byte table (see src/kernels/webgpu/transform.ts).
     const batch = normalizeResizePadBatchWebGPU(
       images,
       images.map((_, i) => bilinearTaps(originalSizes[i][0], imageSizes[i][0])),

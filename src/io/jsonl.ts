@@ -13,7 +13,7 @@
 import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { OptionError } from './errors';
+import { OptionError } from '../errors';
 
 /** How often appended lines are forced to disk (fsync); a line is always written (flushed) at once. */
 export const SYNC_INTERVAL_MS = 2000;

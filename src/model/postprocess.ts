@@ -9,8 +9,8 @@
  *   transformPoseGlobalProjectBbox  de-normalise dofs, box pose -> image pose, box from pose -> pose_out_*
  *   batchedNms (0.5) + rescale to the original image                                   -> final_*
  */
-import { clipBoxesToImage, gatherRows, removeSmallBoxes, resizeBoxes } from './boxes';
-import { batchedNms } from './nms';
+import { clipBoxesToImage, gatherRows, removeSmallBoxes, resizeBoxes } from '../ops/boxes';
+import { batchedNms } from '../ops/nms';
 import {
   DEFAULT_EXPAND,
   ExpandOptions,

@@ -2,22 +2,22 @@
  * Region proposal network (upstream `_rpn.py`, img2pose's own copy of torchvision's RPN).
  *
  *   head:  shared 3x3 conv + ReLU, then 1x1 objectness (3 per location) and 1x1 box deltas (12)
- *   post:  src/proposals.ts, per image, on the host (or on worker threads for a batch); with our
+ *   post:  src/ops/proposals.ts, per image, on the host (or on worker threads for a batch); with our
  *          WebGPU kernels the GPU first narrows each level to its top-k candidates, so only those
- *          are read back (src/webgpu/rpn_candidates.ts)
+ *          are read back (src/kernels/webgpu/rpn_candidates.ts)
  *
  * The head runs on the whole batch; features outside each image's own region are masked so its
  * output there equals the single-image run's.
  */
 import * as tf from '@tensorflow/tfjs';
-import { conv, prepareConvFilter, releaseConvFilter, useWebGPUKernels, winogradAtLevel } from './webgpu';
-import { rpnCandidates } from './webgpu/rpn_candidates';
-import { WorkerPool } from './threads';
+import { conv, prepareConvFilter, releaseConvFilter, useWebGPUKernels, winogradAtLevel } from '../kernels/webgpu';
+import { rpnCandidates } from '../kernels/webgpu/rpn_candidates';
+import { WorkerPool } from '../runtime/threads';
 import { Img2PoseWeights } from './weights';
-import { ANCHORS_PER_LOCATION, featureSizes } from './anchors';
-import { candidateLayout, candidatesOf, ownJob, ProposalJob, Proposals, proposalsOf, RPN_CONFIG, RpnConfig, Size } from './proposals';
+import { ANCHORS_PER_LOCATION, featureSizes } from '../ops/anchors';
+import { candidateLayout, candidatesOf, ownJob, ProposalJob, Proposals, proposalsOf, RPN_CONFIG, RpnConfig, Size } from '../ops/proposals';
 
-export * from './proposals';
+export * from '../ops/proposals';
 
 /**
  * tfjs flag: with our WebGPU kernels, preselect the RPN's top-k candidates on the GPU and read back

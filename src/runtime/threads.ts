@@ -10,7 +10,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 
-/** A message to a worker: `kind` names its handler in src/worker.ts. */
+/** A message to a worker: `kind` names its handler in src/runtime/worker.ts. */
 export interface TaskMessage {
   kind: string;
   payload: unknown;
@@ -59,7 +59,7 @@ export const WORKER_SCRIPT_ENV = 'IMG2POSE_WORKER_SCRIPT';
 export function workerScript(): string | null {
   const named = process.env[WORKER_SCRIPT_ENV];
   if (named) return existsSync(named) ? named : null;
-  for (const candidate of [join(__dirname, 'worker.js'), join(__dirname, '..', 'dist', 'src', 'worker.js')]) {
+  for (const candidate of [join(__dirname, 'worker.js'), join(__dirname, '..', '..', 'dist', 'src', 'runtime', 'worker.js')]) {
     if (existsSync(candidate)) return candidate;
   }
   return null;

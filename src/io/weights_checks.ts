@@ -3,11 +3,11 @@
  * manifest against the img2pose network of its depth. Shared by the Node loader, URL weights and
  * the browser build.
  */
-import { WeightsError } from './errors';
-import { ResNetDepth } from './weights';
-import { tfjsShape } from '../converter/axis_order';
-import { FoundTensor, RESNETS, compareToSpec, describeMismatch, detectDepth, img2poseSpec, isMismatchEmpty, isModelTensor } from '../converter/spec';
-import { Img2PoseModelJson, WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION, WeightEntryJson } from '../converter/weights_format';
+import { WeightsError } from '../errors';
+import { ResNetDepth } from '../model/weights';
+import { tfjsShape } from '../../converter/axis_order';
+import { FoundTensor, RESNETS, compareToSpec, describeMismatch, detectDepth, img2poseSpec, isMismatchEmpty, isModelTensor } from '../../converter/spec';
+import { Img2PoseModelJson, WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION, WeightEntryJson } from '../../converter/weights_format';
 
 function refuse(where: string, problem: string, cause?: unknown): never {
   throw new WeightsError(`${where}: ${problem}`, { path: where, cause });

@@ -18,7 +18,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { Img2PoseWeights } from './weights';
 import { Conv, convOutputSize, disposeConv, foldFrozenBatchNorm, makeConv, readsBeyondRegion } from './layers';
-import { conv as convOp, prepareConvFilter, winogradAtLevel } from './webgpu';
+import { conv as convOp, prepareConvFilter, winogradAtLevel } from '../kernels/webgpu';
 
 export type Size = [number, number];
 

@@ -17,9 +17,9 @@
  *   rule. Samples never fall below 0 because proposals are clipped to the image.
  */
 import * as tf from '@tensorflow/tfjs';
-import { featureSizes, roundHalfEven } from './anchors';
+import { featureSizes, roundHalfEven } from '../ops/anchors';
 import type { Size } from './rpn';
-import { roiAlignFused, useWebGPUKernels } from './webgpu';
+import { roiAlignFused, useWebGPUKernels } from '../kernels/webgpu';
 
 export const ROI_OUTPUT_SIZE = 7;
 export const ROI_SAMPLING_RATIO = 2;
@@ -230,7 +230,7 @@ export async function multiScaleRoIAlign(
 }
 
 /**
- * multiScaleRoIAlign as one WebGPU dispatch over all levels and boxes (src/webgpu/roi_align.ts).
+ * multiScaleRoIAlign as one WebGPU dispatch over all levels and boxes (src/kernels/webgpu/roi_align.ts).
  * Boxes go in times their level's scale (a power of two: the same float32 product torch forms),
  * with each box's image, level and the image's own map size.
  */

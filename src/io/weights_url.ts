@@ -6,10 +6,10 @@
  */
 import { fileURLToPath } from 'url';
 import * as tf from '@tensorflow/tfjs';
-import { WeightsError } from './errors';
-import { Img2PoseWeights } from './weights';
+import { WeightsError } from '../errors';
+import { Img2PoseWeights } from '../model/weights';
 import { LoadWeightsOptions, checkManifestAgainstSpec, checkModelJson, loadWeights } from './weights_io';
-import { img2poseSpec, isModelTensor } from '../converter/spec';
+import { img2poseSpec, isModelTensor } from '../../converter/spec';
 
 /** Whether `source` is a URL this module loads (rather than a path). */
 export function isWeightsUrl(source: string): boolean {

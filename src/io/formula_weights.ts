@@ -10,11 +10,11 @@
 import { promises as fsp } from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
-import { writeHostWeights } from '../converter/host_folder';
-import { toTfjsLayout, HostTensor } from '../converter/layout';
-import { KeySpec, img2poseSpec } from '../converter/spec';
-import { Img2PoseWeights } from './weights';
-import gainsJson from '../assets/formula_gains.json';
+import { writeHostWeights } from '../../converter/host_folder';
+import { toTfjsLayout, HostTensor } from '../../converter/layout';
+import { KeySpec, img2poseSpec } from '../../converter/spec';
+import { Img2PoseWeights } from '../model/weights';
+import gainsJson from '../../assets/formula_gains.json';
 
 /** What the formula needs of a state-dict key: its upstream name and torch shape. */
 export type FormulaKey = Pick<KeySpec, 'name' | 'shape'>;

@@ -8,7 +8,7 @@
  * lazy move altogether.
  */
 import * as tf from '@tensorflow/tfjs';
-import { Img2PoseWeights } from './weights';
+import { Img2PoseWeights } from '../model/weights';
 
 /** Whether `t`'s data lives on the active backend (so kernels read it without a move). */
 export function onActiveBackend(t: tf.Tensor): boolean {
