@@ -7,8 +7,7 @@
 //   node .gpu/app/bench.mjs [--mode webgpu|portable|both] [--batches 1,2,4,8,16] [--json out.json]
 //       [--host-threads 8] [--compare-threads] [--overlap 4] [--overlap-sweep 0,2,4]   (worker threads for a batch's host stages; the
 //       worker bundle is .gpu/app/worker.mjs unless IMG2POSE_WORKER_SCRIPT names another)
-//       [--winograd off|2f|5u] [--winograd-sweep off,2f,5f]   (Winograd 3x3 convs: off, or <levels> with the input
-//       transform fused (f) or on its own (u); the sweep alternates settings round by round)
+//       [--winograd off] [--winograd-sweep]   (Winograd 3x3 convs off; or on and off alternated round by round)
 //       [--submit-sweep-e2e 15,64]   (tfjs' dispatches per queue submit, alternated the same way)
 //       [--gating-sweep]   (the pose branch for rows above the score filter only, on and off, alternated)
 import * as fs from 'fs';
@@ -18,7 +17,7 @@ import './gpu_flags';
 import { formulaWeights } from '../src/io/formula_weights';
 import { decodeImage } from '../src/io/images';
 import { emptyTimings, Img2PoseModel, POSE_GATING_FLAG, PredictOptions, RawDetections, StageTimings, SUBBATCH_OVERLAP } from '../src/model/model';
-import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, setKernelMode, setWinograd, winogradSettings, WinogradSettings, useGpuPool } from '../src/kernels/webgpu';
+import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, setKernelMode, useGpuPool, winogradEnabled, WINOGRAD_FLAG } from '../src/kernels/webgpu';
 import { compareDetections } from './gpu_check';
 import { Backbone } from '../src/model/backbone';
 import { RegionProposalNetwork } from '../src/model/rpn';
@@ -263,14 +262,6 @@ async function paired(model: Img2PoseModel, images: tf.Tensor3D[], rounds: numbe
   );
 }
 
-/** A --winograd-sweep setting: 'off', or levels plus 'f' (fused input transform) / 'u' (own dispatch), e.g. '2f'. */
-function winogradSetting(name: string): Partial<WinogradSettings> {
-  if (name === 'off') return { enabled: false };
-  const m = /^(\d)([fu])$/.exec(name);
-  if (!m) throw new Error(`--winograd-sweep: settings are 'off' or <levels>f|u, got '${name}'`);
-  return { enabled: true, levels: Number(m[1]), fusedInput: m[2] === 'f' };
-}
-
 /**
  * Settings alternated round by round on the same batch (medians of `rounds`), and whether the
  * detections of each stay within tolerance of the first setting's.
@@ -327,25 +318,11 @@ async function gcProbe(model: Img2PoseModel, images: tf.Tensor3D[], label: strin
     `full GC before each ${med(collected).toFixed(2)} (${collected.map((v) => v.toFixed(1)).join('/')})`);
 }
 
-/** Timelines of a few forwards (PredictOptions.trace): when each sub-batch passes each phase, ms from the call. */
-async function traceForwards(model: Img2PoseModel, images: tf.Tensor3D[], label: string): Promise<void> {
-  for (let w = 0; w < 3; w++) await model.predict(images, CONFIG, OPTS);
-  for (let rep = 0; rep < 3; rep++) {
-    const events: { phase: string; group: string; at: number }[] = [];
-    const t0 = performance.now();
-    await model.predict(images, CONFIG, { ...OPTS, trace: (phase, group, at) => events.push({ phase, group: `[${group[0]}..${group[group.length - 1]}]`, at: at - t0 }) });
-    const total = performance.now() - t0;
-    const groups = [...new Set(events.map((e) => e.group))];
-    const lines = groups.map((g) => `${g} ${events.filter((e) => e.group === g).map((e) => `${e.phase} ${e.at.toFixed(1)}`).join(', ')}`);
-    console.log(`trace ${label} rep ${rep}: total ${total.toFixed(1)} ms; ${lines.join(' | ')}`);
-  }
-}
-
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend((process.env.DAWN_FLAGS ?? '').split(';').filter(Boolean));
   // As Img2Pose.load sets it up (IMG2POSE_GPU_POOL=exact keeps tfjs' own pooling).
   if (process.env.IMG2POSE_GPU_POOL !== 'exact') useGpuPool(Number(process.env.IMG2POSE_GPU_POOL_GIB ?? 8) * 2 ** 30);
-  if (args.includes('--winograd')) setWinograd(winogradSetting(arg('--winograd', 'off')));
+  if (arg('--winograd', 'on') === 'off') tf.env().set(WINOGRAD_FLAG, false);
   console.log('backend', JSON.stringify(adapter));
   const modeArg = arg('--mode', 'webgpu');
   const modes: KernelMode[] = modeArg === 'both' ? ['webgpu', 'portable'] : [modeArg as KernelMode];
@@ -372,9 +349,8 @@ async function main(): Promise<void> {
     if (args.includes('--kernel-profile')) await kernelProfile(weights, Array.from({ length: 8 }, () => photo), mode);
     if (args.includes('--submit-sweep')) await submitSweep(weights, Array.from({ length: 8 }, () => photo), mode);
     if (args.includes('--overlap-sweep')) {
-      // Comma-separated settings; a setting is a sub-batch size or explicit sizes joined by '+'.
-      for (const setting of arg('--overlap-sweep', '0,4').split(',')) {
-        const overlap = setting.includes('+') ? setting.split('+').map(Number) : Number(setting);
+      // Comma-separated sub-batch sizes.
+      for (const overlap of arg('--overlap-sweep', '0,4').split(',').map(Number)) {
         OPTS = { overlap };
         for (const b of batches) await paired(model, Array.from({ length: b }, () => photo), 5, `[${mode}, overlap ${overlap}] photo x${b}`);
         await paired(model, mixed, 5, `[${mode}, overlap ${overlap}] mixed ${mixed.length} (7 sizes)`);
@@ -388,7 +364,7 @@ async function main(): Promise<void> {
         const imgs = b === 0 ? mixed : Array.from({ length: b }, () => photo);
         for (let r = 0; r < 3; r++) await model.predict(imgs, CONFIG, OPTS);
         const m = gpuMemory();
-        console.log(`memory [${mode}, winograd ${winogradSettings().enabled ? 'on' : 'off'}] ${b === 0 ? 'mixed 8' : `photo x${b}`}: ` +
+        console.log(`memory [${mode}, winograd ${winogradEnabled() ? 'on' : 'off'}] ${b === 0 ? 'mixed 8' : `photo x${b}`}: ` +
           `GPU pool ${(m.allocated / 2 ** 30).toFixed(2)} GiB allocated, ${(m.inUse / 2 ** 30).toFixed(2)} GiB in use after the forwards`);
       }
       continue;
@@ -397,24 +373,20 @@ async function main(): Promise<void> {
       for (const b of batches) await gcProbe(model, Array.from({ length: b }, () => photo), `[${mode}] photo x${b}`);
       continue;
     }
-    if (args.includes('--trace')) {
-      for (const b of batches) await traceForwards(model, Array.from({ length: b }, () => photo), `[${mode}] photo x${b}`);
-      continue;
-    }
     const sweep = args.includes('--gating-sweep')
       ? [true, false].map((on) => ({ name: `pose gating ${on ? 'on' : 'off'}`, apply: () => tf.env().set(POSE_GATING_FLAG, on) }))
       : args.includes('--winograd-sweep')
-      ? arg('--winograd-sweep', 'off,2f').split(',').map((name) => ({ name: `winograd ${name}`, apply: () => setWinograd(winogradSetting(name)) }))
+      ? [true, false].map((on) => ({ name: `winograd ${on ? 'on' : 'off'}`, apply: () => tf.env().set(WINOGRAD_FLAG, on) }))
       : args.includes('--submit-sweep-e2e')
         ? arg('--submit-sweep-e2e', '15,64').split(',').map((n) => ({
           name: `submit every ${n}`, apply: () => tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', Number(n)),
         }))
         : null;
     if (sweep) {
-      const before = { winograd: winogradSettings(), submit: tf.env().getNumber('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE') };
+      const before = { winograd: winogradEnabled(), submit: tf.env().getNumber('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE') };
       for (const b of batches) await alternate(model, Array.from({ length: b }, () => photo), sweep, 5, `[${mode}] photo x${b}`);
       await alternate(model, mixed, sweep, 5, `[${mode}] mixed ${mixed.length} (7 sizes)`);
-      setWinograd(before.winograd);
+      tf.env().set(WINOGRAD_FLAG, before.winograd);
       tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', before.submit);
       continue;
     }

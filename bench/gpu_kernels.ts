@@ -20,7 +20,7 @@ import { initWebGPUBackend } from '../src/kernels/webgpu/dawn';
 import { gpuSync } from '../src/kernels/webgpu/program';
 import { roiAlignFused, RoiAlignInputs } from '../src/kernels/webgpu/roi_align';
 import { setKernelMode, useGpuPool } from '../src/kernels/webgpu';
-import { conv2dWinograd, setWinograd, winogradFilter } from '../src/kernels/webgpu/winograd';
+import { conv2dWinograd, winogradFilter } from '../src/kernels/webgpu/winograd';
 import { prepareBatch } from '../src/model/transform';
 import { decodeImage } from '../src/io/images';
 import * as fsp from 'fs';
@@ -150,16 +150,6 @@ const winogradChecks: ConvCase[] = [
  */
 async function winogradCases(): Promise<CheckRow[]> {
   const rows: CheckRow[] = [];
-  for (const fusedInput of [true, false]) {
-    setWinograd({ fusedInput });
-    rows.push(...(await winogradCasesNow(fusedInput ? 'fused input' : 'input dispatch')));
-  }
-  setWinograd({ fusedInput: true });
-  return rows;
-}
-
-async function winogradCasesNow(mode: string): Promise<CheckRow[]> {
-  const rows: CheckRow[] = [];
   for (const c of winogradChecks) {
     const { x, w, b, res } = makeConvInputs(c);
     const opts = convOpts(c, res);
@@ -168,7 +158,7 @@ async function winogradCasesNow(mode: string): Promise<CheckRow[]> {
     const wino = conv2dWinograd(x, u, b, opts, c.tile);
     const direct = conv2dFused(x, w, b, opts);
     const e = await relErr(wino, direct);
-    rows.push({ name: `winograd (${mode}) ${c.name} vs direct`, relErr: e, ok: e < 1e-5 && Number.isFinite(e) });
+    rows.push({ name: `winograd ${c.name} vs direct`, relErr: e, ok: e < 1e-5 && Number.isFinite(e) });
     const e64 = relErr64(await wino.data(), await convReference64(x, w, b, c, res));
     rows.push({ name: `  vs float64 CPU`, relErr: e64, ok: e64 < 1e-5 && Number.isFinite(e64) });
     if (c.x[0] > 1) {
@@ -179,7 +169,7 @@ async function winogradCasesNow(mode: string): Promise<CheckRow[]> {
       const single = conv2dWinograd(one, u, b, { ...opts, residual: oneRes }, c.tile);
       const inBatch = tf.slice(wino, [1, 0, 0, 0], [1, h, wd, c.cout]);
       const dSingle = tf.tidy(() => tf.max(tf.abs(tf.sub(single, inBatch))));
-      const chunked = conv2dWinograd(x, u, b, opts, c.tile, 16 * Math.ceil(h / 2) * Math.ceil(wd / 2) * Math.max(cin, c.cout) * 4);
+      const chunked = conv2dWinograd(x, u, b, opts, c.tile, 16 * Math.ceil(h / 2) * Math.ceil(wd / 2) * c.cout * 4);
       const dChunk = tf.tidy(() => tf.max(tf.abs(tf.sub(chunked, wino))));
       const [ds, dc] = [(await dSingle.data())[0], (await dChunk.data())[0]];
       rows.push({ name: `  image 1 of ${n} == single, chunked == whole`, relErr: Math.max(ds, dc), ok: ds === 0 && dc === 0 });
@@ -440,10 +430,6 @@ async function runTimings(batches: number[]): Promise<TimingRow[]> {
       if (c.k === 3 && c.stride === 1 && c.x[3] % 4 === 0) {
         const u = winogradFilter(w);
         winoMs = await timeIt(() => conv2dWinograd(x, u, b, opts));
-        setWinograd({ fusedInput: false });
-        const unfused = await timeIt(() => conv2dWinograd(x, u, b, opts));
-        setWinograd({ fusedInput: true });
-        console.log(`  winograd ${c.name} b${batch}: fused input ${winoMs.toFixed(3)} ms, input dispatch ${unfused.toFixed(3)} ms`);
         u.dispose();
       }
       rows.push({

@@ -111,19 +111,12 @@ async function main(): Promise<void> {
   for (let pass = 0; pass < passes; pass++) {
     const times: number[] = [];
     let digest = 0x811c9dc5;
-    const phases: Record<string, number> = {};
     const poolCurve: string[] = [];
     const firstSight = { buffers: counters.buffers, bytes: counters.bytes, ms: counters.ms, pipelines: pipelines() };
     for (let i = 0; i < n; i += batch) {
       const imgs = sizes.slice(i, i + batch).map(([h, w]) => tf.tensor3d(resample(photo, ph, pw, h, w), [h, w, 3], 'int32'));
       const t0 = performance.now();
-      let last = 0;
-      const out = await model.predict(imgs, CONFIG, {
-        trace: (phase, _images, at) => {
-          if (phase !== 'start') phases[phase] = (phases[phase] ?? 0) + (at - last) / imgs.length;
-          last = at;
-        },
-      });
+      const out = await model.predict(imgs, CONFIG);
       for (const d of out) for (const a of [d.boxes, d.scores, d.dofs]) digest = fnv(digest, a);
       times.push((performance.now() - t0) / imgs.length);
       tf.dispose(imgs);
@@ -141,7 +134,7 @@ async function main(): Promise<void> {
       buffersCreated: counters.buffers - firstSight.buffers, bytesCreatedGiB: +((counters.bytes - firstSight.bytes) / GiB).toFixed(2),
       createMs: +(counters.ms - firstSight.ms).toFixed(1), pipelinesCompiled: pipelines() - firstSight.pipelines,
       digest: digest.toString(16),
-      phaseMeansMs: Object.entries(phases).map(([k, v]) => `${k} ${(v / times.length).toFixed(1)}`).join(', '), poolGiB: poolCurve.join(' '), inUseGiB: +(gpuMemory().inUse / GiB).toFixed(2), tensors: tf.memory().numTensors,
+      poolGiB: poolCurve.join(' '), inUseGiB: +(gpuMemory().inUse / GiB).toFixed(2), tensors: tf.memory().numTensors,
     };
     report.push(line);
     console.log(`stream ${JSON.stringify(line)}`);
