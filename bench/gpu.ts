@@ -1,4 +1,4 @@
-// End-to-end GPU benchmark (issue 6): Img2PoseModel.predict on the webgpu backend at the default
+// End-to-end GPU benchmark: Img2PoseModel.predict on the webgpu backend at the default
 // sizes (min 640 / max 1400), on the real photo and on mixed sizes, batch sizes 1..16:
 // ms/image, images/s, speedup of a batch over one-by-one, GPU memory, results of each batch vs
 // one-by-one, and a per-stage breakdown (GPU synchronised around each stage, so the stages add up

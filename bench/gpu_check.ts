@@ -1,4 +1,4 @@
-// Golden end-to-end cases on the webgpu backend (issue 6), with the CPU suite's tolerances:
+// Golden end-to-end cases on the webgpu backend, with the CPU suite's tolerances:
 // detections scoring >= 0.1 matched greedily by IoU >= 0.95, >= 98% matched both ways, matched
 // scores within 1e-3, rotations within 1e-3 rad, translations within 1e-3 relative, boxes within
 // 1 px, and equal counts of faces scoring >= 0.5. Runs every case with the stock kernels
