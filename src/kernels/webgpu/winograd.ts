@@ -5,8 +5,7 @@
 //                         batched 1x1 mode, e = workgroup z, with the input transform
 //                         V[e][tile][ci] = (B^T d B)[e] computed in its loads from x
 //   2. output transform   y = A^T M A + bias (+ residual) (ReLU), written NHWC
-// (the input transform in the GEMM's loads measured faster than a dispatch of its own writing V,
-// and saves V's memory: docs/webgpu.md).
+// (the input transform runs in the GEMM's loads: no V buffer, one dispatch fewer; docs/webgpu.md).
 // U = G g G^T is computed once per filter when the model is built (`prepareWinograd`).
 // Why: the 3x3 256->256 convs of the FPN outputs and the RPN head are 56% of the network's FLOPs,
 // and our fp32 SIMT GEMM is at ~half the card's peak, so doing 2.25x fewer multiplications is the
@@ -22,8 +21,9 @@ import { runProgram, WebGPUProgram, webgpuBackend } from './program';
 export const WINOGRAD_MIN_CHANNELS = 64;
 
 /**
- * tfjs env flag: the stride-1 3x3 convs (at every pyramid level, ResNet layers, FPN outputs and the
- * RPN head) take the Winograd path with our WebGPU kernels (true, default), or the direct
+ * tfjs env flag: the stride-1 3x3 convs (ResNet layers, FPN outputs and the RPN head, at every
+ * pyramid level: stopping at level 2 or 3 measured slower at batches 1, 8 and 16 and on mixed
+ * sizes) take the Winograd path with our WebGPU kernels (true, default), or the direct
  * implicit-GEMM convolution (false: for timing the two, or to rule out Winograd's rounding).
  */
 export const WINOGRAD_FLAG = 'IMG2POSE_WINOGRAD';
