@@ -231,12 +231,34 @@ const AB_BITS = 10;
 const AB_SCALE = 1 << AB_BITS;
 const ROUND_DELTA = AB_SCALE / INTER_TAB_SIZE / 2;
 /**
- * OpenCV's bilinear weights (`initInterTab2D`, 15 fractional bits) are (32 - fx)(32 - fy) * 32,
- * fx (32 - fy) * 32, (32 - fx) fy * 32 and fx fy * 32 for the 1/32-pixel fraction (fx, fy): exact
- * integers summing to 2^15. So (sum + 2^14) >> 15 equals, exactly, the separable form
- * ((p00 (32 - fx) + p01 fx)(32 - fy) + (p10 (32 - fx) + p11 fx) fy + 2^9) >> 10, which needs fewer
- * multiplications. (OpenCV's table saturates the fx = fy = 0 entry to 32767 and gives the spare 1
- * to p11; with 8-bit samples that rounds to the same p00.)
+ * OpenCV's bilinear weights (`initInterTab2D`, 15 fractional bits) for the 1/32-pixel fraction
+ * (fx, fy): (32 - fx)(32 - fy) 32, fx (32 - fy) 32, (32 - fx) fy 32 and fx fy 32, exact integers
+ * summing to 2^15; a pixel is (sum of tap x weight + 2^14) >> 15. Stored per (fy, fx) as four
+ * consecutive entries (p00, p01, p10, p11), as OpenCV's table. (OpenCV saturates the fx = fy = 0
+ * entry to 32767 and gives the spare 1 to another tap; with 8-bit samples that rounds to the same
+ * p00, so the exact 32768 is kept here.)
+ */
+const BILINEAR_WEIGHTS = bilinearWeights();
+const ROUND_15 = 1 << 14;
+
+function bilinearWeights(): Int32Array {
+  const table = new Int32Array(INTER_TAB_SIZE * INTER_TAB_SIZE * 4);
+  for (let fy = 0; fy < INTER_TAB_SIZE; fy++) {
+    for (let fx = 0; fx < INTER_TAB_SIZE; fx++) {
+      const i = (fy * INTER_TAB_SIZE + fx) * 4;
+      table[i] = (INTER_TAB_SIZE - fx) * (INTER_TAB_SIZE - fy) * INTER_TAB_SIZE;
+      table[i + 1] = fx * (INTER_TAB_SIZE - fy) * INTER_TAB_SIZE;
+      table[i + 2] = (INTER_TAB_SIZE - fx) * fy * INTER_TAB_SIZE;
+      table[i + 3] = fx * fy * INTER_TAB_SIZE;
+    }
+  }
+  return table;
+}
+
+/**
+ * The border path's separable form of the same sum: ((p00 (32 - fx) + p01 fx)(32 - fy) +
+ * (p10 (32 - fx) + p11 fx) fy + 2^9) >> 10 equals (sum + 2^14) >> 15 exactly (the weights above
+ * are the products times 32).
  */
 const ROUND_10 = 1 << 9;
 const INT_MIN = -2147483648;
@@ -261,9 +283,8 @@ function saturateShort(v: number): number {
  * OpenCV 4.x computes it: `m` (2x3, source -> destination) is inverted in float64; for output
  * pixel (x, y) the source position is cvRound(m0 x 1024) + cvRound((m1 y + m2) 1024) + 16 (int32),
  * shifted right by 5 to 1/32 pixel; its integer part picks the 2x2 taps and its fraction the
- * integer weights (1 - fx)(1 - fy) 2^15 ..., and the pixel is (sum + 2^14) >> 15 (computed in the
- * equivalent separable form, see ROUND_10). Taps outside the image read 0, so pixels along the
- * border blend with black.
+ * integer weights (1 - fx)(1 - fy) 2^15 ... (BILINEAR_WEIGHTS), and the pixel is
+ * (sum + 2^14) >> 15. Taps outside the image read 0, so pixels along the border blend with black.
  */
 export function warpAffine(src: Rgb8Image, m: ArrayLike<number>, size: number, out = new Uint8Array(size * size * 3)): Uint8Array {
   // Inverse map, in OpenCV's operation order.
@@ -287,8 +308,12 @@ export function warpAffine(src: Rgb8Image, m: ArrayLike<number>, size: number, o
     bdelta[x] = cvRound(m3 * x * AB_SCALE);
   }
   const { width, height } = src;
-  // A monomorphic Uint8Array view keeps the hot loop's loads fast.
+  // A monomorphic Uint8Array view keeps the border path's loads fast; the interior reads each
+  // tap row's six bytes (two RGB pixels) with two unaligned little-endian loads instead of six
+  // byte loads.
   const s = src.data instanceof Uint8Array ? src.data : new Uint8Array(src.data.buffer, src.data.byteOffset, src.data.length);
+  const view = new DataView(s.buffer, s.byteOffset, s.byteLength);
+  const weights = BILINEAR_WEIGHTS;
   const stride = width * 3;
   // Pixels whose four taps are inside; OpenCV stores positions as int16, so beyond 32767 the
   // slow path's saturation applies (images that wide are refused by OpenCV anyway).
@@ -304,25 +329,16 @@ export function warpAffine(src: Rgb8Image, m: ArrayLike<number>, size: number, o
       const sx = X >> INTER_BITS;
       const sy = Y >> INTER_BITS;
       if (sx >>> 0 < xLim && sy >>> 0 < yLim) {
-        const fx = X & (INTER_TAB_SIZE - 1);
-        const fy = Y & (INTER_TAB_SIZE - 1);
+        const w = ((Y & (INTER_TAB_SIZE - 1)) << (INTER_BITS + 2)) | ((X & (INTER_TAB_SIZE - 1)) << 2);
+        const k00 = weights[w], k01 = weights[w + 1], k10 = weights[w + 2], k11 = weights[w + 3];
         const p = sy * stride + sx * 3;
         const q = p + stride;
-        // a (32 - f) + b f = 32 a + (b - a) f exactly: three multiplications per channel, not six.
-        let a = s[p], b = s[q];
-        let top = (a << 5) + (s[p + 3] - a) * fx;
-        let bot = (b << 5) + (s[q + 3] - b) * fx;
-        out[o] = ((top << 5) + (bot - top) * fy + ROUND_10) >> 10;
-        a = s[p + 1];
-        b = s[q + 1];
-        top = (a << 5) + (s[p + 4] - a) * fx;
-        bot = (b << 5) + (s[q + 4] - b) * fx;
-        out[o + 1] = ((top << 5) + (bot - top) * fy + ROUND_10) >> 10;
-        a = s[p + 2];
-        b = s[q + 2];
-        top = (a << 5) + (s[p + 5] - a) * fx;
-        bot = (b << 5) + (s[q + 5] - b) * fx;
-        out[o + 2] = ((top << 5) + (bot - top) * fy + ROUND_10) >> 10;
+        // Top row: bytes R G B R' (tu) and G' B' (tv); bottom row likewise (bu, bv).
+        const tu = view.getUint32(p, true), tv = view.getUint16(p + 4, true);
+        const bu = view.getUint32(q, true), bv = view.getUint16(q + 4, true);
+        out[o] = ((tu & 255) * k00 + (tu >>> 24) * k01 + (bu & 255) * k10 + (bu >>> 24) * k11 + ROUND_15) >> 15;
+        out[o + 1] = (((tu >>> 8) & 255) * k00 + (tv & 255) * k01 + ((bu >>> 8) & 255) * k10 + (bv & 255) * k11 + ROUND_15) >> 15;
+        out[o + 2] = (((tu >>> 16) & 255) * k00 + (tv >>> 8) * k01 + ((bu >>> 16) & 255) * k10 + (bv >>> 8) * k11 + ROUND_15) >> 15;
       } else {
         borderPixel(s, width, height, X, Y, out, o);
       }
