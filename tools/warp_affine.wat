@@ -12,8 +12,8 @@
 ;;   out      size x size RGB crop, 1 writable byte past its end (each pixel is stored as 4 bytes;
 ;;            the 4th is overwritten by the next pixel)
 ;;   border   receives (byte offset in out, X, Y) int32 triples for the pixels left to the caller
-;;   weights  per (fy, fx) fraction, 32 bytes: int16 (k00 k01 k00 k01 k00 k01 k10 k11) then
-;;            (k10 k11 k10 k11 0 0 0 0), OpenCV's 15-bit bilinear weights
+;;   weights  per (fy, fx) fraction, 32 bytes: int16 (k00 k01 k00 k01 k00 k01 0 0) then
+;;            (k10 k11 k10 k11 k10 k11 0 0), OpenCV's 15-bit bilinear weights
 ;; Returns the number of border triples.
 (module
   (memory (export "memory") 1)
@@ -24,7 +24,7 @@
     (local $x i32) (local $y i32) (local $x0 i32) (local $y0 i32)
     (local $X i32) (local $Y i32) (local $sx i32) (local $sy i32)
     (local $p i32) (local $o i32) (local $w i32) (local $n i32)
-    (local $v v128) (local $a v128) (local $b v128) (local $s v128)
+    (local $v v128) (local $s v128)
     (local.set $o (local.get $out))
     (block $done
       (loop $row
@@ -55,19 +55,18 @@
                   (i32.shl
                     (i32.or (i32.shl (i32.and (local.get $Y) (i32.const 31)) (i32.const 5)) (i32.and (local.get $X) (i32.const 31)))
                     (i32.const 5))))
-                ;; (Rt Rt' Gt Gt' Bt Bt' Rb Rb') . weights -> top R, G, B and bottom R sums.
-                (local.set $a (i32x4.dot_i16x8_s
-                  (i8x16.shuffle 0 16 3 16 1 16 4 16 2 16 5 16 8 16 11 16 (local.get $v) (v128.const i64x2 0 0))
-                  (v128.load (local.get $w))))
-                ;; (Gb Gb' Bb Bb' 0 0 0 0) . weights -> bottom G, B sums.
-                (local.set $b (i32x4.dot_i16x8_s
-                  (i8x16.shuffle 9 16 12 16 10 16 13 16 16 16 16 16 16 16 16 16 (local.get $v) (v128.const i64x2 0 0))
-                  (v128.load offset=16 (local.get $w))))
-                (local.set $s (i32x4.add (local.get $a)
-                  (i8x16.shuffle 12 13 14 15 16 17 18 19 20 21 22 23 0 1 2 3 (local.get $a) (local.get $b))))
+                ;; (Rt Rt' Gt Gt' Bt Bt' 0 0) . (k00 k01 k00 k01 k00 k01 0 0) + the same for the
+                ;; row below with (k10 k11 ...) = the R, G, B sums (lane 3: 0).
+                (local.set $s (i32x4.add
+                  (i32x4.dot_i16x8_s
+                    (i8x16.shuffle 0 16 3 16 1 16 4 16 2 16 5 16 16 16 16 16 (local.get $v) (v128.const i64x2 0 0))
+                    (v128.load (local.get $w)))
+                  (i32x4.dot_i16x8_s
+                    (i8x16.shuffle 8 16 11 16 9 16 12 16 10 16 13 16 16 16 16 16 (local.get $v) (v128.const i64x2 0 0))
+                    (v128.load offset=16 (local.get $w)))))
+                ;; (sum + 2^14) >> 15 is at most 255: the low byte of each lane.
                 (local.set $s (i32x4.shr_u (i32x4.add (local.get $s) (v128.const i32x4 16384 16384 16384 16384)) (i32.const 15)))
-                (local.set $s (i16x8.narrow_i32x4_u (local.get $s) (local.get $s)))
-                (local.set $s (i8x16.narrow_i16x8_u (local.get $s) (local.get $s)))
+                (local.set $s (i8x16.shuffle 0 4 8 12 0 0 0 0 0 0 0 0 0 0 0 0 (local.get $s) (local.get $s)))
                 (v128.store32_lane 0 (local.get $o) (local.get $s)))
               (else
                 (i32.store (local.get $border) (i32.sub (local.get $o) (local.get $out)))
