@@ -12,7 +12,9 @@
  *    one on ties (upstream `estimate_alignment_transform`).
  * 3. `warpAffine`: OpenCV 4.x `cv2.warpAffine(image, m, (size, size))` with its defaults
  *    (bilinear, constant border 0) in OpenCV's own fixed-point arithmetic, so crops equal
- *    upstream's byte for byte (a float bilinear differs by one level on some pixels).
+ *    upstream's byte for byte (a float bilinear differs by one level on some pixels). Interior
+ *    pixels run in a small WebAssembly SIMD kernel where the runtime has one (Node, current
+ *    browsers), else in JS; both give the same bytes.
  *
  * Everything here is plain typed-array arithmetic: no tfjs tensor outlives a call.
  */
@@ -484,10 +486,10 @@ function borderPixel(s: Uint8Array, width: number, height: number, X: number, Y:
 // --- the WebAssembly SIMD kernel (tools/warp_affine.wat) ----------------------------------------
 
 /*
- * The interior pixels in WebAssembly SIMD: per pixel, both tap rows in one 128-bit load pair,
- * two int16 dot products against the weights and one narrowing store (~2.5x the JS kernel's
- * speed). tools/warp_affine.wat is the source and documents the call; the bytes below are its
- * assembly (tools/build_warp_wasm.js).
+ * The interior pixels in WebAssembly SIMD: per pixel, both tap rows in one 128-bit register
+ * (two 8-byte loads), one int16 dot product per row against the weights, the rounding shift, a
+ * byte shuffle and one 4-byte store (about 2x the JS kernel's speed). tools/warp_affine.wat is
+ * the source and documents the call; the bytes below are its assembly (tools/build_warp_wasm.js).
  */
 // BEGIN warp_affine.wasm
 const WARP_WASM = new Uint8Array([
@@ -523,7 +525,10 @@ interface WarpExports {
   ): number;
 }
 
-/** Where the instance's memory keeps things: weights, then the source (+8 bytes the 64-bit loads may read past it), then the per-warp tables. */
+/**
+ * Where the instance's memory keeps things: the weights, then the source (+8 bytes: the 8-byte
+ * loads read 2 past a row's last pixel), then the per-warp tables.
+ */
 const SIMD_WEIGHTS = 0;
 const SIMD_WEIGHTS_BYTES = INTER_TAB_SIZE * INTER_TAB_SIZE * 32;
 const SIMD_SOURCE = SIMD_WEIGHTS + SIMD_WEIGHTS_BYTES;

@@ -3,7 +3,7 @@
 ;; everything else: the inverse map, the per-column and per-row steps, and the border pixels.
 ;;
 ;; warp(src, stride, xLim, yLim, adelta, bdelta, rows, size, out, border, weights) -> n
-;;   src      packed RGB source, 8 readable bytes past its last pixel's row pair
+;;   src      packed RGB source, readable 8 bytes past its end (the 8-byte loads use 6)
 ;;   stride   bytes per source row (width * 3)
 ;;   xLim     min(width - 1, 32767), yLim likewise: a pixel is interior when its top-left tap
 ;;            (sx, sy) has 0 <= sx < xLim and 0 <= sy < yLim (all four taps inside)
