@@ -371,11 +371,11 @@ export class AffineWarper {
       }
       if (state.owner !== this.id) {
         // The instance last held another source: nothing of this one is in it yet.
+        growTo(state, end);
         state.owner = this.id;
         state.copied = new Uint8Array(this.height);
         state.tablesAt = end;
         state.tables = undefined;
-        growTo(state, end);
       }
       simdTables(state, size);
       return state;
