@@ -185,7 +185,9 @@ describe('warpAffine: OpenCV 4.6 fixed-point bilinear, byte for byte', () => {
 
   test.each(cases)('%s kernel, transform %i (%s)', (kernel, k, _label) => {
     const m = transforms.data.subarray(k * 6, k * 6 + 6);
-    const out = warpAffine(src, m, size, undefined, kernel);
+    const warper = new AffineWarper(src, kernel);
+    const out = warper.warp(m, size);
+    expect(warper.simdWarps).toBe(kernel === 'simd' ? 1 : 0);
     const pixels = size * size * 3;
     expect(byteDiff(out, crops.data.subarray(k * pixels, (k + 1) * pixels))).toEqual({ count: 0, max: 0, first: -1 });
   });
@@ -246,6 +248,8 @@ describe('warpAffine: OpenCV 4.6 fixed-point bilinear, byte for byte', () => {
     }
     // A good share of the bytes show the image (~25%): the comparisons are not of black alone.
     expect(nonzero).toBeGreaterThan(0.15 * total);
+    // Most warps ran in the SIMD kernel (tiny crops of a larger image may copy too much for it).
+    expect(warpers.reduce((n, w) => n + w.simdWarps, 0)).toBeGreaterThan(80);
   });
 
   test('cvRound: half to even, out of int range gives INT_MIN (cvtsd2si)', () => {
