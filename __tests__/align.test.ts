@@ -19,7 +19,10 @@ import {
   alignFaces,
   alignmentTemplate,
   cropToPng,
+  AffineWarper,
+  WarpKernel,
   cvRound,
+  defaultWarpKernel,
   fitSimilarity,
   fitTemplate,
   projectLandmarks,
@@ -171,9 +174,20 @@ describe('warpAffine: OpenCV 4.6 fixed-point bilinear, byte for byte', () => {
   const src = { data: Uint8Array.from(source.data), width, height };
   const { size, labels } = manifest.warp;
 
-  test.each(labels.map((label, k) => [k, label] as const))('transform %i (%s)', (k, _label) => {
+  const kernels: WarpKernel[] = ['simd', 'js'];
+  const cases = kernels.flatMap((kernel) => labels.map((label, k) => [kernel, k, label] as const));
+
+  test('Node runs the WebAssembly SIMD kernel (so the cases below test both kernels)', () => {
+    expect(defaultWarpKernel()).toBe('simd');
+    expect(new AffineWarper(src).kernel).toBe('simd');
+    expect(new AffineWarper(src, 'js').kernel).toBe('js');
+  });
+
+  test.each(cases)('%s kernel, transform %i (%s)', (kernel, k, _label) => {
     const m = transforms.data.subarray(k * 6, k * 6 + 6);
-    const out = warpAffine(src, m, size);
+    const warper = new AffineWarper(src, kernel);
+    const out = warper.warp(m, size);
+    expect(warper.simdWarps).toBe(kernel === 'simd' ? 1 : 0);
     const pixels = size * size * 3;
     expect(byteDiff(out, crops.data.subarray(k * pixels, (k + 1) * pixels))).toEqual({ count: 0, max: 0, first: -1 });
   });
@@ -201,6 +215,41 @@ describe('warpAffine: OpenCV 4.6 fixed-point bilinear, byte for byte', () => {
       }
     }
     expect(differs).toBeGreaterThan(0);
+  });
+
+  test('both kernels agree on random similarities, tiny images and a warper reused across images', () => {
+    // A seeded LCG: random scale, rotation and offset, many pixels on or past the border.
+    let seed = 12345;
+    const rand = (): number => {
+      seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
+      return seed / 4294967296;
+    };
+    const image = (w: number, h: number) => ({ data: Uint8Array.from({ length: w * h * 3 }, () => Math.floor(rand() * 256)), width: w, height: h });
+    const images = [image(1, 1), image(2, 3), image(5, 40), image(97, 61)];
+    const warpers = images.map((im) => new AffineWarper(im));
+    let nonzero = 0, total = 0;
+    for (let k = 0; k < 120; k++) {
+      const i = k % images.length;
+      const { width, height } = images[i];
+      const side = [1, 7, 112][k % 3];
+      const scale = 0.1 + rand() * 8, angle = rand() * 2 * Math.PI;
+      const c = scale * Math.cos(angle), s = scale * Math.sin(angle);
+      // The image centre lands within a crop's side of the crop centre: interior, border and outside pixels.
+      const cx = width / 2, cy = height / 2;
+      const m = Float32Array.from([
+        c, -s, side / 2 - (c * cx - s * cy) + (rand() - 0.5) * side,
+        s, c, side / 2 - (s * cx + c * cy) + (rand() - 0.5) * side,
+      ]);
+      const js = warpAffine(images[i], m, side, undefined, 'js');
+      // The warpers take turns on the shared instance: each must find its own rows again.
+      expect(byteDiff(warpers[i].warp(m, side), js)).toEqual({ count: 0, max: 0, first: -1 });
+      nonzero += js.filter((v) => v !== 0).length;
+      total += js.length;
+    }
+    // A good share of the bytes show the image (~25%): the comparisons are not of black alone.
+    expect(nonzero).toBeGreaterThan(0.15 * total);
+    // Most warps ran in the SIMD kernel (tiny crops of a larger image may copy too much for it).
+    expect(warpers.reduce((n, w) => n + w.simdWarps, 0)).toBeGreaterThan(80);
   });
 
   test('cvRound: half to even, out of int range gives INT_MIN (cvtsd2si)', () => {

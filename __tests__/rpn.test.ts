@@ -19,6 +19,7 @@ import {
   selectTopPerLevel,
 } from '../src/model/rpn';
 import { Img2PoseWeights } from '../src/model/weights';
+import { candidateLayout, candidatesOf, RECORD_WORDS } from '../src/ops/proposals';
 import { golden, goldenCase, manifest, relError } from './utils/golden';
 import { seeded } from './utils/lcg';
 import { referenceKernel } from './utils/nms_reference';
@@ -459,5 +460,60 @@ describe('proposalsOf on a padded batch', () => {
     expect(Array.from(got.scores)).toEqual(Array.from(full.scores));
     // Image 1's own region really is smaller than the batch's levels.
     if (image === 1) expect(headOf(j).perLevel[0]).toBeLessThan(batchLevels[0][0] * batchLevels[0][1] * 3);
+  });
+});
+
+describe('candidatesOf (the GPU candidates read back)', () => {
+  // Records as the GPU's atomic compaction leaves them: in any order, one per chosen anchor.
+  const paddedSizes: [number, number][] = [[128, 96], [96, 64]];
+  const topN = 40;
+  const layout = candidateLayout(paddedSizes, topN, 16);
+  const random = seeded(5);
+  const chosen: number[][] = [];
+  const words = new Int32Array(layout.words);
+  const floats = new Float32Array(words.buffer);
+  for (let slot = 0; slot < layout.images * layout.levels; slot++) {
+    const [h, w] = layout.ownSizes[slot];
+    const anchors = Array.from({ length: h * w * 3 }, (_, i) => i);
+    for (let i = anchors.length - 1; i > 0; i--) {
+      const j = Math.floor(random() * (i + 1));
+      [anchors[i], anchors[j]] = [anchors[j], anchors[i]];
+    }
+    const picked = anchors.slice(0, Math.min(layout.capacity[slot], layout.k[slot] + Math.floor(random() * 8)));
+    chosen.push(picked);
+    words[slot] = picked.length;
+    picked.forEach((anchor, j) => {
+      const r = layout.base[slot] + j * RECORD_WORDS;
+      words[r] = anchor;
+      for (let q = 1; q < RECORD_WORDS; q++) floats[r + q] = anchor * 10 + q;
+    });
+  }
+
+  it.each([0, 1])('puts image %i\'s records in anchor order, values with them', (image) => {
+    const got = candidatesOf(words, layout, image);
+    expect(got).not.toBeNull();
+    if (!got) return;
+    let o = 0;
+    for (let level = 0; level < layout.levels; level++) {
+      const expected = [...chosen[image * layout.levels + level]].sort((a, b) => a - b);
+      expect(got.perLevel[level]).toBe(expected.length);
+      expect(Array.from(got.index.subarray(o, o + expected.length))).toEqual(expected);
+      expect(Array.from(got.objectness.subarray(o, o + expected.length))).toEqual(expected.map((a) => a * 10 + 1));
+      expect(Array.from(got.deltas.subarray(o * 4, (o + expected.length) * 4))).toEqual(expected.flatMap((a) => [2, 3, 4, 5].map((q) => a * 10 + q)));
+      o += expected.length;
+    }
+  });
+
+  it('rejects a result with a repeated or an impossible anchor (the caller then reads the whole head)', () => {
+    const slot = layout.levels + 1;
+    const first = layout.base[slot];
+    const repeated = words.slice();
+    repeated[first + RECORD_WORDS] = repeated[first];
+    expect(candidatesOf(repeated, layout, 1)).toBeNull();
+    const outside = words.slice();
+    const [h, w] = layout.ownSizes[slot];
+    outside[first] = h * w * 3;
+    expect(candidatesOf(outside, layout, 1)).toBeNull();
+    expect(candidatesOf(words, layout, 0)).not.toBeNull();
   });
 });

@@ -2,14 +2,16 @@
  * Alignment speed: `alignFaces` on N faces in one W x H image (8-bit RGB pixels in memory, so
  * no file decoding is timed), median of repeated calls after a warm-up, for each crop size. The
  * CPU time of the call is printed next to the wall time: on a shared machine it is the steadier
- * measure of the work. Prints a markdown table for docs/benchmarks.md.
+ * measure of the work. A second table times the warps alone (the same crops) with each kernel:
+ * WebAssembly SIMD (what runs where available) and the JS fallback. Prints markdown tables for
+ * docs/benchmarks.md.
  *
  *   npm run build && node dist/bench/align.js [--faces 100] [--width 1280 --height 720] [--repeats 20]
  */
 import * as os from 'os';
 import { Command } from 'commander';
 import * as tf from '@tensorflow/tfjs';
-import { ALIGN_SIZES, alignFaces } from '../src/align';
+import { ALIGN_SIZES, AffineWarper, WarpKernel, alignFaces, fitTemplate, projectLandmarks } from '../src/align';
 import { machineInfo, median, timeMs } from './common';
 
 interface AlignBenchOptions {
@@ -75,12 +77,36 @@ async function main(): Promise<void> {
     );
   }
   if (tf.memory().numTensors !== tensorsBefore) throw new Error('alignFaces left tensors behind');
+  const kernelRows: string[] = [];
+  for (const size of ALIGN_SIZES) {
+    const transforms = faces.map((f) => fitTemplate(projectLandmarks(f.pose, opts.width, opts.height), size).transform);
+    const cells = (['simd', 'js'] as WarpKernel[]).map((kernel) => {
+      const warpAll = (): void => {
+        const warper = new AffineWarper(image, kernel);
+        for (const m of transforms) warper.warp(m, size);
+      };
+      for (let i = 0; i < 3; i++) warpAll();
+      const cpu: number[] = [];
+      for (let i = 0; i < opts.repeats; i++) {
+        const c0 = process.cpuUsage();
+        warpAll();
+        const c = process.cpuUsage(c0);
+        cpu.push((c.user + c.system) / 1000);
+      }
+      return `${median(cpu).toFixed(1)} ms (min ${Math.min(...cpu).toFixed(1)})`;
+    });
+    kernelRows.push(`| ${opts.faces} | ${size}x${size} | ${cells.join(' | ')} |`);
+  }
   const m = machineInfo();
   const load = os.loadavg().map((l) => l.toFixed(1)).join(' ');
   console.log(`${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.os}, Node ${m.node}; load average ${load}; ${m.date}; \`${m.command}\`\n`);
   console.log('| faces | image | crop | wall per call, median (range) | CPU per call, median | CPU per face |');
   console.log('|---|---|---|---|---|---|');
   for (const r of rows) console.log(r);
+  console.log('\nThe warps alone (same crops), CPU per call:\n');
+  console.log('| crops | crop | WebAssembly SIMD, median (min) | JS kernel, median (min) |');
+  console.log('|---|---|---|---|');
+  for (const r of kernelRows) console.log(r);
 }
 
 main().catch((e: unknown) => {

@@ -10,7 +10,7 @@ shared="${SHARED:-../shared}"
 [ -s .gpu/node.xz ] || bash "$shared/gpu/prepare.sh"
 mkdir -p .gpu/app .gpu/py
 [ -s .gpu/dawn.tar.xz ] || tar -C .gpu -cJf .gpu/dawn.tar.xz node_modules/webgpu
-banner="import{createRequire}from'module';const require=createRequire(import.meta.url);const __dirname=process.cwd()+'/__tests__/utils';"
+banner="import{createRequire as __createRequire}from'module';const require=__createRequire(import.meta.url);const __dirname=process.cwd()+'/__tests__/utils';"
 # One build with shared chunks: the scripts share tfjs and the library, and the whole tree that a
 # run carries must stay under the device's 64 MiB.
 rm -rf .gpu/app && mkdir -p .gpu/app

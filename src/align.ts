@@ -12,7 +12,9 @@
  *    one on ties (upstream `estimate_alignment_transform`).
  * 3. `warpAffine`: OpenCV 4.x `cv2.warpAffine(image, m, (size, size))` with its defaults
  *    (bilinear, constant border 0) in OpenCV's own fixed-point arithmetic, so crops equal
- *    upstream's byte for byte (a float bilinear differs by one level on some pixels).
+ *    upstream's byte for byte (a float bilinear differs by one level on some pixels). Interior
+ *    pixels run in a small WebAssembly SIMD kernel where the runtime has one (Node, current
+ *    browsers), else in JS; both give the same bytes.
  *
  * Everything here is plain typed-array arithmetic: no tfjs tensor outlives a call.
  */
@@ -231,12 +233,34 @@ const AB_BITS = 10;
 const AB_SCALE = 1 << AB_BITS;
 const ROUND_DELTA = AB_SCALE / INTER_TAB_SIZE / 2;
 /**
- * OpenCV's bilinear weights (`initInterTab2D`, 15 fractional bits) are (32 - fx)(32 - fy) * 32,
- * fx (32 - fy) * 32, (32 - fx) fy * 32 and fx fy * 32 for the 1/32-pixel fraction (fx, fy): exact
- * integers summing to 2^15. So (sum + 2^14) >> 15 equals, exactly, the separable form
- * ((p00 (32 - fx) + p01 fx)(32 - fy) + (p10 (32 - fx) + p11 fx) fy + 2^9) >> 10, which needs fewer
- * multiplications. (OpenCV's table saturates the fx = fy = 0 entry to 32767 and gives the spare 1
- * to p11; with 8-bit samples that rounds to the same p00.)
+ * OpenCV's bilinear weights (`initInterTab2D`, 15 fractional bits) for the 1/32-pixel fraction
+ * (fx, fy): (32 - fx)(32 - fy) 32, fx (32 - fy) 32, (32 - fx) fy 32 and fx fy 32, exact integers
+ * summing to 2^15; a pixel is (sum of tap x weight + 2^14) >> 15. Stored per (fy, fx) as four
+ * consecutive entries (p00, p01, p10, p11), as OpenCV's table. (OpenCV saturates the fx = fy = 0
+ * entry to 32767 and gives the spare 1 to another tap; with 8-bit samples that rounds to the same
+ * p00, so the exact 32768 is kept here.)
+ */
+const BILINEAR_WEIGHTS = bilinearWeights();
+const ROUND_15 = 1 << 14;
+
+function bilinearWeights(): Int32Array {
+  const table = new Int32Array(INTER_TAB_SIZE * INTER_TAB_SIZE * 4);
+  for (let fy = 0; fy < INTER_TAB_SIZE; fy++) {
+    for (let fx = 0; fx < INTER_TAB_SIZE; fx++) {
+      const i = (fy * INTER_TAB_SIZE + fx) * 4;
+      table[i] = (INTER_TAB_SIZE - fx) * (INTER_TAB_SIZE - fy) * INTER_TAB_SIZE;
+      table[i + 1] = fx * (INTER_TAB_SIZE - fy) * INTER_TAB_SIZE;
+      table[i + 2] = (INTER_TAB_SIZE - fx) * fy * INTER_TAB_SIZE;
+      table[i + 3] = fx * fy * INTER_TAB_SIZE;
+    }
+  }
+  return table;
+}
+
+/**
+ * The border path's separable form of the same sum: ((p00 (32 - fx) + p01 fx)(32 - fy) +
+ * (p10 (32 - fx) + p11 fx) fy + 2^9) >> 10 equals (sum + 2^14) >> 15 exactly (the weights above
+ * are the products times 32).
  */
 const ROUND_10 = 1 << 9;
 const INT_MIN = -2147483648;
@@ -256,16 +280,36 @@ function saturateShort(v: number): number {
   return v < -32768 ? -32768 : v > 32767 ? 32767 : v;
 }
 
+/** Which code computes the interior pixels; both give the same bytes (the border is always JS). */
+export type WarpKernel = 'simd' | 'js';
+
 /**
  * `cv2.warpAffine(src, m, (size, size))` (INTER_LINEAR, BORDER_CONSTANT 0) on packed RGB, as
  * OpenCV 4.x computes it: `m` (2x3, source -> destination) is inverted in float64; for output
  * pixel (x, y) the source position is cvRound(m0 x 1024) + cvRound((m1 y + m2) 1024) + 16 (int32),
  * shifted right by 5 to 1/32 pixel; its integer part picks the 2x2 taps and its fraction the
- * integer weights (1 - fx)(1 - fy) 2^15 ..., and the pixel is (sum + 2^14) >> 15 (computed in the
- * equivalent separable form, see ROUND_10). Taps outside the image read 0, so pixels along the
- * border blend with black.
+ * integer weights (1 - fx)(1 - fy) 2^15 ... (BILINEAR_WEIGHTS), and the pixel is
+ * (sum + 2^14) >> 15. Taps outside the image read 0, so pixels along the border blend with black.
+ * `kernel` picks the code for pixels with all four taps inside (default: WebAssembly SIMD where
+ * the runtime has it); for several warps of one image, an `AffineWarper` prepares it once.
  */
-export function warpAffine(src: Rgb8Image, m: ArrayLike<number>, size: number, out = new Uint8Array(size * size * 3)): Uint8Array {
+export function warpAffine(
+  src: Rgb8Image,
+  m: ArrayLike<number>,
+  size: number,
+  out = new Uint8Array(size * size * 3),
+  kernel: WarpKernel = defaultWarpKernel(),
+): Uint8Array {
+  return new AffineWarper(src, kernel).warp(m, size, out);
+}
+
+/**
+ * The per-warp integer steps of OpenCV's `WarpAffineInvoker`: `m` inverted in float64, then per
+ * column cvRound(m0 x 1024) and cvRound(m3 x 1024) (`adelta`, `bdelta`) and per row
+ * cvRound((m1 y + m2) 1024) + 16 and cvRound((m4 y + m5) 1024) + 16 (`rows`, interleaved), the
+ * rounding delta of INTER_BITS included. The arrays are filled in place.
+ */
+function warpSteps(m: ArrayLike<number>, size: number, adelta: Int32Array, bdelta: Int32Array, rows: Int32Array): void {
   // Inverse map, in OpenCV's operation order.
   let m0 = m[0], m1 = m[1], m2 = m[2], m3 = m[3], m4 = m[4], m5 = m[5];
   let det = m0 * m4 - m1 * m3;
@@ -279,16 +323,121 @@ export function warpAffine(src: Rgb8Image, m: ArrayLike<number>, size: number, o
   const b2 = -m3 * m2 - m4 * m5;
   m2 = b1;
   m5 = b2;
-
-  const adelta = new Int32Array(size);
-  const bdelta = new Int32Array(size);
   for (let x = 0; x < size; x++) {
     adelta[x] = cvRound(m0 * x * AB_SCALE);
     bdelta[x] = cvRound(m3 * x * AB_SCALE);
   }
-  const { width, height } = src;
-  // A monomorphic Uint8Array view keeps the hot loop's loads fast.
-  const s = src.data instanceof Uint8Array ? src.data : new Uint8Array(src.data.buffer, src.data.byteOffset, src.data.length);
+  for (let y = 0; y < size; y++) {
+    rows[2 * y] = cvRound((m1 * y + m2) * AB_SCALE) + ROUND_DELTA;
+    rows[2 * y + 1] = cvRound((m4 * y + m5) * AB_SCALE) + ROUND_DELTA;
+  }
+}
+
+/**
+ * One source image prepared for any number of warps (`alignPoses` makes one per image). With the
+ * SIMD kernel, the WebAssembly instance's memory holds a copy of the source rows the warps so far
+ * have read (each row copied once) and the per-warp tables. The source must not change while the
+ * warper is used. A runtime without WebAssembly SIMD, or a source too large for 32-bit
+ * WebAssembly memory (or memory refused), gets the JS kernel.
+ */
+export class AffineWarper {
+  readonly kernel: WarpKernel;
+  private readonly src: Uint8Array;
+  private readonly width: number;
+  private readonly height: number;
+  /** An instance of its own, for sources too large for the shared one. */
+  private ownSimd: SimdState | undefined;
+  private readonly id = ++warperCount;
+  /** How many of this warper's warps ran in the SIMD kernel (the others in JS). */
+  simdWarps = 0;
+
+  constructor(image: Rgb8Image, kernel: WarpKernel = defaultWarpKernel()) {
+    // A monomorphic Uint8Array view keeps the JS loops' loads fast.
+    this.src = image.data instanceof Uint8Array ? image.data : new Uint8Array(image.data.buffer, image.data.byteOffset, image.data.length);
+    this.width = image.width;
+    this.height = image.height;
+    const bytes = simdSourceEnd(this.width, this.height);
+    const simd = kernel === 'simd' && bytes <= SIMD_MAX_BYTES && warpModule() !== null;
+    this.kernel = simd ? 'simd' : 'js';
+  }
+
+  /** The instance this warper's warps run in, holding this warper's rows (undefined: JS kernel). */
+  private simdState(size: number): SimdState | undefined {
+    if (this.kernel !== 'simd') return undefined;
+    try {
+      const end = simdSourceEnd(this.width, this.height);
+      let state = this.ownSimd;
+      if (!state) {
+        if (end + simdTablesBytes(size) > SIMD_KEEP_BYTES) state = this.ownSimd = newSimdState();
+        else state = sharedSimd ??= newSimdState();
+      }
+      if (state.owner !== this.id) {
+        // The instance last held another source: nothing of this one is in it yet.
+        growTo(state, end);
+        state.owner = this.id;
+        state.copied = new Uint8Array(this.height);
+        state.tablesAt = end;
+        state.tables = undefined;
+      }
+      simdTables(state, size);
+      return state;
+    } catch {
+      // Memory refused (grow failed): the JS kernel needs none.
+      return undefined;
+    }
+  }
+
+  /** The size x size crop of `m` (source -> crop, 2x3 row-major), written into `out`. */
+  warp(m: ArrayLike<number>, size: number, out = new Uint8Array(size * size * 3)): Uint8Array {
+    const simd = this.simdState(size);
+    if (simd) return this.warpSimd(simd, m, size, out);
+    const adelta = new Int32Array(size), bdelta = new Int32Array(size), rows = new Int32Array(2 * size);
+    warpSteps(m, size, adelta, bdelta, rows);
+    warpJs(this.src, this.width, this.height, adelta, bdelta, rows, size, out);
+    return out;
+  }
+
+  private warpSimd(state: SimdState, m: ArrayLike<number>, size: number, out: Uint8Array): Uint8Array {
+    const { width, height, src } = this;
+    const stride = width * 3;
+    const tables = simdTables(state, size);
+    const { memory } = state.exports;
+    const words = new Int32Array(memory.buffer);
+    const adelta = words.subarray(tables.adelta >> 2, (tables.adelta >> 2) + size);
+    const bdelta = words.subarray(tables.bdelta >> 2, (tables.bdelta >> 2) + size);
+    const rows = words.subarray(tables.rows >> 2, (tables.rows >> 2) + 2 * size);
+    warpSteps(m, size, adelta, bdelta, rows);
+    const [first, last] = tapRows(bdelta, rows, size, height);
+    let missing = 0;
+    for (let y = first; y <= last; y++) missing += 1 - state.copied[y];
+    // Copying costs ~0.1 ns a byte, the SIMD kernel saves ~7 ns a pixel: a crop that would copy
+    // more than 64 bytes per pixel (one large face, small crop) runs in JS instead.
+    if (missing * stride > 64 * size * size) {
+      warpJs(src, width, height, adelta, bdelta, rows, size, out);
+      return out;
+    }
+    copySourceRows(state, src, stride, [first, last]);
+    this.simdWarps++;
+    const xLim = Math.min(width - 1, 32767);
+    const yLim = Math.min(height - 1, 32767);
+    const n = state.exports.warp(SIMD_SOURCE, stride, xLim, yLim, tables.adelta, tables.bdelta, tables.rows, size, tables.out, tables.border, SIMD_WEIGHTS);
+    const heap = new Uint8Array(memory.buffer);
+    out.set(heap.subarray(tables.out, tables.out + size * size * 3));
+    for (let k = 0, b = tables.border >> 2; k < n; k++, b += 3) borderPixel(src, width, height, words[b + 1], words[b + 2], out, words[b]);
+    return out;
+  }
+}
+
+/**
+ * The JS kernel: every pixel of the crop, interior ones with two unaligned little-endian loads
+ * per tap row (six bytes: two RGB pixels) and the 2D weight table, the others by `borderPixel`.
+ */
+function warpJs(
+  s: Uint8Array, width: number, height: number,
+  adelta: Int32Array, bdelta: Int32Array, rows: Int32Array, size: number, out: Uint8Array,
+): void {
+  const view = new DataView(s.buffer, s.byteOffset, s.byteLength);
+  const weights = BILINEAR_WEIGHTS;
   const stride = width * 3;
   // Pixels whose four taps are inside; OpenCV stores positions as int16, so beyond 32767 the
   // slow path's saturation applies (images that wide are refused by OpenCV anyway).
@@ -296,39 +445,29 @@ export function warpAffine(src: Rgb8Image, m: ArrayLike<number>, size: number, o
   const yLim = Math.min(height - 1, 32767);
   let o = 0;
   for (let y = 0; y < size; y++) {
-    const x0 = (cvRound((m1 * y + m2) * AB_SCALE) + ROUND_DELTA) | 0;
-    const y0 = (cvRound((m4 * y + m5) * AB_SCALE) + ROUND_DELTA) | 0;
+    const x0 = rows[2 * y];
+    const y0 = rows[2 * y + 1];
     for (let x = 0; x < size; x++, o += 3) {
       const X = ((x0 + adelta[x]) | 0) >> (AB_BITS - INTER_BITS);
       const Y = ((y0 + bdelta[x]) | 0) >> (AB_BITS - INTER_BITS);
       const sx = X >> INTER_BITS;
       const sy = Y >> INTER_BITS;
       if (sx >>> 0 < xLim && sy >>> 0 < yLim) {
-        const fx = X & (INTER_TAB_SIZE - 1);
-        const fy = Y & (INTER_TAB_SIZE - 1);
+        const w = ((Y & (INTER_TAB_SIZE - 1)) << (INTER_BITS + 2)) | ((X & (INTER_TAB_SIZE - 1)) << 2);
+        const k00 = weights[w], k01 = weights[w + 1], k10 = weights[w + 2], k11 = weights[w + 3];
         const p = sy * stride + sx * 3;
         const q = p + stride;
-        // a (32 - f) + b f = 32 a + (b - a) f exactly: three multiplications per channel, not six.
-        let a = s[p], b = s[q];
-        let top = (a << 5) + (s[p + 3] - a) * fx;
-        let bot = (b << 5) + (s[q + 3] - b) * fx;
-        out[o] = ((top << 5) + (bot - top) * fy + ROUND_10) >> 10;
-        a = s[p + 1];
-        b = s[q + 1];
-        top = (a << 5) + (s[p + 4] - a) * fx;
-        bot = (b << 5) + (s[q + 4] - b) * fx;
-        out[o + 1] = ((top << 5) + (bot - top) * fy + ROUND_10) >> 10;
-        a = s[p + 2];
-        b = s[q + 2];
-        top = (a << 5) + (s[p + 5] - a) * fx;
-        bot = (b << 5) + (s[q + 5] - b) * fx;
-        out[o + 2] = ((top << 5) + (bot - top) * fy + ROUND_10) >> 10;
+        // Top row: bytes R G B R' (tu) and G' B' (tv); bottom row likewise (bu, bv).
+        const tu = view.getUint32(p, true), tv = view.getUint16(p + 4, true);
+        const bu = view.getUint32(q, true), bv = view.getUint16(q + 4, true);
+        out[o] = ((tu & 255) * k00 + (tu >>> 24) * k01 + (bu & 255) * k10 + (bu >>> 24) * k11 + ROUND_15) >> 15;
+        out[o + 1] = (((tu >>> 8) & 255) * k00 + (tv & 255) * k01 + ((bu >>> 8) & 255) * k10 + (bv & 255) * k11 + ROUND_15) >> 15;
+        out[o + 2] = (((tu >>> 16) & 255) * k00 + (tv >>> 8) * k01 + ((bu >>> 16) & 255) * k10 + (bv >>> 8) * k11 + ROUND_15) >> 15;
       } else {
         borderPixel(s, width, height, X, Y, out, o);
       }
     }
   }
-  return out;
 }
 
 /**
@@ -353,6 +492,216 @@ function borderPixel(s: Uint8Array, width: number, height: number, X: number, Y:
     const v10 = in0x && in1y ? s[q + c] : 0;
     const v11 = in1x && in1y ? s[q + 3 + c] : 0;
     out[o + c] = ((v00 * ix + v01 * fx) * iy + (v10 * ix + v11 * fx) * fy + ROUND_10) >> 10;
+  }
+}
+
+// --- the WebAssembly SIMD kernel (tools/warp_affine.wat) ----------------------------------------
+
+/*
+ * The interior pixels in WebAssembly SIMD: per pixel, both tap rows in one 128-bit register
+ * (two 8-byte loads), one int16 dot product per row against the weights, the rounding shift, a
+ * byte shuffle and one 4-byte store (about 2x the JS kernel's speed). tools/warp_affine.wat is
+ * the source and documents the call; the bytes below are its assembly (tools/build_warp_wasm.js).
+ */
+// BEGIN warp_affine.wasm
+const WARP_WASM = new Uint8Array([
+  0, 97, 115, 109, 1, 0, 0, 0, 1, 16, 1, 96, 11, 127, 127, 127, 127, 127, 127, 127, 127, 127, 127, 127,
+  1, 127, 3, 2, 1, 0, 5, 3, 1, 0, 1, 7, 17, 2, 6, 109, 101, 109, 111, 114, 121, 2, 0, 4,
+  119, 97, 114, 112, 0, 0, 10, 167, 3, 1, 164, 3, 2, 12, 127, 2, 123, 32, 8, 33, 20, 2, 64, 3,
+  64, 32, 12, 32, 7, 79, 13, 1, 32, 6, 32, 12, 65, 3, 116, 106, 40, 2, 0, 33, 13, 32, 6, 32,
+  12, 65, 3, 116, 106, 40, 2, 4, 33, 14, 65, 0, 33, 11, 2, 64, 3, 64, 32, 11, 32, 7, 79, 13,
+  1, 32, 13, 32, 4, 32, 11, 65, 2, 116, 106, 40, 2, 0, 106, 65, 5, 117, 33, 15, 32, 14, 32, 5,
+  32, 11, 65, 2, 116, 106, 40, 2, 0, 106, 65, 5, 117, 33, 16, 32, 15, 65, 5, 117, 33, 17, 32, 16,
+  65, 5, 117, 33, 18, 32, 17, 32, 2, 73, 32, 18, 32, 3, 73, 113, 4, 64, 32, 0, 32, 18, 32, 1,
+  108, 32, 17, 65, 3, 108, 106, 106, 33, 19, 32, 19, 253, 93, 3, 0, 33, 23, 32, 19, 32, 1, 106, 32,
+  23, 253, 87, 3, 0, 1, 33, 23, 32, 10, 32, 16, 65, 31, 113, 65, 5, 116, 32, 15, 65, 31, 113, 114,
+  65, 5, 116, 106, 33, 21, 32, 23, 253, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  0, 0, 253, 13, 0, 16, 3, 16, 1, 16, 4, 16, 2, 16, 5, 16, 16, 16, 16, 16, 32, 21, 253, 0,
+  4, 0, 253, 186, 1, 32, 23, 253, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  0, 253, 13, 8, 16, 11, 16, 9, 16, 12, 16, 10, 16, 13, 16, 16, 16, 16, 16, 32, 21, 253, 0, 4,
+  16, 253, 186, 1, 253, 174, 1, 33, 24, 32, 24, 253, 12, 0, 64, 0, 0, 0, 64, 0, 0, 0, 64, 0,
+  0, 0, 64, 0, 0, 253, 174, 1, 65, 15, 253, 173, 1, 33, 24, 32, 24, 32, 24, 253, 13, 0, 4, 8,
+  12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 33, 24, 32, 20, 32, 24, 253, 90, 2, 0, 0,
+  5, 32, 9, 32, 20, 32, 8, 107, 54, 2, 0, 32, 9, 32, 15, 54, 2, 4, 32, 9, 32, 16, 54, 2,
+  8, 32, 9, 65, 12, 106, 33, 9, 32, 22, 65, 1, 106, 33, 22, 11, 32, 20, 65, 3, 106, 33, 20, 32,
+  11, 65, 1, 106, 33, 11, 12, 0, 11, 11, 32, 12, 65, 1, 106, 33, 12, 12, 0, 11, 11, 32, 22, 11,
+]);
+// END warp_affine.wasm
+
+interface WarpExports {
+  memory: WebAssembly.Memory;
+  warp(
+    src: number, stride: number, xLim: number, yLim: number,
+    adelta: number, bdelta: number, rows: number, size: number,
+    out: number, border: number, weights: number,
+  ): number;
+}
+
+/**
+ * Where the instance's memory keeps things: the weights, then the source (+8 bytes: the 8-byte
+ * loads read 2 past a row's last pixel), then the per-warp tables.
+ */
+const SIMD_WEIGHTS = 0;
+const SIMD_WEIGHTS_BYTES = INTER_TAB_SIZE * INTER_TAB_SIZE * 32;
+const SIMD_SOURCE = SIMD_WEIGHTS + SIMD_WEIGHTS_BYTES;
+const WASM_PAGE = 65536;
+/** 32-bit WebAssembly memory ends at 4 GiB; engines cap it lower, so stay well below. */
+const SIMD_MAX_BYTES = 1 << 30;
+
+interface SimdTables {
+  size: number;
+  adelta: number;
+  bdelta: number;
+  rows: number;
+  out: number;
+  border: number;
+}
+
+interface SimdState {
+  exports: WarpExports;
+  /** The id of the warper whose source rows the memory holds (an id: no reference to its image). */
+  owner: number;
+  /** 1 for each of the owner's source rows already copied into the memory. */
+  copied: Uint8Array;
+  /** Where the per-warp tables start: after the owner's source. */
+  tablesAt: number;
+  tables: SimdTables | undefined;
+}
+
+/**
+ * The instance warpers share (one at a time: a warper finding another's rows there starts
+ * over), so a call of `alignFaces` pays no instantiation; its memory, which never shrinks, is
+ * kept only up to SIMD_KEEP_BYTES (a 4K frame's source and tables fit): larger sources get an
+ * instance of their own, dropped with their warper.
+ */
+let sharedSimd: SimdState | undefined;
+let warperCount = 0;
+const SIMD_KEEP_BYTES = 64 << 20;
+
+let warpModuleCache: WebAssembly.Module | null | undefined;
+
+/** The compiled kernel, or null where the runtime lacks WebAssembly or its SIMD. */
+function warpModule(): WebAssembly.Module | null {
+  if (warpModuleCache === undefined) {
+    warpModuleCache = null;
+    try {
+      // Synchronous compilation: the module is far below the size browsers allow on the main thread.
+      if (typeof WebAssembly === 'object' && WebAssembly.validate(WARP_WASM)) warpModuleCache = new WebAssembly.Module(WARP_WASM);
+    } catch {
+      warpModuleCache = null;
+    }
+  }
+  return warpModuleCache;
+}
+
+/** 'simd' where this runtime runs the WebAssembly SIMD kernel, else 'js'. */
+export function defaultWarpKernel(): WarpKernel {
+  return warpModule() ? 'simd' : 'js';
+}
+
+/** The end of a width x height source in the instance's memory (8 bytes of slack, 16-aligned). */
+function simdSourceEnd(width: number, height: number): number {
+  return align16(SIMD_SOURCE + width * height * 3 + 8);
+}
+
+/** A fresh instance with its weight table (throws where memory is refused). */
+function newSimdState(): SimdState {
+  const module = warpModule();
+  if (!module) throw new Error('no WebAssembly SIMD');
+  const exports = new WebAssembly.Instance(module, {}).exports as unknown as WarpExports;
+  new Int16Array(exports.memory.buffer, SIMD_WEIGHTS, SIMD_WEIGHTS_BYTES / 2).set(simdWeights());
+  return { exports, owner: 0, copied: new Uint8Array(0), tablesAt: SIMD_SOURCE, tables: undefined };
+}
+
+let simdWeightsCache: Int16Array | undefined;
+
+/** The weights as int16, two 8-lane rows per fraction for the kernel's two dot products (see the .wat). */
+function simdWeights(): Int16Array {
+  if (simdWeightsCache) return simdWeightsCache;
+  const w16 = new Int16Array(SIMD_WEIGHTS_BYTES / 2);
+  for (let f = 0; f < INTER_TAB_SIZE * INTER_TAB_SIZE; f++) {
+    let k00 = BILINEAR_WEIGHTS[4 * f];
+    const k01 = BILINEAR_WEIGHTS[4 * f + 1], k10 = BILINEAR_WEIGHTS[4 * f + 2];
+    let k11 = BILINEAR_WEIGHTS[4 * f + 3];
+    // int16 lanes: OpenCV's own table saturates 32768 to 32767 and gives the spare 1 to
+    // another tap; (32767 p00 + p11 + 2^14) >> 15 is still p00 for 8-bit samples.
+    if (k00 > 32767) {
+      k00 = 32767;
+      k11 += 1;
+    }
+    w16.set([k00, k01, k00, k01, k00, k01, 0, 0, k10, k11, k10, k11, k10, k11, 0, 0], 16 * f);
+  }
+  simdWeightsCache = w16;
+  return w16;
+}
+
+function align16(n: number): number {
+  return Math.ceil(n / 16) * 16;
+}
+
+function growTo(state: SimdState, bytes: number): void {
+  const { memory } = state.exports;
+  const have = memory.buffer.byteLength;
+  if (bytes > have) memory.grow(Math.ceil((bytes - have) / WASM_PAGE));
+}
+
+/** Bytes of the per-warp tables for crops of `size`: steps, the crop (+1 byte), the border list. */
+function simdTablesBytes(size: number): number {
+  return align16(16 * size + size * size * 3 + 1) + 12 * size * size;
+}
+
+/** The per-warp tables' places for crops of `size` (laid out once per size and source). */
+function simdTables(state: SimdState, size: number): SimdTables {
+  if (state.tables?.size === size) return state.tables;
+  const adelta = state.tablesAt;
+  const bdelta = adelta + 4 * size;
+  const rows = bdelta + 4 * size;
+  const out = rows + 8 * size;
+  // The crop is written 4 bytes per pixel: 1 byte of slack after it.
+  const border = align16(out + size * size * 3 + 1);
+  growTo(state, adelta + simdTablesBytes(size));
+  state.tables = { size, adelta, bdelta, rows, out, border };
+  return state.tables;
+}
+
+/**
+ * The source rows the interior pixels of a warp read, [first, last], from its integer steps:
+ * rows sy and sy + 1 for sy = (Y0 + bdelta[x]) >> 10 with 0 <= sy < height - 1. bdelta is
+ * monotonic in x (cvRound of m3 x 1024), so each output row's extremes are at its ends. Steps
+ * large enough to wrap int32 (or cvRound's INT_MIN) give every row.
+ */
+function tapRows(bdelta: Int32Array, rows: Int32Array, size: number, height: number): [number, number] {
+  if (size === 0) return [0, -1];
+  const LIMIT = 1 << 30;
+  const bFirst = bdelta[0], bLast = bdelta[size - 1];
+  if (Math.abs(bFirst) >= LIMIT || Math.abs(bLast) >= LIMIT) return [0, height - 1];
+  let lo = Infinity, hi = -Infinity;
+  for (let y = 0; y < size; y++) {
+    const y0 = rows[2 * y + 1];
+    if (Math.abs(y0) >= LIMIT) return [0, height - 1];
+    // (v >> 5) >> 5: the 1/32-pixel position, then its integer part.
+    const a = (y0 + bFirst) >> AB_BITS;
+    const b = (y0 + bLast) >> AB_BITS;
+    lo = Math.min(lo, a, b);
+    hi = Math.max(hi, a, b);
+  }
+  return [Math.max(0, lo), Math.min(height - 1, hi + 1)];
+}
+
+/** Copies the rows [first, last] of the source into the instance's memory, those not there yet. */
+function copySourceRows(state: SimdState, src: Uint8Array, stride: number, [first, last]: [number, number]): void {
+  const { copied } = state;
+  const heap = new Uint8Array(state.exports.memory.buffer);
+  let y = first;
+  while (y <= last) {
+    if (copied[y]) {
+      y++;
+      continue;
+    }
+    let end = y;
+    while (end <= last && !copied[end]) copied[end++] = 1;
+    heap.set(src.subarray(y * stride, end * stride), SIMD_SOURCE + y * stride);
+    y = end;
   }
 }
 
@@ -411,6 +760,8 @@ export function alignPoses(
   where: (k: number) => string = (k) => `faces[${k}].pose`,
   index?: number,
 ): AlignedFace[] {
+  // One warper per image: the SIMD kernel copies each source row into its memory once.
+  let warper: AffineWarper | undefined;
   return poses.map((pose, k) => {
     const landmarks = projectLandmarks(pose, rgb.width, rgb.height);
     if (!landmarks.every(Number.isFinite)) {
@@ -422,7 +773,8 @@ export function alignPoses(
       });
     }
     const { transform, template } = fitTemplate(landmarks, size);
-    const data = warpAffine(rgb, transform, size);
+    warper ??= new AffineWarper(rgb);
+    const data = warper.warp(transform, size);
     return {
       image: { data, width: size, height: size, channels: 3 },
       transform: [
