@@ -25,7 +25,8 @@ import {
   stableSortDescending,
   torchSortDescending,
 } from '../src/ops/nms';
-import { referenceKernel, seeded } from './utils/nms_reference';
+import { seeded } from './utils/lcg';
+import { referenceKernel } from './utils/nms_reference';
 
 /** Inverted, degenerate, duplicated and threshold-edge boxes. */
 const EDGE_BOXES = Float32Array.from([

@@ -55,8 +55,9 @@ function sha256(b: Uint8Array): string {
 async function encodeJpeg(png: Buffer): Promise<Buffer> {
   const pngCodec = defaultFormats.map((f) => f()).find((f) => f.mime === 'image/png')!;
   const jpegCodec = defaultFormats.map((f) => f()).find((f) => f.mime === 'image/jpeg')!;
-  const bitmap = await pngCodec.decode(png);
-  return Buffer.from(await jpegCodec.encode(bitmap, { quality: 95 }));
+  // jimp's png and jpeg codecs are synchronous.
+  const bitmap = pngCodec.decode(png);
+  return Buffer.from(jpegCodec.encode(bitmap, { quality: 95 }));
 }
 
 function crc32(bytes: Uint8Array): number {

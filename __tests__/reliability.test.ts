@@ -108,7 +108,7 @@ describe('bad inputs: a typed InputError naming the input, before the network, n
 
   const all = (): BadInputCase[] => [...badFiles, ...badValues()];
 
-  it('the catalogue covers every kind issue 5 lists', () => {
+  it('the catalogue covers every kind of bad input docs/reliability.md lists', () => {
     const labels = all().map((c) => c.label).join('|');
     for (const kind of ['truncated.jpg', 'truncated.png', 'corrupt.jpg', 'corrupt.png', 'empty', 'folder', 'missing', 'text.jpg', 'rank 2', 'rank 4', 'dtype', '2 channels', 'NaN', 'Infinity', 'wrong length']) {
       expect(labels).toContain(kind);

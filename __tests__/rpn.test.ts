@@ -21,7 +21,8 @@ import {
 import { Img2PoseWeights } from '../src/model/weights';
 import { candidateLayout, candidatesOf, RECORD_WORDS } from '../src/ops/proposals';
 import { golden, goldenCase, manifest, relError } from './utils/golden';
-import { referenceKernel, seeded } from './utils/nms_reference';
+import { seeded } from './utils/lcg';
+import { referenceKernel } from './utils/nms_reference';
 import { LEVEL_KEYS as LEVELS, alignNearTies, formulaSubset, goldenFeature, maxAbsDiff, paddedSize, resizedSize } from './utils/stage_inputs';
 
 const TINY = ['tiny_teaser', 'tiny_portrait'];

@@ -83,7 +83,7 @@ describeWebGPU('webgpu backend end to end (tiny golden cases)', () => {
     setKernelMode('webgpu');
     const c = goldenCase('tiny_batch');
     const before = tf.memory().numTensors;
-    const batch = await model.predict(CASES.map((id) => images.get(id)!), { minSize: c.min_size, maxSize: c.max_size }, { grouping: 'off' });
+    const batch = await model.predictStacked(CASES.map((id) => images.get(id)!), { minSize: c.min_size, maxSize: c.max_size });
     expect(tf.memory().numTensors).toBe(before);
     CASES.forEach((id, i) => {
       const single = singles.get(id);

@@ -11,6 +11,7 @@ import * as tf from '@tensorflow/tfjs';
 import {
   ConvOptions,
   ConvTile,
+  conv,
   conv2dFused,
   conv2dPortable,
   conv2dWinograd,
@@ -18,10 +19,12 @@ import {
   linearPortable,
   normalizeResizePadBatchWebGPU,
   roiAlignFused,
+  prepareConvFilter,
+  releaseConvFilter,
   setKernelMode,
-  setWinograd,
+  winogradEnabled,
   winogradFilter,
-  winogradSettings,
+  WINOGRAD_FLAG,
 } from '../src/kernels/webgpu';
 import { multiScaleRoIAlign, ROI_OUTPUT_SIZE, ROI_SAMPLING_RATIO } from '../src/model/roi_align';
 import { paddedSize, prepareBatch, Size } from '../src/model/transform';
@@ -188,11 +191,7 @@ describeWebGPU('WGSL programs against the portable path', () => {
     });
   });
 
-  describe.each([true, false])('conv2dWinograd F(2x2, 3x3), input transform fused into the GEMM: %s', (fusedInput) => {
-    const saved = winogradSettings();
-    beforeAll(() => setWinograd({ fusedInput }));
-    afterAll(() => setWinograd(saved));
-
+  describe('conv2dWinograd F(2x2, 3x3)', () => {
     const winoCases: Named[] = [
       { name: 'odd spatial 17x23', x: [1, 17, 23, 64], k: 3, cout: 20, stride: 1, pad: 1, relu: true },
       { name: 'batch 3', x: [3, 9, 14, 64], k: 3, cout: 64, stride: 1, pad: 1, relu: true },
@@ -222,13 +221,39 @@ describeWebGPU('WGSL programs against the portable path', () => {
         const inBatch = imageOf(wino, last);
         await expectBitEqual(single, inBatch);
         // A buffer limit of one image's transformed tiles: the batch runs image by image.
-        const oneImage = 16 * Math.ceil(h / 2) * Math.ceil(w / 2) * Math.max(c.x[3], c.cout) * 4;
+        const oneImage = 16 * Math.ceil(h / 2) * Math.ceil(w / 2) * c.cout * 4;
         const chunked = conv2dWinograd(t.x, u, t.b, t.opts, c.tile, oneImage);
         await expectBitEqual(chunked, wino);
         tf.dispose([x1, single, inBatch, chunked, ...(res ? [res] : [])]);
       }
       tf.dispose([u, wino, direct]);
       disposeConv(t);
+    });
+
+    it(`${WINOGRAD_FLAG} picks the path of conv() for a prepared 3x3 filter`, async () => {
+      const c: Named = { name: 'flag', x: [2, 6, 10, 64], k: 3, cout: 64, stride: 1, pad: 1, relu: true };
+      const t = convTensors(c, convData(c, 4242));
+      prepareConvFilter(t.w);
+      setKernelMode('webgpu');
+      const saved = tf.env().getBool(WINOGRAD_FLAG);
+      try {
+        const u = winogradFilter(t.w);
+        const [wino, direct] = [conv2dWinograd(t.x, u, t.b, t.opts), conv2dFused(t.x, t.w, t.b, t.opts)];
+        tf.env().set(WINOGRAD_FLAG, true);
+        const on = conv(t.x, t.w, t.b, { ...t.opts, winograd: winogradEnabled() });
+        tf.env().set(WINOGRAD_FLAG, false);
+        const off = conv(t.x, t.w, t.b, { ...t.opts, winograd: winogradEnabled() });
+        await expectBitEqual(on, wino);
+        await expectBitEqual(off, direct);
+        // The two paths round differently, so the bit-equalities above tell them apart.
+        expect(relErr(await values(on), await values(off))).toBeGreaterThan(0);
+        tf.dispose([u, wino, direct, on, off]);
+      } finally {
+        tf.env().set(WINOGRAD_FLAG, saved);
+        setKernelMode('portable');
+        releaseConvFilter(t.w);
+        disposeConv(t);
+      }
     });
   });
 

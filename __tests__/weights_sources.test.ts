@@ -219,7 +219,7 @@ describe('URLs', () => {
 });
 
 describe('tf.io handlers', () => {
-  function artifacts(meta?: { [key: string]: {} }): tf.io.ModelArtifacts {
+  function artifacts(meta?: tf.io.ModelArtifacts['userDefinedMetadata']): tf.io.ModelArtifacts {
     const json = JSON.parse(fs.readFileSync(path.join(dir, 'model.json'), 'utf8'));
     const group = json.weightsManifest[0];
     const weightData = Buffer.concat(group.paths.map((p: string) => fs.readFileSync(path.join(dir, p))));

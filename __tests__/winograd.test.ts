@@ -9,10 +9,10 @@ import {
   releaseConvFilter,
   setKernelMode,
   winogradFilter,
-  winogradHost,
   WINOGRAD_MIN_CHANNELS,
 } from '../src/kernels/webgpu';
 import { lcgValues, relErr } from './utils/lcg';
+import { winogradHost } from './utils/winograd_host';
 import { prepareWinograd, releaseWinograd, winogradFilterFits, winogradFilterFor, winogradOptionsFit } from '../src/kernels/webgpu/winograd';
 
 /** Direct 3x3 stride-1 pad-1 convolution in float64. */

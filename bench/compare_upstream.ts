@@ -164,7 +164,7 @@ async function main(): Promise<number> {
       const batchSame = identical(b, s);
       const batchBad = batchSame ? [] : failures(matchDetections(facesToDets(b), facesToDets(s)));
       if (bad.length > 0 || batchBad.length > 0) failed++;
-      // Upstream's padded batches are allowed to differ from its single runs (PORTING.md): reported, not judged.
+      // Upstream's padded batches are allowed to differ from its single runs (docs/benchmarks.md): reported, not judged.
       const upstreamBatchCell = (): string[] => {
         if (!upstreamBatch) return [];
         const u = matchDetections(facesToDets(upstreamBatch.get(image) ?? []), facesToDets(ref.get(image) ?? []));

@@ -1,42 +1,75 @@
-// End-to-end GPU benchmark (issue 6): Img2PoseModel.predict on the webgpu backend at the default
+// End-to-end GPU benchmark: Img2PoseModel.predict on the webgpu backend at the default
 // sizes (min 640 / max 1400), on the real photo and on mixed sizes, batch sizes 1..16:
 // ms/image, images/s, speedup of a batch over one-by-one, GPU memory, results of each batch vs
 // one-by-one, and a per-stage breakdown (GPU synchronised around each stage, so the stages add up
 // to a bit more than an unsynchronised forward).
 // Bundled (`npm run gpu:bundle`, docs/webgpu.md), run from the repo root on the device:
-//   node .gpu/app/bench.mjs [--mode webgpu|portable|both] [--batches 1,2,4,8,16] [--json out.json]
-//       [--host-threads 8] [--compare-threads] [--overlap 4] [--overlap-sweep 0,2,4]   (worker threads for a batch's host stages; the
-//       worker bundle is .gpu/app/worker.mjs unless IMG2POSE_WORKER_SCRIPT names another)
-//       [--winograd off|2f|5u] [--winograd-sweep off,2f,5f]   (Winograd 3x3 convs: off, or <levels> with the input
-//       transform fused (f) or on its own (u); the sweep alternates settings round by round)
-//       [--submit-sweep-e2e 15,64]   (tfjs' dispatches per queue submit, alternated the same way)
-//       [--gating-sweep]   (the pose branch for rows above the score filter only, on and off, alternated)
+//   node .gpu/app/bench.mjs [options]   (--help lists them; the worker bundle for the host
+//   threads is .gpu/app/worker.mjs unless IMG2POSE_WORKER_SCRIPT names another)
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import './gpu_flags';
 import { formulaWeights } from '../src/io/formula_weights';
 import { decodeImage } from '../src/io/images';
 import { emptyTimings, Img2PoseModel, POSE_GATING_FLAG, PredictOptions, RawDetections, StageTimings, SUBBATCH_OVERLAP } from '../src/model/model';
-import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, setKernelMode, setWinograd, winogradSettings, WinogradSettings, useGpuPool } from '../src/kernels/webgpu';
+import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, setKernelMode, useGpuPool, winogradEnabled, WINOGRAD_FLAG } from '../src/kernels/webgpu';
 import { compareDetections } from './gpu_check';
 import { Backbone } from '../src/model/backbone';
 import { RegionProposalNetwork } from '../src/model/rpn';
 import { multiScaleRoIAlign } from '../src/model/roi_align';
 import { RoIHeads } from '../src/model/roi_heads';
-import { bilinearTaps, prepareBatch, resizedSize } from '../src/model/transform';
+import { prepareBatch } from '../src/model/transform';
 import { postprocessDetections } from '../src/model/postprocess';
 import { Img2PoseWeights } from '../src/model/weights';
 
-const args = process.argv.slice(2);
-const arg = (name: string, fallback: string): string => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : fallback;
-};
+function intList(v: string): number[] {
+  const list = v.split(',').map(Number);
+  if (list.some((n) => !Number.isInteger(n) || n < 0)) throw new InvalidArgumentError(`expected integers >= 0 separated by commas, got ${v}`);
+  return list;
+}
+
+function count(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`expected an integer >= 0, got ${v}`);
+  return n;
+}
+
+const program = new Command('bench.mjs')
+  .description('Img2PoseModel.predict on the webgpu backend: batches vs one by one, stages, memory')
+  .addOption(new Option('--mode <mode>', 'kernels: ours (webgpu), stock tfjs ops (portable), or both').choices(['webgpu', 'portable', 'both']).default('webgpu'))
+  .option('--batches <list>', 'batch sizes of the photo (0 in --memory: the mixed set)', intList, [1, 2, 4, 8, 16])
+  .option('--json <file>', 'also write the table and stages as JSON')
+  .option('--host-threads <n>', "worker threads for a batch's host stages", count, 8)
+  .option('--compare-threads', 'with --paired: also a model with the host stages in-thread', false)
+  .option('--overlap <n>', 'sub-batch size of overlapping forwards (0: off)', count, SUBBATCH_OVERLAP)
+  .option('--overlap-sweep <list>', 'paired rounds for each of these sub-batch sizes')
+  .option('--paired', 'one by one vs batch, alternated round by round', false)
+  .option('--memory', "tfjs' buffer pool after three forwards of each batch size", false)
+  .option('--stages-only', 'the per-stage replica only (GPU synchronised after each stage)', false)
+  .addOption(new Option('--winograd <on|off>', 'Winograd for the stride-1 3x3 convolutions').choices(['on', 'off']).default('on'))
+  .option('--winograd-sweep', 'Winograd on and off, alternated round by round', false)
+  .option('--gating-sweep', 'the pose branch only above the score filter, on and off, alternated', false);
+const opts = program.parse(process.argv).opts<{
+  mode: KernelMode | 'both';
+  batches: number[];
+  json?: string;
+  hostThreads: number;
+  compareThreads: boolean;
+  overlap: number;
+  overlapSweep?: string;
+  paired: boolean;
+  memory: boolean;
+  stagesOnly: boolean;
+  winograd: 'on' | 'off';
+  winogradSweep: boolean;
+  gatingSweep: boolean;
+}>();
 const GOLDEN = path.join(process.cwd(), '__tests__', 'fixtures', 'golden');
 const CONFIG = { minSize: 640, maxSize: 1400 };
 // Sub-batch overlap of predict (model.ts); --overlap-sweep measures several.
-let OPTS: PredictOptions = { overlap: Number(arg('--overlap', String(SUBBATCH_OVERLAP))) };
+let OPTS: PredictOptions = { overlap: opts.overlap };
 // 'one by one' in --paired rounds: single images, never split.
 const PHOTO = 'teaser.png';
 const MIXED = ['teaser.png', 'portrait_1.png', 'wide_1.png', 'small_1.png', 'square_1.png', 'gray_1.png', 'rgba_1.png', 'teaser.png'];
@@ -124,102 +157,6 @@ async function profileStages(weights: Img2PoseWeights, images: tf.Tensor3D[]): P
   return med;
 }
 
-/** Wall time of backbone+FPN (synchronised) against how many dispatches tfjs records per submit. */
-async function submitSweep(weights: Img2PoseWeights, images: tf.Tensor3D[], mode: KernelMode): Promise<void> {
-  const backbone = new Backbone(weights);
-  const batch = prepareBatch(images, CONFIG.minSize, CONFIG.maxSize);
-  const before = tf.env().getNumber('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE');
-  const parts: string[] = [];
-  for (const n of [15, 1, 4, 64, 15]) {
-    tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', n);
-    const samples: number[] = [];
-    for (let rep = 0; rep < 6; rep++) {
-      await gpuSync();
-      const t0 = performance.now();
-      tf.dispose(backbone.forward(batch.images, batch.paddedSizes));
-      await gpuSync();
-      if (rep > 0) samples.push(performance.now() - t0);
-    }
-    samples.sort((a, b) => a - b);
-    parts.push(`${n}: ${samples[samples.length >> 1].toFixed(1)} ms`);
-  }
-  tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', before);
-  console.log(`submit sweep [${mode}] backbone+FPN batch ${images.length} (dispatches per submit: wall ms): ${parts.join(', ')}`);
-  tf.dispose(batch.images);
-  backbone.dispose();
-}
-
-/** GPU time per program class (timestamp queries) of one backbone+FPN forward and one RPN head. */
-/** The input transform alone, batch of `images`: GPU time (timestamp queries) and wall per call; and a bare sync's latency. */
-async function transformProbe(images: tf.Tensor3D[]): Promise<void> {
-  const [h, w] = images[0].shape;
-  const [rh, rw] = resizedSize(h, w, CONFIG.minSize, CONFIG.maxSize);
-  const time = async (f: () => unknown): Promise<number> => {
-    await gpuSync();
-    const t0 = performance.now();
-    f();
-    await gpuSync();
-    return performance.now() - t0;
-  };
-  for (let rep = 0; rep < 6; rep++) {
-    const whole = await time(() => tf.dispose(prepareBatch(images, CONFIG.minSize, CONFIG.maxSize).images));
-    const taps = await time(() => { for (const _ of images) { bilinearTaps(h, rh); bilinearTaps(w, rw); } });
-    const s0 = performance.now();
-    await gpuSync();
-    console.log(`transform probe batch ${images.length} (wall ms): prepareBatch ${whole.toFixed(2)}, of which taps ${taps.toFixed(2)}; bare sync ${(performance.now() - s0).toFixed(2)}`);
-  }
-}
-
-async function kernelProfile(weights: Img2PoseWeights, images: tf.Tensor3D[], mode: KernelMode): Promise<void> {
-  const backbone = new Backbone(weights);
-  const rpn = new RegionProposalNetwork(weights);
-  const batch = prepareBatch(images, CONFIG.minSize, CONFIG.maxSize);
-  for (let rep = 0; rep < 2; rep++) {
-    for (const [name, f] of [
-      ['backbone+FPN', () => tf.dispose(backbone.forward(batch.images, batch.paddedSizes))],
-      ['RPN head', () => { const feats = backbone.forward(batch.images, batch.paddedSizes); tf.dispose(feats); }],
-    ] as [string, () => void][]) {
-      if (name === 'RPN head') {
-        const feats = backbone.forward(batch.images, batch.paddedSizes);
-        await gpuSync();
-        const w0 = performance.now();
-        const info = await tf.time(() => tf.dispose(rpn.head(feats, batch.paddedSizes)));
-        await gpuSync();
-        report(mode, name, info, performance.now() - w0, images.length, rep);
-        tf.dispose(feats);
-        continue;
-      }
-      await gpuSync();
-      const w0 = performance.now();
-      const info = await tf.time(f);
-      await gpuSync();
-      report(mode, name, info, performance.now() - w0, images.length, rep);
-    }
-  }
-  tf.dispose(batch.images);
-  backbone.dispose();
-  rpn.dispose();
-}
-
-function report(mode: KernelMode, name: string, info: tf.TimingInfo, wallMs: number, n: number, rep: number): void {
-  if (rep === 0) return; // warm-up: shader compilation
-  const extra = (info as unknown as { getExtraProfileInfo?: () => string }).getExtraProfileInfo?.() ?? '';
-  const byProgram = new Map<string, { ms: number; count: number }>();
-  for (const part of extra.split(', ')) {
-    const i = part.lastIndexOf(': ');
-    if (i < 0) continue;
-    const key = part.slice(0, i);
-    const e = byProgram.get(key) ?? { ms: 0, count: 0 };
-    e.ms += Number(part.slice(i + 2));
-    e.count++;
-    byProgram.set(key, e);
-  }
-  const kernelMs = typeof info.kernelMs === 'number' ? info.kernelMs : 0;
-  const top = [...byProgram.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, 8)
-    .map(([k, v]) => `${k} ${v.ms.toFixed(2)} ms/${v.count}`).join(', ');
-  console.log(`kernels [${mode}] ${name} batch ${n}: GPU ${kernelMs.toFixed(2)} ms (${(kernelMs / n).toFixed(2)}/image), wall ${wallMs.toFixed(1)} ms; ${top}`);
-}
-
 async function timeForward(model: Img2PoseModel, images: tf.Tensor3D[], reps: number): Promise<{ ms: number; out: RawDetections[] }> {
   // Warm-up: shader compilation, buffer pool growth, first touches (the first forwards of a
   // process run slower, docs/webgpu.md).
@@ -263,14 +200,6 @@ async function paired(model: Img2PoseModel, images: tf.Tensor3D[], rounds: numbe
   );
 }
 
-/** A --winograd-sweep setting: 'off', or levels plus 'f' (fused input transform) / 'u' (own dispatch), e.g. '2f'. */
-function winogradSetting(name: string): Partial<WinogradSettings> {
-  if (name === 'off') return { enabled: false };
-  const m = /^(\d)([fu])$/.exec(name);
-  if (!m) throw new Error(`--winograd-sweep: settings are 'off' or <levels>f|u, got '${name}'`);
-  return { enabled: true, levels: Number(m[1]), fusedInput: m[2] === 'f' };
-}
-
 /**
  * Settings alternated round by round on the same batch (medians of `rounds`), and whether the
  * detections of each stay within tolerance of the first setting's.
@@ -302,54 +231,14 @@ async function alternate(
   console.log(`${label} ms/image, median of ${rounds} alternating rounds: ${parts.join(' | ')}`);
 }
 
-/**
- * Back-to-back batches vs the same with a forced full GC before each (not timed; needs
- * node --expose-gc): how much the garbage of one batch costs the next.
- */
-async function gcProbe(model: Img2PoseModel, images: tf.Tensor3D[], label: string): Promise<void> {
-  const gc = (globalThis as { gc?: () => void }).gc;
-  if (!gc) throw new Error('--gc-probe needs node --expose-gc');
-  for (let w = 0; w < 3; w++) await model.predict(images, CONFIG, OPTS);
-  const plain: number[] = [];
-  const collected: number[] = [];
-  for (let r = 0; r < 5; r++) {
-    for (const [forced, out] of [[false, plain], [true, collected]] as const) {
-      for (let k = 0; k < 3; k++) {
-        if (forced) gc();
-        const t0 = performance.now();
-        await model.predict(images, CONFIG, OPTS);
-        out.push((performance.now() - t0) / images.length);
-      }
-    }
-  }
-  const med = (v: number[]): number => v.slice().sort((x, y) => x - y)[v.length >> 1];
-  console.log(`gc probe ${label} ms/image: back to back ${med(plain).toFixed(2)} (${plain.map((v) => v.toFixed(1)).join('/')}), ` +
-    `full GC before each ${med(collected).toFixed(2)} (${collected.map((v) => v.toFixed(1)).join('/')})`);
-}
-
-/** Timelines of a few forwards (PredictOptions.trace): when each sub-batch passes each phase, ms from the call. */
-async function traceForwards(model: Img2PoseModel, images: tf.Tensor3D[], label: string): Promise<void> {
-  for (let w = 0; w < 3; w++) await model.predict(images, CONFIG, OPTS);
-  for (let rep = 0; rep < 3; rep++) {
-    const events: { phase: string; group: string; at: number }[] = [];
-    const t0 = performance.now();
-    await model.predict(images, CONFIG, { ...OPTS, trace: (phase, group, at) => events.push({ phase, group: `[${group[0]}..${group[group.length - 1]}]`, at: at - t0 }) });
-    const total = performance.now() - t0;
-    const groups = [...new Set(events.map((e) => e.group))];
-    const lines = groups.map((g) => `${g} ${events.filter((e) => e.group === g).map((e) => `${e.phase} ${e.at.toFixed(1)}`).join(', ')}`);
-    console.log(`trace ${label} rep ${rep}: total ${total.toFixed(1)} ms; ${lines.join(' | ')}`);
-  }
-}
-
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend((process.env.DAWN_FLAGS ?? '').split(';').filter(Boolean));
   // As Img2Pose.load sets it up (IMG2POSE_GPU_POOL=exact keeps tfjs' own pooling).
   if (process.env.IMG2POSE_GPU_POOL !== 'exact') useGpuPool(Number(process.env.IMG2POSE_GPU_POOL_GIB ?? 8) * 2 ** 30);
-  if (args.includes('--winograd')) setWinograd(winogradSetting(arg('--winograd', 'off')));
+  if (opts.winograd === 'off') tf.env().set(WINOGRAD_FLAG, false);
   console.log('backend', JSON.stringify(adapter));
-  const modeArg = arg('--mode', 'webgpu');
-  const modes: KernelMode[] = modeArg === 'both' ? ['webgpu', 'portable'] : [modeArg as KernelMode];
-  const batches = arg('--batches', '1,2,4,8,16').split(',').map(Number);
+  const modes: KernelMode[] = opts.mode === 'both' ? ['webgpu', 'portable'] : [opts.mode];
+  const batches = opts.batches;
   const load = async (name: string): Promise<tf.Tensor3D> => decodeImage(fs.readFileSync(path.join(GOLDEN, name)));
   // Decoded per mode: the host transform (portable mode) reads pixels with dataSync, which the
   // webgpu backend cannot do for a tensor that the GPU transform has already uploaded.
@@ -357,10 +246,10 @@ async function main(): Promise<void> {
   let mixed = await Promise.all(MIXED.map(load));
   const weights = formulaWeights();
   process.env.IMG2POSE_WORKER_SCRIPT ??= path.join(process.cwd(), '.gpu', 'app', 'worker.mjs');
-  const hostThreads = Number(arg('--host-threads', '8'));
+  const hostThreads = opts.hostThreads;
   const model = new Img2PoseModel(weights, { hostThreads });
   console.log(`host threads: ${model.usesHostThreads ? hostThreads : 0} (asked ${hostThreads}; worker script ${process.env.IMG2POSE_WORKER_SCRIPT})`);
-  const inThread = args.includes('--compare-threads') ? new Img2PoseModel(weights) : null;
+  const inThread = opts.compareThreads ? new Img2PoseModel(weights) : null;
   const rows: Row[] = [];
   const stages: { mode: KernelMode; batch: number; times: StageTimes }[] = [];
   for (const mode of modes) {
@@ -368,57 +257,36 @@ async function main(): Promise<void> {
     tf.dispose([photo, ...mixed]);
     photo = await load(PHOTO);
     mixed = await Promise.all(MIXED.map(load));
-    if (args.includes('--transform-probe')) await transformProbe(Array.from({ length: 8 }, () => photo));
-    if (args.includes('--kernel-profile')) await kernelProfile(weights, Array.from({ length: 8 }, () => photo), mode);
-    if (args.includes('--submit-sweep')) await submitSweep(weights, Array.from({ length: 8 }, () => photo), mode);
-    if (args.includes('--overlap-sweep')) {
-      // Comma-separated settings; a setting is a sub-batch size or explicit sizes joined by '+'.
-      for (const setting of arg('--overlap-sweep', '0,4').split(',')) {
-        const overlap = setting.includes('+') ? setting.split('+').map(Number) : Number(setting);
+    if (opts.overlapSweep !== undefined) {
+      for (const overlap of intList(opts.overlapSweep)) {
         OPTS = { overlap };
         for (const b of batches) await paired(model, Array.from({ length: b }, () => photo), 5, `[${mode}, overlap ${overlap}] photo x${b}`);
         await paired(model, mixed, 5, `[${mode}, overlap ${overlap}] mixed ${mixed.length} (7 sizes)`);
       }
       continue;
     }
-    if (args.includes('--memory')) {
+    if (opts.memory) {
       // One configuration per process (the pool keeps every buffer size it has seen): the pool
       // after a few forwards of it. Batch 0 means the mixed set.
       for (const b of batches) {
         const imgs = b === 0 ? mixed : Array.from({ length: b }, () => photo);
         for (let r = 0; r < 3; r++) await model.predict(imgs, CONFIG, OPTS);
         const m = gpuMemory();
-        console.log(`memory [${mode}, winograd ${winogradSettings().enabled ? 'on' : 'off'}] ${b === 0 ? 'mixed 8' : `photo x${b}`}: ` +
+        console.log(`memory [${mode}, winograd ${winogradEnabled() ? 'on' : 'off'}] ${b === 0 ? 'mixed 8' : `photo x${b}`}: ` +
           `GPU pool ${(m.allocated / 2 ** 30).toFixed(2)} GiB allocated, ${(m.inUse / 2 ** 30).toFixed(2)} GiB in use after the forwards`);
       }
       continue;
     }
-    if (args.includes('--gc-probe')) {
-      for (const b of batches) await gcProbe(model, Array.from({ length: b }, () => photo), `[${mode}] photo x${b}`);
-      continue;
-    }
-    if (args.includes('--trace')) {
-      for (const b of batches) await traceForwards(model, Array.from({ length: b }, () => photo), `[${mode}] photo x${b}`);
-      continue;
-    }
-    const sweep = args.includes('--gating-sweep')
-      ? [true, false].map((on) => ({ name: `pose gating ${on ? 'on' : 'off'}`, apply: () => tf.env().set(POSE_GATING_FLAG, on) }))
-      : args.includes('--winograd-sweep')
-      ? arg('--winograd-sweep', 'off,2f').split(',').map((name) => ({ name: `winograd ${name}`, apply: () => setWinograd(winogradSetting(name)) }))
-      : args.includes('--submit-sweep-e2e')
-        ? arg('--submit-sweep-e2e', '15,64').split(',').map((n) => ({
-          name: `submit every ${n}`, apply: () => tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', Number(n)),
-        }))
-        : null;
-    if (sweep) {
-      const before = { winograd: winogradSettings(), submit: tf.env().getNumber('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE') };
+    const flag = opts.gatingSweep ? POSE_GATING_FLAG : opts.winogradSweep ? WINOGRAD_FLAG : null;
+    if (flag !== null) {
+      const sweep = [true, false].map((on) => ({ name: `${flag} ${on ? 'on' : 'off'}`, apply: () => tf.env().set(flag, on) }));
+      const before = tf.env().getBool(flag);
       for (const b of batches) await alternate(model, Array.from({ length: b }, () => photo), sweep, 5, `[${mode}] photo x${b}`);
       await alternate(model, mixed, sweep, 5, `[${mode}] mixed ${mixed.length} (7 sizes)`);
-      setWinograd(before.winograd);
-      tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', before.submit);
+      tf.env().set(flag, before);
       continue;
     }
-    if (args.includes('--paired')) {
+    if (opts.paired) {
       for (const [m, label] of [[inThread, 'host in-thread'], [model, `host threads ${hostThreads}`]] as const) {
         if (!m) continue;
         for (const b of batches) await paired(m, Array.from({ length: b }, () => photo), 5, `[${mode}, ${label}] photo x${b}`);
@@ -426,7 +294,7 @@ async function main(): Promise<void> {
       }
       continue;
     }
-    if (args.includes('--stages-only')) {
+    if (opts.stagesOnly) {
       for (const b of batches) {
         const times = await profileStages(weights, Array.from({ length: b }, () => photo));
         console.log(`stages [${mode}] batch ${b} (ms/image): ${Object.entries(times).map(([k, v]) => `${k} ${(v / b).toFixed(2)}`).join(', ')}; total ${(Object.values(times).reduce((x, y) => x + y, 0) / b).toFixed(2)}`);
@@ -497,8 +365,7 @@ async function main(): Promise<void> {
   }
   console.log('\nmode      images              batch  ms/batch  ms/image  images/s  speedup  same  ident  GPU MiB');
   for (const r of rows) console.log(fmt(r));
-  const json = arg('--json', '');
-  if (json) fs.writeFileSync(json, JSON.stringify({ adapter, rows, stages }, null, 1));
+  if (opts.json) fs.writeFileSync(opts.json, JSON.stringify({ adapter, rows, stages }, null, 1));
   model.dispose();
   inThread?.dispose();
   tf.dispose([photo, ...mixed, ...weights.tensors.values()]);

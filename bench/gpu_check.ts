@@ -1,38 +1,25 @@
-// Golden end-to-end cases on the webgpu backend (issue 6), with the CPU suite's tolerances:
+// Golden end-to-end cases on the webgpu backend, with the CPU suite's tolerances:
 // detections scoring >= 0.1 matched greedily by IoU >= 0.95, >= 98% matched both ways, matched
 // scores within 1e-3, rotations within 1e-3 rad, translations within 1e-3 relative, boxes within
 // 1 px, and equal counts of faces scoring >= 0.5. Runs every case with the stock kernels
 // ('portable') and with ours ('webgpu'), then checks that batches equal one-by-one runs (a batch's
 // host stages on 8 worker threads, as the detector runs them on a GPU backend).
-// Bundled (`npm run gpu:bundle`, docs/webgpu.md), run from the repo root on the device: node .gpu/app/check.mjs
+// Bundled (`npm run gpu:bundle`, docs/webgpu.md), run from the repo root on the device:
+//   node .gpu/app/check.mjs [--webgpu-only]
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import './gpu_flags';
-import { parseNpy } from '../converter/npy';
+import { Command } from 'commander';
+import { GOLDEN, loadNpy, manifest as goldenManifest } from '../__tests__/utils/golden';
 import { failures, matchDetections, pct, sci } from './match';
 import { formulaWeights } from '../src/io/formula_weights';
 import { decodeImage } from '../src/io/images';
 import { Img2PoseModel, RawDetections } from '../src/model/model';
 import { initWebGPUBackend, KernelMode, setKernelMode, useGpuPool } from '../src/kernels/webgpu';
 
-const GOLDEN = path.join(process.cwd(), '__tests__', 'fixtures', 'golden');
-
-interface Case {
-  id: string;
-  mode: 'single' | 'batch';
-  image?: string;
-  images?: string[];
-  min_size: number;
-  max_size: number;
-  files?: Record<string, string>;
-  'num_faces_t0.5'?: number;
-  per_image?: { files: Record<string, string>; 'faces_t0.5': unknown[] }[];
-}
-
 function npy(file: string): Float64Array {
-  const a = parseNpy(fs.readFileSync(path.join(GOLDEN, file)), file);
-  return Float64Array.from(a.data as ArrayLike<number>);
+  return Float64Array.from(loadNpy(file).data as ArrayLike<number>);
 }
 
 function goldenFinal(files: Record<string, string>): RawDetections {
@@ -59,12 +46,12 @@ export function compareDetections(ours: RawDetections, ref: RawDetections): Comp
   return { ok: bad.length === 0, detail };
 }
 
-async function main(): Promise<void> {
+async function main(opts: { webgpuOnly: boolean }): Promise<void> {
   const adapter = await initWebGPUBackend();
   // As Img2Pose.load sets it up (IMG2POSE_GPU_POOL=exact keeps tfjs' own pooling).
   if (process.env.IMG2POSE_GPU_POOL !== 'exact') useGpuPool(Number(process.env.IMG2POSE_GPU_POOL_GIB ?? 8) * 2 ** 30);
   console.log('backend', JSON.stringify(adapter));
-  const manifest = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'manifest.json'), 'utf8')) as { cases: Case[] };
+  const manifest = goldenManifest();
   const singles = new Map(manifest.cases.filter((c) => c.mode === 'single').map((c) => [`${c.image}@${c.min_size}`, c]));
   const weights = formulaWeights();
   process.env.IMG2POSE_WORKER_SCRIPT ??= path.join(process.cwd(), '.gpu', 'app', 'worker.mjs');
@@ -84,7 +71,7 @@ async function main(): Promise<void> {
     if (!c.ok) failures++;
     console.log(`${c.ok ? 'PASS' : 'FAIL'} ${name.padEnd(44)} ${c.detail}`);
   };
-  const modes: KernelMode[] = process.argv.includes('--webgpu-only') ? ['webgpu'] : ['portable', 'webgpu'];
+  const modes: KernelMode[] = opts.webgpuOnly ? ['webgpu'] : ['portable', 'webgpu'];
   for (const mode of modes) {
     setKernelMode(mode);
     const oneByOne = new Map<string, RawDetections>();
@@ -123,7 +110,12 @@ async function main(): Promise<void> {
 
 // Also imported by bench/gpu.ts for compareDetections: run only as the entry point (check.mjs).
 if (/check\.(mjs|js|ts)$/.test(process.argv[1] ?? '')) {
-  main().catch((e: unknown) => {
+  const opts = new Command('check.mjs')
+    .description("the golden end-to-end cases on the webgpu backend, with the stock kernels and with ours")
+    .option('--webgpu-only', 'only with our kernels', false)
+    .parse(process.argv)
+    .opts<{ webgpuOnly: boolean }>();
+  main(opts).catch((e: unknown) => {
     console.error(e);
     process.exit(2);
   });

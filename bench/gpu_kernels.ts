@@ -5,6 +5,7 @@
 // ||fused - stock|| / ||stock|| must stay in float32 noise (< 1e-5), no NaN.
 // Timing: the model's real layer shapes at 640x1152 input, batch 1 and 8; ms and TFLOP/s.
 import * as tf from '@tensorflow/tfjs';
+import { Command } from 'commander';
 import { writeFileSync } from 'fs';
 import {
   ConvOptions,
@@ -20,15 +21,19 @@ import { initWebGPUBackend } from '../src/kernels/webgpu/dawn';
 import { gpuSync } from '../src/kernels/webgpu/program';
 import { roiAlignFused, RoiAlignInputs } from '../src/kernels/webgpu/roi_align';
 import { setKernelMode, useGpuPool } from '../src/kernels/webgpu';
-import { conv2dWinograd, setWinograd, winogradFilter } from '../src/kernels/webgpu/winograd';
+import { conv2dWinograd, winogradFilter } from '../src/kernels/webgpu/winograd';
 import { prepareBatch } from '../src/model/transform';
 import { decodeImage } from '../src/io/images';
 import * as fsp from 'fs';
+import { relErr as relErrHost } from '../__tests__/utils/lcg';
+import { roiAlignReference64 } from '../__tests__/utils/kernel_reference';
 
-const args = process.argv.slice(2);
-const quick = args.includes('--quick');
-const jsonIdx = args.indexOf('--json');
-const jsonOut = jsonIdx >= 0 ? args[jsonIdx + 1] : undefined;
+const opts = new Command('kernels.mjs')
+  .description('our WebGPU programs against the stock tfjs ops and float64 references, then timed on the model\'s layer shapes')
+  .option('--quick', 'time batch 1 only (checks are the same)', false)
+  .option('--json <file>', 'also write checks and timings as JSON')
+  .parse(process.argv)
+  .opts<{ quick: boolean; json?: string }>();
 
 const rnd = (shape: number[], scale = 1): tf.Tensor => tf.randomUniform(shape, -scale, scale, 'float32');
 
@@ -118,17 +123,6 @@ async function convReference64(
   return out;
 }
 
-/** ||got - ref|| / ||ref|| against a float64 reference. */
-function relErr64(got: ArrayLike<number>, ref: Float64Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < ref.length; i++) {
-    num += (got[i] - ref[i]) ** 2;
-    den += ref[i] ** 2;
-  }
-  return Math.sqrt(num / den);
-}
-
 interface CheckRow {
   name: string;
   relErr: number;
@@ -150,16 +144,6 @@ const winogradChecks: ConvCase[] = [
  */
 async function winogradCases(): Promise<CheckRow[]> {
   const rows: CheckRow[] = [];
-  for (const fusedInput of [true, false]) {
-    setWinograd({ fusedInput });
-    rows.push(...(await winogradCasesNow(fusedInput ? 'fused input' : 'input dispatch')));
-  }
-  setWinograd({ fusedInput: true });
-  return rows;
-}
-
-async function winogradCasesNow(mode: string): Promise<CheckRow[]> {
-  const rows: CheckRow[] = [];
   for (const c of winogradChecks) {
     const { x, w, b, res } = makeConvInputs(c);
     const opts = convOpts(c, res);
@@ -168,8 +152,8 @@ async function winogradCasesNow(mode: string): Promise<CheckRow[]> {
     const wino = conv2dWinograd(x, u, b, opts, c.tile);
     const direct = conv2dFused(x, w, b, opts);
     const e = await relErr(wino, direct);
-    rows.push({ name: `winograd (${mode}) ${c.name} vs direct`, relErr: e, ok: e < 1e-5 && Number.isFinite(e) });
-    const e64 = relErr64(await wino.data(), await convReference64(x, w, b, c, res));
+    rows.push({ name: `winograd ${c.name} vs direct`, relErr: e, ok: e < 1e-5 && Number.isFinite(e) });
+    const e64 = relErrHost(await wino.data(), await convReference64(x, w, b, c, res));
     rows.push({ name: `  vs float64 CPU`, relErr: e64, ok: e64 < 1e-5 && Number.isFinite(e64) });
     if (c.x[0] > 1) {
       // Image 1 alone vs inside the batch; the batch in chunks of one image vs at once.
@@ -179,7 +163,7 @@ async function winogradCasesNow(mode: string): Promise<CheckRow[]> {
       const single = conv2dWinograd(one, u, b, { ...opts, residual: oneRes }, c.tile);
       const inBatch = tf.slice(wino, [1, 0, 0, 0], [1, h, wd, c.cout]);
       const dSingle = tf.tidy(() => tf.max(tf.abs(tf.sub(single, inBatch))));
-      const chunked = conv2dWinograd(x, u, b, opts, c.tile, 16 * Math.ceil(h / 2) * Math.ceil(wd / 2) * Math.max(cin, c.cout) * 4);
+      const chunked = conv2dWinograd(x, u, b, opts, c.tile, 16 * Math.ceil(h / 2) * Math.ceil(wd / 2) * c.cout * 4);
       const dChunk = tf.tidy(() => tf.max(tf.abs(tf.sub(chunked, wino))));
       const [ds, dc] = [(await dSingle.data())[0], (await dChunk.data())[0]];
       rows.push({ name: `  image 1 of ${n} == single, chunked == whole`, relErr: Math.max(ds, dc), ok: ds === 0 && dc === 0 });
@@ -205,7 +189,7 @@ async function runChecks(): Promise<CheckRow[]> {
     rows.push({ name: `conv ${c.name}`, relErr: e, ok: e < 1e-5 && Number.isFinite(e) });
     if (fused.size * c.k * c.k * c.x[3] < 5e6) {
       // Identical summation order can make fused == stock bit for bit; float64 is the independent check.
-      const e64 = relErr64(await fused.data(), await convReference64(x, w, b, c, res));
+      const e64 = relErrHost(await fused.data(), await convReference64(x, w, b, c, res));
       rows.push({ name: `  vs float64 CPU`, relErr: e64, ok: e64 < 1e-5 && Number.isFinite(e64) });
     }
     tf.dispose([x, w, b, fused, stock, ...(res ? [res] : [])]);
@@ -257,58 +241,6 @@ interface RoiFixture {
   inputs: RoiAlignInputs;
 }
 
-function roiAlignReference(feats: Float32Array[], fx: RoiFixture): Float32Array {
-  const f = Math.fround;
-  const p = ROI_OUT;
-  const g = ROI_GRID;
-  const c = fx.channels;
-  const { scaledBoxes: boxes, meta } = fx.inputs;
-  const rois = meta.length / 4;
-  const out = new Float32Array(rois * p * p * c);
-  for (let r = 0; r < rois; r++) {
-    const [b, lvl, h, w] = meta.subarray(r * 4, r * 4 + 4);
-    const [mh, mw] = fx.maps[lvl];
-    const data = feats[lvl];
-    const sx = boxes[r * 4];
-    const sy = boxes[r * 4 + 1];
-    const rw = Math.max(f(boxes[r * 4 + 2] - sx), 1);
-    const rh = Math.max(f(boxes[r * 4 + 3] - sy), 1);
-    const bw = f(rw / p);
-    const bh = f(rh / p);
-    const base = b * mh * mw;
-    for (let ph = 0; ph < p; ph++) for (let pw = 0; pw < p; pw++) {
-      const acc = new Float64Array(c);
-      for (let iy = 0; iy < g; iy++) {
-        const y0 = f(f(sy + f(ph * bh)) + f(f((iy + 0.5) * bh) / g));
-        for (let ix = 0; ix < g; ix++) {
-          const x0 = f(f(sx + f(pw * bw)) + f(f((ix + 0.5) * bw) / g));
-          if (y0 < -1 || y0 > h || x0 < -1 || x0 > w) continue;
-          let y = Math.max(y0, 0);
-          let x = Math.max(x0, 0);
-          let yl = Math.trunc(y);
-          let xl = Math.trunc(x);
-          let yh = yl + 1;
-          let xh = xl + 1;
-          if (yl >= h - 1) { yl = yh = h - 1; y = yl; }
-          if (xl >= w - 1) { xl = xh = w - 1; x = xl; }
-          const ly = f(y - yl);
-          const lx = f(x - xl);
-          const hy = f(1 - ly);
-          const hx = f(1 - lx);
-          const taps: [number, number, number][] = [[yl, xl, f(hy * hx)], [yl, xh, f(hy * lx)], [yh, xl, f(ly * hx)], [yh, xh, f(ly * lx)]];
-          for (const [yy, xx, wt] of taps) {
-            const o = (base + yy * mw + xx) * c;
-            for (let ch = 0; ch < c; ch++) acc[ch] += wt * data[o + ch];
-          }
-        }
-      }
-      const o = ((r * p + ph) * p + pw) * c;
-      for (let ch = 0; ch < c; ch++) out[o + ch] = acc[ch] / (g * g);
-    }
-  }
-  return out;
-}
-
 /**
  * Random boxes of all sizes (some past the map edge, some degenerate) over a batch whose later
  * images are padded smaller than the batch (own maps smaller than the batch maps).
@@ -345,7 +277,7 @@ async function roiAlignCases(): Promise<CheckRow[]> {
       for (let i = 0; i < d.length; i++) d[i] = Math.random() * 2 - 1;
       return d;
     });
-    const ref = roiAlignReference(featData, fx);
+    const ref = roiAlignReference64(featData, { channels: fx.channels, maps: fx.maps, ...fx.inputs }, ROI_OUT, ROI_GRID);
     const feats = featData.map((d, i) => tf.tensor4d(d, [batch, fx.maps[i][0], fx.maps[i][1], c]));
     tf.fill([rois, ROI_OUT, ROI_OUT, c], NaN).dispose();
     const fused = roiAlignFused(feats, fx.inputs, ROI_OUT, ROI_GRID);
@@ -440,10 +372,6 @@ async function runTimings(batches: number[]): Promise<TimingRow[]> {
       if (c.k === 3 && c.stride === 1 && c.x[3] % 4 === 0) {
         const u = winogradFilter(w);
         winoMs = await timeIt(() => conv2dWinograd(x, u, b, opts));
-        setWinograd({ fusedInput: false });
-        const unfused = await timeIt(() => conv2dWinograd(x, u, b, opts));
-        setWinograd({ fusedInput: true });
-        console.log(`  winograd ${c.name} b${batch}: fused input ${winoMs.toFixed(3)} ms, input dispatch ${unfused.toFixed(3)} ms`);
         u.dispose();
       }
       rows.push({
@@ -481,64 +409,12 @@ function fmtTiming(r: TimingRow): string {
     (r.winoMs === undefined ? '' : `  winograd ${r.winoMs.toFixed(3).padStart(8)} ms ${(r.gflop / r.winoMs).toFixed(2).padStart(6)} TF/s eff`);
 }
 
-/** Shape and tile sweeps for one layer type (exploration). */
-async function explore(): Promise<void> {
-  const shapes: [number, number, number][] = [[1, 160, 288], [8, 160, 288], [8, 80, 144], [1, 160, 288]];
-  const tiles: (ConvTile | undefined)[] = [undefined, { bm: 128, bn: 128, bk: 32 }, { bm: 128, bn: 64, bk: 32 }, { bm: 64, bn: 64, bk: 32 }];
-  for (const [n, h, w] of shapes) {
-    const c: ConvCase = { name: '3x3 256->256', x: [n, h, w, 256], k: 3, cout: 256, stride: 1, pad: 1, relu: true };
-    const { x, w: wt, b } = makeConvInputs(c);
-    const gflop = (2 * n * h * w * 9 * 256 * 256) / 1e9;
-    const parts: string[] = [];
-    for (const tile of tiles) {
-      const ms = await timeIt(() => conv2dFused(x, wt, b, convOpts(c), tile));
-      parts.push(`${tile ? `${tile.bm}x${tile.bn}x${tile.bk}` : 'auto'} ${ms.toFixed(3)} ms ${(gflop / ms).toFixed(1)} TF/s`);
-    }
-    const stock = await timeIt(() => conv2dPortable(x, wt, b, convOpts(c)));
-    console.log(`explore 3x3 256 ${n}x${h}x${w}: ${parts.join(' | ')} | stock ${stock.toFixed(3)} ms ${(gflop / stock).toFixed(1)} TF/s`);
-    tf.dispose([x, wt, b]);
-  }
-}
-
-/** Does the time of the same conv depend on where its input came from? (a timing-state probe) */
-async function exploreState(): Promise<void> {
-  for (const [n, h, w] of [[1, 160, 288], [8, 160, 288]] as [number, number, number][]) {
-    const c: ConvCase = { name: '3x3 256->256', x: [n, h, w, 256], k: 3, cout: 256, stride: 1, pad: 1, relu: true };
-    const { x, w: wt, b } = makeConvInputs(c);
-    const o = convOpts(c);
-    const t = async (label: string, input: tf.Tensor4D, tile?: ConvTile): Promise<string> =>
-      `${label} ${(await timeIt(() => conv2dFused(input, wt, b, o, tile))).toFixed(3)}`;
-    const parts: string[] = [];
-    parts.push(await t('x(random)', x));
-    const copy = tf.add(x, 0) as tf.Tensor4D;
-    parts.push(await t('copy(add)', copy));
-    parts.push(await t('x again', x));
-    const own = conv2dFused(x, wt, b, o);
-    parts.push(await t('own output', own));
-    parts.push(await t('own bk32', own, { bm: 128, bn: 128, bk: 32 }));
-    parts.push(`stock ${(await timeIt(() => conv2dPortable(copy, wt, b, o))).toFixed(3)}`);
-    parts.push(await t('copy after stock', copy));
-    parts.push(await t('own after stock', own));
-    console.log(`state 3x3 256 ${n}x${h}x${w} (ms): ${parts.join(' | ')}`);
-    tf.dispose([x, wt, b, copy, own]);
-  }
-}
-
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend((process.env.DAWN_FLAGS ?? '').split(';').filter(Boolean));
   // As Img2Pose.load sets it up (IMG2POSE_GPU_POOL=exact keeps tfjs' own pooling).
   if (process.env.IMG2POSE_GPU_POOL !== 'exact') useGpuPool(Number(process.env.IMG2POSE_GPU_POOL_GIB ?? 8) * 2 ** 30);
   const features = (tf.backend() as unknown as { device: { features: Set<string> } }).device.features;
   console.log('timestamp-query', features.has('timestamp-query'));
-  if (args.includes('--state')) {
-    await exploreState();
-    await exploreState();
-    process.exit(0);
-  }
-  if (args.includes('--explore')) {
-    await explore();
-    process.exit(0);
-  }
   console.log('backend', JSON.stringify(adapter));
   // Smoke test: a few stock ops on the GPU against numbers known exactly.
   const a = tf.tensor2d([1, 2, 3, 4], [2, 2]);
@@ -548,12 +424,12 @@ async function main(): Promise<void> {
 
   const checks = await runChecks();
   for (const r of checks) console.log(`${r.ok ? 'PASS' : 'FAIL'} ${r.name.padEnd(44)} rel err ${r.relErr.toExponential(2)}`);
-  const timings = await runTimings(quick ? [1] : [1, 8]);
+  const timings = await runTimings(opts.quick ? [1] : [1, 8]);
   console.log('\nlayer                                  batch   GFLOP   stock ms  TF/s   fused ms  TF/s   tile');
   for (const r of timings) console.log(fmtTiming(r));
   const failed = checks.filter((r) => !r.ok).length;
   console.log(`\nchecks: ${checks.length - failed}/${checks.length} pass; tensors alive ${tf.memory().numTensors}`);
-  if (jsonOut) writeFileSync(jsonOut, JSON.stringify({ adapter, checks, timings }, null, 1));
+  if (opts.json) writeFileSync(opts.json, JSON.stringify({ adapter, checks, timings }, null, 1));
   process.exit(failed ? 1 : 0);
 }
 

@@ -4,11 +4,11 @@
 // `--every` images, and what the first sight of a size costs: buffers created (count, bytes,
 // host time) and pipelines compiled. `bench/upstream_gpu_stream.py` runs upstream on the same sizes.
 // Bundled with `npm run gpu:bundle`; on the device, from the repo root:
-//   node .gpu/app/stream.mjs [--images 120] [--seed 1] [--pool classes|exact] [--limit-gib 6]
-//       [--passes 1] [--every 20] [--batch 1] [--json out.json]
+//   node .gpu/app/stream.mjs [options]   (--help lists them)
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import './gpu_flags';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { formulaWeights } from '../src/io/formula_weights';
@@ -17,13 +17,35 @@ import { Img2PoseModel } from '../src/model/model';
 import { gpuMemory, initWebGPUBackend, setKernelMode, useSizeClassPool, trimPool, DEFAULT_POOL_LIMIT } from '../src/kernels/webgpu';
 import { streamSizes } from './stream_sizes';
 
-const args = process.argv.slice(2);
-const arg = (name: string, fallback: string): string => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : fallback;
-};
-const CONFIG = { minSize: Number(arg('--min-size', '640')), maxSize: Number(arg('--max-size', '1400')) };
 const GiB = 2 ** 30;
+
+function positive(v: string): number {
+  const n = Number(v);
+  if (!(n > 0)) throw new InvalidArgumentError(`expected a number > 0, got ${v}`);
+  return n;
+}
+
+function positiveInt(v: string): number {
+  const n = positive(v);
+  if (!Number.isInteger(n)) throw new InvalidArgumentError(`expected an integer > 0, got ${v}`);
+  return n;
+}
+
+const opts = new Command('stream.mjs')
+  .description('a stream of single images of random sizes through one model, as a service sees them')
+  .option('--images <n>', 'images in the stream', positiveInt, 120)
+  .option('--seed <n>', 'seed of the random sizes', positiveInt, 1)
+  .addOption(new Option('--pool <kind>', "buffer pooling: size classes (the library's) or tfjs' exact sizes").choices(['classes', 'exact']).default('classes'))
+  .option('--limit-gib <n>', 'free buffers the size-class pool keeps', positive, DEFAULT_POOL_LIMIT / GiB)
+  .option('--passes <n>', 'passes over the same sizes', positiveInt, 1)
+  .option('--every <n>', 'print the pool every n images', positiveInt, 20)
+  .option('--batch <n>', 'images per predict', positiveInt, 1)
+  .option('--min-size <n>', 'input transform min size', positiveInt, 640)
+  .option('--max-size <n>', 'input transform max size', positiveInt, 1400)
+  .option('--json <file>', 'also write the report as JSON')
+  .parse(process.argv)
+  .opts<{ images: number; seed: number; pool: 'classes' | 'exact'; limitGib: number; passes: number; every: number; batch: number; minSize: number; maxSize: number; json?: string }>();
+const CONFIG = { minSize: opts.minSize, maxSize: opts.maxSize };
 
 /** `src` (HWC RGB bytes) resampled to h x w, nearest neighbour (the content only needs to be photo-like). */
 function resample(src: Uint8Array | Int32Array | Float32Array, sh: number, sw: number, h: number, w: number): Int32Array {
@@ -81,21 +103,21 @@ async function main(): Promise<void> {
   setKernelMode('webgpu');
   const backend = tf.backend() as unknown as WebGPUBackend;
   const pipelines = (): number => Object.keys((backend as unknown as { pipelineCache: object }).pipelineCache).length;
-  const pool = arg('--pool', 'classes');
-  const limit = Number(arg('--limit-gib', String(DEFAULT_POOL_LIMIT / GiB))) * GiB;
+  const pool = opts.pool;
+  const limit = opts.limitGib * GiB;
   if (pool === 'classes') useSizeClassPool(backend, limit);
   const counters = countBuffers(backend.device);
-  const n = Number(arg('--images', '120'));
-  const batch = Number(arg('--batch', '1'));
-  const sizes = streamSizes(n, Number(arg('--seed', '1')));
+  const n = opts.images;
+  const batch = opts.batch;
+  const sizes = streamSizes(n, opts.seed);
   const photoT = decodeImage(fs.readFileSync(path.join(process.cwd(), '__tests__', 'fixtures', 'golden', 'teaser.png')));
   const photo = (await photoT).dataSync() as Int32Array;
   const [ph, pw] = (await photoT).shape;
   const weights = formulaWeights();
   const model = new Img2PoseModel(weights, { hostThreads: 0 });
   tf.dispose([...weights.tensors.values()]);
-  const every = Number(arg('--every', '20'));
-  const passes = Number(arg('--passes', '1'));
+  const every = opts.every;
+  const passes = opts.passes;
   const report: Record<string, unknown>[] = [];
   // Warm-up on the photo itself: compiles the common pipelines, as a service's first call would.
   await model.predict([tf.tensor3d(photo, [ph, pw, 3], 'int32')], CONFIG);
@@ -111,19 +133,12 @@ async function main(): Promise<void> {
   for (let pass = 0; pass < passes; pass++) {
     const times: number[] = [];
     let digest = 0x811c9dc5;
-    const phases: Record<string, number> = {};
     const poolCurve: string[] = [];
     const firstSight = { buffers: counters.buffers, bytes: counters.bytes, ms: counters.ms, pipelines: pipelines() };
     for (let i = 0; i < n; i += batch) {
       const imgs = sizes.slice(i, i + batch).map(([h, w]) => tf.tensor3d(resample(photo, ph, pw, h, w), [h, w, 3], 'int32'));
       const t0 = performance.now();
-      let last = 0;
-      const out = await model.predict(imgs, CONFIG, {
-        trace: (phase, _images, at) => {
-          if (phase !== 'start') phases[phase] = (phases[phase] ?? 0) + (at - last) / imgs.length;
-          last = at;
-        },
-      });
+      const out = await model.predict(imgs, CONFIG);
       for (const d of out) for (const a of [d.boxes, d.scores, d.dofs]) digest = fnv(digest, a);
       times.push((performance.now() - t0) / imgs.length);
       tf.dispose(imgs);
@@ -141,7 +156,7 @@ async function main(): Promise<void> {
       buffersCreated: counters.buffers - firstSight.buffers, bytesCreatedGiB: +((counters.bytes - firstSight.bytes) / GiB).toFixed(2),
       createMs: +(counters.ms - firstSight.ms).toFixed(1), pipelinesCompiled: pipelines() - firstSight.pipelines,
       digest: digest.toString(16),
-      phaseMeansMs: Object.entries(phases).map(([k, v]) => `${k} ${(v / times.length).toFixed(1)}`).join(', '), poolGiB: poolCurve.join(' '), inUseGiB: +(gpuMemory().inUse / GiB).toFixed(2), tensors: tf.memory().numTensors,
+      poolGiB: poolCurve.join(' '), inUseGiB: +(gpuMemory().inUse / GiB).toFixed(2), tensors: tf.memory().numTensors,
     };
     report.push(line);
     console.log(`stream ${JSON.stringify(line)}`);
@@ -149,8 +164,7 @@ async function main(): Promise<void> {
   model.dispose();
   const freed = trimPool(backend, true);
   console.log(`after dispose: pool ${(gpuMemory().allocated / GiB).toFixed(2)} GiB (${(freed / GiB).toFixed(2)} GiB freed), in use ${(gpuMemory().inUse / GiB).toFixed(3)} GiB, tensors ${tf.memory().numTensors}`);
-  const json = arg('--json', '');
-  if (json) fs.writeFileSync(json, JSON.stringify({ adapter, report }, null, 1));
+  if (opts.json) fs.writeFileSync(opts.json, JSON.stringify({ adapter, report }, null, 1));
   process.exit(0);
 }
 

@@ -10,6 +10,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
+import { Command, InvalidArgumentError } from 'commander';
 import { hostileCases } from './hostile_cases';
 
 export interface ProbeResult {
@@ -56,7 +57,15 @@ async function main(index: number): Promise<ProbeResult> {
 }
 
 if (require.main === module) {
-  main(Number(process.argv[2])).then(
+  const program = new Command('hostile_probe')
+    .description('runs one case of bench/hostile_cases.ts and prints its ProbeResult as JSON')
+    .argument('<case>', 'index of the case', (v: string) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`expected a case index, got ${v}`);
+      return n;
+    })
+    .parse(process.argv);
+  main(program.processedArgs[0] as number).then(
     (r) => process.stdout.write(`${JSON.stringify(r)}\n`),
     (e: unknown) => {
       process.stderr.write(`${String(e)}\n`);

@@ -3,12 +3,13 @@
  * free loopback port, synthetic images, the formula weights, the wasm backend, one thread per
  * worker. images/s is counted from the first result to the last (worker start-up excluded).
  *
- *   npm run build && node dist/bench/queue_throughput.js [images=48] [minSize=160] [maxSize=288]
+ *   npm run build && node dist/bench/queue_throughput.js [--images 48] [--min-size 160] [--max-size 288]
  */
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { Command, InvalidArgumentError } from 'commander';
 import { Redis } from 'ioredis';
 import { main } from '../src/cli';
 import { formulaWeights } from '../src/io/formula_weights';
@@ -46,8 +47,20 @@ async function measure(url: string, dir: string, weights: string, workers: numbe
   return (n - firstCount) / seconds;
 }
 
+function positiveInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`expected a positive integer, got ${v}`);
+  return n;
+}
+
 async function run(): Promise<void> {
-  const [n = 48, minSize = 160, maxSize = 288] = process.argv.slice(2).map(Number);
+  const { images: n, minSize, maxSize } = new Command('queue_throughput')
+    .description('images/s of the Redis queue with 1 and 2 workers (wasm, one thread each)')
+    .option('--images <n>', 'synthetic images to queue', positiveInt, 48)
+    .option('--min-size <n>', 'input transform min size', positiveInt, 160)
+    .option('--max-size <n>', 'input transform max size', positiveInt, 288)
+    .parse(process.argv)
+    .opts<{ images: number; minSize: number; maxSize: number }>();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'img2pose-queue-bench-'));
   const redis = await startRedis({ dir });
   try {

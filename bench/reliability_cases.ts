@@ -1,5 +1,5 @@
 /**
- * The bad and odd inputs of issue 5, in one catalogue shared by the reliability tests, the soak
+ * The bad and odd inputs users send, in one catalogue shared by the reliability tests, the soak
  * (bench/soak.ts) and the generator of docs/reliability.md (bench/reliability_table.ts), so the
  * document describes exactly what the tests check.
  *

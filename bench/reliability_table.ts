@@ -3,7 +3,7 @@
  * catalogue (bench/reliability_cases.ts) through the API (`detectFaces`, `Img2Pose.load`) and
  * through the CLI (`img2pose detect`, in-process), recording what the user gets.
  *
- *   npm run build && node dist/bench/reliability_table.js [--out docs/reliability.md]
+ *   npm run build && node dist/bench/reliability_table.js [--out docs/reliability.md] [--hostile]
  *
  * The tables replace what lies between the GENERATED markers of the file; the prose around them
  * (soak and memory figures) is kept. The network runs only for the good and odd images, with the
@@ -14,6 +14,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
+import { Command } from 'commander';
 import { selectBackend } from '../src/runtime/backend';
 import { main } from '../src/cli';
 import { Face, Img2Pose } from '../src/detector';
@@ -233,9 +234,14 @@ function replaceBetween(text: string, begin: string, end: string, body: string, 
 }
 
 async function run(argv: string[]): Promise<void> {
-  const i = argv.indexOf('--out');
-  const file = i >= 0 ? argv[i + 1] : path.join(repoRoot(), 'docs', 'reliability.md');
-  if (argv.includes('--hostile')) {
+  const opts = new Command('reliability_table')
+    .description("writes docs/reliability.md's generated tables from real runs")
+    .option('--out <file>', 'the markdown file to update', path.join(repoRoot(), 'docs', 'reliability.md'))
+    .option('--hostile', 'only the hostile-input table (one fresh process per case)', false)
+    .parse(argv)
+    .opts<{ out: string; hostile: boolean }>();
+  const file = opts.out;
+  if (opts.hostile) {
     const text = fs.readFileSync(file, 'utf8');
     fs.writeFileSync(file, replaceBetween(text, HOSTILE_BEGIN, HOSTILE_END, hostileTable(), file));
     console.log(`wrote the hostile-input table into ${file}`);

@@ -31,6 +31,7 @@ import { formulaWeights } from '../src/io/formula_weights';
 import { ImageInput } from '../src/io/images';
 import { ThreadedModel } from '../src/runtime/threaded_model';
 import { disposeWeights } from '../src/model/weights';
+import { seeded } from '../__tests__/utils/lcg';
 import { repoRoot } from './common';
 import { WorkerKiller } from './fault_worker';
 import { BadInputCase, badValues, disposeInput, jpegBytes, patternImage, pngBytes, writeBadFiles } from './reliability_cases';
@@ -102,18 +103,6 @@ export interface ServiceSoakReport {
 
 const MB = 1024 * 1024;
 const mb = (bytes: number) => (bytes / MB).toFixed(0);
-
-/** A small seeded generator (mulberry32): the same seed, the same schedule. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A full GC: `--expose-gc`'s, or the same function fetched through V8's flags (under jest). */
 function collector(): () => void {
@@ -193,7 +182,7 @@ export async function serviceSoak(options: Partial<ServiceSoakOptions> = {}): Pr
     const sentinel = path.join(dir, 'sentinel.png');
     fs.writeFileSync(sentinel, await pngBytes(patternImage(96, 64, 3)));
     let sentinelFaces: string | undefined;
-    const rand = random(o.seed);
+    const rand = seeded(o.seed);
     let goodInputs = 0;
     let badInputs = 0;
     let kills = 0;

@@ -1,5 +1,5 @@
 /**
- * Long-run check (issue 5): many detections on one detector, of mixed sizes and kinds, with bad
+ * Long-run check: many detections on one detector, of mixed sizes and kinds, with bad
  * inputs in between. Every `--every` calls it prints tf.memory().numTensors and the process RSS;
  * after the warm-up it asserts that the tensor count never changes and that RSS stays flat, and
  * that every good input gives, each time, the faces it gave the first time. Exit code 1 if not.

@@ -11,7 +11,7 @@ Needs torch 1.13 / torchvision 0.14 / scipy / PIL: Debian's /usr/bin/python3.
   upstream_cpu.py detect --upstream SRC --checkpoint PTH --pose-mean NPY --pose-stddev NPY
         [--min-size 640 --max-size 1400 --threshold 0 --batch-size 1 --threads N] --json OUT images...
       Writes [{image, faces}] like `img2pose detect --json` does; --batch-size K > 1 hands K
-      images at a time to upstream's batched path (padded batches: see PORTING.md).
+      images at a time to upstream's batched path (padded batches: docs/benchmarks.md).
 
   upstream_cpu.py bench ... --image IMG [--repeats 5 --warmup 1] --json OUT
       Times model.predict on the decoded image (median of --repeats after --warmup runs) and the

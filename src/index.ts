@@ -66,7 +66,7 @@ export { visualize } from './visualize';
 export type { DrawableFace, VisualizeImage, VisualizeOptions } from './visualize';
 
 export { Img2PoseModel, SUBBATCH_OVERLAP } from './model/model';
-export type { ForwardPhase, ModelConfig, ModelOptions, PredictOptions, RawDetections, StageTimings } from './model/model';
+export type { ModelConfig, ModelOptions, PredictOptions, RawDetections, StageTimings } from './model/model';
 
 export { WorkerTaskError } from './runtime/threads';
 

@@ -89,7 +89,12 @@ async function buildBrowser(outdir = path.join(ROOT, 'dist', 'browser')) {
 module.exports = { buildBrowser };
 
 if (require.main === module) {
-  buildBrowser(process.argv[2]).catch((e) => {
+  const { Command } = require('commander');
+  const program = new Command('build_browser')
+    .description('bundles the browser build (ESM) and copies the wasm binaries')
+    .argument('[outdir]', 'output folder (default: dist/browser)')
+    .parse(process.argv);
+  buildBrowser(program.args[0]).catch((e) => {
     console.error(e.message ?? e);
     process.exit(1);
   });

@@ -97,12 +97,18 @@ async function startDemo({ weights, port = 8080, outDir = path.join(ROOT, 'dist'
 module.exports = { startDemo, formulaWeightsFolder };
 
 if (require.main === module) {
-  const args = process.argv.slice(2);
-  const opt = (name) => {
-    const i = args.indexOf(name);
-    return i >= 0 ? args[i + 1] : undefined;
-  };
-  startDemo({ weights: opt('--weights'), port: Number(opt('--port') ?? 8080) })
+  const { Command, InvalidArgumentError } = require('commander');
+  const opts = new Command('demo_web')
+    .description('serves the browser demo page on a local port')
+    .option('--weights <dir>', 'converted weights folder (default: the formula test weights)')
+    .option('--port <n>', 'port to listen on', (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError(`expected a port number, got ${v}`);
+      return n;
+    }, 8080)
+    .parse(process.argv)
+    .opts();
+  startDemo({ weights: opts.weights, port: opts.port })
     .then(({ url }) => console.log(`img2pose demo: open ${url} (Ctrl-C stops the server)`))
     .catch((e) => {
       console.error(`img2pose demo: ${e.message ?? e}`);

@@ -1,20 +1,8 @@
 /**
  * Test-only references for the NMS stages, written plainly and independently of src/ops/nms.ts's
  * incremental engine: the kernel's loop as torchvision's CPU kernel runs it (each kept box
- * suppressing the later ones), and deterministic random numbers.
+ * suppressing the later ones).
  */
-
-/** Deterministic uniform [0, 1) numbers (mulberry32). */
-export function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * The kernel's greedy loop as written: stable descending order (NaN first), each kept box

@@ -18,7 +18,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { Img2PoseWeights } from './weights';
 import { Conv, convOutputSize, disposeConv, foldFrozenBatchNorm, makeConv, readsBeyondRegion } from './layers';
-import { conv as convOp, prepareConvFilter, winogradAtLevel } from '../kernels/webgpu';
+import { conv as convOp, prepareConvFilter, winogradEnabled } from '../kernels/webgpu';
 
 export type Size = [number, number];
 
@@ -44,11 +44,7 @@ interface Feature {
 /** 0/1 region masks, built once per forward per map size and reused by every op at that size. */
 class RegionMasks {
   private readonly cache = new Map<string, tf.Tensor4D>();
-  /** Mask multiplications done, for tests and profiling. */
-  applied = 0;
-
   apply(x: tf.Tensor4D, regions: Size[]): tf.Tensor4D {
-    this.applied++;
     return tf.mul(x, this.mask(x.shape[1], x.shape[2], regions));
   }
 
@@ -143,8 +139,6 @@ export class Backbone {
   private readonly layers: ResidualBlock[][] = [];
   private readonly inner: Conv[] = [];
   private readonly outer: Conv[] = [];
-  /** Mask multiplications in the last forward (0 for a uniform batch). */
-  lastMaskCount = 0;
 
   /**
    * Folds every FrozenBatchNorm into its conv (new tensors owned by the Backbone) and clones
@@ -218,7 +212,6 @@ export class Backbone {
         for (const f of c) f.x.dispose();
       }
     } finally {
-      this.lastMaskCount = masks.applied;
       masks.dispose();
     }
   }
@@ -246,10 +239,9 @@ export class Backbone {
     });
     const outputs: Feature[] = [];
     let f = stem;
-    for (const [l, blocks] of this.layers.entries()) {
+    for (const blocks of this.layers) {
       for (const block of blocks) {
-        // layer l + 1 runs at stride 4 * 2^l: Winograd level l.
-        const next = tidyFeature(() => this.runBlock(block, f, masks, winogradAtLevel(l)));
+        const next = tidyFeature(() => this.runBlock(block, f, masks, winogradEnabled()));
         if (!outputs.includes(f)) f.x.dispose();
         f = next;
       }
@@ -273,12 +265,12 @@ export class Backbone {
     return tf.tidy(() => {
       const results: Feature[] = new Array(4);
       let last = convFeature(c[3], this.inner[3], masks, { relu: false });
-      results[3] = convFeature(last, this.outer[3], masks, { relu: false, winograd: winogradAtLevel(3) });
+      results[3] = convFeature(last, this.outer[3], masks, { relu: false, winograd: winogradEnabled() });
       for (let i = 2; i >= 0; i--) {
         // Top-down pathway: lateral 1x1 conv + nearest-upsampled coarser level (torch
         // interpolate 'nearest': source index floor(d * in / out)), fused into the conv.
         last = convFeature(c[i], this.inner[i], masks, { relu: false, residual: last.x, upsample: true });
-        results[i] = convFeature(last, this.outer[i], masks, { relu: false, winograd: winogradAtLevel(i) });
+        results[i] = convFeature(last, this.outer[i], masks, { relu: false, winograd: winogradEnabled() });
       }
       // The RPN head's 3x3 conv reads these maps: zero them outside each image's region.
       const levels: Feature[] = results.map((r) =>

@@ -58,29 +58,12 @@ export interface PredictOptions {
   /** When given, stage times are added to it. Profiling waits for the device after each stage. */
   profile?: StageTimings;
   /**
-   * 'auto' (default): group images by padded size under a memory budget (see `predict`).
-   * 'off': one stacked forward for all images, whatever their sizes (tests, benchmarks).
-   */
-  grouping?: 'auto' | 'off';
-  /**
    * Groups larger than this are split into sub-batches of at most this many images whose
    * forwards overlap (see `predict`). Default: SUBBATCH_OVERLAP on GPU backends, 0 (off) on CPU
-   * backends, where it would only raise memory. A list gives the sub-batch sizes of a group of
-   * exactly their sum (for measurements). Ignored while profiling.
+   * backends, where it would only raise memory. Ignored while profiling.
    */
-  overlap?: number | number[];
-  /**
-   * Diagnostics: called as each stacked forward passes a phase (no device sync, unlike
-   * `profile`), with the forward's images (indices into `images`) and performance.now().
-   */
-  trace?: (event: ForwardPhase, images: readonly number[], at: number) => void;
+  overlap?: number;
 }
-
-/**
- * Phases of one stacked forward, in order: 'start', 'issued' (backbone and RPN head queued),
- * 'headRead' (RPN output read back), 'proposals', 'headsRead' (ROI heads read back), 'done'.
- */
-export type ForwardPhase = 'start' | 'issued' | 'headRead' | 'proposals' | 'headsRead' | 'done';
 
 /**
  * tfjs env flag: run the pose branch of the ROI heads only for rows above the 0.05 score filter
@@ -178,15 +161,8 @@ export function groupBySize(padded: Size[], budget: number): number[][] {
 }
 
 /** A group's sub-batches for `overlap` (see PredictOptions.overlap). */
-function splitForOverlap(group: number[], overlap: number | number[]): number[][] {
-  const sizes = Array.isArray(overlap) ? overlap : [overlap];
-  const valid = sizes.length > 0 && sizes.every((n) => Number.isInteger(n) && n >= (Array.isArray(overlap) ? 1 : 0));
-  if (!valid) throw new RangeError(`overlap must be an integer >= 0 or a list of positive integers, got ${JSON.stringify(overlap)}`);
-  if (Array.isArray(overlap)) {
-    if (overlap.reduce((a, b) => a + b, 0) !== group.length) return splitEvenly(group, Math.max(...overlap));
-    let start = 0;
-    return overlap.map((n) => group.slice(start, (start += n)));
-  }
+function splitForOverlap(group: number[], overlap: number): number[][] {
+  if (!(Number.isInteger(overlap) && overlap >= 0)) throw new RangeError(`overlap must be an integer >= 0, got ${JSON.stringify(overlap)}`);
   return overlap > 0 ? splitEvenly(group, overlap) : [group];
 }
 
@@ -260,14 +236,13 @@ export class Img2PoseModel {
    */
   async predict(images: tf.Tensor3D[], config: ModelConfig, options: PredictOptions = {}): Promise<RawDetections[]> {
     if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
-    if (options.grouping === 'off') return this.predictStacked(images, config, options, images.map((_, i) => i));
     const padded = images.map((img) => paddedSize(resizedSize(img.shape[0], img.shape[1], config.minSize, config.maxSize)));
     const results: RawDetections[] = new Array(images.length);
     // By default only where work is queued asynchronously; an explicit value applies anywhere.
     const overlap = options.profile ? 0 : (options.overlap ?? (queuesAsync() ? SUBBATCH_OVERLAP : 0));
     const groups = groupBySize(padded, pixelBudget()).flatMap((g) => splitForOverlap(g, overlap));
     const run = async (group: number[]): Promise<void> => {
-      const out = await this.predictStacked(group.map((i) => images[i]), config, options, group);
+      const out = await this.predictStacked(group.map((i) => images[i]), config, options);
       group.forEach((i, k) => (results[i] = out[k]));
     };
     if (groups.length > 1 && overlap !== 0) {
@@ -281,14 +256,14 @@ export class Img2PoseModel {
     return results;
   }
 
-  /** One stacked, padded forward of all `images` (`indices`: theirs in the caller's list, for `trace`). */
-  private async predictStacked(
-    images: tf.Tensor3D[], config: ModelConfig, options: PredictOptions, indices: readonly number[],
-  ): Promise<RawDetections[]> {
+  /**
+   * One stacked, padded forward of all `images`, whatever their sizes (`predict` groups them
+   * first); tests use it to make images of different sizes share one tensor.
+   */
+  async predictStacked(images: tf.Tensor3D[], config: ModelConfig, options: Pick<PredictOptions, 'profile'> = {}): Promise<RawDetections[]> {
+    if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
     if (images.length === 0) return [];
     const profile = options.profile;
-    const trace = (phase: ForwardPhase): void => options.trace?.(phase, indices, performance.now());
-    trace('start');
     let t0 = performance.now();
     const lap = async (stage: keyof StageTimings, pending?: tf.Tensor): Promise<void> => {
       if (!profile) return;
@@ -307,15 +282,11 @@ export class Img2PoseModel {
       await lap('backbone', features[features.length - 1]);
       const pool = images.length > 1 ? this.pool() : undefined;
       const head = this.rpn.predictHead(features, batch.imageSizes, batch.paddedSizes, pool !== undefined);
-      trace('issued');
       const jobs = await head;
-      trace('headRead');
       await lap('rpn');
       const proposals = await this.rpn.proposals(jobs, pool);
-      trace('proposals');
       await lap('proposals');
       const heads = await this.runHeads(features, proposals, batch.imageSizes, batch.paddedSizes, lap);
-      trace('headsRead');
       tf.dispose(features);
       features = [];
       const inputs: PostprocessInput[] = proposals.map((p, i) => ({
@@ -338,7 +309,6 @@ export class Img2PoseModel {
           )
         : inputs.map(postprocessDetections);
       await lap('postprocess');
-      trace('done');
       return results;
     } finally {
       batch.images.dispose();

@@ -10,7 +10,7 @@
  * output there equals the single-image run's.
  */
 import * as tf from '@tensorflow/tfjs';
-import { conv, prepareConvFilter, releaseConvFilter, useWebGPUKernels, winogradAtLevel } from '../kernels/webgpu';
+import { conv, prepareConvFilter, releaseConvFilter, useWebGPUKernels, winogradEnabled } from '../kernels/webgpu';
 import { rpnCandidates } from '../kernels/webgpu/rpn_candidates';
 import { WorkerPool } from '../runtime/threads';
 import { Img2PoseWeights } from './weights';
@@ -75,7 +75,7 @@ export class RegionProposalNetwork {
       tf.tidy(() => {
         const [n, height, width] = feature.shape;
         const x = maskOutsideRegions(feature, regions.map((r) => r[level]), n, height, width);
-        const hidden = conv(x, this.convWeight, this.convBias, { stride: 1, pad: 1, relu: true, winograd: winogradAtLevel(level) });
+        const hidden = conv(x, this.convWeight, this.convBias, { stride: 1, pad: 1, relu: true, winograd: winogradEnabled() });
         return conv(hidden, this.predWeight, this.predBias, { stride: 1, pad: 0, relu: false });
       }),
     );

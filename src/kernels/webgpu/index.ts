@@ -59,7 +59,6 @@ export type { WebGPUAdapterSummary } from './dawn';
 export { gpuSync, gpuMemory } from './program';
 export { DEFAULT_POOL_LIMIT, releaseGpuPool, sizeClass, sizeClassPoolLimit, trimPool, useGpuPool, useSizeClassPool } from './buffer_pool';
 export { roiAlignFused } from './roi_align';
-export { conv2dWinograd, setWinograd, winogradAtLevel, winogradFilter, winogradHost, winogradSettings, WINOGRAD_LEVELS, WINOGRAD_MIN_CHANNELS } from './winograd';
-export type { WinogradSettings } from './winograd';
+export { conv2dWinograd, winogradEnabled, winogradFilter, WINOGRAD_FLAG, WINOGRAD_MIN_CHANNELS } from './winograd';
 export type { RoiAlignInputs } from './roi_align';
 export { normalizeResizePadBatchWebGPU } from './transform';

@@ -2,7 +2,7 @@
 // dispatch over all levels and all ROIs of a batch. One thread computes 4 channels of one output
 // bin; consecutive threads take consecutive channels, so every bilinear tap is a coalesced read.
 // Sample points, boundary rules and the order of the arithmetic follow torchvision's CPU kernel
-// (PORTING.md "roi_align sample points").
+// (src/model/roi_align.ts describes them).
 //
 // Per ROI the caller supplies the box already multiplied by its level's spatial scale (a power of
 // two, so the product is the same float32 torch forms) and (image, level, own map height, own

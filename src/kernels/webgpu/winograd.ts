@@ -5,7 +5,7 @@
 //                         batched 1x1 mode, e = workgroup z, with the input transform
 //                         V[e][tile][ci] = (B^T d B)[e] computed in its loads from x
 //   2. output transform   y = A^T M A + bias (+ residual) (ReLU), written NHWC
-// (`fusedInput: false` runs the input transform as a dispatch of its own, writing V.)
+// (the input transform runs in the GEMM's loads: no V buffer, one dispatch fewer; docs/webgpu.md).
 // U = G g G^T is computed once per filter when the model is built (`prepareWinograd`).
 // Why: the 3x3 256->256 convs of the FPN outputs and the RPN head are 56% of the network's FLOPs,
 // and our fp32 SIMT GEMM is at ~half the card's peak, so doing 2.25x fewer multiplications is the
@@ -21,22 +21,16 @@ import { runProgram, WebGPUProgram, webgpuBackend } from './program';
 export const WINOGRAD_MIN_CHANNELS = 64;
 
 /**
- * Levels (0: stride 4, 1: stride 8, ...) whose stride-1 3x3 convs take the Winograd path: ResNet
- * layer l + 1 runs at level l, FPN outputs and the RPN head at their pyramid level. All five by
- * default: measured end to end, stopping at level 2 or 3 was slower at batches 1, 8 and 16 and on
- * mixed sizes (docs/webgpu.md); the setting stays for such sweeps.
+ * tfjs env flag: the stride-1 3x3 convs (ResNet layers, FPN outputs and the RPN head, at every
+ * pyramid level: stopping at level 2 or 3 measured slower at batches 1, 8 and 16 and on mixed
+ * sizes) take the Winograd path with our WebGPU kernels (true, default), or the direct
+ * implicit-GEMM convolution (false: for timing the two, or to rule out Winograd's rounding).
  */
-export const WINOGRAD_LEVELS = 5;
-
-export interface WinogradSettings {
-  enabled: boolean;
-  /** Convs at levels below this take the Winograd path. */
-  levels: number;
-  /** Compute the input transform inside the GEMM's loads (2 dispatches) instead of on its own (3). */
-  fusedInput: boolean;
+export const WINOGRAD_FLAG = 'IMG2POSE_WINOGRAD';
+// Registered once per tfjs instance, also when this module is bundled twice.
+if (!(WINOGRAD_FLAG in (tf.env() as unknown as { flagRegistry: object }).flagRegistry)) {
+  tf.env().registerFlag(WINOGRAD_FLAG, () => true);
 }
-
-const settings: WinogradSettings = { enabled: true, levels: WINOGRAD_LEVELS, fusedInput: true };
 
 /** B^T of F(2x2, 3x3): the input transform along one axis. */
 export const WINOGRAD_BT = [
@@ -60,18 +54,9 @@ export const WINOGRAD_AT = [
 
 const filters = new WeakMap<tf.Tensor, tf.Tensor3D>();
 
-/** Changes the Winograd path for convolutions run from now on (A/B measurements); true/false: on/off. */
-export function setWinograd(next: boolean | Partial<WinogradSettings>): void {
-  Object.assign(settings, typeof next === 'boolean' ? { enabled: next } : next);
-}
-
-export function winogradSettings(): Readonly<WinogradSettings> {
-  return { ...settings };
-}
-
-/** Whether the 3x3 convs at this level (see WINOGRAD_LEVELS) ask for the Winograd path. */
-export function winogradAtLevel(level: number): boolean {
-  return settings.enabled && level < settings.levels;
+/** Whether stages ask for the Winograd path on their stride-1 3x3 convs (see WINOGRAD_FLAG). */
+export function winogradEnabled(): boolean {
+  return tf.env().getBool(WINOGRAD_FLAG);
 }
 
 /** Whether a filter (kh, kw, in, out) is one the Winograd path takes. Depends on the layer only. */
@@ -145,44 +130,6 @@ function tilePrologue(shape: 'xShape' | 'outShape', channels: number): string[] 
   ];
 }
 
-/** x [N, H, W, C] -> V [16, 1, tiles, C], tiles = N * ceil(H/2) * ceil(W/2), one thread per tile and 4 channels. */
-class WinogradInputProgram implements WebGPUProgram {
-  variableNames = ['x'];
-  variableComponents = [4];
-  outputComponent = 4;
-  outputShape: number[];
-  shaderKey: string;
-  // Not a flat layout: the backend then calls main() without an index (we fold a 2-D dispatch ourselves).
-  dispatchLayout = { x: [3], y: [1, 2], z: [0] };
-  dispatch: [number, number, number];
-  workgroupSize: [number, number, number] = [THREADS, 1, 1];
-
-  constructor(private readonly channels: number, tiles: number) {
-    this.outputShape = [16, 1, tiles, channels];
-    this.shaderKey = `i2pWinogradIn_${channels}`;
-    this.dispatch = flatDispatch((tiles * channels) / 4);
-  }
-
-  getUserCode(): string {
-    const L: string[] = [];
-    L.push(`fn main() {`, ...tilePrologue('xShape', this.channels));
-    L.push(`  let y0 = ty * 2 - 1; let x0 = tx * 2 - 1;`);
-    for (let p = 0; p < 4; p++) L.push(`  let rowOk${p} = y0 + ${p} >= 0 && y0 + ${p} < H;`);
-    for (let q = 0; q < 4; q++) L.push(`  let colOk${q} = x0 + ${q} >= 0 && x0 + ${q} < W_;`);
-    for (let p = 0; p < 4; p++) for (let q = 0; q < 4; q++) {
-      L.push(`  var d${p}${q} = vec4<f32>(0.0);`);
-      L.push(`  if (rowOk${p} && colOk${q}) { d${p}${q} = x[((b * H + y0 + ${p}) * W_ + x0 + ${q}) * C4 + c4]; }`);
-    }
-    // B^T d: combine rows p for each column q, then (B^T d) B: combine columns.
-    for (let i = 0; i < 4; i++) for (let q = 0; q < 4; q++) L.push(`  let s${i}${q} = ${combine(WINOGRAD_BT[i], (p) => `d${p}${q}`)};`);
-    for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) {
-      L.push(`  result[${i * 4 + j} * plane + at] = ${combine(WINOGRAD_BT[j], (q) => `s${i}${q}`)};`);
-    }
-    L.push(`}`);
-    return L.join('\n');
-  }
-}
-
 /** M [16, 1, tiles, C] -> y [N, H, W, C] (+ bias, + residual, ReLU), one thread per tile and 4 channels. */
 class WinogradOutputProgram implements WebGPUProgram {
   variableNames: string[];
@@ -245,7 +192,7 @@ function combine(coeffs: readonly number[], term: (k: number) => string): string
   return s;
 }
 
-/** Bytes one Winograd buffer (V or M) may take before a batch is run in image chunks. */
+/** Bytes the Winograd GEMM output M may take before a batch is run in image chunks. */
 const MAX_CHUNK_BYTES = 1 << 30;
 
 /**
@@ -272,7 +219,7 @@ export function conv2dWinograd(
   }
   const tilesPerImage = Math.ceil(h / 2) * Math.ceil(w / 2);
   const limit = Math.min(maxChunkBytes, webgpuBackend().device.limits.maxStorageBufferBindingSize);
-  const perImage = 16 * tilesPerImage * (settings.fusedInput ? cout : Math.max(cin, cout)) * 4;
+  const perImage = 16 * tilesPerImage * cout * 4;
   const chunk = Math.max(1, Math.floor(limit / perImage));
   return tf.tidy(() => {
     if (n <= chunk) return winogradOnce(x, u, bias, opts.relu, residual, tile);
@@ -298,79 +245,16 @@ function winogradOnce(
   const [n, h, w, cin] = x.shape;
   const cout = u.shape[2];
   const tiles = n * Math.ceil(h / 2) * Math.ceil(w / 2);
-  const fused = settings.fusedInput;
   const gemm = new FusedConvProgram(
     {
       kh: 1, kw: 1, cin, cout, stride: 1, pad: 0, relu: false, hasBias: false, residual: 'none',
-      tile: tile ?? chooseTile(16 * tiles, cout), batched: true, winogradInput: fused,
+      tile: tile ?? chooseTile(16 * tiles, cout), batched: true, winogradInput: true,
     },
     [16, 1, tiles, cout],
   );
-  const a = fused ? x : runProgram<tf.Rank.R4>(new WinogradInputProgram(cin, tiles), [x]);
-  const m = runProgram<tf.Rank.R4>(gemm, [a, u]);
+  const m = runProgram<tf.Rank.R4>(gemm, [x, u]);
   const inputs: tf.Tensor[] = [m];
   if (bias !== null) inputs.push(bias);
   if (residual !== undefined) inputs.push(residual);
   return runProgram<tf.Rank.R4>(new WinogradOutputProgram(cout, [n, h, w, cout], bias !== null, residual !== undefined, relu), inputs);
-}
-
-/**
- * The same three steps on the host in float32 (Math.fround after every operation, sums in the
- * kernels' order), for tests of the transforms and layouts where no GPU is available.
- * x [N, H, W, Cin] flat, u [16, Cin, Cout] flat; returns [N, H, W, Cout].
- */
-export function winogradHost(
-  x: Float32Array, shape: [number, number, number, number], u: Float32Array, cout: number,
-  bias: Float32Array | null, relu: boolean,
-): Float32Array {
-  const f = Math.fround;
-  const [n, h, w, cin] = shape;
-  const th = Math.ceil(h / 2);
-  const tw = Math.ceil(w / 2);
-  const out = new Float32Array(n * h * w * cout);
-  const d = new Float32Array(16 * cin);
-  const v = new Float32Array(16 * cin);
-  const m = new Float32Array(16 * cout);
-  for (let b = 0; b < n; b++) for (let ty = 0; ty < th; ty++) for (let tx = 0; tx < tw; tx++) {
-    d.fill(0);
-    for (let p = 0; p < 4; p++) for (let q = 0; q < 4; q++) {
-      const iy = ty * 2 - 1 + p;
-      const ix = tx * 2 - 1 + q;
-      if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
-      for (let c = 0; c < cin; c++) d[(p * 4 + q) * cin + c] = x[((b * h + iy) * w + ix) * cin + c];
-    }
-    for (let c = 0; c < cin; c++) {
-      const s = new Float32Array(16);
-      for (let i = 0; i < 4; i++) for (let q = 0; q < 4; q++) s[i * 4 + q] = hostCombine(WINOGRAD_BT[i], (p) => d[(p * 4 + q) * cin + c]);
-      for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) v[(i * 4 + j) * cin + c] = hostCombine(WINOGRAD_BT[j], (q) => s[i * 4 + q]);
-    }
-    m.fill(0);
-    for (let e = 0; e < 16; e++) for (let co = 0; co < cout; co++) {
-      let acc = 0;
-      for (let c = 0; c < cin; c++) acc = f(acc + f(v[e * cin + c] * u[(e * cin + c) * cout + co]));
-      m[e * cout + co] = acc;
-    }
-    for (let co = 0; co < cout; co++) {
-      const s = new Float32Array(8);
-      for (let r = 0; r < 2; r++) for (let j = 0; j < 4; j++) s[r * 4 + j] = hostCombine(WINOGRAD_AT[r], (i) => m[(i * 4 + j) * cout + co]);
-      for (let r = 0; r < 2; r++) for (let c = 0; c < 2; c++) {
-        const oy = ty * 2 + r;
-        const ox = tx * 2 + c;
-        if (oy >= h || ox >= w) continue;
-        let y = hostCombine(WINOGRAD_AT[c], (j) => s[r * 4 + j]);
-        if (bias) y = f(y + bias[co]);
-        out[((b * h + oy) * w + ox) * cout + co] = relu ? Math.max(y, 0) : y;
-      }
-    }
-  }
-  return out;
-}
-
-function hostCombine(coeffs: readonly number[], term: (k: number) => number): number {
-  let s: number | undefined;
-  coeffs.forEach((c, k) => {
-    if (c === 0) return;
-    s = s === undefined ? c * term(k) : Math.fround(s + c * term(k));
-  });
-  return s ?? 0;
 }
