@@ -18,7 +18,7 @@ import {
   linearPortable,
   normalizeResizePadBatchWebGPU,
   roiAlignFused,
-  setKernelMode,
+  Kernels,
   setWinograd,
   winogradFilter,
   winogradSettings,
@@ -110,7 +110,6 @@ describeWebGPU('WGSL programs against the portable path', () => {
   afterAll(() => {
     // Every check disposes what it made: the programs leak nothing.
     expect(tf.memory().numTensors).toBe(tensorsBefore);
-    setKernelMode('portable');
   });
 
   type Named = ConvCase & { name: string; tile?: ConvTile };
@@ -293,9 +292,7 @@ describeWebGPU('WGSL programs against the portable path', () => {
         }
         return out;
       });
-      setKernelMode('webgpu');
       const gpu = await multiScaleRoIAlign(feats, boxes, imageSizes, paddedSizes, 'webgpu');
-      setKernelMode('portable');
       const host = await multiScaleRoIAlign(feats, boxes, imageSizes, paddedSizes, 'host');
       expect(gpu.shape).toEqual([75, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, channels]);
       expect(relErr(await values(gpu), await values(host))).toBeLessThan(REL_TOL);
@@ -305,11 +302,8 @@ describeWebGPU('WGSL programs against the portable path', () => {
 
   describe('normalizeResizePadBatchWebGPU (input transform of a batch)', () => {
     async function expectLikeHost(images: tf.Tensor3D[], minSize: number, maxSize: number): Promise<void> {
-      setKernelMode('portable');
       const host = prepareBatch(images, minSize, maxSize);
-      setKernelMode('webgpu');
-      const gpu = prepareBatch(images, minSize, maxSize);
-      setKernelMode('portable');
+      const gpu = prepareBatch(images, minSize, maxSize, new Kernels('webgpu'));
       expect(gpu.images.shape).toEqual(host.images.shape);
       expect(gpu.imageSizes).toEqual(host.imageSizes);
       const [g, h] = [await values(gpu.images), await values(host.images)];

@@ -18,7 +18,8 @@ import './gpu_flags';
 import { formulaWeights } from '../src/io/formula_weights';
 import { decodeImage } from '../src/io/images';
 import { emptyTimings, Img2PoseModel, POSE_GATING_FLAG, PredictOptions, RawDetections, StageTimings, SUBBATCH_OVERLAP } from '../src/model/model';
-import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, setKernelMode, setWinograd, winogradSettings, WinogradSettings, useGpuPool } from '../src/kernels/webgpu';
+import { activeRuntime } from '../src/runtime/runtime';
+import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, Kernels, PORTABLE_KERNELS, setWinograd, winogradSettings, WinogradSettings, useGpuPool } from '../src/kernels/webgpu';
 import { compareDetections } from './gpu_check';
 import { Backbone } from '../src/model/backbone';
 import { RegionProposalNetwork } from '../src/model/rpn';
@@ -26,6 +27,7 @@ import { multiScaleRoIAlign } from '../src/model/roi_align';
 import { RoIHeads } from '../src/model/roi_heads';
 import { bilinearTaps, prepareBatch, resizedSize } from '../src/model/transform';
 import { postprocessDetections } from '../src/model/postprocess';
+import { rulesFor } from '../src/runtime/runtime';
 import { Img2PoseWeights } from '../src/model/weights';
 
 const args = process.argv.slice(2);
@@ -62,14 +64,17 @@ function identical(a: RawDetections, b: RawDetections): boolean {
 
 type StageTimes = Record<string, number>;
 
+/** The kernels of the mode being measured (the stage benchmarks build their stages with them). */
+let KERNELS: Kernels = PORTABLE_KERNELS;
+
 /**
  * The forward of Img2PoseModel.predict rebuilt from the stage modules with the GPU synchronised
  * after each stage, so each stage's GPU time lands on it. ms per batch (median of 3 after a warm-up).
  */
 async function profileStages(weights: Img2PoseWeights, images: tf.Tensor3D[]): Promise<StageTimes> {
-  const backbone = new Backbone(weights);
-  const rpn = new RegionProposalNetwork(weights);
-  const heads = new RoIHeads(weights);
+  const backbone = new Backbone(weights, KERNELS);
+  const rpn = new RegionProposalNetwork(weights, KERNELS);
+  const heads = new RoIHeads(weights, { kernels: KERNELS, rules: rulesFor('webgpu') });
   const runs: StageTimes[] = [];
   try {
     for (let rep = 0; rep < 4; rep++) {
@@ -81,13 +86,13 @@ async function profileStages(weights: Img2PoseWeights, images: tf.Tensor3D[]): P
         t[name] = now - last;
         last = now;
       };
-      const batch = prepareBatch(images, CONFIG.minSize, CONFIG.maxSize);
+      const batch = prepareBatch(images, CONFIG.minSize, CONFIG.maxSize, KERNELS);
       await lap('transform');
       const features = backbone.forward(batch.images, batch.paddedSizes);
       await lap('backbone+FPN');
       const proposals = await rpn.forward(features, batch.imageSizes, batch.paddedSizes);
       await lap('RPN (head, readback, proposals)');
-      const pooled = await multiScaleRoIAlign(features.slice(0, 4), proposals.map((p) => p.boxes), batch.imageSizes, batch.paddedSizes);
+      const pooled = await multiScaleRoIAlign(features.slice(0, 4), proposals.map((p) => p.boxes), batch.imageSizes, batch.paddedSizes, KERNELS.webgpu ? 'webgpu' : 'ops');
       await lap('RoIAlign');
       const out = heads.apply(pooled);
       await lap('heads');
@@ -126,8 +131,8 @@ async function profileStages(weights: Img2PoseWeights, images: tf.Tensor3D[]): P
 
 /** Wall time of backbone+FPN (synchronised) against how many dispatches tfjs records per submit. */
 async function submitSweep(weights: Img2PoseWeights, images: tf.Tensor3D[], mode: KernelMode): Promise<void> {
-  const backbone = new Backbone(weights);
-  const batch = prepareBatch(images, CONFIG.minSize, CONFIG.maxSize);
+  const backbone = new Backbone(weights, KERNELS);
+  const batch = prepareBatch(images, CONFIG.minSize, CONFIG.maxSize, KERNELS);
   const before = tf.env().getNumber('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE');
   const parts: string[] = [];
   for (const n of [15, 1, 4, 64, 15]) {
@@ -162,7 +167,7 @@ async function transformProbe(images: tf.Tensor3D[]): Promise<void> {
     return performance.now() - t0;
   };
   for (let rep = 0; rep < 6; rep++) {
-    const whole = await time(() => tf.dispose(prepareBatch(images, CONFIG.minSize, CONFIG.maxSize).images));
+    const whole = await time(() => tf.dispose(prepareBatch(images, CONFIG.minSize, CONFIG.maxSize, KERNELS).images));
     const taps = await time(() => { for (const _ of images) { bilinearTaps(h, rh); bilinearTaps(w, rw); } });
     const s0 = performance.now();
     await gpuSync();
@@ -171,9 +176,9 @@ async function transformProbe(images: tf.Tensor3D[]): Promise<void> {
 }
 
 async function kernelProfile(weights: Img2PoseWeights, images: tf.Tensor3D[], mode: KernelMode): Promise<void> {
-  const backbone = new Backbone(weights);
-  const rpn = new RegionProposalNetwork(weights);
-  const batch = prepareBatch(images, CONFIG.minSize, CONFIG.maxSize);
+  const backbone = new Backbone(weights, KERNELS);
+  const rpn = new RegionProposalNetwork(weights, KERNELS);
+  const batch = prepareBatch(images, CONFIG.minSize, CONFIG.maxSize, KERNELS);
   for (let rep = 0; rep < 2; rep++) {
     for (const [name, f] of [
       ['backbone+FPN', () => tf.dispose(backbone.forward(batch.images, batch.paddedSizes))],
@@ -358,13 +363,20 @@ async function main(): Promise<void> {
   const weights = formulaWeights();
   process.env.IMG2POSE_WORKER_SCRIPT ??= path.join(process.cwd(), '.gpu', 'app', 'worker.mjs');
   const hostThreads = Number(arg('--host-threads', '8'));
-  const model = new Img2PoseModel(weights, { hostThreads });
+  const modelFor = (kernels: KernelMode, threads: number): Img2PoseModel => new Img2PoseModel(weights, activeRuntime({ hostThreads: threads, kernels }));
+  let model = modelFor(modes[0], hostThreads);
   console.log(`host threads: ${model.usesHostThreads ? hostThreads : 0} (asked ${hostThreads}; worker script ${process.env.IMG2POSE_WORKER_SCRIPT})`);
-  const inThread = args.includes('--compare-threads') ? new Img2PoseModel(weights) : null;
+  let inThread = args.includes('--compare-threads') ? modelFor(modes[0], 0) : null;
   const rows: Row[] = [];
   const stages: { mode: KernelMode; batch: number; times: StageTimes }[] = [];
   for (const mode of modes) {
-    setKernelMode(mode);
+    KERNELS = new Kernels(mode);
+    if (model.runtime.kernels.mode !== mode) {
+      model.dispose();
+      model = modelFor(mode, hostThreads);
+      inThread?.dispose();
+      inThread = inThread && modelFor(mode, 0);
+    }
     tf.dispose([photo, ...mixed]);
     photo = await load(PHOTO);
     mixed = await Promise.all(MIXED.map(load));

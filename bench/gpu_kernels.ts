@@ -19,7 +19,7 @@ import {
 import { initWebGPUBackend } from '../src/kernels/webgpu/dawn';
 import { gpuSync } from '../src/kernels/webgpu/program';
 import { roiAlignFused, RoiAlignInputs } from '../src/kernels/webgpu/roi_align';
-import { setKernelMode, useGpuPool } from '../src/kernels/webgpu';
+import { Kernels, useGpuPool } from '../src/kernels/webgpu';
 import { conv2dWinograd, setWinograd, winogradFilter } from '../src/kernels/webgpu/winograd';
 import { prepareBatch } from '../src/model/transform';
 import { decodeImage } from '../src/io/images';
@@ -227,11 +227,8 @@ async function runChecks(): Promise<CheckRow[]> {
   for (const [minSize, maxSize] of [[640, 1400], [160, 288]]) {
     // Fresh (host-resident) images each time: the host path reads them with dataSync.
     const imgs = await Promise.all(names.map((n) => decodeImage(fsp.readFileSync(`__tests__/fixtures/golden/${n}`))));
-    setKernelMode('portable');
     const host = prepareBatch(imgs, minSize, maxSize);
-    setKernelMode('webgpu');
-    const gpu = prepareBatch(imgs, minSize, maxSize);
-    setKernelMode('portable');
+    const gpu = prepareBatch(imgs, minSize, maxSize, new Kernels('webgpu'));
     const e = await relErr(gpu.images, host.images);
     const maxAbs = tf.tidy(() => tf.max(tf.abs(tf.sub(gpu.images, host.images))));
     const m = (await maxAbs.data())[0];

@@ -32,7 +32,8 @@ import { AlignOptions, AlignSize, AlignedFace, PosedFace, Rgb8Image, alignChecke
 import { Img2PoseModel, ModelConfig, RawDetections } from './model/model';
 import { cores, workerScript } from './runtime/threads';
 import { ThreadedModel } from './runtime/threaded_model';
-import { DEFAULT_POOL_LIMIT, releaseGpuPool, setKernelMode, useGpuPool } from './kernels/webgpu';
+import { DEFAULT_POOL_LIMIT, releaseGpuPool, useGpuPool } from './kernels/webgpu';
+import { createRuntime } from './runtime/runtime';
 import { KeypointName, projectKeypoints } from './model/pose';
 import { Img2PoseWeights } from './model/weights';
 import { LoadWeightsOptions } from './io/weights_io';
@@ -210,13 +211,12 @@ export class Img2Pose {
       throw new OptionError('weights', "'img2pose_v1', a weights folder, model.json, .pth or URL, Img2PoseWeights or a tf.io handler", weights);
     }
     const backendName = await selectBackend(backend);
-    setKernelMode(backendName === 'webgpu' && webgpuKernels ? 'webgpu' : 'portable');
     if (backendName === 'webgpu') useGpuPool(gpuPoolLimit);
     // Made on the chosen backend (in-memory weights made elsewhere are copied there).
     const opened = await openWeights(weights, { poseMean, poseStddev, warn, release });
     let built: { model: DetectionModel; threads: number };
     try {
-      built = await buildModel(opened.weights, backendName, threadCount(threads, backendName));
+      built = await buildModel(opened.weights, backendName, threadCount(threads, backendName), webgpuKernels);
     } catch (e) {
       if (e instanceof Img2PoseError) throw e;
       throw new WeightsError(`These weights do not fit the img2pose network: ${messageOf(e)}`, { path: opened.path, cause: e });
@@ -585,14 +585,18 @@ function checkThreadLimit(n: number, option: string, backend: string): void {
  * The network for `backend`: on the CPU backends with several threads, copies of it on worker
  * threads; otherwise one in this thread, with host-stage workers when threads > 1. Without the
  * compiled worker script (running from TypeScript sources), everything stays in this thread.
+ * Each network gets a runtime of its own, so detectors loaded with other settings do not mix.
  */
-async function buildModel(weights: Img2PoseWeights, backend: string, threads: number): Promise<{ model: DetectionModel; threads: number }> {
+async function buildModel(
+  weights: Img2PoseWeights, backend: string, threads: number, webgpuKernels: boolean,
+): Promise<{ model: DetectionModel; threads: number }> {
+  const kernels = webgpuKernels ? 'webgpu' : 'portable';
   const script = threads > 1 ? workerScript() : null;
-  if (!script) return { model: new Img2PoseModel(weights), threads: 1 };
+  if (!script) return { model: new Img2PoseModel(weights, createRuntime({ backend, kernels })), threads: 1 };
   if (CPU_BACKENDS.includes(backend)) {
     return { model: await ThreadedModel.start(script, weights, backend as 'wasm' | 'cpu', threads), threads };
   }
-  return { model: new Img2PoseModel(weights, { hostThreads: threads }), threads };
+  return { model: new Img2PoseModel(weights, createRuntime({ backend, kernels, hostThreads: threads })), threads };
 }
 
 /**

@@ -8,7 +8,7 @@
  * zero padding is therefore zero in normalised space.
  */
 import * as tf from '@tensorflow/tfjs';
-import { normalizeResizePadBatchWebGPU, useWebGPUKernels } from '../kernels/webgpu';
+import { Kernels, normalizeResizePadBatchWebGPU, PORTABLE_KERNELS } from '../kernels/webgpu';
 
 /** torchvision's ImageNet statistics (GeneralizedRCNNTransform defaults used by upstream). */
 export const IMAGE_MEAN: readonly [number, number, number] = [0.485, 0.456, 0.406];
@@ -182,26 +182,30 @@ function normalizeResizeInto(
 /**
  * Stack images into one zero-padded NHWC batch. `images` are HWC RGB, values 0..255 (int32 or
  * float32); they are not disposed. The work is done on the host: it is a few multiply-adds per
- * output pixel, and doing it in JS lets us follow torch's sampling exactly.
+ * output pixel, and doing it in JS lets us follow torch's sampling exactly. Where `kernels` run
+ * our WebGPU programs, one GPU dispatch does the same (src/kernels/webgpu/transform.ts).
  */
-export function prepareBatch(images: tf.Tensor3D[], minSize: number, maxSize: number): ImageBatch {
-  return buildBatch(images, minSize, maxSize, (i) => images[i].dataSync());
+export function prepareBatch(images: tf.Tensor3D[], minSize: number, maxSize: number, kernels: Kernels = PORTABLE_KERNELS): ImageBatch {
+  return buildBatch(images, minSize, maxSize, kernels, (i) => images[i].dataSync());
 }
 
 /**
  * `prepareBatch` for any backend: GPU backends (webgpu) cannot read pixels synchronously, so the
  * host path awaits them first. The model uses this one.
  */
-export async function prepareBatchAsync(images: tf.Tensor3D[], minSize: number, maxSize: number): Promise<ImageBatch> {
-  if (useWebGPUKernels() || images.length === 0) return prepareBatch(images, minSize, maxSize);
+export async function prepareBatchAsync(
+  images: tf.Tensor3D[], minSize: number, maxSize: number, kernels: Kernels = PORTABLE_KERNELS,
+): Promise<ImageBatch> {
+  if (kernels.webgpu || images.length === 0) return prepareBatch(images, minSize, maxSize, kernels);
   const pixels = await Promise.all(images.map((img) => img.data()));
-  return buildBatch(images, minSize, maxSize, (i) => pixels[i]);
+  return buildBatch(images, minSize, maxSize, kernels, (i) => pixels[i]);
 }
 
 function buildBatch(
   images: tf.Tensor3D[],
   minSize: number,
   maxSize: number,
+  kernels: Kernels,
   pixelsOf: (i: number) => tf.TypedArray,
 ): ImageBatch {
   if (images.length === 0) throw new Error('prepareBatch: no images');
@@ -221,7 +225,7 @@ function buildBatch(
   }
   const batchH = Math.max(...paddedSizes.map((s) => s[0]));
   const batchW = Math.max(...paddedSizes.map((s) => s[1]));
-  if (useWebGPUKernels()) {
+  if (kernels.webgpu) {
     // One dispatch for the batch on the GPU, same taps and byte table (see src/kernels/webgpu/transform.ts).
     const batch = normalizeResizePadBatchWebGPU(
       images,
