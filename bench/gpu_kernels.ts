@@ -11,11 +11,11 @@ import {
   ConvTile,
   conv2dFused,
   conv2dPortable,
-  convOutputSize,
   linearFused,
   linearPortable,
   chooseTile,
 } from '../src/kernels/webgpu/conv2d';
+import { convOutputSize } from '../src/ops/size';
 import { initWebGPUBackend } from '../src/kernels/webgpu/dawn';
 import { gpuSync } from '../src/kernels/webgpu/program';
 import { roiAlignFused, RoiAlignInputs } from '../src/kernels/webgpu/roi_align';

@@ -38,7 +38,7 @@ import { KeypointName, projectKeypoints } from './model/pose';
 import { Img2PoseWeights } from './model/weights';
 import { LoadWeightsOptions } from './io/weights_io';
 import { ReleaseOptions } from './io/weights_cache';
-import { copyToActiveBackend, onActiveBackend } from './runtime/tensor_home';
+import { copyToActiveBackend, onActiveBackend } from './io/tensor_home';
 import { DEFAULT_WEIGHTS, WeightsSource, isWeightsSource, openWeights } from './io/weights_source';
 
 export type Box = [x1: number, y1: number, x2: number, y2: number];

@@ -17,10 +17,10 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { Img2PoseWeights } from './weights';
+import { Size } from '../ops/size';
 import { Conv, convOutputSize, disposeConv, foldFrozenBatchNorm, makeConv, readsBeyondRegion } from './layers';
 import { Kernels, PORTABLE_KERNELS, prepareConvFilter, winogradAtLevel } from '../kernels/webgpu';
 
-export type Size = [number, number];
 
 /** Names of the returned levels, strides 4, 8, 16, 32, 64 (upstream's feature dict keys). */
 export const FEATURE_NAMES = ['0', '1', '2', '3', 'pool'] as const;

@@ -6,7 +6,8 @@ import { multiScaleRoIAlign, RoIAlignMethod } from './roi_align';
 import { RoIHeads } from './roi_heads';
 import { Proposals, RegionProposalNetwork } from './rpn';
 import { ModelRuntime } from './runtime';
-import { paddedSize, prepareBatchAsync, resizedSize, Size } from './transform';
+import { paddedSize, prepareBatchAsync, resizedSize } from './transform';
+import { Size } from '../ops/size';
 import { Img2PoseWeights } from './weights';
 
 /** Sizes of the input transform (upstream's min_size / max_size). */

@@ -18,7 +18,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { featureSizes, roundHalfEven } from '../ops/anchors';
-import type { Size } from './rpn';
+import type { Size } from '../ops/size';
 import { roiAlignFused } from '../kernels/webgpu';
 
 export const ROI_OUTPUT_SIZE = 7;

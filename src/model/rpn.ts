@@ -15,7 +15,8 @@ import { rpnCandidates } from '../kernels/webgpu/rpn_candidates';
 import { HostExecutor, IN_THREAD } from './runtime';
 import { Img2PoseWeights } from './weights';
 import { featureSizes } from '../ops/anchors';
-import { candidateLayout, candidatesOf, ProposalJob, Proposals, RPN_CONFIG, RpnConfig, Size } from '../ops/proposals';
+import { candidateLayout, candidatesOf, ProposalJob, Proposals, RPN_CONFIG, RpnConfig } from '../ops/proposals';
+import { Size } from '../ops/size';
 
 export * from '../ops/proposals';
 

@@ -54,7 +54,8 @@ export function releaseConvFilter(w: tf.Tensor4D, bias: tf.Tensor1D | null = nul
 }
 
 export type { ConvOptions, ConvTile } from './conv2d';
-export { addUpsampled, conv2dFused, conv2dPortable, convShaderSource, linearFused, linearPortable, chooseTile, convOutputSize } from './conv2d';
+export { addUpsampled, conv2dFused, conv2dPortable, convShaderSource, linearFused, linearPortable, chooseTile } from './conv2d';
+export { convOutputSize } from '../../ops/size';
 export { initWebGPUBackend } from './dawn';
 export type { WebGPUAdapterSummary } from './dawn';
 export { gpuSync, gpuMemory } from './program';
