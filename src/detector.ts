@@ -15,7 +15,7 @@
  */
 import * as os from 'os';
 import * as tf from '@tensorflow/tfjs';
-import { BackendChoice, BACKEND_CHOICES, selectBackend } from './runtime/backend';
+import { BackendChoice, BACKEND_CHOICES, onBackend, onBackendSync, selectBackend } from './runtime/backend';
 import {
   BatchError,
   DisposedError,
@@ -210,24 +210,30 @@ export class Img2Pose {
     if (!isWeightsSource(weights)) {
       throw new OptionError('weights', "'img2pose_v1', a weights folder, model.json, .pth or URL, Img2PoseWeights or a tf.io handler", weights);
     }
-    const backendName = await selectBackend(backend);
-    if (backendName === 'webgpu') useGpuPool(gpuPoolLimit);
-    // Made on the chosen backend (in-memory weights made elsewhere are copied there).
-    const opened = await openWeights(weights, { poseMean, poseStddev, warn, release });
-    let built: { model: DetectionModel; threads: number };
-    try {
-      built = await buildModel(opened.weights, backendName, threadCount(threads, backendName), webgpuKernels);
-    } catch (e) {
-      if (e instanceof Img2PoseError) throw e;
-      throw new WeightsError(`These weights do not fit the img2pose network: ${messageOf(e)}`, { path: opened.path, cause: e });
-    } finally {
-      // The stages hold their own copies; tensors made for loading are ours to free.
-      opened.release();
-    }
-    return new Img2Pose(built.model, resolved, backendName, built.threads);
+    // The app's active backend is made active again once the network is built (see onBackend).
+    return onBackend(null, async () => {
+      const backendName = await selectBackend(backend);
+      if (backendName === 'webgpu') useGpuPool(gpuPoolLimit);
+      // Made on the chosen backend (in-memory weights made elsewhere are copied there).
+      const opened = await openWeights(weights, { poseMean, poseStddev, warn, release });
+      let built: { model: DetectionModel; threads: number };
+      try {
+        built = await buildModel(opened.weights, backendName, threadCount(threads, backendName), webgpuKernels);
+      } catch (e) {
+        if (e instanceof Img2PoseError) throw e;
+        throw new WeightsError(`These weights do not fit the img2pose network: ${messageOf(e)}`, { path: opened.path, cause: e });
+      } finally {
+        // The stages hold their own copies; tensors made for loading are ours to free.
+        opened.release();
+      }
+      return new Img2Pose(built.model, resolved, backendName, built.threads);
+    });
   }
 
-  /** A detector around any `DetectionModel` (custom networks, tests). Takes ownership of it. */
+  /**
+   * A detector around any `DetectionModel` (custom networks, tests). Takes ownership of it. Its
+   * calls run with `backend` active (when tfjs knows that name), the app's made active again after.
+   */
   constructor(model: DetectionModel, options: Partial<DetectorOptions> = {}, backend: string = tf.getBackend(), threads = 1) {
     this.model = model;
     this.threads = threads;
@@ -258,7 +264,7 @@ export class Img2Pose {
     this.assertAlive();
     const filter = this.filterFor(options);
     if (!Array.isArray(images)) {
-      return this.detectOne(take(images as ImageInput), filter);
+      return this.detectOne(this.take(images as ImageInput), filter);
     }
     const settled = await this.detectMany(images as readonly ImageInput[], filter);
     const errors: IndexedError[] = [];
@@ -289,9 +295,11 @@ export class Img2Pose {
     if (this.isDisposed) return;
     this.isDisposed = true;
     await this.tail;
-    this.model.dispose();
-    // The network's buffers are back in the pool now: give the free ones back to the device.
-    if (this.backend === 'webgpu') releaseGpuPool();
+    await onBackend(this.backend, async () => {
+      this.model.dispose();
+      // The network's buffers are back in the pool now: give the free ones back to the device.
+      if (this.backend === 'webgpu') releaseGpuPool();
+    });
   }
 
   // --- upstream's routing: _detect_single / _detect_batch -------------------------------------
@@ -301,7 +309,7 @@ export class Img2Pose {
   }
 
   private async detectMany(images: readonly ImageInput[], filter: Filter): Promise<SettledDetection[]> {
-    const pendings = images.map(take);
+    const pendings = images.map((image) => this.take(image));
     if (pendings.length === 0) return [];
     if (pendings.length === 1) {
       // Upstream: a one-element list is a single detection, without batch overhead.
@@ -398,7 +406,7 @@ export class Img2Pose {
   private enqueue<T>(pendings: Pending[], job: () => Promise<T>): Promise<T> {
     const run = this.tail.then(() => {
       if (this.isDisposed) throw new DisposedError();
-      return job();
+      return onBackend(this.backend, job);
     });
     const released = run.finally(() => {
       for (const p of pendings) p.owned?.dispose();
@@ -408,6 +416,11 @@ export class Img2Pose {
       () => undefined,
     );
     return released;
+  }
+
+  /** `take` with the detector's backend active: a tensor input is copied there at call time. */
+  private take(input: ImageInput): Pending {
+    return onBackendSync(this.backend, () => take(input));
   }
 
   private assertAlive(): void {
@@ -481,7 +494,7 @@ export class Img2Pose {
     this.filterFor(detect);
     if (!Array.isArray(images)) {
       // Tensors are taken at call time, as detectFaces does, so callers may dispose theirs at once.
-      const pending = take(images as ImageInput);
+      const pending = this.take(images as ImageInput);
       try {
         const rgb = await decodeRgb8(await decodePixels(pending.input), undefined, { maxPixels: this.options.maxPixels });
         const faces = await this.detectFaces(rgb.exact ? asRawImage(rgb) : pending.input, detect);
@@ -490,7 +503,7 @@ export class Img2Pose {
         pending.owned?.dispose();
       }
     }
-    const pendings = (images as readonly ImageInput[]).map(take);
+    const pendings = (images as readonly ImageInput[]).map((image) => this.take(image));
     const results: (AlignedDetection[] | undefined)[] = new Array(pendings.length).fill(undefined);
     const errors: IndexedError[] = [];
     try {
