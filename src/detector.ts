@@ -29,13 +29,11 @@ import {
 import { DEFAULT_MAX_PIXELS, ImageInput, RawImage, decodeImage, decodePixels } from './io/images';
 import { checkKnownKeys } from './options';
 import { AlignOptions, AlignSize, AlignedFace, PosedFace, Rgb8Image, alignChecked, alignLimitsOf, alignPoses, alignSizeOf, checkPoses, decodeRgb8 } from './align';
-import { Img2PoseModel, ModelConfig, RawDetections } from './model/model';
-import { cores, workerScript } from './runtime/threads';
-import { ThreadedModel } from './runtime/threaded_model';
+import { ModelConfig, RawDetections } from './model/model';
+import { cores } from './runtime/threads';
 import { DEFAULT_POOL_LIMIT, releaseGpuPool, useGpuPool } from './kernels/webgpu';
-import { createRuntime } from './runtime/runtime';
+import { buildNetwork, isCpuBackend } from './runtime/runtime';
 import { KeypointName, projectKeypoints } from './model/pose';
-import { Img2PoseWeights } from './model/weights';
 import { LoadWeightsOptions } from './io/weights_io';
 import { ReleaseOptions } from './io/weights_cache';
 import { copyToActiveBackend, onActiveBackend } from './io/tensor_home';
@@ -218,7 +216,7 @@ export class Img2Pose {
       const opened = await openWeights(weights, { poseMean, poseStddev, warn, release });
       let built: { model: DetectionModel; threads: number };
       try {
-        built = await buildModel(opened.weights, backendName, threadCount(threads, backendName), webgpuKernels);
+        built = await buildNetwork(opened.weights, { backend: backendName, threads: threadCount(threads, backendName), kernels: webgpuKernels ? 'webgpu' : 'portable' });
       } catch (e) {
         if (e instanceof Img2PoseError) throw e;
         throw new WeightsError(`These weights do not fit the img2pose network: ${messageOf(e)}`, { path: opened.path, cause: e });
@@ -555,8 +553,6 @@ function asRawImage(rgb: Rgb8Image): RawImage {
   return { data: rgb.data, width: rgb.width, height: rgb.height, channels: 3 };
 }
 
-const CPU_BACKENDS = ['wasm', 'cpu'];
-
 /** The `threads` option resolved for `backend` (see LoadOptions.threads). */
 export function threadCount(threads: number | 'auto', backend: string, env: NodeJS.ProcessEnv = process.env): number {
   if (threads !== 'auto') return threads;
@@ -567,7 +563,7 @@ export function threadCount(threads: number | 'auto', backend: string, env: Node
     checkThreadLimit(n, 'IMG2POSE_THREADS', backend);
     return n;
   }
-  return Math.max(1, Math.min(cores(), CPU_BACKENDS.includes(backend) ? 4 : 8, memoryThreads(backend)));
+  return Math.max(1, Math.min(cores(), isCpuBackend(backend) ? 4 : 8, memoryThreads(backend)));
 }
 
 /**
@@ -578,7 +574,7 @@ const WORKER_BYTES = 0.75 * 1024 ** 3;
 
 /** Workers that half of this machine's memory holds (no bound on the GPU backends). */
 function memoryThreads(backend: string): number {
-  return CPU_BACKENDS.includes(backend) ? Math.max(1, Math.floor(os.totalmem() / 2 / WORKER_BYTES)) : Infinity;
+  return isCpuBackend(backend) ? Math.max(1, Math.floor(os.totalmem() / 2 / WORKER_BYTES)) : Infinity;
 }
 
 /** The most threads accepted: twice the cores (at least 8; more only queue), within what memory holds. */
@@ -592,24 +588,6 @@ function checkThreadLimit(n: number, option: string, backend: string): void {
   if (n > limit) {
     throw new OptionError(option, `at most ${limit} (more threads than max(8, twice the ${cores()} CPU cores) only wait, and each worker takes ~0.75 GB of the ${(os.totalmem() / 1024 ** 3).toFixed(0)} GB here)`, n);
   }
-}
-
-/**
- * The network for `backend`: on the CPU backends with several threads, copies of it on worker
- * threads; otherwise one in this thread, with host-stage workers when threads > 1. Without the
- * compiled worker script (running from TypeScript sources), everything stays in this thread.
- * Each network gets a runtime of its own, so detectors loaded with other settings do not mix.
- */
-async function buildModel(
-  weights: Img2PoseWeights, backend: string, threads: number, webgpuKernels: boolean,
-): Promise<{ model: DetectionModel; threads: number }> {
-  const kernels = webgpuKernels ? 'webgpu' : 'portable';
-  const script = threads > 1 ? workerScript() : null;
-  if (!script) return { model: new Img2PoseModel(weights, createRuntime({ backend, kernels })), threads: 1 };
-  if (CPU_BACKENDS.includes(backend)) {
-    return { model: await ThreadedModel.start(script, weights, backend as 'wasm' | 'cpu', threads), threads };
-  }
-  return { model: new Img2PoseModel(weights, createRuntime({ backend, kernels, hostThreads: threads })), threads };
 }
 
 /**

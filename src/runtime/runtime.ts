@@ -8,14 +8,22 @@ import { BackendRules, HostExecutor, IN_THREAD, ModelRuntime } from '../model/ru
 import { Detections, postprocessDetections, PostprocessInput } from '../model/postprocess';
 import { ANCHORS_PER_LOCATION } from '../ops/anchors';
 import { ownJob, ProposalJob, Proposals, proposalsOf } from '../ops/proposals';
+import { Img2PoseModel } from '../model/model';
+import { Img2PoseWeights } from '../model/weights';
+import { ThreadedModel } from './threaded_model';
 import { WorkerPool, workerScript } from './threads';
 
 /** The backends that compute inside each op call, on the CPU. */
 const CPU_BACKENDS: readonly string[] = ['wasm', 'cpu'];
 
+/** Whether `backend` computes on the CPU inside each op call (wasm, cpu; single-threaded in Node). */
+export function isCpuBackend(backend: string): boolean {
+  return CPU_BACKENDS.includes(backend);
+}
+
 /** The rules for the tfjs backend named `backend` (see BackendRules for each one's reason). */
 export function rulesFor(backend: string): BackendRules {
-  const cpu = CPU_BACKENDS.includes(backend);
+  const cpu = isCpuBackend(backend);
   const photo = 640 * 1152;
   return {
     roiChunk: cpu ? 1000 : 8000,
@@ -49,6 +57,24 @@ export function createRuntime(options: RuntimeOptions): ModelRuntime {
     rules: rulesFor(backend),
     host: hostThreads > 0 ? new WorkerPoolExecutor(hostThreads) : IN_THREAD,
   };
+}
+
+/**
+ * The network for `options.backend`: on the CPU backends with several threads, copies of it on
+ * worker threads; otherwise one in this thread, with host-stage workers when threads > 1. Without
+ * the compiled worker script (running from TypeScript sources), everything stays in this thread.
+ * Each network gets a runtime of its own, so networks built with other settings do not mix.
+ * `threads` in the result: the threads it runs on.
+ */
+export async function buildNetwork(
+  weights: Img2PoseWeights,
+  options: { backend: string; threads: number; kernels: KernelMode },
+): Promise<{ model: Img2PoseModel | ThreadedModel; threads: number }> {
+  const { backend, threads, kernels } = options;
+  const script = threads > 1 ? workerScript() : null;
+  if (!script) return { model: new Img2PoseModel(weights, createRuntime({ backend, kernels })), threads: 1 };
+  if (backend === 'wasm' || backend === 'cpu') return { model: await ThreadedModel.start(script, weights, backend, threads), threads };
+  return { model: new Img2PoseModel(weights, createRuntime({ backend, kernels, hostThreads: threads })), threads };
 }
 
 /** `createRuntime` for the backend active now (for networks built outside `Img2Pose.load`). */
