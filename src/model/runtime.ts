@@ -4,7 +4,7 @@
  * per-image host stages run. The stages never ask which backend is active or how many threads
  * there are; they read it here.
  */
-import { Kernels, PORTABLE_KERNELS } from '../kernels/webgpu';
+import { Kernels } from '../kernels/webgpu';
 import { Detections, postprocessDetections, PostprocessInput } from './postprocess';
 import { ProposalJob, Proposals, proposalsOf } from '../ops/proposals';
 
@@ -71,9 +71,4 @@ export interface StageRuntime {
 /** Everything the network runs on. */
 export interface ModelRuntime extends StageRuntime {
   readonly host: HostExecutor;
-}
-
-/** The stock tfjs ops and the given rules, host stages in this thread. */
-export function portableRuntime(rules: BackendRules): ModelRuntime {
-  return { kernels: PORTABLE_KERNELS, rules, host: IN_THREAD };
 }
