@@ -6,6 +6,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { decodeImage } from '../src/io/images';
 import { groupBySize, Img2PoseModel, RawDetections, splitEvenly } from '../src/model/model';
+import { activeRuntime } from '../src/runtime/runtime';
 import { processPrediction } from '../src/detector';
 import { disposeWeights } from '../src/model/weights';
 import { formulaWeights } from './utils/formula';
@@ -16,7 +17,7 @@ let model: Img2PoseModel;
 
 beforeAll(() => {
   const w = formulaWeights();
-  model = new Img2PoseModel(w);
+  model = new Img2PoseModel(w, activeRuntime());
   disposeWeights(w);
 });
 afterAll(() => model.dispose());

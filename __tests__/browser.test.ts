@@ -14,6 +14,7 @@ import puppeteer, { Browser, Page } from 'puppeteer-core';
 import { decodeImage } from '../src/io/images';
 import { Face, processPrediction } from '../src/detector';
 import { Img2PoseModel } from '../src/model/model';
+import { activeRuntime } from '../src/runtime/runtime';
 import { disposeWeights } from '../src/model/weights';
 import { facesToDets } from '../bench/match';
 import { parseNpy } from '../converter/npy';
@@ -73,7 +74,7 @@ describeBrowser('in headless Chromium: the demo page', () => {
     });
     // The same case in this process (wasm), for the page's numbers to be compared with.
     const w = formulaWeights();
-    const model = new Img2PoseModel(w);
+    const model = new Img2PoseModel(w, activeRuntime());
     disposeWeights(w);
     const image = await decodeImage(TEASER);
     const [det] = await model.predict([image], { minSize: CASE.min_size, maxSize: CASE.max_size });

@@ -6,6 +6,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { decodeImage } from '../src/io/images';
 import { Img2PoseModel, RawDetections } from '../src/model/model';
+import { activeRuntime } from '../src/runtime/runtime';
 import { processPrediction } from '../src/detector';
 import { formulaWeights } from './utils/formula';
 import { golden, GoldenCase, GoldenFace, imagePath, manifest } from './utils/golden';
@@ -18,7 +19,7 @@ let model: Img2PoseModel;
 
 beforeAll(() => {
   const w = formulaWeights();
-  model = new Img2PoseModel(w);
+  model = new Img2PoseModel(w, activeRuntime());
   disposeWeights(w);
 });
 afterAll(() => model.dispose());

@@ -16,6 +16,7 @@ import { Face, Img2Pose } from '../src/detector';
 import { BatchError, Img2PoseError, InputError, WeightsError } from '../src/errors';
 import { ImageInput, describeInput } from '../src/io/images';
 import { Img2PoseModel } from '../src/model/model';
+import { activeRuntime } from '../src/runtime/runtime';
 import { disposeWeights } from '../src/model/weights';
 import {
   BadInputCase,
@@ -50,7 +51,7 @@ beforeAll(async () => {
   badFiles = await writeBadFiles(tmp);
   oddFiles = await writeOddFiles(tmp);
   const weights = formulaWeights();
-  model = new Img2PoseModel(weights);
+  model = new Img2PoseModel(weights, activeRuntime());
   disposeWeights(weights);
   det = new Img2Pose(model, { ...SIZES, batchSize: 8 }, 'wasm');
   det2 = new Img2Pose(model, { ...SIZES, batchSize: 2 }, 'wasm');

@@ -5,6 +5,7 @@ import { RoIAlignMethod, inferScales, levelRange, mapRoiLevels, multiScaleRoIAli
 import { RoIHeads } from '../src/model/roi_heads';
 import { BOX_SCORE_THRESH, faceScores, postprocessDetections } from '../src/model/postprocess';
 import { Img2PoseWeights } from '../src/model/weights';
+import { activeRuntime } from '../src/runtime/runtime';
 import { golden, relError } from './utils/golden';
 import { LEVEL_KEYS, formulaSubset, goldenFeature, maxAbsDiff, paddedSize, resizedSize } from './utils/stage_inputs';
 
@@ -131,7 +132,7 @@ describe('RoIHeads on the reference proposals', () => {
   let heads: RoIHeads;
   beforeAll(() => {
     weights = formulaSubset('roi_heads.');
-    heads = new RoIHeads(weights);
+    heads = new RoIHeads(weights, activeRuntime());
   });
   afterAll(() => {
     heads.dispose();
@@ -140,14 +141,14 @@ describe('RoIHeads on the reference proposals', () => {
 
   it('releases every tensor it made on dispose', () => {
     const before = tf.memory().numTensors;
-    new RoIHeads(weights).dispose();
+    new RoIHeads(weights, activeRuntime()).dispose();
     expect(tf.memory().numTensors).toBe(before);
   });
 
   it.each(TINY)('matches class_logits and dof_regression for all proposals (%s)', async (id) => {
     const features = LEVEL_KEYS.map((k) => goldenFeature(id, k));
     const before = tf.memory().numTensors;
-    const pooled = await multiScaleRoIAlign(features, [Float32Array.from(golden(id, 'proposals').data)], [resizedSize(id)], [paddedSize(id)]);
+    const pooled = await multiScaleRoIAlign(features, [Float32Array.from(golden(id, 'proposals').data)], [resizedSize(id)], [paddedSize(id)], 'host');
     const out = await heads.forward(pooled);
     pooled.dispose();
     expect(tf.memory().numTensors).toBe(before);
@@ -159,7 +160,7 @@ describe('RoIHeads on the reference proposals', () => {
 
   it.each(TINY)('regresses the dofs of the rows above the score filter only, with the same numbers (%s)', async (id) => {
     const features = LEVEL_KEYS.map((k) => goldenFeature(id, k));
-    const pooled = await multiScaleRoIAlign(features, [Float32Array.from(golden(id, 'proposals').data)], [resizedSize(id)], [paddedSize(id)]);
+    const pooled = await multiScaleRoIAlign(features, [Float32Array.from(golden(id, 'proposals').data)], [resizedSize(id)], [paddedSize(id)], 'host');
     const before = tf.memory().numTensors;
     const all = await heads.forward(pooled);
     const gated = await heads.forward(pooled, BOX_SCORE_THRESH);

@@ -6,6 +6,7 @@ import * as path from 'path';
 import { formulaWeights } from '../src/io/formula_weights';
 import { Bitmap, decodeBitmap, decodeImage } from '../src/io/images';
 import { Img2PoseModel } from '../src/model/model';
+import { activeRuntime } from '../src/runtime/runtime';
 import { prepareBatch } from '../src/model/transform';
 import { disposeWeights } from '../src/model/weights';
 
@@ -77,7 +78,7 @@ async function dispatchedKernels(): Promise<Set<string>> {
   const before = tf.memory().numTensors;
   const info = await tf.profile(async () => {
     const weights = formulaWeights();
-    const model = new Img2PoseModel(weights, { hostThreads: 2 });
+    const model = new Img2PoseModel(weights, activeRuntime({ hostThreads: 2 }));
     disposeWeights(weights);
     const image = await decodeImage({ ...teaser, channels: 4 });
     const rgba = tf.fill([8, 12, 4], 200, 'int32') as tf.Tensor3D;

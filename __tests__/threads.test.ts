@@ -14,6 +14,7 @@ import { Img2Pose, threadCount, threadLimit } from '../src/detector';
 import { BatchError, InputError, OptionError } from '../src/errors';
 import { decodeImage } from '../src/io/images';
 import { Img2PoseModel, RawDetections } from '../src/model/model';
+import { activeRuntime } from '../src/runtime/runtime';
 import { shareOut, ThreadedModel } from '../src/runtime/threaded_model';
 import { WorkerExitError, WorkerPool, WorkerTaskError, workerScript } from '../src/runtime/threads';
 import { disposeWeights, Img2PoseWeights } from '../src/model/weights';
@@ -253,8 +254,8 @@ describe('results do not depend on threads', () => {
   });
 
   it('host stages on worker threads give bit-identical raw detections', async () => {
-    const inThread = new Img2PoseModel(weights);
-    const threaded = new Img2PoseModel(weights, { hostThreads: 2 });
+    const inThread = new Img2PoseModel(weights, activeRuntime());
+    const threaded = new Img2PoseModel(weights, activeRuntime({ hostThreads: 2 }));
     const images = await Promise.all(MIXED.slice(0, 4).map((n) => decodeImage(imagePath(n))));
     try {
       expect(threaded.usesHostThreads).toBe(true);

@@ -9,8 +9,9 @@
 import * as tf from '@tensorflow/tfjs';
 import { decodeImage } from '../src/io/images';
 import { Img2PoseModel, RawDetections } from '../src/model/model';
+import { activeRuntime } from '../src/runtime/runtime';
 import { disposeWeights } from '../src/model/weights';
-import { KernelMode, setKernelMode } from '../src/kernels/webgpu';
+import { KernelMode } from '../src/kernels/webgpu';
 import { formulaWeights } from './utils/formula';
 import { golden, goldenCase, imagePath } from './utils/golden';
 import { expectWithinTolerance, matchDetections } from './utils/match';
@@ -34,13 +35,14 @@ function expectIdentical(got: RawDetections, want: RawDetections): void {
 }
 
 describeWebGPU('webgpu backend end to end (tiny golden cases)', () => {
-  let model: Img2PoseModel;
+  // One network per kernel mode, as two detectors loaded with and without webgpuKernels.
+  const models = new Map<KernelMode, Img2PoseModel>();
   const images = new Map<string, tf.Tensor3D>();
   const singles = new Map<string, RawDetections>();
 
   beforeAll(async () => {
     const w = formulaWeights();
-    model = new Img2PoseModel(w);
+    for (const mode of ['portable', 'webgpu'] as const) models.set(mode, new Img2PoseModel(w, activeRuntime({ kernels: mode })));
     disposeWeights(w);
     for (const id of CASES) {
       const name = goldenCase(id).image as string;
@@ -48,7 +50,7 @@ describeWebGPU('webgpu backend end to end (tiny golden cases)', () => {
     }
   });
   afterAll(() => {
-    model?.dispose();
+    for (const model of models.values()) model.dispose();
     tf.dispose([...images.values()]);
   });
 
@@ -61,13 +63,11 @@ describeWebGPU('webgpu backend end to end (tiny golden cases)', () => {
   ];
 
   describe.each(RUNS)('kernels: %s', (mode, ids) => {
-    beforeAll(() => setKernelMode(mode));
-
     it.each(ids)('%s matches upstream within the golden tolerances, no tensor left behind', async (id) => {
       const c = goldenCase(id);
       const before = tf.memory().numTensors;
       const t0 = performance.now();
-      const [det] = await model.predict([images.get(id)!], { minSize: c.min_size, maxSize: c.max_size });
+      const [det] = await models.get(mode)!.predict([images.get(id)!], { minSize: c.min_size, maxSize: c.max_size });
       const ms = performance.now() - t0;
       expect(tf.memory().numTensors).toBe(before);
       const ref = reference(id);
@@ -80,10 +80,9 @@ describeWebGPU('webgpu backend end to end (tiny golden cases)', () => {
   });
 
   it('with our kernels, a padded batch of both images equals their single runs bit for bit', async () => {
-    setKernelMode('webgpu');
     const c = goldenCase('tiny_batch');
     const before = tf.memory().numTensors;
-    const batch = await model.predictStacked(CASES.map((id) => images.get(id)!), { minSize: c.min_size, maxSize: c.max_size });
+    const batch = await models.get('webgpu')!.predictStacked(CASES.map((id) => images.get(id)!), { minSize: c.min_size, maxSize: c.max_size });
     expect(tf.memory().numTensors).toBe(before);
     CASES.forEach((id, i) => {
       const single = singles.get(id);

@@ -11,7 +11,6 @@ import * as tf from '@tensorflow/tfjs';
 import {
   ConvOptions,
   ConvTile,
-  conv,
   conv2dFused,
   conv2dPortable,
   conv2dWinograd,
@@ -19,9 +18,9 @@ import {
   linearPortable,
   normalizeResizePadBatchWebGPU,
   roiAlignFused,
+  Kernels,
   prepareConvFilter,
   releaseConvFilter,
-  setKernelMode,
   winogradEnabled,
   winogradFilter,
   WINOGRAD_FLAG,
@@ -113,7 +112,6 @@ describeWebGPU('WGSL programs against the portable path', () => {
   afterAll(() => {
     // Every check disposes what it made: the programs leak nothing.
     expect(tf.memory().numTensors).toBe(tensorsBefore);
-    setKernelMode('portable');
   });
 
   type Named = ConvCase & { name: string; tile?: ConvTile };
@@ -234,15 +232,15 @@ describeWebGPU('WGSL programs against the portable path', () => {
       const c: Named = { name: 'flag', x: [2, 6, 10, 64], k: 3, cout: 64, stride: 1, pad: 1, relu: true };
       const t = convTensors(c, convData(c, 4242));
       prepareConvFilter(t.w);
-      setKernelMode('webgpu');
+      const kernels = new Kernels('webgpu');
       const saved = tf.env().getBool(WINOGRAD_FLAG);
       try {
         const u = winogradFilter(t.w);
         const [wino, direct] = [conv2dWinograd(t.x, u, t.b, t.opts), conv2dFused(t.x, t.w, t.b, t.opts)];
         tf.env().set(WINOGRAD_FLAG, true);
-        const on = conv(t.x, t.w, t.b, { ...t.opts, winograd: winogradEnabled() });
+        const on = kernels.conv(t.x, t.w, t.b, { ...t.opts, winograd: winogradEnabled() });
         tf.env().set(WINOGRAD_FLAG, false);
-        const off = conv(t.x, t.w, t.b, { ...t.opts, winograd: winogradEnabled() });
+        const off = kernels.conv(t.x, t.w, t.b, { ...t.opts, winograd: winogradEnabled() });
         await expectBitEqual(on, wino);
         await expectBitEqual(off, direct);
         // The two paths round differently, so the bit-equalities above tell them apart.
@@ -250,7 +248,6 @@ describeWebGPU('WGSL programs against the portable path', () => {
         tf.dispose([u, wino, direct, on, off]);
       } finally {
         tf.env().set(WINOGRAD_FLAG, saved);
-        setKernelMode('portable');
         releaseConvFilter(t.w);
         disposeConv(t);
       }
@@ -318,9 +315,7 @@ describeWebGPU('WGSL programs against the portable path', () => {
         }
         return out;
       });
-      setKernelMode('webgpu');
       const gpu = await multiScaleRoIAlign(feats, boxes, imageSizes, paddedSizes, 'webgpu');
-      setKernelMode('portable');
       const host = await multiScaleRoIAlign(feats, boxes, imageSizes, paddedSizes, 'host');
       expect(gpu.shape).toEqual([75, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, channels]);
       expect(relErr(await values(gpu), await values(host))).toBeLessThan(REL_TOL);
@@ -330,11 +325,8 @@ describeWebGPU('WGSL programs against the portable path', () => {
 
   describe('normalizeResizePadBatchWebGPU (input transform of a batch)', () => {
     async function expectLikeHost(images: tf.Tensor3D[], minSize: number, maxSize: number): Promise<void> {
-      setKernelMode('portable');
       const host = prepareBatch(images, minSize, maxSize);
-      setKernelMode('webgpu');
-      const gpu = prepareBatch(images, minSize, maxSize);
-      setKernelMode('portable');
+      const gpu = prepareBatch(images, minSize, maxSize, new Kernels('webgpu'));
       expect(gpu.images.shape).toEqual(host.images.shape);
       expect(gpu.imageSizes).toEqual(host.imageSizes);
       const [g, h] = [await values(gpu.images), await values(host.images)];

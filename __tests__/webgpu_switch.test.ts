@@ -6,15 +6,12 @@ import * as tf from '@tensorflow/tfjs';
 import {
   addUpsampled,
   chooseTile,
-  conv,
   conv2dPortable,
   convOutputSize,
   ConvOptions,
   convShaderSource,
-  kernelMode,
-  linear,
-  setKernelMode,
-  useWebGPUKernels,
+  Kernels,
+  PORTABLE_KERNELS,
 } from '../src/kernels/webgpu';
 import { lcgValues, relErr } from './utils/lcg';
 
@@ -62,14 +59,13 @@ const cases: Case[] = [
 ];
 
 describe('kernel switch (src/kernels/webgpu) on wasm', () => {
-  afterEach(() => setKernelMode('portable'));
-
-  it('defaults to the portable path and never runs WebGPU programs off the webgpu backend', () => {
-    expect(kernelMode()).toBe('portable');
-    setKernelMode('webgpu');
-    expect(kernelMode()).toBe('webgpu');
+  it('never runs WebGPU programs off the webgpu backend', () => {
+    expect(PORTABLE_KERNELS.mode).toBe('portable');
+    expect(PORTABLE_KERNELS.webgpu).toBe(false);
+    const kernels = new Kernels('webgpu');
+    expect(kernels.mode).toBe('webgpu');
     expect(tf.getBackend()).toBe('wasm');
-    expect(useWebGPUKernels()).toBe(false);
+    expect(kernels.webgpu).toBe(false);
   });
 
   it.each(cases)('conv %j matches a float64 convolution, in both modes', (c) => {
@@ -85,13 +81,13 @@ describe('kernel switch (src/kernels/webgpu) on wasm', () => {
     const rd = c.residual ? lcgValues(n * rh * rw * c.cout, 4) : undefined;
     const expected = reference(xd, wdat, bd, c, rd && { data: rd, h: rh, w: rw });
     for (const mode of ['portable', 'webgpu'] as const) {
-      setKernelMode(mode);
+      const kernels = new Kernels(mode);
       const got = tf.tidy(() => {
         const opts: ConvOptions = {
           stride: c.stride, pad: c.pad, relu: c.relu,
           residual: rd && tf.tensor4d(rd, [n, rh, rw, c.cout]), upsampleResidual: c.residual === 'upsample',
         };
-        const y = conv(tf.tensor4d(xd, c.x), tf.tensor4d(wdat, [c.k, c.k, cin, c.cout]), tf.tensor1d(bd), opts);
+        const y = kernels.conv(tf.tensor4d(xd, c.x), tf.tensor4d(wdat, [c.k, c.k, cin, c.cout]), tf.tensor1d(bd), opts);
         expect(y.shape).toEqual([n, ho, wo, c.cout]);
         return y.dataSync();
       });
@@ -134,7 +130,7 @@ describe('kernel switch (src/kernels/webgpu) on wasm', () => {
       const b = tf.tensor1d([0.5, -2, 0.1]);
       const xd = x.arraySync();
       const wd = w.arraySync();
-      const got = linear(x, w, b, true).arraySync();
+      const got = PORTABLE_KERNELS.linear(x, w, b, true).arraySync();
       for (let i = 0; i < 5; i++) for (let j = 0; j < 3; j++) {
         let s = [0.5, -2, 0.1][j];
         for (let k = 0; k < 7; k++) s += xd[i][k] * wd[k][j];

@@ -10,7 +10,7 @@ import * as tf from '@tensorflow/tfjs';
 import { main } from '../src/cli';
 import { WeightsError } from '../src/errors';
 import { FORMULA_NOTE, formulaWeights, writeFormulaWeights } from '../src/io/formula_weights';
-import { copyToActiveBackend, onActiveBackend, weightsOnActiveBackend } from '../src/runtime/tensor_home';
+import { copyToActiveBackend, onActiveBackend, weightsOnActiveBackend } from '../src/io/tensor_home';
 import { Img2PoseWeights, disposeWeights } from '../src/model/weights';
 import { loadWeights } from '../src/io/weights_io';
 import { loadWeightsFromUrl } from '../src/io/weights_url';

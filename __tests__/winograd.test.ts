@@ -7,7 +7,6 @@ import {
   convShaderSource,
   prepareConvFilter,
   releaseConvFilter,
-  setKernelMode,
   winogradFilter,
   WINOGRAD_MIN_CHANNELS,
 } from '../src/kernels/webgpu';
@@ -32,8 +31,6 @@ function direct(x: Float32Array, [n, h, w, cin]: number[], f: Float32Array, cout
 }
 
 describe('Winograd F(2x2, 3x3)', () => {
-  afterEach(() => setKernelMode('portable'));
-
   // Odd and even sizes (a last tile half outside), one pixel wide, batches of several images.
   it.each([
     [[1, 7, 9, 8], 12, true],
@@ -73,8 +70,7 @@ describe('Winograd F(2x2, 3x3)', () => {
   it('keeps a transformed filter only on the webgpu backend, and frees it on release', () => {
     const w = tf.zeros([3, 3, 256, 256]) as tf.Tensor4D;
     const before = tf.memory().numTensors;
-    setKernelMode('webgpu'); // on wasm: nothing to prepare
-    prepareConvFilter(w);
+    prepareConvFilter(w); // on wasm: nothing to prepare
     expect(tf.memory().numTensors).toBe(before);
     expect(winogradFilterFor(w, { stride: 1, pad: 1, relu: false, winograd: true })).toBeUndefined();
     prepareWinograd(w);

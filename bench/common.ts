@@ -10,6 +10,7 @@ import type { Face } from '../src/detector';
 import { decodeImage } from '../src/io/images';
 import { formulaWeights } from '../src/io/formula_weights';
 import { Img2PoseModel } from '../src/model/model';
+import { activeRuntime } from '../src/runtime/runtime';
 import { disposeWeights } from '../src/model/weights';
 import { loadWeights } from '../src/io/weights_io';
 
@@ -177,7 +178,7 @@ export function parseCounts(value: string): number[] {
 export async function buildModel(weightsPath?: string): Promise<Img2PoseModel> {
   const weights = weightsPath ? await loadWeights(weightsPath) : formulaWeights();
   try {
-    return new Img2PoseModel(weights);
+    return new Img2PoseModel(weights, activeRuntime());
   } finally {
     disposeWeights(weights); // the model keeps its own folded copies
   }

@@ -14,7 +14,8 @@ import './gpu_flags';
 import { formulaWeights } from '../src/io/formula_weights';
 import { decodeImage } from '../src/io/images';
 import { emptyTimings, Img2PoseModel, POSE_GATING_FLAG, PredictOptions, RawDetections, StageTimings, SUBBATCH_OVERLAP } from '../src/model/model';
-import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, setKernelMode, useGpuPool, winogradEnabled, WINOGRAD_FLAG } from '../src/kernels/webgpu';
+import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, Kernels, PORTABLE_KERNELS, useGpuPool, winogradEnabled, WINOGRAD_FLAG } from '../src/kernels/webgpu';
+import { activeRuntime, rulesFor } from '../src/runtime/runtime';
 import { compareDetections } from './gpu_check';
 import { Backbone } from '../src/model/backbone';
 import { RegionProposalNetwork } from '../src/model/rpn';
@@ -95,14 +96,17 @@ function identical(a: RawDetections, b: RawDetections): boolean {
 
 type StageTimes = Record<string, number>;
 
+/** The kernels of the mode being measured. */
+let KERNELS: Kernels = PORTABLE_KERNELS;
+
 /**
  * The forward of Img2PoseModel.predict rebuilt from the stage modules with the GPU synchronised
  * after each stage, so each stage's GPU time lands on it. ms per batch (median of 3 after a warm-up).
  */
 async function profileStages(weights: Img2PoseWeights, images: tf.Tensor3D[]): Promise<StageTimes> {
-  const backbone = new Backbone(weights);
-  const rpn = new RegionProposalNetwork(weights);
-  const heads = new RoIHeads(weights);
+  const backbone = new Backbone(weights, KERNELS);
+  const rpn = new RegionProposalNetwork(weights, KERNELS);
+  const heads = new RoIHeads(weights, { kernels: KERNELS, rules: rulesFor('webgpu') });
   const runs: StageTimes[] = [];
   try {
     for (let rep = 0; rep < 4; rep++) {
@@ -114,13 +118,13 @@ async function profileStages(weights: Img2PoseWeights, images: tf.Tensor3D[]): P
         t[name] = now - last;
         last = now;
       };
-      const batch = prepareBatch(images, CONFIG.minSize, CONFIG.maxSize);
+      const batch = prepareBatch(images, CONFIG.minSize, CONFIG.maxSize, KERNELS);
       await lap('transform');
       const features = backbone.forward(batch.images, batch.paddedSizes);
       await lap('backbone+FPN');
       const proposals = await rpn.forward(features, batch.imageSizes, batch.paddedSizes);
       await lap('RPN (head, readback, proposals)');
-      const pooled = await multiScaleRoIAlign(features.slice(0, 4), proposals.map((p) => p.boxes), batch.imageSizes, batch.paddedSizes);
+      const pooled = await multiScaleRoIAlign(features.slice(0, 4), proposals.map((p) => p.boxes), batch.imageSizes, batch.paddedSizes, KERNELS.webgpu ? 'webgpu' : 'ops');
       await lap('RoIAlign');
       const out = heads.apply(pooled);
       await lap('heads');
@@ -247,13 +251,20 @@ async function main(): Promise<void> {
   const weights = formulaWeights();
   process.env.IMG2POSE_WORKER_SCRIPT ??= path.join(process.cwd(), '.gpu', 'app', 'worker.mjs');
   const hostThreads = opts.hostThreads;
-  const model = new Img2PoseModel(weights, { hostThreads });
+  const modelFor = (kernels: KernelMode, threads: number): Img2PoseModel => new Img2PoseModel(weights, activeRuntime({ hostThreads: threads, kernels }));
+  let model = modelFor(modes[0], hostThreads);
   console.log(`host threads: ${model.usesHostThreads ? hostThreads : 0} (asked ${hostThreads}; worker script ${process.env.IMG2POSE_WORKER_SCRIPT})`);
-  const inThread = opts.compareThreads ? new Img2PoseModel(weights) : null;
+  let inThread = opts.compareThreads ? modelFor(modes[0], 0) : null;
   const rows: Row[] = [];
   const stages: { mode: KernelMode; batch: number; times: StageTimes }[] = [];
   for (const mode of modes) {
-    setKernelMode(mode);
+    KERNELS = new Kernels(mode);
+    if (mode !== modes[0]) {
+      model.dispose();
+      model = modelFor(mode, hostThreads);
+      inThread?.dispose();
+      inThread = inThread && modelFor(mode, 0);
+    }
     tf.dispose([photo, ...mixed]);
     photo = await load(PHOTO);
     mixed = await Promise.all(MIXED.map(load));

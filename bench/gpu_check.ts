@@ -16,7 +16,8 @@ import { failures, matchDetections, pct, sci } from './match';
 import { formulaWeights } from '../src/io/formula_weights';
 import { decodeImage } from '../src/io/images';
 import { Img2PoseModel, RawDetections } from '../src/model/model';
-import { initWebGPUBackend, KernelMode, setKernelMode, useGpuPool } from '../src/kernels/webgpu';
+import { activeRuntime } from '../src/runtime/runtime';
+import { initWebGPUBackend, KernelMode, useGpuPool } from '../src/kernels/webgpu';
 
 function npy(file: string): Float64Array {
   return Float64Array.from(loadNpy(file).data as ArrayLike<number>);
@@ -55,7 +56,7 @@ async function main(opts: { webgpuOnly: boolean }): Promise<void> {
   const singles = new Map(manifest.cases.filter((c) => c.mode === 'single').map((c) => [`${c.image}@${c.min_size}`, c]));
   const weights = formulaWeights();
   process.env.IMG2POSE_WORKER_SCRIPT ??= path.join(process.cwd(), '.gpu', 'app', 'worker.mjs');
-  const model = new Img2PoseModel(weights, { hostThreads: 8 });
+  let model = new Img2PoseModel(weights, activeRuntime({ hostThreads: 8 }));
   console.log(`batches' host stages on worker threads: ${model.usesHostThreads}`);
   const images = new Map<string, tf.Tensor3D>();
   const image = async (name: string): Promise<tf.Tensor3D> => {
@@ -73,7 +74,8 @@ async function main(opts: { webgpuOnly: boolean }): Promise<void> {
   };
   const modes: KernelMode[] = opts.webgpuOnly ? ['webgpu'] : ['portable', 'webgpu'];
   for (const mode of modes) {
-    setKernelMode(mode);
+    model.dispose();
+    model = new Img2PoseModel(weights, activeRuntime({ hostThreads: 8, kernels: mode }));
     const oneByOne = new Map<string, RawDetections>();
     for (const c of manifest.cases) {
       const config = { minSize: c.min_size, maxSize: c.max_size };

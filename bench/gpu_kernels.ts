@@ -12,15 +12,15 @@ import {
   ConvTile,
   conv2dFused,
   conv2dPortable,
-  convOutputSize,
   linearFused,
   linearPortable,
   chooseTile,
 } from '../src/kernels/webgpu/conv2d';
+import { convOutputSize } from '../src/ops/size';
 import { initWebGPUBackend } from '../src/kernels/webgpu/dawn';
 import { gpuSync } from '../src/kernels/webgpu/program';
 import { roiAlignFused, RoiAlignInputs } from '../src/kernels/webgpu/roi_align';
-import { setKernelMode, useGpuPool } from '../src/kernels/webgpu';
+import { Kernels, useGpuPool } from '../src/kernels/webgpu';
 import { conv2dWinograd, winogradFilter } from '../src/kernels/webgpu/winograd';
 import { prepareBatch } from '../src/model/transform';
 import { decodeImage } from '../src/io/images';
@@ -211,11 +211,8 @@ async function runChecks(): Promise<CheckRow[]> {
   for (const [minSize, maxSize] of [[640, 1400], [160, 288]]) {
     // Fresh (host-resident) images each time: the host path reads them with dataSync.
     const imgs = await Promise.all(names.map((n) => decodeImage(fsp.readFileSync(`__tests__/fixtures/golden/${n}`))));
-    setKernelMode('portable');
     const host = prepareBatch(imgs, minSize, maxSize);
-    setKernelMode('webgpu');
-    const gpu = prepareBatch(imgs, minSize, maxSize);
-    setKernelMode('portable');
+    const gpu = prepareBatch(imgs, minSize, maxSize, new Kernels('webgpu'));
     const e = await relErr(gpu.images, host.images);
     const maxAbs = tf.tidy(() => tf.max(tf.abs(tf.sub(gpu.images, host.images))));
     const m = (await maxAbs.data())[0];

@@ -14,7 +14,8 @@ import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { formulaWeights } from '../src/io/formula_weights';
 import { decodeImage } from '../src/io/images';
 import { Img2PoseModel } from '../src/model/model';
-import { gpuMemory, initWebGPUBackend, setKernelMode, useSizeClassPool, trimPool, DEFAULT_POOL_LIMIT } from '../src/kernels/webgpu';
+import { activeRuntime } from '../src/runtime/runtime';
+import { gpuMemory, initWebGPUBackend, useSizeClassPool, trimPool, DEFAULT_POOL_LIMIT } from '../src/kernels/webgpu';
 import { streamSizes } from './stream_sizes';
 
 const GiB = 2 ** 30;
@@ -100,7 +101,6 @@ function median(v: number[]): number {
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend();
   console.log('backend', JSON.stringify(adapter), new Date().toISOString());
-  setKernelMode('webgpu');
   const backend = tf.backend() as unknown as WebGPUBackend;
   const pipelines = (): number => Object.keys((backend as unknown as { pipelineCache: object }).pipelineCache).length;
   const pool = opts.pool;
@@ -114,7 +114,7 @@ async function main(): Promise<void> {
   const photo = (await photoT).dataSync() as Int32Array;
   const [ph, pw] = (await photoT).shape;
   const weights = formulaWeights();
-  const model = new Img2PoseModel(weights, { hostThreads: 0 });
+  const model = new Img2PoseModel(weights, activeRuntime({ hostThreads: 0, kernels: 'webgpu' }));
   tf.dispose([...weights.tensors.values()]);
   const every = opts.every;
   const passes = opts.passes;

@@ -11,7 +11,7 @@
  * with the storage given as a persistent id ('storage', <type>, key, location, numel[, view]).
  */
 import { createHash } from 'crypto';
-import { FileReadError, readRegularFile } from '../src/io/safe_read';
+import { FileReadError, readRegularFile } from './safe_read';
 import { CheckpointError } from './errors';
 import { HostValue, PickleError, PyDict, PyGlobal, PyObject, PyTuple, PyValue, UnpickleHooks, pyTypeName, unpickle } from './pickle';
 import { ZipArchive, ZipRecord } from './zip';

@@ -26,8 +26,8 @@ import {
   packageVersion,
   shardName,
 } from './weights_format';
-import { DEFAULT_POSE_MEAN, DEFAULT_POSE_STDDEV, ResNetDepth } from '../src/model/weights';
-import { FileReadError, readRegularFile } from '../src/io/safe_read';
+import { DEFAULT_POSE_MEAN, DEFAULT_POSE_STDDEV, ResNetDepth } from './weights';
+import { FileReadError, readRegularFile } from './safe_read';
 
 /** A path to a .npy file holding 6 values (any shape), or the 6 values themselves. */
 export type PoseStatisticsInput = string | ArrayLike<number>;

@@ -22,7 +22,7 @@ import {
   packageVersion,
   shardName,
 } from './weights_format';
-import { ResNetDepth } from '../src/model/weights';
+import { ResNetDepth } from './weights';
 
 export interface HostWeights {
   depth: ResNetDepth;

@@ -1,6 +1,6 @@
 /** Loading a .pth straight into tfjs tensors (no folder written). */
 import * as tf from '@tensorflow/tfjs';
-import { Img2PoseWeights } from '../src/model/weights';
+import { Img2PoseWeights } from './weights';
 import { loadCheckpoint } from './checkpoint';
 import {
   DEFAULT_POSE_WARNING,

@@ -3,7 +3,7 @@
  * and DOF ROI heads), generated from the architecture for ResNet-18/50/101, in upstream's
  * `state_dict()` order. `__tests__/fixtures/weights/keys_resnet*.json` are the real lists.
  */
-import { ResNetDepth } from '../src/model/weights';
+import { ResNetDepth } from './weights';
 
 export interface KeySpec {
   name: string;

@@ -6,7 +6,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { ResNetDepth } from '../src/model/weights';
+import { ResNetDepth } from './weights';
 
 export const WEIGHTS_FORMAT = 'img2pose-tfjs-weights';
 export const WEIGHTS_FORMAT_VERSION = 1;

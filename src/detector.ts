@@ -15,7 +15,7 @@
  */
 import * as os from 'os';
 import * as tf from '@tensorflow/tfjs';
-import { BackendChoice, BACKEND_CHOICES, selectBackend } from './runtime/backend';
+import { BackendChoice, BACKEND_CHOICES, onBackend, onBackendSync, selectBackend } from './runtime/backend';
 import {
   BatchError,
   DisposedError,
@@ -29,15 +29,14 @@ import {
 import { DEFAULT_MAX_PIXELS, ImageInput, RawImage, decodeImage, decodePixels } from './io/images';
 import { checkKnownKeys } from './options';
 import { AlignOptions, AlignSize, AlignedFace, PosedFace, Rgb8Image, alignChecked, alignLimitsOf, alignPoses, alignSizeOf, checkPoses, decodeRgb8 } from './align';
-import { Img2PoseModel, ModelConfig, RawDetections } from './model/model';
-import { cores, workerScript } from './runtime/threads';
-import { ThreadedModel } from './runtime/threaded_model';
-import { DEFAULT_POOL_LIMIT, releaseGpuPool, setKernelMode, useGpuPool } from './kernels/webgpu';
+import { ModelConfig, RawDetections } from './model/model';
+import { cores } from './runtime/threads';
+import { DEFAULT_POOL_LIMIT, releaseGpuPool, useGpuPool } from './kernels/webgpu';
+import { buildNetwork, isCpuBackend } from './runtime/runtime';
 import { KeypointName, projectKeypoints } from './model/pose';
-import { Img2PoseWeights } from './model/weights';
 import { LoadWeightsOptions } from './io/weights_io';
 import { ReleaseOptions } from './io/weights_cache';
-import { copyToActiveBackend, onActiveBackend } from './runtime/tensor_home';
+import { copyToActiveBackend, onActiveBackend } from './io/tensor_home';
 import { DEFAULT_WEIGHTS, WeightsSource, isWeightsSource, openWeights } from './io/weights_source';
 
 export type Box = [x1: number, y1: number, x2: number, y2: number];
@@ -209,25 +208,30 @@ export class Img2Pose {
     if (!isWeightsSource(weights)) {
       throw new OptionError('weights', "'img2pose_v1', a weights folder, model.json, .pth or URL, Img2PoseWeights or a tf.io handler", weights);
     }
-    const backendName = await selectBackend(backend);
-    setKernelMode(backendName === 'webgpu' && webgpuKernels ? 'webgpu' : 'portable');
-    if (backendName === 'webgpu') useGpuPool(gpuPoolLimit);
-    // Made on the chosen backend (in-memory weights made elsewhere are copied there).
-    const opened = await openWeights(weights, { poseMean, poseStddev, warn, release });
-    let built: { model: DetectionModel; threads: number };
-    try {
-      built = await buildModel(opened.weights, backendName, threadCount(threads, backendName));
-    } catch (e) {
-      if (e instanceof Img2PoseError) throw e;
-      throw new WeightsError(`These weights do not fit the img2pose network: ${messageOf(e)}`, { path: opened.path, cause: e });
-    } finally {
-      // The stages hold their own copies; tensors made for loading are ours to free.
-      opened.release();
-    }
-    return new Img2Pose(built.model, resolved, backendName, built.threads);
+    // The app's active backend is made active again once the network is built (see onBackend).
+    return onBackend(null, async () => {
+      const backendName = await selectBackend(backend);
+      if (backendName === 'webgpu') useGpuPool(gpuPoolLimit);
+      // Made on the chosen backend (in-memory weights made elsewhere are copied there).
+      const opened = await openWeights(weights, { poseMean, poseStddev, warn, release });
+      let built: { model: DetectionModel; threads: number };
+      try {
+        built = await buildNetwork(opened.weights, { backend: backendName, threads: threadCount(threads, backendName), kernels: webgpuKernels ? 'webgpu' : 'portable' });
+      } catch (e) {
+        if (e instanceof Img2PoseError) throw e;
+        throw new WeightsError(`These weights do not fit the img2pose network: ${messageOf(e)}`, { path: opened.path, cause: e });
+      } finally {
+        // The stages hold their own copies; tensors made for loading are ours to free.
+        opened.release();
+      }
+      return new Img2Pose(built.model, resolved, backendName, built.threads);
+    });
   }
 
-  /** A detector around any `DetectionModel` (custom networks, tests). Takes ownership of it. */
+  /**
+   * A detector around any `DetectionModel` (custom networks, tests). Takes ownership of it. Its
+   * calls run with `backend` active (when tfjs knows that name), the app's made active again after.
+   */
   constructor(model: DetectionModel, options: Partial<DetectorOptions> = {}, backend: string = tf.getBackend(), threads = 1) {
     this.model = model;
     this.threads = threads;
@@ -258,7 +262,7 @@ export class Img2Pose {
     this.assertAlive();
     const filter = this.filterFor(options);
     if (!Array.isArray(images)) {
-      return this.detectOne(take(images as ImageInput), filter);
+      return this.detectOne(this.take(images as ImageInput), filter);
     }
     const settled = await this.detectMany(images as readonly ImageInput[], filter);
     const errors: IndexedError[] = [];
@@ -289,9 +293,11 @@ export class Img2Pose {
     if (this.isDisposed) return;
     this.isDisposed = true;
     await this.tail;
-    this.model.dispose();
-    // The network's buffers are back in the pool now: give the free ones back to the device.
-    if (this.backend === 'webgpu') releaseGpuPool();
+    await onBackend(this.backend, async () => {
+      this.model.dispose();
+      // The network's buffers are back in the pool now: give the free ones back to the device.
+      if (this.backend === 'webgpu') releaseGpuPool();
+    });
   }
 
   // --- upstream's routing: _detect_single / _detect_batch -------------------------------------
@@ -301,7 +307,7 @@ export class Img2Pose {
   }
 
   private async detectMany(images: readonly ImageInput[], filter: Filter): Promise<SettledDetection[]> {
-    const pendings = images.map(take);
+    const pendings = images.map((image) => this.take(image));
     if (pendings.length === 0) return [];
     if (pendings.length === 1) {
       // Upstream: a one-element list is a single detection, without batch overhead.
@@ -398,7 +404,7 @@ export class Img2Pose {
   private enqueue<T>(pendings: Pending[], job: () => Promise<T>): Promise<T> {
     const run = this.tail.then(() => {
       if (this.isDisposed) throw new DisposedError();
-      return job();
+      return onBackend(this.backend, job);
     });
     const released = run.finally(() => {
       for (const p of pendings) p.owned?.dispose();
@@ -408,6 +414,11 @@ export class Img2Pose {
       () => undefined,
     );
     return released;
+  }
+
+  /** `take` with the detector's backend active: a tensor input is copied there at call time. */
+  private take(input: ImageInput): Pending {
+    return onBackendSync(this.backend, () => take(input));
   }
 
   private assertAlive(): void {
@@ -481,7 +492,7 @@ export class Img2Pose {
     this.filterFor(detect);
     if (!Array.isArray(images)) {
       // Tensors are taken at call time, as detectFaces does, so callers may dispose theirs at once.
-      const pending = take(images as ImageInput);
+      const pending = this.take(images as ImageInput);
       try {
         const rgb = await decodeRgb8(await decodePixels(pending.input), undefined, { maxPixels: this.options.maxPixels });
         const faces = await this.detectFaces(rgb.exact ? asRawImage(rgb) : pending.input, detect);
@@ -490,7 +501,7 @@ export class Img2Pose {
         pending.owned?.dispose();
       }
     }
-    const pendings = (images as readonly ImageInput[]).map(take);
+    const pendings = (images as readonly ImageInput[]).map((image) => this.take(image));
     const results: (AlignedDetection[] | undefined)[] = new Array(pendings.length).fill(undefined);
     const errors: IndexedError[] = [];
     try {
@@ -542,8 +553,6 @@ function asRawImage(rgb: Rgb8Image): RawImage {
   return { data: rgb.data, width: rgb.width, height: rgb.height, channels: 3 };
 }
 
-const CPU_BACKENDS = ['wasm', 'cpu'];
-
 /** The `threads` option resolved for `backend` (see LoadOptions.threads). */
 export function threadCount(threads: number | 'auto', backend: string, env: NodeJS.ProcessEnv = process.env): number {
   if (threads !== 'auto') return threads;
@@ -554,7 +563,7 @@ export function threadCount(threads: number | 'auto', backend: string, env: Node
     checkThreadLimit(n, 'IMG2POSE_THREADS', backend);
     return n;
   }
-  return Math.max(1, Math.min(cores(), CPU_BACKENDS.includes(backend) ? 4 : 8, memoryThreads(backend)));
+  return Math.max(1, Math.min(cores(), isCpuBackend(backend) ? 4 : 8, memoryThreads(backend)));
 }
 
 /**
@@ -565,7 +574,7 @@ const WORKER_BYTES = 0.75 * 1024 ** 3;
 
 /** Workers that half of this machine's memory holds (no bound on the GPU backends). */
 function memoryThreads(backend: string): number {
-  return CPU_BACKENDS.includes(backend) ? Math.max(1, Math.floor(os.totalmem() / 2 / WORKER_BYTES)) : Infinity;
+  return isCpuBackend(backend) ? Math.max(1, Math.floor(os.totalmem() / 2 / WORKER_BYTES)) : Infinity;
 }
 
 /** The most threads accepted: twice the cores (at least 8; more only queue), within what memory holds. */
@@ -579,20 +588,6 @@ function checkThreadLimit(n: number, option: string, backend: string): void {
   if (n > limit) {
     throw new OptionError(option, `at most ${limit} (more threads than max(8, twice the ${cores()} CPU cores) only wait, and each worker takes ~0.75 GB of the ${(os.totalmem() / 1024 ** 3).toFixed(0)} GB here)`, n);
   }
-}
-
-/**
- * The network for `backend`: on the CPU backends with several threads, copies of it on worker
- * threads; otherwise one in this thread, with host-stage workers when threads > 1. Without the
- * compiled worker script (running from TypeScript sources), everything stays in this thread.
- */
-async function buildModel(weights: Img2PoseWeights, backend: string, threads: number): Promise<{ model: DetectionModel; threads: number }> {
-  const script = threads > 1 ? workerScript() : null;
-  if (!script) return { model: new Img2PoseModel(weights), threads: 1 };
-  if (CPU_BACKENDS.includes(backend)) {
-    return { model: await ThreadedModel.start(script, weights, backend as 'wasm' | 'cpu', threads), threads };
-  }
-  return { model: new Img2PoseModel(weights, { hostThreads: threads }), threads };
 }
 
 /**

@@ -66,7 +66,10 @@ export { visualize } from './visualize';
 export type { DrawableFace, VisualizeImage, VisualizeOptions } from './visualize';
 
 export { Img2PoseModel, SUBBATCH_OVERLAP } from './model/model';
-export type { ModelConfig, ModelOptions, PredictOptions, RawDetections, StageTimings } from './model/model';
+export type { ModelConfig, PredictOptions, RawDetections, StageTimings } from './model/model';
+export { createRuntime } from './runtime/runtime';
+export type { RuntimeOptions } from './runtime/runtime';
+export type { BackendRules, HostExecutor, ModelRuntime } from './model/runtime';
 
 export { WorkerTaskError } from './runtime/threads';
 

@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { ModuleLoader, nodeModuleLoader, selectBackend } from '../../src/runtime/backend';
-import { setKernelMode, useGpuPool } from '../../src/kernels/webgpu';
+import { useGpuPool } from '../../src/kernels/webgpu';
 
 interface Probe {
   ok: boolean;
@@ -32,13 +32,12 @@ const dawnLoader: ModuleLoader = {
 };
 
 /**
- * Makes the webgpu backend active, with the stock ops (kernel mode 'portable') and the buffer
- * pool that `Img2Pose.load` sets up (size classes, readback of the asked size, writeBuffer uploads).
+ * Makes the webgpu backend active, with the buffer pool that `Img2Pose.load` sets up (size
+ * classes, readback of the asked size, writeBuffer uploads).
  */
 export async function startWebGPU(): Promise<void> {
   if (tf.getBackend() !== 'webgpu') await selectBackend('webgpu', dawnLoader);
   useGpuPool();
-  setKernelMode('portable');
 }
 
 /**
@@ -50,7 +49,6 @@ export function describeWebGPU(name: string, body: () => void): void {
   if (probe.ok) {
     describe(`${name} [${probe.adapter}]`, () => {
       beforeAll(startWebGPU);
-      afterAll(() => setKernelMode('portable'));
       body();
     });
     return;

@@ -66,6 +66,8 @@ export { selectBackend, BACKEND_CHOICES, AUTO_ORDER } from '../runtime/backend';
 export type { BackendChoice } from '../runtime/backend';
 export { Img2PoseModel } from '../model/model';
 export type { ModelConfig, RawDetections } from '../model/model';
+export { createRuntime } from '../runtime/runtime';
+export type { RuntimeOptions } from '../runtime/runtime';
 export { KEYPOINT_INDICES, projectKeypoints, projectPoints } from '../model/pose';
 export type { KeypointName } from '../model/pose';
 export * from '../model/weights';

@@ -18,7 +18,7 @@ import { checkpointToWeights } from '../../converter/in_memory';
 import { PoseStatisticsInput, Warn } from '../../converter/convert';
 import { img2poseSpec, isModelTensor } from '../../converter/spec';
 import { MODEL_JSON, SHARD_BYTES, WeightEntryJson } from '../../converter/weights_format';
-import { FileReadError, confinedPath, readRegularFile } from './safe_read';
+import { FileReadError, confinedPath, readRegularFile } from '../../converter/safe_read';
 import { checkManifestAgainstSpec, checkModelJson } from './weights_checks';
 
 export { checkManifestAgainstSpec, checkModelJson };

@@ -13,7 +13,7 @@
 import { promises as fsp } from 'fs';
 import * as tf from '@tensorflow/tfjs';
 import { Img2PoseError, WeightsError } from '../errors';
-import { weightsOnActiveBackend } from '../runtime/tensor_home';
+import { weightsOnActiveBackend } from './tensor_home';
 import { Img2PoseWeights, ResNetDepth, disposeWeights } from '../model/weights';
 import { LoadWeightsOptions, checkManifestAgainstSpec, loadWeights } from './weights_io';
 import { isWeightsUrl, loadWeightsFromUrl } from './weights_url';

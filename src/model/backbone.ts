@@ -17,10 +17,10 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { Img2PoseWeights } from './weights';
+import { Size } from '../ops/size';
 import { Conv, convOutputSize, disposeConv, foldFrozenBatchNorm, makeConv, readsBeyondRegion } from './layers';
-import { conv as convOp, prepareConvFilter, winogradEnabled } from '../kernels/webgpu';
+import { Kernels, PORTABLE_KERNELS, prepareConvFilter, winogradEnabled } from '../kernels/webgpu';
 
-export type Size = [number, number];
 
 /** Names of the returned levels, strides 4, 8, 16, 32, 64 (upstream's feature dict keys). */
 export const FEATURE_NAMES = ['0', '1', '2', '3', 'pool'] as const;
@@ -94,14 +94,14 @@ interface ConvStep {
 }
 
 /**
- * conv + bias (+ residual) (+ ReLU, after the residual), through the kernel switch of ./webgpu:
- * stock tfjs ops by default, our WebGPU programs when enabled.
+ * conv + bias (+ residual) (+ ReLU, after the residual), through the network's kernels: stock
+ * tfjs ops, or our WebGPU programs when enabled.
  */
-function convFeature(f: Feature, conv: Conv, masks: RegionMasks, step: ConvStep): Feature {
+function convFeature(kernels: Kernels, f: Feature, conv: Conv, masks: RegionMasks, step: ConvStep): Feature {
   const input = maskedInput(f, conv.kernel, conv.stride, conv.pad, masks);
   const { relu, residual, upsample, winograd } = step;
   return {
-    x: convOp(input, conv.filter, conv.bias, { stride: conv.stride, pad: conv.pad, relu, residual, upsampleResidual: upsample, winograd }),
+    x: kernels.conv(input, conv.filter, conv.bias, { stride: conv.stride, pad: conv.pad, relu, residual, upsampleResidual: upsample, winograd }),
     regions: regionsAfter(f.regions, conv.kernel, conv.stride, conv.pad),
     zeroOutside: false, // the bias
   };
@@ -143,9 +143,9 @@ export class Backbone {
   /**
    * Folds every FrozenBatchNorm into its conv (new tensors owned by the Backbone) and clones
    * the FPN weights; `weights` stays owned by the caller, and its `backbone.*` tensors are not
-   * needed afterwards.
+   * needed afterwards. `kernels`: the convolutions' (stock tfjs ops unless given).
    */
-  constructor(weights: Img2PoseWeights) {
+  constructor(weights: Img2PoseWeights, private readonly kernels: Kernels = PORTABLE_KERNELS) {
     const body = 'backbone.body.';
     this.stem = this.foldedConv(weights, `${body}conv1`, `${body}bn1`, 2);
     for (let l = 1; l <= 4; l++) {
@@ -234,7 +234,7 @@ export class Backbone {
   /** ResNet body: stem, then layer1..4; returns their outputs (strides 4, 8, 16, 32). */
   private runBody(input: Feature, masks: RegionMasks): Feature[] {
     const stem = tidyFeature(() => {
-      const c1 = convFeature(input, this.stem, masks, { relu: true });
+      const c1 = convFeature(this.kernels, input, this.stem, masks, { relu: true });
       return maxPoolFeature(c1, 3, 2, 1, masks);
     });
     const outputs: Feature[] = [];
@@ -251,11 +251,11 @@ export class Backbone {
   }
 
   private runBlock(block: ResidualBlock, input: Feature, masks: RegionMasks, winograd: boolean): Feature {
-    const identity = block.downsample ? convFeature(input, block.downsample, masks, { relu: false }).x : input.x;
+    const identity = block.downsample ? convFeature(this.kernels, input, block.downsample, masks, { relu: false }).x : input.x;
     let y = input;
     block.convs.forEach((conv, k) => {
       // The residual add and the ReLU after it are the last conv's epilogue.
-      y = convFeature(y, conv, masks, { relu: true, residual: k === block.convs.length - 1 ? identity : undefined, winograd });
+      y = convFeature(this.kernels, y, conv, masks, { relu: true, residual: k === block.convs.length - 1 ? identity : undefined, winograd });
     });
     return { x: y.x, regions: y.regions, zeroOutside: false };
   }
@@ -264,13 +264,13 @@ export class Backbone {
   private runFpn(c: Feature[], masks: RegionMasks): tf.Tensor4D[] {
     return tf.tidy(() => {
       const results: Feature[] = new Array(4);
-      let last = convFeature(c[3], this.inner[3], masks, { relu: false });
-      results[3] = convFeature(last, this.outer[3], masks, { relu: false, winograd: winogradEnabled() });
+      let last = convFeature(this.kernels, c[3], this.inner[3], masks, { relu: false });
+      results[3] = convFeature(this.kernels, last, this.outer[3], masks, { relu: false, winograd: winogradEnabled() });
       for (let i = 2; i >= 0; i--) {
         // Top-down pathway: lateral 1x1 conv + nearest-upsampled coarser level (torch
         // interpolate 'nearest': source index floor(d * in / out)), fused into the conv.
-        last = convFeature(c[i], this.inner[i], masks, { relu: false, residual: last.x, upsample: true });
-        results[i] = convFeature(last, this.outer[i], masks, { relu: false, winograd: winogradEnabled() });
+        last = convFeature(this.kernels, c[i], this.inner[i], masks, { relu: false, residual: last.x, upsample: true });
+        results[i] = convFeature(this.kernels, last, this.outer[i], masks, { relu: false, winograd: winogradEnabled() });
       }
       // The RPN head's 3x3 conv reads these maps: zero them outside each image's region.
       const levels: Feature[] = results.map((r) =>

@@ -5,6 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { releaseConvFilter } from '../kernels/webgpu';
+import { convOutputSize } from '../ops/size';
 
 /** torchvision's FrozenBatchNorm2d epsilon. */
 export const FROZEN_BN_EPS = 1e-5;
@@ -41,10 +42,7 @@ export function foldFrozenBatchNorm(
   return { filter: folded, bias };
 }
 
-/** Output length of a conv/pool along one axis (PyTorch: symmetric pad, floor rounding). */
-export function convOutputSize(size: number, kernel: number, stride: number, pad: number): number {
-  return Math.floor((size + 2 * pad - kernel) / stride) + 1;
-}
+export { convOutputSize };
 
 /**
  * Whether an op, applied to an image whose valid region along one axis is [0, region), reads

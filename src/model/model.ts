@@ -1,12 +1,13 @@
 import * as tf from '@tensorflow/tfjs';
 import { Backbone } from './backbone';
-import { BOX_SCORE_THRESH, Detections, postprocessDetections, PostprocessInput } from './postprocess';
+import { BOX_SCORE_THRESH, PostprocessInput } from './postprocess';
 import { REFERENCE_POINTS_68 } from './reference_points';
-import { multiScaleRoIAlign } from './roi_align';
+import { multiScaleRoIAlign, RoIAlignMethod } from './roi_align';
 import { RoIHeads } from './roi_heads';
 import { Proposals, RegionProposalNetwork } from './rpn';
-import { paddedSize, prepareBatchAsync, resizedSize, Size } from './transform';
-import { WorkerPool, workerScript } from '../runtime/threads';
+import { ModelRuntime } from './runtime';
+import { paddedSize, prepareBatchAsync, resizedSize } from './transform';
+import { Size } from '../ops/size';
 import { Img2PoseWeights } from './weights';
 
 /** Sizes of the input transform (upstream's min_size / max_size). */
@@ -44,23 +45,14 @@ export function emptyTimings(): StageTimings {
   return { transform: 0, backbone: 0, rpn: 0, proposals: 0, roiAlign: 0, heads: 0, postprocess: 0 };
 }
 
-export interface ModelOptions {
-  /**
-   * Worker threads for the per-image host stages of a batch (RPN proposal filtering and ROI
-   * post-processing), which otherwise run one image after another on the main thread while the
-   * GPU waits. 0 (default) keeps them on the main thread. Started at the first batch; ignored,
-   * with the work done in-thread, where the compiled worker script is missing.
-   */
-  hostThreads?: number;
-}
-
 export interface PredictOptions {
   /** When given, stage times are added to it. Profiling waits for the device after each stage. */
   profile?: StageTimings;
   /**
    * Groups larger than this are split into sub-batches of at most this many images whose
-   * forwards overlap (see `predict`). Default: SUBBATCH_OVERLAP on GPU backends, 0 (off) on CPU
-   * backends, where it would only raise memory. Ignored while profiling.
+   * forwards overlap (see `predict`). Default: SUBBATCH_OVERLAP where the backend queues work
+   * asynchronously (GPU backends), 0 (off) on CPU backends, where it would only raise memory.
+   * Ignored while profiling.
    */
   overlap?: number;
 }
@@ -79,14 +71,6 @@ if (!(POSE_GATING_FLAG in (tf.env() as unknown as { flagRegistry: object }).flag
 /** Sub-batch size for overlapping forwards on GPU backends (measured on an H200: docs/webgpu.md). */
 export const SUBBATCH_OVERLAP = 4;
 
-/**
- * Most ROIs pooled and run through the heads at once. 1000 proposals are ~50 MB of pooled
- * features, so CPU backends go image by image; GPU backends batch more for throughput.
- */
-function roiChunkLimit(): number {
-  return ['wasm', 'cpu'].includes(tf.getBackend()) ? 1000 : 8000;
-}
-
 /** Groups consecutive images so each group's proposals fit the ROI chunk limit. */
 function chunkImages(counts: number[], limit: number): number[][] {
   const chunks: number[][] = [];
@@ -103,24 +87,6 @@ function chunkImages(counts: number[], limit: number): number[][] {
   });
   if (current.length > 0) chunks.push(current);
   return chunks;
-}
-
-/**
- * Most padded input pixels per forward: ~4 default-size photos on CPU backends (the activations of
- * one 640x1152 image are ~1 GB at stride 4), more on GPUs, where batching is what pays.
- */
-function pixelBudget(): number {
-  const photo = 640 * 1152;
-  return ['wasm', 'cpu'].includes(tf.getBackend()) ? 4 * photo : 16 * photo;
-}
-
-/**
- * Whether the backend queues work and reads back asynchronously (GPU backends), so that forwards
- * of several groups can overlap. CPU backends compute inside each op call: interleaving there would
- * only hold every group's activations at once.
- */
-function queuesAsync(): boolean {
-  return !['wasm', 'cpu', 'tensorflow'].includes(tf.getBackend());
 }
 
 /** Padding a group may add over its images' own padded areas before a new group is started. */
@@ -186,12 +152,16 @@ async function settle(t: tf.Tensor): Promise<void> {
 }
 
 /**
- * The img2pose network, upstream's FasterDoFRCNN in inference mode:
- * transform -> ResNet-FPN -> RPN -> MultiScaleRoIAlign -> box/class heads -> pose post-processing.
+ * The img2pose network, upstream's FasterDoFRCNN in inference mode (torchvision's
+ * GeneralizedRCNN): transform -> ResNet-FPN backbone -> RPN -> MultiScaleRoIAlign + box/class heads
+ * -> pose post-processing.
  *
  * A batch runs as one stacked, padded tensor through the backbone and the RPN head; everything
  * after is per image and uses only that image's own region of the features, so each image's
  * result equals its single-image result whatever else is in the batch.
+ *
+ * Where it runs is its `runtime`'s business: the kernels the stages call, the backend's rules
+ * (ROI chunks, pixel budget, overlapping forwards) and the executor of the per-image host stages.
  */
 export class Img2PoseModel {
   private readonly backbone: Backbone;
@@ -199,25 +169,21 @@ export class Img2PoseModel {
   private readonly roiHeads: RoIHeads;
   private readonly poseMean: Float64Array;
   private readonly poseStddev: Float64Array;
-  private readonly hostThreads: number;
-  private hostPool: WorkerPool | null | undefined;
   private disposed = false;
 
   /**
-   * Builds the stages from `weights`. Each stage keeps its own folded/permuted copies, so the
-   * caller still owns `weights` and may dispose them once this returns.
+   * Builds the stages from `weights` for `runtime`, whose host executor the model then owns
+   * (`dispose` stops it). Each stage keeps its own folded/permuted copies, so the caller still owns
+   * `weights` and may dispose them once this returns.
    */
-  constructor(weights: Img2PoseWeights, options: ModelOptions = {}) {
-    const hostThreads = options.hostThreads ?? 0;
-    if (!(Number.isInteger(hostThreads) && hostThreads >= 0)) throw new RangeError(`hostThreads must be an integer >= 0, got ${hostThreads}`);
-    this.hostThreads = hostThreads;
+  constructor(weights: Img2PoseWeights, readonly runtime: ModelRuntime) {
     const built: { dispose(): void }[] = [];
     try {
-      this.backbone = new Backbone(weights);
+      this.backbone = new Backbone(weights, runtime.kernels);
       built.push(this.backbone);
-      this.rpn = new RegionProposalNetwork(weights);
+      this.rpn = new RegionProposalNetwork(weights, runtime.kernels);
       built.push(this.rpn);
-      this.roiHeads = new RoIHeads(weights);
+      this.roiHeads = new RoIHeads(weights, runtime);
     } catch (e) {
       for (const stage of built) stage.dispose();
       throw e;
@@ -236,11 +202,12 @@ export class Img2PoseModel {
    */
   async predict(images: tf.Tensor3D[], config: ModelConfig, options: PredictOptions = {}): Promise<RawDetections[]> {
     if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
+    const { rules } = this.runtime;
     const padded = images.map((img) => paddedSize(resizedSize(img.shape[0], img.shape[1], config.minSize, config.maxSize)));
     const results: RawDetections[] = new Array(images.length);
     // By default only where work is queued asynchronously; an explicit value applies anywhere.
-    const overlap = options.profile ? 0 : (options.overlap ?? (queuesAsync() ? SUBBATCH_OVERLAP : 0));
-    const groups = groupBySize(padded, pixelBudget()).flatMap((g) => splitForOverlap(g, overlap));
+    const overlap = options.profile ? 0 : (options.overlap ?? (rules.queuesAsync ? SUBBATCH_OVERLAP : 0));
+    const groups = groupBySize(padded, rules.pixelBudget).flatMap((g) => splitForOverlap(g, overlap));
     const run = async (group: number[]): Promise<void> => {
       const out = await this.predictStacked(group.map((i) => images[i]), config, options);
       group.forEach((i, k) => (results[i] = out[k]));
@@ -258,58 +225,44 @@ export class Img2PoseModel {
 
   /**
    * One stacked, padded forward of all `images`, whatever their sizes (`predict` groups them
-   * first); tests use it to make images of different sizes share one tensor.
+   * first): GeneralizedRCNN.forward, the stages in order. Tests use it to make images of
+   * different sizes share one tensor.
    */
   async predictStacked(images: tf.Tensor3D[], config: ModelConfig, options: Pick<PredictOptions, 'profile'> = {}): Promise<RawDetections[]> {
     if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
     if (images.length === 0) return [];
-    const profile = options.profile;
-    let t0 = performance.now();
-    const lap = async (stage: keyof StageTimings, pending?: tf.Tensor): Promise<void> => {
-      if (!profile) return;
-      if (pending) await settle(pending);
-      const t = performance.now();
-      profile[stage] += t - t0;
-      t0 = t;
-    };
+    const { kernels, host } = this.runtime;
+    const lap = stageTimer(options.profile);
 
-    const batch = await prepareBatchAsync(images, config.minSize, config.maxSize);
+    const batch = await prepareBatchAsync(images, config.minSize, config.maxSize, kernels);
     let features: tf.Tensor4D[] = [];
     try {
       await lap('transform', batch.images);
       features = this.backbone.forward(batch.images, batch.paddedSizes);
       batch.images.dispose();
       await lap('backbone', features[features.length - 1]);
-      const pool = images.length > 1 ? this.pool() : undefined;
-      const head = this.rpn.predictHead(features, batch.imageSizes, batch.paddedSizes, pool !== undefined);
+      const head = this.rpn.predictHead(features, batch.imageSizes, batch.paddedSizes, host.sendsAway(images.length));
       const jobs = await head;
       await lap('rpn');
-      const proposals = await this.rpn.proposals(jobs, pool);
+      const proposals = await host.proposals(jobs);
       await lap('proposals');
-      const heads = await this.runHeads(features, proposals, batch.imageSizes, batch.paddedSizes, lap);
+      const heads = await this.roiHeadsForward(features, proposals, batch.imageSizes, batch.paddedSizes, lap);
       tf.dispose(features);
       features = [];
-      const inputs: PostprocessInput[] = proposals.map((p, i) => ({
-        proposals: p.boxes,
-        classLogits: heads[i].classLogits,
-        dofRegression: heads[i].dofRegression,
-        imageSize: batch.imageSizes[i],
-        originalSize: batch.originalSizes[i],
-        poseMean: this.poseMean,
-        poseStddev: this.poseStddev,
-        referencePoints: REFERENCE_POINTS_68,
-      }));
-      const results = pool
-        ? await Promise.all(
-            inputs.map((input) => {
-              // Own copies: a view would carry its whole chunk's buffer along.
-              const own = { ...input, classLogits: input.classLogits.slice(), dofRegression: input.dofRegression.slice() };
-              return pool.run<Detections>({ kind: 'postprocess', payload: own }, [own.classLogits.buffer as ArrayBuffer, own.dofRegression.buffer as ArrayBuffer]);
-            }),
-          )
-        : inputs.map(postprocessDetections);
+      const detections = await host.postprocess(
+        proposals.map((p, i): PostprocessInput => ({
+          proposals: p.boxes,
+          classLogits: heads[i].classLogits,
+          dofRegression: heads[i].dofRegression,
+          imageSize: batch.imageSizes[i],
+          originalSize: batch.originalSizes[i],
+          poseMean: this.poseMean,
+          poseStddev: this.poseStddev,
+          referencePoints: REFERENCE_POINTS_68,
+        })),
+      );
       await lap('postprocess');
-      return results;
+      return detections;
     } finally {
       batch.images.dispose();
       tf.dispose(features);
@@ -317,19 +270,21 @@ export class Img2PoseModel {
   }
 
   /** RoIAlign + heads over the images' proposals, in chunks that bound memory. */
-  private async runHeads(
+  private async roiHeadsForward(
     features: tf.Tensor4D[],
     proposals: Proposals[],
     imageSizes: Size[],
     paddedSizes: Size[],
-    lap: (stage: keyof StageTimings, pending?: tf.Tensor) => Promise<void>,
+    lap: StageTimer,
   ): Promise<{ classLogits: Float32Array; dofRegression: Float32Array }[]> {
+    const { kernels, rules } = this.runtime;
+    const method: RoIAlignMethod = kernels.webgpu ? 'webgpu' : rules.roiAlign;
     const counts = proposals.map((p) => p.boxes.length / 4);
     const out: { classLogits: Float32Array; dofRegression: Float32Array }[] = [];
-    for (const chunk of chunkImages(counts, roiChunkLimit())) {
+    for (const chunk of chunkImages(counts, rules.roiChunk)) {
       // RoIAlign reads each image's own region of the batch maps, so slicing the batch is not needed.
       const boxes = proposals.map((p, i) => (chunk.includes(i) ? p.boxes : new Float32Array(0)));
-      const pooled = await multiScaleRoIAlign(features, boxes, imageSizes, paddedSizes);
+      const pooled = await multiScaleRoIAlign(features, boxes, imageSizes, paddedSizes, method);
       let logits: Float32Array;
       let dofs: Float32Array;
       try {
@@ -351,26 +306,31 @@ export class Img2PoseModel {
     return out;
   }
 
-  /** The host-thread pool, started on first use; undefined when there is none. */
-  private pool(): WorkerPool | undefined {
-    if (this.hostPool === undefined) {
-      const script = this.hostThreads > 0 ? workerScript() : null;
-      this.hostPool = script ? new WorkerPool(script, this.hostThreads) : null;
-    }
-    return this.hostPool ?? undefined;
-  }
-
   /** True when batches run their host stages on worker threads (without starting them). */
   get usesHostThreads(): boolean {
-    return this.hostPool ? true : this.hostPool === undefined && this.hostThreads > 0 && workerScript() !== null;
+    return this.runtime.host.usesThreads;
   }
 
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    void this.hostPool?.terminate();
+    this.runtime.host.dispose();
     this.backbone.dispose();
     this.rpn.dispose();
     this.roiHeads.dispose();
   }
+}
+
+/** Adds a stage's time to the profile (waiting for `pending` first); a no-op without one. */
+type StageTimer = (stage: keyof StageTimings, pending?: tf.Tensor) => Promise<void>;
+
+function stageTimer(profile: StageTimings | undefined): StageTimer {
+  let t0 = performance.now();
+  return async (stage, pending) => {
+    if (!profile) return;
+    if (pending) await settle(pending);
+    const t = performance.now();
+    profile[stage] += t - t0;
+    t0 = t;
+  };
 }

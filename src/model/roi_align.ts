@@ -18,8 +18,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { featureSizes, roundHalfEven } from '../ops/anchors';
-import type { Size } from './rpn';
-import { roiAlignFused, useWebGPUKernels } from '../kernels/webgpu';
+import type { Size } from '../ops/size';
+import { roiAlignFused } from '../kernels/webgpu';
 
 export const ROI_OUTPUT_SIZE = 7;
 export const ROI_SAMPLING_RATIO = 2;
@@ -189,22 +189,22 @@ export type RoIAlignMethod = 'host' | 'ops' | 'webgpu';
  * Pools every image's boxes (x1, y1, x2, y2 in its resized-image coordinates) from FPN levels
  * '0'..'3' of the batch: [sum of boxes, 7, 7, C], boxes in the given order, image after image.
  * imageSizes: resized sizes (they fix the scales, as in torchvision); paddedSizes: each image's own
- * padded size (it fixes the image's own map size). method: 'webgpu' (one fused dispatch) when
- * the WebGPU kernels are switched on, else 'host' on wasm/cpu, else 'ops'.
+ * padded size (it fixes the image's own map size). method: 'webgpu' (one fused dispatch) where
+ * our WebGPU kernels run, else 'host' on wasm/cpu, else 'ops' (the model takes it from its runtime).
  */
 export async function multiScaleRoIAlign(
   features: tf.Tensor4D[],
   boxes: Float32Array[],
   imageSizes: Size[],
   paddedSizes: Size[],
-  method: RoIAlignMethod = useWebGPUKernels() ? 'webgpu' : ['wasm', 'cpu'].includes(tf.getBackend()) ? 'host' : 'ops',
+  method: RoIAlignMethod,
 ): Promise<tf.Tensor4D> {
   if (method === 'ops') return multiScaleRoIAlignOps(features, boxes, imageSizes, paddedSizes);
   if (method === 'webgpu') return multiScaleRoIAlignWebGPU(features, boxes, imageSizes, paddedSizes);
   const channels = features[0].shape[3];
   const assigned = assignLevels(boxes, imageSizes, paddedSizes);
   const needed = [0, 1, 2, 3].map((level) => assigned.some((a) => a.levels.includes(level)));
-  const maps = await Promise.all(features.slice(0, ROI_LEVELS).map((f, level) => (needed[level] ? f.data() : null)));
+  const maps = await Promise.all(features.slice(0, ROI_LEVELS).map((f, level) => (needed[level] ? f.data() : Promise.resolve(null))));
   const cell = ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE * channels;
   const total = boxes.reduce((n, b) => n + b.length / 4, 0);
   const out = new Float32Array(total * cell);

@@ -20,7 +20,7 @@ import * as tf from '@tensorflow/tfjs';
 import { faceScores } from './postprocess';
 import { Img2PoseWeights } from './weights';
 import { ROI_OUTPUT_SIZE } from './roi_align';
-import { linear, useWebGPUKernels } from '../kernels/webgpu';
+import { StageRuntime } from './runtime';
 
 const BN_EPS = 1e-5;
 
@@ -32,12 +32,12 @@ export interface RoIHeadOutputs {
 }
 
 /**
- * x (rows, in) @ w (in, out) + bias, optional ReLU. On wasm as a 1x1 convolution over [rows, 1, 1,
- * in] (XNNPACK's conv beat tf.matMul by ~15% on these shapes), elsewhere through the shared
- * kernel switch (src/kernels/webgpu).
+ * x (rows, in) @ w (in, out) + bias, optional ReLU. On wasm (`denseAsConv`) as a 1x1 convolution
+ * over [rows, 1, 1, in] (XNNPACK's conv beat tf.matMul by ~15% on these shapes), elsewhere through
+ * the network's kernels (src/kernels/webgpu).
  */
-function dense(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D, relu: boolean): tf.Tensor2D {
-  if (useWebGPUKernels() || tf.getBackend() !== 'wasm') return linear(x, w, bias, relu);
+function dense(runtime: StageRuntime, x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D, relu: boolean): tf.Tensor2D {
+  if (runtime.kernels.webgpu || !runtime.rules.denseAsConv) return runtime.kernels.linear(x, w, bias, relu);
   const [rows, k] = x.shape;
   const n = w.shape[1];
   return tf.tidy(() =>
@@ -114,8 +114,8 @@ interface Fc6 {
   bias: tf.Tensor1D;
 }
 
-function makeFc6(weight: tf.Tensor2D, bias: tf.Tensor1D): Fc6 {
-  if (tf.getBackend() === 'wasm' && weight.shape[0] % FC6_CHUNKS === 0) {
+function makeFc6(weight: tf.Tensor2D, bias: tf.Tensor1D, denseAsConv: boolean): Fc6 {
+  if (denseAsConv && weight.shape[0] % FC6_CHUNKS === 0) {
     const rows = weight.shape[0] / FC6_CHUNKS;
     const chunks = tf.split(weight, FC6_CHUNKS, 0).map((piece) => {
       const filter = tf.reshape(piece, [1, 1, rows, weight.shape[1]]) as tf.Tensor4D;
@@ -128,8 +128,8 @@ function makeFc6(weight: tf.Tensor2D, bias: tf.Tensor1D): Fc6 {
   return { weight, chunks: [], bias };
 }
 
-function runFc6(x: tf.Tensor2D, fc6: Fc6): tf.Tensor2D {
-  return fc6.weight ? dense(x, fc6.weight, fc6.bias, true) : fc6Chunked(x, fc6.chunks, fc6.bias);
+function runFc6(runtime: StageRuntime, x: tf.Tensor2D, fc6: Fc6): tf.Tensor2D {
+  return fc6.weight ? dense(runtime, x, fc6.weight, fc6.bias, true) : fc6Chunked(x, fc6.chunks, fc6.bias);
 }
 
 function disposeFc6(fc6: Fc6): void {
@@ -147,7 +147,8 @@ export class RoIHeads {
   private readonly dofOut: [tf.Tensor2D, tf.Tensor1D];
   private readonly clsScore: [tf.Tensor2D, tf.Tensor1D];
 
-  constructor(weights: Img2PoseWeights) {
+  /** `runtime`: the kernels and backend rules its dense layers follow. */
+  constructor(weights: Img2PoseWeights, private readonly runtime: StageRuntime) {
     const get = (name: string): tf.Tensor => {
       const t = weights.tensors.get(`roi_heads.${name}`);
       if (!t) throw new Error(`RoIHeads: missing weight roi_heads.${name}`);
@@ -160,7 +161,7 @@ export class RoIHeads {
     const fc6 = (head: string): Fc6 => {
       const weight = get(`${head}.fc6.weight`) as tf.Tensor2D;
       const channels = weight.shape[0] / (ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE);
-      return makeFc6(permuteFc6Rows(weight, channels), tf.clone(get(`${head}.fc6.bias`)) as tf.Tensor1D);
+      return makeFc6(permuteFc6Rows(weight, channels), tf.clone(get(`${head}.fc6.bias`)) as tf.Tensor1D, runtime.rules.denseAsConv);
     };
     this.boxFc6 = fc6('box_head');
     this.classFc6 = fc6('class_head');
@@ -186,8 +187,8 @@ export class RoIHeads {
   classify(pooled: tf.Tensor4D): tf.Tensor2D {
     return tf.tidy(() => {
       const x = pooled.reshape([pooled.shape[0], -1]) as tf.Tensor2D;
-      const features = dense(runFc6(x, this.classFc6), ...this.classFc7, true);
-      return dense(features, ...this.clsScore, false);
+      const features = dense(this.runtime, runFc6(this.runtime, x, this.classFc6), ...this.classFc7, true);
+      return dense(this.runtime, features, ...this.clsScore, false);
     });
   }
 
@@ -195,8 +196,8 @@ export class RoIHeads {
   regressDofs(pooled: tf.Tensor4D): tf.Tensor2D {
     return tf.tidy(() => {
       const x = pooled.reshape([pooled.shape[0], -1]) as tf.Tensor2D;
-      const features = dense(runFc6(x, this.boxFc6), ...this.boxFc7, true);
-      return dense(dense(features, ...this.dofHidden, true), ...this.dofOut, false);
+      const features = dense(this.runtime, runFc6(this.runtime, x, this.boxFc6), ...this.boxFc7, true);
+      return dense(this.runtime, dense(this.runtime, features, ...this.dofHidden, true), ...this.dofOut, false);
     });
   }
 

@@ -2,7 +2,7 @@
  * Region proposal network (upstream `_rpn.py`, img2pose's own copy of torchvision's RPN).
  *
  *   head:  shared 3x3 conv + ReLU, then 1x1 objectness (3 per location) and 1x1 box deltas (12)
- *   post:  src/ops/proposals.ts, per image, on the host (or on worker threads for a batch); with our
+ *   post:  src/ops/proposals.ts, per image, on the host (where the runtime's executor runs it); with our
  *          WebGPU kernels the GPU first narrows each level to its top-k candidates, so only those
  *          are read back (src/kernels/webgpu/rpn_candidates.ts)
  *
@@ -10,12 +10,13 @@
  * output there equals the single-image run's.
  */
 import * as tf from '@tensorflow/tfjs';
-import { conv, prepareConvFilter, releaseConvFilter, useWebGPUKernels, winogradEnabled } from '../kernels/webgpu';
+import { Kernels, PORTABLE_KERNELS, prepareConvFilter, releaseConvFilter, winogradEnabled } from '../kernels/webgpu';
 import { rpnCandidates } from '../kernels/webgpu/rpn_candidates';
-import { WorkerPool } from '../runtime/threads';
+import { HostExecutor, IN_THREAD } from './runtime';
 import { Img2PoseWeights } from './weights';
-import { ANCHORS_PER_LOCATION, featureSizes } from '../ops/anchors';
-import { candidateLayout, candidatesOf, ownJob, ProposalJob, Proposals, proposalsOf, RPN_CONFIG, RpnConfig, Size } from '../ops/proposals';
+import { featureSizes } from '../ops/anchors';
+import { candidateLayout, candidatesOf, ProposalJob, Proposals, RPN_CONFIG, RpnConfig } from '../ops/proposals';
+import { Size } from '../ops/size';
 
 export * from '../ops/proposals';
 
@@ -46,7 +47,12 @@ export class RegionProposalNetwork {
   private readonly predWeight: tf.Tensor4D;
   private readonly predBias: tf.Tensor1D;
 
-  constructor(weights: Img2PoseWeights, readonly config: RpnConfig = RPN_CONFIG) {
+  /** `kernels`: the head's convolutions' (stock tfjs ops unless given). */
+  constructor(
+    weights: Img2PoseWeights,
+    private readonly kernels: Kernels = PORTABLE_KERNELS,
+    readonly config: RpnConfig = RPN_CONFIG,
+  ) {
     const get = (name: string): tf.Tensor => {
       const t = weights.tensors.get(name);
       if (!t) throw new Error(`RegionProposalNetwork: missing weight ${name}`);
@@ -75,26 +81,27 @@ export class RegionProposalNetwork {
       tf.tidy(() => {
         const [n, height, width] = feature.shape;
         const x = maskOutsideRegions(feature, regions.map((r) => r[level]), n, height, width);
-        const hidden = conv(x, this.convWeight, this.convBias, { stride: 1, pad: 1, relu: true, winograd: winogradEnabled() });
-        return conv(hidden, this.predWeight, this.predBias, { stride: 1, pad: 0, relu: false });
+        const hidden = this.kernels.conv(x, this.convWeight, this.convBias, { stride: 1, pad: 1, relu: true, winograd: winogradEnabled() });
+        return this.kernels.conv(hidden, this.predWeight, this.predBias, { stride: 1, pad: 0, relu: false });
       }),
     );
   }
 
   /**
    * The head's raw output, read back, as one proposal job per image. Every level's readback is
-   * requested before any is awaited, so on a GPU they overlap. With `split`, each image's part of
-   * every level is split off on the device and read back on its own, so each job owns its buffers
-   * and can be sent to a worker without a copy; otherwise the jobs share the batch's buffers.
+   * requested before any is awaited, so on a GPU they overlap. With `perImage`, each image's part
+   * of every level is split off on the device and read back on its own, so each job owns its
+   * buffers (they can move to another thread without a copy); otherwise the jobs share the batch's
+   * buffers.
    */
-  async predictHead(features: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[], split = false): Promise<ProposalJob[]> {
+  async predictHead(features: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[], perImage = false): Promise<ProposalJob[]> {
     const outputs = this.head(features, paddedSizes);
-    // Batches keep the whole-head readback: their proposals run on worker threads, and on an H200
-    // the preselection measured slower there (x8 12.1 vs 10.0 ms, x16 10.2 vs 7.3 ms per image)
-    // while it is faster for single images (20.4 vs 23.5 ms) and streams (44.0 vs 50.1 ms).
-    if (!split && this.candidatesOnGpu()) return this.candidateJobs(outputs, imageSizes, paddedSizes);
+    // Batches whose proposals run on worker threads keep the whole-head readback: on an H200 the
+    // preselection measured slower there (x8 12.1 vs 10.0 ms, x16 10.2 vs 7.3 ms per image) while
+    // it is faster for single images (20.4 vs 23.5 ms) and streams (44.0 vs 50.1 ms).
+    if (!perImage && this.candidatesOnGpu()) return this.candidateJobs(outputs, imageSizes, paddedSizes);
     const n = paddedSizes.length;
-    const parts = split && n > 1 ? outputs.map((o) => tf.split(o, n, 0)) : outputs.map((o) => [o]);
+    const parts = perImage && n > 1 ? outputs.map((o) => tf.split(o, n, 0)) : outputs.map((o) => [o]);
     try {
       const values = await Promise.all(parts.map((level) => Promise.all(level.map((t) => t.data() as Promise<Float32Array>))));
       const levelSizes = outputs.map((o) => [o.shape[1], o.shape[2]] as Size);
@@ -115,7 +122,7 @@ export class RegionProposalNetwork {
 
   private candidatesOnGpu(): boolean {
     const topN = this.config.preNmsTopN;
-    return useWebGPUKernels() && tf.env().getBool(GPU_CANDIDATES_FLAG) && Number.isInteger(topN) && topN >= 1 && topN <= 2 ** 19;
+    return this.kernels.webgpu && tf.env().getBool(GPU_CANDIDATES_FLAG) && Number.isInteger(topN) && topN >= 1 && topN <= 2 ** 19;
   }
 
   /**
@@ -144,28 +151,13 @@ export class RegionProposalNetwork {
     }
   }
 
-  /** Each job's proposals; with `pool`, in parallel on its worker threads. */
-  async proposals(jobs: ProposalJob[], pool?: WorkerPool): Promise<Proposals[]> {
-    if (!pool) return jobs.map(proposalsOf);
-    return Promise.all(
-      jobs.map((job) => {
-        if (job.candidates) {
-          const { index, objectness, deltas } = job.candidates;
-          return pool.run<Proposals>({ kind: 'proposals', payload: job }, [index.buffer, objectness.buffer, deltas.buffer] as ArrayBuffer[]);
-        }
-        const own = ownsBuffers(job) ? job : ownJob(job);
-        return pool.run<Proposals>({ kind: 'proposals', payload: own }, own.levels.map((l) => l.buffer as ArrayBuffer));
-      }),
-    );
-  }
-
   /**
    * Proposals of every image. features: the five FPN levels of the batch (NHWC); imageSizes:
    * each image's resized size; paddedSizes: each image's own padded size (multiple of 32).
-   * With `pool`, the images' proposal filtering runs in parallel on its worker threads.
+   * `host` runs the images' proposal filtering (in this thread unless given).
    */
-  async forward(features: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[], pool?: WorkerPool): Promise<Proposals[]> {
-    return this.proposals(await this.predictHead(features, imageSizes, paddedSizes, pool !== undefined), pool);
+  async forward(features: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[], host: HostExecutor = IN_THREAD): Promise<Proposals[]> {
+    return host.proposals(await this.predictHead(features, imageSizes, paddedSizes, host.sendsAway(paddedSizes.length)));
   }
 
   dispose(): void {
@@ -173,17 +165,6 @@ export class RegionProposalNetwork {
     releaseConvFilter(this.predWeight, this.predBias);
     tf.dispose([this.convWeight, this.convBias, this.predWeight, this.predBias]);
   }
-}
-
-/** Whether the job's level arrays are whole buffers of one image's values (safe to transfer). */
-function ownsBuffers(job: ProposalJob): boolean {
-  return (
-    job.image === 0 &&
-    job.levels.every((l, level) => {
-      const [h, w] = job.levelSizes[level];
-      return l.length === h * w * ANCHORS_PER_LOCATION * 5 && l.byteOffset === 0 && l.byteLength === l.buffer.byteLength;
-    })
-  );
 }
 
 function maskOutsideRegions(feature: tf.Tensor4D, regions: OwnRegion[], n: number, height: number, width: number): tf.Tensor4D {

@@ -8,7 +8,9 @@
  * zero padding is therefore zero in normalised space.
  */
 import * as tf from '@tensorflow/tfjs';
-import { normalizeResizePadBatchWebGPU, useWebGPUKernels } from '../kernels/webgpu';
+import { Kernels, normalizeResizePadBatchWebGPU, PORTABLE_KERNELS } from '../kernels/webgpu';
+import { bilinearTaps } from '../ops/resize';
+import { Size } from '../ops/size';
 
 /** torchvision's ImageNet statistics (GeneralizedRCNNTransform defaults used by upstream). */
 export const IMAGE_MEAN: readonly [number, number, number] = [0.485, 0.456, 0.406];
@@ -17,7 +19,9 @@ export const IMAGE_STD: readonly [number, number, number] = [0.229, 0.224, 0.225
 /** Batches are padded so every side is a multiple of this (torchvision's size_divisible). */
 export const SIZE_DIVISIBLE = 32;
 
-export type Size = [number, number];
+export type { Size } from '../ops/size';
+export { bilinearTaps } from '../ops/resize';
+export type { LinearTaps } from '../ops/resize';
 
 export interface ImageBatch {
   /** NHWC float32: normalised, resized, zero-padded bottom/right to the batch's padded H and W. */
@@ -58,47 +62,6 @@ function ceilTo(n: number, m: number): number {
 /** The size an image of size [h, w] is padded to when it runs alone. */
 export function paddedSize([h, w]: Size): Size {
   return [ceilTo(h, SIZE_DIVISIBLE), ceilTo(w, SIZE_DIVISIBLE)];
-}
-
-/** For each output index along one axis: the two source indices and their weights. */
-export interface LinearTaps {
-  index0: Int32Array;
-  index1: Int32Array;
-  weight0: Float32Array;
-  weight1: Float32Array;
-}
-
-/**
- * Source taps of torch's bilinear interpolation along one axis (align_corners=False, no
- * antialias), reproduced bit-exactly (checked against torch 1.13 by interpolating one-hot rows):
- * scale = f32(in / out); source = scale * (d + 0.5) - 0.5 evaluated in float64 (torch's CPU
- * accumulate type for float) and clamped at 0; index0 = min(floor(source), in - 1),
- * index1 = index0 + 1 except at the last pixel; weight1 = f32(source - index0) clamped to
- * [0, 1], weight0 = f32(1 - weight1).
- *
- * Why not tf.image.resizeBilinear(halfPixelCenters): on wasm it samples the same points only up
- * to float32 rounding of the source coordinate, which on the tiny_teaser input gives 1.3e-4 max
- * abs error (7e-6 relative); with these taps the error is one float32 ulp (2.4e-7).
- */
-export function bilinearTaps(inSize: number, outSize: number): LinearTaps {
-  const f32 = Math.fround;
-  const scale = f32(inSize / outSize);
-  const taps: LinearTaps = {
-    index0: new Int32Array(outSize),
-    index1: new Int32Array(outSize),
-    weight0: new Float32Array(outSize),
-    weight1: new Float32Array(outSize),
-  };
-  for (let d = 0; d < outSize; d++) {
-    const source = Math.max(scale * (d + 0.5) - 0.5, 0);
-    const i0 = Math.min(Math.floor(source), inSize - 1);
-    const w1 = f32(Math.min(Math.max(source - i0, 0), 1));
-    taps.index0[d] = i0;
-    taps.index1[d] = i0 < inSize - 1 ? i0 + 1 : i0;
-    taps.weight1[d] = w1;
-    taps.weight0[d] = f32(1 - w1);
-  }
-  return taps;
 }
 
 const MEAN_F32 = IMAGE_MEAN.map(Math.fround);
@@ -182,26 +145,30 @@ function normalizeResizeInto(
 /**
  * Stack images into one zero-padded NHWC batch. `images` are HWC RGB, values 0..255 (int32 or
  * float32); they are not disposed. The work is done on the host: it is a few multiply-adds per
- * output pixel, and doing it in JS lets us follow torch's sampling exactly.
+ * output pixel, and doing it in JS lets us follow torch's sampling exactly. Where `kernels` run
+ * our WebGPU programs, one GPU dispatch does the same (src/kernels/webgpu/transform.ts).
  */
-export function prepareBatch(images: tf.Tensor3D[], minSize: number, maxSize: number): ImageBatch {
-  return buildBatch(images, minSize, maxSize, (i) => images[i].dataSync());
+export function prepareBatch(images: tf.Tensor3D[], minSize: number, maxSize: number, kernels: Kernels = PORTABLE_KERNELS): ImageBatch {
+  return buildBatch(images, minSize, maxSize, kernels, (i) => images[i].dataSync());
 }
 
 /**
  * `prepareBatch` for any backend: GPU backends (webgpu) cannot read pixels synchronously, so the
  * host path awaits them first. The model uses this one.
  */
-export async function prepareBatchAsync(images: tf.Tensor3D[], minSize: number, maxSize: number): Promise<ImageBatch> {
-  if (useWebGPUKernels() || images.length === 0) return prepareBatch(images, minSize, maxSize);
+export async function prepareBatchAsync(
+  images: tf.Tensor3D[], minSize: number, maxSize: number, kernels: Kernels = PORTABLE_KERNELS,
+): Promise<ImageBatch> {
+  if (kernels.webgpu || images.length === 0) return prepareBatch(images, minSize, maxSize, kernels);
   const pixels = await Promise.all(images.map((img) => img.data()));
-  return buildBatch(images, minSize, maxSize, (i) => pixels[i]);
+  return buildBatch(images, minSize, maxSize, kernels, (i) => pixels[i]);
 }
 
 function buildBatch(
   images: tf.Tensor3D[],
   minSize: number,
   maxSize: number,
+  kernels: Kernels,
   pixelsOf: (i: number) => tf.TypedArray,
 ): ImageBatch {
   if (images.length === 0) throw new Error('prepareBatch: no images');
@@ -221,7 +188,7 @@ function buildBatch(
   }
   const batchH = Math.max(...paddedSizes.map((s) => s[0]));
   const batchW = Math.max(...paddedSizes.map((s) => s[1]));
-  if (useWebGPUKernels()) {
+  if (kernels.webgpu) {
     // One dispatch for the batch on the GPU, same taps and byte table (see src/kernels/webgpu/transform.ts).
     const batch = normalizeResizePadBatchWebGPU(
       images,

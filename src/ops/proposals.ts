@@ -8,6 +8,7 @@
  */
 import { ANCHORS_PER_LOCATION, anchorsAt, featureSizes, sharedImageAnchors } from './anchors';
 import { clipBoxesToImage, removeSmallBoxes } from './boxes';
+import { Size } from './size';
 import {
   COORDINATE_TRICK_MAX_BOXES,
   GRID_MAX_SIDE,
@@ -46,7 +47,7 @@ export const RPN_CONFIG: RpnConfig = { preNmsTopN: 6000, postNmsTopN: 1000, nmsT
 export const BBOX_XFORM_CLIP = f32(Math.log(1000 / 16));
 
 /** Image size as (height, width). */
-export type Size = [number, number];
+export type { Size };
 
 export interface Proposals {
   /** (x1, y1, x2, y2) per proposal, in resized-image coordinates, best first. */

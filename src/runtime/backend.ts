@@ -48,12 +48,16 @@ export const nodeModuleLoader: ModuleLoader = {
     }
   },
   load(name: string): unknown {
+    // Optional peers are loaded by name when asked for: a static import would make them required.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
     return require(name) as unknown;
   },
   vulkanDriverListed(): boolean | undefined {
     if (typeof process === 'undefined' || process.platform !== 'linux') return undefined;
     const env = process.env;
     if (env.VK_ICD_FILENAMES || env.VK_DRIVER_FILES || env.VK_ADD_DRIVER_FILES) return true;
+    // Only this Linux probe needs fs: required here, not at the top of a module browsers also load.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
     const fs = require('fs') as typeof import('fs');
     return vulkanManifestDirs(env).some((dir) => {
       try {
@@ -287,4 +291,93 @@ async function setUpBundled(name: string, pkg: string, loader: ModuleLoader): Pr
     }
   }
   return activate(name);
+}
+
+/**
+ * The library as a guest in someone else's tfjs: tfjs has one active backend per process, and the
+ * app may use another than the detector. Every call of the detector that makes tensors runs under
+ * a lease on its backend: the first lease makes that backend active and remembers the one before,
+ * the last one released makes that one active again. Leases on one backend overlap (detectors on
+ * the same backend, calls in flight at once); a lease on another waits until those are released,
+ * since tfjs ops run on whichever backend is active at the time.
+ */
+interface Lease {
+  /** The backend held, or null for an exclusive hold (a `load` that has yet to pick one). */
+  backend: string | null;
+  count: number;
+  /** The backend to make active again once the last lease is released (null: none was chosen). */
+  previous: string | null;
+}
+
+let lease: Lease | null = null;
+const waiting: (() => void)[] = [];
+
+/** The active backend's name without starting one (tf.getBackend() is null until one is chosen). */
+export function activeBackendName(): string | null {
+  return tf.engine().backendName ?? null;
+}
+
+/** Whether tfjs has set up backend `name` (then switching to it takes effect synchronously). */
+function isSetUp(name: string): boolean {
+  return Object.prototype.hasOwnProperty.call(tf.engine().registry, name);
+}
+
+/**
+ * Makes `name` active; a name tfjs has no factory for is left alone. A backend that has been set
+ * up switches at once, synchronously (tfjs only awaits a backend's first initialisation).
+ */
+async function switchTo(name: string): Promise<void> {
+  if (tf.findBackendFactory(name) === null || activeBackendName() === name) return;
+  await tf.setBackend(name);
+}
+
+async function acquire(backend: string | null): Promise<void> {
+  while (lease !== null && !(backend !== null && lease.backend === backend)) {
+    await new Promise<void>((resolve) => waiting.push(resolve));
+  }
+  if (lease === null) lease = { backend, count: 0, previous: activeBackendName() };
+  lease.count++;
+  if (backend !== null) await switchTo(backend);
+}
+
+async function release(): Promise<void> {
+  if (lease === null) return;
+  if (--lease.count > 0) return;
+  const { previous } = lease;
+  lease = null;
+  try {
+    if (previous !== null) await switchTo(previous);
+  } finally {
+    for (const wake of waiting.splice(0)) wake();
+  }
+}
+
+/**
+ * Runs `fn` with `backend` active and the backend that was active before made active again when it
+ * settles (see Lease). `backend` null: exclusive, for work that picks its backend itself (`load`);
+ * whatever it leaves active is switched back from. A name tfjs does not know (a custom model's)
+ * runs `fn` on the active backend, under the same lease.
+ */
+export async function onBackend<T>(backend: string | null, fn: () => Promise<T>): Promise<T> {
+  await acquire(backend);
+  try {
+    return await fn();
+  } finally {
+    await release();
+  }
+}
+
+/**
+ * `fn` with `backend` active, synchronously (a set-up backend switches at once): for work at call
+ * time, before a call's lease is taken (copying an input tensor onto the detector's backend).
+ */
+export function onBackendSync<T>(backend: string, fn: () => T): T {
+  const previous = activeBackendName();
+  if (previous === backend || !isSetUp(backend)) return fn();
+  void switchTo(backend);
+  try {
+    return fn();
+  } finally {
+    if (previous !== null) void switchTo(previous);
+  }
 }

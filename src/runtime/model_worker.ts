@@ -7,10 +7,11 @@ import { selectBackend } from './backend';
 import { Img2PoseModel, RawDetections } from '../model/model';
 import type { ModelWorkerData, PredictTask } from './threaded_model';
 import { disposeWeights, Img2PoseWeights } from '../model/weights';
+import { createRuntime } from './runtime';
 
 async function build(data: ModelWorkerData): Promise<Img2PoseModel> {
   const { backend, weights } = data.model;
-  await selectBackend(backend);
+  const name = await selectBackend(backend);
   const w: Img2PoseWeights = {
     depth: weights.depth,
     tensors: new Map(weights.tensors.map((t) => [t.name, tf.tensor(t.data, t.shape, t.dtype)])),
@@ -18,7 +19,7 @@ async function build(data: ModelWorkerData): Promise<Img2PoseModel> {
     poseStddev: weights.poseStddev,
   };
   try {
-    return new Img2PoseModel(w);
+    return new Img2PoseModel(w, createRuntime({ backend: name }));
   } finally {
     disposeWeights(w);
   }

@@ -8,7 +8,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { InferenceError } from '../errors';
 import type { ModelConfig, RawDetections } from '../model/model';
-import { paddedSize, resizedSize, Size } from '../model/transform';
+import { paddedSize, resizedSize } from '../model/transform';
+import { Size } from '../ops/size';
 import { WorkerExitError, WorkerPool } from './threads';
 import { Img2PoseWeights, ResNetDepth } from '../model/weights';
 

@@ -9,6 +9,7 @@
 // (BM/16) x (BN/16) register tile and prefetches the next k-tile into registers while computing.
 // Fully connected layers are the 1x1 case (H = 1, W = rows), see `linearFused`.
 import * as tf from '@tensorflow/tfjs';
+import { convOutputSize } from '../../ops/size';
 import { runProgram, WebGPUProgram } from './program';
 
 export interface ConvOptions {
@@ -40,9 +41,6 @@ const THREADS = 256;
 // Enough workgroups to give each of the ~132 SMs of an H100/H200 two resident workgroups.
 const FULL_WAVE = 264;
 
-export function convOutputSize(size: number, k: number, stride: number, pad: number): number {
-  return Math.floor((size + 2 * pad - k) / stride) + 1;
-}
 
 /** Largest tile that still fills the GPU: small late layers trade register reuse for parallelism. */
 export function chooseTile(rows: number, cols: number): ConvTile {

@@ -1,34 +1,40 @@
 // One switch between the portable path (stock tfjs ops, any backend) and our WebGPU programs.
-// Stage code calls `conv` / `linear` from here instead of tf.conv2d / tf.matMul; the portable
-// path is the default, so nothing changes unless a caller opts in with setKernelMode('webgpu').
+// Stage code calls `kernels.conv` / `kernels.linear` on the `Kernels` it was built with instead of
+// tf.conv2d / tf.matMul. Each network holds its own `Kernels`, so two networks in one process
+// may run different kernels.
 import * as tf from '@tensorflow/tfjs';
 import { ConvOptions, conv2dFused, conv2dPortable, linearFused, linearPortable, preparePadded, releasePadded } from './conv2d';
 import { conv2dWinograd, prepareWinograd, releaseWinograd, winogradFilterFor } from './winograd';
 
 export type KernelMode = 'portable' | 'webgpu';
 
-let mode: KernelMode = 'portable';
+/**
+ * The kernels a network's stages run. Mode 'webgpu' runs our WebGPU programs while the webgpu
+ * backend is active and the stock ops on any other; 'portable' always runs the stock ops.
+ */
+export class Kernels {
+  constructor(readonly mode: KernelMode) {}
 
-/** Selects the kernels every stage uses from now on. 'webgpu' requires the webgpu backend to be active. */
-export function setKernelMode(next: KernelMode): void {
-  mode = next;
+  /** True when our WebGPU programs run: mode 'webgpu' and the webgpu backend active. */
+  get webgpu(): boolean {
+    return this.mode === 'webgpu' && tf.getBackend() === 'webgpu';
+  }
+
+  /** Convolution with PyTorch's symmetric padding, bias, optional residual (maybe upsampled) and ReLU. NHWC; w (kh, kw, in, out). */
+  conv(x: tf.Tensor4D, w: tf.Tensor4D, bias: tf.Tensor1D | null, opts: ConvOptions): tf.Tensor4D {
+    if (!this.webgpu) return conv2dPortable(x, w, bias, opts);
+    const u = winogradFilterFor(w, opts);
+    return u ? conv2dWinograd(x, u, bias, opts) : conv2dFused(x, w, bias, opts);
+  }
+
+  /** x (rows, in) @ w (in, out) + bias, optional ReLU. */
+  linear(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D | null, relu: boolean): tf.Tensor2D {
+    return this.webgpu ? linearFused(x, w, bias, relu) : linearPortable(x, w, bias, relu);
+  }
 }
 
-export function kernelMode(): KernelMode {
-  return mode;
-}
-
-/** True when our WebGPU programs run: mode 'webgpu' and the webgpu backend active. */
-export function useWebGPUKernels(): boolean {
-  return mode === 'webgpu' && tf.getBackend() === 'webgpu';
-}
-
-/** Convolution with PyTorch's symmetric padding, bias, optional residual (maybe upsampled) and ReLU. NHWC; w (kh, kw, in, out). */
-export function conv(x: tf.Tensor4D, w: tf.Tensor4D, bias: tf.Tensor1D | null, opts: ConvOptions): tf.Tensor4D {
-  if (!useWebGPUKernels()) return conv2dPortable(x, w, bias, opts);
-  const u = winogradFilterFor(w, opts);
-  return u ? conv2dWinograd(x, u, bias, opts) : conv2dFused(x, w, bias, opts);
-}
+/** The stock tfjs ops on every backend. */
+export const PORTABLE_KERNELS = new Kernels('portable');
 
 /**
  * Called by a stage for each conv filter (and bias) it owns, once, when it is built: on the webgpu
@@ -47,13 +53,9 @@ export function releaseConvFilter(w: tf.Tensor4D, bias: tf.Tensor1D | null = nul
   releasePadded(w, bias);
 }
 
-/** x (rows, in) @ w (in, out) + bias, optional ReLU. */
-export function linear(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D | null, relu: boolean): tf.Tensor2D {
-  return useWebGPUKernels() ? linearFused(x, w, bias, relu) : linearPortable(x, w, bias, relu);
-}
-
 export type { ConvOptions, ConvTile } from './conv2d';
-export { addUpsampled, conv2dFused, conv2dPortable, convShaderSource, linearFused, linearPortable, chooseTile, convOutputSize } from './conv2d';
+export { addUpsampled, conv2dFused, conv2dPortable, convShaderSource, linearFused, linearPortable, chooseTile } from './conv2d';
+export { convOutputSize } from '../../ops/size';
 export { initWebGPUBackend } from './dawn';
 export type { WebGPUAdapterSummary } from './dawn';
 export { gpuSync, gpuMemory } from './program';

@@ -6,7 +6,7 @@
 // One dispatch and two small uploads per batch, not per image: per image, the uploads and bind
 // groups cost ~1 ms of host time each while the GPU work is microseconds (docs/webgpu.md).
 import * as tf from '@tensorflow/tfjs';
-import type { LinearTaps } from '../../model/transform';
+import type { LinearTaps } from '../../ops/resize';
 import { runProgram, WebGPUProgram } from './program';
 
 /** Int32 words per image in the header of the taps buffer. */

@@ -1,0 +1,74 @@
+/**
+ * What the network is handed to run on, built once by its owner (src/runtime/runtime.ts for
+ * `Img2Pose.load`): the kernels its stages call, the rules of the backend it runs on, and where the
+ * per-image host stages run. The stages never ask which backend is active or how many threads
+ * there are; they read it here.
+ */
+import { Kernels } from '../kernels/webgpu';
+import { Detections, postprocessDetections, PostprocessInput } from './postprocess';
+import { ProposalJob, Proposals, proposalsOf } from '../ops/proposals';
+
+/** How the network uses the backend it runs on (see src/runtime/runtime.ts for each backend's). */
+export interface BackendRules {
+  /**
+   * Most ROIs pooled and run through the heads at once. 1000 proposals are ~50 MB of pooled
+   * features, so CPU backends go image by image; GPU backends batch more for throughput.
+   */
+  readonly roiChunk: number;
+  /**
+   * Most padded input pixels per stacked forward: ~4 default-size photos on CPU backends (the
+   * activations of one 640x1152 image are ~1 GB at stride 4), more on GPUs, where batching pays.
+   */
+  readonly pixelBudget: number;
+  /**
+   * Whether the backend queues work and reads back asynchronously (GPU backends), so that forwards
+   * of several groups can overlap. CPU backends compute inside each op call: interleaving there
+   * would only hold every group's activations at once.
+   */
+  readonly queuesAsync: boolean;
+  /** RoIAlign where our WebGPU kernels do not run: on the host (CPU backends) or with tfjs ops. */
+  readonly roiAlign: 'host' | 'ops';
+  /**
+   * The heads' dense layers as 1x1 convolutions, fc6 in pieces (wasm: XNNPACK's convolution beats
+   * its matMul on these shapes, see src/model/roi_heads.ts).
+   */
+  readonly denseAsConv: boolean;
+}
+
+/**
+ * Where the per-image host stages of a forward run (RPN proposal filtering, ROI post-processing):
+ * in this thread, or spread over worker threads. Either way each image's result is the same.
+ */
+export interface HostExecutor {
+  /**
+   * Whether the host stages of a forward of `images` images leave this thread. Their inputs are
+   * then sent away, so each image's RPN output is best read back on its own (it then owns its
+   * buffers, which move to a worker without a copy).
+   */
+  sendsAway(images: number): boolean;
+  /** True when batches run their host stages on worker threads (without starting them). */
+  readonly usesThreads: boolean;
+  proposals(jobs: ProposalJob[]): Promise<Proposals[]>;
+  postprocess(inputs: PostprocessInput[]): Promise<Detections[]>;
+  dispose(): void;
+}
+
+/** The host stages one image after another in this thread. */
+export const IN_THREAD: HostExecutor = {
+  sendsAway: () => false,
+  usesThreads: false,
+  proposals: async (jobs) => jobs.map(proposalsOf),
+  postprocess: async (inputs) => inputs.map(postprocessDetections),
+  dispose: () => undefined,
+};
+
+/** What the stages need: their kernels and the backend's rules. */
+export interface StageRuntime {
+  readonly kernels: Kernels;
+  readonly rules: BackendRules;
+}
+
+/** Everything the network runs on. */
+export interface ModelRuntime extends StageRuntime {
+  readonly host: HostExecutor;
+}
