@@ -12,11 +12,12 @@ mkdir -p .gpu/app .gpu/py
 [ -s .gpu/dawn.tar.xz ] || tar -C .gpu -cJf .gpu/dawn.tar.xz node_modules/webgpu
 banner="import{createRequire as __createRequire}from'module';const require=__createRequire(import.meta.url);const __dirname=process.cwd()+'/__tests__/utils';"
 # One build with shared chunks: the scripts share tfjs and the library, and the whole tree that a
-# run carries must stay under the device's 64 MiB.
+# run carries must stay under the device's 64 MiB. Whitespace and syntax are minified, names are
+# not, so CPU profiles taken on the device (profile.mjs --cpu-profile) name their functions.
 rm -rf .gpu/app && mkdir -p .gpu/app
-npx esbuild kernels=bench/gpu_kernels.ts check=bench/gpu_check.ts bench=bench/gpu.ts stream=bench/gpu_stream.ts \
+npx esbuild kernels=bench/gpu_kernels.ts check=bench/gpu_check.ts bench=bench/gpu.ts stream=bench/gpu_stream.ts profile=bench/gpu_profile.ts \
   worker=src/runtime/worker.ts --bundle --splitting --platform=node --format=esm --outdir=.gpu/app --out-extension:.js=.mjs \
-  --external:webgpu --banner:js="$banner" $([ "${MINIFY:-1}" = 1 ] && echo --minify) --log-level=warning
+  --external:webgpu --banner:js="$banner" $([ "${MINIFY:-1}" = 1 ] && echo --minify-whitespace --minify-syntax) --log-level=warning
 cp "$shared/bench/upstream_gpu.py" bench/upstream_gpu_stream.py .gpu/py/
 upstream="${1:-/work/.mirror/TalHassner+img2pose/repo}"
 if [ -d "$upstream" ] && [ ! -d .gpu/upstream_img2pose ]; then

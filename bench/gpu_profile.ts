@@ -1,0 +1,130 @@
+// Where a single image's time goes on the GPU: after warm-up forwards, times N single-image
+// forwards of the photo, counts the WebGPU dispatches per forward by program, and (with
+// --cpu-profile) samples the main thread over the timed forwards and sums the time of the host's
+// pieces: tfjs' dispatch recording, proposal filtering, post-processing, readbacks.
+// Bundled with `npm run gpu:bundle`; on the device, from the repo root:
+//   node .gpu/app/profile.mjs [options]   (--help lists them)
+import * as fs from 'fs';
+import * as inspector from 'inspector';
+import * as path from 'path';
+import * as tf from '@tensorflow/tfjs';
+import { Command, InvalidArgumentError } from 'commander';
+import './gpu_flags';
+import { formulaWeights } from '../src/io/formula_weights';
+import { decodeImage } from '../src/io/images';
+import { Img2PoseModel } from '../src/model/model';
+import { activeRuntime } from '../src/runtime/runtime';
+import { initWebGPUBackend, useGpuPool } from '../src/kernels/webgpu';
+
+function positiveInt(v: string): number {
+  const n = Number(v);
+  if (!(Number.isInteger(n) && n > 0)) throw new InvalidArgumentError(`expected an integer > 0, got ${v}`);
+  return n;
+}
+
+const opts = new Command('profile.mjs')
+  .description('single-image forwards of the photo: time, dispatches per program, host time by piece')
+  .option('--forwards <n>', 'timed forwards', positiveInt, 40)
+  .option('--warmup <n>', 'forwards before timing', positiveInt, 8)
+  .option('--photo <file>', 'image to run', '.gpu/teaser.jpeg')
+  .option('--cpu-profile <file>', 'sample the timed forwards and write the .cpuprofile here')
+  .option('--min-size <n>', 'input transform min size', positiveInt, 640)
+  .option('--max-size <n>', 'input transform max size', positiveInt, 1400)
+  .parse()
+  .opts<{ forwards: number; warmup: number; photo: string; cpuProfile?: string; minSize: number; maxSize: number }>();
+
+/** Host pieces summed from the profile: inclusive time of the first frame with one of these names. */
+const PIECES: Record<string, string[]> = {
+  'dispatch recording (tfjs runWebGPUProgram)': ['runWebGPUProgram'],
+  'proposal filtering (host)': ['proposalsOf'],
+  'post-processing (host)': ['postprocessDetections'],
+  'input transform (host part)': ['prepareBatchAsync', 'prepareBatch'],
+};
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string };
+  children?: number[];
+}
+
+interface Profile {
+  nodes: ProfileNode[];
+  samples: number[];
+  timeDeltas: number[];
+}
+
+/** ms per forward of each piece: samples whose stack holds one of its functions. */
+function pieces(profile: Profile, forwards: number): Record<string, number> {
+  const parent = new Map<number, number>();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const out: Record<string, number> = Object.fromEntries(Object.keys(PIECES).map((k) => [k, 0]));
+  let total = 0;
+  profile.samples.forEach((id, i) => {
+    const us = profile.timeDeltas[i + 1] ?? 0;
+    total += us;
+    const names = new Set<string>();
+    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
+      // Bundlers rename methods (`WebGPUBackend2.runWebGPUProgram`): match on the last part.
+      names.add((byId.get(cur)?.callFrame.functionName ?? '').split('.').pop() ?? '');
+    }
+    for (const [piece, fns] of Object.entries(PIECES)) if (fns.some((f) => names.has(f))) out[piece] += us;
+  });
+  for (const k of Object.keys(out)) out[k] = out[k] / 1000 / forwards;
+  out['all main-thread samples'] = total / 1000 / forwards;
+  return out;
+}
+
+async function main(): Promise<void> {
+  const adapter = await initWebGPUBackend();
+  useGpuPool();
+  console.log('backend', JSON.stringify(adapter));
+  const model = new Img2PoseModel(formulaWeights(), activeRuntime({ hostThreads: 0, kernels: 'webgpu' }));
+  const photo = (await decodeImage(fs.readFileSync(opts.photo))) as tf.Tensor3D;
+  const config = { minSize: opts.minSize, maxSize: opts.maxSize };
+  for (let i = 0; i < opts.warmup; i++) await model.predict([photo], config);
+
+  const backend = tf.backend() as unknown as { runWebGPUProgram: (program: { constructor: { name: string } }, ...rest: unknown[]) => unknown };
+  const counts = new Map<string, number>();
+  const run = backend.runWebGPUProgram.bind(backend);
+  backend.runWebGPUProgram = (program, ...rest) => {
+    counts.set(program.constructor.name, (counts.get(program.constructor.name) ?? 0) + 1);
+    return run(program, ...rest);
+  };
+  const session = new inspector.Session();
+  const post = <T>(method: string, params: object = {}): Promise<T> =>
+    new Promise((resolve, reject) => session.post(method, params, (e, r) => (e ? reject(e) : resolve(r as T))));
+  if (opts.cpuProfile) {
+    session.connect();
+    await post('Profiler.enable');
+    await post('Profiler.setSamplingInterval', { interval: 100 });
+    await post('Profiler.start');
+  }
+  const times: number[] = [];
+  for (let i = 0; i < opts.forwards; i++) {
+    const t0 = performance.now();
+    await model.predict([photo], config);
+    times.push(performance.now() - t0);
+  }
+  let host: Record<string, number> | null = null;
+  if (opts.cpuProfile) {
+    const { profile } = await post<{ profile: Profile }>('Profiler.stop');
+    fs.mkdirSync(path.dirname(path.resolve(opts.cpuProfile)), { recursive: true });
+    fs.writeFileSync(opts.cpuProfile, JSON.stringify(profile));
+    host = pieces(profile, opts.forwards);
+    session.disconnect();
+  }
+  backend.runWebGPUProgram = run;
+  times.sort((a, b) => a - b);
+  const dispatches = [...counts.values()].reduce((a, b) => a + b, 0) / opts.forwards;
+  console.log(`single image ${photo.shape[1]}x${photo.shape[0]}: median ${times[times.length >> 1].toFixed(1)} ms, min ${times[0].toFixed(1)} ms over ${opts.forwards} forwards`);
+  console.log(`dispatches per forward: ${dispatches} (${[...counts].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v / opts.forwards}`).join(', ')})`);
+  if (host) console.log(`host ms per forward (under the sampling profiler): ${Object.entries(host).map(([k, v]) => `${k} ${v.toFixed(1)}`).join('; ')}`);
+  photo.dispose();
+  model.dispose();
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exitCode = 1;
+});
