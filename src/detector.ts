@@ -35,7 +35,7 @@ import { DEFAULT_POOL_LIMIT, releaseGpuPool, useGpuPool } from './kernels/webgpu
 import { buildNetwork, isCpuBackend } from './runtime/runtime';
 import { KeypointName, projectKeypoints } from './model/pose';
 import { LoadWeightsOptions } from './io/weights_io';
-import { ReleaseOptions } from './io/weights_cache';
+import { Environment, ReleaseOptions } from './io/weights_cache';
 import { copyToActiveBackend, onActiveBackend } from './io/tensor_home';
 import { DEFAULT_WEIGHTS, WeightsSource, isWeightsSource, openWeights } from './io/weights_source';
 
@@ -554,7 +554,7 @@ function asRawImage(rgb: Rgb8Image): RawImage {
 }
 
 /** The `threads` option resolved for `backend` (see LoadOptions.threads). */
-export function threadCount(threads: number | 'auto', backend: string, env: NodeJS.ProcessEnv = process.env): number {
+export function threadCount(threads: number | 'auto', backend: string, env: Environment = process.env): number {
   if (threads !== 'auto') return threads;
   const fromEnv = env.IMG2POSE_THREADS;
   if (fromEnv !== undefined && fromEnv !== '') {
