@@ -79,6 +79,7 @@ describe('npm pack', () => {
     // The network, its stages and runtime (Img2PoseModel, createRuntime, ...) are internal.
     expect(names).toEqual([
       'ALIGN_SIZES',
+      'AbortError',
       'BACKEND_CHOICES',
       'BackendError',
       'BatchError',

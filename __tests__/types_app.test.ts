@@ -75,6 +75,10 @@ console.log(either.length);
 const drawn: Uint8Array = await visualize('photo.jpg', faces);
 const [first] = await detector.detectAndAlign('photo.jpg', { size: 112 });
 if (first) console.log(drawn.byteLength, (await cropToPng(first.crop.image)).byteLength);
+const controller = new AbortController();
+const listed = await detector.detectFaces(['a.jpg', 'b.jpg'], { signal: controller.signal, onProgress: (done, total) => console.log(done, total) });
+console.log(listed.length);
+await detector.warmup();
 detector.dispose();
 `;
 

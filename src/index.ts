@@ -29,7 +29,17 @@ export type {
 } from './detector';
 export type { ModelConfig, RawDetections } from './model/model';
 
-export { BackendError, BatchError, DisposedError, Img2PoseError, InferenceError, InputError, OptionError, WeightsError } from './errors';
+export {
+  AbortError,
+  BackendError,
+  BatchError,
+  DisposedError,
+  Img2PoseError,
+  InferenceError,
+  InputError,
+  OptionError,
+  WeightsError,
+} from './errors';
 export type { Img2PoseErrorCode, IndexedError, InputErrorDetails } from './errors';
 export { WorkerTaskError } from './runtime/threads';
 

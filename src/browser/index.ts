@@ -69,7 +69,17 @@ export type {
   SettledDetection,
 } from '../detector';
 export type { ModelConfig, RawDetections } from '../model/model';
-export { BackendError, BatchError, DisposedError, Img2PoseError, InferenceError, InputError, OptionError, WeightsError } from '../errors';
+export {
+  AbortError,
+  BackendError,
+  BatchError,
+  DisposedError,
+  Img2PoseError,
+  InferenceError,
+  InputError,
+  OptionError,
+  WeightsError,
+} from '../errors';
 export type { Img2PoseErrorCode, IndexedError, InputErrorDetails } from '../errors';
 export type { DrawableSource, ImageInput, RawImage } from './io';
 export { loadWeights, loadWeightsFromFiles } from './weights_io';
