@@ -129,7 +129,7 @@ export interface LoadOptions extends Partial<DetectorOptions>, LoadWeightsOption
   weights?: WeightsSource;
   /** For the official weights: cache folder, download URL, progress display. */
   release?: ReleaseOptions;
-  /** Compute backend; 'auto' takes the fastest available (see `selectBackend`). */
+  /** Compute backend; 'auto' takes the fastest available (README, Backends). */
   backend?: BackendChoice;
   /**
    * On the webgpu backend, run our own WGSL kernels (implicit-GEMM and Winograd convolutions,
