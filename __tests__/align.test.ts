@@ -425,7 +425,7 @@ describe('alignFaces: inputs, options, errors', () => {
   test('cropToPng writes a PNG that decodes to the crop', async () => {
     const [face] = await alignFaces(portrait, faces, { size: 112 });
     const bytes = await cropToPng(face.image);
-    const back = png().decode(bytes);
+    const back = png().decode(Buffer.from(bytes));
     expect([back.width, back.height]).toEqual([112, 112]);
     const rgb = new Uint8Array(112 * 112 * 3);
     for (let i = 0, j = 0; j < rgb.length; i += 4, j += 3) {

@@ -36,12 +36,50 @@ describe('browser build', () => {
 
   it('the bundler build imports only @tensorflow packages; the standalone bundle imports nothing', () => {
     const specifiers = (file: string): string[] =>
-      [...fs.readFileSync(path.join(out, file), 'utf8').matchAll(/\bfrom\s*["']([^"']+)["']|\bimport\s*["']([^"']+)["']/g)].map((m) => m[1] ?? m[2]);
+      [...fs.readFileSync(path.join(out, file), 'utf8').matchAll(/\bfrom\s*["']([^"']+)["']|\bimport\s*["']([^"']+)["']/g)].map(
+        (m) => m[1] ?? m[2],
+      );
     const lib = specifiers('img2pose.mjs');
     expect(lib.length).toBeGreaterThan(0);
     expect(lib.filter((s) => !s.startsWith('@tensorflow/'))).toEqual([]);
     expect(specifiers('img2pose.bundle.mjs')).toEqual([]);
     for (const f of ['tfjs-backend-wasm.wasm', 'tfjs-backend-wasm-simd.wasm']) expect(fs.existsSync(path.join(out, f))).toBe(true);
+  });
+
+  it('exports a lean surface: detector, errors, alignment, angles, page drawing and weights; no network internals', () => {
+    const block = /export \{([^}]*)\};\s*(\/\/# sourceMappingURL=.*)?\s*$/.exec(fs.readFileSync(path.join(out, 'img2pose.mjs'), 'utf8'));
+    const names = (block?.[1] ?? '')
+      .split(',')
+      .map((e) =>
+        e
+          .trim()
+          .split(/\s+as\s+/)
+          .pop()!,
+      )
+      .filter((n) => n !== '')
+      .sort();
+    expect(names).toEqual([
+      'ALIGN_SIZES',
+      'AbortError',
+      'BACKEND_CHOICES',
+      'BackendError',
+      'BatchError',
+      'DEFAULT_OPTIONS',
+      'DisposedError',
+      'Img2Pose',
+      'Img2PoseError',
+      'InferenceError',
+      'InputError',
+      'OptionError',
+      'WeightsError',
+      'alignFaces',
+      'drawFaces',
+      'loadWeights',
+      'loadWeightsFromFiles',
+      'poseToEuler',
+      'setWasmPaths',
+      'tf',
+    ]);
   });
 
   it("package.json's browser exports name the files the build writes", () => {

@@ -112,6 +112,8 @@ describe('img2pose --help', () => {
     }
     // --weights is optional: its default (the official weights) is shown.
     expect(detect.stdout).toMatch(/--weights <path>[\s\S]*default: "img2pose_v1"/);
+    // What is required is said in so many words.
+    expect(detect.stdout).toMatch(/Required: <inputs\.\.\.> \(one or more image files or folders\)\. Every option is optional/);
     expect(Img2Pose.load).not.toHaveBeenCalled();
   });
 
@@ -292,6 +294,65 @@ describe('img2pose detect', () => {
     const unexpected = await run(['detect', p('single.png'), '--weights', 'w']);
     expect(unexpected.code).toBe(1);
     expect(lines(unexpected.stderr)).toEqual(['img2pose: boom second line']);
+  });
+});
+
+describe('img2pose detect: load progress', () => {
+  /** A load that takes a while and downloads the official weights, as the release cache would. */
+  function slowReleaseLoad(): void {
+    jest.spyOn(Img2Pose, 'load').mockImplementation(async (options: LoadOptions = {}) => {
+      loads.push(options);
+      const progress = options.release?.progress;
+      for (const received of [0, 50e6, 85e6, 170e6]) {
+        if (typeof progress === 'function') progress({ phase: 'download', url: 'https://drive', received, total: 170e6 });
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      options.release?.log?.('the weights are CC BY-NC 4.0');
+      if (typeof progress === 'function') progress({ phase: 'convert' });
+      await new Promise((r) => setTimeout(r, 200));
+      return new Img2Pose(model, options, 'fake');
+    });
+  }
+  const jsonLines = (stdout: string): unknown[] => lines(stdout).map((l) => JSON.parse(l) as unknown);
+
+  it('on a terminal: one line redrawn with the phase and the seconds, then where the model runs; stdout stays JSON', async () => {
+    slowReleaseLoad();
+    const tty = Object.assign(new PassThrough(), { isTTY: true, columns: 100 });
+    const r = await run(['detect', p('single.png')], { stderrStream: tty as unknown as NodeJS.WriteStream });
+    expect(r.code).toBe(0);
+    expect(jsonLines(r.stdout)).toHaveLength(1);
+    expect(r.stderr).toContain('\r\x1b[Kimg2pose: loading the model (weights img2pose_v1, backend auto)... 0.0 s');
+    const shown = r.stderr.split('\r\x1b[K').join('<redraw>');
+    expect(shown).toMatch(/<redraw>img2pose: downloading the official weights: \d+ of 170 MB\.\.\. \d\.\d s/);
+    expect(r.stderr).toContain('\r\x1b[Kimg2pose: converting the official weights... ');
+    // A notice stays on its own line; the last line says where and how long.
+    expect(r.stderr).toContain('\r\x1b[Kimg2pose: the weights are CC BY-NC 4.0\n');
+    const loaded = /<redraw>img2pose: model loaded on fake \(1 thread\) in (\d+\.\d) s\n$/.exec(shown);
+    expect(Number(loaded?.[1])).toBeGreaterThanOrEqual(0.6); // the load's own 0.6 s
+  });
+
+  it('--progress on a pipe: a line per phase, per tenth of the download and per batch; without it, none', async () => {
+    slowReleaseLoad();
+    const r = await run(['detect', p('single.png'), p('photos'), '--progress', '--batch-size', '2']);
+    expect(r.code).toBe(0);
+    expect(jsonLines(r.stdout)).toHaveLength(3);
+    expect(lines(r.stderr).map((l) => l.replace(/in \d+\.\d s$/, 'in T s'))).toEqual([
+      'img2pose: loading the model (weights img2pose_v1, backend auto)',
+      'img2pose: downloading the official weights: 0 of 170 MB',
+      'img2pose: downloading the official weights: 50 of 170 MB',
+      'img2pose: downloading the official weights: 85 of 170 MB',
+      'img2pose: downloading the official weights: 170 of 170 MB',
+      'img2pose: the weights are CC BY-NC 4.0',
+      'img2pose: converting the official weights',
+      'img2pose: model loaded on fake (1 thread) in T s',
+      'img2pose: 2/3 images',
+      'img2pose: 3/3 images',
+    ]);
+    expect(r.stderr).not.toContain('\r');
+
+    const quiet = await run(['detect', p('single.png'), '--weights', 'w']);
+    expect(quiet.stderr).toBe('');
+    expect(loads[loads.length - 1].release).toBeUndefined();
   });
 });
 

@@ -14,7 +14,7 @@ import {
   processPrediction,
   SettledDetection,
 } from '../src/detector';
-import { BackendError, BatchError, DisposedError, InferenceError, InputError, OptionError, WeightsError } from '../src/errors';
+import { AbortError, BackendError, BatchError, DisposedError, InferenceError, InputError, OptionError, WeightsError } from '../src/errors';
 import { ImageInput, RawImage } from '../src/io/images';
 import { ModelConfig, RawDetections } from '../src/model/model';
 import { DEFAULT_POSE_MEAN, DEFAULT_POSE_STDDEV, Img2PoseWeights, disposeWeights } from '../src/model/weights';
@@ -439,6 +439,119 @@ describe('concurrency and lifetime', () => {
   });
 });
 
+describe('signal and onProgress', () => {
+  const ids = [11, 22, 33, 44, 55];
+  const list = (): RawImage[] => ids.map((id) => solid(id));
+
+  it('onProgress counts every image of a list once, in order, as its batch finishes (failures too)', async () => {
+    const model = new FakeModel();
+    const det = new Img2Pose(model, { batchSize: 2 });
+    const seen: [number, number, number][] = [];
+    const inputs: ImageInput[] = list();
+    inputs[2] = '/no/such/image.jpg';
+    const settled = await det.detectFacesSettled(inputs, { onProgress: (done, total) => seen.push([done, total, model.calls.length]) });
+    expect(settled.map((s) => s.ok)).toEqual([true, true, false, true, true]);
+    // (done, total, forwards run when it was called): after the 1st forward, the 2nd, the 3rd.
+    expect(seen).toEqual([[1, 5, 1], [2, 5, 1], [3, 5, 2], [4, 5, 2], [5, 5, 3]]);
+    const single: number[][] = [];
+    await det.detectFaces(solid(1), { onProgress: (done, total) => single.push([done, total]) });
+    await det.detectFaces([solid(1)], { onProgress: (done, total) => single.push([done, total]) });
+    expect(single).toEqual([[1, 1], [1, 1]]);
+  });
+
+  it('an abort during a forward rejects once it finishes; later batches do not run', async () => {
+    const model = new FakeModel();
+    const det = new Img2Pose(model, { batchSize: 2 });
+    const controller = new AbortController();
+    const progress: number[] = [];
+    const tensor = tf.tensor3d(Float32Array.from(solid(66).data), [30, 40, 3]);
+    const call = det.detectFaces([...list(), tensor], { signal: controller.signal, onProgress: (done) => progress.push(done) });
+    await new Promise((r) => setTimeout(r, 0)); // the first forward is now in flight
+    expect(model.inFlight).toBe(1);
+    controller.abort('user left');
+    const err = await call.catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AbortError);
+    expect((err as AbortError).name).toBe('AbortError');
+    expect((err as AbortError).code).toBe('ABORTED');
+    expect((err as AbortError).cause).toBe('user left');
+    expect(model.calls.map((c) => c.ids)).toEqual([[11, 22]]);
+    expect(progress).toEqual([]);
+    expect(tensor.isDisposed).toBe(false); // the caller's; the detector's copy is freed (afterEach)
+    tensor.dispose();
+    // The detector goes on: the next call runs in full.
+    expect(await det.detectFaces([solid(1), solid(2)])).toEqual([expectedFaces(1), expectedFaces(2)]);
+  });
+
+  it('an abort from onProgress stops before the next batch; detectFacesSettled rejects too', async () => {
+    const model = new FakeModel();
+    const det = new Img2Pose(model, { batchSize: 2 });
+    const controller = new AbortController();
+    const progress: number[] = [];
+    const call = det.detectFacesSettled(list(), {
+      signal: controller.signal,
+      onProgress: (done) => {
+        progress.push(done);
+        if (done === 1) controller.abort();
+      },
+    });
+    await expect(call).rejects.toBeInstanceOf(AbortError);
+    expect(progress).toEqual([1]);
+    expect(model.calls.map((c) => c.ids)).toEqual([[11, 22]]);
+  });
+
+  it('an onProgress that throws rejects the call with its error and stops it', async () => {
+    const model = new FakeModel();
+    const det = new Img2Pose(model, { batchSize: 2 });
+    const oops = new Error('progress bar broke');
+    const call = det.detectFaces(list(), {
+      onProgress: (done) => {
+        if (done === 2) throw oops;
+      },
+    });
+    await expect(call).rejects.toBe(oops);
+    expect(model.calls.map((c) => c.ids)).toEqual([[11, 22]]);
+  });
+
+  it('a signal already aborted rejects at once, before any decode or forward; a queued call is skipped', async () => {
+    const model = new FakeModel();
+    const det = new Img2Pose(model);
+    const aborted = AbortSignal.abort();
+    await expect(det.detectFaces(solid(1), { signal: aborted })).rejects.toBeInstanceOf(AbortError);
+    await expect(det.detectFaces(list(), { signal: aborted })).rejects.toBeInstanceOf(AbortError);
+    await expect(det.detectFacesSettled(['/no/such/image.jpg'], { signal: aborted })).rejects.toBeInstanceOf(AbortError);
+    // Aborted while waiting behind another call: it never reaches the network.
+    const controller = new AbortController();
+    const first = det.detectFaces(solid(1));
+    const second = det.detectFaces(solid(2), { signal: controller.signal });
+    controller.abort();
+    expect(await first).toEqual(expectedFaces(1));
+    await expect(second).rejects.toBeInstanceOf(AbortError);
+    expect(model.calls.map((c) => c.ids)).toEqual([[1]]);
+  });
+
+  it('refuses a signal or onProgress of the wrong kind', async () => {
+    const det = new Img2Pose(new FakeModel());
+    await expect(det.detectFaces(solid(1), { signal: {} as AbortSignal })).rejects.toBeInstanceOf(OptionError);
+    await expect(det.detectFaces([solid(1)], { onProgress: 3 as never })).rejects.toThrow(/onProgress/);
+  });
+});
+
+describe('warmup', () => {
+  it('runs one forward of a blank 64x48 image, queued like a call, and frees it', async () => {
+    const model = new FakeModel();
+    const det = new Img2Pose(model, { minSize: 64, maxSize: 96 });
+    const call = det.detectFaces(solid(1));
+    await det.warmup();
+    expect(model.calls).toEqual([
+      { ids: [1], shapes: [[30, 40, 3]], config: { minSize: 64, maxSize: 96 } },
+      { ids: [128], shapes: [[48, 64, 3]], config: { minSize: 64, maxSize: 96 } },
+    ]);
+    expect(await call).toEqual(expectedFaces(1));
+    await det.dispose();
+    await expect(det.warmup()).rejects.toBeInstanceOf(DisposedError);
+  });
+});
+
 /**
  * Structurally complete ResNet-18 weights (every upstream key, tfjs layout), all zeros: what the
  * loader and dispose need, without the minute the formula weights take to generate here.
@@ -482,6 +595,22 @@ describe('Img2Pose.load', () => {
       spy.mockRestore();
     }
     expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('warmup: true runs the warm-up forward before load resolves; memory is back after dispose', async () => {
+    const before = tf.memory().numTensors;
+    const weights = zeroWeights();
+    const spy = jest.spyOn(Img2Pose.prototype, 'warmup');
+    try {
+      const det = await Img2Pose.load({ weights, backend: 'wasm', minSize: 64, maxSize: 96, threads: 1, warmup: true });
+      expect(spy).toHaveBeenCalledTimes(1);
+      disposeWeights(weights);
+      await det.dispose();
+    } finally {
+      spy.mockRestore();
+    }
+    expect(tf.memory().numTensors).toBe(before);
+    await expect(Img2Pose.load({ weights: '/nonexistent/weights', warmup: 'yes' as never })).rejects.toThrow(/warmup/);
   });
 
   it('refuses bad options before loading anything', async () => {
@@ -582,6 +711,18 @@ describe('end to end (real network, formula weights, tiny cases)', () => {
     const faces = await det.detectFaces(imagePath(c.image!));
     expectWithinFixtureTolerances(faces, goldenFaces(c.files!, c.image!, 0.1));
     expect(faces.filter((f) => f.confidence >= 0.5).length).toBe(c['faces_t0.5']!.length);
+  });
+
+  it('an abort while the network runs rejects with AbortError and leaves no tensor behind', async () => {
+    const c = manifest().cases.find((k) => k.id === 'tiny_batch')!;
+    const controller = new AbortController();
+    const before = tf.memory().numTensors;
+    const call = det.detectFaces(c.images!.map(imagePath), { signal: controller.signal });
+    // Decoding is done and the forward under way after a few ms (it takes far longer here).
+    await new Promise((r) => setTimeout(r, 20));
+    controller.abort();
+    await expect(call).rejects.toBeInstanceOf(AbortError);
+    expect(tf.memory().numTensors).toBe(before);
   });
 
   it('tiny_batch: a mixed-size list gives each image its single-image result (batch == single)', async () => {

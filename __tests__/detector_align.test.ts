@@ -12,7 +12,7 @@ import png from '@jimp/js-png';
 import { parseNpy } from '../converter/npy';
 import { alignFaces } from '../src/align';
 import { DetectionModel, Img2Pose } from '../src/detector';
-import { BatchError, DisposedError, InputError, OptionError } from '../src/errors';
+import { AbortError, BatchError, DisposedError, InputError, OptionError } from '../src/errors';
 import { RawImage } from '../src/io/images';
 import { ModelConfig, RawDetections } from '../src/model/model';
 import { FIXTURES } from './utils/formula';
@@ -111,6 +111,32 @@ test('detectAndAlign on a list runs batchSize images per forward', async () => {
   const got = await small.detectAndAlign([portrait, portrait, portrait], { size: 112 });
   expect(got).toHaveLength(3);
   expect(model.calls).toBe(2);
+  await small.dispose();
+});
+
+test('detectAndAlign on a list: onProgress per image as its crops are ready; an abort stops before the next batch', async () => {
+  const model = new FakeModel();
+  const small = new Img2Pose(model, { batchSize: 2 });
+  const before = tf.memory().numTensors;
+  const seen: number[][] = [];
+  await small.detectAndAlign([portrait, '/no/such/image.png', portrait], { size: 112, onProgress: (done, total) => seen.push([done, total]) }).catch(() => undefined);
+  expect(seen).toEqual([[1, 3], [2, 3], [3, 3]]);
+  const single: number[][] = [];
+  await small.detectAndAlign(portrait, { size: 112, onProgress: (done, total) => single.push([done, total]) });
+  expect(single).toEqual([[1, 1]]);
+
+  model.calls = 0;
+  const controller = new AbortController();
+  const call = small.detectAndAlign([portrait, portrait, portrait], {
+    size: 112,
+    signal: controller.signal,
+    onProgress: () => controller.abort(),
+  });
+  await expect(call).rejects.toBeInstanceOf(AbortError);
+  expect(model.calls).toBe(1);
+  await expect(small.detectAndAlign(portrait, { signal: AbortSignal.abort() })).rejects.toBeInstanceOf(AbortError);
+  expect(model.calls).toBe(1);
+  expect(tf.memory().numTensors).toBe(before);
   await small.dispose();
 });
 

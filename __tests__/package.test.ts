@@ -42,10 +42,22 @@ function node(args: string[]): string {
 describe('npm pack', () => {
   it('ships the library, the command, types, browser builds and licences, and nothing of the repo besides', () => {
     expect(packedBytes).toBeLessThan(2 * 1024 * 1024);
-    for (const f of ['package.json', 'LICENSE', 'README.md', 'bin/img2pose.js', 'dist/src/index.js', 'dist/src/index.d.ts', 'dist/src/cli.js', 'dist/browser/img2pose.mjs', 'assets/teaser.jpg']) {
+    for (const f of [
+      'package.json',
+      'LICENSE',
+      'README.md',
+      'bin/img2pose.js',
+      'dist/src/index.js',
+      'dist/src/index.d.ts',
+      'dist/src/cli.js',
+      'dist/browser/img2pose.mjs',
+      'assets/teaser.jpg',
+    ]) {
       expect(files).toContain(f);
     }
-    const stray = files.filter((f) => /^(__tests__|bench|tools|tmp|weights|demo|converter|src)\/|^dist\/(bench|__tests__)\/|\.map$|GPU_NOTES/.test(f));
+    const stray = files.filter((f) =>
+      /^(__tests__|bench|tools|tmp|weights|demo|converter|src)\/|^dist\/(bench|__tests__)\/|\.map$|GPU_NOTES/.test(f),
+    );
     expect(stray).toEqual([]);
   });
 
@@ -53,8 +65,45 @@ describe('npm pack', () => {
     const version = (JSON.parse(fs.readFileSync(path.join(REPO, 'package.json'), 'utf8')) as { version: string }).version;
     const cjs = node(['-e', `const m = require('${NAME}'); console.log(typeof m.Img2Pose.load, typeof m.visualize)`]);
     expect(cjs.trim()).toBe('function function');
-    const esm = node(['--input-type=module', '-e', `import { Img2Pose, visualize } from '${NAME}'; console.log(typeof Img2Pose.load, typeof visualize)`]);
+    const esm = node([
+      '--input-type=module',
+      '-e',
+      `import { Img2Pose, visualize } from '${NAME}'; console.log(typeof Img2Pose.load, typeof visualize)`,
+    ]);
     expect(esm.trim()).toBe('function function');
     expect(node([path.join('node_modules', NAME, 'bin', 'img2pose.js'), '--version']).trim()).toBe(version);
+  });
+
+  it('exports the public surface only: the detector, errors, alignment, angles, drawing, weights helpers', () => {
+    const names = JSON.parse(node(['-e', `console.log(JSON.stringify(Object.keys(require('${NAME}')).sort()))`])) as string[];
+    // The network, its stages and runtime (Img2PoseModel, createRuntime, ...) are internal.
+    expect(names).toEqual([
+      'ALIGN_SIZES',
+      'AbortError',
+      'BACKEND_CHOICES',
+      'BackendError',
+      'BatchError',
+      'DEFAULT_OPTIONS',
+      'DisposedError',
+      'Img2Pose',
+      'Img2PoseError',
+      'InferenceError',
+      'InputError',
+      'OptionError',
+      'WeightsError',
+      'WorkerTaskError',
+      'alignFaces',
+      'cacheRoot',
+      'clearReleaseCache',
+      'cropToPng',
+      'ensureReleaseWeights',
+      'installReleaseZip',
+      'loadWeights',
+      'poseToEuler',
+      'releaseFolder',
+      'verifyReleaseFolder',
+      'visualize',
+      'writeFormulaWeights',
+    ]);
   });
 });

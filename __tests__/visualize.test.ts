@@ -15,7 +15,7 @@ async function grayPng(): Promise<Buffer> {
   return new Jimp({ width: W, height: H, color: GRAY }).getBuffer('image/png');
 }
 
-async function decode(png: Buffer): Promise<{ width: number; height: number; rgb: (x: number, y: number) => number[] }> {
+async function decode(png: Uint8Array): Promise<{ width: number; height: number; rgb: (x: number, y: number) => number[] }> {
   const { width, height, data } = await decodeBitmap(png);
   return { width, height, rgb: (x, y) => Array.from(data.subarray((y * width + x) * 4, (y * width + x) * 4 + 3)) };
 }

@@ -737,7 +737,7 @@ export async function alignChecked(
 }
 
 /** A crop (or any packed RGB image) as PNG file bytes. */
-export async function cropToPng(image: { data: Uint8Array; width: number; height: number }): Promise<Buffer> {
+export async function cropToPng(image: { data: Uint8Array; width: number; height: number }): Promise<Uint8Array> {
   const { width, height, data } = image;
   const rgba = new Uint8Array(width * height * 4);
   for (let p = 0, s = 0, o = 0; p < width * height; p++, s += 3, o += 4) {

@@ -14,6 +14,7 @@ import { runConvert } from '../converter/cli';
 import { BACKEND_CHOICES, BackendChoice, selectBackend } from './runtime/backend';
 import { ALIGN_SIZES, AlignSize, cropToPng } from './align';
 import { DEFAULT_OPTIONS, Face, Img2Pose, LoadOptions } from './detector';
+import type { ReleaseEvent } from './io/weights_cache';
 import { InputError, OptionError } from './errors';
 import { formulaWeights } from './io/formula_weights';
 import { Shard, parseShard, startJsonlRun } from './io/jsonl';
@@ -143,6 +144,8 @@ function buildProgram(io: CliIO, setExit: (code: number) => void): Command {
     .option('--jsonl <file>', 'append a JSON line per image to this file as each finishes (a crash loses only the images in flight)')
     .option('--resume', 'with --jsonl: skip the images the file already has (same path, size and mtime), append the rest')
     .option('--shard <i/n>', 'detect only shard i of n (0 <= i < n), a stable share of the images by hashed path', parseShard)
+    .option('--progress', 'show progress on stderr (the model loading, then the images) also when stderr is not a terminal')
+    .addHelpText('after', '\nRequired: <inputs...> (one or more image files or folders). Every option is optional; defaults are shown.')
     .action(async (inputs: string[], opts: DetectCliOptions) => setExit(await detectCommand(inputs, opts, io)));
 
   program
@@ -233,6 +236,7 @@ interface DetectCliOptions {
   jsonl?: string;
   resume?: boolean;
   shard?: Shard;
+  progress?: boolean;
 }
 
 /**
@@ -313,8 +317,13 @@ async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO
     threads: opts.threads,
     maxPixels: opts.maxPixels,
   };
+  // Progress on stderr only, so that the JSON on stdout stays clean: on a terminal, or when asked.
+  const tty = io.stderrStream?.isTTY === true;
+  const status = tty || opts.progress ? new LoadStatus(io, tty, io.stderrStream?.columns) : undefined;
+  if (status) loadOptions.release = { progress: (e) => status.release(e), log: (line) => status.log(line) };
   let done = 0;
   let bar: SingleBar | undefined;
+  let lines: ((done: number) => void) | undefined;
   // A stop keeps what was done: the JSON file already holds every finished chunk.
   const removeSignalHandlers = onStopSignal((signal) => {
     bar?.stop();
@@ -324,8 +333,17 @@ async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO
   });
   let failures = 0;
   try {
-    const detector = await Img2Pose.load(loadOptions);
-    bar = progressBar(images.length, opts.json !== undefined, io);
+    let detector: Img2Pose;
+    status?.start(`loading the model (weights ${opts.weights}, backend ${opts.backend})`);
+    try {
+      detector = await Img2Pose.load(loadOptions);
+    } finally {
+      status?.stop();
+    }
+    status?.loaded(detector);
+    bar = progressBar(images.length, opts.json !== undefined, io, opts.progress === true);
+    // --progress on a pipe: a line per chunk instead of a bar.
+    if (!bar && opts.progress && !tty) lines = (n) => io.stderr(`img2pose: ${n}/${images.length} images\n`);
     try {
       for (let start = 0; start < images.length; start += opts.batchSize) {
         const chunk = images.slice(start, start + opts.batchSize);
@@ -367,6 +385,7 @@ async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO
         json?.append(results);
         done = start + chunk.length;
         bar?.update(Math.min(images.length, done));
+        lines?.(done);
       }
     } finally {
       bar?.stop();
@@ -441,16 +460,104 @@ async function writeCrops(detector: Img2Pose, image: string, faces: Face[], dir:
   return out;
 }
 
-function progressBar(total: number, stdoutFree: boolean, io: CliIO): SingleBar | undefined {
+function progressBar(total: number, stdoutFree: boolean, io: CliIO, asked: boolean): SingleBar | undefined {
   const stream = io.stderrStream;
   // Only on a terminal, and not when JSON lines would interleave with it on the same screen.
-  if (total < PROGRESS_MIN_IMAGES || !stream?.isTTY || (io.stdoutIsTTY && !stdoutFree)) return undefined;
+  if ((total < PROGRESS_MIN_IMAGES && !asked) || !stream?.isTTY || (io.stdoutIsTTY && !stdoutFree)) return undefined;
   const bar = new SingleBar(
     { stream, format: 'img2pose |{bar}| {value}/{total} images | {eta_formatted} left', hideCursor: true },
     Presets.shades_classic,
   );
   bar.start(total, 0);
   return bar;
+}
+
+/**
+ * What `detect` shows on stderr while the model loads (the official weights' download and
+ * conversion included): on a terminal, one line redrawn in place with the phase and the seconds
+ * so far; otherwise (--progress) a line per phase and per tenth of a download. Then one line
+ * saying where the model runs and how long loading took.
+ */
+class LoadStatus {
+  private phase = '';
+  private readonly started = Date.now();
+  private timer: ReturnType<typeof setInterval> | undefined;
+  private downloadTenth = -1;
+  private drawn = false;
+
+  constructor(
+    private readonly io: CliIO,
+    private readonly tty: boolean,
+    private readonly columns = 80,
+  ) {}
+
+  start(phase: string): void {
+    this.set(phase);
+    if (this.tty) {
+      this.timer = setInterval(() => this.draw(), 250);
+      // The redraw must not keep the process alive should loading end in an uncaught way.
+      this.timer.unref();
+    }
+  }
+
+  /** A notice that stays (the release's licence and cache lines). */
+  log(line: string): void {
+    this.clear();
+    this.io.stderr(`img2pose: ${line}\n`);
+    if (this.timer) this.draw();
+  }
+
+  release(e: ReleaseEvent): void {
+    if (e.phase === 'wait') this.set(`waiting for ${e.holder}, which is installing the weights in the cache`);
+    else if (e.phase === 'convert') this.set('converting the official weights');
+    else if (e.phase === 'done') this.set('loading the model');
+    else {
+      const mb = (bytes: number): string => (bytes / 1e6).toFixed(0);
+      const text = `downloading the official weights: ${mb(e.received)}${e.total !== undefined ? ` of ${mb(e.total)}` : ''} MB`;
+      if (this.tty) {
+        this.phase = text; // drawn by the timer: a redraw per network chunk would flood the terminal
+        return;
+      }
+      const tenth = e.total ? Math.floor((10 * e.received) / e.total) : Math.floor(e.received / 20e6);
+      if (tenth !== this.downloadTenth) this.set(text);
+      this.downloadTenth = tenth;
+    }
+  }
+
+  /** Loading is over (loaded or failed): the redrawn line goes. */
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    this.clear();
+  }
+
+  loaded(detector: Img2Pose): void {
+    const threads = `${detector.threads} thread${detector.threads === 1 ? '' : 's'}`;
+    this.io.stderr(`img2pose: model loaded on ${detector.backend} (${threads}) in ${this.seconds()} s\n`);
+  }
+
+  private set(phase: string): void {
+    this.phase = phase;
+    if (this.tty) this.draw();
+    else this.io.stderr(`img2pose: ${phase}\n`);
+  }
+
+  private seconds(): string {
+    return ((Date.now() - this.started) / 1000).toFixed(1);
+  }
+
+  private draw(): void {
+    // One terminal row: a longer line would wrap, and \r returns to its last row only.
+    const line = `img2pose: ${this.phase}... ${this.seconds()} s`.slice(0, Math.max(20, this.columns - 1));
+    this.io.stderr(`\r\x1b[K${line}`);
+    this.drawn = true;
+  }
+
+  private clear(): void {
+    if (!this.drawn) return;
+    this.io.stderr('\r\x1b[K');
+    this.drawn = false;
+  }
 }
 
 // --- demo ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import * as os from 'os';
 import * as tf from '@tensorflow/tfjs';
 import { BackendChoice, BACKEND_CHOICES, onBackend, onBackendSync, selectBackend } from './runtime/backend';
 import {
+  AbortError,
   BatchError,
   DisposedError,
   Img2PoseError,
@@ -35,7 +36,7 @@ import { DEFAULT_POOL_LIMIT, releaseGpuPool, useGpuPool } from './kernels/webgpu
 import { buildNetwork, isCpuBackend } from './runtime/runtime';
 import { KeypointName, projectKeypoints } from './model/pose';
 import { LoadWeightsOptions } from './io/weights_io';
-import { ReleaseOptions } from './io/weights_cache';
+import { Environment, ReleaseOptions } from './io/weights_cache';
 import { copyToActiveBackend, onActiveBackend } from './io/tensor_home';
 import { DEFAULT_WEIGHTS, WeightsSource, isWeightsSource, openWeights } from './io/weights_source';
 
@@ -54,12 +55,25 @@ export interface Face {
   keypoints: Record<KeypointName, Point>;
 }
 
-/** Per-call overrides of the detector's filtering. */
+/** Per-call overrides of the detector's filtering, and the call's control. */
 export interface DetectOptions {
   /** Keep faces with confidence >= this (0..1). */
   scoreThreshold?: number;
   /** Keep at most this many faces per image, best first; -1 keeps all. */
   maxFaces?: number;
+  /**
+   * Stops the call: it rejects with an `AbortError` once the forward in progress (if any) has
+   * finished; images not yet run are not run, and nothing stays allocated. A signal already
+   * aborted rejects at once. Results finished before the abort are not returned.
+   */
+  signal?: AbortSignal;
+  /**
+   * Called as each image's result (its faces or its error) is ready, with the number done so far
+   * and the number of images: (1, n), (2, n), ... (n, n), never after an abort. A batch's images
+   * are ready together, so their calls come together. If it throws, the call rejects with that
+   * error and stops as an abort would.
+   */
+  onProgress?: (done: number, total: number) => void;
 }
 
 export interface DetectorOptions {
@@ -97,11 +111,12 @@ export const LOAD_OPTION_KEYS: readonly string[] = [
   'webgpuKernels',
   'threads',
   'gpuPoolLimit',
+  'warmup',
   ...Object.keys(DEFAULT_OPTIONS),
 ];
 
 /** Every key of `DetectOptions`. */
-export const DETECT_OPTION_KEYS: readonly string[] = ['scoreThreshold', 'maxFaces'];
+export const DETECT_OPTION_KEYS: readonly string[] = ['scoreThreshold', 'maxFaces', 'signal', 'onProgress'];
 
 export interface LoadOptions extends Partial<DetectorOptions>, LoadWeightsOptions {
   /**
@@ -114,7 +129,7 @@ export interface LoadOptions extends Partial<DetectorOptions>, LoadWeightsOption
   weights?: WeightsSource;
   /** For the official weights: cache folder, download URL, progress display. */
   release?: ReleaseOptions;
-  /** Compute backend; 'auto' takes the fastest available (see `selectBackend`). */
+  /** Compute backend; 'auto' takes the fastest available (README, Backends). */
   backend?: BackendChoice;
   /**
    * On the webgpu backend, run our own WGSL kernels (implicit-GEMM and Winograd convolutions,
@@ -142,6 +157,11 @@ export interface LoadOptions extends Partial<DetectorOptions>, LoadWeightsOption
    * to every tfjs model on it in the process; `dispose()` frees the free buffers.
    */
   gpuPoolLimit?: number;
+  /**
+   * Run `warmup()` before `load` resolves, so that the first detection does not pay for the
+   * backend's one-time work (shader compilation on webgpu/webgl, code warm-up on wasm). Default false.
+   */
+  warmup?: boolean;
 }
 
 /** What the detector needs of a network; `Img2PoseModel` is one, tests pass fakes. */
@@ -156,6 +176,44 @@ export type SettledDetection = { ok: true; faces: Face[] } | { ok: false; error:
 interface Filter {
   scoreThreshold: number;
   maxFaces: number;
+}
+
+/** Stops a call (`DetectOptions.signal`, or `onProgress` throwing) and counts its finished images. */
+class CallControl {
+  private done = 0;
+  private failure: { error: unknown } | undefined;
+
+  constructor(
+    private readonly total: number,
+    private readonly signal?: AbortSignal,
+    private readonly onProgress?: (done: number, total: number) => void,
+  ) {}
+
+  /** Throws if the call must stop. Checked before each stage that costs: decoding, a forward. */
+  check(): void {
+    if (this.failure) throw this.failure.error;
+    if (this.signal?.aborted) throw new AbortError(this.signal.reason);
+  }
+
+  /** Whether `e` is this call's stop, which ends the whole call rather than one image. */
+  isStop(e: unknown): boolean {
+    return e instanceof AbortError || (this.failure !== undefined && e === this.failure.error);
+  }
+
+  /** `n` more images have their result. */
+  report(n: number): void {
+    for (let k = 0; k < n; k++) {
+      this.check();
+      this.done++;
+      if (!this.onProgress) continue;
+      try {
+        this.onProgress(this.done, this.total);
+      } catch (e) {
+        this.failure = { error: e };
+        throw e;
+      }
+    }
+  }
 }
 
 /**
@@ -196,6 +254,7 @@ export class Img2Pose {
       webgpuKernels = true,
       threads = 'auto',
       gpuPoolLimit = DEFAULT_POOL_LIMIT,
+      warmup = false,
       ...rest
     } = options;
     const resolved = resolveOptions(rest);
@@ -205,11 +264,12 @@ export class Img2Pose {
     if (!BACKEND_CHOICES.includes(backend)) {
       throw new OptionError('backend', `one of ${BACKEND_CHOICES.join(', ')}`, backend);
     }
+    if (typeof warmup !== 'boolean') throw new OptionError('warmup', 'true or false', warmup);
     if (!isWeightsSource(weights)) {
       throw new OptionError('weights', "'img2pose_v1', a weights folder, model.json, .pth or URL, Img2PoseWeights or a tf.io handler", weights);
     }
     // The app's active backend is made active again once the network is built (see onBackend).
-    return onBackend(null, async () => {
+    const detector = await onBackend(null, async () => {
       const backendName = await selectBackend(backend);
       if (backendName === 'webgpu') useGpuPool(gpuPoolLimit);
       // Made on the chosen backend (in-memory weights made elsewhere are copied there).
@@ -226,6 +286,16 @@ export class Img2Pose {
       }
       return new Img2Pose(built.model, resolved, backendName, built.threads);
     });
+    // After load's exclusive lease: warmup takes the detector's own, as every call does.
+    if (warmup) {
+      try {
+        await detector.warmup();
+      } catch (e) {
+        await detector.dispose();
+        throw e;
+      }
+    }
+    return detector;
   }
 
   /**
@@ -261,10 +331,11 @@ export class Img2Pose {
   ): Promise<Face[] | Face[][]> {
     this.assertAlive();
     const filter = this.filterFor(options);
+    const control = this.controlFor(options, Array.isArray(images) ? images.length : 1);
     if (!Array.isArray(images)) {
-      return this.detectOne(this.take(images as ImageInput), filter);
+      return this.detectOne(this.take(images as ImageInput), filter, control);
     }
-    const settled = await this.detectMany(images as readonly ImageInput[], filter);
+    const settled = await this.detectMany(images as readonly ImageInput[], filter, control);
     const errors: IndexedError[] = [];
     const results = settled.map((s, index) => {
       if (s.ok) return s.faces;
@@ -282,7 +353,28 @@ export class Img2Pose {
   async detectFacesSettled(images: readonly ImageInput[], options?: DetectOptions): Promise<SettledDetection[]> {
     this.assertAlive();
     if (!Array.isArray(images)) throw new OptionError('images', 'an array of image inputs', images);
-    return this.detectMany(images, this.filterFor(options));
+    const filter = this.filterFor(options);
+    return this.detectMany(images, filter, this.controlFor(options, images.length));
+  }
+
+  /**
+   * One forward on a blank 64x48 image (the common 4:3 landscape shape, resized as a photo would
+   * be), results discarded, so that the first real call does not pay for the backend's one-time
+   * work: shader compilation on webgpu/webgl, code warm-up on wasm. On wasm and cpu with worker
+   * threads, one image per worker (up to `batchSize`), so each warms its own copy. Queued like
+   * any call; `Img2Pose.load({ warmup: true })` runs it before resolving.
+   */
+  async warmup(): Promise<void> {
+    this.assertAlive();
+    const count = isCpuBackend(this.backend) ? Math.min(this.threads, this.options.batchSize) : 1;
+    await this.enqueue([], async () => {
+      const images = Array.from({ length: count }, () => tf.fill([48, 64, 3], 128, 'float32') as tf.Tensor3D);
+      try {
+        await this.forward(images);
+      } finally {
+        for (const image of images) image.dispose();
+      }
+    });
   }
 
   /**
@@ -302,26 +394,34 @@ export class Img2Pose {
 
   // --- upstream's routing: _detect_single / _detect_batch -------------------------------------
 
-  private detectOne(pending: Pending, filter: Filter): Promise<Face[]> {
-    return this.enqueue([pending], () => this.detectSingle(pending, filter));
+  private async detectOne(pending: Pending, filter: Filter, control: CallControl): Promise<Face[]> {
+    const faces = await this.enqueue([pending], () => this.detectSingle(pending, filter, control));
+    control.report(1);
+    return faces;
   }
 
-  private async detectMany(images: readonly ImageInput[], filter: Filter): Promise<SettledDetection[]> {
+  private async detectMany(images: readonly ImageInput[], filter: Filter, control: CallControl): Promise<SettledDetection[]> {
+    control.check();
     const pendings = images.map((image) => this.take(image));
     if (pendings.length === 0) return [];
     if (pendings.length === 1) {
       // Upstream: a one-element list is a single detection, without batch overhead.
       const pending = pendings[0];
-      return [await settle(this.enqueue([pending], () => this.detectSingle(pending, filter)), 0)];
+      const settled = await settle(this.enqueue([pending], () => this.detectSingle(pending, filter, control)), 0, control);
+      control.report(1);
+      return [settled];
     }
-    return this.detectBatch(pendings, filter);
+    return this.detectBatch(pendings, filter, control);
   }
 
-  private async detectSingle(pending: Pending, filter: Filter): Promise<Face[]> {
+  private async detectSingle(pending: Pending, filter: Filter, control: CallControl): Promise<Face[]> {
+    control.check();
     const image = await decodeImage(pending.input, undefined, { maxPixels: this.options.maxPixels });
     try {
       const [height, width] = image.shape;
+      control.check();
       const [prediction] = await this.forward([image]);
+      control.check();
       return processPrediction(prediction, width, height, filter.scoreThreshold, filter.maxFaces);
     } finally {
       image.dispose();
@@ -329,20 +429,29 @@ export class Img2Pose {
   }
 
   /** One stacked forward per chunk of `batchSize`; a bad input fails only its own index. */
-  private async detectBatch(pendings: Pending[], filter: Filter): Promise<SettledDetection[]> {
+  private async detectBatch(pendings: Pending[], filter: Filter, control: CallControl): Promise<SettledDetection[]> {
     const { batchSize } = this.options;
     const chunks: Promise<SettledDetection[]>[] = [];
     for (let start = 0; start < pendings.length; start += batchSize) {
       const chunk = pendings.slice(start, start + batchSize);
-      const run = this.enqueue(chunk, () => this.detectChunk(chunk, start, filter));
+      const run = this.enqueue(chunk, () => this.detectChunk(chunk, start, filter, control));
+      const settled = run.catch((e: unknown) => {
+        if (control.isStop(e)) throw e;
+        return chunk.map((_, i) => ({ ok: false as const, error: asDetectionError(e, start + i) }));
+      });
+      // Chunks settle in queue order, so the count only grows; a stop here keeps the next chunk from running.
       chunks.push(
-        run.catch((e: unknown) => chunk.map((_, i) => ({ ok: false as const, error: asDetectionError(e, start + i) }))),
+        settled.then((results) => {
+          control.report(results.length);
+          return results;
+        }),
       );
     }
     return (await Promise.all(chunks)).flat();
   }
 
-  private async detectChunk(chunk: Pending[], start: number, filter: Filter): Promise<SettledDetection[]> {
+  private async detectChunk(chunk: Pending[], start: number, filter: Filter, control: CallControl): Promise<SettledDetection[]> {
+    control.check();
     const out: SettledDetection[] = new Array(chunk.length);
     const decoded: { slot: number; image: tf.Tensor3D }[] = [];
     try {
@@ -354,6 +463,7 @@ export class Img2Pose {
         }
       }
       if (decoded.length === 0) return out;
+      control.check();
       let predictions: RawDetections[];
       try {
         predictions = await this.forward(decoded.map((d) => d.image));
@@ -361,6 +471,7 @@ export class Img2Pose {
         for (const { slot } of decoded) out[slot] = { ok: false, error: asDetectionError(e, start + slot) };
         return out;
       }
+      control.check();
       decoded.forEach(({ slot, image }, k) => {
         const [height, width] = image.shape;
         const faces = processPrediction(predictions[k], width, height, filter.scoreThreshold, filter.maxFaces);
@@ -437,6 +548,21 @@ export class Img2Pose {
     return { scoreThreshold, maxFaces };
   }
 
+  /** The call's `signal` and `onProgress` (options already checked by `filterFor`). */
+  private controlFor(options: DetectOptions | undefined, total: number): CallControl {
+    const signal = options?.signal;
+    const onProgress = options?.onProgress;
+    if (signal !== undefined && !(typeof signal === 'object' && signal !== null && typeof signal.aborted === 'boolean')) {
+      throw new OptionError('signal', 'an AbortSignal', signal);
+    }
+    if (onProgress !== undefined && typeof onProgress !== 'function') {
+      throw new OptionError('onProgress', 'a function (done, total) => void', onProgress);
+    }
+    const control = new CallControl(total, signal, onProgress);
+    control.check();
+    return control;
+  }
+
   // --- alignment (upstream align_faces, align_faces_batch, detect_and_align) -----------------
 
   /** `alignFaces` (src/align.ts): needs no network, only each face's pose. */
@@ -487,16 +613,19 @@ export class Img2Pose {
     options?: DetectAlignOptions,
   ): Promise<AlignedDetection[] | AlignedDetection[][]> {
     this.assertAlive();
-    const { size, ...detect } = options ?? {};
+    const { size, onProgress: _progress, ...detect } = options ?? {};
     const alignSize = alignSizeOf({ size });
     this.filterFor(detect);
+    const control = this.controlFor(options, Array.isArray(images) ? images.length : 1);
     if (!Array.isArray(images)) {
       // Tensors are taken at call time, as detectFaces does, so callers may dispose theirs at once.
       const pending = this.take(images as ImageInput);
       try {
         const rgb = await decodeRgb8(await decodePixels(pending.input), undefined, { maxPixels: this.options.maxPixels });
         const faces = await this.detectFaces(rgb.exact ? asRawImage(rgb) : pending.input, detect);
-        return withCrops(faces, rgb, alignSize);
+        const detections = withCrops(faces, rgb, alignSize);
+        control.report(1);
+        return detections;
       } finally {
         pending.owned?.dispose();
       }
@@ -506,8 +635,10 @@ export class Img2Pose {
     const errors: IndexedError[] = [];
     try {
       for (let start = 0; start < pendings.length; start += this.options.batchSize) {
+        control.check();
+        const end = Math.min(pendings.length, start + this.options.batchSize);
         const chunk: { slot: number; rgb: Rgb8Image & { exact: boolean }; input: ImageInput }[] = [];
-        for (let slot = start; slot < Math.min(pendings.length, start + this.options.batchSize); slot++) {
+        for (let slot = start; slot < end; slot++) {
           const { input } = pendings[slot];
           try {
             chunk.push({ slot, rgb: await decodeRgb8(await decodePixels(input, slot), slot, { maxPixels: this.options.maxPixels }), input });
@@ -515,7 +646,8 @@ export class Img2Pose {
             errors.push({ index: slot, error: asDetectionError(e, slot) });
           }
         }
-        // Detect on the decoded pixels when they are the input's own (no second decode).
+        // Detect on the decoded pixels when they are the input's own (no second decode). The
+        // signal goes with them (an abort rejects that call), the progress is this call's.
         const inputs = chunk.map(({ rgb, input }) => (rgb.exact ? asRawImage(rgb) : input));
         const detections = inputs.length > 0 ? await this.detectFacesSettled(inputs, detect) : [];
         chunk.forEach(({ slot, rgb }, k) => {
@@ -527,6 +659,7 @@ export class Img2Pose {
             errors.push({ index: slot, error: asDetectionError(e, slot) });
           }
         });
+        control.report(end - start);
       }
     } finally {
       for (const p of pendings) p.owned?.dispose();
@@ -554,7 +687,7 @@ function asRawImage(rgb: Rgb8Image): RawImage {
 }
 
 /** The `threads` option resolved for `backend` (see LoadOptions.threads). */
-export function threadCount(threads: number | 'auto', backend: string, env: NodeJS.ProcessEnv = process.env): number {
+export function threadCount(threads: number | 'auto', backend: string, env: Environment = process.env): number {
   if (threads !== 'auto') return threads;
   const fromEnv = env.IMG2POSE_THREADS;
   if (fromEnv !== undefined && fromEnv !== '') {
@@ -660,10 +793,11 @@ function take(input: ImageInput): Pending {
   return { input };
 }
 
-async function settle(run: Promise<Face[]>, index: number): Promise<SettledDetection> {
+async function settle(run: Promise<Face[]>, index: number, control: CallControl): Promise<SettledDetection> {
   try {
     return { ok: true, faces: await run };
   } catch (e) {
+    if (control.isStop(e)) throw e;
     return { ok: false, error: asDetectionError(e, index) };
   }
 }

@@ -6,8 +6,14 @@
  *   const all = await detector.detectFaces(['a.jpg', 'b.png']); // Face[][]
  *   const crops = await alignFaces('photo.jpg', faces, { size: 112 }); // AlignedFace[]
  *   await detector.dispose();
+ *
+ * This is the whole public surface: the detector, its options and results, the errors, alignment,
+ * head angles, drawing, and the weights helpers. The network, its stages and runtime are internal
+ * (they change without notice); a custom network plugs in through `DetectionModel`.
+ * The declarations use web-standard types only (`Uint8Array`, no `Buffer` or `NodeJS.*`), so an app
+ * compiles against them without `@types/node`.
  */
-export { Img2Pose, processPrediction, DEFAULT_OPTIONS, threadCount } from './detector';
+export { Img2Pose, DEFAULT_OPTIONS } from './detector';
 export type {
   AlignedDetection,
   Box,
@@ -21,8 +27,10 @@ export type {
   Pose,
   SettledDetection,
 } from './detector';
+export type { ModelConfig, RawDetections } from './model/model';
 
 export {
+  AbortError,
   BackendError,
   BatchError,
   DisposedError,
@@ -33,19 +41,17 @@ export {
   WeightsError,
 } from './errors';
 export type { Img2PoseErrorCode, IndexedError, InputErrorDetails } from './errors';
+export { WorkerTaskError } from './runtime/threads';
 
-export { decodeImage, describeInput } from './io/images';
 export type { ImageInput, JimpImageLike, RawImage } from './io/images';
-
-export { selectBackend, BACKEND_CHOICES, AUTO_ORDER } from './runtime/backend';
-export type { BackendChoice, ModuleLoader } from './runtime/backend';
+export { BACKEND_CHOICES } from './runtime/backend';
+export type { BackendChoice } from './runtime/backend';
 
 export { loadWeights } from './io/weights_io';
 export type { LoadWeightsOptions } from './io/weights_io';
-export { loadWeightsFromUrl } from './io/weights_url';
 export type { WeightsSource } from './io/weights_source';
+export type { Img2PoseWeights, ResNetDepth } from './model/weights';
 export {
-  RELEASE,
   cacheRoot,
   clearReleaseCache,
   ensureReleaseWeights,
@@ -53,7 +59,7 @@ export {
   releaseFolder,
   verifyReleaseFolder,
 } from './io/weights_cache';
-export type { CacheRecord, ReleaseEvent, ReleaseOptions } from './io/weights_cache';
+export type { CacheRecord, Environment, ReleaseEvent, ReleaseOptions } from './io/weights_cache';
 export { writeFormulaWeights } from './io/formula_weights';
 
 export { alignFaces, cropToPng, ALIGN_SIZES } from './align';
@@ -63,17 +69,6 @@ export { poseToEuler } from './euler';
 export type { EulerAngles } from './euler';
 
 export { visualize } from './visualize';
-export type { DrawableFace, VisualizeImage, VisualizeOptions } from './visualize';
+export type { DrawableFace, RGB, VisualizeImage, VisualizeOptions } from './visualize';
 
-export { Img2PoseModel, SUBBATCH_OVERLAP } from './model/model';
-export type { ModelConfig, PredictOptions, RawDetections, StageTimings } from './model/model';
-export { createRuntime } from './runtime/runtime';
-export type { RuntimeOptions } from './runtime/runtime';
-export type { BackendRules, HostExecutor, ModelRuntime } from './model/runtime';
-
-export { WorkerTaskError } from './runtime/threads';
-
-export { KEYPOINT_INDICES, REFERENCE_POINTS_68, projectKeypoints, projectPoints } from './model/pose';
 export type { KeypointName } from './model/pose';
-
-export * from './model/weights';

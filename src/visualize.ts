@@ -59,7 +59,7 @@ const AXIS_COLORS: [RGB, RGB, RGB] = [
  * Draws `faces` on a copy of `image` and returns it as PNG bytes (same size as the input).
  * Coordinates are those `detectFaces` returns: original-image pixels.
  */
-export async function visualize(image: VisualizeImage, faces: readonly DrawableFace[], opts: VisualizeOptions = {}): Promise<Buffer> {
+export async function visualize(image: VisualizeImage, faces: readonly DrawableFace[], opts: VisualizeOptions = {}): Promise<Uint8Array> {
   const bm = await toBitmap(image, { maxPixels: opts.maxPixels });
   const thickness = Math.max(1, Math.round(opts.thickness ?? 2));
   const boxColor = opts.boxColor ?? [0, 255, 0];
@@ -89,8 +89,8 @@ export async function visualize(image: VisualizeImage, faces: readonly DrawableF
   return png;
 }
 
-/** PNG bytes of an RGBA bitmap. */
-export async function encodePng(bm: RgbaBitmap): Promise<Buffer> {
+/** PNG bytes of an RGBA bitmap (a Node `Buffer`, typed as the web-standard `Uint8Array` it is). */
+export async function encodePng(bm: RgbaBitmap): Promise<Uint8Array> {
   const { width, height, data } = bm;
   return Jimp.fromBitmap({ width, height, data: Buffer.from(data.buffer, data.byteOffset, data.byteLength) }).getBuffer(
     'image/png',

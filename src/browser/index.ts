@@ -25,7 +25,7 @@ setDefaultModuleLoader(browserLoader);
 
 export { tf, setWasmPaths };
 
-export { processPrediction, DEFAULT_OPTIONS } from '../detector';
+export { DEFAULT_OPTIONS } from '../detector';
 import { Img2Pose as CoreImg2Pose } from '../detector';
 import type { AlignedDetection, DetectAlignOptions, DetectOptions, Face, LoadOptions, SettledDetection } from '../detector';
 import type { AlignedFace, AlignOptions, PosedFace } from '../align';
@@ -35,13 +35,19 @@ import type { ImageInput as PageInput } from './io';
  * The detector of this build: the same class, its image parameters typed with the page's inputs
  * (elements, ImageBitmap, ImageData, VideoFrame, Blob, URLs), which this build reads (./io.ts).
  */
-export interface Img2Pose
-  extends Omit<CoreImg2Pose, 'detectFaces' | 'detectFacesSettled' | 'alignFaces' | 'alignFacesBatch' | 'detectAndAlign'> {
+export interface Img2Pose extends Omit<
+  CoreImg2Pose,
+  'detectFaces' | 'detectFacesSettled' | 'alignFaces' | 'alignFacesBatch' | 'detectAndAlign'
+> {
   detectFaces(image: PageInput, options?: DetectOptions): Promise<Face[]>;
   detectFaces(images: readonly PageInput[], options?: DetectOptions): Promise<Face[][]>;
   detectFacesSettled(images: readonly PageInput[], options?: DetectOptions): Promise<SettledDetection[]>;
   alignFaces(image: PageInput, faces: readonly PosedFace[], options?: AlignOptions): Promise<AlignedFace[]>;
-  alignFacesBatch(images: readonly PageInput[], facesPerImage: readonly (readonly PosedFace[])[], options?: AlignOptions): Promise<AlignedFace[][]>;
+  alignFacesBatch(
+    images: readonly PageInput[],
+    facesPerImage: readonly (readonly PosedFace[])[],
+    options?: AlignOptions,
+  ): Promise<AlignedFace[][]>;
   detectAndAlign(image: PageInput, options?: DetectAlignOptions): Promise<AlignedDetection[]>;
   detectAndAlign(images: readonly PageInput[], options?: DetectAlignOptions): Promise<AlignedDetection[][]>;
 }
@@ -49,25 +55,43 @@ export const Img2Pose = CoreImg2Pose as unknown as Omit<typeof CoreImg2Pose, 'lo
   load(options?: LoadOptions): Promise<Img2Pose>;
   prototype: Img2Pose;
 };
-export type { AlignedDetection, DetectAlignOptions, Box, DetectionModel, DetectOptions, DetectorOptions, Face, LoadOptions, Point, Pose, SettledDetection } from '../detector';
-export { BackendError, BatchError, DisposedError, Img2PoseError, InferenceError, InputError, OptionError, WeightsError } from '../errors';
+export type {
+  AlignedDetection,
+  DetectAlignOptions,
+  Box,
+  DetectionModel,
+  DetectOptions,
+  DetectorOptions,
+  Face,
+  LoadOptions,
+  Point,
+  Pose,
+  SettledDetection,
+} from '../detector';
+export type { ModelConfig, RawDetections } from '../model/model';
+export {
+  AbortError,
+  BackendError,
+  BatchError,
+  DisposedError,
+  Img2PoseError,
+  InferenceError,
+  InputError,
+  OptionError,
+  WeightsError,
+} from '../errors';
 export type { Img2PoseErrorCode, IndexedError, InputErrorDetails } from '../errors';
-export { decodeImage, describeInput } from './io';
 export type { DrawableSource, ImageInput, RawImage } from './io';
 export { loadWeights, loadWeightsFromFiles } from './weights_io';
+export type { WeightsSource } from '../io/weights_source';
+export type { Img2PoseWeights, ResNetDepth } from '../model/weights';
 export { drawFaces } from './draw';
+export type { DrawOptions } from './draw';
 export { alignFaces } from './align';
 export { ALIGN_SIZES } from '../align';
 export type { AffineTransform, AlignedFace, AlignedImage, AlignOptions, AlignSize, PosedFace } from '../align';
 export { poseToEuler } from '../euler';
 export type { EulerAngles } from '../euler';
-export type { DrawOptions } from './draw';
-export { selectBackend, BACKEND_CHOICES, AUTO_ORDER } from '../runtime/backend';
+export { BACKEND_CHOICES } from '../runtime/backend';
 export type { BackendChoice } from '../runtime/backend';
-export { Img2PoseModel } from '../model/model';
-export type { ModelConfig, RawDetections } from '../model/model';
-export { createRuntime } from '../runtime/runtime';
-export type { RuntimeOptions } from '../runtime/runtime';
-export { KEYPOINT_INDICES, projectKeypoints, projectPoints } from '../model/pose';
 export type { KeypointName } from '../model/pose';
-export * from '../model/weights';

@@ -12,7 +12,8 @@ export type Img2PoseErrorCode =
   | 'BACKEND_UNAVAILABLE'
   | 'BATCH_FAILED'
   | 'INFERENCE_FAILED'
-  | 'DISPOSED';
+  | 'DISPOSED'
+  | 'ABORTED';
 
 export class Img2PoseError extends Error {
   readonly code: Img2PoseErrorCode;
@@ -110,6 +111,17 @@ export class InferenceError extends Img2PoseError {
 export class DisposedError extends Img2PoseError {
   constructor(what = 'Img2Pose detector') {
     super('DISPOSED', `This ${what} has been disposed; load a new one to keep detecting`);
+  }
+}
+
+/**
+ * A call stopped by the `signal` passed in its options. Named `AbortError` like the DOM's (so
+ * `e.name === 'AbortError'` checks written for `fetch` work) and an `Img2PoseError` like every
+ * other failure; `cause` is the signal's `reason`.
+ */
+export class AbortError extends Img2PoseError {
+  constructor(reason?: unknown) {
+    super('ABORTED', 'The call was aborted by its signal; the images not yet run were not run', { cause: reason });
   }
 }
 

@@ -71,8 +71,11 @@ export interface CacheRecord {
   files: Record<string, { bytes: number; sha256: string }>;
 }
 
+/** Environment variables as `process.env` holds them (typed without Node's own types, for apps without @types/node). */
+export type Environment = Readonly<Record<string, string | undefined>>;
+
 /** The cache folder: IMG2POSE_CACHE, else the platform's user cache folder + img2pose-tfjs. */
-export function cacheRoot(env: NodeJS.ProcessEnv = process.env, platform: NodeJS.Platform = process.platform): string {
+export function cacheRoot(env: Environment = process.env, platform: string = process.platform): string {
   if (env.IMG2POSE_CACHE) return path.resolve(env.IMG2POSE_CACHE);
   const home = os.homedir();
   if (platform === 'win32') return path.join(env.LOCALAPPDATA || path.join(home, 'AppData', 'Local'), 'img2pose-tfjs');
@@ -80,7 +83,7 @@ export function cacheRoot(env: NodeJS.ProcessEnv = process.env, platform: NodeJS
   return path.join(env.XDG_CACHE_HOME || path.join(home, '.cache'), 'img2pose-tfjs');
 }
 
-export function releaseUrl(options: ReleaseOptions = {}, env: NodeJS.ProcessEnv = process.env): string {
+export function releaseUrl(options: ReleaseOptions = {}, env: Environment = process.env): string {
   return options.url ?? (env.IMG2POSE_WEIGHTS_URL || RELEASE.url);
 }
 
