@@ -16,8 +16,10 @@ export interface BackendRules {
    */
   readonly roiChunk: number;
   /**
-   * Most padded input pixels per stacked forward: ~4 default-size photos on CPU backends (the
-   * activations of one 640x1152 image are ~1 GB at stride 4), more on GPUs, where batching pays.
+   * Most padded input pixels per stacked forward. One default-size photo (640x1152) on CPU
+   * backends: there a stacked forward costs what its images cost one by one, while its
+   * activations grow with every image (a wasm heap keeps its high-water mark: ~0.2 GB more per
+   * stacked photo). More on GPUs, where batching pays.
    */
   readonly pixelBudget: number;
   /**
