@@ -213,6 +213,28 @@ export class RoIHeads {
    */
   async forward(pooled: tf.Tensor4D, scoreThresh?: number): Promise<RoIHeadOutputs> {
     const rows = pooled.shape[0];
+    const step = this.runtime.rules.headRows;
+    if (rows <= step) return this.forwardRows(pooled, scoreThresh);
+    // In pieces of `step` rows (see BackendRules.headRows); each piece freed before the next.
+    const classLogits = new Float32Array(rows * 2);
+    const dofRegression = new Float32Array(rows * 12);
+    for (let start = 0; start < rows; start += step) {
+      const n = Math.min(step, rows - start);
+      const piece = tf.slice(pooled, [start, 0, 0, 0], [n, -1, -1, -1]);
+      try {
+        const out = await this.forwardRows(piece, scoreThresh);
+        classLogits.set(out.classLogits, start * 2);
+        dofRegression.set(out.dofRegression, start * 12);
+      } finally {
+        piece.dispose();
+      }
+    }
+    return { classLogits, dofRegression };
+  }
+
+  /** `forward` on all of `pooled`'s rows at once. */
+  private async forwardRows(pooled: tf.Tensor4D, scoreThresh?: number): Promise<RoIHeadOutputs> {
+    const rows = pooled.shape[0];
     if (rows === 0) return { classLogits: new Float32Array(0), dofRegression: new Float32Array(0) };
     if (scoreThresh === undefined) {
       const { classLogits, dofRegression } = this.apply(pooled);

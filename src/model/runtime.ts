@@ -16,6 +16,12 @@ export interface BackendRules {
    */
   readonly roiChunk: number;
   /**
+   * Most rows (RoIs) through the heads at once. CPU backends take an image's 1000 proposals in
+   * pieces: fc6's temporaries grow with the rows (~140 MB for 1000), a wasm heap keeps its
+   * high-water mark for good, and each row's numbers do not depend on the others.
+   */
+  readonly headRows: number;
+  /**
    * Most padded input pixels per stacked forward. One default-size photo (640x1152) on CPU
    * backends: there a stacked forward costs what its images cost one by one, while its
    * activations grow with every image (a wasm heap keeps its high-water mark: ~0.2 GB more per

@@ -27,6 +27,7 @@ export function rulesFor(backend: string): BackendRules {
   const photo = 640 * 1152;
   return {
     roiChunk: cpu ? 1000 : 8000,
+    headRows: cpu ? 250 : Infinity,
     pixelBudget: cpu ? photo : 16 * photo,
     queuesAsync: !cpu && backend !== 'tensorflow',
     roiAlign: cpu ? 'host' : 'ops',
