@@ -37,10 +37,10 @@ export interface BackendRules {
   /** RoIAlign where our WebGPU kernels do not run: on the host (CPU backends) or with tfjs ops. */
   readonly roiAlign: 'host' | 'ops';
   /**
-   * The heads' dense layers as 1x1 convolutions, fc6 in pieces (wasm: XNNPACK's convolution beats
-   * its matMul on these shapes, see src/model/roi_heads.ts).
+   * fc6 as a sum of smaller products over its inputs (wasm: XNNPACK's GEMM slows down at 12544
+   * inputs, see src/model/roi_heads.ts).
    */
-  readonly denseAsConv: boolean;
+  readonly fc6Chunked: boolean;
 }
 
 /**

@@ -31,7 +31,7 @@ export function rulesFor(backend: string): BackendRules {
     pixelBudget: cpu ? photo : 16 * photo,
     queuesAsync: !cpu && backend !== 'tensorflow',
     roiAlign: cpu ? 'host' : 'ops',
-    denseAsConv: backend === 'wasm',
+    fc6Chunked: backend === 'wasm',
   };
 }
 
