@@ -6,7 +6,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { decodeImage } from '../src/io/images';
 import { groupBySize, Img2PoseModel, RawDetections, splitEvenly } from '../src/model/model';
-import { activeRuntime } from '../src/runtime/runtime';
+import { activeRuntime, rulesFor } from '../src/runtime/runtime';
 import { processPrediction } from '../src/detector';
 import { disposeWeights } from '../src/model/weights';
 import { formulaWeights } from './utils/formula';
@@ -51,6 +51,16 @@ describe('grouping by padded size', () => {
     expect(groups.find((g) => g.includes(1))).toEqual([1]);
     // Larger than the budget: alone, still run.
     expect(groupBySize([[4000, 4000], photo], 640 * 1152)).toEqual([[0], [1]]);
+  });
+
+  it('on CPU backends stacks default-size photos one per forward (activations of one at a time), smaller inputs together', () => {
+    const photo: [number, number] = [640, 1152];
+    for (const backend of ['wasm', 'cpu']) {
+      const budget = rulesFor(backend).pixelBudget;
+      expect(groupBySize([photo, photo, photo], budget)).toEqual([[0], [1], [2]]);
+      expect(groupBySize([[320, 576], [320, 576]], budget)).toEqual([[0, 1]]);
+    }
+    expect(groupBySize([photo, photo], rulesFor('webgpu').pixelBudget)).toEqual([[0, 1]]);
   });
 
   it('splits a group into nearly equal sub-batches, in order', () => {

@@ -181,6 +181,33 @@ describe('RoIHeads on the reference proposals', () => {
     expect(postprocessDetections({ ...input, ...gated })).toEqual(postprocessDetections({ ...input, ...all }));
   });
 
+  it('gives every row the same bits whether the rows go through in pieces or all at once', async () => {
+    // tiny_teaser has rows above and below the score filter: both heads are compared.
+    const id = 'tiny_teaser';
+    const features = LEVEL_KEYS.map((k) => goldenFeature(id, k));
+    const pooled = await multiScaleRoIAlign(features, [Float32Array.from(golden(id, 'proposals').data)], [resizedSize(id)], [paddedSize(id)], 'host');
+    tf.dispose(features);
+    const rows = pooled.shape[0];
+    const runtime = activeRuntime();
+    // Pieces of 300 leave a shorter last one; the other takes every row in one piece.
+    const inPieces = new RoIHeads(weights, { ...runtime, rules: { ...runtime.rules, headRows: 300 } });
+    const whole = new RoIHeads(weights, { ...runtime, rules: { ...runtime.rules, headRows: rows } });
+    try {
+      expect(rows).toBeGreaterThan(600);
+      const before = tf.memory().numTensors;
+      const a = await inPieces.forward(pooled, BOX_SCORE_THRESH);
+      const b = await whole.forward(pooled, BOX_SCORE_THRESH);
+      expect(Buffer.from(a.classLogits.buffer).equals(Buffer.from(b.classLogits.buffer))).toBe(true);
+      expect(Buffer.from(a.dofRegression.buffer).equals(Buffer.from(b.dofRegression.buffer))).toBe(true);
+      expect(a.dofRegression.some((v) => v !== 0)).toBe(true);
+      expect(tf.memory().numTensors).toBe(before);
+    } finally {
+      pooled.dispose();
+      inPieces.dispose();
+      whole.dispose();
+    }
+  });
+
   it('returns empty outputs for no boxes', async () => {
     const out = await heads.forward(tf.zeros([0, 7, 7, 256]) as tf.Tensor4D);
     expect([out.classLogits.length, out.dofRegression.length]).toEqual([0, 0]);

@@ -15,7 +15,7 @@ import { BatchError, InputError, OptionError } from '../src/errors';
 import { decodeImage } from '../src/io/images';
 import { Img2PoseModel, RawDetections } from '../src/model/model';
 import { activeRuntime } from '../src/runtime/runtime';
-import { shareOut, ThreadedModel } from '../src/runtime/threaded_model';
+import { portableWeights, shareOut, ThreadedModel } from '../src/runtime/threaded_model';
 import { WorkerExitError, WorkerPool, WorkerTaskError, workerScript } from '../src/runtime/threads';
 import { disposeWeights, Img2PoseWeights } from '../src/model/weights';
 import { formulaWeights } from './utils/formula';
@@ -139,6 +139,27 @@ describe('WorkerPool', () => {
   });
 });
 
+describe('the weights handed to model workers', () => {
+  it('are one SharedArrayBuffer that all workers share, holding every tensor\'s values', async () => {
+    const w = formulaWeights();
+    try {
+      const portable = await portableWeights(w);
+      const buffers = new Set(portable.tensors.map((t) => t.data.buffer));
+      expect(buffers.size).toBe(1);
+      expect([...buffers][0]).toBeInstanceOf(SharedArrayBuffer);
+      expect(portable.tensors.map((t) => t.name)).toEqual([...w.tensors.keys()]);
+      for (const t of portable.tensors) {
+        const source = w.tensors.get(t.name)!;
+        expect(t.shape).toEqual(source.shape);
+        expect(t.dtype).toBe(source.dtype);
+        expect(Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).equals(Buffer.from((source.dataSync() as Float32Array).buffer))).toBe(true);
+      }
+    } finally {
+      disposeWeights(w);
+    }
+  });
+});
+
 describe('sharing a batch out among workers', () => {
   it('balances estimated cost (pixels + a fixed share per image), largest first, each image once', () => {
     const photo: [number, number] = [640, 1152];
@@ -203,7 +224,19 @@ describe('results do not depend on threads', () => {
   it('a mixed batch shared out among two wasm workers equals the one-thread results, bad input reported at its index', async () => {
     const load = (threads: number) => Img2Pose.load({ weights, ...SMALL, scoreThreshold: 0.05, threads });
     const one = await load(1);
+    // The workers' weights pass through this thread as plain values: made on the cpu backend,
+    // not on wasm, whose heap would keep their size for good.
+    const start = jest.spyOn(ThreadedModel, 'start');
+    let homes: string[] = [];
+    start.mockImplementation(async (script, w, backend, threads) => {
+      homes = [...new Set([...w.tensors.values()].map((t) => tf.engine().state.tensorInfo.get(t.dataId)?.backend))].map((b) =>
+        b === tf.findBackend('cpu') ? 'cpu' : b === tf.findBackend('wasm') ? 'wasm' : 'other',
+      );
+      start.mockRestore();
+      return ThreadedModel.start(script, w, backend, threads);
+    });
     const two = await load(2);
+    expect(homes).toEqual(['cpu']);
     const images = await Promise.all(MIXED.map((n) => decodeImage(imagePath(n))));
     try {
       expect(one.threads).toBe(1);

@@ -15,7 +15,7 @@
  */
 import * as os from 'os';
 import * as tf from '@tensorflow/tfjs';
-import { BackendChoice, BACKEND_CHOICES, onBackend, onBackendSync, selectBackend } from './runtime/backend';
+import { BackendChoice, BACKEND_CHOICES, onBackend, onBackendSync, selectBackend, selectCpuForValues } from './runtime/backend';
 import {
   AbortError,
   BatchError,
@@ -33,7 +33,7 @@ import { AlignOptions, AlignSize, AlignedFace, PosedFace, Rgb8Image, alignChecke
 import { ModelConfig, RawDetections } from './model/model';
 import { cores } from './runtime/threads';
 import { DEFAULT_POOL_LIMIT, releaseGpuPool, useGpuPool } from './kernels/webgpu';
-import { buildNetwork, isCpuBackend } from './runtime/runtime';
+import { buildNetwork, isCpuBackend, runsOnWorkers } from './runtime/runtime';
 import { KeypointName, projectKeypoints } from './model/pose';
 import { LoadWeightsOptions } from './io/weights_io';
 import { Environment, ReleaseOptions } from './io/weights_cache';
@@ -272,11 +272,14 @@ export class Img2Pose {
     const detector = await onBackend(null, async () => {
       const backendName = await selectBackend(backend);
       if (backendName === 'webgpu') useGpuPool(gpuPoolLimit);
-      // Made on the chosen backend (in-memory weights made elsewhere are copied there).
+      const threadsUsed = threadCount(threads, backendName);
+      // Made on the chosen backend (in-memory weights made elsewhere are copied there), or, for a
+      // network on worker threads, on the cpu backend (see runsOnWorkers).
+      if (runsOnWorkers(backendName, threadsUsed)) await selectCpuForValues();
       const opened = await openWeights(weights, { poseMean, poseStddev, warn, release });
       let built: { model: DetectionModel; threads: number };
       try {
-        built = await buildNetwork(opened.weights, { backend: backendName, threads: threadCount(threads, backendName), kernels: webgpuKernels ? 'webgpu' : 'portable' });
+        built = await buildNetwork(opened.weights, { backend: backendName, threads: threadsUsed, kernels: webgpuKernels ? 'webgpu' : 'portable' });
       } catch (e) {
         if (e instanceof Img2PoseError) throw e;
         throw new WeightsError(`These weights do not fit the img2pose network: ${messageOf(e)}`, { path: opened.path, cause: e });

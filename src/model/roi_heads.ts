@@ -32,27 +32,14 @@ export interface RoIHeadOutputs {
 }
 
 /**
- * x (rows, in) @ w (in, out) + bias, optional ReLU. On wasm (`denseAsConv`) as a 1x1 convolution
- * over [rows, 1, 1, in] (XNNPACK's conv beat tf.matMul by ~15% on these shapes), elsewhere through
- * the network's kernels (src/kernels/webgpu).
+ * x (rows, in) @ w (in, out) + bias, optional ReLU, through the network's kernels
+ * (src/kernels/webgpu; elsewhere tf.fused.matMul). On wasm this is XNNPACK's GEMM with the bias
+ * as the accumulators' start, the same bits a 1x1 convolution gives; unlike the convolution,
+ * which keeps a packed copy of its filter (about twice the filter's size in the heap) for as
+ * long as the filter lives, the matMul holds nothing between calls, at the same speed.
  */
 function dense(runtime: StageRuntime, x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D, relu: boolean): tf.Tensor2D {
-  if (runtime.kernels.webgpu || !runtime.rules.denseAsConv) return runtime.kernels.linear(x, w, bias, relu);
-  const [rows, k] = x.shape;
-  const n = w.shape[1];
-  return tf.tidy(() =>
-    tf.reshape(
-      tf.fused.conv2d({
-        x: tf.reshape(x, [rows, 1, 1, k]) as tf.Tensor4D,
-        filter: tf.reshape(w, [1, 1, k, n]) as tf.Tensor4D,
-        strides: 1,
-        pad: 'valid',
-        bias,
-        activation: relu ? 'relu' : 'linear',
-      }),
-      [rows, n],
-    ),
-  );
+  return runtime.kernels.linear(x, w, bias, relu);
 }
 
 /**
@@ -62,23 +49,20 @@ function dense(runtime: StageRuntime, x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.T
  */
 const FC6_CHUNKS = 8;
 
-function fc6Chunked(x: tf.Tensor2D, chunks: tf.Tensor4D[], bias: tf.Tensor1D): tf.Tensor2D {
+function fc6Chunked(x: tf.Tensor2D, chunks: tf.Tensor2D[], bias: tf.Tensor1D): tf.Tensor2D {
   return tf.tidy(() => {
     const [rows, k] = x.shape;
     const part = k / chunks.length;
-    const n = chunks[0].shape[3];
     // Chunk-major copy of the inputs, so each chunk is one contiguous slice.
     const byChunk = tf.transpose(tf.reshape(x, [rows, chunks.length, part]), [1, 0, 2]);
-    const partials = chunks.map((filter, i) =>
-      tf.fused.conv2d({
-        x: tf.reshape(tf.slice(byChunk, [i, 0, 0], [1, rows, part]), [rows, 1, 1, part]) as tf.Tensor4D,
-        filter,
-        strides: 1,
-        pad: 'valid',
+    const partials = chunks.map((w, i) =>
+      tf.fused.matMul({
+        a: tf.reshape(tf.slice(byChunk, [i, 0, 0], [1, rows, part]), [rows, part]) as tf.Tensor2D,
+        b: w,
         bias: i === 0 ? bias : undefined,
       }),
     );
-    return tf.reshape(tf.relu(tf.addN(partials)), [rows, n]) as tf.Tensor2D;
+    return tf.relu(tf.addN(partials)) as tf.Tensor2D;
   });
 }
 
@@ -107,21 +91,16 @@ function foldBatchNorm(
   return { weight: w, bias: b };
 }
 
-/** fc6 of one head: [12544, 1024] as one matrix, or on wasm in FC6_CHUNKS filter pieces. */
+/** fc6 of one head: [12544, 1024] as one matrix, or on wasm in FC6_CHUNKS row blocks. */
 interface Fc6 {
   weight: tf.Tensor2D | null;
-  chunks: tf.Tensor4D[];
+  chunks: tf.Tensor2D[];
   bias: tf.Tensor1D;
 }
 
-function makeFc6(weight: tf.Tensor2D, bias: tf.Tensor1D, denseAsConv: boolean): Fc6 {
-  if (denseAsConv && weight.shape[0] % FC6_CHUNKS === 0) {
-    const rows = weight.shape[0] / FC6_CHUNKS;
-    const chunks = tf.split(weight, FC6_CHUNKS, 0).map((piece) => {
-      const filter = tf.reshape(piece, [1, 1, rows, weight.shape[1]]) as tf.Tensor4D;
-      piece.dispose();
-      return filter;
-    });
+function makeFc6(weight: tf.Tensor2D, bias: tf.Tensor1D, chunked: boolean): Fc6 {
+  if (chunked && weight.shape[0] % FC6_CHUNKS === 0) {
+    const chunks = tf.split(weight, FC6_CHUNKS, 0) as tf.Tensor2D[];
     weight.dispose();
     return { weight: null, chunks, bias };
   }
@@ -161,7 +140,7 @@ export class RoIHeads {
     const fc6 = (head: string): Fc6 => {
       const weight = get(`${head}.fc6.weight`) as tf.Tensor2D;
       const channels = weight.shape[0] / (ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE);
-      return makeFc6(permuteFc6Rows(weight, channels), tf.clone(get(`${head}.fc6.bias`)) as tf.Tensor1D, runtime.rules.denseAsConv);
+      return makeFc6(permuteFc6Rows(weight, channels), tf.clone(get(`${head}.fc6.bias`)) as tf.Tensor1D, runtime.rules.fc6Chunked);
     };
     this.boxFc6 = fc6('box_head');
     this.classFc6 = fc6('class_head');
@@ -212,6 +191,28 @@ export class RoIHeads {
    * post-processing never reads them.
    */
   async forward(pooled: tf.Tensor4D, scoreThresh?: number): Promise<RoIHeadOutputs> {
+    const rows = pooled.shape[0];
+    const step = this.runtime.rules.headRows;
+    if (rows <= step) return this.forwardRows(pooled, scoreThresh);
+    // In pieces of `step` rows (see BackendRules.headRows); each piece freed before the next.
+    const classLogits = new Float32Array(rows * 2);
+    const dofRegression = new Float32Array(rows * 12);
+    for (let start = 0; start < rows; start += step) {
+      const n = Math.min(step, rows - start);
+      const piece = tf.slice(pooled, [start, 0, 0, 0], [n, -1, -1, -1]);
+      try {
+        const out = await this.forwardRows(piece, scoreThresh);
+        classLogits.set(out.classLogits, start * 2);
+        dofRegression.set(out.dofRegression, start * 12);
+      } finally {
+        piece.dispose();
+      }
+    }
+    return { classLogits, dofRegression };
+  }
+
+  /** `forward` on all of `pooled`'s rows at once. */
+  private async forwardRows(pooled: tf.Tensor4D, scoreThresh?: number): Promise<RoIHeadOutputs> {
     const rows = pooled.shape[0];
     if (rows === 0) return { classLogits: new Float32Array(0), dofRegression: new Float32Array(0) };
     if (scoreThresh === undefined) {

@@ -16,8 +16,16 @@ export interface BackendRules {
    */
   readonly roiChunk: number;
   /**
-   * Most padded input pixels per stacked forward: ~4 default-size photos on CPU backends (the
-   * activations of one 640x1152 image are ~1 GB at stride 4), more on GPUs, where batching pays.
+   * Most rows (RoIs) through the heads at once. CPU backends take an image's 1000 proposals in
+   * pieces: fc6's temporaries grow with the rows (~140 MB for 1000), a wasm heap keeps its
+   * high-water mark for good, and each row's numbers do not depend on the others.
+   */
+  readonly headRows: number;
+  /**
+   * Most padded input pixels per stacked forward. One default-size photo (640x1152) on CPU
+   * backends: there a stacked forward costs what its images cost one by one, while its
+   * activations grow with every image (a wasm heap keeps its high-water mark: ~0.2 GB more per
+   * stacked photo). More on GPUs, where batching pays.
    */
   readonly pixelBudget: number;
   /**
@@ -29,10 +37,10 @@ export interface BackendRules {
   /** RoIAlign where our WebGPU kernels do not run: on the host (CPU backends) or with tfjs ops. */
   readonly roiAlign: 'host' | 'ops';
   /**
-   * The heads' dense layers as 1x1 convolutions, fc6 in pieces (wasm: XNNPACK's convolution beats
-   * its matMul on these shapes, see src/model/roi_heads.ts).
+   * fc6 as a sum of smaller products over its inputs (wasm: XNNPACK's GEMM slows down at 12544
+   * inputs, see src/model/roi_heads.ts).
    */
-  readonly denseAsConv: boolean;
+  readonly fc6Chunked: boolean;
 }
 
 /**

@@ -118,6 +118,23 @@ export async function selectBackend(
   throw new BackendError('auto', `No compute backend could start (${failures.join('; ')})`);
 }
 
+/**
+ * Makes the cpu backend active for holding values only (the weights of a network that runs on
+ * worker threads), without the advice to install tfjs-node that tfjs logs at its first tensor:
+ * the user chose the backend that computes, and it is not this one.
+ */
+export async function selectCpuForValues(): Promise<void> {
+  await selectBackend('cpu');
+  const prod = tf.env().getBool('PROD');
+  // PROD only silences tfjs' warnings; it is set back at once.
+  tf.env().set('PROD', true);
+  try {
+    tf.scalar(0).dispose();
+  } finally {
+    tf.env().set('PROD', prod);
+  }
+}
+
 async function trySetUp(name: Exclude<BackendChoice, 'auto'>, loader: ModuleLoader, auto: boolean): Promise<Attempt> {
   switch (name) {
     case 'tensorflow':

@@ -27,10 +27,11 @@ export function rulesFor(backend: string): BackendRules {
   const photo = 640 * 1152;
   return {
     roiChunk: cpu ? 1000 : 8000,
-    pixelBudget: cpu ? 4 * photo : 16 * photo,
+    headRows: cpu ? 250 : Infinity,
+    pixelBudget: cpu ? photo : 16 * photo,
     queuesAsync: !cpu && backend !== 'tensorflow',
     roiAlign: cpu ? 'host' : 'ops',
-    denseAsConv: backend === 'wasm',
+    fc6Chunked: backend === 'wasm',
   };
 }
 
@@ -60,11 +61,23 @@ export function createRuntime(options: RuntimeOptions): ModelRuntime {
 }
 
 /**
+ * Whether the network for `backend` on `threads` threads runs on worker threads (copies of it, one
+ * per worker): on the CPU backends with several threads, where the compiled worker script exists.
+ * This thread then only hands the weights' values on: they are best made on the cpu backend, in
+ * plain arrays freed with the tensors (on wasm they would grow this thread's heap, which never
+ * shrinks).
+ */
+export function runsOnWorkers(backend: string, threads: number): boolean {
+  return threads > 1 && isCpuBackend(backend) && workerScript() !== null;
+}
+
+/**
  * The network for `options.backend`: on the CPU backends with several threads, copies of it on
  * worker threads; otherwise one in this thread, with host-stage workers when threads > 1. Without
  * the compiled worker script (running from TypeScript sources), everything stays in this thread.
  * Each network gets a runtime of its own, so networks built with other settings do not mix.
- * `threads` in the result: the threads it runs on.
+ * `threads` in the result: the threads it runs on. The caller may dispose `weights` once it
+ * resolves.
  */
 export async function buildNetwork(
   weights: Img2PoseWeights,
@@ -73,7 +86,7 @@ export async function buildNetwork(
   const { backend, threads, kernels } = options;
   const script = threads > 1 ? workerScript() : null;
   if (!script) return { model: new Img2PoseModel(weights, createRuntime({ backend, kernels })), threads: 1 };
-  if (backend === 'wasm' || backend === 'cpu') return { model: await ThreadedModel.start(script, weights, backend, threads), threads };
+  if (runsOnWorkers(backend, threads)) return { model: await ThreadedModel.start(script, weights, backend as 'wasm' | 'cpu', threads), threads };
   return { model: new Img2PoseModel(weights, createRuntime({ backend, kernels, hostThreads: threads })), threads };
 }
 

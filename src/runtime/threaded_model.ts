@@ -13,7 +13,11 @@ import { Size } from '../ops/size';
 import { WorkerExitError, WorkerPool } from './threads';
 import { Img2PoseWeights, ResNetDepth } from '../model/weights';
 
-/** Weights as plain arrays, to hand to workers (each builds its own tensors from them). */
+/**
+ * Weights as typed arrays to hand to workers (each builds its own tensors from them). Every array
+ * is a view on one SharedArrayBuffer: workers started with it share this one copy instead of
+ * getting one each, and a replaced worker rebuilds from it.
+ */
 export interface PortableWeights {
   depth: ResNetDepth;
   tensors: { name: string; shape: number[]; dtype: 'float32' | 'int32'; data: Float32Array | Int32Array }[];
@@ -41,11 +45,20 @@ export interface PredictTask {
   config: ModelConfig;
 }
 
+/** The weights' values copied into one SharedArrayBuffer (see PortableWeights). */
 export async function portableWeights(weights: Img2PoseWeights): Promise<PortableWeights> {
+  // Both dtypes are 4 bytes a value, so every view is aligned.
+  let total = 0;
+  for (const t of weights.tensors.values()) total += t.size * 4;
+  const shared = new SharedArrayBuffer(total);
   const tensors: PortableWeights['tensors'] = [];
+  let offset = 0;
   for (const [name, t] of weights.tensors) {
     const dtype = t.dtype === 'int32' ? 'int32' : 'float32';
-    tensors.push({ name, shape: t.shape.slice(), dtype, data: (await t.data()) as Float32Array | Int32Array });
+    const data = dtype === 'int32' ? new Int32Array(shared, offset, t.size) : new Float32Array(shared, offset, t.size);
+    data.set((await t.data()) as Float32Array | Int32Array);
+    tensors.push({ name, shape: t.shape.slice(), dtype, data });
+    offset += t.size * 4;
   }
   return { depth: weights.depth, tensors, poseMean: weights.poseMean.slice(), poseStddev: weights.poseStddev.slice() };
 }
@@ -80,7 +93,11 @@ export function shareOut(padded: Size[], workers: number): number[][] {
 export class ThreadedModel {
   private constructor(private readonly pool: WorkerPool) {}
 
-  /** Starts the workers and waits until each has built its network (errors surface here). */
+  /**
+   * Starts the workers and waits until each has built its network (errors surface here). The
+   * workers get the weights' values in shared memory: `weights` may be disposed once this
+   * returns, and are best made on the cpu backend (plain arrays, see `weightsBackend`).
+   */
   static async start(script: string, weights: Img2PoseWeights, backend: 'wasm' | 'cpu', threads: number): Promise<ThreadedModel> {
     const data: ModelWorkerData = { model: { backend, weights: await portableWeights(weights) } };
     const pool = new WorkerPool(script, threads, data);
