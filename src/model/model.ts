@@ -269,7 +269,11 @@ export class Img2PoseModel {
     }
   }
 
-  /** RoIAlign + heads over the images' proposals, in chunks that bound memory. */
+  /**
+   * RoIAlign + heads over the images' proposals, in chunks that bound memory. Frees `features`
+   * once the last chunk is pooled: the heads need only the pooled rows, and on a CPU backend the
+   * maps would otherwise sit in the heap while the heads add theirs (its high-water mark).
+   */
   private async roiHeadsForward(
     features: tf.Tensor4D[],
     proposals: Proposals[],
@@ -281,10 +285,12 @@ export class Img2PoseModel {
     const method: RoIAlignMethod = kernels.webgpu ? 'webgpu' : rules.roiAlign;
     const counts = proposals.map((p) => p.boxes.length / 4);
     const out: { classLogits: Float32Array; dofRegression: Float32Array }[] = [];
-    for (const chunk of chunkImages(counts, rules.roiChunk)) {
+    const chunks = chunkImages(counts, rules.roiChunk);
+    for (const [c, chunk] of chunks.entries()) {
       // RoIAlign reads each image's own region of the batch maps, so slicing the batch is not needed.
       const boxes = proposals.map((p, i) => (chunk.includes(i) ? p.boxes : new Float32Array(0)));
       const pooled = await multiScaleRoIAlign(features, boxes, imageSizes, paddedSizes, method);
+      if (c === chunks.length - 1) tf.dispose(features);
       let logits: Float32Array;
       let dofs: Float32Array;
       try {
