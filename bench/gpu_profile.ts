@@ -5,8 +5,6 @@
 // Bundled with `npm run gpu:bundle`; on the device, from the repo root:
 //   node .gpu/app/profile.mjs [options]   (--help lists them)
 import * as fs from 'fs';
-import * as inspector from 'inspector';
-import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { Command, InvalidArgumentError } from 'commander';
 import './gpu_flags';
@@ -15,6 +13,7 @@ import { decodeImage } from '../src/io/images';
 import { Img2PoseModel } from '../src/model/model';
 import { activeRuntime } from '../src/runtime/runtime';
 import { initWebGPUBackend, useGpuPool } from '../src/kernels/webgpu';
+import { hostPieces, startCpuProfile } from './cpu_profile';
 
 function positiveInt(v: string): number {
   const n = Number(v);
@@ -33,48 +32,6 @@ const opts = new Command('profile.mjs')
   .parse()
   .opts<{ forwards: number; warmup: number; photo: string; cpuProfile?: string; minSize: number; maxSize: number }>();
 
-/** Host pieces summed from the profile: inclusive time of the first frame with one of these names. */
-const PIECES: Record<string, string[]> = {
-  'dispatch recording (tfjs runWebGPUProgram)': ['runWebGPUProgram'],
-  'proposal filtering (host)': ['proposalsOf'],
-  'post-processing (host)': ['postprocessDetections'],
-  'input transform (host part)': ['prepareBatchAsync', 'prepareBatch'],
-};
-
-interface ProfileNode {
-  id: number;
-  callFrame: { functionName: string };
-  children?: number[];
-}
-
-interface Profile {
-  nodes: ProfileNode[];
-  samples: number[];
-  timeDeltas: number[];
-}
-
-/** ms per forward of each piece: samples whose stack holds one of its functions. */
-function pieces(profile: Profile, forwards: number): Record<string, number> {
-  const parent = new Map<number, number>();
-  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
-  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
-  const out: Record<string, number> = Object.fromEntries(Object.keys(PIECES).map((k) => [k, 0]));
-  let total = 0;
-  profile.samples.forEach((id, i) => {
-    const us = profile.timeDeltas[i + 1] ?? 0;
-    total += us;
-    const names = new Set<string>();
-    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
-      // Bundlers rename methods (`WebGPUBackend2.runWebGPUProgram`): match on the last part.
-      names.add((byId.get(cur)?.callFrame.functionName ?? '').split('.').pop() ?? '');
-    }
-    for (const [piece, fns] of Object.entries(PIECES)) if (fns.some((f) => names.has(f))) out[piece] += us;
-  });
-  for (const k of Object.keys(out)) out[k] = out[k] / 1000 / forwards;
-  out['all main-thread samples'] = total / 1000 / forwards;
-  return out;
-}
-
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend();
   useGpuPool();
@@ -91,15 +48,7 @@ async function main(): Promise<void> {
     counts.set(program.constructor.name, (counts.get(program.constructor.name) ?? 0) + 1);
     return run(program, ...rest);
   };
-  const session = new inspector.Session();
-  const post = <T>(method: string, params: object = {}): Promise<T> =>
-    new Promise((resolve, reject) => session.post(method, params, (e, r) => (e ? reject(e) : resolve(r as T))));
-  if (opts.cpuProfile) {
-    session.connect();
-    await post('Profiler.enable');
-    await post('Profiler.setSamplingInterval', { interval: 100 });
-    await post('Profiler.start');
-  }
+  const profiler = opts.cpuProfile ? await startCpuProfile(opts.cpuProfile) : null;
   const times: number[] = [];
   for (let i = 0; i < opts.forwards; i++) {
     const t0 = performance.now();
@@ -107,13 +56,7 @@ async function main(): Promise<void> {
     times.push(performance.now() - t0);
   }
   let host: Record<string, number> | null = null;
-  if (opts.cpuProfile) {
-    const { profile } = await post<{ profile: Profile }>('Profiler.stop');
-    fs.mkdirSync(path.dirname(path.resolve(opts.cpuProfile)), { recursive: true });
-    fs.writeFileSync(opts.cpuProfile, JSON.stringify(profile));
-    host = pieces(profile, opts.forwards);
-    session.disconnect();
-  }
+  if (profiler) host = hostPieces(await profiler.stop(), opts.forwards);
   backend.runWebGPUProgram = run;
   times.sort((a, b) => a - b);
   const dispatches = [...counts.values()].reduce((a, b) => a + b, 0) / opts.forwards;

@@ -17,6 +17,8 @@ import { Img2PoseModel } from '../src/model/model';
 import { activeRuntime } from '../src/runtime/runtime';
 import { gpuMemory, initWebGPUBackend, useSizeClassPool, trimPool, DEFAULT_POOL_LIMIT } from '../src/kernels/webgpu';
 import { streamSizes } from './stream_sizes';
+import { hostPieces, startCpuProfile } from './cpu_profile';
+import { resizedSize } from '../src/model/transform';
 
 const GiB = 2 ** 30;
 
@@ -44,8 +46,9 @@ const opts = new Command('stream.mjs')
   .option('--min-size <n>', 'input transform min size', positiveInt, 640)
   .option('--max-size <n>', 'input transform max size', positiveInt, 1400)
   .option('--json <file>', 'also write the report as JSON')
+  .option('--cpu-profile <file>', "sample the main thread over the last pass, write the .cpuprofile here and print the host's pieces")
   .parse(process.argv)
-  .opts<{ images: number; seed: number; pool: 'classes' | 'exact'; limitGib: number; passes: number; every: number; batch: number; minSize: number; maxSize: number; json?: string }>();
+  .opts<{ images: number; seed: number; pool: 'classes' | 'exact'; limitGib: number; passes: number; every: number; batch: number; minSize: number; maxSize: number; json?: string; cpuProfile?: string }>();
 const CONFIG = { minSize: opts.minSize, maxSize: opts.maxSize };
 
 /** `src` (HWC RGB bytes) resampled to h x w, nearest neighbour (the content only needs to be photo-like). */
@@ -135,12 +138,19 @@ async function main(): Promise<void> {
     let digest = 0x811c9dc5;
     const poolCurve: string[] = [];
     const firstSight = { buffers: counters.buffers, bytes: counters.bytes, ms: counters.ms, pipelines: pipelines() };
+    const profiler = opts.cpuProfile && pass === passes - 1 ? await startCpuProfile(opts.cpuProfile) : null;
+    const perImage: { size: number[]; input: number[]; ms: number; detections: number }[] = [];
     for (let i = 0; i < n; i += batch) {
       const imgs = sizes.slice(i, i + batch).map(([h, w]) => tf.tensor3d(resample(photo, ph, pw, h, w), [h, w, 3], 'int32'));
       const t0 = performance.now();
       const out = await model.predict(imgs, CONFIG);
-      for (const d of out) for (const a of [d.boxes, d.scores, d.dofs]) digest = fnv(digest, a);
-      times.push((performance.now() - t0) / imgs.length);
+      const ms = performance.now() - t0;
+      times.push(ms / imgs.length);
+      out.forEach((d, k) => {
+        for (const a of [d.boxes, d.scores, d.dofs]) digest = fnv(digest, a);
+        const [h, w] = sizes[i + k];
+        perImage.push({ size: [h, w], input: resizedSize(h, w, CONFIG.minSize, CONFIG.maxSize), ms: +(ms / imgs.length).toFixed(2), detections: d.scores.length });
+      });
       tf.dispose(imgs);
       if ((i + batch) % every < batch) {
         const m = gpuMemory();
@@ -158,7 +168,11 @@ async function main(): Promise<void> {
       digest: digest.toString(16),
       poolGiB: poolCurve.join(' '), inUseGiB: +(gpuMemory().inUse / GiB).toFixed(2), tensors: tf.memory().numTensors,
     };
-    report.push(line);
+    if (profiler) {
+      const host = hostPieces(await profiler.stop(), n);
+      console.log(`host ms per image (under the sampling profiler): ${Object.entries(host).map(([k, v]) => `${k} ${v.toFixed(1)}`).join('; ')}`);
+    }
+    report.push({ ...line, perImage });
     console.log(`stream ${JSON.stringify(line)}`);
   }
   model.dispose();

@@ -1,6 +1,7 @@
 # Upstream PyTorch img2pose on the stream of bench/gpu_stream.ts: single images of random sizes
 # (the same LCG, sides 100..2000), the upstream photo resampled to each size (nearest), one
-# predict each. Prints ms per image and the CUDA caching allocator's reserved memory.
+# predict each. Prints ms per image and the CUDA caching allocator's reserved memory; --json FILE
+# also writes each image's size and time.
 # Needs upstream's src/img2pose as .gpu/upstream_img2pose and its photo as .gpu/teaser.jpeg
 # (npm run gpu:bundle puts them there); run from the repo root on the device.
 import sys, time, json, numpy as np, torch
@@ -48,5 +49,9 @@ for i, (h, w) in enumerate(stream_sizes(n)):
     times.append((time.time() - t0) * 1000)
     if (i + 1) % 20 == 0: curve.append(f'{i + 1}:{torch.cuda.memory_reserved() / 2**30:.2f}')
 q = (len(times) + 3) // 4
-print('upstream stream', json.dumps({'images': n, 'meanMs': round(float(np.mean(times)), 2), 'medianMs': round(float(np.median(times)), 2),
-      'quarterMeansMs': '/'.join(f'{np.mean(times[k*q:(k+1)*q]):.1f}' for k in range(4)), 'reservedGiB': ' '.join(curve), 'toTensorMs': round(float(np.mean(host)), 2)}))
+summary = {'images': n, 'meanMs': round(float(np.mean(times)), 2), 'medianMs': round(float(np.median(times)), 2),
+      'quarterMeansMs': '/'.join(f'{np.mean(times[k*q:(k+1)*q]):.1f}' for k in range(4)), 'reservedGiB': ' '.join(curve), 'toTensorMs': round(float(np.mean(host)), 2)}
+print('upstream stream', json.dumps(summary))
+if '--json' in sys.argv:  # per image: size and ms, to set beside the port's stream report
+    with open(sys.argv[sys.argv.index('--json') + 1], 'w') as f:
+        json.dump({**summary, 'perImage': [{'size': list(s), 'ms': round(t, 2)} for s, t in zip(stream_sizes(n), times)]}, f)
