@@ -14,6 +14,7 @@ import { Img2PoseModel } from '../src/model/model';
 import { activeRuntime } from '../src/runtime/runtime';
 import { initWebGPUBackend, useGpuPool } from '../src/kernels/webgpu';
 import { hostPieces, startCpuProfile } from './cpu_profile';
+import { countDispatches } from './dispatch_count';
 
 function positiveInt(v: string): number {
   const n = Number(v);
@@ -41,13 +42,7 @@ async function main(): Promise<void> {
   const config = { minSize: opts.minSize, maxSize: opts.maxSize };
   for (let i = 0; i < opts.warmup; i++) await model.predict([photo], config);
 
-  const backend = tf.backend() as unknown as { runWebGPUProgram: (program: { constructor: { name: string } }, ...rest: unknown[]) => unknown };
-  const counts = new Map<string, number>();
-  const run = backend.runWebGPUProgram.bind(backend);
-  backend.runWebGPUProgram = (program, ...rest) => {
-    counts.set(program.constructor.name, (counts.get(program.constructor.name) ?? 0) + 1);
-    return run(program, ...rest);
-  };
+  const dispatches = countDispatches();
   const profiler = opts.cpuProfile ? await startCpuProfile(opts.cpuProfile) : null;
   const times: number[] = [];
   for (let i = 0; i < opts.forwards; i++) {
@@ -57,11 +52,10 @@ async function main(): Promise<void> {
   }
   let host: Record<string, number> | null = null;
   if (profiler) host = hostPieces(await profiler.stop(), opts.forwards);
-  backend.runWebGPUProgram = run;
+  dispatches.restore();
   times.sort((a, b) => a - b);
-  const dispatches = [...counts.values()].reduce((a, b) => a + b, 0) / opts.forwards;
   console.log(`single image ${photo.shape[1]}x${photo.shape[0]}: median ${times[times.length >> 1].toFixed(1)} ms, min ${times[0].toFixed(1)} ms over ${opts.forwards} forwards`);
-  console.log(`dispatches per forward: ${dispatches} (${[...counts].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v / opts.forwards}`).join(', ')})`);
+  console.log(`dispatches per forward: ${dispatches.total() / opts.forwards} (${[...dispatches.byProgram].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v / opts.forwards}`).join(', ')})`);
   if (host) console.log(`host ms per forward (under the sampling profiler): ${Object.entries(host).map(([k, v]) => `${k} ${v.toFixed(1)}`).join('; ')}`);
   photo.dispose();
   model.dispose();

@@ -18,6 +18,7 @@ import { activeRuntime } from '../src/runtime/runtime';
 import { gpuMemory, initWebGPUBackend, useSizeClassPool, trimPool, DEFAULT_POOL_LIMIT } from '../src/kernels/webgpu';
 import { streamSizes } from './stream_sizes';
 import { hostPieces, startCpuProfile } from './cpu_profile';
+import { countDispatches } from './dispatch_count';
 import { resizedSize } from '../src/model/transform';
 
 const GiB = 2 ** 30;
@@ -139,17 +140,20 @@ async function main(): Promise<void> {
     const poolCurve: string[] = [];
     const firstSight = { buffers: counters.buffers, bytes: counters.bytes, ms: counters.ms, pipelines: pipelines() };
     const profiler = opts.cpuProfile && pass === passes - 1 ? await startCpuProfile(opts.cpuProfile) : null;
-    const perImage: { size: number[]; input: number[]; ms: number; detections: number }[] = [];
+    const perImage: { size: number[]; input: number[]; ms: number; detections: number; dispatches: number }[] = [];
+    const dispatches = countDispatches();
     for (let i = 0; i < n; i += batch) {
       const imgs = sizes.slice(i, i + batch).map(([h, w]) => tf.tensor3d(resample(photo, ph, pw, h, w), [h, w, 3], 'int32'));
       const t0 = performance.now();
+      const before = dispatches.total();
       const out = await model.predict(imgs, CONFIG);
       const ms = performance.now() - t0;
+      const dispatched = (dispatches.total() - before) / imgs.length;
       times.push(ms / imgs.length);
       out.forEach((d, k) => {
         for (const a of [d.boxes, d.scores, d.dofs]) digest = fnv(digest, a);
         const [h, w] = sizes[i + k];
-        perImage.push({ size: [h, w], input: resizedSize(h, w, CONFIG.minSize, CONFIG.maxSize), ms: +(ms / imgs.length).toFixed(2), detections: d.scores.length });
+        perImage.push({ size: [h, w], input: resizedSize(h, w, CONFIG.minSize, CONFIG.maxSize), ms: +(ms / imgs.length).toFixed(2), detections: d.scores.length, dispatches: dispatched });
       });
       tf.dispose(imgs);
       if ((i + batch) % every < batch) {
@@ -168,6 +172,8 @@ async function main(): Promise<void> {
       digest: digest.toString(16),
       poolGiB: poolCurve.join(' '), inUseGiB: +(gpuMemory().inUse / GiB).toFixed(2), tensors: tf.memory().numTensors,
     };
+    dispatches.restore();
+    console.log(`dispatches per image: ${dispatches.total() / n} (${[...dispatches.byProgram].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${(v / n).toFixed(1)}`).join(', ')})`);
     if (profiler) {
       const host = hostPieces(await profiler.stop(), n);
       console.log(`host ms per image (under the sampling profiler): ${Object.entries(host).map(([k, v]) => `${k} ${v.toFixed(1)}`).join('; ')}`);
