@@ -176,13 +176,14 @@ export class ThreadedModel {
 
 async function portableImage(image: NetworkImage): Promise<PortableImage> {
   if (!(image instanceof tf.Tensor)) return { bytes: sharedBytes(image) };
-  const [height, width] = imageSizeOf(image);
+  const shape: [number, number, number] = [image.shape[0], image.shape[1], image.shape[2]];
   const values = (await image.data()) as Float32Array | Int32Array;
-  const bytes = asSharedBytes(values);
-  if (bytes) return { bytes: { data: bytes, height, width, channels: 3 } };
+  // Anything but RGB goes as it is, for the worker's transform to refuse.
+  const bytes = shape[2] === 3 ? asSharedBytes(values) : null;
+  if (bytes) return { bytes: { data: bytes, height: shape[0], width: shape[1], channels: 3 } };
   const data = image.dtype === 'int32' ? new Int32Array(new SharedArrayBuffer(values.length * 4)) : new Float32Array(new SharedArrayBuffer(values.length * 4));
   data.set(values);
-  return { values: { shape: [height, width, 3], dtype: image.dtype === 'int32' ? 'int32' : 'float32', data } };
+  return { values: { shape, dtype: image.dtype === 'int32' ? 'int32' : 'float32', data } };
 }
 
 /** 8-bit samples in shared memory: RGB(A) as RGB (the alpha is never read), gray as it is. */
