@@ -295,7 +295,7 @@ export class Img2PoseModel {
     for (const [c, chunk] of chunks.entries()) {
       // RoIAlign reads each image's own region of the batch maps, so slicing the batch is not needed.
       const boxes = proposals.map((p, i) => (chunk.includes(i) ? p.boxes : new Float32Array(0)));
-      const pooled = await multiScaleRoIAlign(features, boxes, imageSizes, paddedSizes, method);
+      const pooled = await multiScaleRoIAlign(features, boxes, imageSizes, paddedSizes, method, rules.tensorMemory);
       if (c === chunks.length - 1) tf.dispose(features);
       let logits: Float32Array;
       let dofs: Float32Array;
