@@ -8,8 +8,9 @@
  * size / stride), so an image pools the same in a batch as alone.
  *
  * Two implementations, same numbers:
- * - 'host': the roi_align kernel in JS on the read-back maps. On wasm/cpu it is more than 10x faster
- *   than the ops below (tfjs-wasm's cropAndResize, concat and gather are slow on 50M elements).
+ * - 'host': the roi_align kernel in JS on the read-back maps (on wasm read, and the pooled rows
+ *   written, in place on its heap: the runtime's `tensorMemory`). On wasm/cpu it is more than 10x
+ *   faster than the ops below (tfjs-wasm's cropAndResize, concat and gather are slow on 50M elements).
  * - 'ops': tfjs ops every backend has, for GPU backends. The 14x14 sample points of a box are
  *   evenly spaced (start + bin/4 + j*bin/2), so tf.image.cropAndResize onto a 14x14 grid hits
  *   exactly them and a 2x2 average pool finishes the bins. cropAndResize reads 0 beyond its last
