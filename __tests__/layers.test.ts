@@ -17,7 +17,9 @@ const LAYERS: { name: string; holds: (file: string) => boolean }[] = [
   { name: 'src/runtime', holds: (f) => f.startsWith('src/runtime/') },
   { name: 'src/io', holds: (f) => f.startsWith('src/io/') },
   { name: 'src/model', holds: (f) => f.startsWith('src/model/') },
-  { name: 'src/kernels', holds: (f) => f.startsWith('src/kernels/') },
+  { name: 'src/kernels', holds: (f) => f.startsWith('src/kernels/') && !f.startsWith('src/kernels/wasm/') },
+  // The wasm kernels sit below the kernel switch (src/kernels/webgpu/index.ts) that dispatches to them.
+  { name: 'src/kernels/wasm', holds: (f) => f.startsWith('src/kernels/wasm/') },
   { name: 'src/ops', holds: (f) => f.startsWith('src/ops/') },
   { name: 'src/errors', holds: (f) => f.startsWith('src/errors/') },
   { name: 'converter', holds: (f) => f.startsWith('converter/') },

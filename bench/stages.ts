@@ -4,7 +4,7 @@
  *
  *   npm run build && node dist/bench/stages.js [--image __tests__/fixtures/golden/teaser.png]
  *       [--sizes 160/288,640/1400] [--repeats 5] [--warmup 1] [--weights tmp/formula_tfjs]
- *       [--threads 0,1,2] [--upstream-src /tmp/upstream/src] [--no-upstream]
+ *       [--threads 0,1,2] [--upstream-src /tmp/upstream/src] [--no-upstream] [--winograd on,off]
  *
  * What is timed, both sides: decoded image in memory -> faces above 0.5 (network, post-processing,
  * keypoints); file decoding is not. Ours: `Img2PoseModel.predict` + `processPrediction`; its
@@ -13,7 +13,8 @@
  * --threads value (img2poseModel.predict + Img2Pose._process_prediction; stages via forward
  * hooks). After the warm-up, each round runs every implementation once in turn, never two at
  * once, so load from other jobs on a shared machine spreads over all of them; the 1-minute load
- * average over the rounds is printed with the tables.
+ * average over the rounds is printed with the tables. `--winograd on,off` times ours both ways
+ * (the IMG2POSE_WINOGRAD flag: Winograd or direct stride-1 3x3 convolutions), in the same rounds.
  */
 import { ChildProcessWithoutNullStreams, spawn } from 'child_process';
 import * as os from 'os';
@@ -27,6 +28,7 @@ import { decodeImage } from '../src/io/images';
 import { Img2PoseModel, StageTimings, emptyTimings } from '../src/model/model';
 import { resizedSize } from '../src/model/transform';
 import { buildModel, machineInfo, markdownTable, median, repoRoot, timeMs } from './common';
+import { WINOGRAD_FLAG } from '../src/kernels/webgpu';
 
 // Upstream's forward hooks see the RPN whole: our proposal filtering is folded into 'rpn' (add()).
 const STAGES: (keyof StageTimings)[] = ['transform', 'backbone', 'rpn', 'roiAlign', 'heads', 'postprocess'];
@@ -45,6 +47,7 @@ interface Options {
   poseMean: string;
   poseStddev: string;
   threads: number[];
+  winograd: boolean[];
 }
 
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -54,6 +57,13 @@ function parseSizes(v: string): [number, number][] {
     const m = /^\s*(\d+)\/(\d+)\s*$/.exec(s);
     if (!m) throw new Error(`--sizes takes min/max pairs like 160/288,640/1400, got ${s}`);
     return [Number(m[1]), Number(m[2])];
+  });
+}
+
+function parseSwitches(v: string): boolean[] {
+  return v.split(',').map((s) => {
+    if (s !== 'on' && s !== 'off') throw new Error(`--winograd takes on and/or off, got ${s}`);
+    return s === 'on';
   });
 }
 
@@ -83,7 +93,8 @@ function parseOptions(argv: string[]): Options {
       'upstream thread counts, torch and OpenBLAS alike (0: their defaults: torch 1 here, OpenBLAS all cores)',
       (v) => v.split(',').map(int),
       [0, 1, 2],
-    );
+    )
+    .option('--winograd <list>', 'ours with the IMG2POSE_WINOGRAD flag on and/or off, e.g. on,off', parseSwitches, [true]);
   cmd.parse(argv, { from: 'node' });
   const o = cmd.opts<Options>();
   if (!BACKEND_CHOICES.includes(o.backend)) throw new Error(`--backend takes ${BACKEND_CHOICES.join(', ')}`);
@@ -221,11 +232,15 @@ async function main(): Promise<void> {
     for (const [minSize, maxSize] of o.sizes) {
       const [rh, rw] = resizedSize(h, w, minSize, maxSize);
       const config = { minSize, maxSize };
-      const ours = new Series(`ours, tfjs ${tf.getBackend()}`);
+      const label = (on: boolean) => `ours, tfjs ${tf.getBackend()}${o.winograd.length > 1 ? `, Winograd ${on ? 'on' : 'off'}` : ''}`;
+      const ours = o.winograd.map((on) => ({ on, series: new Series(label(on)) }));
       const upstream = servers.map((s) => new Series(s.label));
       log(`${minSize}/${maxSize}: warm-up`);
       for (let i = 0; i < o.warmup; i++) {
-        await runOurs(model, image, config);
+        for (const { on } of ours) {
+          tf.env().set(WINOGRAD_FLAG, on);
+          await runOurs(model, image, config);
+        }
         for (const s of servers) await s.server.run(minSize, maxSize);
       }
       // Rounds alternate the implementations, so that a load spike from other jobs on the
@@ -233,13 +248,17 @@ async function main(): Promise<void> {
       const loads: number[] = [];
       for (let r = 0; r < o.repeats; r++) {
         loads.push(os.loadavg()[0]);
-        const plain = await runOurs(model, image, config);
-        const profiled = await runOurs(model, image, config, emptyTimings());
-        ours.add({ ms: plain.ms, stages: profiled.stages, faces: plain.faces });
+        for (const { on, series } of ours) {
+          tf.env().set(WINOGRAD_FLAG, on);
+          const plain = await runOurs(model, image, config);
+          const profiled = await runOurs(model, image, config, emptyTimings());
+          series.add({ ms: plain.ms, stages: profiled.stages, faces: plain.faces });
+        }
         for (let i = 0; i < servers.length; i++) upstream[i].add(await servers[i].server.run(minSize, maxSize));
-        log(`  round ${r + 1}: ours ${plain.ms.toFixed(0)} ms; upstream ${upstream.map((u) => u.totals[r].toFixed(0)).join(', ')} ms`);
+        log(`  round ${r + 1}: ours ${ours.map((s) => s.series.totals[r].toFixed(0)).join(', ')} ms; upstream ${upstream.map((u) => u.totals[r].toFixed(0)).join(', ')} ms`);
       }
-      sections.push(section(minSize, maxSize, `${rw}x${rh}`, [ours, ...upstream], loads));
+      tf.env().set(WINOGRAD_FLAG, true);
+      sections.push(section(minSize, maxSize, `${rw}x${rh}`, [...ours.map((s) => s.series), ...upstream], loads));
     }
   } finally {
     for (const s of servers) s.server.close();

@@ -21,6 +21,7 @@ import { faceScores } from './postprocess';
 import { Img2PoseWeights } from './weights';
 import { ROI_OUTPUT_SIZE } from './roi_align';
 import { StageRuntime } from './runtime';
+import { copyRows, rowRange } from '../kernels/wasm/rows';
 
 const BN_EPS = 1e-5;
 
@@ -53,16 +54,17 @@ function fc6Chunked(x: tf.Tensor2D, chunks: tf.Tensor2D[], bias: tf.Tensor1D): t
   return tf.tidy(() => {
     const [rows, k] = x.shape;
     const part = k / chunks.length;
-    // Chunk-major copy of the inputs, so each chunk is one contiguous slice.
-    const byChunk = tf.transpose(tf.reshape(x, [rows, chunks.length, part]), [1, 0, 2]);
-    const partials = chunks.map((w, i) =>
-      tf.fused.matMul({
-        a: tf.reshape(tf.slice(byChunk, [i, 0, 0], [1, rows, part]), [rows, part]) as tf.Tensor2D,
-        b: w,
-        bias: i === 0 ? bias : undefined,
-      }),
-    );
+    const all = rowRange(0, rows);
+    const partials = chunks.map((w, i) => tf.fused.matMul({ a: copyRows(x, all, i * part, part), b: w, bias: i === 0 ? bias : undefined }));
     return tf.relu(tf.addN(partials)) as tf.Tensor2D;
+  });
+}
+
+/** Rows `rows` of pooled features [R, 7, 7, C] (a copy in the wasm heap there, see copyRows). */
+function pooledRows(pooled: tf.Tensor4D, rows: number[]): tf.Tensor4D {
+  return tf.tidy(() => {
+    const [r, h, w, c] = pooled.shape;
+    return tf.reshape(copyRows(tf.reshape(pooled, [r, h * w * c]), rows), [rows.length, h, w, c]);
   });
 }
 
@@ -199,7 +201,7 @@ export class RoIHeads {
     const dofRegression = new Float32Array(rows * 12);
     for (let start = 0; start < rows; start += step) {
       const n = Math.min(step, rows - start);
-      const piece = tf.slice(pooled, [start, 0, 0, 0], [n, -1, -1, -1]);
+      const piece = pooledRows(pooled, rowRange(start, n));
       try {
         const out = await this.forwardRows(piece, scoreThresh);
         classLogits.set(out.classLogits, start * 2);
@@ -239,7 +241,7 @@ export class RoIHeads {
     });
     if (kept.length === 0) return { classLogits, dofRegression };
     const dofs = tf.tidy(() => {
-      const subset = kept.length === rows ? pooled : (tf.gather(pooled, tf.tensor1d(kept, 'int32')) as tf.Tensor4D);
+      const subset = kept.length === rows ? pooled : pooledRows(pooled, kept);
       return this.regressDofs(subset);
     });
     try {

@@ -4,13 +4,16 @@
 // may run different kernels.
 import * as tf from '@tensorflow/tfjs';
 import { ConvOptions, conv2dFused, conv2dPortable, linearFused, linearPortable, preparePadded, releasePadded } from './conv2d';
-import { conv2dWinograd, prepareWinograd, releaseWinograd, winogradFilterFor } from './winograd';
+import { conv2dWinograd, prepareWinograd, releaseWinograd, winogradFilterFor, winogradOptionsFit } from './winograd';
+import { conv2dWinogradWasm, releaseWasmWinograd, wasmWinogradAvailable, wasmWinogradFilter, wasmWinogradFits } from '../wasm/winograd';
 
 export type KernelMode = 'portable' | 'webgpu';
 
 /**
  * The kernels a network's stages run. Mode 'webgpu' runs our WebGPU programs while the webgpu
- * backend is active and the stock ops on any other; 'portable' always runs the stock ops.
+ * backend is active; elsewhere, and always in mode 'portable', the stock ops run, except that the
+ * stride-1 3x3 convolutions the stages mark for Winograd take our F(4x4, 3x3) on the wasm
+ * backend (src/kernels/wasm/winograd.ts).
  */
 export class Kernels {
   constructor(readonly mode: KernelMode) {}
@@ -22,7 +25,12 @@ export class Kernels {
 
   /** Convolution with PyTorch's symmetric padding, bias, optional residual (maybe upsampled) and ReLU. NHWC; w (kh, kw, in, out). */
   conv(x: tf.Tensor4D, w: tf.Tensor4D, bias: tf.Tensor1D | null, opts: ConvOptions): tf.Tensor4D {
-    if (!this.webgpu) return conv2dPortable(x, w, bias, opts);
+    if (!this.webgpu) {
+      if (winogradOptionsFit(opts) && wasmWinogradFits(w.shape) && wasmWinogradAvailable()) {
+        return conv2dWinogradWasm(x, w, bias, opts.relu, opts.residual);
+      }
+      return conv2dPortable(x, w, bias, opts);
+    }
     const u = winogradFilterFor(w, opts);
     return u ? conv2dWinograd(x, u, bias, opts) : conv2dFused(x, w, bias, opts);
   }
@@ -39,10 +47,12 @@ export const PORTABLE_KERNELS = new Kernels('portable');
 /**
  * Called by a stage for each conv filter (and bias) it owns, once, when it is built: on the webgpu
  * backend, keeps what our kernels' fast paths need (the Winograd-transformed filter, channel-padded
- * copies), whatever the kernel mode is then, so the mode can change later. `releaseConvFilter`
+ * copies), whatever the kernel mode is then, so the mode can change later; on the wasm backend, the
+ * F(4x4, 3x3) filters of the layers that take it (else made on first use). `releaseConvFilter`
  * frees them.
  */
 export function prepareConvFilter(w: tf.Tensor4D, bias: tf.Tensor1D | null = null): void {
+  if (tf.getBackend() === 'wasm' && wasmWinogradFits(w.shape) && wasmWinogradAvailable()) wasmWinogradFilter(w);
   if (tf.getBackend() !== 'webgpu') return;
   prepareWinograd(w);
   preparePadded(w, bias);
@@ -50,6 +60,7 @@ export function prepareConvFilter(w: tf.Tensor4D, bias: tf.Tensor1D | null = nul
 
 export function releaseConvFilter(w: tf.Tensor4D, bias: tf.Tensor1D | null = null): void {
   releaseWinograd(w);
+  releaseWasmWinograd(w);
   releasePadded(w, bias);
 }
 

@@ -23,8 +23,9 @@ export const WINOGRAD_MIN_CHANNELS = 64;
 /**
  * tfjs env flag: the stride-1 3x3 convs (ResNet layers, FPN outputs and the RPN head, at every
  * pyramid level: stopping at level 2 or 3 measured slower at batches 1, 8 and 16 and on mixed
- * sizes) take the Winograd path with our WebGPU kernels (true, default), or the direct
- * implicit-GEMM convolution (false: for timing the two, or to rule out Winograd's rounding).
+ * sizes) take the Winograd path (true, default) with our WebGPU kernels, and on the wasm backend
+ * (F(4x4, 3x3), src/kernels/wasm/winograd.ts), or the direct convolution (false: for timing the
+ * two, or to rule out Winograd's rounding).
  */
 export const WINOGRAD_FLAG = 'IMG2POSE_WINOGRAD';
 // Registered once per tfjs instance, also when this module is bundled twice.

@@ -1,0 +1,149 @@
+// Winograd F(4x4, 3x3) on the wasm backend (src/kernels/wasm/winograd.ts): its WebAssembly SIMD
+// transforms and XNNPACK GEMMs against a float64 direct convolution, its error next to tfjs's own
+// direct convolution, tile edges, bands, and batch == single bit for bit.
+import * as tf from '@tensorflow/tfjs';
+import { lcgValues, relErr } from './utils/lcg';
+import {
+  conv2dWinogradWasm,
+  releaseWasmWinograd,
+  wasmWinogradAvailable,
+  wasmWinogradFits,
+  winogradF4Filter,
+  WINOGRAD_F4_AT,
+  WINOGRAD_F4_BT,
+  WINOGRAD_F4_G,
+} from '../src/kernels/wasm/winograd';
+
+/** Direct 3x3 stride-1 pad-1 convolution in float64 (+ bias, + residual, ReLU). */
+function direct(
+  x: Float32Array, [n, h, w, cin]: number[], f: Float32Array, cout: number, b: Float32Array, relu: boolean, res?: Float32Array,
+): Float64Array {
+  const out = new Float64Array(n * h * w * cout);
+  for (let bi = 0; bi < n; bi++) for (let y = 0; y < h; y++) for (let xx = 0; xx < w; xx++) for (let co = 0; co < cout; co++) {
+    let s = b[co];
+    for (let ky = 0; ky < 3; ky++) for (let kx = 0; kx < 3; kx++) {
+      const iy = y - 1 + ky;
+      const ix = xx - 1 + kx;
+      if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+      for (let ci = 0; ci < cin; ci++) s += x[((bi * h + iy) * w + ix) * cin + ci] * f[((ky * 3 + kx) * cin + ci) * cout + co];
+    }
+    const o = ((bi * h + y) * w + xx) * cout + co;
+    if (res) s += res[o];
+    out[o] = relu ? Math.max(s, 0) : s;
+  }
+  return out;
+}
+
+interface Case {
+  x: Float32Array;
+  f: Float32Array;
+  b: Float32Array;
+}
+
+function makeCase([n, h, w, cin]: number[], cout: number, seed: number): Case {
+  return {
+    x: lcgValues(n * h * w * cin, seed),
+    f: lcgValues(9 * cin * cout, seed + 1).map((v) => v * Math.sqrt(3 / (9 * cin))),
+    b: lcgValues(cout, seed + 2).map((v) => v * 0.1),
+  };
+}
+
+function runWinograd(c: Case, shape: [number, number, number, number], cout: number, relu: boolean, res?: Float32Array, bandBytes?: number): Float32Array {
+  const [n, h, w, cin] = shape;
+  const filter = tf.tensor4d(c.f, [3, 3, cin, cout]);
+  try {
+    return tf.tidy(() => {
+      const r = res ? tf.tensor4d(res, [n, h, w, cout]) : undefined;
+      const y = conv2dWinogradWasm(tf.tensor4d(c.x, shape), filter, tf.tensor1d(c.b), relu, r, bandBytes);
+      return y.dataSync() as Float32Array;
+    });
+  } finally {
+    releaseWasmWinograd(filter);
+    filter.dispose();
+  }
+}
+
+describe('Winograd F(4x4, 3x3) on wasm', () => {
+  beforeAll(() => expect(wasmWinogradAvailable()).toBe(true));
+
+  it('has transforms that give a 1-D convolution exactly (A^T [(G g) . (B^T d)] = correlation)', () => {
+    const d = [0.3, -1.2, 2.5, 0.7, -0.4, 1.9];
+    const g = [0.5, -0.25, 1.5];
+    const gg = WINOGRAD_F4_G.map((row) => row[0] * g[0] + row[1] * g[1] + row[2] * g[2]);
+    const bd = WINOGRAD_F4_BT.map((row) => row.reduce((s: number, v, k) => s + v * d[k], 0));
+    const y = WINOGRAD_F4_AT.map((row) => row.reduce((s: number, v, k) => s + v * gg[k] * bd[k], 0));
+    y.forEach((v, i) => expect(v).toBeCloseTo(d[i] * g[0] + d[i + 1] * g[1] + d[i + 2] * g[2], 12));
+  });
+
+  // Sizes with a last tile 1, 2, 3 or 4 pixels inside, one-pixel maps, batches of several images.
+  it.each([
+    [[1, 7, 9, 8], 12, true, false],
+    [[2, 6, 5, 4], 8, false, true],
+    [[3, 1, 4, 12], 4, true, true],
+    [[1, 11, 2, 16], 20, false, false],
+    [[2, 8, 8, 64], 32, true, false],
+  ] as [[number, number, number, number], number, boolean, boolean][])(
+    'x %j -> %i channels (relu %s, residual %s) equals the float64 direct convolution',
+    (shape, cout, relu, withResidual) => {
+      const [n, h, w, cin] = shape;
+      const c = makeCase(shape, cout, 21);
+      const res = withResidual ? lcgValues(n * h * w * cout, 5) : undefined;
+      const want = direct(c.x, shape, c.f, cout, c.b, relu, res);
+      const got = runWinograd(c, shape, cout, relu, res);
+      expect(relErr(got, want)).toBeLessThan(3e-6);
+      // The check can fail: the filter transformed for the wrong tap order is far off.
+      const flipped = c.f.slice();
+      const tap = cin * cout;
+      for (let t = 0; t < 9; t++) flipped.set(c.f.subarray((8 - t) * tap, (9 - t) * tap), t * tap);
+      expect(relErr(runWinograd({ ...c, f: flipped }, shape, cout, relu, res), want)).toBeGreaterThan(1e-2);
+    },
+  );
+
+  it('stays within 5x the error of tfjs\'s direct convolution on a 256-channel layer', () => {
+    const shape: [number, number, number, number] = [1, 10, 13, 256];
+    const c = makeCase(shape, 256, 7);
+    const want = direct(c.x, shape, c.f, 256, c.b, false);
+    const got = runWinograd(c, shape, 256, false);
+    const ref = tf.tidy(() =>
+      tf.fused.conv2d({ x: tf.tensor4d(c.x, shape), filter: tf.tensor4d(c.f, [3, 3, 256, 256]), strides: 1, pad: 1, bias: tf.tensor1d(c.b) }).dataSync(),
+    );
+    const eDirect = relErr(ref, want);
+    const eWinograd = relErr(got, want);
+    expect(eWinograd).toBeLessThan(5 * eDirect);
+  });
+
+  it('gives the same bits in bands of any height, and each image of a batch its single-image bits', () => {
+    const shape: [number, number, number, number] = [3, 9, 10, 8];
+    const c = makeCase(shape, 8, 3);
+    const whole = runWinograd(c, shape, 8, true);
+    // One tile row per band (the smallest band there is).
+    expect(Buffer.from(runWinograd(c, shape, 8, true, undefined, 1).buffer)).toEqual(Buffer.from(whole.buffer));
+    const per = 9 * 10 * 8;
+    for (let i = 0; i < 3; i++) {
+      const single = runWinograd({ ...c, x: c.x.subarray(i * per, (i + 1) * per) }, [1, 9, 10, 8], 8, true);
+      expect(Buffer.from(single.buffer)).toEqual(Buffer.from(whole.subarray(i * per, (i + 1) * per).slice().buffer));
+    }
+  });
+
+  it('transforms filters in float64 and takes only 3x3 layers of 64..256 input channels', () => {
+    const f = lcgValues(9 * 4 * 4, 9);
+    const u = winogradF4Filter(f, 4, 4);
+    expect(u).toHaveLength(36);
+    // U[0] = g[0][0] / 16 and U[35] = g[2][2]: G's corner entries are 1/4 and 1.
+    expect(u[0][5]).toBe(Math.fround(f[5] / 16));
+    expect(u[35][5]).toBe(f[8 * 16 + 5]);
+    expect(wasmWinogradFits([3, 3, 256, 256])).toBe(true);
+    expect(wasmWinogradFits([3, 3, 64, 64])).toBe(true);
+    expect(wasmWinogradFits([3, 3, 512, 512])).toBe(false);
+    expect(wasmWinogradFits([3, 3, 32, 64])).toBe(false);
+    expect(wasmWinogradFits([1, 1, 256, 256])).toBe(false);
+  });
+
+  it('frees what it made: the transformed filters on release, every band\'s temporaries at once', () => {
+    const shape: [number, number, number, number] = [1, 9, 9, 8];
+    const c = makeCase(shape, 8, 4);
+    const before = tf.memory().numTensors;
+    runWinograd(c, shape, 8, false, undefined, 1);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});
