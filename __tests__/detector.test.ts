@@ -567,6 +567,64 @@ function zeroWeights(): Img2PoseWeights {
   return { depth: 18, tensors, poseMean: DEFAULT_POSE_MEAN.slice(), poseStddev: DEFAULT_POSE_STDDEV.slice() };
 }
 
+describe('8-bit images on the CPU path', () => {
+  it('reach the network as their bytes: no float tensor of the full-size image, the faces of its float tensor', async () => {
+    const weights = formulaWeights();
+    const det = await Img2Pose.load({ weights, backend: 'wasm', minSize: 64, maxSize: 96, threads: 1, scoreThreshold: 0.05 });
+    disposeWeights(weights);
+    // Its float32 RGB copy (144 MB) would be about twice what the network itself holds at its peak.
+    const [h, w] = [3000, 4000];
+    const data = new Uint8Array(h * w * 4);
+    for (let i = 0; i < data.length; i++) data[i] = ((i >> 2) * 7 + (i & 3) * 50 + ((i / 4 / w) | 0)) % 256;
+    const made = jest.spyOn(tf.engine(), 'makeTensor');
+    try {
+      const start = tf.memory().numBytes;
+      let faces: Face[] = [];
+      const profile = await tf.profile(async () => {
+        faces = await det.detectFaces({ data, width: w, height: h, channels: 4 });
+        return [];
+      });
+      const sizes = made.mock.calls.map(([, shape]) => shape.reduce((a, b) => a * b, 1));
+      made.mockRestore();
+      // Its float32 RGB copy would be h * w * 3 values; every tensor made from host data, and
+      // everything alive at any kernel, stays below that.
+      expect(Math.max(...sizes)).toBeLessThan(h * w);
+      expect(profile.peakBytes - start).toBeLessThan(h * w * 3 * 4);
+      expect(faces.length).toBeGreaterThan(0);
+      const floats = new Float32Array(h * w * 3);
+      for (let i = 0; i < floats.length; i++) floats[i] = data[((i / 3) | 0) * 4 + (i % 3)];
+      const rgb = tf.tensor3d(floats, [h, w, 3]);
+      expect(await det.detectFaces(rgb)).toEqual(faces);
+      rgb.dispose();
+    } finally {
+      made.mockRestore();
+      await det.dispose();
+    }
+  });
+
+  it('a model without predictImages gets float32 tensors; one with it gets the decoded samples', async () => {
+    const seen: string[] = [];
+    const result: RawDetections = { boxes: new Float32Array(0), scores: new Float32Array(0), dofs: new Float64Array(0) };
+    const plain: DetectionModel = {
+      predict: async (images) => images.map((t) => (seen.push(`tensor ${t.dtype} [${t.shape}]`), result)),
+      dispose: () => undefined,
+    };
+    const reading: DetectionModel = {
+      ...plain,
+      predictImages: async (images) => images.map((i) => (seen.push(i instanceof tf.Tensor ? `tensor [${i.shape}]` : `bytes ${i.height}x${i.width}x${i.channels}`), result)),
+    };
+    const file = imagePath('small_1.png');
+    const { width, height } = pngSize('small_1.png');
+    const gray = { data: new Uint8Array(6), width: 3, height: 2, channels: 1 as const };
+    const floats = { data: new Float32Array(6), width: 3, height: 2, channels: 1 as const };
+    for (const model of [plain, reading]) await new Img2Pose(model, {}, 'wasm').detectFaces([file, gray, floats]);
+    expect(seen).toEqual([
+      `tensor float32 [${height},${width},3]`, 'tensor float32 [2,3,3]', 'tensor float32 [2,3,3]',
+      `bytes ${height}x${width}x4`, 'bytes 2x3x1', 'tensor [2,3,3]',
+    ]);
+  });
+});
+
 describe('Img2Pose.load', () => {
   it('in-memory weights on wasm stay the caller\'s; dispose frees the network\'s copies (one thread: the network lives here)', async () => {
     const before = tf.memory().numTensors;

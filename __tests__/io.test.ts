@@ -10,7 +10,7 @@ import * as path from 'path';
 import * as zlib from 'zlib';
 import * as tf from '@tensorflow/tfjs';
 import { Jimp, defaultFormats } from 'jimp';
-import { decodeImage, describeInput, ImageInput, sniffFormat } from '../src/io/images';
+import { decodeImage, decodeNetworkImage, describeInput, ImageInput, sniffFormat } from '../src/io/images';
 import { InputError } from '../src/errors';
 import { imagePath } from './utils/golden';
 
@@ -117,6 +117,11 @@ async function expectInputError(
   for (const m of mentions) expect(err.message).toContain(m);
   expect(err.message).not.toMatch(/tfjs|kernel|backend/i);
   expect(err.index).toBe(index);
+  // The network's decode (8-bit samples kept as they are) checks and fails the same way.
+  const network = await decodeNetworkImage(input as ImageInput, index).catch((e: unknown) => e);
+  expect(network).toBeInstanceOf(InputError);
+  expect((network as InputError).message).toBe(err.message);
+  expect(tf.memory().numTensors).toBe(before);
   return err;
 }
 
@@ -387,5 +392,51 @@ describe('Jimp images and everything else', () => {
     const t = tf.zeros([2, 3, 3]);
     expect(describeInput(t)).toBe('tf.Tensor [2,3,3] float32');
     t.dispose();
+  });
+});
+
+describe('decodeNetworkImage: 8-bit samples for the network', () => {
+  /** RGB of 8-bit samples, as numbers. */
+  function rgbOf(data: ArrayLike<number>, channels: number): number[] {
+    const out: number[] = [];
+    for (let p = 0; p < data.length; p += channels) for (let c = 0; c < 3; c++) out.push(data[p + (channels === 1 ? 0 : c)]);
+    return out;
+  }
+
+  it('files, bytes and Jimp images come back as their RGBA samples, no tensor made; RGB equals decodeImage', async () => {
+    const jpeg = await encodeJpeg(fs.readFileSync(imagePath('small_1.png')));
+    const image = Jimp.fromBitmap({ data: new Uint8Array([9, 8, 7, 6, 5, 4, 3, 2]), width: 2, height: 1 });
+    for (const input of [imagePath('rgba_1.png'), imagePath('gray_1.png'), fs.readFileSync(imagePath('small_1.png')), jpeg, image]) {
+      const before = tf.memory().numTensors;
+      const got = await decodeNetworkImage(input);
+      expect(tf.memory().numTensors).toBe(before);
+      if (got instanceof tf.Tensor) throw new Error(`a tensor for ${describeInput(input)}`);
+      expect(got.channels).toBe(4);
+      expect(got.data).toBeInstanceOf(Uint8Array);
+      const t = await decodeImage(input);
+      expect([got.height, got.width, 3]).toEqual(t.shape);
+      expect(rgbOf(got.data, 4)).toEqual(Array.from(t.dataSync()));
+      t.dispose();
+    }
+  });
+
+  it("8-bit raw pixels are the caller's own array; float pixels and tensors become decodeImage's tensor", async () => {
+    for (const channels of [1, 3, 4] as const) {
+      const data = Uint8ClampedArray.from({ length: 6 * channels }, (_, i) => (i * 41) % 256);
+      const got = await decodeNetworkImage({ data, width: 3, height: 2, channels });
+      expect(got).toEqual({ data, width: 3, height: 2, channels });
+      expect((got as { data: unknown }).data).toBe(data);
+    }
+    const floats = { data: Float32Array.from({ length: 6 }, (_, i) => i * 10.5), width: 3, height: 2, channels: 1 as const };
+    const tensor = tf.tensor3d([1, 2, 3, 4, 5, 6], [1, 2, 3], 'int32');
+    for (const input of [floats, tensor]) {
+      const got = await decodeNetworkImage(input);
+      const expected = await decodeImage(input);
+      expect(got).toBeInstanceOf(tf.Tensor);
+      expect((got as tf.Tensor).dtype).toBe('float32');
+      expect(Array.from((got as tf.Tensor).dataSync())).toEqual(Array.from(expected.dataSync()));
+      tf.dispose([got as tf.Tensor, expected]);
+    }
+    tensor.dispose();
   });
 });

@@ -127,6 +127,59 @@ describe.each<[RoIAlignMethod, number]>([
   });
 });
 
+describe('host RoIAlign in place on the wasm heap (rules.tensorMemory)', () => {
+  it('gives the bits of the copying path, reading no map back and making only the pooled tensor', async () => {
+    expect(tf.getBackend()).toBe('wasm');
+    const memory = activeRuntime().rules.tensorMemory;
+    expect(memory).toBeDefined();
+    // A mixed batch whose surplus area holds junk (as above), so that each image's own region counts.
+    const batch = featureSizes(256, 288);
+    const features = LEVEL_KEYS.slice(0, 4).map((k, level) =>
+      tf.tidy(() => {
+        const [bh, bw] = batch[level];
+        return tf.concat(
+          TINY.map((id) => {
+            const f = goldenFeature(id, k);
+            const [, h, w] = f.shape;
+            return tf.pad(f, [[0, 0], [0, bh - h], [0, bw - w], [0, 0]], 1000);
+          }),
+          0,
+        ) as tf.Tensor4D;
+      }),
+    );
+    const boxes = TINY.map((id) => Float32Array.from(golden(id, 'proposals').data.subarray(0, 300 * 4)));
+    const copied = await multiScaleRoIAlign(features, boxes, TINY.map(resizedSize), TINY.map(paddedSize), 'host');
+    const before = tf.memory().numTensors;
+    const read = jest.spyOn(tf.Tensor.prototype, 'data');
+    const readSync = jest.spyOn(tf.Tensor.prototype, 'dataSync');
+    let inPlace: tf.Tensor4D;
+    try {
+      inPlace = await multiScaleRoIAlign(features, boxes, TINY.map(resizedSize), TINY.map(paddedSize), 'host', memory);
+      expect(read).not.toHaveBeenCalled();
+      expect(readSync).not.toHaveBeenCalled();
+    } finally {
+      read.mockRestore();
+      readSync.mockRestore();
+    }
+    expect(tf.memory().numTensors).toBe(before + 1);
+    expect(inPlace.shape).toEqual(copied.shape);
+    const a = await copied.data();
+    const b = await inPlace.data();
+    expect(maxAbsDiff(b, a)).toBe(0);
+    expect(Array.from(b).some((v) => v !== 0)).toBe(true);
+    // Bit for bit, signed zeros included.
+    expect(Buffer.from(b.buffer, b.byteOffset, b.byteLength).equals(Buffer.from(a.buffer, a.byteOffset, a.byteLength))).toBe(true);
+    tf.dispose([copied, inPlace, ...features]);
+  });
+
+  it('refuses a tensor that is not float32 on the wasm heap', () => {
+    const memory = activeRuntime().rules.tensorMemory!;
+    const ints = tf.zeros([2, 2], 'int32');
+    expect(() => memory.view(ints)).toThrow(/float32 tensor of the wasm backend/);
+    ints.dispose();
+  });
+});
+
 describe('RoIHeads on the reference proposals', () => {
   let weights: Img2PoseWeights;
   let heads: RoIHeads;

@@ -246,6 +246,8 @@ describe('results do not depend on threads', () => {
       const got = await two.detectFaces(images);
       expect(got).toEqual(expected);
       expect(expected.flat().length).toBeGreaterThan(0);
+      // Files reach the workers as their decoded bytes (in shared memory), tensors as values: the same results.
+      expect(await two.detectFaces(MIXED.map(imagePath))).toEqual(expected);
       // One image alone goes to a worker too.
       expect(await two.detectFaces(images[1])).toEqual(expected[1]);
       // A bad input fails alone; the others still come back from the workers.

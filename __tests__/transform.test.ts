@@ -4,7 +4,7 @@
  */
 import * as fs from 'fs';
 import * as tf from '@tensorflow/tfjs';
-import { bilinearTaps, normalizePixel, paddedSize, prepareBatch, resizedSize } from '../src/model/transform';
+import { bilinearTaps, normalizePixel, paddedSize, prepareBatch, prepareBatchAsync, resizedSize } from '../src/model/transform';
 import { golden, goldenCase, imagePath, loadGoldenRgb, manifest, relError } from './utils/golden';
 
 /** [height, width] from a PNG's IHDR chunk. */
@@ -238,5 +238,68 @@ describe('prepareBatch', () => {
     expect(() => prepareBatch([rgba], 160, 288)).toThrow(/3 \(RGB\) channels/);
     expect(() => prepareBatch([], 160, 288)).toThrow(/no images/);
     rgba.dispose();
+  });
+});
+
+describe('prepareBatch from 8-bit samples', () => {
+  /** Deterministic bytes with every value 0..255 present. */
+  function bytes(n: number, seed: number): Uint8Array {
+    return Uint8Array.from({ length: n }, (_, i) => (i * 131 + seed * 17 + ((i * i) % 7)) % 256);
+  }
+
+  /** The RGB float tensor PIL's convert('RGB') gives for these samples: gray replicated, alpha dropped. */
+  function rgbTensor(data: Uint8Array, h: number, w: number, channels: 1 | 3 | 4): tf.Tensor3D {
+    const rgb = new Float32Array(h * w * 3);
+    for (let p = 0; p < h * w; p++) for (let c = 0; c < 3; c++) rgb[p * 3 + c] = data[p * channels + (channels === 1 ? 0 : c)];
+    return tf.tensor3d(rgb, [h, w, 3]);
+  }
+
+  it('equals the transform of the float tensor of the same pixels bit for bit (gray, RGB, RGBA; odd sizes, up and down)', async () => {
+    // [h, w, channels, minSize, maxSize]: downscales, an upscale, one-pixel sides, a mixed batch.
+    const cases: [number, number, 1 | 3 | 4, number, number][] = [
+      [37, 53, 4, 20, 40], [101, 67, 3, 160, 288], [1, 97, 1, 8, 64], [45, 1, 4, 16, 33], [253, 191, 4, 64, 96],
+    ];
+    for (const [h, w, channels, minSize, maxSize] of cases) {
+      const data = bytes(h * w * channels, h + w);
+      const asFloat = rgbTensor(data, h, w, channels);
+      const fromBytes = prepareBatch([{ data, height: h, width: w, channels }], minSize, maxSize);
+      const fromAsync = await prepareBatchAsync([{ data: new Uint8ClampedArray(data), height: h, width: w, channels }], minSize, maxSize);
+      const fromFloat = prepareBatch([asFloat], minSize, maxSize);
+      const expected = Array.from(fromFloat.images.dataSync());
+      expect([h, w, channels, Array.from(fromBytes.images.dataSync())]).toEqual([h, w, channels, expected]);
+      expect([h, w, channels, Array.from(fromAsync.images.dataSync())]).toEqual([h, w, channels, expected]);
+      expect(fromBytes.originalSizes).toEqual([[h, w]]);
+      tf.dispose([asFloat, fromBytes.images, fromAsync.images, fromFloat.images]);
+    }
+    // A batch mixing samples and tensors: each image as in its own batch of one kind.
+    const a = bytes(61 * 43 * 4, 1);
+    const b = rgbTensor(bytes(29 * 71 * 3, 2), 29, 71, 3);
+    const mixed = await prepareBatchAsync([{ data: a, height: 61, width: 43, channels: 4 }, b], 32, 64);
+    const floats = [rgbTensor(a, 61, 43, 4), b];
+    const reference = prepareBatch(floats, 32, 64);
+    expect(Array.from(mixed.images.dataSync())).toEqual(Array.from(reference.images.dataSync()));
+    tf.dispose([mixed.images, reference.images, ...floats]);
+  });
+
+  it('makes no float tensor of the full-size image: the batch is the only tensor made', async () => {
+    const [h, w] = [1500, 2001];
+    const image = { data: bytes(h * w * 4, 3), height: h, width: w, channels: 4 as const };
+    const made = jest.spyOn(tf.engine(), 'makeTensor');
+    try {
+      const start = tf.memory();
+      const batch = await prepareBatchAsync([image], 64, 96);
+      // A float32 copy of the image would be h * w * 3 values (36 MB); the batch is 64x96x3.
+      expect(made.mock.calls.map(([, shape]) => shape)).toEqual([[1, 64, 96, 3]]);
+      expect(tf.memory().numBytes - start.numBytes).toBe(64 * 96 * 3 * 4);
+      batch.images.dispose();
+    } finally {
+      made.mockRestore();
+    }
+  });
+
+  it('refuses samples that do not match their size or channels', () => {
+    expect(() => prepareBatch([{ data: new Uint8Array(11), height: 2, width: 2, channels: 3 }], 8, 16)).toThrow(/holds 11 samples/);
+    expect(() => prepareBatch([{ data: new Uint8Array(8), height: 2, width: 2, channels: 2 as never }], 8, 16)).toThrow(/1, 3 or 4 channels/);
+    expect(() => prepareBatch([{ data: new Float32Array(12) as never, height: 2, width: 2, channels: 3 }], 8, 16)).toThrow(/Uint8Array/);
   });
 });

@@ -27,7 +27,8 @@ import {
   OptionError,
   WeightsError,
 } from './errors';
-import { DEFAULT_MAX_PIXELS, ImageInput, RawImage, decodeImage, decodePixels } from './io/images';
+import { DEFAULT_MAX_PIXELS, ImageInput, RawImage, decodeImage, decodeNetworkImage, decodePixels } from './io/images';
+import { imageSizeOf, NetworkImage } from './model/transform';
 import { checkKnownKeys } from './options';
 import { AlignOptions, AlignSize, AlignedFace, PosedFace, Rgb8Image, alignChecked, alignLimitsOf, alignPoses, alignSizeOf, checkPoses, decodeRgb8 } from './align';
 import { ModelConfig, RawDetections } from './model/model';
@@ -167,6 +168,13 @@ export interface LoadOptions extends Partial<DetectorOptions>, LoadWeightsOption
 /** What the detector needs of a network; `Img2PoseModel` is one, tests pass fakes. */
 export interface DetectionModel {
   predict(images: tf.Tensor3D[], config: ModelConfig): Promise<RawDetections[]>;
+  /**
+   * Optional: `predict` for images that may also be 8-bit samples (`ImageBytes`: RGBA, RGB or gray,
+   * row-major). A model that has it is handed decoded files, encoded bytes, Jimp images and 8-bit
+   * raw pixels as their samples, so no float copy of a full-size image is made; tensors and float
+   * pixels still come as tensors. Without it, every image comes as a float32 tensor.
+   */
+  predictImages?(images: NetworkImage[], config: ModelConfig): Promise<RawDetections[]>;
   dispose(): void;
 }
 
@@ -419,15 +427,15 @@ export class Img2Pose {
 
   private async detectSingle(pending: Pending, filter: Filter, control: CallControl): Promise<Face[]> {
     control.check();
-    const image = await decodeImage(pending.input, undefined, { maxPixels: this.options.maxPixels });
+    const image = await this.decode(pending.input);
     try {
-      const [height, width] = image.shape;
+      const [height, width] = imageSizeOf(image);
       control.check();
       const [prediction] = await this.forward([image]);
       control.check();
       return processPrediction(prediction, width, height, filter.scoreThreshold, filter.maxFaces);
     } finally {
-      image.dispose();
+      disposeImage(image);
     }
   }
 
@@ -456,11 +464,11 @@ export class Img2Pose {
   private async detectChunk(chunk: Pending[], start: number, filter: Filter, control: CallControl): Promise<SettledDetection[]> {
     control.check();
     const out: SettledDetection[] = new Array(chunk.length);
-    const decoded: { slot: number; image: tf.Tensor3D }[] = [];
+    const decoded: { slot: number; image: NetworkImage }[] = [];
     try {
       for (let slot = 0; slot < chunk.length; slot++) {
         try {
-          decoded.push({ slot, image: await decodeImage(chunk[slot].input, start + slot, { maxPixels: this.options.maxPixels }) });
+          decoded.push({ slot, image: await this.decode(chunk[slot].input, start + slot) });
         } catch (e) {
           out[slot] = { ok: false, error: asDetectionError(e, start + slot) };
         }
@@ -476,21 +484,32 @@ export class Img2Pose {
       }
       control.check();
       decoded.forEach(({ slot, image }, k) => {
-        const [height, width] = image.shape;
+        const [height, width] = imageSizeOf(image);
         const faces = processPrediction(predictions[k], width, height, filter.scoreThreshold, filter.maxFaces);
         out[slot] = { ok: true, faces };
       });
       return out;
     } finally {
-      for (const { image } of decoded) image.dispose();
+      for (const { image } of decoded) disposeImage(image);
     }
   }
 
-  private async forward(images: tf.Tensor3D[]): Promise<RawDetections[]> {
+  /**
+   * An input decoded for the network: as its 8-bit samples where the model reads them
+   * (`predictImages`), else as a float32 tensor.
+   */
+  private decode(input: ImageInput, index?: number): Promise<NetworkImage> {
+    const limits = { maxPixels: this.options.maxPixels };
+    return this.model.predictImages ? decodeNetworkImage(input, index, limits) : decodeImage(input, index, limits);
+  }
+
+  private async forward(images: NetworkImage[]): Promise<RawDetections[]> {
     const { minSize, maxSize } = this.options;
     let predictions: RawDetections[];
     try {
-      predictions = await this.model.predict(images, { minSize, maxSize });
+      predictions = this.model.predictImages
+        ? await this.model.predictImages(images, { minSize, maxSize })
+        : await this.model.predict(images.map(asTensor), { minSize, maxSize });
     } catch (e) {
       if (e instanceof Img2PoseError) throw e;
       const n = images.length;
@@ -785,6 +804,17 @@ function checkMaxFaces(m: unknown): asserts m is number {
 
 function isPositiveInt(v: unknown): v is number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v > 0;
+}
+
+/** Frees a decoded image: a tensor is ours to dispose, samples are plain memory. */
+function disposeImage(image: NetworkImage): void {
+  if (image instanceof tf.Tensor) image.dispose();
+}
+
+/** An image for a model without `predictImages`: `decode` made it a tensor. */
+function asTensor(image: NetworkImage): tf.Tensor3D {
+  if (image instanceof tf.Tensor) return image;
+  throw new Error('detector: 8-bit samples for a model without predictImages');
 }
 
 function take(input: ImageInput): Pending {

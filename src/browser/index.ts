@@ -69,6 +69,7 @@ export type {
   SettledDetection,
 } from '../detector';
 export type { ModelConfig, RawDetections } from '../model/model';
+export type { ImageBytes, NetworkImage } from '../model/transform';
 export {
   AbortError,
   BackendError,

@@ -15,7 +15,14 @@
 import * as tf from '@tensorflow/tfjs';
 import { decode as decodeJpeg } from 'jpeg-js';
 import { describeValue, InputError } from '../errors';
-import { decodeImage as decodeCore, describeInput as describeCore, DecodeLimits, ImageInput as CoreInput, RawImage } from '../io/images';
+import {
+  decodeNetworkImage as decodeNetworkCore,
+  describeInput as describeCore,
+  DecodeLimits,
+  ImageInput as CoreInput,
+  RawImage,
+} from '../io/images';
+import { imageTensor, NetworkImage } from '../model/transform';
 import { DEFAULT_MAX_PIXELS, headerSize } from '../io/image_header';
 
 // Everything else of src/io/images.ts as it is; the names declared below replace theirs.
@@ -70,6 +77,15 @@ type Fail = (expected: string, found: string, cause?: unknown) => never;
 
 /** Decode any supported input to a new float32 [H, W, 3] tensor (0..255); `InputError` otherwise. */
 export async function decodeImage(input: ImageInput, index?: number, limits: DecodeLimits = {}): Promise<tf.Tensor3D> {
+  const image = await decodeNetworkImage(input, index, limits);
+  return image instanceof tf.Tensor ? image : imageTensor(image);
+}
+
+/**
+ * `decodeImage` for a network that reads 8-bit samples: page inputs and encoded bytes come back
+ * as their RGBA samples (no float copy of the full-size image), as src/io/images.ts does in Node.
+ */
+export async function decodeNetworkImage(input: ImageInput, index?: number, limits: DecodeLimits = {}): Promise<NetworkImage> {
   const maxPixels = limits.maxPixels ?? DEFAULT_MAX_PIXELS;
   const where = describeInput(input);
   const fail: Fail = (expected, found, cause) => {
@@ -78,9 +94,9 @@ export async function decodeImage(input: ImageInput, index?: number, limits: Dec
   if (typeof input !== 'string' && (typeof input !== 'object' || input === null)) return fail(EXPECTED_KINDS, describeValue(input));
   const raw = await toRaw(input, fail, maxPixels);
   // Tensors, raw pixels and unknown objects: src/io/images.ts decides, as in Node.
-  if (raw === undefined) return decodeCore(input as CoreInput, index, limits);
+  if (raw === undefined) return decodeNetworkCore(input as CoreInput, index, limits);
   try {
-    return await decodeCore(raw, index, limits);
+    return await decodeNetworkCore(raw, index, limits);
   } catch (e) {
     // The core names the decoded pixels; the user gave something else.
     if (e instanceof InputError) fail(e.expected, e.found, e);

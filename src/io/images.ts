@@ -1,5 +1,6 @@
 /**
- * Image inputs -> HWC RGB float32 tensors with values 0..255, the network's input contract.
+ * Image inputs -> HWC RGB float32 tensors with values 0..255, the network's input contract, or,
+ * for a network that reads them (`decodeNetworkImage`), the decoded 8-bit samples as they are.
  *
  * Mirrors upstream `detector._load_image` + `convert('RGB')` (PIL): grayscale is replicated to
  * three channels and an alpha channel is DISCARDED, not composited over a background (PIL's
@@ -30,6 +31,7 @@ import { defaultFormats } from 'jimp';
 import { InputError, describeValue } from '../errors';
 import { Unzlib } from 'fflate';
 import { DEFAULT_MAX_PIXELS, ImageFormat, headerSize, pngDataProblem } from './image_header';
+import { ImageBytes, imageTensor, NetworkImage } from '../model/transform';
 
 export { DEFAULT_MAX_PIXELS };
 
@@ -90,6 +92,19 @@ export async function decodePixels(input: ImageInput, _index?: number): Promise<
  * input in a batch for error messages. Throws `InputError` for anything unusable.
  */
 export async function decodeImage(input: ImageInput, index?: number, limits: DecodeLimits = {}): Promise<tf.Tensor3D> {
+  const image = await decodeNetworkImage(input, index, limits);
+  // 8-bit samples: gray replicated, alpha discarded (PIL convert('RGB')).
+  return image instanceof tf.Tensor ? image : imageTensor(image);
+}
+
+/**
+ * `decodeImage` for a network that reads 8-bit samples (`DetectionModel.predictImages`): files,
+ * encoded bytes, Jimp images and 8-bit raw pixels come back as their samples (the decoder's or
+ * the caller's own array, RGBA, RGB or gray: no copy), tensors and float pixels as decodeImage's
+ * tensor. Same checks, same `InputError`s. The network's transform resizes straight from the
+ * bytes, so no float32 copy of the full-size image is made (768 MB for an 8000x8000 photo).
+ */
+export async function decodeNetworkImage(input: ImageInput, index?: number, limits: DecodeLimits = {}): Promise<NetworkImage> {
   const maxPixels = limits.maxPixels ?? DEFAULT_MAX_PIXELS;
   const where = describeInput(input);
   const fail = (expected: string, found: string, cause?: unknown): never => {
@@ -98,18 +113,18 @@ export async function decodeImage(input: ImageInput, index?: number, limits: Dec
 
   if (typeof input === 'string') {
     const bytes = await readImageFile(input, fail);
-    return bitmapToTensor(await decodeBytes(bytes, fail, maxPixels), fail);
+    return bitmapBytes(await decodeBytes(bytes, fail, maxPixels), fail);
   }
   if (input instanceof tf.Tensor) return tensorToRgb(input, fail);
-  if (input instanceof Uint8Array) return bitmapToTensor(await decodeBytes(input, fail, maxPixels), fail);
+  if (input instanceof Uint8Array) return bitmapBytes(await decodeBytes(input, fail, maxPixels), fail);
   if (input instanceof ArrayBuffer) {
-    return bitmapToTensor(await decodeBytes(new Uint8Array(input), fail, maxPixels), fail);
+    return bitmapBytes(await decodeBytes(new Uint8Array(input), fail, maxPixels), fail);
   }
-  if (isJimpLike(input)) return bitmapToTensor(input.bitmap, fail);
+  if (isJimpLike(input)) return bitmapBytes(input.bitmap, fail);
   if (isForeignTensor(input)) {
     return fail(EXPECTED_KINDS, 'a tensor of another @tensorflow/tfjs copy (install a single tfjs version)');
   }
-  if (isRawLike(input)) return rawToTensor(input as RawImage, fail);
+  if (isRawLike(input)) return rawImage(input as RawImage, fail);
   return fail(EXPECTED_KINDS, describeValue(input));
 }
 
@@ -294,7 +309,8 @@ export interface Bitmap {
   height: number;
 }
 
-function bitmapToTensor(bitmap: Bitmap, fail: Fail): tf.Tensor3D {
+/** A decoded RGBA bitmap, checked, as the network's 8-bit samples (the same array). */
+function bitmapBytes(bitmap: Bitmap, fail: Fail): ImageBytes {
   const { width, height, data } = bitmap;
   if (!isPositiveInt(width) || !isPositiveInt(height)) {
     return fail('an image with at least one pixel', `a ${String(width)}x${String(height)} image`);
@@ -304,31 +320,25 @@ function bitmapToTensor(bitmap: Bitmap, fail: Fail): tf.Tensor3D {
   if (!(data instanceof Uint8Array) || data.length !== width * height * 4) {
     return fail(`an RGBA bitmap of ${width * height * 4} bytes`, `${describeValue(data)} of ${lengthOf(data)}`);
   }
-  return tf.tensor3d(dropToRgb(data, width * height, 4), [height, width, 3], 'float32');
+  return { data, height, width, channels: 4 };
 }
 
-/** Pixel samples -> RGB float32: gray replicated, alpha discarded (PIL convert('RGB')). */
-function dropToRgb(src: ArrayLike<number>, pixels: number, channels: 1 | 3 | 4): Float32Array {
+/** Float pixel samples -> RGB float32: gray replicated, alpha discarded (PIL convert('RGB')). */
+function dropToRgb(src: Float32Array, pixels: number, channels: 1 | 3 | 4): Float32Array {
+  if (channels === 3) return src.slice();
   const out = new Float32Array(pixels * 3);
-  if (channels === 3) {
-    for (let i = 0; i < out.length; i++) out[i] = src[i];
-    return out;
-  }
   for (let p = 0, s = 0, o = 0; p < pixels; p++, s += channels, o += 3) {
-    if (channels === 1) {
-      out[o] = out[o + 1] = out[o + 2] = src[s];
-    } else {
-      out[o] = src[s];
-      out[o + 1] = src[s + 1];
-      out[o + 2] = src[s + 2];
-    }
+    out[o] = src[s];
+    out[o + 1] = src[channels === 1 ? s : s + 1];
+    out[o + 2] = src[channels === 1 ? s : s + 2];
   }
   return out;
 }
 
 const PIXEL_RANGE = 'finite values within 0..255';
 
-function rawToTensor(raw: RawImage, fail: Fail): tf.Tensor3D {
+/** Raw pixels, checked: 8-bit ones as the network's samples (the caller's array), float ones as a new tensor. */
+function rawImage(raw: RawImage, fail: Fail): NetworkImage {
   const { data, width, height, channels } = raw;
   const is8bit = data instanceof Uint8Array || data instanceof Uint8ClampedArray;
   if (!is8bit && !(data instanceof Float32Array)) {
@@ -344,11 +354,10 @@ function rawToTensor(raw: RawImage, fail: Fail): tf.Tensor3D {
   if (data.length !== needed) {
     return fail(`${needed} samples (${width}x${height}x${channels})`, `${data.length} samples`);
   }
-  if (!is8bit) {
-    const bad = checkRange(data, channels);
-    if (bad) return fail(PIXEL_RANGE, bad);
-  }
-  return tf.tensor3d(dropToRgb(data, width * height, channels), [height, width, 3], 'float32');
+  if (is8bit) return { data: data as Uint8Array | Uint8ClampedArray, height, width, channels };
+  const bad = checkRange(data as Float32Array, channels);
+  if (bad) return fail(PIXEL_RANGE, bad);
+  return tf.tensor3d(dropToRgb(data as Float32Array, width * height, channels), [height, width, 3], 'float32');
 }
 
 /** What is wrong with the colour samples (alpha is dropped, so not checked), or undefined. */

@@ -6,7 +6,7 @@ import { multiScaleRoIAlign, RoIAlignMethod } from './roi_align';
 import { RoIHeads } from './roi_heads';
 import { Proposals, RegionProposalNetwork } from './rpn';
 import { ModelRuntime } from './runtime';
-import { paddedSize, prepareBatchAsync, resizedSize } from './transform';
+import { imageSizeOf, NetworkImage, paddedSize, prepareBatchAsync, resizedSize } from './transform';
 import { Size } from '../ops/size';
 import { Img2PoseWeights } from './weights';
 
@@ -193,17 +193,18 @@ export class Img2PoseModel {
   }
 
   /**
-   * images: HWC RGB tensors with values 0..255; results in input order.
+   * images: HWC RGB tensors with values 0..255, or 8-bit samples as decoded (`ImageBytes`, read
+   * without a float copy on the host path); results in input order.
    *
    * Images are stacked into as few padded forwards as memory allows: sorted by padded size and
    * grouped so that a group wastes little on padding and stays under a pixel budget (a wasm heap
    * overflows on 8 mixed photos padded to 960x1408). Each image's result does not depend on its
    * group, so the grouping changes speed and memory, never the numbers.
    */
-  async predict(images: tf.Tensor3D[], config: ModelConfig, options: PredictOptions = {}): Promise<RawDetections[]> {
+  async predict(images: NetworkImage[], config: ModelConfig, options: PredictOptions = {}): Promise<RawDetections[]> {
     if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
     const { rules } = this.runtime;
-    const padded = images.map((img) => paddedSize(resizedSize(img.shape[0], img.shape[1], config.minSize, config.maxSize)));
+    const padded = images.map((img) => paddedSize(resizedSize(...imageSizeOf(img), config.minSize, config.maxSize)));
     const results: RawDetections[] = new Array(images.length);
     // By default only where work is queued asynchronously; an explicit value applies anywhere.
     const overlap = options.profile ? 0 : (options.overlap ?? (rules.queuesAsync ? SUBBATCH_OVERLAP : 0));
@@ -223,12 +224,17 @@ export class Img2PoseModel {
     return results;
   }
 
+  /** `predict` as `DetectionModel.predictImages`: the detector hands decoded files over as their 8-bit samples. */
+  predictImages(images: NetworkImage[], config: ModelConfig): Promise<RawDetections[]> {
+    return this.predict(images, config);
+  }
+
   /**
    * One stacked, padded forward of all `images`, whatever their sizes (`predict` groups them
    * first): GeneralizedRCNN.forward, the stages in order. Tests use it to make images of
    * different sizes share one tensor.
    */
-  async predictStacked(images: tf.Tensor3D[], config: ModelConfig, options: Pick<PredictOptions, 'profile'> = {}): Promise<RawDetections[]> {
+  async predictStacked(images: NetworkImage[], config: ModelConfig, options: Pick<PredictOptions, 'profile'> = {}): Promise<RawDetections[]> {
     if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
     if (images.length === 0) return [];
     const { kernels, host } = this.runtime;
@@ -289,7 +295,7 @@ export class Img2PoseModel {
     for (const [c, chunk] of chunks.entries()) {
       // RoIAlign reads each image's own region of the batch maps, so slicing the batch is not needed.
       const boxes = proposals.map((p, i) => (chunk.includes(i) ? p.boxes : new Float32Array(0)));
-      const pooled = await multiScaleRoIAlign(features, boxes, imageSizes, paddedSizes, method);
+      const pooled = await multiScaleRoIAlign(features, boxes, imageSizes, paddedSizes, method, rules.tensorMemory);
       if (c === chunks.length - 1) tf.dispose(features);
       let logits: Float32Array;
       let dofs: Float32Array;

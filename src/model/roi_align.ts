@@ -20,6 +20,7 @@ import * as tf from '@tensorflow/tfjs';
 import { featureSizes, roundHalfEven } from '../ops/anchors';
 import type { Size } from '../ops/size';
 import { roiAlignFused } from '../kernels/webgpu';
+import type { TensorMemory } from './runtime';
 
 export const ROI_OUTPUT_SIZE = 7;
 export const ROI_SAMPLING_RATIO = 2;
@@ -198,16 +199,44 @@ export async function multiScaleRoIAlign(
   imageSizes: Size[],
   paddedSizes: Size[],
   method: RoIAlignMethod,
+  memory?: TensorMemory,
 ): Promise<tf.Tensor4D> {
   if (method === 'ops') return multiScaleRoIAlignOps(features, boxes, imageSizes, paddedSizes);
   if (method === 'webgpu') return multiScaleRoIAlignWebGPU(features, boxes, imageSizes, paddedSizes);
   const channels = features[0].shape[3];
   const assigned = assignLevels(boxes, imageSizes, paddedSizes);
   const needed = [0, 1, 2, 3].map((level) => assigned.some((a) => a.levels.includes(level)));
-  const maps = await Promise.all(features.slice(0, ROI_LEVELS).map((f, level) => (needed[level] ? f.data() : Promise.resolve(null))));
-  const cell = ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE * channels;
   const total = boxes.reduce((n, b) => n + b.length / 4, 0);
-  const out = new Float32Array(total * cell);
+  const shape: [number, number, number, number] = [total, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, channels];
+  if (memory) {
+    // In place: the pooled tensor is made (zeros: the bins accumulate) before the views are
+    // taken, and nothing runs on the backend from here to the end, so the views stay valid.
+    const pooled = tf.zeros(shape) as tf.Tensor4D;
+    try {
+      const maps = features.slice(0, ROI_LEVELS).map((f, level) => (needed[level] ? memory.view(f) : null));
+      poolHost(features, boxes, assigned, maps, memory.view(pooled));
+    } catch (e) {
+      pooled.dispose();
+      throw e;
+    }
+    return pooled;
+  }
+  const maps = await Promise.all(features.slice(0, ROI_LEVELS).map((f, level) => (needed[level] ? f.data() : Promise.resolve(null))));
+  const out = new Float32Array(shape.reduce((a, b) => a * b, 1));
+  poolHost(features, boxes, assigned, maps as (Float32Array | null)[], out);
+  return tf.tensor4d(out, shape);
+}
+
+/** The host RoIAlign of every image's boxes from the maps' values into `out` (zeros, NHWC rows). */
+function poolHost(
+  features: tf.Tensor4D[],
+  boxes: Float32Array[],
+  assigned: ReturnType<typeof assignLevels>,
+  maps: (Float32Array | null)[],
+  out: Float32Array,
+): void {
+  const channels = features[0].shape[3];
+  const cell = ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE * channels;
   let row = 0;
   boxes.forEach((imageBoxes, image) => {
     const { own, scales, levels } = assigned[image];
@@ -226,7 +255,6 @@ export async function multiScaleRoIAlign(
     });
     row += imageBoxes.length / 4;
   });
-  return tf.tensor4d(out, [total, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, channels]);
 }
 
 /**

@@ -4,9 +4,21 @@
  * per-image host stages run. The stages never ask which backend is active or how many threads
  * there are; they read it here.
  */
+import type * as tf from '@tensorflow/tfjs';
 import { Kernels } from '../kernels/webgpu';
 import { Detections, postprocessDetections, PostprocessInput } from './postprocess';
 import { ProposalJob, Proposals, proposalsOf } from '../ops/proposals';
+
+/**
+ * Where a CPU backend keeps its tensors' values, for host stages that read and write them in place
+ * instead of copying them out and back (wasm: views on its heap, which tfjs' `data()` would copy).
+ * A view is valid only until the backend next allocates (a wasm heap that grows is moved): take
+ * the views after the last allocation and use them before any other op or `await`.
+ */
+export interface TensorMemory {
+  /** The float32 values of `t`, a tensor of this backend, where they lie. */
+  view(t: tf.Tensor): Float32Array;
+}
 
 /** How the network uses the backend it runs on (see src/runtime/runtime.ts for each backend's). */
 export interface BackendRules {
@@ -41,6 +53,12 @@ export interface BackendRules {
    * inputs, see src/model/roi_heads.ts).
    */
   readonly fc6Chunked: boolean;
+  /**
+   * In-place access to the tensors' values, where the backend has it (wasm): the host RoIAlign then
+   * reads the feature maps and writes the pooled rows without a copy of either (~0.1 GB at the
+   * default size, which on a worker thread sat on top of its heap's high-water mark).
+   */
+  readonly tensorMemory?: TensorMemory;
 }
 
 /**

@@ -6,6 +6,10 @@
  * Per image: uint8 RGB -> /255 -> (x - mean) / std -> bilinear resize (align_corners=False, no
  * antialias) to resizedSize(). Normalisation comes BEFORE the resize, as upstream does; the
  * zero padding is therefore zero in normalised space.
+ *
+ * An image comes as a HWC RGB tensor of 0..255 values or, on the host path, as its decoded 8-bit
+ * samples (`ImageBytes`): each tap is then normalised through a 256-entry table and no float copy
+ * of the full-size image is ever made (an 8000x8000 photo would take 768 MB as float32).
  */
 import * as tf from '@tensorflow/tfjs';
 import { Kernels, normalizeResizePadBatchWebGPU, PORTABLE_KERNELS } from '../kernels/webgpu';
@@ -22,6 +26,40 @@ export const SIZE_DIVISIBLE = 32;
 export type { Size } from '../ops/size';
 export { bilinearTaps } from '../ops/resize';
 export type { LinearTaps } from '../ops/resize';
+
+/**
+ * An image's 8-bit samples as decoded, row-major HWC: gray (1 channel, replicated to RGB), RGB (3)
+ * or RGBA (4; the alpha is ignored, as PIL's convert('RGB') drops it).
+ */
+export interface ImageBytes {
+  data: Uint8Array | Uint8ClampedArray;
+  height: number;
+  width: number;
+  channels: 1 | 3 | 4;
+}
+
+/** One image for the network: a HWC RGB tensor (int32 or float32, values 0..255) or its 8-bit samples. */
+export type NetworkImage = tf.Tensor3D | ImageBytes;
+
+/** [height, width] of a network image. */
+export function imageSizeOf(image: NetworkImage): Size {
+  return image instanceof tf.Tensor ? [image.shape[0], image.shape[1]] : [image.height, image.width];
+}
+
+/**
+ * The RGB float32 tensor of an image (a new tensor: the caller disposes it). For backends that
+ * upload the whole image (our WebGPU transform); the host path reads the bytes directly.
+ */
+export function imageTensor(image: NetworkImage): tf.Tensor3D {
+  if (image instanceof tf.Tensor) return tf.clone(image);
+  const { data, height, width, channels } = image;
+  const pixels = height * width;
+  const rgb = new Float32Array(pixels * 3);
+  for (let p = 0; p < pixels; p++) {
+    for (let c = 0; c < 3; c++) rgb[p * 3 + c] = data[p * channels + (channels === 1 ? 0 : c)];
+  }
+  return tf.tensor3d(rgb, [height, width, 3], 'float32');
+}
 
 export interface ImageBatch {
   /** NHWC float32: normalised, resized, zero-padded bottom/right to the batch's padded H and W. */
@@ -79,25 +117,35 @@ const NORMALIZED_BYTES: Float32Array[] = [0, 1, 2].map((c) => Float32Array.from(
 /** The same table, then the float32 means and stds, as the WebGPU transform takes them. */
 const WEBGPU_TABLE = Float32Array.from([...NORMALIZED_BYTES[0], ...NORMALIZED_BYTES[1], ...NORMALIZED_BYTES[2], ...MEAN_F32, ...STD_F32]);
 
-/** Normalise one source row (w RGB pixels starting at `offset`) into `out`. */
-function normalizeRow(src: ArrayLike<number>, offset: number, w: number, out: Float32Array): void {
+/** Pixel samples as the transform reads them: the image's samples and how many make a pixel. */
+interface Samples {
+  data: ArrayLike<number>;
+  channels: 1 | 3 | 4;
+}
+
+/**
+ * Normalise one source row (w pixels starting at sample `offset`) into `out` as RGB. Byte values
+ * (the usual case) come from the table; anything else is computed (the same float32 steps).
+ */
+function normalizeRow({ data, channels }: Samples, offset: number, w: number, out: Float32Array): void {
+  const bytes = data instanceof Uint8Array || data instanceof Uint8ClampedArray;
   for (let x = 0; x < w; x++) {
+    const p = offset + x * channels;
     for (let c = 0; c < 3; c++) {
-      const v = src[offset + x * 3 + c];
-      // Byte values (the usual case) come from the table; anything else is computed.
-      out[x * 3 + c] = v >= 0 && v <= 255 && v === Math.floor(v) ? NORMALIZED_BYTES[c][v] : normalizePixel(v, c);
+      const v = data[channels === 1 ? p : p + c];
+      out[x * 3 + c] = bytes || (v >= 0 && v <= 255 && v === Math.floor(v)) ? NORMALIZED_BYTES[c][v] : normalizePixel(v, c);
     }
   }
 }
 
 /**
- * Normalise, then bilinearly resize, one HWC RGB image, writing it into the top-left corner
+ * Normalise, then bilinearly resize, one HWC image, writing it into the top-left corner
  * of `out` (rows of `outRowStride` floats). Like torch, each output is interpolated along the
  * width within two source rows, then between the rows; a source row is normalised and
  * width-interpolated once, when first needed.
  */
 function normalizeResizeInto(
-  src: ArrayLike<number>,
+  src: Samples,
   [h, w]: Size,
   [oh, ow]: Size,
   out: Float32Array,
@@ -119,7 +167,7 @@ function normalizeResizeInto(
     next = 1 - next;
     rowOf[slot] = y;
     const row = rows[slot];
-    normalizeRow(src, y * w * 3, w, normalized);
+    normalizeRow(src, y * w * src.channels, w, normalized);
     for (let x = 0; x < ow; x++) {
       const p0 = tx.index0[x] * 3;
       const p1 = tx.index1[x] * 3;
@@ -143,13 +191,18 @@ function normalizeResizeInto(
 }
 
 /**
- * Stack images into one zero-padded NHWC batch. `images` are HWC RGB, values 0..255 (int32 or
- * float32); they are not disposed. The work is done on the host: it is a few multiply-adds per
- * output pixel, and doing it in JS lets us follow torch's sampling exactly. Where `kernels` run
- * our WebGPU programs, one GPU dispatch does the same (src/kernels/webgpu/transform.ts).
+ * Stack images into one zero-padded NHWC batch. `images` are HWC RGB tensors with values 0..255
+ * (int32 or float32) or 8-bit samples; they are not disposed. The work is done on the host: it is
+ * a few multiply-adds per output pixel, and doing it in JS lets us follow torch's sampling exactly.
+ * Where `kernels` run our WebGPU programs, one GPU dispatch does the same
+ * (src/kernels/webgpu/transform.ts).
  */
-export function prepareBatch(images: tf.Tensor3D[], minSize: number, maxSize: number, kernels: Kernels = PORTABLE_KERNELS): ImageBatch {
-  return buildBatch(images, minSize, maxSize, kernels, (i) => images[i].dataSync());
+export function prepareBatch(images: NetworkImage[], minSize: number, maxSize: number, kernels: Kernels = PORTABLE_KERNELS): ImageBatch {
+  const layout = layoutOf(images, minSize, maxSize);
+  if (kernels.webgpu) return webgpuBatch(images, layout);
+  const batch = hostBatch(images.length, layout);
+  images.forEach((image, i) => batch.add(i, samplesOf(image, image instanceof tf.Tensor ? image.dataSync() : undefined)));
+  return batch.done();
 }
 
 /**
@@ -157,29 +210,38 @@ export function prepareBatch(images: tf.Tensor3D[], minSize: number, maxSize: nu
  * host path awaits them first. The model uses this one.
  */
 export async function prepareBatchAsync(
-  images: tf.Tensor3D[], minSize: number, maxSize: number, kernels: Kernels = PORTABLE_KERNELS,
+  images: NetworkImage[], minSize: number, maxSize: number, kernels: Kernels = PORTABLE_KERNELS,
 ): Promise<ImageBatch> {
   if (kernels.webgpu || images.length === 0) return prepareBatch(images, minSize, maxSize, kernels);
-  const pixels = await Promise.all(images.map((img) => img.data()));
-  return buildBatch(images, minSize, maxSize, kernels, (i) => pixels[i]);
+  const layout = layoutOf(images, minSize, maxSize);
+  const batch = hostBatch(images.length, layout);
+  // A tensor's values are read as it is resized: at most one full-size copy at a time.
+  for (const [i, image] of images.entries()) batch.add(i, samplesOf(image, image instanceof tf.Tensor ? await image.data() : undefined));
+  return batch.done();
 }
 
-function buildBatch(
-  images: tf.Tensor3D[],
-  minSize: number,
-  maxSize: number,
-  kernels: Kernels,
-  pixelsOf: (i: number) => tf.TypedArray,
-): ImageBatch {
+/** The samples of an image: a tensor's values (`values`, read by the caller) or the bytes as they are. */
+function samplesOf(image: NetworkImage, values: tf.TypedArray | undefined): Samples {
+  if (image instanceof tf.Tensor) return { data: values as tf.TypedArray, channels: 3 };
+  return { data: image.data, channels: image.channels };
+}
+
+interface BatchLayout {
+  originalSizes: Size[];
+  imageSizes: Size[];
+  paddedSizes: Size[];
+  batchH: number;
+  batchW: number;
+}
+
+function layoutOf(images: NetworkImage[], minSize: number, maxSize: number): BatchLayout {
   if (images.length === 0) throw new Error('prepareBatch: no images');
   const originalSizes: Size[] = [];
   const imageSizes: Size[] = [];
   const paddedSizes: Size[] = [];
   for (const [i, img] of images.entries()) {
-    if (img.rank !== 3 || img.shape[2] !== 3) {
-      throw new Error(`prepareBatch: image ${i} must be HWC with 3 (RGB) channels, got shape [${img.shape}]`);
-    }
-    const [h, w] = img.shape;
+    checkImage(img, i);
+    const [h, w] = imageSizeOf(img);
     const r = resizedSize(h, w, minSize, maxSize);
     if (r[0] < 1 || r[1] < 1) throw new Error(`prepareBatch: image ${i} (${h}x${w}) resizes to an empty ${r[0]}x${r[1]}`);
     originalSizes.push([h, w]);
@@ -188,23 +250,53 @@ function buildBatch(
   }
   const batchH = Math.max(...paddedSizes.map((s) => s[0]));
   const batchW = Math.max(...paddedSizes.map((s) => s[1]));
-  if (kernels.webgpu) {
-    // One dispatch for the batch on the GPU, same taps and byte table (see src/kernels/webgpu/transform.ts).
+  return { originalSizes, imageSizes, paddedSizes, batchH, batchW };
+}
+
+function checkImage(img: NetworkImage, i: number): void {
+  if (img instanceof tf.Tensor) {
+    if (img.rank !== 3 || img.shape[2] !== 3) {
+      throw new Error(`prepareBatch: image ${i} must be HWC with 3 (RGB) channels, got shape [${img.shape}]`);
+    }
+    return;
+  }
+  const { data, height, width, channels } = img;
+  if (!(data instanceof Uint8Array || data instanceof Uint8ClampedArray)) throw new Error(`prepareBatch: image ${i}'s samples must be a Uint8Array`);
+  if (!(channels === 1 || channels === 3 || channels === 4)) throw new Error(`prepareBatch: image ${i} must have 1, 3 or 4 channels, got ${String(channels)}`);
+  if (!(Number.isInteger(height) && Number.isInteger(width) && height > 0 && width > 0) || data.length !== height * width * channels) {
+    throw new Error(`prepareBatch: image ${i} is ${height}x${width}x${channels} but holds ${data.length} samples`);
+  }
+}
+
+/** One dispatch for the batch on the GPU, same taps and byte table (see src/kernels/webgpu/transform.ts). */
+function webgpuBatch(images: NetworkImage[], { originalSizes, imageSizes, paddedSizes, batchH, batchW }: BatchLayout): ImageBatch {
+  // The GPU program reads whole float images: 8-bit samples are uploaded as such (freed after).
+  const uploads = images.map((img) => (img instanceof tf.Tensor ? img : imageTensor(img)));
+  try {
     const batch = normalizeResizePadBatchWebGPU(
-      images,
+      uploads,
       images.map((_, i) => bilinearTaps(originalSizes[i][0], imageSizes[i][0])),
       images.map((_, i) => bilinearTaps(originalSizes[i][1], imageSizes[i][1])),
       [batchH, batchW],
       WEBGPU_TABLE,
     );
     return { images: batch, imageSizes, paddedSizes, originalSizes };
+  } finally {
+    uploads.forEach((t, i) => t !== images[i] && t.dispose());
   }
+}
+
+/** The host path's batch, filled one image at a time. */
+function hostBatch(n: number, { originalSizes, imageSizes, paddedSizes, batchH, batchW }: BatchLayout) {
   const imageLen = batchH * batchW * 3;
   // Zero-initialised: the padding is 0 in normalised space, as upstream pads after normalising.
-  const data = new Float32Array(images.length * imageLen);
-  images.forEach((img, i) => {
-    normalizeResizeInto(pixelsOf(i), originalSizes[i], imageSizes[i], data, i * imageLen, batchW * 3);
-  });
-  const batch = tf.tensor4d(data, [images.length, batchH, batchW, 3], 'float32');
-  return { images: batch, imageSizes, paddedSizes, originalSizes };
+  const data = new Float32Array(n * imageLen);
+  return {
+    add(i: number, samples: Samples): void {
+      normalizeResizeInto(samples, originalSizes[i], imageSizes[i], data, i * imageLen, batchW * 3);
+    },
+    done(): ImageBatch {
+      return { images: tf.tensor4d(data, [n, batchH, batchW, 3], 'float32'), imageSizes, paddedSizes, originalSizes };
+    },
+  };
 }

@@ -5,6 +5,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { selectBackend } from './backend';
 import { Img2PoseModel, RawDetections } from '../model/model';
+import type { NetworkImage } from '../model/transform';
 import type { ModelWorkerData, PredictTask } from './threaded_model';
 import { disposeWeights, Img2PoseWeights } from '../model/weights';
 import { createRuntime } from './runtime';
@@ -44,14 +45,13 @@ export function modelHandlers(data: ModelWorkerData): Record<string, (payload: u
     async 'model-predict'(payload: unknown): Promise<Done> {
       const task = payload as PredictTask;
       const net = await model;
-      const images = task.images.map((p) =>
-        tf.tensor3d(p.data instanceof Uint8Array ? (p.dtype === 'int32' ? Int32Array.from(p.data) : Float32Array.from(p.data)) : p.data, p.shape, p.dtype),
-      );
+      // Bytes go to the transform as they are (read in place, in shared memory); values become tensors.
+      const images: NetworkImage[] = task.images.map((p) => ('bytes' in p ? p.bytes : tf.tensor3d(p.values.data, p.values.shape, p.values.dtype)));
       let out: RawDetections[];
       try {
         out = await net.predict(images, task.config);
       } finally {
-        tf.dispose(images);
+        tf.dispose(images.filter((image): image is tf.Tensor3D => image instanceof tf.Tensor));
       }
       const transfer = out.flatMap((r) => [r.boxes.buffer, r.scores.buffer, r.dofs.buffer] as ArrayBuffer[]);
       return { result: out, transfer };

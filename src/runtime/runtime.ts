@@ -4,7 +4,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { Kernels, KernelMode, PORTABLE_KERNELS } from '../kernels/webgpu';
-import { BackendRules, HostExecutor, IN_THREAD, ModelRuntime } from '../model/runtime';
+import { BackendRules, HostExecutor, IN_THREAD, ModelRuntime, TensorMemory } from '../model/runtime';
 import { Detections, postprocessDetections, PostprocessInput } from '../model/postprocess';
 import { ANCHORS_PER_LOCATION } from '../ops/anchors';
 import { ownJob, ProposalJob, Proposals, proposalsOf } from '../ops/proposals';
@@ -32,8 +32,27 @@ export function rulesFor(backend: string): BackendRules {
     queuesAsync: !cpu && backend !== 'tensorflow',
     roiAlign: cpu ? 'host' : 'ops',
     fc6Chunked: backend === 'wasm',
+    ...(backend === 'wasm' ? { tensorMemory: WASM_HEAP } : {}),
   };
 }
+
+/** The wasm backend's own access to its heap (public in tfjs-backend-wasm's BackendWasm). */
+interface WasmHeapBackend {
+  typedArrayFromHeap(t: tf.TensorInfo): tf.TypedArray;
+}
+
+/** Views on the wasm backend's heap: a tensor's values where they lie (`data()` copies them out). */
+const WASM_HEAP: TensorMemory = {
+  view(t: tf.Tensor): Float32Array {
+    const backend = tf.engine().state.tensorInfo.get(t.dataId)?.backend as Partial<WasmHeapBackend> | undefined;
+    if (t.dtype !== 'float32' || backend !== tf.findBackend('wasm') || typeof backend?.typedArrayFromHeap !== 'function') {
+      throw new Error(`tensorMemory: a float32 tensor of the wasm backend was expected (${t.dtype} [${t.shape}])`);
+    }
+    const values = backend.typedArrayFromHeap(t);
+    if (!(values instanceof Float32Array) || values.length !== t.size) throw new Error('tensorMemory: the wasm heap view does not match the tensor');
+    return values;
+  },
+};
 
 export interface RuntimeOptions {
   /** The tfjs backend the network runs on. */

@@ -8,7 +8,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { InferenceError } from '../errors';
 import type { ModelConfig, RawDetections } from '../model/model';
-import { paddedSize, resizedSize } from '../model/transform';
+import { ImageBytes, imageSizeOf, NetworkImage, paddedSize, resizedSize } from '../model/transform';
 import { Size } from '../ops/size';
 import { WorkerExitError, WorkerPool } from './threads';
 import { Img2PoseWeights, ResNetDepth } from '../model/weights';
@@ -31,14 +31,15 @@ export interface ModelWorkerData {
 }
 
 /**
- * One image for a worker: pixels of a decoded [H, W, 3] tensor, as bytes when every value is one
- * (decoded files always are: a quarter of the float32 size to copy).
+ * One image for a worker, in shared memory (a SharedArrayBuffer): copied once, read in place by the
+ * worker, and still ours when a replaced worker runs the share again. 8-bit samples (decoded files,
+ * and tensors whose values are all bytes) go as bytes, RGB or gray, and the worker's transform
+ * resizes straight from them: no float copy of the full-size image is made on either side. Other
+ * tensors go as their values.
  */
-export interface PortableImage {
-  shape: [number, number, number];
-  dtype: 'float32' | 'int32';
-  data: Float32Array | Int32Array | Uint8Array;
-}
+export type PortableImage =
+  | { bytes: ImageBytes }
+  | { values: { shape: [number, number, number]; dtype: 'float32' | 'int32'; data: Float32Array | Int32Array } };
 
 export interface PredictTask {
   images: PortableImage[];
@@ -114,8 +115,8 @@ export class ThreadedModel {
     return this.pool.size;
   }
 
-  async predict(images: tf.Tensor3D[], config: ModelConfig): Promise<RawDetections[]> {
-    const padded = images.map((t) => paddedSize(resizedSize(t.shape[0], t.shape[1], config.minSize, config.maxSize)));
+  async predict(images: NetworkImage[], config: ModelConfig): Promise<RawDetections[]> {
+    const padded = images.map((image) => paddedSize(resizedSize(...imageSizeOf(image), config.minSize, config.maxSize)));
     const shares = shareOut(padded, Math.min(this.pool.size, images.length));
     const results: RawDetections[] = new Array(images.length);
     await Promise.all(
@@ -134,16 +135,11 @@ export class ThreadedModel {
    * effects, so the caller gets the same results. A second stop is not retried again (the images
    * themselves may be what kills it): the call fails with an `InferenceError`.
    */
-  private async predictShare(images: tf.Tensor3D[], config: ModelConfig, worker: number): Promise<RawDetections[]> {
-    const attempt = async () => {
-      // Built afresh for each attempt: the pixels are transferred to the worker, not copied.
-      const portable = await Promise.all(images.map(portableImage));
-      return this.pool.run<RawDetections[]>(
-        { kind: 'model-predict', payload: { images: portable, config } satisfies PredictTask },
-        portable.map((p) => p.data.buffer as ArrayBuffer),
-        worker,
-      );
-    };
+  private async predictShare(images: NetworkImage[], config: ModelConfig, worker: number): Promise<RawDetections[]> {
+    // One at a time: with tensors, one full-size read is alive at once besides the shared copies.
+    const portable: PortableImage[] = [];
+    for (const image of images) portable.push(await portableImage(image));
+    const attempt = () => this.pool.run<RawDetections[]>({ kind: 'model-predict', payload: { images: portable, config } satisfies PredictTask }, [], worker);
     try {
       return await attempt();
     } catch (first) {
@@ -163,6 +159,11 @@ export class ThreadedModel {
     }
   }
 
+  /** `predict` as `DetectionModel.predictImages`: decoded files reach the workers as their 8-bit samples. */
+  predictImages(images: NetworkImage[], config: ModelConfig): Promise<RawDetections[]> {
+    return this.predict(images, config);
+  }
+
   /** Tensors alive in each worker's tfjs (leak checks). */
   workerTensors(): Promise<number[]> {
     return this.pool.broadcast<number>({ kind: 'model-memory', payload: null });
@@ -173,22 +174,41 @@ export class ThreadedModel {
   }
 }
 
-async function portableImage(t: tf.Tensor3D): Promise<PortableImage> {
-  const dtype = t.dtype === 'int32' ? 'int32' : 'float32';
-  const values = (await t.data()) as Float32Array | Int32Array;
-  const shape: [number, number, number] = [t.shape[0], t.shape[1], t.shape[2]];
-  // Transferred to the worker: never the backend's own storage (the cpu backend's data() is the
-  // tensor's array, which may be shared with the caller's tensor).
-  return { shape, dtype, data: asBytes(values) ?? values.slice() };
+async function portableImage(image: NetworkImage): Promise<PortableImage> {
+  if (!(image instanceof tf.Tensor)) return { bytes: sharedBytes(image) };
+  const shape: [number, number, number] = [image.shape[0], image.shape[1], image.shape[2]];
+  const values = (await image.data()) as Float32Array | Int32Array;
+  // Anything but RGB goes as it is, for the worker's transform to refuse.
+  const bytes = shape[2] === 3 ? asSharedBytes(values) : null;
+  if (bytes) return { bytes: { data: bytes, height: shape[0], width: shape[1], channels: 3 } };
+  const data = image.dtype === 'int32' ? new Int32Array(new SharedArrayBuffer(values.length * 4)) : new Float32Array(new SharedArrayBuffer(values.length * 4));
+  data.set(values);
+  return { values: { shape, dtype: image.dtype === 'int32' ? 'int32' : 'float32', data } };
 }
 
-/** The values as bytes when all are integers in 0..255, else null. */
-function asBytes(values: Float32Array | Int32Array): Uint8Array | null {
-  const out = new Uint8Array(values.length);
+/** 8-bit samples in shared memory: RGB(A) as RGB (the alpha is never read), gray as it is. */
+function sharedBytes({ data, height, width, channels }: ImageBytes): ImageBytes {
+  const kept = channels === 4 ? 3 : channels;
+  const out = new Uint8Array(new SharedArrayBuffer(height * width * kept));
+  if (kept === channels) {
+    out.set(data);
+  } else {
+    for (let p = 0, s = 0, o = 0; p < height * width; p++, s += 4, o += 3) {
+      out[o] = data[s];
+      out[o + 1] = data[s + 1];
+      out[o + 2] = data[s + 2];
+    }
+  }
+  return { data: out, height, width, channels: kept };
+}
+
+/** The values as bytes in shared memory when all are integers in 0..255, else null. */
+function asSharedBytes(values: Float32Array | Int32Array): Uint8Array | null {
   for (let i = 0; i < values.length; i++) {
     const v = values[i];
     if (!(v >= 0 && v <= 255) || v !== Math.floor(v)) return null;
-    out[i] = v;
   }
+  const out = new Uint8Array(new SharedArrayBuffer(values.length));
+  out.set(values);
   return out;
 }
