@@ -26,7 +26,7 @@ import {
   WINOGRAD_FLAG,
 } from '../src/kernels/webgpu';
 import { multiScaleRoIAlign, ROI_OUTPUT_SIZE, ROI_SAMPLING_RATIO } from '../src/model/roi_align';
-import { paddedSize, prepareBatch, Size } from '../src/model/transform';
+import { ImageBytes, imageTensor, paddedSize, prepareBatch, Size } from '../src/model/transform';
 import { decodeImage } from '../src/io/images';
 import { imagePath } from './utils/golden';
 import { lcgValues, relErr } from './utils/lcg';
@@ -357,6 +357,32 @@ describeWebGPU('WGSL programs against the portable path', () => {
       images.push(tf.tensor3d(lcgValues(6 * 11 * 3, 49).map((x) => (x + 1) * 127.4 + 0.3), [6, 11, 3], 'float32'));
       await expectLikeHost(images, 32, 64);
       tf.dispose(images);
+    });
+
+    it('decoded 8-bit samples (gray, RGB, RGBA; odd sizes; unaligned views) equal their float tensors bit for bit', async () => {
+      const shapes: [number, number, 1 | 3 | 4][] = [[1, 1, 3], [5, 3, 1], [9, 7, 4], [13, 11, 3]];
+      const images: ImageBytes[] = shapes.map(([height, width, channels], i) => {
+        const n = height * width * channels;
+        // One byte in, so the samples start off a word boundary and end inside one.
+        const backing = new Uint8Array(n + 2);
+        backing.set(lcgValues(n, 70 + i).map((x) => Math.round((x + 1) * 127.5)), 1);
+        return { data: backing.subarray(1, n + 1), height, width, channels };
+      });
+      const webgpu = new Kernels('webgpu');
+      for (const batch of [images, [images[2]], [images[3]]]) {
+        const tensors = batch.map(imageTensor);
+        const fromBytes = prepareBatch(batch, 32, 64, webgpu);
+        const fromFloats = prepareBatch(tensors, 32, 64, webgpu);
+        expect(fromBytes.images.shape).toEqual(fromFloats.images.shape);
+        expect(Array.from(await values(fromBytes.images))).toEqual(Array.from(await values(fromFloats.images)));
+        tf.dispose([fromBytes.images, fromFloats.images, ...tensors]);
+      }
+      // A word-aligned single image is uploaded from the caller's own bytes.
+      const rgba = { data: new Uint8Array(lcgValues(6 * 10 * 4, 90).map((x) => Math.round((x + 1) * 127.5))), height: 6, width: 10, channels: 4 as const };
+      const t = imageTensor(rgba);
+      const [a, b] = [prepareBatch([rgba], 32, 64, webgpu), prepareBatch([t], 32, 64, webgpu)];
+      expect(Array.from(await values(a.images))).toEqual(Array.from(await values(b.images)));
+      tf.dispose([a.images, b.images, t]);
     });
 
     it('rejects mismatched taps instead of reading past them', () => {

@@ -19,7 +19,7 @@ import { gpuMemory, initWebGPUBackend, useSizeClassPool, trimPool, DEFAULT_POOL_
 import { streamSizes } from './stream_sizes';
 import { hostPieces, startCpuProfile } from './cpu_profile';
 import { countDispatches } from './dispatch_count';
-import { resizedSize } from '../src/model/transform';
+import { NetworkImage, resizedSize } from '../src/model/transform';
 
 const GiB = 2 ** 30;
 
@@ -46,15 +46,16 @@ const opts = new Command('stream.mjs')
   .option('--batch <n>', 'images per predict', positiveInt, 1)
   .option('--min-size <n>', 'input transform min size', positiveInt, 640)
   .option('--max-size <n>', 'input transform max size', positiveInt, 1400)
+  .addOption(new Option('--input <kind>', "images as decoded 8-bit samples (what the detector hands over for files and bytes) or int32 tensors").choices(['bytes', 'int32']).default('bytes'))
   .option('--json <file>', 'also write the report as JSON')
   .option('--cpu-profile <file>', "sample the main thread over the last pass, write the .cpuprofile here and print the host's pieces")
   .parse(process.argv)
-  .opts<{ images: number; seed: number; pool: 'classes' | 'exact'; limitGib: number; passes: number; every: number; batch: number; minSize: number; maxSize: number; json?: string; cpuProfile?: string }>();
+  .opts<{ images: number; seed: number; pool: 'classes' | 'exact'; limitGib: number; passes: number; every: number; batch: number; minSize: number; maxSize: number; json?: string; cpuProfile?: string; input: 'bytes' | 'int32' }>();
 const CONFIG = { minSize: opts.minSize, maxSize: opts.maxSize };
 
 /** `src` (HWC RGB bytes) resampled to h x w, nearest neighbour (the content only needs to be photo-like). */
-function resample(src: Uint8Array | Int32Array | Float32Array, sh: number, sw: number, h: number, w: number): Int32Array {
-  const out = new Int32Array(h * w * 3);
+function resample(src: ArrayLike<number>, sh: number, sw: number, h: number, w: number): Uint8Array {
+  const out = new Uint8Array(h * w * 3);
   for (let y = 0; y < h; y++) {
     const sy = Math.min(sh - 1, Math.floor(((y + 0.5) * sh) / h));
     for (let x = 0; x < w; x++) {
@@ -67,6 +68,11 @@ function resample(src: Uint8Array | Int32Array | Float32Array, sh: number, sw: n
     }
   }
   return out;
+}
+
+/** An image as the stream hands it to the model (--input). */
+function networkImage(rgb: Uint8Array, height: number, width: number): NetworkImage {
+  return opts.input === 'bytes' ? { data: rgb, height, width, channels: 3 } : tf.tensor3d(Int32Array.from(rgb), [height, width, 3], 'int32');
 }
 
 interface Counters {
@@ -115,7 +121,7 @@ async function main(): Promise<void> {
   const batch = opts.batch;
   const sizes = streamSizes(n, opts.seed);
   const photoT = decodeImage(fs.readFileSync(path.join(process.cwd(), '__tests__', 'fixtures', 'golden', 'teaser.png')));
-  const photo = (await photoT).dataSync() as Int32Array;
+  const photo = Uint8Array.from((await photoT).dataSync());
   const [ph, pw] = (await photoT).shape;
   const weights = formulaWeights();
   const model = new Img2PoseModel(weights, activeRuntime({ hostThreads: 0, kernels: 'webgpu' }));
@@ -124,14 +130,16 @@ async function main(): Promise<void> {
   const passes = opts.passes;
   const report: Record<string, unknown>[] = [];
   // Warm-up on the photo itself: compiles the common pipelines, as a service's first call would.
-  await model.predict([tf.tensor3d(photo, [ph, pw, 3], 'int32')], CONFIG);
+  const warm = networkImage(photo, ph, pw);
+  await model.predict([warm], CONFIG);
+  if (warm instanceof tf.Tensor) warm.dispose();
   const base: number[] = [];
   for (let r = 0; r < 10; r++) {
-    const img = tf.tensor3d(photo, [ph, pw, 3], 'int32');
+    const img = networkImage(photo, ph, pw);
     const t0 = performance.now();
     await model.predict([img], CONFIG);
     base.push(performance.now() - t0);
-    img.dispose();
+    if (img instanceof tf.Tensor) img.dispose();
   }
   console.log(`photo ${ph}x${pw} repeated: median ${median(base).toFixed(1)} ms`);
   for (let pass = 0; pass < passes; pass++) {
@@ -143,7 +151,7 @@ async function main(): Promise<void> {
     const perImage: { size: number[]; input: number[]; ms: number; detections: number; dispatches: number }[] = [];
     const dispatches = countDispatches();
     for (let i = 0; i < n; i += batch) {
-      const imgs = sizes.slice(i, i + batch).map(([h, w]) => tf.tensor3d(resample(photo, ph, pw, h, w), [h, w, 3], 'int32'));
+      const imgs = sizes.slice(i, i + batch).map(([h, w]) => networkImage(resample(photo, ph, pw, h, w), h, w));
       const t0 = performance.now();
       const before = dispatches.total();
       const out = await model.predict(imgs, CONFIG);
@@ -155,7 +163,7 @@ async function main(): Promise<void> {
         const [h, w] = sizes[i + k];
         perImage.push({ size: [h, w], input: resizedSize(h, w, CONFIG.minSize, CONFIG.maxSize), ms: +(ms / imgs.length).toFixed(2), detections: d.scores.length, dispatches: dispatched });
       });
-      tf.dispose(imgs);
+      imgs.forEach((img) => img instanceof tf.Tensor && img.dispose());
       if ((i + batch) % every < batch) {
         const m = gpuMemory();
         poolCurve.push(`${i + batch}:${(m.allocated / GiB).toFixed(2)}`);
@@ -165,7 +173,7 @@ async function main(): Promise<void> {
     const quarters = [0, 1, 2, 3].map((k) => times.slice(k * q, (k + 1) * q)).map((v) => (v.reduce((a, b) => a + b, 0) / v.length).toFixed(1));
     const mean = times.reduce((a, b) => a + b, 0) / times.length;
     const line = {
-      pool, limitGiB: limit / GiB, pass, images: n, batch,
+      pool, input: opts.input, limitGiB: limit / GiB, pass, images: n, batch,
       meanMs: +mean.toFixed(2), medianMs: +median(times).toFixed(2), quarterMeansMs: quarters.join('/'),
       buffersCreated: counters.buffers - firstSight.buffers, bytesCreatedGiB: +((counters.bytes - firstSight.bytes) / GiB).toFixed(2),
       createMs: +(counters.ms - firstSight.ms).toFixed(1), pipelinesCompiled: pipelines() - firstSight.pipelines,

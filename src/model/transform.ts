@@ -12,7 +12,7 @@
  * of the full-size image is ever made (an 8000x8000 photo would take 768 MB as float32).
  */
 import * as tf from '@tensorflow/tfjs';
-import { Kernels, normalizeResizePadBatchWebGPU, PORTABLE_KERNELS } from '../kernels/webgpu';
+import { ImageBytes, Kernels, normalizeResizePadBatchWebGPU, normalizeResizePadBytesWebGPU, PORTABLE_KERNELS } from '../kernels/webgpu';
 import { bilinearTaps } from '../ops/resize';
 import { Size } from '../ops/size';
 
@@ -27,16 +27,8 @@ export type { Size } from '../ops/size';
 export { bilinearTaps } from '../ops/resize';
 export type { LinearTaps } from '../ops/resize';
 
-/**
- * An image's 8-bit samples as decoded, row-major HWC: gray (1 channel, replicated to RGB), RGB (3)
- * or RGBA (4; the alpha is ignored, as PIL's convert('RGB') drops it).
- */
-export interface ImageBytes {
-  data: Uint8Array | Uint8ClampedArray;
-  height: number;
-  width: number;
-  channels: 1 | 3 | 4;
-}
+/** An image's 8-bit samples as decoded (gray, RGB or RGBA), as the WebGPU transform also reads them. */
+export type { ImageBytes };
 
 /** One image for the network: a HWC RGB tensor (int32 or float32, values 0..255) or its 8-bit samples. */
 export type NetworkImage = tf.Tensor3D | ImageBytes;
@@ -270,16 +262,16 @@ function checkImage(img: NetworkImage, i: number): void {
 
 /** One dispatch for the batch on the GPU, same taps and byte table (see src/kernels/webgpu/transform.ts). */
 function webgpuBatch(images: NetworkImage[], { originalSizes, imageSizes, paddedSizes, batchH, batchW }: BatchLayout): ImageBatch {
-  // The GPU program reads whole float images: 8-bit samples are uploaded as such (freed after).
+  const yTaps = images.map((_, i) => bilinearTaps(originalSizes[i][0], imageSizes[i][0]));
+  const xTaps = images.map((_, i) => bilinearTaps(originalSizes[i][1], imageSizes[i][1]));
+  const bytes = images.filter((img): img is ImageBytes => !(img instanceof tf.Tensor));
+  // Decoded files go up as their bytes; a batch that mixes them with tensors goes up as floats.
+  if (bytes.length === images.length) {
+    return { images: normalizeResizePadBytesWebGPU(bytes, yTaps, xTaps, [batchH, batchW], WEBGPU_TABLE), imageSizes, paddedSizes, originalSizes };
+  }
   const uploads = images.map((img) => (img instanceof tf.Tensor ? img : imageTensor(img)));
   try {
-    const batch = normalizeResizePadBatchWebGPU(
-      uploads,
-      images.map((_, i) => bilinearTaps(originalSizes[i][0], imageSizes[i][0])),
-      images.map((_, i) => bilinearTaps(originalSizes[i][1], imageSizes[i][1])),
-      [batchH, batchW],
-      WEBGPU_TABLE,
-    );
+    const batch = normalizeResizePadBatchWebGPU(uploads, yTaps, xTaps, [batchH, batchW], WEBGPU_TABLE);
     return { images: batch, imageSizes, paddedSizes, originalSizes };
   } finally {
     uploads.forEach((t, i) => t !== images[i] && t.dispose());

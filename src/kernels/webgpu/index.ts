@@ -74,4 +74,5 @@ export { DEFAULT_POOL_LIMIT, releaseGpuPool, sizeClass, sizeClassPoolLimit, trim
 export { roiAlignFused } from './roi_align';
 export { conv2dWinograd, winogradEnabled, winogradFilter, WINOGRAD_FLAG, WINOGRAD_MIN_CHANNELS } from './winograd';
 export type { RoiAlignInputs } from './roi_align';
-export { normalizeResizePadBatchWebGPU } from './transform';
+export { normalizeResizePadBatchWebGPU, normalizeResizePadBytesWebGPU } from './transform';
+export type { ImageBytes } from './transform';

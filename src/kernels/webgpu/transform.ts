@@ -5,9 +5,22 @@
 // once, so values can differ from the host path by one float32 ulp.
 // One dispatch and two small uploads per batch, not per image: per image, the uploads and bind
 // groups cost ~1 ms of host time each while the GPU work is microseconds (docs/webgpu.md).
+// Decoded 8-bit samples are uploaded as they are, four to a word, and unpacked by the shader:
+// a quarter of a float32 image's bytes and no float copy on the host.
 import * as tf from '@tensorflow/tfjs';
 import type { LinearTaps } from '../../ops/resize';
 import { runProgram, WebGPUProgram } from './program';
+
+/**
+ * An image's 8-bit samples as decoded, row-major HWC: gray (1 channel, replicated to RGB), RGB (3)
+ * or RGBA (4; the alpha is ignored, as PIL's convert('RGB') drops it).
+ */
+export interface ImageBytes {
+  data: Uint8Array | Uint8ClampedArray;
+  height: number;
+  width: number;
+  channels: 1 | 3 | 4;
+}
 
 /** Int32 words per image in the header of the taps buffer. */
 const HEADER = 8;
@@ -55,14 +68,47 @@ fn main(index: i32) {
   }
 }
 
+/**
+ * The same transform reading 8-bit samples packed four to an int32 word (little-endian, as the
+ * bytes lie in memory). Header word 0 is the image's first byte, word 6 its channel count. Every
+ * sample is a byte, so every value comes from the table: bit for bit the float program's result on
+ * the same image.
+ */
+class NormalizeResizePadBytesProgram extends NormalizeResizePadBatchProgram {
+  override shaderKey = 'i2pNormalizeResizePadBytes';
+
+  override getUserCode(): string {
+    return `
+fn sample(at: i32) -> i32 {
+  return i32((bitcast<u32>(img[at >> 2u]) >> (u32(at & 3) * 8u)) & 255u);
+}
+fn main(index: i32) {
+  if (index >= uniforms.size) { return; }
+  let c = index % 3; let p = index / 3;
+  let PW = uniforms.outShape.z; let PH = uniforms.outShape.y;
+  let x = p % PW; let q = p / PW; let y = q % PH; let n = q / PH;
+  let h = n * ${HEADER};
+  if (y >= taps[h + 2] || x >= taps[h + 3]) { result[index] = 0.0; return; }
+  let off = taps[h]; let W = taps[h + 1]; let ch = taps[h + 6];
+  let cc = select(c, 0, ch == 1);
+  let ty = taps[h + 4] + y * 4; let tx = taps[h + 5] + x * 4;
+  let y0 = taps[ty]; let y1 = taps[ty + 1]; let yw0 = bitcast<f32>(taps[ty + 2]); let yw1 = bitcast<f32>(taps[ty + 3]);
+  let x0 = taps[tx]; let x1 = taps[tx + 1]; let xw0 = bitcast<f32>(taps[tx + 2]); let xw1 = bitcast<f32>(taps[tx + 3]);
+  let t = c * 256;
+  let r0 = fma(table[t + sample(off + (y0 * W + x0) * ch + cc)], xw0, table[t + sample(off + (y0 * W + x1) * ch + cc)] * xw1);
+  let r1 = fma(table[t + sample(off + (y1 * W + x0) * ch + cc)], xw0, table[t + sample(off + (y1 * W + x1) * ch + cc)] * xw1);
+  result[index] = fma(r0, yw0, r1 * yw1);
+}`;
+  }
+}
+
 /** The batch's header and taps in one int32 buffer (float weights stored as their bits). */
-function packTaps(images: tf.Tensor3D[], yTaps: LinearTaps[], xTaps: LinearTaps[]): Int32Array {
+function packTaps(images: Array<{ width: number; start: number; channels: number }>, yTaps: LinearTaps[], xTaps: LinearTaps[]): Int32Array {
   const n = images.length;
   const count = yTaps.reduce((s, t) => s + t.index0.length, 0) + xTaps.reduce((s, t) => s + t.index0.length, 0);
   const words = new Int32Array(n * HEADER + 4 * count);
   const bits = new Float32Array(words.buffer);
   let at = n * HEADER;
-  let pixels = 0;
   const put = (t: LinearTaps): number => {
     const start = at;
     for (let d = 0; d < t.index0.length; d++, at += 4) {
@@ -75,15 +121,43 @@ function packTaps(images: tf.Tensor3D[], yTaps: LinearTaps[], xTaps: LinearTaps[
   };
   images.forEach((img, i) => {
     const h = i * HEADER;
-    words[h] = pixels;
-    words[h + 1] = img.shape[1];
+    words[h] = img.start;
+    words[h + 1] = img.width;
     words[h + 2] = yTaps[i].index0.length;
     words[h + 3] = xTaps[i].index0.length;
     words[h + 4] = put(yTaps[i]);
     words[h + 5] = put(xTaps[i]);
-    pixels += img.size;
+    words[h + 6] = img.channels;
   });
   return words;
+}
+
+/**
+ * The images' samples packed into int32 words, each image starting on a word: a view of the
+ * caller's bytes where one word-aligned image is all there is, else one copy of them all.
+ */
+function packBytes(images: ImageBytes[]): { words: Int32Array; starts: number[] } {
+  const only = images.length === 1 ? images[0].data : null;
+  if (only && only.byteOffset % 4 === 0 && only.byteLength % 4 === 0) {
+    return { words: new Int32Array(only.buffer, only.byteOffset, only.byteLength / 4), starts: [0] };
+  }
+  const starts: number[] = [];
+  let bytes = 0;
+  for (const img of images) {
+    starts.push(bytes);
+    bytes += Math.ceil(img.data.byteLength / 4) * 4;
+  }
+  const words = new Int32Array(bytes / 4);
+  const view = new Uint8Array(words.buffer);
+  images.forEach((img, i) => view.set(img.data, starts[i]));
+  return { words, starts };
+}
+
+function checkTransformArgs(name: string, n: number, yTaps: LinearTaps[], xTaps: LinearTaps[], table: Float32Array): void {
+  if (table.length !== 774) throw new Error(`${name}: table must hold 3 x 256 values, 3 means, 3 stds`);
+  if (n === 0 || yTaps.length !== n || xTaps.length !== n) {
+    throw new Error(`${name}: one y and one x tap set per image, at least one image`);
+  }
 }
 
 /**
@@ -98,17 +172,45 @@ export function normalizeResizePadBatchWebGPU(
   padded: [number, number],
   table: Float32Array,
 ): tf.Tensor4D {
-  if (table.length !== 774) throw new Error('normalizeResizePadBatchWebGPU: table must hold 3 x 256 values, 3 means, 3 stds');
-  if (images.length === 0 || yTaps.length !== images.length || xTaps.length !== images.length) {
-    throw new Error('normalizeResizePadBatchWebGPU: one y and one x tap set per image, at least one image');
-  }
+  checkTransformArgs('normalizeResizePadBatchWebGPU', images.length, yTaps, xTaps, table);
   return tf.tidy(() => {
     const flat = images.map((img) => tf.reshape(img.dtype === 'float32' ? img : tf.cast(img, 'float32'), [-1]));
+    let start = 0;
+    const layout = images.map((img) => {
+      const entry = { width: img.shape[1], start, channels: 3 };
+      start += img.size;
+      return entry;
+    });
     const inputs = [
       flat.length === 1 ? flat[0] : tf.concat(flat),
-      tf.tensor1d(packTaps(images, yTaps, xTaps), 'int32'),
+      tf.tensor1d(packTaps(layout, yTaps, xTaps), 'int32'),
       tf.tensor1d(table),
     ];
     return runProgram<tf.Rank.R4>(new NormalizeResizePadBatchProgram(images.length, padded[0], padded[1]), inputs);
+  });
+}
+
+/**
+ * `normalizeResizePadBatchWebGPU` on decoded 8-bit samples (gray, RGB or RGBA), uploaded as they
+ * are: the same result, bit for bit, as on their float32 RGB tensors.
+ */
+export function normalizeResizePadBytesWebGPU(
+  images: ImageBytes[],
+  yTaps: LinearTaps[],
+  xTaps: LinearTaps[],
+  padded: [number, number],
+  table: Float32Array,
+): tf.Tensor4D {
+  checkTransformArgs('normalizeResizePadBytesWebGPU', images.length, yTaps, xTaps, table);
+  images.forEach((img, i) => {
+    if (img.data.length !== img.height * img.width * img.channels) {
+      throw new Error(`normalizeResizePadBytesWebGPU: image ${i} holds ${img.data.length} samples, not ${img.height}x${img.width}x${img.channels}`);
+    }
+  });
+  const { words, starts } = packBytes(images);
+  return tf.tidy(() => {
+    const layout = images.map((img, i) => ({ width: img.width, start: starts[i], channels: img.channels }));
+    const inputs = [tf.tensor1d(words, 'int32'), tf.tensor1d(packTaps(layout, yTaps, xTaps), 'int32'), tf.tensor1d(table)];
+    return runProgram<tf.Rank.R4>(new NormalizeResizePadBytesProgram(images.length, padded[0], padded[1]), inputs);
   });
 }
