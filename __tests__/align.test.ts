@@ -31,23 +31,13 @@ import {
 import { InputError, OptionError } from '../src/errors';
 import { decodeBitmap, RawImage } from '../src/io/images';
 import { FIXTURES } from './utils/formula';
+import { rgbOfPng } from './utils/png';
 
 const ALIGNMENT = path.join(FIXTURES, 'alignment');
 const EXTRA = path.join(ALIGNMENT, 'extra');
 
 function npy(dir: string, file: string): NpyArray {
   return parseNpy(fs.readFileSync(path.join(dir, file)), file);
-}
-
-function rgbOfPng(file: string): RawImage & { data: Uint8Array } {
-  const { data, width, height } = png().decode(fs.readFileSync(file));
-  const rgb = new Uint8Array(width * height * 3);
-  for (let i = 0, j = 0; j < rgb.length; i += 4, j += 3) {
-    rgb[j] = data[i];
-    rgb[j + 1] = data[i + 1];
-    rgb[j + 2] = data[i + 2];
-  }
-  return { data: rgb, width, height, channels: 3 };
 }
 
 const TEASER = path.join(FIXTURES, 'golden', 'teaser.png');

@@ -6,19 +6,16 @@
 import * as tf from '@tensorflow/tfjs';
 import { decodeImage } from '../src/io/images';
 import { groupBySize, Img2PoseModel, RawDetections, splitEvenly } from '../src/model/model';
-import { activeRuntime, rulesFor } from '../src/runtime/runtime';
+import { rulesFor } from '../src/runtime/runtime';
 import { processPrediction } from '../src/detector';
-import { disposeWeights } from '../src/model/weights';
-import { formulaWeights } from './utils/formula';
+import { buildModel } from '../bench/common';
 import { golden, goldenCase, imagePath, loadNpy } from './utils/golden';
 import { expectWithinTolerance, matchDetections } from './utils/match';
 
 let model: Img2PoseModel;
 
-beforeAll(() => {
-  const w = formulaWeights();
-  model = new Img2PoseModel(w, activeRuntime());
-  disposeWeights(w);
+beforeAll(async () => {
+  model = await buildModel();
 });
 afterAll(() => model.dispose());
 

@@ -10,7 +10,8 @@ import * as path from 'path';
 import { PassThrough } from 'stream';
 import * as tf from '@tensorflow/tfjs';
 import { Jimp } from 'jimp';
-import { CliIO, expandInputs, main } from '../src/cli';
+import { expandInputs } from '../src/cli';
+import { CliRun, runCli } from './utils/cli';
 import { DetectionModel, Img2Pose, LoadOptions } from '../src/detector';
 import { WeightsError } from '../src/errors';
 import { ModelConfig, RawDetections } from '../src/model/model';
@@ -76,25 +77,11 @@ afterEach(() => {
   jest.restoreAllMocks();
 });
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function run(args: string[], extra: Partial<CliIO> = {}): Promise<Run> {
-  let stdout = '';
-  let stderr = '';
-  const io: CliIO = { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t), ...extra };
-  const code = await main(['node', 'img2pose', ...args], io);
-  return { code, stdout, stderr };
-}
-
 const p = (...parts: string[]) => path.join(tmp, ...parts);
 const lines = (s: string) => s.split('\n').filter((l) => l.length > 0);
 
 /** Error output must be single lines starting with the program name: no stack frames. */
-function expectOneLineError(r: Run, pattern: RegExp): void {
+function expectOneLineError(r: CliRun, pattern: RegExp): void {
   expect(lines(r.stderr)).toHaveLength(1);
   expect(r.stderr).toMatch(/^img2pose: /);
   expect(r.stderr).toMatch(pattern);
@@ -102,10 +89,10 @@ function expectOneLineError(r: Run, pattern: RegExp): void {
 
 describe('img2pose --help', () => {
   it('lists the commands and the detect options', async () => {
-    const top = await run(['--help']);
+    const top = await runCli(['--help']);
     expect(top.code).toBe(0);
     for (const c of ['detect', 'convert', 'demo']) expect(top.stdout).toContain(c);
-    const detect = await run(['detect', '--help']);
+    const detect = await runCli(['detect', '--help']);
     expect(detect.code).toBe(0);
     for (const o of ['--weights', '--batch-size', '--threshold', '--max-faces', '--min-size', '--max-size', '--backend', '--json', '--draw']) {
       expect(detect.stdout).toContain(o);
@@ -120,7 +107,7 @@ describe('img2pose --help', () => {
   it('prints the package version', async () => {
     const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')) as { version: string };
     for (const flag of ['--version', '-V']) {
-      const r = await run([flag]);
+      const r = await runCli([flag]);
       expect(r.code).toBe(0);
       expect(r.stdout.trim()).toBe(pkg.version);
     }
@@ -128,10 +115,10 @@ describe('img2pose --help', () => {
   });
 
   it('hands `convert` its own arguments', async () => {
-    const help = await run(['convert', '--help']);
+    const help = await runCli(['convert', '--help']);
     expect(help.code).toBe(0);
     expect(help.stdout).toContain('--pose-mean');
-    const missing = await run(['convert', p('nope.pth'), '--out', p('converted')]);
+    const missing = await runCli(['convert', p('nope.pth'), '--out', p('converted')]);
     expect(missing.code).toBe(1);
     expect(lines(missing.stderr)).toHaveLength(1);
     expect(missing.stderr).toContain('nope.pth');
@@ -147,7 +134,7 @@ describe('expandInputs', () => {
 
 describe('img2pose detect', () => {
   it('refuses a missing or unreadable input before the model loads, a typed error on stderr', async () => {
-    const missing = await run(['detect', p('single.png'), p('missing.jpg'), '--weights', 'w']);
+    const missing = await runCli(['detect', p('single.png'), p('missing.jpg'), '--weights', 'w']);
     expect(missing.code).toBe(1);
     expect(missing.stdout).toBe('');
     expect(lines(missing.stderr)).toEqual([`img2pose: Input #1 (file "${p('missing.jpg')}"): expected a readable JPEG or PNG image file, found no such file`]);
@@ -161,7 +148,7 @@ describe('img2pose detect', () => {
     } catch {
       readable = false;
     }
-    const denied = await run(['detect', unreadable, '--weights', 'w']);
+    const denied = await runCli(['detect', unreadable, '--weights', 'w']);
     fs.unlinkSync(unreadable);
     // root reads any file: then the check has nothing to refuse and the image fails to decode.
     if (!readable) {
@@ -174,7 +161,7 @@ describe('img2pose detect', () => {
   it('prints one JSON line per image in input order, an error line for a bad one, exit code 1', async () => {
     const broken = p('broken.jpg');
     fs.writeFileSync(broken, 'not a jpeg');
-    const r = await run(['detect', p('photos'), broken, p('single.png'), '--weights', 'w', '--min-size', '160', '--max-size', '288']);
+    const r = await runCli(['detect', p('photos'), broken, p('single.png'), '--weights', 'w', '--min-size', '160', '--max-size', '288']);
     fs.unlinkSync(broken);
     expect(r.code).toBe(1);
     const out = lines(r.stdout).map((l) => JSON.parse(l));
@@ -199,16 +186,16 @@ describe('img2pose detect', () => {
   });
 
   it('keeps every detection at threshold 0, best first, and cuts to --max-faces', async () => {
-    const all = await run(['detect', p('single.png'), '--weights', 'w', '--threshold', '0']);
+    const all = await runCli(['detect', p('single.png'), '--weights', 'w', '--threshold', '0']);
     expect(all.code).toBe(0);
     const faces = JSON.parse(all.stdout).faces;
     expect(faces.map((f: { confidence: number }) => Math.round(f.confidence * 100))).toEqual([90, 30, 6]);
-    const two = await run(['detect', p('single.png'), '--weights', 'w', '--threshold', '0', '--max-faces', '2']);
+    const two = await runCli(['detect', p('single.png'), '--weights', 'w', '--threshold', '0', '--max-faces', '2']);
     expect(JSON.parse(two.stdout).faces).toHaveLength(2);
   });
 
   it('batches by --batch-size', async () => {
-    const r = await run(['detect', p('photos'), p('single.png'), '--weights', 'w', '--batch-size', '2']);
+    const r = await runCli(['detect', p('photos'), p('single.png'), '--weights', 'w', '--batch-size', '2']);
     expect(r.code).toBe(0);
     expect(model.batches.map((b) => b.sizes.length)).toEqual([2, 1]);
     expect(lines(r.stdout)).toHaveLength(3);
@@ -218,7 +205,7 @@ describe('img2pose detect', () => {
     const file = p('results.json');
     const broken = p('broken.png');
     fs.writeFileSync(broken, 'not a png');
-    const r = await run(['detect', p('single.png'), broken, p('photos'), '--weights', 'w', '--json', file]);
+    const r = await runCli(['detect', p('single.png'), broken, p('photos'), '--weights', 'w', '--json', file]);
     fs.unlinkSync(broken);
     expect(r.code).toBe(1);
     expect(r.stdout).toBe('');
@@ -231,7 +218,7 @@ describe('img2pose detect', () => {
 
   it('draws each image to --draw as a PNG of its size', async () => {
     const dir = p('drawn');
-    const r = await run(['detect', p('photos'), '--weights', 'w', '--draw', dir]);
+    const r = await runCli(['detect', p('photos'), '--weights', 'w', '--draw', dir]);
     expect(r.code).toBe(0);
     expect(fs.readdirSync(dir).sort()).toEqual(['a.png', 'b.png']);
     const b = await decodeBitmap(fs.readFileSync(path.join(dir, 'b.png')));
@@ -249,13 +236,13 @@ describe('img2pose detect', () => {
     let drawn = '';
     const tty = Object.assign(new PassThrough(), { isTTY: true, columns: 100 });
     tty.on('data', (d: Buffer) => (drawn += d.toString()));
-    const r = await run(['detect', many, '--weights', 'w', '--json', p('many.json')], {
+    const r = await runCli(['detect', many, '--weights', 'w', '--json', p('many.json')], {
       stderrStream: tty as unknown as NodeJS.WriteStream,
     });
     expect(r.code).toBe(0);
     expect(drawn).toContain('9/9 images');
     // Not on a pipe: nothing but the summary.
-    const piped = await run(['detect', many, '--weights', 'w', '--json', p('many.json')]);
+    const piped = await runCli(['detect', many, '--weights', 'w', '--json', p('many.json')]);
     expect(lines(piped.stderr)).toHaveLength(1);
   });
 
@@ -271,7 +258,7 @@ describe('img2pose detect', () => {
       [['frobnicate'], /unknown command/],
     ];
     for (const [args, pattern] of cases) {
-      const r = await run(args);
+      const r = await runCli(args);
       expect({ args, code: r.code }).toEqual({ args, code: 2 });
       expectOneLineError(r, pattern);
     }
@@ -279,19 +266,19 @@ describe('img2pose detect', () => {
   });
 
   it('detect without --weights asks for the official weights', async () => {
-    const r = await run(['detect', p('single.png')]);
+    const r = await runCli(['detect', p('single.png')]);
     expect(r.code).toBe(0);
     expect(loads.map((o) => o.weights)).toEqual(['img2pose_v1']);
   });
 
   it('reports a load failure in one line with exit code 1', async () => {
     jest.spyOn(Img2Pose, 'load').mockRejectedValue(new WeightsError('Cannot load weights from "w": no model.json'));
-    const r = await run(['detect', p('single.png'), '--weights', 'w']);
+    const r = await runCli(['detect', p('single.png'), '--weights', 'w']);
     expect(r.code).toBe(1);
     expect(lines(r.stderr)).toEqual(['img2pose: Cannot load weights from "w": no model.json']);
 
     jest.spyOn(Img2Pose, 'load').mockRejectedValue(new TypeError('boom\nsecond line'));
-    const unexpected = await run(['detect', p('single.png'), '--weights', 'w']);
+    const unexpected = await runCli(['detect', p('single.png'), '--weights', 'w']);
     expect(unexpected.code).toBe(1);
     expect(lines(unexpected.stderr)).toEqual(['img2pose: boom second line']);
   });
@@ -318,7 +305,7 @@ describe('img2pose detect: load progress', () => {
   it('on a terminal: one line redrawn with the phase and the seconds, then where the model runs; stdout stays JSON', async () => {
     slowReleaseLoad();
     const tty = Object.assign(new PassThrough(), { isTTY: true, columns: 100 });
-    const r = await run(['detect', p('single.png')], { stderrStream: tty as unknown as NodeJS.WriteStream });
+    const r = await runCli(['detect', p('single.png')], { stderrStream: tty as unknown as NodeJS.WriteStream });
     expect(r.code).toBe(0);
     expect(jsonLines(r.stdout)).toHaveLength(1);
     expect(r.stderr).toContain('\r\x1b[Kimg2pose: loading the model (weights img2pose_v1, backend auto)... 0.0 s');
@@ -333,7 +320,7 @@ describe('img2pose detect: load progress', () => {
 
   it('--progress on a pipe: a line per phase, per tenth of the download and per batch; without it, none', async () => {
     slowReleaseLoad();
-    const r = await run(['detect', p('single.png'), p('photos'), '--progress', '--batch-size', '2']);
+    const r = await runCli(['detect', p('single.png'), p('photos'), '--progress', '--batch-size', '2']);
     expect(r.code).toBe(0);
     expect(jsonLines(r.stdout)).toHaveLength(3);
     expect(lines(r.stderr).map((l) => l.replace(/in \d+\.\d s$/, 'in T s'))).toEqual([
@@ -350,7 +337,7 @@ describe('img2pose detect: load progress', () => {
     ]);
     expect(r.stderr).not.toContain('\r');
 
-    const quiet = await run(['detect', p('single.png'), '--weights', 'w']);
+    const quiet = await runCli(['detect', p('single.png'), '--weights', 'w']);
     expect(quiet.stderr).toBe('');
     expect(loads[loads.length - 1].release).toBeUndefined();
   });
@@ -359,7 +346,7 @@ describe('img2pose detect: load progress', () => {
 describe('img2pose demo', () => {
   it('runs the bundled photo through the detector with the formula weights and writes demo.png + demo.json', async () => {
     const out = p('demo');
-    const r = await run(['demo', '--out', out, '--min-size', '160', '--max-size', '288']);
+    const r = await runCli(['demo', '--out', out, '--min-size', '160', '--max-size', '288']);
     expect(r.code).toBe(0);
     expect(r.stderr).toMatch(/UNTRAINED/);
     expect(r.stdout).toMatch(/meaningless/);
@@ -383,7 +370,7 @@ describe('img2pose demo', () => {
 describe('img2pose detect with the real network', () => {
   it('gives upstream\'s faces on the tiny teaser case (formula weights, min 160 / max 288)', async () => {
     jest.spyOn(Img2Pose, 'load').mockImplementation((o: LoadOptions = {}) => realLoad({ ...o, weights: formulaWeights() }));
-    const r = await run(['detect', imagePath('teaser.png'), '--weights', 'formula', '--min-size', '160', '--max-size', '288']);
+    const r = await runCli(['detect', imagePath('teaser.png'), '--weights', 'formula', '--min-size', '160', '--max-size', '288']);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     const faces = JSON.parse(r.stdout).faces as { box: number[]; confidence: number; pose: number[] }[];

@@ -8,10 +8,10 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
-import png from '@jimp/js-png';
 import { parseNpy } from '../converter/npy';
 import { alignFaces } from '../src/align';
-import { CliIO, main } from '../src/cli';
+import { runCli } from './utils/cli';
+import { rgbOfPng } from './utils/png';
 import { DetectionModel, Img2Pose, LoadOptions } from '../src/detector';
 import { RawDetections } from '../src/model/model';
 import { FIXTURES } from './utils/formula';
@@ -52,29 +52,10 @@ beforeEach(() => {
 
 afterEach(() => jest.restoreAllMocks());
 
-async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const io: CliIO = { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t) };
-  const code = await main(['node', 'img2pose', ...args], io);
-  return { code, stdout, stderr };
-}
-
-function decodeRgb(file: string): { width: number; height: number; rgb: Uint8Array } {
-  const { data, width, height } = png().decode(fs.readFileSync(file));
-  const rgb = new Uint8Array(width * height * 3);
-  for (let i = 0, j = 0; j < rgb.length; i += 4, j += 3) {
-    rgb[j] = data[i];
-    rgb[j + 1] = data[i + 1];
-    rgb[j + 2] = data[i + 2];
-  }
-  return { width, height, rgb };
-}
-
 test('detect --align writes every face crop, names them in the JSON, keeps same-named images apart', async () => {
   const out = path.join(tmp, 'aligned');
   const json = path.join(tmp, 'faces.json');
-  const r = await run(['detect', path.join(tmp, 'a'), path.join(tmp, 'b'), '--weights', 'w', '--align', out, '--align-size', '112', '--json', json]);
+  const r = await runCli(['detect', path.join(tmp, 'a'), path.join(tmp, 'b'), '--weights', 'w', '--align', out, '--align-size', '112', '--json', json]);
   expect(r.code).toBe(1); // b/broken.png
   const results = JSON.parse(fs.readFileSync(json, 'utf8')) as { image: string; faces?: { pose: number[]; crop: string }[]; error?: string }[];
   expect(results.map((x) => path.relative(tmp, x.image))).toEqual(['a/face.png', 'b/broken.png', 'b/face.png', 'b/face_2.png']);
@@ -87,17 +68,17 @@ test('detect --align writes every face crop, names them in the JSON, keeps same-
   const first = results[0].faces!;
   const expected = await alignFaces(PORTRAIT, first, { size: 112 });
   first.forEach((face, k) => {
-    const written = decodeRgb(face.crop);
+    const written = rgbOfPng(face.crop);
     expect([written.width, written.height]).toEqual([112, 112]);
-    expect(Buffer.from(written.rgb).equals(Buffer.from(expected[k].image.data))).toBe(true);
+    expect(Buffer.from(written.data).equals(Buffer.from(expected[k].image.data))).toBe(true);
   });
 });
 
 test('detect --align never writes over a file: crops already in the folder keep their names', async () => {
   const out = path.join(tmp, 'rerun');
   const args = ['detect', path.join(tmp, 'a', 'face.png'), '--weights', 'w', '--align', out, '--align-size', '112'];
-  const first = await run(args);
-  const second = await run(args);
+  const first = await runCli(args);
+  const second = await runCli(args);
   expect([first.code, second.code]).toEqual([0, 0]);
   const names = (r: { stdout: string }) => (JSON.parse(r.stdout.trim()) as { faces: { crop: string }[] }).faces.map((f) => path.basename(f.crop));
   expect(names(first)).toEqual(['face.0.png', 'face.1.png']);
@@ -106,7 +87,7 @@ test('detect --align never writes over a file: crops already in the folder keep 
 });
 
 test('detect --align refuses a folder that holds input images', async () => {
-  const r = await run(['detect', path.join(tmp, 'a'), '--weights', 'w', '--align', path.join(tmp, 'a')]);
+  const r = await runCli(['detect', path.join(tmp, 'a'), '--weights', 'w', '--align', path.join(tmp, 'a')]);
   expect(r.code).toBe(2);
   expect(r.stderr).toMatch(/--align folder .* holds input images/);
   expect(fs.readdirSync(path.join(tmp, 'a'))).toEqual(['face.png']);
@@ -114,11 +95,11 @@ test('detect --align refuses a folder that holds input images', async () => {
 
 test('detect --align defaults to 224 crops; JSON lines on stdout carry the crop names', async () => {
   const out = path.join(tmp, 'aligned224');
-  const r = await run(['detect', path.join(tmp, 'a', 'face.png'), '--weights', 'w', '--align', out]);
+  const r = await runCli(['detect', path.join(tmp, 'a', 'face.png'), '--weights', 'w', '--align', out]);
   expect(r.code).toBe(0);
   const line = JSON.parse(r.stdout.trim()) as { faces: { crop: string }[] };
   expect(line.faces.map((f) => path.basename(f.crop))).toEqual(['face.0.png', 'face.1.png']);
-  const { width, height } = decodeRgb(line.faces[0].crop);
+  const { width, height } = rgbOfPng(line.faces[0].crop);
   expect([width, height]).toEqual([224, 224]);
 });
 
@@ -126,7 +107,7 @@ test.each([
   [['--align', 'x', '--align-size', '100'], /--align-size.*112 or 224/],
   [['--align-size', '112'], /--align-size needs --align/],
 ])('usage error %j: exit 2, one line', async (extra, message) => {
-  const r = await run(['detect', path.join(tmp, 'a'), '--weights', 'w', ...extra]);
+  const r = await runCli(['detect', path.join(tmp, 'a'), '--weights', 'w', ...extra]);
   expect(r.code).toBe(2);
   expect(r.stderr.trim().split('\n')).toHaveLength(1);
   expect(r.stderr).toMatch(message);

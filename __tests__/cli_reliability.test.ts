@@ -12,7 +12,7 @@ import * as os from 'os';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { buildSync } from 'esbuild';
-import { CliIO, main } from '../src/cli';
+import { CliRun, runCli } from './utils/cli';
 import { Img2Pose } from '../src/detector';
 import { Img2PoseModel } from '../src/model/model';
 import { disposeWeights } from '../src/model/weights';
@@ -62,20 +62,6 @@ afterEach(() => {
   predict.mockRestore();
 });
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function run(args: string[]): Promise<Run> {
-  let stdout = '';
-  let stderr = '';
-  const io: CliIO = { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t) };
-  const code = await main(['node', 'img2pose', ...args], io);
-  return { code, stdout, stderr };
-}
-
 const lines = (s: string) => s.split('\n').filter((l) => l.length > 0);
 
 /** One line, prefixed with the program name, and nothing that looks like a stack frame. */
@@ -91,7 +77,7 @@ describe('detect --weights <broken>: one line on stderr, exit code 1, no inferen
     const cases = writeBrokenWeights(path.join(tmp, 'broken'));
     for (const c of cases) {
       const before = tf.memory().numTensors;
-      const r = await run(['detect', good, '--weights', c.path, ...TINY]);
+      const r = await runCli(['detect', good, '--weights', c.path, ...TINY]);
       expect([c.label, r.code]).toEqual([c.label, 1]);
       expect(r.stdout).toBe('');
       expectOneLine(r.stderr, c.message);
@@ -103,7 +89,7 @@ describe('detect --weights <broken>: one line on stderr, exit code 1, no inferen
   });
 
   it('the formula folder itself loads and detects (the broken ones differ only in what is broken)', async () => {
-    const r = await run(['detect', good, '--weights', weightsDir, ...TINY, '--threshold', '0.2']);
+    const r = await runCli(['detect', good, '--weights', weightsDir, ...TINY, '--threshold', '0.2']);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     const out = JSON.parse(r.stdout);
@@ -120,7 +106,7 @@ describe('detect with bad images among good ones', () => {
     const bad = badFiles.filter((c) => !c.label.startsWith('folder') && c.label !== 'missing.jpg');
     const inputs = [good, ...bad.map((c) => c.file!), oddFiles[0].file!, good];
     const before = tf.memory().numTensors;
-    const r = await run(['detect', ...inputs, '--weights', weightsDir, ...TINY, '--threshold', '0', '--batch-size', '4']);
+    const r = await runCli(['detect', ...inputs, '--weights', weightsDir, ...TINY, '--threshold', '0', '--batch-size', '4']);
     expect(tf.memory().numTensors).toBe(before);
     expect(r.code).toBe(1);
     expect(r.stderr).toBe('');
@@ -152,7 +138,7 @@ describe('detect with bad images among good ones', () => {
     fs.copyFileSync(badFiles.find((c) => c.label === 'truncated.jpg')!.file!, path.join(photos, 'b.jpg'));
     fs.mkdirSync(path.join(photos, 'c.png')); // a folder with an image name is skipped
     fs.writeFileSync(path.join(photos, 'notes.txt'), 'not listed');
-    const r = await run(['detect', photos, '--weights', weightsDir, ...TINY]);
+    const r = await runCli(['detect', photos, '--weights', weightsDir, ...TINY]);
     expect(r.code).toBe(1);
     const out = lines(r.stdout).map((l) => JSON.parse(l));
     expect(out.map((o) => path.basename(o.image))).toEqual(['a.png', 'b.jpg']);
@@ -160,7 +146,7 @@ describe('detect with bad images among good ones', () => {
 
     const empty = path.join(tmp, 'no-images');
     fs.mkdirSync(empty);
-    const u = await run(['detect', empty, '--weights', weightsDir, ...TINY]);
+    const u = await runCli(['detect', empty, '--weights', weightsDir, ...TINY]);
     expect(u.code).toBe(2);
     expectOneLine(u.stderr, /no \.jpg, \.jpeg or \.png images in .*no-images/);
   });
@@ -169,7 +155,7 @@ describe('detect with bad images among good ones', () => {
     const file = path.join(tmp, 'results.json');
     const truncated = badFiles.find((c) => c.label === 'truncated.jpg')!.file!;
     const empty = badFiles.find((c) => c.label === 'empty.jpg')!.file!;
-    const r = await run(['detect', truncated, good, empty, '--weights', weightsDir, ...TINY, '--json', file]);
+    const r = await runCli(['detect', truncated, good, empty, '--weights', weightsDir, ...TINY, '--json', file]);
     expect(r.code).toBe(1);
     expect(r.stdout).toBe('');
     expect(lines(r.stderr)).toEqual([`img2pose: wrote 3 results to ${file} (2 failed)`]);
@@ -183,7 +169,7 @@ describe('detect with bad images among good ones', () => {
 
   it('only bad images: every one reported, no forward at all', async () => {
     const bad = badFiles.filter((c) => !c.label.startsWith('folder') && c.label !== 'missing.jpg').map((c) => c.file!);
-    const r = await run(['detect', ...bad, '--weights', weightsDir, ...TINY]);
+    const r = await runCli(['detect', ...bad, '--weights', weightsDir, ...TINY]);
     expect(r.code).toBe(1);
     expect(lines(r.stdout).map((l) => 'error' in JSON.parse(l))).toEqual(bad.map(() => true));
     expect(predict).not.toHaveBeenCalled();
@@ -192,7 +178,7 @@ describe('detect with bad images among good ones', () => {
   it('a missing file: one typed error on stderr before the model loads, exit code 1', async () => {
     const missing = badFiles.find((c) => c.label === 'missing.jpg')!.file!;
     const load = jest.spyOn(Img2Pose, 'load');
-    const r = await run(['detect', good, missing, '--weights', weightsDir, ...TINY]);
+    const r = await runCli(['detect', good, missing, '--weights', weightsDir, ...TINY]);
     expect(load).not.toHaveBeenCalled();
     load.mockRestore();
     expect(r.code).toBe(1);
@@ -202,7 +188,7 @@ describe('detect with bad images among good ones', () => {
 
   it('odd but valid images: 1x1, 4000x3, 3x4000', async () => {
     const files = oddFiles.filter((c) => c.file !== undefined);
-    const r = await run(['detect', ...files.map((c) => c.file!), '--weights', weightsDir, ...TINY, '--threshold', '0']);
+    const r = await runCli(['detect', ...files.map((c) => c.file!), '--weights', weightsDir, ...TINY, '--threshold', '0']);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     const out = lines(r.stdout).map((l) => JSON.parse(l));
@@ -242,7 +228,7 @@ describe('the real executable (bin/img2pose.js in a child process)', () => {
     fs.copyFileSync(path.join(REPO, 'bin', 'img2pose.js'), bin);
   });
 
-  function exec(args: string[]): Run {
+  function exec(args: string[]): CliRun {
     const r = spawnSync(process.execPath, [bin, ...args], {
       encoding: 'utf8',
       env: { ...process.env, NODE_PATH: path.join(REPO, 'node_modules') },

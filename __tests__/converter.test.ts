@@ -13,6 +13,7 @@ import { toTfjsLayout } from '../converter/layout';
 import { floatValuesToFloat32, gatherStrided } from '../converter/tensor_data';
 import { unpickle, PyDict, PyObject, PySet, PyTuple } from '../converter/pickle';
 import { FIXTURES, keySpecs } from './utils/formula';
+import { rejectionOf } from './utils/rejection';
 import { ResNetDepth } from '../src/model/weights';
 
 const CKPT = path.join(FIXTURES, 'checkpoints');
@@ -89,12 +90,7 @@ describe('readCheckpoint: broken files are refused with the file and the problem
     ['not_a_checkpoint.pth', /not a PyTorch checkpoint/],
   ];
   it.each(cases)('%s', async (name, problem) => {
-    const err = await readCheckpoint(ckpt(name)).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    expect(err).toBeInstanceOf(CheckpointError);
-    const e = err as CheckpointError;
+    const e = await rejectionOf(readCheckpoint(ckpt(name)), CheckpointError);
     expect(e.file).toBe(ckpt(name));
     expect(e.message).toContain(name);
     expect(e.problem).toMatch(problem);

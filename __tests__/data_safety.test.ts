@@ -8,7 +8,7 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { buildSync } from 'esbuild';
 import { runConvert } from '../converter/cli';
-import { CliIO, main } from '../src/cli';
+import { CliRun, runCli } from './utils/cli';
 import { DetectionModel, Img2Pose, LoadOptions } from '../src/detector';
 import { ModelConfig, RawDetections } from '../src/model/model';
 import { decodeBitmap } from '../src/io/images';
@@ -130,18 +130,8 @@ class FakeModel implements DetectionModel {
   dispose(): void {}
 }
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function detect(args: string[]): Promise<Run> {
-  let stdout = '';
-  let stderr = '';
-  const io: CliIO = { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t) };
-  const code = await main(['node', 'img2pose', 'detect', ...args, '--weights', 'w'], io);
-  return { code, stdout, stderr };
+function detect(args: string[]): Promise<CliRun> {
+  return runCli(['detect', ...args, '--weights', 'w']);
 }
 
 describe('uniqueOutputNames', () => {

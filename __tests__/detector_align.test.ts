@@ -8,32 +8,20 @@ import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
-import png from '@jimp/js-png';
 import { parseNpy } from '../converter/npy';
 import { alignFaces } from '../src/align';
 import { DetectionModel, Img2Pose } from '../src/detector';
 import { AbortError, BatchError, DisposedError, InputError, OptionError } from '../src/errors';
-import { RawImage } from '../src/io/images';
 import { ModelConfig, RawDetections } from '../src/model/model';
 import { FIXTURES } from './utils/formula';
+import { rgbOfPng } from './utils/png';
 
 const PORTRAIT = path.join(FIXTURES, 'golden', 'portrait_1.png');
 const POSES = parseNpy(fs.readFileSync(path.join(FIXTURES, 'alignment', 'extra', 'faces_112.poses.npy')));
 /** Two heads in view of the portrait photo (from the random-pose references). */
 const DOFS = Float32Array.from([...POSES.data.subarray(0, 6), ...POSES.data.subarray(12, 18)]);
 
-function rgbOf(file: string): RawImage & { data: Uint8Array } {
-  const { data, width, height } = png().decode(fs.readFileSync(file));
-  const rgb = new Uint8Array(width * height * 3);
-  for (let i = 0, j = 0; j < rgb.length; i += 4, j += 3) {
-    rgb[j] = data[i];
-    rgb[j + 1] = data[i + 1];
-    rgb[j + 2] = data[i + 2];
-  }
-  return { data: rgb, width, height, channels: 3 };
-}
-
-const portrait = rgbOf(PORTRAIT);
+const portrait = rgbOfPng(PORTRAIT);
 
 /** Two faces per image (confidence 0.6 and 0.9, network order), the same poses everywhere. */
 class FakeModel implements DetectionModel {

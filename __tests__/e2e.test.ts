@@ -6,21 +6,17 @@
 import * as tf from '@tensorflow/tfjs';
 import { decodeImage } from '../src/io/images';
 import { Img2PoseModel, RawDetections } from '../src/model/model';
-import { activeRuntime } from '../src/runtime/runtime';
 import { processPrediction } from '../src/detector';
-import { formulaWeights } from './utils/formula';
+import { buildModel } from '../bench/common';
 import { golden, GoldenCase, GoldenFace, imagePath, manifest } from './utils/golden';
 import { expectWithinTolerance, matchDetections } from './utils/match';
-import { disposeWeights } from '../src/model/weights';
 
 const singleCases = manifest().cases.filter((c) => c.mode === 'single');
 
 let model: Img2PoseModel;
 
-beforeAll(() => {
-  const w = formulaWeights();
-  model = new Img2PoseModel(w, activeRuntime());
-  disposeWeights(w);
+beforeAll(async () => {
+  model = await buildModel();
 });
 afterAll(() => model.dispose());
 

@@ -7,7 +7,7 @@ import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { CliIO, main } from '../src/cli';
+import { CliRun, runCli } from './utils/cli';
 import { OptionError } from '../src/errors';
 import { JsonlWriter, inShard, notDone, parseShard, readDone, shardOf, stampOf } from '../src/io/jsonl';
 import { disposeWeights } from '../src/model/weights';
@@ -119,12 +119,8 @@ describe('detect --jsonl --resume --shard (real network, tiny images)', () => {
   /** image -> its line of a plain run (stdout), the reference. */
   let reference: Map<string, Record<string, unknown>>;
 
-  async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    let stdout = '';
-    let stderr = '';
-    const io: CliIO = { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t) };
-    const code = await main(['node', 'img2pose', 'detect', dir, '--weights', weightsDir, ...SETTINGS, ...args], io);
-    return { code, stdout, stderr };
+  function run(args: string[]): Promise<CliRun> {
+    return runCli(['detect', dir, '--weights', weightsDir, ...SETTINGS, ...args]);
   }
 
   function lines(file: string): Record<string, unknown>[] {

@@ -10,7 +10,7 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { parseNpy } from '../converter/npy';
 import { alignFaces } from '../src/align';
-import { CliIO, main } from '../src/cli';
+import { runCli } from './utils/cli';
 import { DetectionModel, Face, Img2Pose, LoadOptions } from '../src/detector';
 import { BatchError, InputError, OptionError } from '../src/errors';
 import { RawDetections } from '../src/model/model';
@@ -107,14 +107,6 @@ describe('the CLI outputs', () => {
     jest.spyOn(Img2Pose, 'load').mockImplementation(async (options: LoadOptions = {}) => new Img2Pose(model, options, 'fake'));
   });
 
-  async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    let stdout = '';
-    let stderr = '';
-    const io: CliIO = { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t) };
-    const code = await main(['node', 'img2pose', ...args], io);
-    return { code, stdout, stderr };
-  }
-
   /** An input that is small when detected on and replaced by a larger image before it is drawn. */
   function growingInput(name: string): string {
     const file = path.join(tmp, name);
@@ -129,7 +121,7 @@ describe('the CLI outputs', () => {
   ])('%s decodes under --max-pixels too: a file grown past it since detection is refused, not drawn', async (flag, words) => {
     const out = path.join(tmp, `out${flag}`);
     const input = growingInput(`grows${flag}.png`);
-    const r = await run(['detect', input, '--weights', 'w', flag, out, '--max-pixels', '2000']);
+    const r = await runCli(['detect', input, '--weights', 'w', flag, out, '--max-pixels', '2000']);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`img2pose: ${words} ${input}: `);
     expect(r.stderr).toMatch(/expected an image of at most 2000 pixels \(the maxPixels option\), found a 60x50 PNG image \(3000 pixels\)/);
@@ -139,7 +131,7 @@ describe('the CLI outputs', () => {
   it.each(['--draw', '--align'])('%s under a --max-pixels the image fits: written, exit 0', async (flag) => {
     const out = path.join(tmp, `fits${flag}`);
     const input = growingInput(`fits${flag}.png`);
-    const r = await run(['detect', input, '--weights', 'w', flag, out, '--max-pixels', '3000']);
+    const r = await runCli(['detect', input, '--weights', 'w', flag, out, '--max-pixels', '3000']);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(fs.readdirSync(out).length).toBeGreaterThan(0);

@@ -16,7 +16,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { Job, Queue, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
-import { CliIO, main } from '../src/cli';
+import { runCli } from './utils/cli';
 import { redactUrl, redisOptions, redisUrl, tlsOptions } from '../src/queue/connection';
 import { parseChunkData } from '../src/queue/add';
 import { QueueStatus } from '../src/queue/status';
@@ -47,20 +47,6 @@ let bad: string[];
 let local: Map<string, string>;
 const children = new Set<ChildProcess>();
 const servers: TestRedis[] = [];
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function run(args: string[]): Promise<Run> {
-  let stdout = '';
-  let stderr = '';
-  const io: CliIO = { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t) };
-  const code = await main(['node', 'img2pose', ...args], io);
-  return { code, stdout, stderr };
-}
 
 interface WorkerProcess {
   proc: ChildProcess;
@@ -109,7 +95,7 @@ async function exitOf(w: WorkerProcess, ms: number): Promise<number | null> {
 
 /** Every result of a queue, by image; fails on a line given twice. */
 async function results(url: string, queue: string): Promise<Map<string, string>> {
-  const r = await run(['queue', 'results', '--redis', url, '--queue', queue]);
+  const r = await runCli(['queue', 'results', '--redis', url, '--queue', queue]);
   expect(r.stderr).toBe('');
   expect(r.code).toBe(0);
   const out = new Map<string, string>();
@@ -122,7 +108,7 @@ async function results(url: string, queue: string): Promise<Map<string, string>>
 }
 
 async function status(url: string, queue: string): Promise<QueueStatus> {
-  const r = await run(['queue', 'status', '--redis', url, '--queue', queue, '--json']);
+  const r = await runCli(['queue', 'status', '--redis', url, '--queue', queue, '--json']);
   expect(r.code).toBe(0);
   return JSON.parse(r.stdout) as QueueStatus;
 }
@@ -159,7 +145,7 @@ beforeAll(async () => {
 
   // The local run everything is compared with: `img2pose detect` with the same settings.
   const json = path.join(tmp, 'local.json');
-  const r = await run(['detect', dir, '--weights', weightsDir, '--backend', 'wasm', '--threads', '1', ...SETTINGS, '--json', json]);
+  const r = await runCli(['detect', dir, '--weights', weightsDir, '--backend', 'wasm', '--threads', '1', ...SETTINGS, '--json', json]);
   expect(r.code).toBe(1); // the two bad files
   const lines = JSON.parse(fs.readFileSync(json, 'utf8')) as { image: string; error?: string }[];
   local = new Map(lines.map((l) => [l.image, JSON.stringify(l)]));
@@ -223,13 +209,24 @@ describeRedis('a real Redis', () => {
     const redis = await startRedis({ dir: tmp });
     servers.push(redis);
     const q = 'kill';
-    const add = await run(['queue', 'add', path.dirname(images[0]), '--redis', redis.url, '--queue', q, '--chunk-size', '10', ...SETTINGS]);
+    const add = await runCli([
+      'queue',
+      'add',
+      path.dirname(images[0]),
+      '--redis',
+      redis.url,
+      '--queue',
+      q,
+      '--chunk-size',
+      '10',
+      ...SETTINGS,
+    ]);
     expect(add.stderr).toBe('');
     expect(add.stdout).toBe(`queued ${IMAGES + 2} images in 31 chunks on ${q}\n`);
     // Adding again queues nothing; other settings on the same queue are refused.
-    const again = await run(['queue', 'add', ...images.slice(0, 5), '--redis', redis.url, '--queue', q, ...SETTINGS]);
+    const again = await runCli(['queue', 'add', ...images.slice(0, 5), '--redis', redis.url, '--queue', q, ...SETTINGS]);
     expect(again.stdout).toBe(`queued 0 images in 0 chunks on ${q} (5 already queued, skipped)\n`);
-    const other = await run(['queue', 'add', images[0], '--redis', redis.url, '--queue', q, '--threshold', '0.5']);
+    const other = await runCli(['queue', 'add', images[0], '--redis', redis.url, '--queue', q, '--threshold', '0.5']);
     expect(other.code).toBe(2);
     expect(other.stderr).toMatch(/detection settings: expected those of the queue's first images \(threshold 0,/);
 
@@ -277,10 +274,10 @@ describeRedis('a real Redis', () => {
 
     // The same as a file, written whole.
     const file = path.join(tmp, 'kill.jsonl');
-    const r = await run(['queue', 'results', '--redis', redis.url, '--queue', q, '--jsonl', file]);
+    const r = await runCli(['queue', 'results', '--redis', redis.url, '--queue', q, '--jsonl', file]);
     expect(r.stderr).toBe(`img2pose: wrote ${IMAGES + 2} results to ${file}\n`);
     expect(fs.readFileSync(file, 'utf8').trim().split('\n')).toHaveLength(IMAGES + 2);
-    const text = await run(['queue', 'status', '--redis', redis.url, '--queue', q]);
+    const text = await runCli(['queue', 'status', '--redis', redis.url, '--queue', q]);
     expect(text.stdout).toMatch(new RegExp(`^queue kill: ${IMAGES + 2} of ${IMAGES + 2} images done \\(100\\.0%\\), 2 failed, 0 in flight, 0 waiting\n`));
   }, 600_000);
 
@@ -292,7 +289,7 @@ describeRedis('a real Redis', () => {
     const subset = images.slice(0, 30);
     const list = path.join(tmp, 'list.txt');
     fs.writeFileSync(list, `# images to do\n${subset.join('\n')}\n\n`);
-    const add = await run(['queue', 'add', list, '--redis', redis.url, '--queue', q, '--chunk-size', '5', ...SETTINGS]);
+    const add = await runCli(['queue', 'add', list, '--redis', redis.url, '--queue', q, '--chunk-size', '5', ...SETTINGS]);
     expect(add.stdout).toBe(`queued 30 images in 6 chunks on ${q}\n`);
 
     const workers = [0, 1].map(() => spawnWorker(redis.url, q));
@@ -318,14 +315,14 @@ describeRedis('a real Redis', () => {
   it('a wrong password or no Redis: one line, exit code 1, the password not shown', async () => {
     const redis = servers[servers.length - 1];
     const wrong = redis.url.replace(/:[^:@]*@/, ':n0tit@');
-    const r = await run(['queue', 'status', '--redis', wrong]);
+    const r = await runCli(['queue', 'status', '--redis', wrong]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^img2pose: cannot reach Redis at redis:\/\/:\*\*\*@127\.0\.0\.1:\d+: .*(WRONGPASS|invalid|password)/i);
     expect(r.stderr).not.toContain('n0tit');
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
 
     const started = Date.now();
-    const none = await run(['queue', 'status', '--redis', 'redis://127.0.0.1:1']);
+    const none = await runCli(['queue', 'status', '--redis', 'redis://127.0.0.1:1']);
     expect(none.code).toBe(1);
     expect(none.stderr).toMatch(/^img2pose: cannot reach Redis at redis:\/\/127\.0\.0\.1:1: /);
     expect(Date.now() - started).toBeLessThan(15_000);

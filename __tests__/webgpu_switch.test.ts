@@ -13,43 +13,10 @@ import {
   Kernels,
   PORTABLE_KERNELS,
 } from '../src/kernels/webgpu';
+import { ConvCase, convReference64 } from './utils/kernel_reference';
 import { lcgValues, relErr } from './utils/lcg';
 
-interface Case {
-  x: [number, number, number, number];
-  k: number;
-  cout: number;
-  stride: number;
-  pad: number;
-  relu: boolean;
-  residual?: 'same' | 'upsample';
-}
-
-/** Direct float64 convolution, PyTorch semantics (symmetric zero padding, nearest upsampling). */
-function reference(x: Float32Array, w: Float32Array, b: Float32Array, c: Case, res?: { data: Float32Array; h: number; w: number }): Float64Array {
-  const [n, h, wd, cin] = c.x;
-  const ho = convOutputSize(h, c.k, c.stride, c.pad);
-  const wo = convOutputSize(wd, c.k, c.stride, c.pad);
-  const out = new Float64Array(n * ho * wo * c.cout);
-  for (let bi = 0; bi < n; bi++) for (let oy = 0; oy < ho; oy++) for (let ox = 0; ox < wo; ox++) for (let co = 0; co < c.cout; co++) {
-    let s = b[co];
-    for (let ky = 0; ky < c.k; ky++) for (let kx = 0; kx < c.k; kx++) {
-      const iy = oy * c.stride - c.pad + ky;
-      const ix = ox * c.stride - c.pad + kx;
-      if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
-      for (let ci = 0; ci < cin; ci++) s += x[((bi * h + iy) * wd + ix) * cin + ci] * w[((ky * c.k + kx) * cin + ci) * c.cout + co];
-    }
-    if (res) {
-      const ry = c.residual === 'upsample' ? Math.min(Math.floor(oy * Math.fround(res.h / ho)), res.h - 1) : oy;
-      const rx = c.residual === 'upsample' ? Math.min(Math.floor(ox * Math.fround(res.w / wo)), res.w - 1) : ox;
-      s += res.data[((bi * res.h + ry) * res.w + rx) * c.cout + co];
-    }
-    out[((bi * ho + oy) * wo + ox) * c.cout + co] = c.relu ? Math.max(s, 0) : s;
-  }
-  return out;
-}
-
-const cases: Case[] = [
+const cases: ConvCase[] = [
   { x: [1, 9, 11, 5], k: 3, cout: 7, stride: 1, pad: 1, relu: true },
   { x: [2, 13, 10, 3], k: 7, cout: 8, stride: 2, pad: 3, relu: true },
   { x: [2, 7, 9, 6], k: 1, cout: 4, stride: 2, pad: 0, relu: false },
@@ -79,7 +46,7 @@ describe('kernel switch (src/kernels/webgpu) on wasm', () => {
     const rh = c.residual === 'upsample' ? Math.ceil(ho / 2) : ho;
     const rw = c.residual === 'upsample' ? Math.ceil(wo / 2) : wo;
     const rd = c.residual ? lcgValues(n * rh * rw * c.cout, 4) : undefined;
-    const expected = reference(xd, wdat, bd, c, rd && { data: rd, h: rh, w: rw });
+    const expected = convReference64(c, { x: xd, w: wdat, b: bd, res: rd && { data: rd, h: rh, w: rw } });
     for (const mode of ['portable', 'webgpu'] as const) {
       const kernels = new Kernels(mode);
       const got = tf.tidy(() => {

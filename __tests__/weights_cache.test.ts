@@ -26,6 +26,7 @@ import {
 import { DRIVE_ID, TestServer, driveHandler, sendFile, startServer } from './utils/http_server';
 import { releaseZip, torchZipCheckpoint } from './utils/release_zip';
 import { goldenCase, imagePath } from './utils/golden';
+import { rejectionOf } from './utils/rejection';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
@@ -54,14 +55,7 @@ async function serve(handler: Parameters<typeof startServer>[0]): Promise<TestSe
   return s;
 }
 
-async function rejection(p: Promise<unknown>): Promise<WeightsError> {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(WeightsError);
-  return e as WeightsError;
-}
+const rejection = (p: Promise<unknown>): Promise<WeightsError> => rejectionOf(p, WeightsError);
 
 beforeAll(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'img2pose-cache-test-'));

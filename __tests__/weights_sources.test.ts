@@ -7,7 +7,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { pathToFileURL } from 'url';
 import * as tf from '@tensorflow/tfjs';
-import { main } from '../src/cli';
+import { CliRun, runCli } from './utils/cli';
 import { WeightsError } from '../src/errors';
 import { FORMULA_NOTE, formulaWeights, writeFormulaWeights } from '../src/io/formula_weights';
 import { copyToActiveBackend, onActiveBackend, weightsOnActiveBackend } from '../src/io/tensor_home';
@@ -18,6 +18,7 @@ import { openWeights } from '../src/io/weights_source';
 import { DEFAULT_POSE_WARNING } from '../converter/convert';
 import { TestServer, startServer } from './utils/http_server';
 import { goldenCase, imagePath } from './utils/golden';
+import { rejectionOf } from './utils/rejection';
 
 let tmp: string;
 let dir: string;
@@ -39,14 +40,7 @@ function expectSameWeights(got: Img2PoseWeights, want: Img2PoseWeights): void {
   expect(differ.map(([n]) => n)).toEqual([]);
 }
 
-async function rejection(p: Promise<unknown>): Promise<WeightsError> {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(WeightsError);
-  return e as WeightsError;
-}
+const rejection = (p: Promise<unknown>): Promise<WeightsError> => rejectionOf(p, WeightsError);
 
 beforeAll(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'img2pose-sources-'));
@@ -257,14 +251,11 @@ describe('tf.io handlers', () => {
 });
 
 describe('img2pose weights ...', () => {
-  async function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-    let stdout = '';
-    let stderr = '';
+  async function run(args: string[], env: Record<string, string> = {}): Promise<CliRun> {
     const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
     Object.assign(process.env, env);
     try {
-      const code = await main(['node', 'img2pose', ...args], { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t) });
-      return { code, stdout, stderr };
+      return await runCli(args);
     } finally {
       for (const [k, v] of Object.entries(saved)) {
         if (v === undefined) delete process.env[k];

@@ -26,7 +26,7 @@ import { prepareBatch } from '../src/model/transform';
 import { decodeImage } from '../src/io/images';
 import * as fsp from 'fs';
 import { relErr as relErrHost } from '../__tests__/utils/lcg';
-import { roiAlignReference64 } from '../__tests__/utils/kernel_reference';
+import { ConvCase as ReferenceConvCase, convReference64 as convReferenceHost, roiAlignReference64 } from '../__tests__/utils/kernel_reference';
 
 const opts = new Command('kernels.mjs')
   .description('our WebGPU programs against the stock tfjs ops and float64 references, then timed on the model\'s layer shapes')
@@ -47,15 +47,8 @@ async function relErr(a: tf.Tensor, b: tf.Tensor): Promise<number> {
   return v;
 }
 
-interface ConvCase {
+interface ConvCase extends ReferenceConvCase {
   name: string;
-  x: [number, number, number, number];
-  k: number;
-  cout: number;
-  stride: number;
-  pad: number;
-  relu: boolean;
-  residual?: 'same' | 'upsample';
   tile?: ConvTile;
 }
 
@@ -92,35 +85,11 @@ function convOpts(c: ConvCase, res?: tf.Tensor4D): ConvOptions {
   return { stride: c.stride, pad: c.pad, relu: c.relu, residual: res, upsampleResidual: c.residual === 'upsample' };
 }
 
-/** Direct float64 convolution on the CPU (PyTorch semantics: symmetric zero padding, nearest upsample). */
-async function convReference64(
-  x: tf.Tensor4D, w: tf.Tensor4D, b: tf.Tensor1D, c: ConvCase, res?: tf.Tensor4D,
-): Promise<Float64Array> {
-  const [n, h, wd, cin] = x.shape;
-  const [xd, wdat, bd] = [await x.data(), await w.data(), await b.data()];
-  const rd = res ? await res.data() : undefined;
-  const ho = convOutputSize(h, c.k, c.stride, c.pad);
-  const wo = convOutputSize(wd, c.k, c.stride, c.pad);
-  const out = new Float64Array(n * ho * wo * c.cout);
-  for (let bi = 0; bi < n; bi++) for (let oy = 0; oy < ho; oy++) for (let ox = 0; ox < wo; ox++) {
-    for (let co = 0; co < c.cout; co++) {
-      let s = bd[co];
-      for (let ky = 0; ky < c.k; ky++) for (let kx = 0; kx < c.k; kx++) {
-        const iy = oy * c.stride - c.pad + ky;
-        const ix = ox * c.stride - c.pad + kx;
-        if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
-        for (let ci = 0; ci < cin; ci++) s += xd[((bi * h + iy) * wd + ix) * cin + ci] * wdat[((ky * c.k + kx) * cin + ci) * c.cout + co];
-      }
-      if (res && rd) {
-        const [, hr, wr] = res.shape;
-        const ry = c.residual === 'upsample' ? Math.min(Math.floor(oy * Math.fround(hr / ho)), hr - 1) : oy;
-        const rx = c.residual === 'upsample' ? Math.min(Math.floor(ox * Math.fround(wr / wo)), wr - 1) : ox;
-        s += rd[((bi * hr + ry) * wr + rx) * c.cout + co];
-      }
-      out[((bi * ho + oy) * wo + ox) * c.cout + co] = c.relu ? Math.max(s, 0) : s;
-    }
-  }
-  return out;
+/** The float64 reference convolution (PyTorch semantics, __tests__/utils/kernel_reference.ts) of these tensors. */
+async function convReference64(x: tf.Tensor4D, w: tf.Tensor4D, b: tf.Tensor1D, c: ConvCase, res?: tf.Tensor4D): Promise<Float64Array> {
+  const data = async (t: tf.Tensor): Promise<Float32Array> => (await t.data()) as Float32Array;
+  const residual = res && { data: await data(res), h: res.shape[1], w: res.shape[2] };
+  return convReferenceHost(c, { x: await data(x), w: await data(w), b: await data(b), res: residual });
 }
 
 interface CheckRow {

@@ -16,7 +16,7 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { Command } from 'commander';
 import { selectBackend } from '../src/runtime/backend';
-import { main } from '../src/cli';
+import { runCli } from '../__tests__/utils/cli';
 import { Face, Img2Pose } from '../src/detector';
 import { BatchError, Img2PoseError, InputError } from '../src/errors';
 import { formulaWeights } from '../src/io/formula_weights';
@@ -43,21 +43,6 @@ const HOSTILE_BEGIN = '<!-- GENERATED hostile inputs, by bench/reliability_table
 const HOSTILE_END = '<!-- END GENERATED hostile inputs -->';
 const SIZES = { minSize: 160, maxSize: 288 };
 
-interface CliRun {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function cli(args: string[]): Promise<CliRun> {
-  let stdout = '';
-  let stderr = '';
-  const code = await main(['node', 'img2pose', ...args], {
-    stdout: (t) => void (stdout += t),
-    stderr: (t) => void (stderr += t),
-  });
-  return { code, stdout, stderr };
-}
 
 /** Table cell: one line, pipes escaped, temp paths shortened. */
 function cell(s: string, tmp: string): string {
@@ -101,7 +86,7 @@ async function generate(): Promise<string> {
     );
     for (const c of await writeBadFiles(path.join(tmp, 'bad'))) {
       const e = errorSummary(await det.detectFaces(c.file!).catch((x: unknown) => x));
-      const r = await cli(['detect', c.file!, ...cliArgs]);
+      const r = await runCli(['detect', c.file!, ...cliArgs]);
       const shown = [r.stdout.trim(), r.stderr.trim() ? `stderr: ${r.stderr.trim()}` : ''].filter((s) => s).join('\n');
       out.push(`| ${c.label} | ${e.cls} (${e.code}) | ${cell(code(e.message), tmp)} | ${r.code} | ${cell(code(shown), tmp)} |`);
     }
@@ -144,7 +129,7 @@ async function generate(): Promise<string> {
         `\`detectFacesSettled\` resolves to \`${JSON.stringify(settled.map((s) => (s.ok ? { ok: true, faces: `Face[${s.faces.length}]` } : { ok: false, error: s.error.constructor.name })))}\`.`,
       '',
     );
-    const listCli = await cli(['detect', good, truncated, good, ...cliArgs]);
+    const listCli = await runCli(['detect', good, truncated, good, ...cliArgs]);
     out.push(
       `CLI, \`img2pose detect good.png truncated.jpg good.png --weights <dir>\`: exit code ${listCli.code}, stderr ${listCli.stderr ? code(cell(listCli.stderr, tmp)) : 'empty'}, stdout:`,
       '',
@@ -170,7 +155,7 @@ async function generate(): Promise<string> {
       );
       disposeInput(input);
       const [h, w] = resizedSize(c.height, c.width, SIZES.minSize, SIZES.maxSize);
-      const exit = c.file ? String((await cli(['detect', c.file, ...cliArgs, '--threshold', '0'])).code) : 'n/a';
+      const exit = c.file ? String((await runCli(['detect', c.file, ...cliArgs, '--threshold', '0'])).code) : 'n/a';
       out.push(`| ${c.label} | ${h} x ${w} | ${cell(result, tmp)} | ${exit} |`);
     }
     out.push('');
@@ -188,7 +173,7 @@ async function generate(): Promise<string> {
       const before = tf.memory().numTensors;
       const e = errorSummary(await Img2Pose.load({ weights: c.path, backend: 'wasm' }).catch((x: unknown) => x));
       if (tf.memory().numTensors !== before) throw new Error(`${c.label}: tensors leaked`);
-      const r = await cli(['detect', good, '--weights', c.path, '--backend', 'wasm']);
+      const r = await runCli(['detect', good, '--weights', c.path, '--backend', 'wasm']);
       const same = r.stderr.trim() === `img2pose: ${e.message}`;
       out.push(
         `| ${c.label} | ${e.cls} (${e.code}) | ${cell(code(shorten(e.message)), tmp)}${same ? '' : `<br>CLI: ${cell(code(r.stderr.trim()), tmp)}`} | ${r.code} | ${r.stdout ? cell(code(r.stdout), tmp) : 'empty'} |`,

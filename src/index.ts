@@ -13,45 +13,16 @@
  * The declarations use web-standard types only (`Uint8Array`, no `Buffer` or `NodeJS.*`), so an app
  * compiles against them without `@types/node`.
  */
-export { Img2Pose, DEFAULT_OPTIONS } from './detector';
-export type {
-  AlignedDetection,
-  Box,
-  DetectionModel,
-  DetectAlignOptions,
-  DetectOptions,
-  DetectorOptions,
-  Face,
-  LoadOptions,
-  Point,
-  Pose,
-  SettledDetection,
-} from './detector';
-export type { ModelConfig, RawDetections } from './model/model';
-export type { ImageBytes, NetworkImage } from './model/transform';
+export * from './public_api';
 
-export {
-  AbortError,
-  BackendError,
-  BatchError,
-  DisposedError,
-  Img2PoseError,
-  InferenceError,
-  InputError,
-  OptionError,
-  WeightsError,
-} from './errors';
-export type { Img2PoseErrorCode, IndexedError, InputErrorDetails } from './errors';
+// What the Node entry adds to the shared surface (./public_api.ts): the detector class with
+// Node's image inputs, worker threads' errors, the weights cache and files, drawing into images.
+export { Img2Pose } from './detector';
 export { WorkerTaskError } from './runtime/threads';
-
 export type { ImageInput, JimpImageLike, RawImage } from './io/images';
-export { BACKEND_CHOICES } from './runtime/backend';
-export type { BackendChoice } from './runtime/backend';
 
 export { loadWeights } from './io/weights_io';
 export type { LoadWeightsOptions } from './io/weights_io';
-export type { WeightsSource } from './io/weights_source';
-export type { Img2PoseWeights, ResNetDepth } from './model/weights';
 export {
   cacheRoot,
   clearReleaseCache,
@@ -63,13 +34,7 @@ export {
 export type { CacheRecord, Environment, ReleaseEvent, ReleaseOptions } from './io/weights_cache';
 export { writeFormulaWeights } from './io/formula_weights';
 
-export { alignFaces, cropToPng, ALIGN_SIZES } from './align';
-export type { AffineTransform, AlignedFace, AlignedImage, AlignOptions, AlignSize, PosedFace } from './align';
-
-export { poseToEuler } from './euler';
-export type { EulerAngles } from './euler';
+export { alignFaces, cropToPng } from './align';
 
 export { visualize } from './visualize';
 export type { DrawableFace, RGB, VisualizeImage, VisualizeOptions } from './visualize';
-
-export type { KeypointName } from './model/pose';

@@ -26,20 +26,36 @@ export interface DrawableFace {
   keypoints: Readonly<Record<string, readonly number[]>>;
 }
 
-export interface VisualizeOptions {
-  /** Also write the PNG here. */
-  out?: string;
-  /** Line width in pixels (default 2, as upstream's `draw_detections`). */
+/** What the overlays show and how: `visualize` here, `drawFaces` in the browser build. */
+export interface OverlayOptions {
+  /** Line width in image pixels (default 2, as upstream's `draw_detections`). */
   thickness?: number;
+  /** Default green. */
   boxColor?: RGB;
+  /** Default red. */
   keypointColor?: RGB;
   showConfidence?: boolean;
   showKeypoints?: boolean;
   showPose?: boolean;
-  /** Length of the drawn pose axes in the 3D reference face's units (the face is ~1.5 wide). */
+  /** Length of the drawn pose axes in the 3D reference face's units (default 0.8; the face is ~1.5 wide). */
   axisLength?: number;
+}
+
+export interface VisualizeOptions extends OverlayOptions {
+  /** Also write the PNG here. */
+  out?: string;
   /** Largest width x height of an encoded image accepted, read from its header before decoding (default `DEFAULT_MAX_PIXELS`). */
   maxPixels?: number;
+}
+
+/** The overlay options with their defaults, as both drawers apply them. */
+export function overlayStyle(opts: OverlayOptions): { thickness: number; boxColor: RGB; keypointColor: RGB; axisLength: number } {
+  return {
+    thickness: Math.max(1, Math.round(opts.thickness ?? 2)),
+    boxColor: opts.boxColor ?? [0, 255, 0],
+    keypointColor: opts.keypointColor ?? [255, 0, 0],
+    axisLength: opts.axisLength ?? 0.8,
+  };
 }
 
 /** A decoded RGBA image, row-major, 4 bytes a pixel. */
@@ -49,7 +65,8 @@ export interface RgbaBitmap {
   data: Uint8Array;
 }
 
-const AXIS_COLORS: [RGB, RGB, RGB] = [
+/** The pose axes' colours, as upstream draws them. */
+export const AXIS_COLORS: [RGB, RGB, RGB] = [
   [255, 0, 0], // x: the face's left-to-right
   [0, 255, 0], // y: downwards (image convention)
   [0, 0, 255], // facing direction
@@ -61,10 +78,7 @@ const AXIS_COLORS: [RGB, RGB, RGB] = [
  */
 export async function visualize(image: VisualizeImage, faces: readonly DrawableFace[], opts: VisualizeOptions = {}): Promise<Uint8Array> {
   const bm = await toBitmap(image, { maxPixels: opts.maxPixels });
-  const thickness = Math.max(1, Math.round(opts.thickness ?? 2));
-  const boxColor = opts.boxColor ?? [0, 255, 0];
-  const keypointColor = opts.keypointColor ?? [255, 0, 0];
-  const axisLength = opts.axisLength ?? 0.8;
+  const { thickness, boxColor, keypointColor, axisLength } = overlayStyle(opts);
 
   for (const face of faces) {
     if (opts.showPose !== false) {

@@ -2,9 +2,9 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
-import png from '@jimp/js-png';
 import { parseNpy, NpyArray } from '../../converter/npy';
 import { FIXTURES } from './formula';
+import { rgbOfPng } from './png';
 
 export const GOLDEN = path.join(FIXTURES, 'golden');
 
@@ -74,18 +74,8 @@ export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
 }
 
-/**
- * A golden PNG as an HWC int32 RGB tensor, decoded by jimp's PNG codec (Jimp.read sniffs the
- * type with a dynamic import() that jest's CommonJS runtime rejects). The bitmap is RGBA;
- * upstream's convert('RGB') drops alpha.
- */
+/** A golden PNG as an HWC int32 RGB tensor (./png.ts decodes it). */
 export function loadGoldenRgb(name: string): tf.Tensor3D {
-  const { data, width, height } = png().decode(fs.readFileSync(imagePath(name)));
-  const rgb = new Int32Array(width * height * 3);
-  for (let i = 0, j = 0; j < rgb.length; i += 4, j += 3) {
-    rgb[j] = data[i];
-    rgb[j + 1] = data[i + 1];
-    rgb[j + 2] = data[i + 2];
-  }
-  return tf.tensor3d(rgb, [height, width, 3], 'int32');
+  const { data, width, height } = rgbOfPng(imagePath(name));
+  return tf.tensor3d(Int32Array.from(data), [height, width, 3], 'int32');
 }

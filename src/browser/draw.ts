@@ -3,28 +3,13 @@
  * `visualize` for pages: the same overlays (box, confidence, five keypoints, head-pose axes with
  * the detector's camera) drawn with the canvas 2D API on a canvas the page owns, in image pixels.
  */
-import type { DrawableFace, RGB } from '../visualize';
-import { poseAxes2d } from '../visualize';
+import type { DrawableFace, OverlayOptions, RGB } from '../visualize';
+import { AXIS_COLORS, overlayStyle, poseAxes2d } from '../visualize';
 
-export interface DrawOptions {
-  /** Line width in image pixels (default 2). */
-  thickness?: number;
-  boxColor?: RGB;
-  keypointColor?: RGB;
-  showConfidence?: boolean;
-  showKeypoints?: boolean;
-  showPose?: boolean;
-  /** Pose axes' length in the 3D reference face's units (default 0.8, as `visualize`). */
-  axisLength?: number;
+export interface DrawOptions extends OverlayOptions {
   /** The detected image's size [width, height] when the canvas is not that size (default: the canvas's). */
   imageSize?: [number, number];
 }
-
-const AXIS_COLORS: [RGB, RGB, RGB] = [
-  [255, 0, 0],
-  [0, 255, 0],
-  [0, 0, 255],
-];
 
 const css = ([r, g, b]: RGB): string => `rgb(${r}, ${g}, ${b})`;
 
@@ -39,16 +24,14 @@ export function drawFaces(target: HTMLCanvasElement | OffscreenCanvas | Context2
   if (!ctx) throw new Error('drawFaces: the canvas has no 2D context (is it a WebGL canvas?)');
   const { width: cw, height: ch } = ctx.canvas;
   const [iw, ih] = opts.imageSize ?? [cw, ch];
-  const thickness = Math.max(1, Math.round(opts.thickness ?? 2));
-  const boxColor = opts.boxColor ?? [0, 255, 0];
-  const keypointColor = opts.keypointColor ?? [255, 0, 0];
+  const { thickness, boxColor, keypointColor, axisLength } = overlayStyle(opts);
   ctx.save();
   try {
     ctx.scale(cw / iw, ch / ih);
     ctx.lineWidth = thickness;
     for (const face of faces) {
       if (opts.showPose !== false) {
-        const axes = poseAxes2d(face.pose, iw, ih, opts.axisLength ?? 0.8);
+        const axes = poseAxes2d(face.pose, iw, ih, axisLength);
         if (axes) {
           axes.ends.forEach(([x, y], a) => {
             ctx.strokeStyle = css(AXIS_COLORS[a]);

@@ -25,7 +25,8 @@ setDefaultModuleLoader(browserLoader);
 
 export { tf, setWasmPaths };
 
-export { DEFAULT_OPTIONS } from '../detector';
+export * from '../public_api';
+
 import { Img2Pose as CoreImg2Pose } from '../detector';
 import type { AlignedDetection, DetectAlignOptions, DetectOptions, Face, LoadOptions, SettledDetection } from '../detector';
 import type { AlignedFace, AlignOptions, PosedFace } from '../align';
@@ -55,44 +56,10 @@ export const Img2Pose = CoreImg2Pose as unknown as Omit<typeof CoreImg2Pose, 'lo
   load(options?: LoadOptions): Promise<Img2Pose>;
   prototype: Img2Pose;
 };
-export type {
-  AlignedDetection,
-  DetectAlignOptions,
-  Box,
-  DetectionModel,
-  DetectOptions,
-  DetectorOptions,
-  Face,
-  LoadOptions,
-  Point,
-  Pose,
-  SettledDetection,
-} from '../detector';
-export type { ModelConfig, RawDetections } from '../model/model';
-export type { ImageBytes, NetworkImage } from '../model/transform';
-export {
-  AbortError,
-  BackendError,
-  BatchError,
-  DisposedError,
-  Img2PoseError,
-  InferenceError,
-  InputError,
-  OptionError,
-  WeightsError,
-} from '../errors';
-export type { Img2PoseErrorCode, IndexedError, InputErrorDetails } from '../errors';
+// What the browser build adds to the shared surface (../public_api.ts): the page's inputs, weights
+// from URLs and picked files, drawing on a canvas.
 export type { DrawableSource, ImageInput, RawImage } from './io';
 export { loadWeights, loadWeightsFromFiles } from './weights_io';
-export type { WeightsSource } from '../io/weights_source';
-export type { Img2PoseWeights, ResNetDepth } from '../model/weights';
 export { drawFaces } from './draw';
 export type { DrawOptions } from './draw';
 export { alignFaces } from './align';
-export { ALIGN_SIZES } from '../align';
-export type { AffineTransform, AlignedFace, AlignedImage, AlignOptions, AlignSize, PosedFace } from '../align';
-export { poseToEuler } from '../euler';
-export type { EulerAngles } from '../euler';
-export { BACKEND_CHOICES } from '../runtime/backend';
-export type { BackendChoice } from '../runtime/backend';
-export type { KeypointName } from '../model/pose';

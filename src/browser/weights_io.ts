@@ -5,12 +5,11 @@
  * as in Node before any tensor exists: the format tag, the depth, every name and shape against the
  * architecture, every shard's size. A `.pth` checkpoint is not read here: convert it once in Node.
  */
-import * as tf from '@tensorflow/tfjs';
 import { WeightsError } from '../errors';
-import { Img2PoseWeights, ResNetDepth } from '../model/weights';
-import { tfjsShape } from '../../converter/axis_order';
-import { FoundTensor, RESNETS, compareToSpec, describeMismatch, img2poseSpec, isMismatchEmpty, isModelTensor } from '../../converter/spec';
-import { Img2PoseModelJson, MODEL_JSON, WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION, WeightEntryJson } from '../../converter/weights_format';
+import { Img2PoseWeights } from '../model/weights';
+import { MODEL_JSON } from '../../converter/weights_format';
+import { checkManifestAgainstSpec, checkModelJson } from '../io/weights_checks';
+import { decodeShards } from '../io/weights_shards';
 
 /** Accepted for the Node signature; pose statistics come from model.json in the browser. */
 export interface LoadWeightsOptions {
@@ -81,73 +80,9 @@ export async function loadWeightsFromFiles(files: Iterable<File>): Promise<Img2P
 
 async function loadFrom(src: WeightsSource): Promise<Img2PoseWeights> {
   const json = checkModelJson(src.jsonName, await src.text());
-  const meta = json.img2pose;
-  checkManifestAgainstSpec(src.jsonName, meta.depth, json.weightsManifest.flatMap((g) => g.weights));
-  const recorded = Array.isArray(meta.shardBytes) ? meta.shardBytes : [];
-  const decoded: tf.NamedTensorMap = {};
-  try {
-    let k = 0;
-    for (const [g, group] of json.weightsManifest.entries()) {
-      const buffers: ArrayBuffer[] = [];
-      for (const p of group.paths) {
-        const b = await src.shard(p);
-        const expected = recorded[k++];
-        if (typeof expected === 'number' && b.byteLength !== expected) {
-          refuse(p, `${b.byteLength < expected ? 'truncated' : 'oversized'} weight shard: expected ${expected} bytes, found ${b.byteLength}`);
-        }
-        buffers.push(b);
-      }
-      const held = buffers.reduce((a, b) => a + b.byteLength, 0);
-      const needed = group.weights.reduce((a, w) => a + w.shape.reduce((x, y) => x * y, 1) * 4, 0);
-      if (held !== needed) refuse(src.jsonName, `the shards of weight group ${g + 1} hold ${held} bytes but its tensors need ${needed}`);
-      Object.assign(decoded, tf.io.decodeWeights(buffers, group.weights));
-    }
-  } catch (e) {
-    tf.dispose(decoded);
-    throw e;
-  }
-  const tensors = new Map<string, tf.Tensor>();
-  for (const k of img2poseSpec(meta.depth)) if (isModelTensor(k.name)) tensors.set(k.name, decoded[k.name]);
-  return { depth: meta.depth, tensors, poseMean: Float64Array.from(meta.poseMean), poseStddev: Float64Array.from(meta.poseStddev) };
-}
-
-function isNumberArray(v: unknown, length: number): v is number[] {
-  return Array.isArray(v) && v.length === length && v.every((x) => typeof x === 'number' && Number.isFinite(x));
-}
-
-function checkModelJson(where: string, text: string): Img2PoseModelJson {
-  let json: Partial<Img2PoseModelJson>;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    refuse(where, 'not valid JSON (is this URL a converted weights folder?)');
-  }
-  if (typeof json !== 'object' || json === null || json.format !== WEIGHTS_FORMAT || typeof json.img2pose !== 'object' || json.img2pose === null) {
-    refuse(where, 'not an img2pose weights file; make one with `img2pose convert <checkpoint.pth> --out <dir>`');
-  }
-  const meta = json.img2pose;
-  if (typeof meta.formatVersion !== 'number' || meta.formatVersion > WEIGHTS_FORMAT_VERSION) {
-    refuse(where, `written by a newer converter (format version ${String(meta.formatVersion)}, this library reads ${WEIGHTS_FORMAT_VERSION})`);
-  }
-  if (!(String(meta.depth) in RESNETS)) refuse(where, `unsupported ResNet depth ${String(meta.depth)}`);
-  if (!isNumberArray(meta.poseMean, 6) || !isNumberArray(meta.poseStddev, 6)) refuse(where, 'img2pose.poseMean and img2pose.poseStddev must be 6 finite numbers each');
-  const groups = json.weightsManifest;
-  const entryOk = (e: WeightEntryJson): boolean => typeof e?.name === 'string' && Array.isArray(e.shape) && typeof e.dtype === 'string';
-  if (!Array.isArray(groups) || !groups.every((g) => Array.isArray(g?.paths) && g.paths.every((p) => typeof p === 'string') && Array.isArray(g.weights) && g.weights.every(entryOk))) {
-    refuse(where, 'weightsManifest is missing or malformed');
-  }
-  return json as Img2PoseModelJson;
-}
-
-function checkManifestAgainstSpec(where: string, depth: ResNetDepth, entries: WeightEntryJson[]): void {
-  const found = new Map<string, FoundTensor>();
-  for (const e of entries) found.set(e.name, { shape: e.shape, dtype: e.dtype });
-  const spec = img2poseSpec(depth)
-    .filter((k) => isModelTensor(k.name))
-    .map((k) => ({ ...k, shape: tfjsShape(k.shape) }));
-  const mismatch = compareToSpec(found, spec, (_, dtype) => dtype === 'float32');
-  if (!isMismatchEmpty(mismatch)) refuse(where, describeMismatch(mismatch, `the weights manifest (ResNet-${depth})`));
+  checkManifestAgainstSpec(src.jsonName, json.img2pose.depth, json.weightsManifest.flatMap((g) => g.weights));
+  return decodeShards(json, { jsonName: src.jsonName, shard: async (p) => ({ bytes: await src.shard(p), name: p }) });
 }
 
 // Pure checks shared with Node (weights from a URL or a tf.io handler validate with them).
-export { checkManifestAgainstSpec, checkModelJson } from '../io/weights_checks';
+export { checkManifestAgainstSpec, checkModelJson };

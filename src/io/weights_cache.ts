@@ -19,10 +19,11 @@ import * as path from 'path';
 import { SingleBar, Presets } from 'cli-progress';
 import { WeightsError } from '../errors';
 import { DownloadError, DownloadOptions, DownloadProgress, downloadFile } from './download';
-import { ZipEntry, ZipProblem, extractZipEntry, listZip } from './zip_members';
+import { extractZipEntry, listZip } from './zip_members';
 import { convertCheckpoint } from '../../converter/convert';
 import { CheckpointError } from '../../converter/errors';
 import { MODEL_JSON } from '../../converter/weights_format';
+import { ZipFormatError, ZipRecord } from '../../converter/zip';
 
 export { RELEASE } from './release';
 import { RELEASE } from './release';
@@ -259,14 +260,14 @@ async function installFromZip(zip: string, folder: string, source: ZipSource, op
   if (options.sha256 && zipHash.sha256 !== options.sha256.toLowerCase()) {
     await refuse(`sha256 ${zipHash.sha256} is not the expected ${options.sha256}`);
   }
-  let entries: ZipEntry[];
+  let entries: ZipRecord[];
   try {
     entries = await listZip(zip);
   } catch (e) {
-    if (!(e instanceof ZipProblem)) throw e;
+    if (!(e instanceof ZipFormatError)) throw e;
     return refuse(`not the release zip: ${e.message}; found ${await describeStart(zip, zipHash.bytes)}`, e);
   }
-  const member = (name: string): ZipEntry | undefined =>
+  const member = (name: string): ZipRecord | undefined =>
     entries.find((e) => e.name === name) ?? entries.find((e) => path.posix.basename(e.name) === path.posix.basename(name));
   const wanted = RELEASE.members;
   const missing = Object.values(wanted).filter((name) => member(name) === undefined);
@@ -286,9 +287,9 @@ async function installFromZip(zip: string, folder: string, source: ZipSource, op
     };
     for (const key of Object.keys(wanted) as (keyof typeof wanted)[]) {
       try {
-        await extractZipEntry(zip, member(wanted[key]) as ZipEntry, local[key]);
+        await extractZipEntry(zip, member(wanted[key]) as ZipRecord, local[key]);
       } catch (e) {
-        if (!(e instanceof ZipProblem)) throw e;
+        if (!(e instanceof ZipFormatError)) throw e;
         await refuse(`a damaged zip: ${e.message}`, e);
       }
     }
@@ -307,7 +308,7 @@ async function installFromZip(zip: string, folder: string, source: ZipSource, op
       licence: RELEASE.licence,
       createdAt: new Date().toISOString(),
       source: { ...source, zip: zipHash },
-      checkpoint: { member: (member(wanted.checkpoint) as ZipEntry).name, bytes: report_.checkpointBytes, sha256: report_.sha256 },
+      checkpoint: { member: (member(wanted.checkpoint) as ZipRecord).name, bytes: report_.checkpointBytes, sha256: report_.sha256 },
       files,
     };
     await fsp.writeFile(path.join(out, CACHE_RECORD), `${JSON.stringify(record, null, 2)}\n`);

@@ -5,11 +5,10 @@
  * shard must come from the folder model.json is in.
  */
 import { fileURLToPath } from 'url';
-import * as tf from '@tensorflow/tfjs';
 import { WeightsError } from '../errors';
 import { Img2PoseWeights } from '../model/weights';
 import { LoadWeightsOptions, checkManifestAgainstSpec, checkModelJson, loadWeights } from './weights_io';
-import { img2poseSpec, isModelTensor } from '../../converter/spec';
+import { decodeShards } from './weights_shards';
 
 /** Whether `source` is a URL this module loads (rather than a path). */
 export function isWeightsUrl(source: string): boolean {
@@ -41,37 +40,17 @@ export async function loadWeightsFromHttp(url: string, fetchFn: FetchLike = fetc
   const meta = json.img2pose;
   checkManifestAgainstSpec(url, meta.depth, json.weightsManifest.flatMap((g) => g.weights));
   const base = new URL('.', url);
-  const recorded = Array.isArray(meta.shardBytes) ? meta.shardBytes : [];
-  const decoded: tf.NamedTensorMap = {};
-  let k = 0;
-  try {
-    for (const group of json.weightsManifest) {
-      const buffers: ArrayBuffer[] = [];
-      for (const p of group.paths) {
-        const shardUrl = new URL(p, base);
-        // a manifest names shards beside itself: never another site or folder
-        if (shardUrl.origin !== base.origin || !shardUrl.pathname.startsWith(base.pathname)) {
-          refuse(url, `shard path ${JSON.stringify(p)} leaves the folder of model.json`);
-        }
-        const bytes = await (await fetchOk(shardUrl.href, 'a weight shard', fetchFn)).arrayBuffer();
-        const expected = recorded[k++];
-        if (typeof expected === 'number' && bytes.byteLength !== expected) {
-          refuse(shardUrl.href, `${bytes.byteLength < expected ? 'truncated' : 'oversized'} weight shard: expected ${expected} bytes, found ${bytes.byteLength}`);
-        }
-        buffers.push(bytes);
+  return decodeShards(json, {
+    jsonName: url,
+    shard: async (p) => {
+      const shardUrl = new URL(p, base);
+      // a manifest names shards beside itself: never another site or folder
+      if (shardUrl.origin !== base.origin || !shardUrl.pathname.startsWith(base.pathname)) {
+        refuse(url, `shard path ${JSON.stringify(p)} leaves the folder of model.json`);
       }
-      const needed = group.weights.reduce((a, w) => a + w.shape.reduce((x, y) => x * y, 1) * 4, 0);
-      const held = buffers.reduce((a, b) => a + b.byteLength, 0);
-      if (held !== needed) refuse(url, `the shards hold ${held} bytes but the tensors need ${needed}`);
-      Object.assign(decoded, tf.io.decodeWeights(buffers, group.weights));
-    }
-  } catch (e) {
-    tf.dispose(decoded);
-    throw e;
-  }
-  const tensors = new Map<string, tf.Tensor>();
-  for (const s of img2poseSpec(meta.depth)) if (isModelTensor(s.name)) tensors.set(s.name, decoded[s.name]);
-  return { depth: meta.depth, tensors, poseMean: Float64Array.from(meta.poseMean), poseStddev: Float64Array.from(meta.poseStddev) };
+      return { bytes: await (await fetchOk(shardUrl.href, 'a weight shard', fetchFn)).arrayBuffer(), name: shardUrl.href };
+    },
+  });
 }
 
 /** Weights from an http(s):// or file:// URL. The caller owns the tensors. */

@@ -355,6 +355,8 @@ function gridFor(boxes: Float32Array): GridGeometry | null {
   let maxY = -Infinity;
   const widths = new Float64Array(n);
   const heights = new Float64Array(n);
+  /** Boxes that can intersect another (x2 > x1, y2 > y1): the only ones a grid registers. */
+  const ordinary = new Int32Array(n);
   let numOrdinary = 0;
   for (let i = 0; i < n; i++) {
     const bx1 = boxes[i * 4];
@@ -368,6 +370,7 @@ function gridFor(boxes: Float32Array): GridGeometry | null {
     if (by1 < minY) minY = by1;
     if (bx2 > maxX) maxX = bx2;
     if (by2 > maxY) maxY = by2;
+    ordinary[numOrdinary] = i;
     widths[numOrdinary] = bx2 - bx1;
     heights[numOrdinary++] = by2 - by1;
   }
@@ -378,18 +381,49 @@ function gridFor(boxes: Float32Array): GridGeometry | null {
   const rows = clampInt(floor((maxY - minY) / medianHeight) || 1, 1, GRID_MAX_SIDE);
   const grid = { minX, minY, colScale: cols / (maxX - minX), rowScale: rows / (maxY - minY), cols, rows };
   let entries = 0;
-  for (let i = 0; i < n; i++) {
-    const bx1 = boxes[i * 4];
-    const by1 = boxes[i * 4 + 1];
-    const bx2 = boxes[i * 4 + 2];
-    const by2 = boxes[i * 4 + 3];
-    if (!(bx2 > bx1 && by2 > by1)) continue;
-    const spanX = cellIndex(bx2, minX, grid.colScale, cols) - cellIndex(bx1, minX, grid.colScale, cols) + 1;
-    const spanY = cellIndex(by2, minY, grid.rowScale, rows) - cellIndex(by1, minY, grid.rowScale, rows) + 1;
+  for (let j = 0; j < numOrdinary; j++) {
+    const b = ordinary[j] * 4;
+    const spanX = cellIndex(boxes[b + 2], minX, grid.colScale, cols) - cellIndex(boxes[b], minX, grid.colScale, cols) + 1;
+    const spanY = cellIndex(boxes[b + 3], minY, grid.rowScale, rows) - cellIndex(boxes[b + 1], minY, grid.rowScale, rows) + 1;
     entries += spanX * spanY;
     if (entries > GRID_MAX_CELLS_PER_BOX * n) return null;
   }
   return grid;
+}
+
+/**
+ * The kernel's test of box b (area `area`) against kept box k (of the columns x1..areas): whether
+ * their IoU is above the threshold, in the kernel's float32 arithmetic (see IncrementalNms).
+ */
+function suppresses(
+  x1: Float32Array,
+  y1: Float32Array,
+  x2: Float32Array,
+  y2: Float32Array,
+  areas: Float32Array,
+  k: number,
+  bx1: number,
+  by1: number,
+  bx2: number,
+  by2: number,
+  area: number,
+  iouThreshold: number,
+): boolean {
+  const kx1 = x1[k];
+  const kx2 = x2[k];
+  const xx1 = kx1 < bx1 ? bx1 : kx1;
+  const xx2 = bx2 < kx2 ? bx2 : kx2;
+  // With threshold >= 0, disjoint pairs (IoU 0, -0 or NaN) cannot suppress: skip the arithmetic.
+  if (!(xx2 > xx1) && iouThreshold >= 0) return false;
+  const ky1 = y1[k];
+  const ky2 = y2[k];
+  const yy1 = ky1 < by1 ? by1 : ky1;
+  const yy2 = by2 < ky2 ? by2 : ky2;
+  if (!(yy2 > yy1) && iouThreshold >= 0) return false;
+  const dw = f32(xx2 - xx1);
+  const dh = f32(yy2 - yy1);
+  const inter = f32((0 < dw ? dw : 0) * (0 < dh ? dh : 0));
+  return f32(inter / f32(f32(areas[k] + area) - inter)) > iouThreshold;
 }
 
 /** A typed array twice as long holding the same prefix. */
@@ -493,20 +527,7 @@ export class IncrementalNms {
           const k = entryKept[e];
           if (testedBy[k] === stamp) continue;
           testedBy[k] = stamp;
-          const kx1 = x1[k];
-          const kx2 = x2[k];
-          const xx1 = kx1 < bx1 ? bx1 : kx1;
-          const xx2 = bx2 < kx2 ? bx2 : kx2;
-          if (!(xx2 > xx1)) continue;
-          const ky1 = y1[k];
-          const ky2 = y2[k];
-          const yy1 = ky1 < by1 ? by1 : ky1;
-          const yy2 = by2 < ky2 ? by2 : ky2;
-          if (!(yy2 > yy1)) continue;
-          const dw = f32(xx2 - xx1);
-          const dh = f32(yy2 - yy1);
-          const inter = f32((0 < dw ? dw : 0) * (0 < dh ? dh : 0));
-          if (f32(inter / f32(f32(areas[k] + area) - inter)) > iouThreshold) return false;
+          if (suppresses(x1, y1, x2, y2, areas, k, bx1, by1, bx2, by2, area, iouThreshold)) return false;
         }
       }
     }
@@ -530,23 +551,8 @@ export class IncrementalNms {
   /** Whether a kept box overlaps this one above the threshold: the kernel's test against each. */
   private suppressedByAny(bx1: number, by1: number, bx2: number, by2: number, area: number): boolean {
     const { x1, y1, x2, y2, areas, iouThreshold } = this;
-    const early = iouThreshold >= 0;
     for (let k = 0; k < this.numStored; k++) {
-      const kx1 = x1[k];
-      const kx2 = x2[k];
-      const xx1 = kx1 < bx1 ? bx1 : kx1;
-      const xx2 = bx2 < kx2 ? bx2 : kx2;
-      // With threshold >= 0, disjoint pairs (IoU 0, -0 or NaN) cannot suppress.
-      if (early && !(xx2 > xx1)) continue;
-      const ky1 = y1[k];
-      const ky2 = y2[k];
-      const yy1 = ky1 < by1 ? by1 : ky1;
-      const yy2 = by2 < ky2 ? by2 : ky2;
-      if (early && !(yy2 > yy1)) continue;
-      const dw = f32(xx2 - xx1);
-      const dh = f32(yy2 - yy1);
-      const inter = f32((0 < dw ? dw : 0) * (0 < dh ? dh : 0));
-      if (f32(inter / f32(f32(areas[k] + area) - inter)) > iouThreshold) return true;
+      if (suppresses(x1, y1, x2, y2, areas, k, bx1, by1, bx2, by2, area, iouThreshold)) return true;
     }
     return false;
   }
