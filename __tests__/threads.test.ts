@@ -183,7 +183,7 @@ describe('the threads option', () => {
     expect(() => threadCount('auto', 'wasm', { IMG2POSE_THREADS: '0' })).toThrow(/IMG2POSE_THREADS: expected a positive integer, found "0"/);
   });
 
-  it("'auto' and the limit on wasm/cpu are sized by memory too (~0.75 GB a worker, half the memory); GPU backends are not", () => {
+  it("'auto' and the limit on wasm/cpu are sized by memory too (~1 GB a worker, half the memory); GPU backends are not", () => {
     const GiB = 1024 ** 3;
     // The module object itself (the namespace import above is read-only).
     // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -194,12 +194,12 @@ describe('the threads option', () => {
       memory.mockReturnValue(64 * GiB);
       expect(threadCount('auto', 'wasm', {})).toBe(4);
       expect(threadLimit('wasm')).toBe(32);
-      memory.mockReturnValue(3 * GiB);
+      memory.mockReturnValue(4 * GiB);
       expect(threadCount('auto', 'wasm', {})).toBe(2);
       expect(threadCount('auto', 'cpu', {})).toBe(2);
       expect(threadCount('auto', 'webgpu', {})).toBe(8);
       expect(threadLimit('wasm')).toBe(2);
-      expect(() => threadCount('auto', 'wasm', { IMG2POSE_THREADS: '3' })).toThrow(/IMG2POSE_THREADS: expected at most 2 .*~0.75 GB of the 3 GB here/);
+      expect(() => threadCount('auto', 'wasm', { IMG2POSE_THREADS: '3' })).toThrow(/IMG2POSE_THREADS: expected at most 2 .*~1 GB of the 4 GB here/);
       memory.mockReturnValue(1 * GiB);
       expect(threadCount('auto', 'wasm', {})).toBe(1);
     } finally {

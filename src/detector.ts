@@ -722,10 +722,11 @@ export function threadCount(threads: number | 'auto', backend: string, env: Envi
 }
 
 /**
- * Memory a worker of the CPU backends may take (its copy of the weights plus a batch's
- * activations at the default sizes).
+ * Memory a worker of the CPU backends may take at the default sizes: its wasm heap (weights, the
+ * Winograd filters and XNNPACK's packed copies, one photo's activations; ~0.8 GB measured on the
+ * 4-photo job) and what Node and tfjs hold beside it.
  */
-const WORKER_BYTES = 0.75 * 1024 ** 3;
+const WORKER_BYTES = 1024 ** 3;
 
 /** Workers that half of this machine's memory holds (no bound on the GPU backends). */
 function memoryThreads(backend: string): number {
@@ -741,7 +742,7 @@ function checkThreadLimit(n: number, option: string, backend: string): void {
   // 'auto' is resolved later: check against the tighter CPU bound unless a GPU backend is named
   const limit = threadLimit(backend === 'auto' ? 'wasm' : backend);
   if (n > limit) {
-    throw new OptionError(option, `at most ${limit} (more threads than max(8, twice the ${cores()} CPU cores) only wait, and each worker takes ~0.75 GB of the ${(os.totalmem() / 1024 ** 3).toFixed(0)} GB here)`, n);
+    throw new OptionError(option, `at most ${limit} (more threads than max(8, twice the ${cores()} CPU cores) only wait, and each worker takes ~${(WORKER_BYTES / 1024 ** 3).toFixed(0)} GB of the ${(os.totalmem() / 1024 ** 3).toFixed(0)} GB here)`, n);
   }
 }
 
