@@ -12,7 +12,8 @@ import {
 } from '../src/kernels/webgpu';
 import { lcgValues, relErr } from './utils/lcg';
 import { winogradHost } from './utils/winograd_host';
-import { prepareWinograd, releaseWinograd, winogradFilterFits, winogradFilterFor, winogradOptionsFit } from '../src/kernels/webgpu/winograd';
+import { prepareWinograd, winogradFilterFits, winogradFilterFor, winogradOptionsFit } from '../src/kernels/webgpu/winograd';
+import { wasmWinogradAvailable } from '../src/kernels/wasm/winograd';
 
 /** Direct 3x3 stride-1 pad-1 convolution in float64. */
 function direct(x: Float32Array, [n, h, w, cin]: number[], f: Float32Array, cout: number, b: Float32Array, relu: boolean): Float64Array {
@@ -67,20 +68,25 @@ describe('Winograd F(2x2, 3x3)', () => {
     expect(winogradOptionsFit({ stride: 1, pad: 0, relu: true, winograd: true })).toBe(false);
   });
 
-  it('keeps a transformed filter only on the webgpu backend, and frees it on release', () => {
+  it('keeps one transformed filter per backend path that uses it, made once, freed on release', () => {
+    expect(tf.getBackend()).toBe('wasm');
     const w = tf.zeros([3, 3, 256, 256]) as tf.Tensor4D;
     const before = tf.memory().numTensors;
-    prepareConvFilter(w); // on wasm: nothing to prepare
-    expect(tf.memory().numTensors).toBe(before);
+    // On wasm: the wasm path's F(4x4, 3x3) filter, 36 [in, out] matrices (Node runs its module).
+    expect(wasmWinogradAvailable()).toBe(true);
+    const wasmMatrices = 36;
+    prepareConvFilter(w);
+    prepareConvFilter(w); // once per filter
+    expect(tf.memory().numTensors).toBe(before + wasmMatrices);
+    // ...and not the webgpu path's F(2x2, 3x3) filter, which only its own preparation makes.
     expect(winogradFilterFor(w, { stride: 1, pad: 1, relu: false, winograd: true })).toBeUndefined();
     prepareWinograd(w);
     prepareWinograd(w); // once per filter
-    expect(tf.memory().numTensors).toBe(before + 1);
+    expect(tf.memory().numTensors).toBe(before + wasmMatrices + 1);
     expect(winogradFilterFor(w, { stride: 1, pad: 1, relu: false, winograd: true })?.shape).toEqual([16, 256, 256]);
     expect(winogradFilterFor(w, { stride: 1, pad: 1, relu: false })).toBeUndefined();
     expect(winogradFilterFor(w, { stride: 2, pad: 1, relu: false, winograd: true })).toBeUndefined();
-    releaseConvFilter(w);
-    releaseWinograd(w);
+    releaseConvFilter(w); // both
     expect(tf.memory().numTensors).toBe(before);
     w.dispose();
   });
