@@ -25,6 +25,30 @@ export interface ImageBytes {
 /** Int32 words per image in the header of the taps buffer. */
 const HEADER = 8;
 
+/**
+ * The shader of both programs: per output value, the bilinear blend of four normalised samples,
+ * each read by the program's own `sample(off, W, h, yy, xx, c)` (image start, source width, header
+ * word, source row and column, channel).
+ */
+function blendShader(sampleFn: string): string {
+  return `${sampleFn}
+fn main(index: i32) {
+  if (index >= uniforms.size) { return; }
+  let c = index % 3; let p = index / 3;
+  let PW = uniforms.outShape.z; let PH = uniforms.outShape.y;
+  let x = p % PW; let q = p / PW; let y = q % PH; let n = q / PH;
+  let h = n * ${HEADER};
+  if (y >= taps[h + 2] || x >= taps[h + 3]) { result[index] = 0.0; return; }
+  let off = taps[h]; let W = taps[h + 1];
+  let ty = taps[h + 4] + y * 4; let tx = taps[h + 5] + x * 4;
+  let y0 = taps[ty]; let y1 = taps[ty + 1]; let yw0 = bitcast<f32>(taps[ty + 2]); let yw1 = bitcast<f32>(taps[ty + 3]);
+  let x0 = taps[tx]; let x1 = taps[tx + 1]; let xw0 = bitcast<f32>(taps[tx + 2]); let xw1 = bitcast<f32>(taps[tx + 3]);
+  let r0 = fma(sample(off, W, h, y0, x0, c), xw0, sample(off, W, h, y0, x1, c) * xw1);
+  let r1 = fma(sample(off, W, h, y1, x0, c), xw0, sample(off, W, h, y1, x1, c) * xw1);
+  result[index] = fma(r0, yw0, r1 * yw1);
+}`;
+}
+
 class NormalizeResizePadBatchProgram implements WebGPUProgram {
   variableNames = ['img', 'taps', 'table'];
   outputShape: number[];
@@ -39,32 +63,18 @@ class NormalizeResizePadBatchProgram implements WebGPUProgram {
     this.dispatch = [Math.ceil((n * paddedH * paddedW * 3) / this.workgroupSize[0]), 1, 1];
   }
 
-  // taps: per image a header [pixel offset into img, source width, resized h, resized w, y taps
-  // offset, x taps offset, -, -], then the taps, 4 words each: index0, index1, weight0, weight1
-  // (weights as float32 bits).
+  // taps: per image a header [first value of the image in img, source width, resized h, resized
+  // w, y taps offset, x taps offset, channels, -], then the taps, 4 words each: index0, index1,
+  // weight0, weight1 (weights as float32 bits).
   getUserCode(): string {
-    return `
-fn norm(v: f32, c: i32) -> f32 {
+    return blendShader(`
+fn sample(off: i32, W: i32, h: i32, yy: i32, xx: i32, c: i32) -> f32 {
+  // f32(): tfjs casts int32 to float32 by relabelling the same buffer, so img may hold i32.
+  let v = f32(img[off + (yy * W + xx) * 3 + c]);
   // Byte values (the usual case) come from the host's table; anything else is computed.
   if (v >= 0.0 && v <= 255.0 && v == floor(v)) { return table[c * 256 + i32(v)]; }
   return (v / 255.0 - table[768 + c]) / table[771 + c];
-}
-fn main(index: i32) {
-  if (index >= uniforms.size) { return; }
-  let c = index % 3; let p = index / 3;
-  let PW = uniforms.outShape.z; let PH = uniforms.outShape.y;
-  let x = p % PW; let q = p / PW; let y = q % PH; let n = q / PH;
-  let h = n * ${HEADER};
-  if (y >= taps[h + 2] || x >= taps[h + 3]) { result[index] = 0.0; return; }
-  let off = taps[h]; let W = taps[h + 1];
-  let ty = taps[h + 4] + y * 4; let tx = taps[h + 5] + x * 4;
-  let y0 = taps[ty]; let y1 = taps[ty + 1]; let yw0 = bitcast<f32>(taps[ty + 2]); let yw1 = bitcast<f32>(taps[ty + 3]);
-  let x0 = taps[tx]; let x1 = taps[tx + 1]; let xw0 = bitcast<f32>(taps[tx + 2]); let xw1 = bitcast<f32>(taps[tx + 3]);
-  // f32(): tfjs casts int32 to float32 by relabelling the same buffer, so img may hold i32.
-  let r0 = fma(norm(f32(img[off + (y0 * W + x0) * 3 + c]), c), xw0, norm(f32(img[off + (y0 * W + x1) * 3 + c]), c) * xw1);
-  let r1 = fma(norm(f32(img[off + (y1 * W + x0) * 3 + c]), c), xw0, norm(f32(img[off + (y1 * W + x1) * 3 + c]), c) * xw1);
-  result[index] = fma(r0, yw0, r1 * yw1);
-}`;
+}`);
   }
 }
 
@@ -78,27 +88,13 @@ class NormalizeResizePadBytesProgram extends NormalizeResizePadBatchProgram {
   override shaderKey = 'i2pNormalizeResizePadBytes';
 
   override getUserCode(): string {
-    return `
-fn sample(at: i32) -> i32 {
-  return i32((bitcast<u32>(img[at >> 2u]) >> (u32(at & 3) * 8u)) & 255u);
-}
-fn main(index: i32) {
-  if (index >= uniforms.size) { return; }
-  let c = index % 3; let p = index / 3;
-  let PW = uniforms.outShape.z; let PH = uniforms.outShape.y;
-  let x = p % PW; let q = p / PW; let y = q % PH; let n = q / PH;
-  let h = n * ${HEADER};
-  if (y >= taps[h + 2] || x >= taps[h + 3]) { result[index] = 0.0; return; }
-  let off = taps[h]; let W = taps[h + 1]; let ch = taps[h + 6];
-  let cc = select(c, 0, ch == 1);
-  let ty = taps[h + 4] + y * 4; let tx = taps[h + 5] + x * 4;
-  let y0 = taps[ty]; let y1 = taps[ty + 1]; let yw0 = bitcast<f32>(taps[ty + 2]); let yw1 = bitcast<f32>(taps[ty + 3]);
-  let x0 = taps[tx]; let x1 = taps[tx + 1]; let xw0 = bitcast<f32>(taps[tx + 2]); let xw1 = bitcast<f32>(taps[tx + 3]);
-  let t = c * 256;
-  let r0 = fma(table[t + sample(off + (y0 * W + x0) * ch + cc)], xw0, table[t + sample(off + (y0 * W + x1) * ch + cc)] * xw1);
-  let r1 = fma(table[t + sample(off + (y1 * W + x0) * ch + cc)], xw0, table[t + sample(off + (y1 * W + x1) * ch + cc)] * xw1);
-  result[index] = fma(r0, yw0, r1 * yw1);
-}`;
+    return blendShader(`
+fn sample(off: i32, W: i32, h: i32, yy: i32, xx: i32, c: i32) -> f32 {
+  let ch = taps[h + 6];
+  let at = off + (yy * W + xx) * ch + select(c, 0, ch == 1);
+  let byte = (bitcast<u32>(img[at >> 2u]) >> (u32(at & 3) * 8u)) & 255u;
+  return table[c * 256 + i32(byte)];
+}`);
   }
 }
 
