@@ -9,6 +9,7 @@
  */
 const fs = require('fs');
 const path = require('path');
+const { assembleWat, spliceBytes } = require('./wasm_embed');
 
 const ROOT = path.join(__dirname, '..');
 const WAT = path.join(__dirname, 'warp_affine.wat');
@@ -17,25 +18,9 @@ const BEGIN = '// BEGIN warp_affine.wasm';
 const END = '// END warp_affine.wasm';
 
 async function main() {
-  let wabtFactory;
-  try {
-    wabtFactory = require('wabt');
-  } catch {
-    console.error('needs the wabt package: npm install --no-save wabt@1.0.39');
-    process.exit(2);
-  }
-  const wabt = await wabtFactory();
-  const mod = wabt.parseWat('warp_affine.wat', fs.readFileSync(WAT, 'utf8'), { simd: true });
-  mod.validate();
-  const bytes = Array.from(mod.toBinary({}).buffer);
-  mod.destroy();
-  const lines = [];
-  for (let i = 0; i < bytes.length; i += 24) lines.push('  ' + bytes.slice(i, i + 24).join(', ') + ',');
-  const block = `${BEGIN}\nconst WARP_WASM = new Uint8Array([\n${lines.join('\n')}\n]);\n${END}`;
+  const bytes = await assembleWat('warp_affine.wat', fs.readFileSync(WAT, 'utf8'));
   const src = fs.readFileSync(TARGET, 'utf8');
-  const a = src.indexOf(BEGIN), b = src.indexOf(END);
-  if (a < 0 || b < a) throw new Error(`${TARGET}: no ${BEGIN} ... ${END} block`);
-  const next = src.slice(0, a) + block + src.slice(b + END.length);
+  const next = spliceBytes(src, TARGET, BEGIN, END, 'const WARP_WASM', bytes);
   if (process.argv.includes('--check')) {
     if (next !== src) {
       console.error('src/align.ts does not hold the assembled tools/warp_affine.wat');

@@ -26,6 +26,7 @@
  */
 const fs = require('fs');
 const path = require('path');
+const { assembleWat, spliceBytes } = require('./wasm_embed');
 
 const ROOT = path.join(__dirname, '..');
 const WAT = path.join(__dirname, 'winograd_f4.wat');
@@ -230,26 +231,10 @@ function watSource() {
 }
 
 async function main() {
-  let wabtFactory;
-  try {
-    wabtFactory = require('wabt');
-  } catch {
-    console.error('needs the wabt package: npm install --no-save wabt@1.0.39');
-    process.exit(2);
-  }
   const wat = watSource();
-  const wabt = await wabtFactory();
-  const mod = wabt.parseWat('winograd_f4.wat', wat, { simd: true });
-  mod.validate();
-  const bytes = Array.from(mod.toBinary({}).buffer);
-  mod.destroy();
-  const lines = [];
-  for (let i = 0; i < bytes.length; i += 24) lines.push('  ' + bytes.slice(i, i + 24).join(', ') + ',');
-  const block = `${BEGIN}\nexport const WINOGRAD_F4_WASM = new Uint8Array([\n${lines.join('\n')}\n]);\n${END}`;
+  const bytes = await assembleWat('winograd_f4.wat', wat);
   const src = fs.readFileSync(TARGET, 'utf8');
-  const a = src.indexOf(BEGIN), b = src.indexOf(END);
-  if (a < 0 || b < a) throw new Error(`${TARGET}: no ${BEGIN} ... ${END} block`);
-  const next = src.slice(0, a) + block + src.slice(b + END.length);
+  const next = spliceBytes(src, TARGET, BEGIN, END, 'export const WINOGRAD_F4_WASM', bytes);
   if (process.argv.includes('--check')) {
     const oldWat = fs.existsSync(WAT) ? fs.readFileSync(WAT, 'utf8') : '';
     if (next !== src || oldWat !== wat) {
