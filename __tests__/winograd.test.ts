@@ -10,6 +10,7 @@ import {
   winogradFilter,
   WINOGRAD_MIN_CHANNELS,
 } from '../src/kernels/webgpu';
+import { convReference64 } from './utils/kernel_reference';
 import { lcgValues, relErr } from './utils/lcg';
 import { winogradHost } from './utils/winograd_host';
 import { prepareWinograd, winogradFilterFits, winogradFilterFor, winogradOptionsFit } from '../src/kernels/webgpu/winograd';
@@ -17,18 +18,7 @@ import { wasmWinogradAvailable } from '../src/kernels/wasm/winograd';
 
 /** Direct 3x3 stride-1 pad-1 convolution in float64. */
 function direct(x: Float32Array, [n, h, w, cin]: number[], f: Float32Array, cout: number, b: Float32Array, relu: boolean): Float64Array {
-  const out = new Float64Array(n * h * w * cout);
-  for (let bi = 0; bi < n; bi++) for (let y = 0; y < h; y++) for (let xx = 0; xx < w; xx++) for (let co = 0; co < cout; co++) {
-    let s = b[co];
-    for (let ky = 0; ky < 3; ky++) for (let kx = 0; kx < 3; kx++) {
-      const iy = y - 1 + ky;
-      const ix = xx - 1 + kx;
-      if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
-      for (let ci = 0; ci < cin; ci++) s += x[((bi * h + iy) * w + ix) * cin + ci] * f[((ky * 3 + kx) * cin + ci) * cout + co];
-    }
-    out[((bi * h + y) * w + xx) * cout + co] = relu ? Math.max(s, 0) : s;
-  }
-  return out;
+  return convReference64({ x: [n, h, w, cin], k: 3, cout, stride: 1, pad: 1, relu }, { x, w: f, b });
 }
 
 describe('Winograd F(2x2, 3x3)', () => {

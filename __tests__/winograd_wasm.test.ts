@@ -2,6 +2,7 @@
 // transforms and XNNPACK GEMMs against a float64 direct convolution, its error next to tfjs's own
 // direct convolution, tile edges, bands, and batch == single bit for bit.
 import * as tf from '@tensorflow/tfjs';
+import { convReference64 } from './utils/kernel_reference';
 import { lcgValues, relErr } from './utils/lcg';
 import {
   conv2dWinogradWasm,
@@ -14,24 +15,14 @@ import {
   WINOGRAD_F4_G,
 } from '../src/kernels/wasm/winograd';
 
-/** Direct 3x3 stride-1 pad-1 convolution in float64 (+ bias, + residual, ReLU). */
+/** Direct 3x3 stride-1 pad-1 convolution in float64 (+ a same-size residual) (+ ReLU). */
 function direct(
   x: Float32Array, [n, h, w, cin]: number[], f: Float32Array, cout: number, b: Float32Array, relu: boolean, res?: Float32Array,
 ): Float64Array {
-  const out = new Float64Array(n * h * w * cout);
-  for (let bi = 0; bi < n; bi++) for (let y = 0; y < h; y++) for (let xx = 0; xx < w; xx++) for (let co = 0; co < cout; co++) {
-    let s = b[co];
-    for (let ky = 0; ky < 3; ky++) for (let kx = 0; kx < 3; kx++) {
-      const iy = y - 1 + ky;
-      const ix = xx - 1 + kx;
-      if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
-      for (let ci = 0; ci < cin; ci++) s += x[((bi * h + iy) * w + ix) * cin + ci] * f[((ky * 3 + kx) * cin + ci) * cout + co];
-    }
-    const o = ((bi * h + y) * w + xx) * cout + co;
-    if (res) s += res[o];
-    out[o] = relu ? Math.max(s, 0) : s;
-  }
-  return out;
+  return convReference64(
+    { x: [n, h, w, cin], k: 3, cout, stride: 1, pad: 1, relu, residual: res ? 'same' : undefined },
+    { x, w: f, b, res: res ? { data: res, h, w } : undefined },
+  );
 }
 
 interface Case {
