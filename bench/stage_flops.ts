@@ -30,10 +30,8 @@ function convFlops(pixels: number, kernel: number, cin: number, cout: number): n
 /** Residual blocks per layer; bottleneck blocks (expansion 4) from ResNet-50 on. */
 const LAYOUT: Record<ResNetDepth, { blocks: number[]; bottleneck: boolean }> = {
   18: { blocks: [2, 2, 2, 2], bottleneck: false },
-  34: { blocks: [3, 4, 6, 3], bottleneck: false },
   50: { blocks: [3, 4, 6, 3], bottleneck: true },
   101: { blocks: [3, 4, 23, 3], bottleneck: true },
-  152: { blocks: [3, 8, 36, 3], bottleneck: true },
 };
 
 const FPN_CHANNELS = 256;
