@@ -17,6 +17,7 @@
 // made: tensors created under it must keep reading back their own size.
 import * as tf from '@tensorflow/tfjs';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import { useFastRecording } from './record';
 
 /**
  * Default limit on the free buffers kept for reuse. A stream of single images of every size keeps
@@ -101,6 +102,8 @@ export function useSizeClassPool(backend: WebGPUBackend, limit: number): number 
   }
   const state: PoolState = { limit, requested: new WeakMap() };
   installed.set(internals, state);
+  // The other per-dispatch cost of the backend: uniform buffers and bind groups (record.ts).
+  useFastRecording(backend);
   const manager = internals.bufferManager;
   const maxBinding = internals.device.limits.maxStorageBufferBindingSize;
   const acquire = manager.acquireBuffer.bind(manager);
