@@ -19,6 +19,7 @@ import {
   normalizeResizePadBatchWebGPU,
   roiAlignFused,
   GPU_RECORD_FLAG,
+  UPLOAD_CHUNK_FLAG,
   uniformLayout,
   Kernels,
   prepareConvFilter,
@@ -499,6 +500,22 @@ describeWebGPU('WGSL programs against the portable path', () => {
         tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', saved[1]);
       }
     }
+
+    it.each([0, 12, 4096, 1 << 20])('uploads in writes of at most %i bytes (0: one write), every byte in place', async (chunk) => {
+      const saved = tf.env().getNumber(UPLOAD_CHUNK_FLAG);
+      tf.env().set(UPLOAD_CHUNK_FLAG, chunk);
+      try {
+        const data = lcgValues(10007, 505 + chunk);
+        const t = tf.tensor1d(data);
+        // A program reads the uploaded buffer, so the values come from the GPU, not the host copy.
+        const doubled = tf.add(t, t);
+        const got = await values(doubled);
+        tf.dispose([t, doubled]);
+        expect(Buffer.from(got.buffer)).toEqual(Buffer.from(data.map((v) => v + v).buffer));
+      } finally {
+        tf.env().set(UPLOAD_CHUNK_FLAG, saved);
+      }
+    });
 
     it("lays uniforms out as WGSL structs (tfjs' layout)", () => {
       const i = (n: number) => ({ type: 'int32' as const, data: new Array<number>(n).fill(1) });

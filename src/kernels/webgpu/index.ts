@@ -70,7 +70,7 @@ export { convOutputSize } from '../../ops/size';
 export { initWebGPUBackend } from './dawn';
 export type { WebGPUAdapterSummary } from './dawn';
 export { gpuSync, gpuMemory } from './program';
-export { DEFAULT_POOL_LIMIT, releaseGpuPool, sizeClass, sizeClassPoolLimit, trimPool, useGpuPool, useSizeClassPool } from './buffer_pool';
+export { DEFAULT_POOL_LIMIT, UPLOAD_CHUNK_FLAG, releaseGpuPool, sizeClass, sizeClassPoolLimit, trimPool, useGpuPool, useSizeClassPool } from './buffer_pool';
 export { roiAlignFused } from './roi_align';
 export { GPU_RECORD_FLAG, uniformLayout, useFastRecording } from './record';
 export { conv2dWinograd, winogradEnabled, winogradFilter, WINOGRAD_FLAG, WINOGRAD_MIN_CHANNELS } from './winograd';
