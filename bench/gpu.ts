@@ -14,7 +14,7 @@ import { applyBackendFlags } from './gpu_flags';
 import { formulaWeights } from '../src/io/formula_weights';
 import { decodeImage } from '../src/io/images';
 import { emptyTimings, Img2PoseModel, POSE_GATING_FLAG, PredictOptions, RawDetections, StageTimings, SUBBATCH_OVERLAP } from '../src/model/model';
-import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, Kernels, PORTABLE_KERNELS, useGpuPool, winogradEnabled, WINOGRAD_FLAG } from '../src/kernels/webgpu';
+import { GPU_RECORD_FLAG, gpuMemory, gpuSync, initWebGPUBackend, KernelMode, Kernels, PORTABLE_KERNELS, useGpuPool, winogradEnabled, WINOGRAD_FLAG } from '../src/kernels/webgpu';
 import { activeRuntime, rulesFor } from '../src/runtime/runtime';
 import { compareDetections } from './gpu_check';
 import { Backbone } from '../src/model/backbone';
@@ -52,7 +52,8 @@ const program = new Command('bench.mjs')
   .option('--stages-only', 'the per-stage replica only (GPU synchronised after each stage)', false)
   .addOption(new Option('--winograd <on|off>', 'Winograd for the stride-1 3x3 convolutions').choices(['on', 'off']).default('on'))
   .option('--winograd-sweep', 'Winograd on and off, alternated round by round', false)
-  .option('--gating-sweep', 'the pose branch only above the score filter, on and off, alternated', false);
+  .option('--gating-sweep', 'the pose branch only above the score filter, on and off, alternated', false)
+  .option('--record-sweep', "our dispatch recording and tfjs' own, alternated round by round", false);
 const opts = program.parse(process.argv).opts<{
   mode: KernelMode | 'both';
   batches: number[];
@@ -67,6 +68,7 @@ const opts = program.parse(process.argv).opts<{
   winograd: 'on' | 'off';
   winogradSweep: boolean;
   gatingSweep: boolean;
+  recordSweep: boolean;
 }>();
 const GOLDEN = path.join(process.cwd(), '__tests__', 'fixtures', 'golden');
 const CONFIG = { minSize: 640, maxSize: 1400 };
@@ -324,7 +326,7 @@ async function main(): Promise<void> {
       }
       continue;
     }
-    const flag = opts.gatingSweep ? POSE_GATING_FLAG : opts.winogradSweep ? WINOGRAD_FLAG : null;
+    const flag = opts.gatingSweep ? POSE_GATING_FLAG : opts.winogradSweep ? WINOGRAD_FLAG : opts.recordSweep ? GPU_RECORD_FLAG : null;
     if (flag !== null) {
       const sweep = [true, false].map((on) => ({ name: `${flag} ${on ? 'on' : 'off'}`, apply: () => tf.env().set(flag, on) }));
       const before = tf.env().getBool(flag);
