@@ -18,8 +18,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { Img2PoseWeights } from './weights';
 import { Size } from '../ops/size';
-import { Conv, convOutputSize, disposeConv, foldFrozenBatchNorm, makeConv, readsBeyondRegion } from './layers';
-import { Kernels, PORTABLE_KERNELS, prepareConvFilter, winogradEnabled } from '../kernels/webgpu';
+import { Conv, convOutputSize, disposeConv, foldFrozenBatchNorm, makeConv, ownCopy, readsBeyondRegion } from './layers';
+import { Kernels, keepPackedOnly, PORTABLE_KERNELS, prepareConvFilter, winogradEnabled } from '../kernels/webgpu';
 
 
 /** Names of the returned levels, strides 4, 8, 16, 32, 64 (upstream's feature dict keys). */
@@ -142,7 +142,7 @@ export class Backbone {
 
   /**
    * Folds every FrozenBatchNorm into its conv (new tensors owned by the Backbone) and clones
-   * the FPN weights; `weights` stays owned by the caller, and its `backbone.*` tensors are not
+   * the FPN weights (`ownCopy`); `weights` stays owned by the caller, and its `backbone.*` tensors are not
    * needed afterwards. `kernels`: the convolutions' (stock tfjs ops unless given).
    */
   constructor(weights: Img2PoseWeights, private readonly kernels: Kernels = PORTABLE_KERNELS) {
@@ -172,8 +172,8 @@ export class Backbone {
     for (let i = 0; i < 4; i++) {
       for (const [kind, list] of [['inner_blocks', this.inner], ['layer_blocks', this.outer]] as const) {
         const p = `backbone.fpn.${kind}.${i}.0.`;
-        const filter = tf.clone(take(weights, `${p}weight`)) as tf.Tensor4D;
-        const bias = tf.clone(take(weights, `${p}bias`)) as tf.Tensor1D;
+        const filter = ownCopy(take(weights, `${p}weight`) as tf.Tensor4D);
+        const bias = ownCopy(take(weights, `${p}bias`) as tf.Tensor1D);
         list.push(makeConv(filter, bias, 1));
       }
     }
@@ -181,6 +181,22 @@ export class Backbone {
     for (const blocks of this.layers) for (const b of blocks) for (const c of b.convs) if (c.stride === 1) prepareConvFilter(c.filter);
     for (const c of this.outer) prepareConvFilter(c.filter);
     prepareConvFilter(this.stem.filter, this.stem.bias); // RGB: channel-padded once
+  }
+
+  /**
+   * Runs every convolution once on a small zero image, so that each filter is packed the way
+   * `forward` calls it, then keeps only the packed copies (`keepPackedOnly`; the wasm backend).
+   */
+  packWeights(): void {
+    tf.tidy(() => {
+      this.forward(tf.zeros([1, 32, 32, 3]), [[32, 32]]);
+    });
+    keepPackedOnly(this.convs().map((c) => c.filter));
+  }
+
+  private convs(): Conv[] {
+    const body = this.layers.flatMap((blocks) => blocks.flatMap((b) => (b.downsample ? [...b.convs, b.downsample] : b.convs)));
+    return [this.stem, ...body, ...this.inner, ...this.outer];
   }
 
   private foldedConv(weights: Img2PoseWeights, conv: string, bn: string, stride: number): Conv {

@@ -179,11 +179,19 @@ export class Img2PoseModel {
   constructor(weights: Img2PoseWeights, readonly runtime: ModelRuntime) {
     const built: { dispose(): void }[] = [];
     try {
-      this.backbone = new Backbone(weights, runtime.kernels);
-      built.push(this.backbone);
+      // Stage by stage, each packed before the next is built, so that building never needs both
+      // copies of every weight at once; the heads first: their large blocks, once freed, leave
+      // room for the backbone's smaller ones.
+      const pack = runtime.rules.packedWeightsOnly;
+      this.roiHeads = new RoIHeads(weights, runtime);
+      built.push(this.roiHeads);
+      if (pack) this.roiHeads.packWeights();
       this.rpn = new RegionProposalNetwork(weights, runtime.kernels);
       built.push(this.rpn);
-      this.roiHeads = new RoIHeads(weights, runtime);
+      if (pack) this.rpn.packWeights();
+      this.backbone = new Backbone(weights, runtime.kernels);
+      built.push(this.backbone);
+      if (pack) this.backbone.packWeights();
     } catch (e) {
       for (const stage of built) stage.dispose();
       throw e;

@@ -21,7 +21,10 @@ import { faceScores } from './postprocess';
 import { Img2PoseWeights } from './weights';
 import { ROI_OUTPUT_SIZE } from './roi_align';
 import { StageRuntime } from './runtime';
+import { ownCopy } from './layers';
 import { copyRows, rowRange } from '../kernels/wasm/rows';
+import { usePacked } from '../kernels/wasm/packed';
+import { keepPackedOnly } from '../kernels/webgpu';
 
 const BN_EPS = 1e-5;
 
@@ -55,7 +58,12 @@ function fc6Chunked(x: tf.Tensor2D, chunks: tf.Tensor2D[], bias: tf.Tensor1D): t
     const [rows, k] = x.shape;
     const part = k / chunks.length;
     const all = rowRange(0, rows);
-    const partials = chunks.map((w, i) => tf.fused.matMul({ a: copyRows(x, all, i * part, part), b: w, bias: i === 0 ? bias : undefined }));
+    const partials = chunks.map((w, i) =>
+      // XNNPACK packs each chunk for its call (see src/kernels/wasm/packed.ts).
+      usePacked(w, `matMul linear bias ${i === 0 ? bias.id : 'none'}`, () =>
+        tf.fused.matMul({ a: copyRows(x, all, i * part, part), b: w, bias: i === 0 ? bias : undefined }),
+      ),
+    );
     return tf.relu(tf.addN(partials)) as tf.Tensor2D;
   });
 }
@@ -100,13 +108,32 @@ interface Fc6 {
   bias: tf.Tensor1D;
 }
 
-function makeFc6(weight: tf.Tensor2D, bias: tf.Tensor1D, chunked: boolean): Fc6 {
-  if (chunked && weight.shape[0] % FC6_CHUNKS === 0) {
-    const chunks = tf.split(weight, FC6_CHUNKS, 0) as tf.Tensor2D[];
-    weight.dispose();
-    return { weight: null, chunks, bias };
+/**
+ * fc6 from torch's weight [C * 49, out]: one permuted matrix, or (chunked) FC6_CHUNKS row blocks of
+ * it, each made from the host values on its own, so that no full-size copy or transpose of the
+ * 51 MB matrix passes through the backend's memory.
+ */
+function makeFc6(torchWeight: tf.Tensor2D, bias: tf.Tensor1D, chunked: boolean): Fc6 {
+  const [rows, outs] = torchWeight.shape;
+  const cells = ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE;
+  const channels = rows / cells;
+  if (!(chunked && rows % FC6_CHUNKS === 0 && Number.isInteger(channels))) {
+    return { weight: permuteFc6Rows(torchWeight, channels), chunks: [], bias };
   }
-  return { weight, chunks: [], bias };
+  const values = torchWeight.dataSync() as Float32Array;
+  const part = rows / FC6_CHUNKS;
+  const chunks: tf.Tensor2D[] = [];
+  for (let k = 0; k < FC6_CHUNKS; k++) {
+    const block = new Float32Array(part * outs);
+    for (let r = 0; r < part; r++) {
+      // Our row (cell, channel) is torch's row channel * 49 + cell (see permuteFc6Rows).
+      const row = k * part + r;
+      const source = (row % channels) * cells + Math.floor(row / channels);
+      block.set(values.subarray(source * outs, (source + 1) * outs), r * outs);
+    }
+    chunks.push(tf.tensor2d(block, [part, outs]));
+  }
+  return { weight: null, chunks, bias };
 }
 
 function runFc6(runtime: StageRuntime, x: tf.Tensor2D, fc6: Fc6): tf.Tensor2D {
@@ -136,14 +163,11 @@ export class RoIHeads {
       return t;
     };
     const layer = (name: string): [tf.Tensor2D, tf.Tensor1D] => [
-      tf.clone(get(`${name}.weight`)) as tf.Tensor2D,
-      tf.clone(get(`${name}.bias`)) as tf.Tensor1D,
+      ownCopy(get(`${name}.weight`) as tf.Tensor2D),
+      ownCopy(get(`${name}.bias`) as tf.Tensor1D),
     ];
-    const fc6 = (head: string): Fc6 => {
-      const weight = get(`${head}.fc6.weight`) as tf.Tensor2D;
-      const channels = weight.shape[0] / (ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE);
-      return makeFc6(permuteFc6Rows(weight, channels), tf.clone(get(`${head}.fc6.bias`)) as tf.Tensor1D, runtime.rules.fc6Chunked);
-    };
+    const fc6 = (head: string): Fc6 =>
+      makeFc6(get(`${head}.fc6.weight`) as tf.Tensor2D, ownCopy(get(`${head}.fc6.bias`) as tf.Tensor1D), runtime.rules.fc6Chunked);
     this.boxFc6 = fc6('box_head');
     this.classFc6 = fc6('class_head');
     this.boxFc7 = layer('box_head.fc7');
@@ -162,6 +186,20 @@ export class RoIHeads {
       host('box_predictor.dof_pred.1.running_var'),
     );
     this.dofHidden = [tf.tensor2d(folded.weight, hidden.shape as [number, number]), tf.tensor1d(folded.bias)];
+  }
+
+  /**
+   * Runs both heads once on one zero row, so that every dense weight is packed the way `forward`
+   * calls it, then keeps only the packed copies (`keepPackedOnly`; the wasm backend).
+   */
+  packWeights(): void {
+    const fc6In = this.classFc6.weight ? this.classFc6.weight.shape[0] : this.classFc6.chunks.reduce((k, c) => k + c.shape[0], 0);
+    const channels = fc6In / (ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE);
+    tf.tidy(() => {
+      this.apply(tf.zeros([1, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, channels]));
+    });
+    const fc6 = (f: Fc6): tf.Tensor[] => (f.weight ? [f.weight] : f.chunks);
+    keepPackedOnly([...fc6(this.boxFc6), ...fc6(this.classFc6), ...[this.boxFc7, this.classFc7, this.dofHidden, this.dofOut, this.clsScore].map(([w]) => w)]);
   }
 
   /** class_head and cls_score: pooled features [R, 7, 7, C] -> class logits [R, 2]. */

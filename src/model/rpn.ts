@@ -10,9 +10,10 @@
  * output there equals the single-image run's.
  */
 import * as tf from '@tensorflow/tfjs';
-import { Kernels, PORTABLE_KERNELS, prepareConvFilter, releaseConvFilter, winogradEnabled } from '../kernels/webgpu';
+import { Kernels, keepPackedOnly, PORTABLE_KERNELS, prepareConvFilter, releaseConvFilter, winogradEnabled } from '../kernels/webgpu';
 import { rpnCandidates } from '../kernels/webgpu/rpn_candidates';
 import { HostExecutor, IN_THREAD } from './runtime';
+import { ownCopy } from './layers';
 import { Img2PoseWeights } from './weights';
 import { featureSizes } from '../ops/anchors';
 import { candidateLayout, candidatesOf, ProposalJob, Proposals, RPN_CONFIG, RpnConfig } from '../ops/proposals';
@@ -59,8 +60,8 @@ export class RegionProposalNetwork {
       return t;
     };
     // Own copies, so the caller may dispose its weights map independently.
-    this.convWeight = tf.clone(get('rpn.head.conv.weight')) as tf.Tensor4D;
-    this.convBias = tf.clone(get('rpn.head.conv.bias')) as tf.Tensor1D;
+    this.convWeight = ownCopy(get('rpn.head.conv.weight') as tf.Tensor4D);
+    this.convBias = ownCopy(get('rpn.head.conv.bias') as tf.Tensor1D);
     this.predWeight = tf.concat4d(
       [get('rpn.head.cls_logits.weight') as tf.Tensor4D, get('rpn.head.bbox_pred.weight') as tf.Tensor4D],
       3,
@@ -68,6 +69,17 @@ export class RegionProposalNetwork {
     this.predBias = tf.concat1d([get('rpn.head.cls_logits.bias') as tf.Tensor1D, get('rpn.head.bbox_pred.bias') as tf.Tensor1D]);
     prepareConvFilter(this.convWeight);
     prepareConvFilter(this.predWeight, this.predBias); // 15 channels: padded once
+  }
+
+  /**
+   * Runs the head once on a small zero map, so that its filters are packed the way `head` calls
+   * them, then keeps only the packed copies (`keepPackedOnly`; the wasm backend).
+   */
+  packWeights(): void {
+    tf.tidy(() => {
+      this.head([tf.zeros([1, 8, 8, this.convWeight.shape[2]])], [[32, 32]]);
+    });
+    keepPackedOnly([this.convWeight, this.predWeight]);
   }
 
   /**

@@ -15,6 +15,7 @@
 // alone, and whether a layer takes this path depends on its shape only, never on the batch.
 import * as tf from '@tensorflow/tfjs';
 import { WINOGRAD_F4_WASM } from './winograd_wasm';
+import { releaseUnpacked, usePacked } from './packed';
 
 /** B^T of F(4x4, 3x3): the input transform along one axis (points 0, +-1, +-2, infinity). */
 export const WINOGRAD_F4_BT = [
@@ -261,6 +262,17 @@ export function wasmWinogradFilter(filter: tf.Tensor4D): tf.Tensor2D[] {
   return u;
 }
 
+/**
+ * Frees the heap copies of `filter`'s transformed filters that XNNPACK has packed (see ./packed);
+ * true when the filter has them.
+ */
+export function releaseWasmWinogradCopies(filter: tf.Tensor): boolean {
+  const u = prepared.get(filter);
+  if (!u) return false;
+  for (const ue of u) releaseUnpacked(ue);
+  return true;
+}
+
 export function releaseWasmWinograd(filter: tf.Tensor): void {
   const u = prepared.get(filter);
   if (u) {
@@ -305,7 +317,7 @@ export function conv2dWinogradWasm(
         const v = tf.engine().runKernel(INPUT_KERNEL, { x }, { rowStart, rowCount } as unknown as tf.NamedAttrMap) as tf.Tensor2D[];
         const inputs: tf.NamedTensorMap = { bias: b };
         v.forEach((ve, e) => {
-          inputs[`m${e}`] = tf.matMul(ve, u[e]);
+          inputs[`m${e}`] = usePacked(u[e], 'matMul linear bias none', () => tf.matMul(ve, u[e]));
           ve.dispose();
         });
         if (out) inputs.target = out;

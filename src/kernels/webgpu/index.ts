@@ -5,7 +5,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { ConvOptions, conv2dFused, conv2dPortable, linearFused, linearPortable, preparePadded, releasePadded } from './conv2d';
 import { conv2dWinograd, prepareWinograd, releaseWinograd, winogradFilterFor, winogradOptionsFit } from './winograd';
-import { conv2dWinogradWasm, releaseWasmWinograd, wasmWinogradAvailable, wasmWinogradFilter, wasmWinogradFits } from '../wasm/winograd';
+import { conv2dWinogradWasm, releaseWasmWinograd, releaseWasmWinogradCopies, wasmWinogradAvailable, wasmWinogradFilter, wasmWinogradFits } from '../wasm/winograd';
+import { releaseUnpacked, usePacked } from '../wasm/packed';
 
 export type KernelMode = 'portable' | 'webgpu';
 
@@ -29,7 +30,10 @@ export class Kernels {
       if (winogradOptionsFit(opts) && wasmWinogradFits(w.shape) && wasmWinogradAvailable()) {
         return conv2dWinogradWasm(x, w, bias, opts.relu, opts.residual);
       }
-      return conv2dPortable(x, w, bias, opts);
+      // On wasm, XNNPACK packs w for this bias, activation and geometry (see ../wasm/packed).
+      const activation = opts.relu && opts.residual === undefined ? 'relu' : 'linear';
+      const signature = `conv stride ${opts.stride} pad ${opts.pad} ${activation} bias ${bias ? bias.id : 'none'}`;
+      return usePacked(w, signature, () => conv2dPortable(x, w, bias, opts));
     }
     const u = winogradFilterFor(w, opts);
     return u ? conv2dWinograd(x, u, bias, opts) : conv2dFused(x, w, bias, opts);
@@ -37,7 +41,8 @@ export class Kernels {
 
   /** x (rows, in) @ w (in, out) + bias, optional ReLU. */
   linear(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D | null, relu: boolean): tf.Tensor2D {
-    return this.webgpu ? linearFused(x, w, bias, relu) : linearPortable(x, w, bias, relu);
+    if (this.webgpu) return linearFused(x, w, bias, relu);
+    return usePacked(w, `matMul ${relu ? 'relu' : 'linear'} bias ${bias ? bias.id : 'none'}`, () => linearPortable(x, w, bias, relu));
   }
 }
 
@@ -62,6 +67,20 @@ export function releaseConvFilter(w: tf.Tensor4D, bias: tf.Tensor1D | null = nul
   releaseWinograd(w);
   releaseWasmWinograd(w);
   releasePadded(w, bias);
+}
+
+/**
+ * On the wasm backend, after the convolutions and dense layers with these weights have run in
+ * every way they will be called (a stage's warm-up), frees the weights' own copies that XNNPACK
+ * keeps packed (for a Winograd layer, its 36 transformed filters; the filter itself is never
+ * packed there and stays): see ../wasm/packed. Later calls in another way throw. Elsewhere, or for
+ * weights not yet used, nothing happens.
+ */
+export function keepPackedOnly(weights: tf.Tensor[]): void {
+  for (const w of weights) {
+    if (w.rank === 4 && releaseWasmWinogradCopies(w as tf.Tensor4D)) continue;
+    releaseUnpacked(w);
+  }
 }
 
 export type { ConvOptions, ConvTile } from './conv2d';

@@ -1,0 +1,76 @@
+// Weights that live only in XNNPACK's packed form on the wasm backend.
+// Why: tfjs-backend-wasm (4.22) runs a convolution or a matMul through an XNNPACK operator that it
+// creates on the first call with a given weight tensor (keyed on the weight's id, its bias's id,
+// the activation and, for a convolution, the geometry), packing the weight's values into the
+// operator's own layout, and keeps the operator until the weight is disposed; calls that find it
+// never read the weight's values again. For a network's constant weights the heap so holds both
+// copies (~0.25 GB of img2pose's ~0.5 GB on wasm, per thread, and a wasm heap keeps its high-water
+// mark). Once every call signature a weight will see has run, `releaseUnpacked` frees the tensor's
+// own copy and keeps the tensor: its id still finds the operator, and disposing it still deletes
+// the operator. The numbers are the packed ones either way, so results do not change.
+//
+// What it costs: the released tensor's values are gone (reading it gives meaningless numbers),
+// and a call with a signature not packed before would make XNNPACK pack freed memory. The kernels
+// that use a weight therefore go through `usePacked`, which refuses such a call instead.
+import * as tf from '@tensorflow/tfjs';
+
+/** tfjs-backend-wasm's bookkeeping of one tensor's storage (its BackendWasm.dataIdMap values). */
+interface WasmTensorData {
+  memoryOffset: number;
+  refCount: number;
+}
+
+interface WasmBackend {
+  wasm: { _free(offset: number): void };
+  dataIdMap: { get(dataId: object): WasmTensorData | undefined };
+}
+
+/** Per storage (dataId): the call signatures whose XNNPACK operators exist. */
+const packed = new WeakMap<object, Set<string>>();
+/** Storages whose own copy was freed. */
+const released = new WeakSet<object>();
+
+function wasmBackendOf(t: tf.Tensor): WasmBackend | null {
+  const backend = tf.engine().state.tensorInfo.get(t.dataId)?.backend as Partial<WasmBackend> | undefined;
+  if (!backend || backend !== tf.findBackend('wasm') || !backend.wasm || typeof backend.wasm._free !== 'function' || !backend.dataIdMap) return null;
+  return backend as WasmBackend;
+}
+
+/**
+ * Runs `op`, an XNNPACK convolution or matMul whose packed weight is `weight`, called the way
+ * `signature` names (everything tfjs keys its operator on besides the weight: the bias tensor, the
+ * activation, the geometry). Once `weight`'s own copy is released, a signature not seen before it
+ * throws instead of running.
+ */
+export function usePacked<T>(weight: tf.Tensor, signature: string, op: () => T): T {
+  const known = packed.get(weight.dataId);
+  if (released.has(weight.dataId) && !known?.has(signature)) {
+    throw new Error(`wasm packed weights: [${weight.shape}] is kept only as packed for ${[...(known ?? [])].join(', ')}; a call as ${signature} would read freed memory`);
+  }
+  const out = op();
+  if (!known) packed.set(weight.dataId, new Set([signature]));
+  else known.add(signature);
+  return out;
+}
+
+/**
+ * Frees `weight`'s own copy in the wasm heap if XNNPACK has packed it (a `usePacked` call ran) and
+ * no other tensor shares its storage; the tensor stays, usable only as `usePacked` allows.
+ * Returns whether it was freed. The caller must have run every signature the weight will see.
+ */
+export function releaseUnpacked(weight: tf.Tensor): boolean {
+  if (weight.isDisposed || released.has(weight.dataId) || !packed.has(weight.dataId)) return false;
+  const backend = wasmBackendOf(weight);
+  const data = backend?.dataIdMap.get(weight.dataId);
+  if (!backend || !data || data.refCount !== 1) return false;
+  backend.wasm._free(data.memoryOffset);
+  // Disposal frees memoryOffset again: free(0) does nothing.
+  data.memoryOffset = 0;
+  released.add(weight.dataId);
+  return true;
+}
+
+/** Whether `weight`'s own copy was freed by `releaseUnpacked`. */
+export function isReleased(weight: tf.Tensor): boolean {
+  return released.has(weight.dataId);
+}
