@@ -19,7 +19,7 @@ import * as tf from '@tensorflow/tfjs';
 import { Img2PoseWeights } from './weights';
 import { Size } from '../ops/size';
 import { Conv, convOutputSize, disposeConv, foldFrozenBatchNorm, makeConv, ownCopy, readsBeyondRegion } from './layers';
-import { Kernels, keepPackedOnly, PORTABLE_KERNELS, prepareConvFilter, winogradEnabled } from '../kernels/webgpu';
+import { Kernels, packingRun, PORTABLE_KERNELS, prepareConvFilter, winogradEnabled } from '../kernels/webgpu';
 
 
 /** Names of the returned levels, strides 4, 8, 16, 32, 64 (upstream's feature dict keys). */
@@ -184,19 +184,16 @@ export class Backbone {
   }
 
   /**
-   * Runs every convolution once on a small zero image, so that each filter is packed the way
-   * `forward` calls it, then keeps only the packed copies (`keepPackedOnly`; the wasm backend).
+   * Runs every convolution once on a small zero image inside `packingRun`: afterwards each filter
+   * is kept only as packed for the way `forward` calls it (the wasm backend; see
+   * src/kernels/wasm/packed.ts).
    */
   packWeights(): void {
-    tf.tidy(() => {
-      this.forward(tf.zeros([1, 32, 32, 3]), [[32, 32]]);
-    });
-    keepPackedOnly(this.convs().map((c) => c.filter));
-  }
-
-  private convs(): Conv[] {
-    const body = this.layers.flatMap((blocks) => blocks.flatMap((b) => (b.downsample ? [...b.convs, b.downsample] : b.convs)));
-    return [this.stem, ...body, ...this.inner, ...this.outer];
+    packingRun(() =>
+      tf.tidy(() => {
+        this.forward(tf.zeros([1, 32, 32, 3]), [[32, 32]]);
+      }),
+    );
   }
 
   private foldedConv(weights: Img2PoseWeights, conv: string, bn: string, stride: number): Conv {
@@ -215,13 +212,14 @@ export class Backbone {
    * images: NHWC float32 batch (prepareBatch's), H and W multiples of 32 wherever images differ;
    * paddedSizes: each image's own padded size. Returns the 5 levels '0','1','2','3','pool'
    * (NHWC, 256 channels), each zero outside an image's region when the batch is mixed. The
-   * caller owns (disposes) them.
+   * caller owns (disposes) them. With `disposeInput`, `images` is disposed once the stem has read
+   * it (its memory then serves the layers after).
    */
-  forward(images: tf.Tensor4D, paddedSizes: Size[]): tf.Tensor4D[] {
+  forward(images: tf.Tensor4D, paddedSizes: Size[], disposeInput = false): tf.Tensor4D[] {
     const regions = this.checkRegions(images, paddedSizes);
     const masks = new RegionMasks();
     try {
-      const c = this.runBody({ x: images, regions, zeroOutside: true }, masks);
+      const c = this.runBody({ x: images, regions, zeroOutside: true }, masks, disposeInput);
       try {
         return this.runFpn(c, masks);
       } finally {
@@ -248,9 +246,10 @@ export class Backbone {
   }
 
   /** ResNet body: stem, then layer1..4; returns their outputs (strides 4, 8, 16, 32). */
-  private runBody(input: Feature, masks: RegionMasks): Feature[] {
+  private runBody(input: Feature, masks: RegionMasks, disposeInput: boolean): Feature[] {
     const stem = tidyFeature(() => {
       const c1 = convFeature(this.kernels, input, this.stem, masks, { relu: true });
+      if (disposeInput) input.x.dispose();
       return maxPoolFeature(c1, 3, 2, 1, masks);
     });
     const outputs: Feature[] = [];
@@ -276,18 +275,26 @@ export class Backbone {
     return { x: y.x, regions: y.regions, zeroOutside: false };
   }
 
-  /** FPN: lateral 1x1 convs, top-down nearest upsampling + add, 3x3 output convs, 'pool'. */
+  /**
+   * FPN: lateral 1x1 convs, top-down nearest upsampling + add, 3x3 output convs, 'pool'. Each body
+   * output and each coarser lateral map is freed as soon as the next lateral has read it, so that
+   * at the finest level (the largest maps) only what is still needed is alive.
+   */
   private runFpn(c: Feature[], masks: RegionMasks): tf.Tensor4D[] {
     return tf.tidy(() => {
       const results: Feature[] = new Array(4);
-      let last = convFeature(this.kernels, c[3], this.inner[3], masks, { relu: false });
-      results[3] = convFeature(this.kernels, last, this.outer[3], masks, { relu: false, winograd: winogradEnabled() });
-      for (let i = 2; i >= 0; i--) {
+      let last: Feature | null = null;
+      for (let i = 3; i >= 0; i--) {
         // Top-down pathway: lateral 1x1 conv + nearest-upsampled coarser level (torch
         // interpolate 'nearest': source index floor(d * in / out)), fused into the conv.
-        last = convFeature(this.kernels, c[i], this.inner[i], masks, { relu: false, residual: last.x, upsample: true });
+        const residual: Partial<ConvStep> = last ? { residual: last.x, upsample: true } : {};
+        const lateral = convFeature(this.kernels, c[i], this.inner[i], masks, { relu: false, ...residual });
+        c[i].x.dispose();
+        last?.x.dispose();
+        last = lateral;
         results[i] = convFeature(this.kernels, last, this.outer[i], masks, { relu: false, winograd: winogradEnabled() });
       }
+      last?.x.dispose();
       // The RPN head's 3x3 conv reads these maps: zero them outside each image's region.
       const levels: Feature[] = results.map((r) =>
         r.regions ? { x: masks.apply(r.x, r.regions), regions: r.regions, zeroOutside: true } : r,

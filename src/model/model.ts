@@ -252,8 +252,7 @@ export class Img2PoseModel {
     let features: tf.Tensor4D[] = [];
     try {
       await lap('transform', batch.images);
-      features = this.backbone.forward(batch.images, batch.paddedSizes);
-      batch.images.dispose();
+      features = this.backbone.forward(batch.images, batch.paddedSizes, true);
       await lap('backbone', features[features.length - 1]);
       const head = this.rpn.predictHead(features, batch.imageSizes, batch.paddedSizes, host.sendsAway(images.length));
       const jobs = await head;

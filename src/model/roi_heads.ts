@@ -23,8 +23,7 @@ import { ROI_OUTPUT_SIZE } from './roi_align';
 import { StageRuntime } from './runtime';
 import { ownCopy } from './layers';
 import { copyRows, rowRange } from '../kernels/wasm/rows';
-import { usePacked } from '../kernels/wasm/packed';
-import { keepPackedOnly } from '../kernels/webgpu';
+import { packingRun, usePacked } from '../kernels/wasm/packed';
 
 const BN_EPS = 1e-5;
 
@@ -58,14 +57,14 @@ function fc6Chunked(x: tf.Tensor2D, chunks: tf.Tensor2D[], bias: tf.Tensor1D): t
     const [rows, k] = x.shape;
     const part = k / chunks.length;
     const all = rowRange(0, rows);
-    const partials = chunks.map((w, i) =>
-      // XNNPACK packs each chunk for its call (see src/kernels/wasm/packed.ts).
-      usePacked(w, `matMul linear bias ${i === 0 ? bias.id : 'none'}`, () =>
-        tf.fused.matMul({ a: copyRows(x, all, i * part, part), b: w, bias: i === 0 ? bias : undefined }),
-      ),
-    );
+    const partials = chunks.map((w, i) => fc6Partial(copyRows(x, all, i * part, part), w, i === 0 ? bias : null));
     return tf.relu(tf.addN(partials)) as tf.Tensor2D;
   });
+}
+
+/** One of fc6Chunked's products, the first with the bias (XNNPACK packs each chunk for this call: src/kernels/wasm/packed.ts). */
+function fc6Partial(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D | null): tf.Tensor2D {
+  return usePacked(w, `matMul linear bias ${bias ? bias.id : 'none'}`, () => tf.fused.matMul({ a: x, b: w, bias: bias ?? undefined }) as tf.Tensor2D);
 }
 
 /** Rows `rows` of pooled features [R, 7, 7, C] (a copy in the wasm heap there, see copyRows). */
@@ -111,9 +110,10 @@ interface Fc6 {
 /**
  * fc6 from torch's weight [C * 49, out]: one permuted matrix, or (chunked) FC6_CHUNKS row blocks of
  * it, each made from the host values on its own, so that no full-size copy or transpose of the
- * 51 MB matrix passes through the backend's memory.
+ * 51 MB matrix passes through the backend's memory; with `packedOnly`, each kept only as packed
+ * for fc6Partial before the next is made.
  */
-function makeFc6(torchWeight: tf.Tensor2D, bias: tf.Tensor1D, chunked: boolean): Fc6 {
+function makeFc6(torchWeight: tf.Tensor2D, bias: tf.Tensor1D, chunked: boolean, packedOnly: boolean): Fc6 {
   const [rows, outs] = torchWeight.shape;
   const cells = ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE;
   const channels = rows / cells;
@@ -131,7 +131,10 @@ function makeFc6(torchWeight: tf.Tensor2D, bias: tf.Tensor1D, chunked: boolean):
       const source = (row % channels) * cells + Math.floor(row / channels);
       block.set(values.subarray(source * outs, (source + 1) * outs), r * outs);
     }
-    chunks.push(tf.tensor2d(block, [part, outs]));
+    const chunk = tf.tensor2d(block, [part, outs]);
+    chunks.push(chunk);
+    // Packed (and its own copy freed) before the next chunk is made, which then takes its place.
+    if (packedOnly) packingRun(() => tf.tidy(() => fc6Partial(tf.zeros([1, part]), chunk, k === 0 ? bias : null)));
   }
   return { weight: null, chunks, bias };
 }
@@ -167,7 +170,7 @@ export class RoIHeads {
       ownCopy(get(`${name}.bias`) as tf.Tensor1D),
     ];
     const fc6 = (head: string): Fc6 =>
-      makeFc6(get(`${head}.fc6.weight`) as tf.Tensor2D, ownCopy(get(`${head}.fc6.bias`) as tf.Tensor1D), runtime.rules.fc6Chunked);
+      makeFc6(get(`${head}.fc6.weight`) as tf.Tensor2D, ownCopy(get(`${head}.fc6.bias`) as tf.Tensor1D), runtime.rules.fc6Chunked, runtime.rules.packedWeightsOnly);
     this.boxFc6 = fc6('box_head');
     this.classFc6 = fc6('class_head');
     this.boxFc7 = layer('box_head.fc7');
@@ -189,17 +192,18 @@ export class RoIHeads {
   }
 
   /**
-   * Runs both heads once on one zero row, so that every dense weight is packed the way `forward`
-   * calls it, then keeps only the packed copies (`keepPackedOnly`; the wasm backend).
+   * Runs both heads once on one zero row inside `packingRun`: afterwards every dense weight is
+   * kept only as packed for the way `forward` calls it (the wasm backend; see
+   * src/kernels/wasm/packed.ts). fc6's chunks, when chunked, were packed as they were made.
    */
   packWeights(): void {
     const fc6In = this.classFc6.weight ? this.classFc6.weight.shape[0] : this.classFc6.chunks.reduce((k, c) => k + c.shape[0], 0);
     const channels = fc6In / (ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE);
-    tf.tidy(() => {
-      this.apply(tf.zeros([1, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, channels]));
-    });
-    const fc6 = (f: Fc6): tf.Tensor[] => (f.weight ? [f.weight] : f.chunks);
-    keepPackedOnly([...fc6(this.boxFc6), ...fc6(this.classFc6), ...[this.boxFc7, this.classFc7, this.dofHidden, this.dofOut, this.clsScore].map(([w]) => w)]);
+    packingRun(() =>
+      tf.tidy(() => {
+        this.apply(tf.zeros([1, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, channels]));
+      }),
+    );
   }
 
   /** class_head and cls_score: pooled features [R, 7, 7, C] -> class logits [R, 2]. */

@@ -10,7 +10,7 @@
  * output there equals the single-image run's.
  */
 import * as tf from '@tensorflow/tfjs';
-import { Kernels, keepPackedOnly, PORTABLE_KERNELS, prepareConvFilter, releaseConvFilter, winogradEnabled } from '../kernels/webgpu';
+import { Kernels, packingRun, PORTABLE_KERNELS, prepareConvFilter, releaseConvFilter, winogradEnabled } from '../kernels/webgpu';
 import { rpnCandidates } from '../kernels/webgpu/rpn_candidates';
 import { HostExecutor, IN_THREAD } from './runtime';
 import { ownCopy } from './layers';
@@ -72,14 +72,15 @@ export class RegionProposalNetwork {
   }
 
   /**
-   * Runs the head once on a small zero map, so that its filters are packed the way `head` calls
-   * them, then keeps only the packed copies (`keepPackedOnly`; the wasm backend).
+   * Runs the head once on a small zero map inside `packingRun`: afterwards its filters are kept
+   * only as packed for the way `head` calls them (the wasm backend; see src/kernels/wasm/packed.ts).
    */
   packWeights(): void {
-    tf.tidy(() => {
-      this.head([tf.zeros([1, 8, 8, this.convWeight.shape[2]])], [[32, 32]]);
-    });
-    keepPackedOnly([this.convWeight, this.predWeight]);
+    packingRun(() =>
+      tf.tidy(() => {
+        this.head([tf.zeros([1, 8, 8, this.convWeight.shape[2]])], [[32, 32]]);
+      }),
+    );
   }
 
   /**

@@ -5,9 +5,11 @@
 // operator's own layout, and keeps the operator until the weight is disposed; calls that find it
 // never read the weight's values again. For a network's constant weights the heap so holds both
 // copies (~0.25 GB of img2pose's ~0.5 GB on wasm, per thread, and a wasm heap keeps its high-water
-// mark). Once every call signature a weight will see has run, `releaseUnpacked` frees the tensor's
-// own copy and keeps the tensor: its id still finds the operator, and disposing it still deletes
-// the operator. The numbers are the packed ones either way, so results do not change.
+// mark). A stage runs once on a small input inside `packingRun`, where each weight's own copy is
+// freed right after its first call (so that the next weight's copy can reuse the space, and the
+// packed copies end up side by side); the tensor stays: its id still finds the operator, and
+// disposing it still deletes the operator. The numbers are the packed ones either way, so results
+// do not change.
 //
 // What it costs: the released tensor's values are gone (reading it gives meaningless numbers),
 // and a call with a signature not packed before would make XNNPACK pack freed memory. The kernels
@@ -29,6 +31,8 @@ interface WasmBackend {
 const packed = new WeakMap<object, Set<string>>();
 /** Storages whose own copy was freed. */
 const released = new WeakSet<object>();
+/** Depth of `packingRun` calls. */
+let packing = 0;
 
 function wasmBackendOf(t: tf.Tensor): WasmBackend | null {
   const backend = tf.engine().state.tensorInfo.get(t.dataId)?.backend as Partial<WasmBackend> | undefined;
@@ -50,15 +54,30 @@ export function usePacked<T>(weight: tf.Tensor, signature: string, op: () => T):
   const out = op();
   if (!known) packed.set(weight.dataId, new Set([signature]));
   else known.add(signature);
+  if (packing > 0) releaseUnpacked(weight);
   return out;
+}
+
+/**
+ * Runs `warmUp` (a stage on a small input, calling every weight the way it will always be called)
+ * with each weight's own copy freed right after its first `usePacked` call: from then on only the
+ * packed copy remains. A weight that is later called in another way throws (see `usePacked`).
+ */
+export function packingRun<T>(warmUp: () => T): T {
+  packing++;
+  try {
+    return warmUp();
+  } finally {
+    packing--;
+  }
 }
 
 /**
  * Frees `weight`'s own copy in the wasm heap if XNNPACK has packed it (a `usePacked` call ran) and
  * no other tensor shares its storage; the tensor stays, usable only as `usePacked` allows.
- * Returns whether it was freed. The caller must have run every signature the weight will see.
+ * Returns whether it was freed.
  */
-export function releaseUnpacked(weight: tf.Tensor): boolean {
+function releaseUnpacked(weight: tf.Tensor): boolean {
   if (weight.isDisposed || released.has(weight.dataId) || !packed.has(weight.dataId)) return false;
   const backend = wasmBackendOf(weight);
   const data = backend?.dataIdMap.get(weight.dataId);

@@ -15,7 +15,7 @@
 // alone, and whether a layer takes this path depends on its shape only, never on the batch.
 import * as tf from '@tensorflow/tfjs';
 import { WINOGRAD_F4_WASM } from './winograd_wasm';
-import { releaseUnpacked, usePacked } from './packed';
+import { usePacked } from './packed';
 
 /** B^T of F(4x4, 3x3): the input transform along one axis (points 0, +-1, +-2, infinity). */
 export const WINOGRAD_F4_BT = [
@@ -260,17 +260,6 @@ export function wasmWinogradFilter(filter: tf.Tensor4D): tf.Tensor2D[] {
     prepared.set(filter, u);
   }
   return u;
-}
-
-/**
- * Frees the heap copies of `filter`'s transformed filters that XNNPACK has packed (see ./packed);
- * true when the filter has them.
- */
-export function releaseWasmWinogradCopies(filter: tf.Tensor): boolean {
-  const u = prepared.get(filter);
-  if (!u) return false;
-  for (const ue of u) releaseUnpacked(ue);
-  return true;
 }
 
 export function releaseWasmWinograd(filter: tf.Tensor): void {

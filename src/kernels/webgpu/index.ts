@@ -5,8 +5,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { ConvOptions, conv2dFused, conv2dPortable, linearFused, linearPortable, preparePadded, releasePadded } from './conv2d';
 import { conv2dWinograd, prepareWinograd, releaseWinograd, winogradFilterFor, winogradOptionsFit } from './winograd';
-import { conv2dWinogradWasm, releaseWasmWinograd, releaseWasmWinogradCopies, wasmWinogradAvailable, wasmWinogradFilter, wasmWinogradFits } from '../wasm/winograd';
-import { releaseUnpacked, usePacked } from '../wasm/packed';
+import { conv2dWinogradWasm, releaseWasmWinograd, wasmWinogradAvailable, wasmWinogradFilter, wasmWinogradFits } from '../wasm/winograd';
+import { usePacked } from '../wasm/packed';
 
 export type KernelMode = 'portable' | 'webgpu';
 
@@ -69,21 +69,8 @@ export function releaseConvFilter(w: tf.Tensor4D, bias: tf.Tensor1D | null = nul
   releasePadded(w, bias);
 }
 
-/**
- * On the wasm backend, after the convolutions and dense layers with these weights have run in
- * every way they will be called (a stage's warm-up), frees the weights' own copies that XNNPACK
- * keeps packed (for a Winograd layer, its 36 transformed filters; the filter itself is never
- * packed there and stays): see ../wasm/packed. Later calls in another way throw. Elsewhere, or for
- * weights not yet used, nothing happens.
- */
-export function keepPackedOnly(weights: tf.Tensor[]): void {
-  for (const w of weights) {
-    if (w.rank === 4 && releaseWasmWinogradCopies(w as tf.Tensor4D)) continue;
-    releaseUnpacked(w);
-  }
-}
-
 export type { ConvOptions, ConvTile } from './conv2d';
+export { packingRun } from '../wasm/packed';
 export { addUpsampled, conv2dFused, conv2dPortable, convShaderSource, linearFused, linearPortable, chooseTile } from './conv2d';
 export { convOutputSize } from '../../ops/size';
 export { initWebGPUBackend } from './dawn';
