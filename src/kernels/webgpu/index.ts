@@ -3,10 +3,11 @@
 // tf.conv2d / tf.matMul. Each network holds its own `Kernels`, so two networks in one process
 // may run different kernels.
 import * as tf from '@tensorflow/tfjs';
-import { ConvOptions, conv2dFused, conv2dPortable, linearFused, linearPortable, preparePadded, releasePadded } from './conv2d';
+import { ConvOptions, conv2dFused, conv2dPortable, convEpilogue, linearFused, linearPortable, preparePadded, releasePadded } from './conv2d';
 import { conv2dWinograd, prepareWinograd, releaseWinograd, winogradFilterFor, winogradOptionsFit } from './winograd';
 import { conv2dWinogradWasm, releaseWasmWinograd, wasmWinogradAvailable, wasmWinogradFilter, wasmWinogradFits } from '../wasm/winograd';
 import { usePacked } from '../wasm/packed';
+import { conv2dGemm, gemmConvFits } from '../wasm/gemm_conv';
 
 export type KernelMode = 'portable' | 'webgpu';
 
@@ -14,7 +15,8 @@ export type KernelMode = 'portable' | 'webgpu';
  * The kernels a network's stages run. Mode 'webgpu' runs our WebGPU programs while the webgpu
  * backend is active; elsewhere, and always in mode 'portable', the stock ops run, except that the
  * stride-1 3x3 convolutions the stages mark for Winograd take our F(4x4, 3x3) on the wasm
- * backend (src/kernels/wasm/winograd.ts).
+ * backend (src/kernels/wasm/winograd.ts), and there the 1x1 and the larger other convolutions run
+ * as one GEMM (src/kernels/wasm/gemm_conv.ts).
  */
 export class Kernels {
   constructor(readonly mode: KernelMode) {}
@@ -32,8 +34,14 @@ export class Kernels {
       }
       // On wasm, XNNPACK packs w for this bias, activation and geometry (see ../wasm/packed).
       const activation = opts.relu && opts.residual === undefined ? 'relu' : 'linear';
-      const signature = `conv stride ${opts.stride} pad ${opts.pad} ${activation} bias ${bias ? bias.id : 'none'}`;
-      return usePacked(w, signature, () => conv2dPortable(x, w, bias, opts));
+      const bias_ = `bias ${bias ? bias.id : 'none'}`;
+      if (tf.getBackend() === 'wasm' && gemmConvFits(w.shape)) {
+        // As one GEMM: XNNPACK's fully-connected operator holds less than its convolution (../wasm/gemm_conv).
+        return convEpilogue(opts, (relu) =>
+          conv2dGemm(x, w, bias, opts.stride, opts.pad, relu, (run) => usePacked(w, `matMul ${relu ? 'relu' : 'linear'} ${bias_}`, run)),
+        );
+      }
+      return usePacked(w, `conv stride ${opts.stride} pad ${opts.pad} ${activation} ${bias_}`, () => conv2dPortable(x, w, bias, opts));
     }
     const u = winogradFilterFor(w, opts);
     return u ? conv2dWinograd(x, u, bias, opts) : conv2dFused(x, w, bias, opts);

@@ -1,0 +1,129 @@
+// Convolutions as one GEMM on the wasm backend: the input's patches (im2col; for a 1x1 filter the
+// input itself, subsampled at stride 2) times the filter read as a [kh * kw * in, out] matrix.
+// Why: tfjs-wasm's convolution keeps XNNPACK's operator for as long as the filter lives, and that
+// operator holds ~2.4x the filter's size plus ~0.8 MB (measured on tfjs-backend-wasm 4.22); a
+// fully-connected operator holds ~1.03x. For ResNet-18's layer4 and the 1x1 convolutions that is
+// ~60 MB less per thread. The numbers are the same bits: XNNPACK's IGEMM and GEMM microkernels
+// both start each output from the bias and add the products in the order (ky, kx, channel), which
+// is the patches' column order (checked in __tests__/winograd_wasm.test.ts against the
+// convolution); each row is one output pixel computed alone, so a batch equals its images.
+import * as tf from '@tensorflow/tfjs';
+import { convOutputSize } from '../../ops/size';
+
+/** Smallest 3x3 filter (values) this path takes: below it the patches cost more than the operator saves. */
+const MIN_SPATIAL_FILTER = 1 << 18;
+
+/** Whether a convolution with this filter (kh, kw, in, out) takes the GEMM path. Depends on the layer only. */
+export function gemmConvFits(shape: readonly number[]): boolean {
+  const [kh, kw, cin, cout] = shape;
+  return (kh === 1 && kw === 1) || (kh === kw && kh * kw * cin * cout >= MIN_SPATIAL_FILTER);
+}
+
+interface WasmBackend {
+  wasm: { asm: { memory: WebAssembly.Memory } };
+  dataIdMap: { get(dataId: object): { memoryOffset: number } | undefined };
+  makeOutput(shape: number[], dtype: 'float32'): tf.TensorInfo;
+}
+
+const KERNEL = 'Img2PosePatches';
+
+interface PatchAttrs {
+  k: number;
+  stride: number;
+  pad: number;
+}
+
+function asWasmBackend(backend: unknown): WasmBackend | null {
+  const b = backend as Partial<WasmBackend> | null;
+  return b && b.wasm && b.wasm.asm && b.wasm.asm.memory instanceof WebAssembly.Memory && typeof b.makeOutput === 'function' ? (b as WasmBackend) : null;
+}
+
+/** Each output pixel's k x k window of channel vectors, copied where the tensors lie in the heap (zeros outside the map). */
+function patchKernel({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: unknown }): tf.TensorInfo {
+  const be = asWasmBackend(backend);
+  const x = inputs.x;
+  if (!be || !x) throw new Error(`${KERNEL}: a float32 input on the wasm backend`);
+  const { k, stride, pad } = attrs as PatchAttrs;
+  const [n, h, w, c] = x.shape;
+  const ho = convOutputSize(h, k, stride, pad);
+  const wo = convOutputSize(w, k, stride, pad);
+  const out = be.makeOutput([n * ho * wo, k * k * c], 'float32');
+  const from = be.dataIdMap.get(x.dataId)?.memoryOffset;
+  const to = be.dataIdMap.get(out.dataId)?.memoryOffset;
+  if (from === undefined || to === undefined) throw new Error(`${KERNEL}: tensors not on the wasm backend`);
+  // After makeOutput: it may have grown the memory, which replaces the buffer.
+  const heap = new Float32Array(be.wasm.asm.memory.buffer);
+  const src = from >> 2;
+  let dst = to >> 2;
+  for (let b = 0; b < n; b++) {
+    for (let oy = 0; oy < ho; oy++) {
+      for (let ox = 0; ox < wo; ox++) {
+        for (let ky = 0; ky < k; ky++) {
+          const iy = oy * stride - pad + ky;
+          // A run of kx whose columns lie inside the map is one copy (consecutive channel vectors).
+          let kx = 0;
+          while (kx < k) {
+            const ix = ox * stride - pad + kx;
+            if (iy < 0 || iy >= h || ix < 0 || ix >= w) {
+              heap.fill(0, dst, dst + c);
+              dst += c;
+              kx++;
+              continue;
+            }
+            const run = Math.min(k - kx, w - ix);
+            const start = src + ((b * h + iy) * w + ix) * c;
+            heap.copyWithin(dst, start, start + run * c);
+            dst += run * c;
+            kx += run;
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+function register(): void {
+  // Once per tfjs instance, also when this module is bundled twice.
+  if (!tf.getKernel(KERNEL, 'wasm')) tf.registerKernel({ kernelName: KERNEL, backendName: 'wasm', kernelFunc: patchKernel as unknown as tf.KernelFunc });
+}
+
+/** The input's patches for each output pixel, [n * ho * wo, kh * kw * in], columns in (ky, kx, channel) order. */
+function patches(x: tf.Tensor4D, k: number, stride: number, pad: number): tf.Tensor2D {
+  const [n, h, w, cin] = x.shape;
+  if (k === 1 && stride === 1 && pad === 0) return tf.reshape(x, [n * h * w, cin]);
+  if (!asWasmBackend(tf.backend()) || x.dtype !== 'float32') throw new Error('conv2dGemm: the wasm backend only');
+  register();
+  const attrs: PatchAttrs = { k, stride, pad };
+  return tf.engine().runKernel(KERNEL, { x }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+}
+
+/**
+ * conv2d(x, filter, stride, symmetric pad) + bias, then ReLU when `relu`, NHWC, as one GEMM (see
+ * the top of this file). `gemm` runs the product (patches [rows, k], the filter as [k, out]);
+ * the caller wraps it to track the filter's packing.
+ */
+export function conv2dGemm(
+  x: tf.Tensor4D,
+  filter: tf.Tensor4D,
+  bias: tf.Tensor1D | null,
+  stride: number,
+  pad: number,
+  relu: boolean,
+  gemm: (run: () => tf.Tensor2D) => tf.Tensor2D = (run) => run(),
+): tf.Tensor4D {
+  const [n, h, w] = x.shape;
+  const [kh, kw, cin, cout] = filter.shape;
+  if (kh !== kw) throw new Error(`conv2dGemm: square filters only, got ${kh}x${kw}`);
+  const ho = convOutputSize(h, kh, stride, pad);
+  const wo = convOutputSize(w, kw, stride, pad);
+  return tf.tidy(() => {
+    const a = patches(x, kh, stride, pad);
+    // The reshaped filter shares the filter's storage: XNNPACK's operator is keyed on it. Made and
+    // freed inside `run`, so that the filter is again its storage's only tensor when `gemm` returns.
+    const y = gemm(() =>
+      tf.tidy(() => tf.fused.matMul({ a, b: tf.reshape(filter, [kh * kw * cin, cout]), bias: bias ?? undefined, activation: relu ? 'relu' : 'linear' }) as tf.Tensor2D),
+    );
+    return tf.reshape(y, [n, ho, wo, cout]);
+  });
+}
