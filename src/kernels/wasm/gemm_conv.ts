@@ -13,24 +13,36 @@ import { convOutputSize } from '../../ops/size';
 /** Smallest 3x3 filter (values) this path takes: below it the patches cost more than the operator saves. */
 const MIN_SPATIAL_FILTER = 1 << 18;
 
+/**
+ * Most bytes of patches one GEMM takes: larger outputs run in bands of output rows, written into
+ * one output. The 7x7 stem's patches at 640x1152 are 108 MB; its convolution's indirection buffer
+ * (49 pointers per output pixel, 34 MB) would stay in the heap for the life of the filter.
+ */
+const BAND_BYTES = 16 << 20;
+
 /** Whether a convolution with this filter (kh, kw, in, out) takes the GEMM path. Depends on the layer only. */
 export function gemmConvFits(shape: readonly number[]): boolean {
   const [kh, kw, cin, cout] = shape;
-  return (kh === 1 && kw === 1) || (kh === kw && kh * kw * cin * cout >= MIN_SPATIAL_FILTER);
+  return kh === kw && (kh === 1 || kh >= 7 || kh * kw * cin * cout >= MIN_SPATIAL_FILTER);
 }
 
 interface WasmBackend {
   wasm: { asm: { memory: WebAssembly.Memory } };
   dataIdMap: { get(dataId: object): { memoryOffset: number } | undefined };
   makeOutput(shape: number[], dtype: 'float32'): tf.TensorInfo;
+  incRef(dataId: object): void;
 }
 
 const KERNEL = 'Img2PosePatches';
+const PLACE_KERNEL = 'Img2PosePlaceRows';
 
 interface PatchAttrs {
   k: number;
   stride: number;
   pad: number;
+  /** Output rows (over n * ho: image, then row) whose pixels' patches are made. */
+  rowStart: number;
+  rowCount: number;
 }
 
 function asWasmBackend(backend: unknown): WasmBackend | null {
@@ -43,11 +55,11 @@ function patchKernel({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap
   const be = asWasmBackend(backend);
   const x = inputs.x;
   if (!be || !x) throw new Error(`${KERNEL}: a float32 input on the wasm backend`);
-  const { k, stride, pad } = attrs as PatchAttrs;
-  const [n, h, w, c] = x.shape;
+  const { k, stride, pad, rowStart, rowCount } = attrs as PatchAttrs;
+  const [, h, w, c] = x.shape;
   const ho = convOutputSize(h, k, stride, pad);
   const wo = convOutputSize(w, k, stride, pad);
-  const out = be.makeOutput([n * ho * wo, k * k * c], 'float32');
+  const out = be.makeOutput([rowCount * wo, k * k * c], 'float32');
   const from = be.dataIdMap.get(x.dataId)?.memoryOffset;
   const to = be.dataIdMap.get(out.dataId)?.memoryOffset;
   if (from === undefined || to === undefined) throw new Error(`${KERNEL}: tensors not on the wasm backend`);
@@ -55,8 +67,10 @@ function patchKernel({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap
   const heap = new Float32Array(be.wasm.asm.memory.buffer);
   const src = from >> 2;
   let dst = to >> 2;
-  for (let b = 0; b < n; b++) {
-    for (let oy = 0; oy < ho; oy++) {
+  for (let r = rowStart; r < rowStart + rowCount; r++) {
+    const b = Math.floor(r / ho);
+    const oy = r % ho;
+    {
       for (let ox = 0; ox < wo; ox++) {
         for (let ky = 0; ky < k; ky++) {
           const iy = oy * stride - pad + ky;
@@ -83,25 +97,51 @@ function patchKernel({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap
   return out;
 }
 
+/**
+ * Copies `part` into rows rowStart.. of `target` (when given: the earlier bands' output, handed back
+ * as this kernel's output; no other reference to it exists) or of a new [rows, cols] output.
+ */
+function placeKernel({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: unknown }): tf.TensorInfo {
+  const be = asWasmBackend(backend);
+  const part = inputs.part;
+  if (!be || !part) throw new Error(`${PLACE_KERNEL}: a float32 input on the wasm backend`);
+  const { rowStart, shape } = attrs as { rowStart: number; shape: [number, number] };
+  let out: tf.TensorInfo;
+  if (inputs.target) {
+    be.incRef(inputs.target.dataId);
+    out = { dataId: inputs.target.dataId, shape: [...shape], dtype: 'float32' };
+  } else {
+    out = be.makeOutput([...shape], 'float32');
+  }
+  const from = be.dataIdMap.get(part.dataId)?.memoryOffset;
+  const to = be.dataIdMap.get(out.dataId)?.memoryOffset;
+  if (from === undefined || to === undefined) throw new Error(`${PLACE_KERNEL}: tensors not on the wasm backend`);
+  const heap = new Float32Array(be.wasm.asm.memory.buffer);
+  heap.copyWithin((to >> 2) + rowStart * shape[1], from >> 2, (from >> 2) + part.shape[0] * shape[1]);
+  return out;
+}
+
 function register(): void {
   // Once per tfjs instance, also when this module is bundled twice.
   if (!tf.getKernel(KERNEL, 'wasm')) tf.registerKernel({ kernelName: KERNEL, backendName: 'wasm', kernelFunc: patchKernel as unknown as tf.KernelFunc });
+  if (!tf.getKernel(PLACE_KERNEL, 'wasm')) tf.registerKernel({ kernelName: PLACE_KERNEL, backendName: 'wasm', kernelFunc: placeKernel as unknown as tf.KernelFunc });
 }
 
-/** The input's patches for each output pixel, [n * ho * wo, kh * kw * in], columns in (ky, kx, channel) order. */
-function patches(x: tf.Tensor4D, k: number, stride: number, pad: number): tf.Tensor2D {
+/** Patches of output rows rowStart.. (over n * ho), [rowCount * wo, kh * kw * in], columns in (ky, kx, channel) order. */
+function patches(x: tf.Tensor4D, k: number, stride: number, pad: number, rowStart: number, rowCount: number): tf.Tensor2D {
   const [n, h, w, cin] = x.shape;
-  if (k === 1 && stride === 1 && pad === 0) return tf.reshape(x, [n * h * w, cin]);
+  if (k === 1 && stride === 1 && pad === 0 && rowStart === 0 && rowCount === n * h) return tf.reshape(x, [n * h * w, cin]);
   if (!asWasmBackend(tf.backend()) || x.dtype !== 'float32') throw new Error('conv2dGemm: the wasm backend only');
   register();
-  const attrs: PatchAttrs = { k, stride, pad };
+  const attrs: PatchAttrs = { k, stride, pad, rowStart, rowCount };
   return tf.engine().runKernel(KERNEL, { x }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
 }
 
 /**
- * conv2d(x, filter, stride, symmetric pad) + bias, then ReLU when `relu`, NHWC, as one GEMM (see
- * the top of this file). `gemm` runs the product (patches [rows, k], the filter as [k, out]);
- * the caller wraps it to track the filter's packing.
+ * conv2d(x, filter, stride, symmetric pad) + bias, then ReLU when `relu`, NHWC, as GEMMs (see the
+ * top of this file), in bands of output rows of at most `bandBytes` of patches. `gemm` runs each
+ * product (patches [rows, k], the filter as [k, out]); the caller wraps it to track the filter's
+ * packing.
  */
 export function conv2dGemm(
   x: tf.Tensor4D,
@@ -111,19 +151,39 @@ export function conv2dGemm(
   pad: number,
   relu: boolean,
   gemm: (run: () => tf.Tensor2D) => tf.Tensor2D = (run) => run(),
+  bandBytes = BAND_BYTES,
 ): tf.Tensor4D {
   const [n, h, w] = x.shape;
   const [kh, kw, cin, cout] = filter.shape;
   if (kh !== kw) throw new Error(`conv2dGemm: square filters only, got ${kh}x${kw}`);
   const ho = convOutputSize(h, kh, stride, pad);
   const wo = convOutputSize(w, kw, stride, pad);
-  return tf.tidy(() => {
-    const a = patches(x, kh, stride, pad);
-    // The reshaped filter shares the filter's storage: XNNPACK's operator is keyed on it. Made and
-    // freed inside `run`, so that the filter is again its storage's only tensor when `gemm` returns.
-    const y = gemm(() =>
-      tf.tidy(() => tf.fused.matMul({ a, b: tf.reshape(filter, [kh * kw * cin, cout]), bias: bias ?? undefined, activation: relu ? 'relu' : 'linear' }) as tf.Tensor2D),
-    );
-    return tf.reshape(y, [n, ho, wo, cout]);
-  });
+  const rows = n * ho;
+  const band = kh === 1 && stride === 1 ? rows : Math.max(1, Math.floor(bandBytes / (wo * kh * kw * cin * 4)));
+  const product = (rowStart: number, rowCount: number): tf.Tensor2D =>
+    tf.tidy(() => {
+      const a = patches(x, kh, stride, pad, rowStart, rowCount);
+      // The reshaped filter shares the filter's storage: XNNPACK's operator is keyed on it. Made and
+      // freed inside `run`, so that the filter is again its storage's only tensor when `gemm` returns.
+      return gemm(() =>
+        tf.tidy(() => tf.fused.matMul({ a, b: tf.reshape(filter, [kh * kw * cin, cout]), bias: bias ?? undefined, activation: relu ? 'relu' : 'linear' }) as tf.Tensor2D),
+      );
+    });
+  if (band >= rows) return tf.tidy(() => tf.reshape(product(0, rows), [n, ho, wo, cout]));
+  let out: tf.Tensor2D | null = null;
+  for (let rowStart = 0; rowStart < rows; rowStart += band) {
+    const rowCount = Math.min(band, rows - rowStart);
+    const next: tf.Tensor2D = tf.tidy(() => {
+      const inputs: tf.NamedTensorMap = { part: product(rowStart, rowCount) };
+      if (out) inputs.target = out;
+      const attrs = { rowStart: rowStart * wo, shape: [rows * wo, cout] };
+      return tf.engine().runKernel(PLACE_KERNEL, inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+    });
+    out?.dispose();
+    out = next;
+  }
+  const whole = out as tf.Tensor2D;
+  const y = tf.reshape(whole, [n, ho, wo, cout]);
+  whole.dispose();
+  return y as tf.Tensor4D;
 }
