@@ -144,8 +144,9 @@ export class Backbone {
    * Folds every FrozenBatchNorm into its conv (new tensors owned by the Backbone) and clones
    * the FPN weights (`ownCopy`); `weights` stays owned by the caller, and its `backbone.*` tensors are not
    * needed afterwards. `kernels`: the convolutions' (stock tfjs ops unless given).
+   * `packedWeightsOnly` (BackendRules): keep the filters only as packed by the backend's library.
    */
-  constructor(weights: Img2PoseWeights, private readonly kernels: Kernels = PORTABLE_KERNELS) {
+  constructor(weights: Img2PoseWeights, private readonly kernels: Kernels = PORTABLE_KERNELS, packedWeightsOnly = false) {
     const body = 'backbone.body.';
     this.stem = this.foldedConv(weights, `${body}conv1`, `${body}bn1`, 2);
     for (let l = 1; l <= 4; l++) {
@@ -177,6 +178,16 @@ export class Backbone {
         list.push(makeConv(filter, bias, 1));
       }
     }
+    if (packedWeightsOnly) {
+      // The Winograd filters are then made (and packed one by one) in the warm-up.
+      try {
+        this.packWeights();
+      } catch (e) {
+        this.dispose();
+        throw e;
+      }
+      return;
+    }
     // The stride-1 3x3 convs may take the Winograd path on the GPU (prepareConvFilter skips the rest).
     for (const blocks of this.layers) for (const b of blocks) for (const c of b.convs) if (c.stride === 1) prepareConvFilter(c.filter);
     for (const c of this.outer) prepareConvFilter(c.filter);
@@ -188,7 +199,7 @@ export class Backbone {
    * is kept only as packed for the way `forward` calls it (the wasm backend; see
    * src/kernels/wasm/packed.ts).
    */
-  packWeights(): void {
+  private packWeights(): void {
     packingRun(() =>
       tf.tidy(() => {
         this.forward(tf.zeros([1, 32, 32, 3]), [[32, 32]]);

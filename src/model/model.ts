@@ -179,19 +179,16 @@ export class Img2PoseModel {
   constructor(weights: Img2PoseWeights, readonly runtime: ModelRuntime) {
     const built: { dispose(): void }[] = [];
     try {
-      // Stage by stage, each packed before the next is built, so that building never needs both
-      // copies of every weight at once; the heads first: their large blocks, once freed, leave
-      // room for the backbone's smaller ones.
+      // With packedWeightsOnly each stage packs its weights as it is built, before the next is
+      // built, so that building never needs both copies of every weight at once; the heads first:
+      // their large blocks, once freed, leave room for the backbone's smaller ones.
       const pack = runtime.rules.packedWeightsOnly;
       this.roiHeads = new RoIHeads(weights, runtime);
       built.push(this.roiHeads);
-      if (pack) this.roiHeads.packWeights();
-      this.rpn = new RegionProposalNetwork(weights, runtime.kernels);
+      this.rpn = new RegionProposalNetwork(weights, runtime.kernels, undefined, pack);
       built.push(this.rpn);
-      if (pack) this.rpn.packWeights();
-      this.backbone = new Backbone(weights, runtime.kernels);
+      this.backbone = new Backbone(weights, runtime.kernels, pack);
       built.push(this.backbone);
-      if (pack) this.backbone.packWeights();
     } catch (e) {
       for (const stage of built) stage.dispose();
       throw e;

@@ -189,6 +189,14 @@ export class RoIHeads {
       host('box_predictor.dof_pred.1.running_var'),
     );
     this.dofHidden = [tf.tensor2d(folded.weight, hidden.shape as [number, number]), tf.tensor1d(folded.bias)];
+    if (runtime.rules.packedWeightsOnly) {
+      try {
+        this.packWeights();
+      } catch (e) {
+        this.dispose();
+        throw e;
+      }
+    }
   }
 
   /**
@@ -196,7 +204,7 @@ export class RoIHeads {
    * kept only as packed for the way `forward` calls it (the wasm backend; see
    * src/kernels/wasm/packed.ts). fc6's chunks, when chunked, were packed as they were made.
    */
-  packWeights(): void {
+  private packWeights(): void {
     const fc6In = this.classFc6.weight ? this.classFc6.weight.shape[0] : this.classFc6.chunks.reduce((k, c) => k + c.shape[0], 0);
     const channels = fc6In / (ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE);
     packingRun(() =>

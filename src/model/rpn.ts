@@ -48,11 +48,15 @@ export class RegionProposalNetwork {
   private readonly predWeight: tf.Tensor4D;
   private readonly predBias: tf.Tensor1D;
 
-  /** `kernels`: the head's convolutions' (stock tfjs ops unless given). */
+  /**
+   * `kernels`: the head's convolutions' (stock tfjs ops unless given). `packedWeightsOnly`
+   * (BackendRules): keep the filters only as packed by the backend's library.
+   */
   constructor(
     weights: Img2PoseWeights,
     private readonly kernels: Kernels = PORTABLE_KERNELS,
     readonly config: RpnConfig = RPN_CONFIG,
+    packedWeightsOnly = false,
   ) {
     const get = (name: string): tf.Tensor => {
       const t = weights.tensors.get(name);
@@ -67,6 +71,16 @@ export class RegionProposalNetwork {
       3,
     );
     this.predBias = tf.concat1d([get('rpn.head.cls_logits.bias') as tf.Tensor1D, get('rpn.head.bbox_pred.bias') as tf.Tensor1D]);
+    if (packedWeightsOnly) {
+      // The Winograd filter is then made (and packed) in the warm-up.
+      try {
+        this.packWeights();
+      } catch (e) {
+        this.dispose();
+        throw e;
+      }
+      return;
+    }
     prepareConvFilter(this.convWeight);
     prepareConvFilter(this.predWeight, this.predBias); // 15 channels: padded once
   }
@@ -75,7 +89,7 @@ export class RegionProposalNetwork {
    * Runs the head once on a small zero map inside `packingRun`: afterwards its filters are kept
    * only as packed for the way `head` calls them (the wasm backend; see src/kernels/wasm/packed.ts).
    */
-  packWeights(): void {
+  private packWeights(): void {
     packingRun(() =>
       tf.tidy(() => {
         this.head([tf.zeros([1, 8, 8, this.convWeight.shape[2]])], [[32, 32]]);

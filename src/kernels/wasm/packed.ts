@@ -89,6 +89,11 @@ function releaseUnpacked(weight: tf.Tensor): boolean {
   return true;
 }
 
+/** Whether a `packingRun` is under way (weights made now are best packed as they are made). */
+export function packingActive(): boolean {
+  return packing > 0;
+}
+
 /** Whether `weight`'s own copy was freed by `releaseUnpacked`. */
 export function isReleased(weight: tf.Tensor): boolean {
   return released.has(weight.dataId);

@@ -15,7 +15,7 @@
 // alone, and whether a layer takes this path depends on its shape only, never on the batch.
 import * as tf from '@tensorflow/tfjs';
 import { WINOGRAD_F4_WASM } from './winograd_wasm';
-import { usePacked } from './packed';
+import { packingActive, usePacked } from './packed';
 
 /** B^T of F(4x4, 3x3): the input transform along one axis (points 0, +-1, +-2, infinity). */
 export const WINOGRAD_F4_BT = [
@@ -255,11 +255,22 @@ export function wasmWinogradFilter(filter: tf.Tensor4D): tf.Tensor2D[] {
   if (!u) {
     const [, , cin, cout] = filter.shape;
     const values = winogradF4Filter(filter.dataSync() as Float32Array, cin, cout);
-    // Kept out of the caller's tidy scope: they live as long as the filter.
-    u = values.map((v) => tf.keep(tf.tensor2d(v, [cin, cout])));
+    // Kept out of the caller's tidy scope: they live as long as the filter. Made during a
+    // packingRun, each is packed (and its own copy freed) before the next is made, which then
+    // takes its place in the heap (see ./packed).
+    u = values.map((v) => {
+      const ue = tf.keep(tf.tensor2d(v, [cin, cout]));
+      if (packingActive()) tf.tidy(() => gemmU(tf.zeros([1, cin]), ue));
+      return ue;
+    });
     prepared.set(filter, u);
   }
   return u;
+}
+
+/** V[e] @ U[e] (XNNPACK packs U[e] for this call: ./packed). */
+function gemmU(v: tf.Tensor2D, u: tf.Tensor2D): tf.Tensor2D {
+  return usePacked(u, 'matMul linear bias none', () => tf.matMul(v, u));
 }
 
 export function releaseWasmWinograd(filter: tf.Tensor): void {
@@ -306,7 +317,7 @@ export function conv2dWinogradWasm(
         const v = tf.engine().runKernel(INPUT_KERNEL, { x }, { rowStart, rowCount } as unknown as tf.NamedAttrMap) as tf.Tensor2D[];
         const inputs: tf.NamedTensorMap = { bias: b };
         v.forEach((ve, e) => {
-          inputs[`m${e}`] = usePacked(u[e], 'matMul linear bias none', () => tf.matMul(ve, u[e]));
+          inputs[`m${e}`] = gemmU(ve, u[e]);
           ve.dispose();
         });
         if (out) inputs.target = out;
