@@ -7,7 +7,7 @@ import { ConvOptions, conv2dFused, conv2dPortable, convEpilogue, linearFused, li
 import { conv2dWinograd, prepareWinograd, releaseWinograd, winogradFilterFor, winogradOptionsFit } from './winograd';
 import { conv2dWinogradWasm, releaseWasmWinograd, wasmWinogradAvailable, wasmWinogradFilter, wasmWinogradFits } from '../wasm/winograd';
 import { usePacked } from '../wasm/packed';
-import { conv2dGemm, gemmConvFits } from '../wasm/gemm_conv';
+import { conv2dGemm, conv2dRowBands, gemmConvFits, STEM_KERNEL } from '../wasm/gemm_conv';
 
 export type KernelMode = 'portable' | 'webgpu';
 
@@ -39,6 +39,16 @@ export class Kernels {
         // As one GEMM: XNNPACK's fully-connected operator holds less than its convolution (../wasm/gemm_conv).
         return convEpilogue(opts, (relu) =>
           conv2dGemm(x, w, bias, opts.stride, opts.pad, relu, (run) => usePacked(w, `matMul ${relu ? 'relu' : 'linear'} ${bias_}`, run)),
+        );
+      }
+      if (tf.getBackend() === 'wasm' && w.shape[0] >= STEM_KERNEL && w.shape[0] === w.shape[1]) {
+        // In bands of output rows: XNNPACK's indirection buffer stays small (../wasm/gemm_conv).
+        return convEpilogue(opts, (relu) =>
+          conv2dRowBands(x, w, opts.stride, opts.pad, (window, pads) =>
+            usePacked(w, `conv stride ${opts.stride} pad 0,${opts.pad} ${relu ? 'relu' : 'linear'} ${bias_}`, () =>
+              tf.fused.conv2d({ x: window, filter: w, strides: opts.stride, pad: pads, bias: bias ?? undefined, activation: relu ? 'relu' : 'linear' }),
+            ),
+          ),
         );
       }
       return usePacked(w, `conv stride ${opts.stride} pad ${opts.pad} ${activation} ${bias_}`, () => conv2dPortable(x, w, bias, opts));
