@@ -9,8 +9,10 @@ import { conv2dGemm, conv2dRowBands, gemmConvFits } from '../src/kernels/wasm/ge
 import { isReleased, packingRun, usePacked } from '../src/kernels/wasm/packed';
 
 const bits = (t: tf.Tensor): Buffer => Buffer.from((t.dataSync() as Float32Array).slice().buffer);
-const tensor = <R extends tf.Rank>(shape: number[], seed: number, scale = 1): tf.Tensor<R> =>
-  tf.tensor(Float32Array.from(lcgValues(shape.reduce((a, b) => a * b, 1), seed), (v) => v * scale), shape) as tf.Tensor<R>;
+function tensor<R extends tf.Rank>(shape: number[], seed: number, scale = 1): tf.Tensor<R> {
+  const t: tf.Tensor = tf.tensor(Float32Array.from(lcgValues(shape.reduce((a, b) => a * b, 1), seed), (v) => v * scale), shape);
+  return t as tf.Tensor<R>;
+}
 
 describe('convolutions on wasm with less kept in XNNPACK', () => {
   it('takes the GEMM path for 1x1 and large 3x3 filters only', () => {
