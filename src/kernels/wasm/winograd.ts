@@ -15,7 +15,7 @@
 // alone, and whether a layer takes this path depends on its shape only, never on the batch.
 import * as tf from '@tensorflow/tfjs';
 import { WINOGRAD_F4_WASM } from './winograd_wasm';
-import { packingActive, usePacked } from './packed';
+import { isReleased, packingActive, usePacked } from './packed';
 
 /** B^T of F(4x4, 3x3): the input transform along one axis (points 0, +-1, +-2, infinity). */
 export const WINOGRAD_F4_BT = [
@@ -253,6 +253,9 @@ const prepared = new WeakMap<tf.Tensor, tf.Tensor2D[]>();
 export function wasmWinogradFilter(filter: tf.Tensor4D): tf.Tensor2D[] {
   let u = prepared.get(filter);
   if (!u) {
+    // A filter kept only as XNNPACK's packed copy (the Winograd path was off when it was packed)
+    // has no values left to transform.
+    if (isReleased(filter)) throw new Error('Winograd on wasm: this filter is kept only as packed for the direct convolution; build the network with the Winograd flag as it will run');
     const [, , cin, cout] = filter.shape;
     const values = winogradF4Filter(filter.dataSync() as Float32Array, cin, cout);
     // Kept out of the caller's tidy scope: they live as long as the filter. Made during a
