@@ -134,7 +134,13 @@ function makeFc6(torchWeight: tf.Tensor2D, bias: tf.Tensor1D, chunked: boolean, 
     const chunk = tf.tensor2d(block, [part, outs]);
     chunks.push(chunk);
     // Packed (and its own copy freed) before the next chunk is made, which then takes its place.
-    if (packedOnly) packingRun(() => tf.tidy(() => fc6Partial(tf.zeros([1, part]), chunk, k === 0 ? bias : null)));
+    if (packedOnly) {
+      packingRun(() =>
+        tf.tidy(() => {
+          fc6Partial(tf.zeros([1, part]), chunk, k === 0 ? bias : null);
+        }),
+      );
+    }
   }
   return { weight: null, chunks, bias };
 }

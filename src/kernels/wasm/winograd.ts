@@ -263,7 +263,11 @@ export function wasmWinogradFilter(filter: tf.Tensor4D): tf.Tensor2D[] {
     // takes its place in the heap (see ./packed).
     u = values.map((v) => {
       const ue = tf.keep(tf.tensor2d(v, [cin, cout]));
-      if (packingActive()) tf.tidy(() => gemmU(tf.zeros([1, cin]), ue));
+      if (packingActive()) {
+        tf.tidy(() => {
+          gemmU(tf.zeros([1, cin]), ue);
+        });
+      }
       return ue;
     });
     prepared.set(filter, u);
