@@ -49,7 +49,8 @@ function wasmBackendOf(t: tf.Tensor): WasmBackend | null {
 export function usePacked<T>(weight: tf.Tensor, signature: string, op: () => T): T {
   const known = packed.get(weight.dataId);
   if (released.has(weight.dataId) && !known?.has(signature)) {
-    throw new Error(`wasm packed weights: [${weight.shape}] is kept only as packed for ${[...(known ?? [])].join(', ')}; a call as ${signature} would read freed memory`);
+    const kept = known ? `kept only as packed for ${[...known].join(', ')}` : 'no longer held (its layer runs from another form of it)';
+    throw new Error(`wasm packed weights: [${weight.shape}] is ${kept}; a call as ${signature} would read freed memory (build the network with the settings it will run with)`);
   }
   const out = op();
   if (!known) packed.set(weight.dataId, new Set([signature]));
@@ -73,12 +74,12 @@ export function packingRun<T>(warmUp: () => T): T {
 }
 
 /**
- * Frees `weight`'s own copy in the wasm heap if XNNPACK has packed it (a `usePacked` call ran) and
- * no other tensor shares its storage; the tensor stays, usable only as `usePacked` allows.
- * Returns whether it was freed.
+ * Frees the own copy of a weight that its layer no longer reads on wasm (a Winograd layer's 3x3
+ * filter, once its transformed filters exist), if no other tensor shares its storage. A later call
+ * through `usePacked` throws. Returns whether it was freed.
  */
-function releaseUnpacked(weight: tf.Tensor): boolean {
-  if (weight.isDisposed || released.has(weight.dataId) || !packed.has(weight.dataId)) return false;
+export function releaseUnused(weight: tf.Tensor): boolean {
+  if (weight.isDisposed || released.has(weight.dataId)) return false;
   const backend = wasmBackendOf(weight);
   const data = backend?.dataIdMap.get(weight.dataId);
   if (!backend || !data || data.refCount !== 1) return false;
@@ -87,6 +88,15 @@ function releaseUnpacked(weight: tf.Tensor): boolean {
   data.memoryOffset = 0;
   released.add(weight.dataId);
   return true;
+}
+
+/**
+ * Frees `weight`'s own copy in the wasm heap if XNNPACK has packed it (a `usePacked` call ran) and
+ * no other tensor shares its storage; the tensor stays, usable only as `usePacked` allows.
+ * Returns whether it was freed.
+ */
+function releaseUnpacked(weight: tf.Tensor): boolean {
+  return packed.has(weight.dataId) && releaseUnused(weight);
 }
 
 /** Whether a `packingRun` is under way (weights made now are best packed as they are made). */

@@ -15,7 +15,7 @@
 // alone, and whether a layer takes this path depends on its shape only, never on the batch.
 import * as tf from '@tensorflow/tfjs';
 import { WINOGRAD_F4_WASM } from './winograd_wasm';
-import { isReleased, packingActive, usePacked } from './packed';
+import { isReleased, packingActive, releaseUnused, usePacked } from './packed';
 
 /** B^T of F(4x4, 3x3): the input transform along one axis (points 0, +-1, +-2, infinity). */
 export const WINOGRAD_F4_BT = [
@@ -261,15 +261,18 @@ export function wasmWinogradFilter(filter: tf.Tensor4D): tf.Tensor2D[] {
     // Kept out of the caller's tidy scope: they live as long as the filter. Made during a
     // packingRun, each is packed (and its own copy freed) before the next is made, which then
     // takes its place in the heap (see ./packed).
+    const packing = packingActive();
     u = values.map((v) => {
       const ue = tf.keep(tf.tensor2d(v, [cin, cout]));
-      if (packingActive()) {
+      if (packing) {
         tf.tidy(() => {
           gemmU(tf.zeros([1, cin]), ue);
         });
       }
       return ue;
     });
+    // In a packingRun the filter's own values are not needed any more either (see ./packed).
+    if (packing) releaseUnused(filter);
     prepared.set(filter, u);
   }
   return u;
