@@ -222,7 +222,15 @@ function section(minSize: number, maxSize: number, resized: string, series: Seri
 async function main(): Promise<void> {
   const o = parseOptions(process.argv);
   const backend = await selectBackend(o.backend);
-  const model = await buildModel(o.weights);
+  // One network per Winograd setting: on wasm a network keeps its weights only in the form its
+  // layers ran in when it was built (src/kernels/wasm/packed.ts).
+  const models = new Map<boolean, Img2PoseModel>();
+  for (const on of o.winograd) {
+    tf.env().set(WINOGRAD_FLAG, on);
+    models.set(on, await buildModel(o.weights));
+  }
+  tf.env().set(WINOGRAD_FLAG, true);
+  const model = models.get(true) ?? [...models.values()][0];
   const image = await decodeImage(o.image);
   const [h, w] = image.shape;
   const servers: { server: UpstreamServer; label: string }[] = [];
@@ -239,7 +247,7 @@ async function main(): Promise<void> {
       for (let i = 0; i < o.warmup; i++) {
         for (const { on } of ours) {
           tf.env().set(WINOGRAD_FLAG, on);
-          await runOurs(model, image, config);
+          await runOurs(models.get(on) ?? model, image, config);
         }
         for (const s of servers) await s.server.run(minSize, maxSize);
       }
@@ -250,8 +258,8 @@ async function main(): Promise<void> {
         loads.push(os.loadavg()[0]);
         for (const { on, series } of ours) {
           tf.env().set(WINOGRAD_FLAG, on);
-          const plain = await runOurs(model, image, config);
-          const profiled = await runOurs(model, image, config, emptyTimings());
+          const plain = await runOurs(models.get(on) ?? model, image, config);
+          const profiled = await runOurs(models.get(on) ?? model, image, config, emptyTimings());
           series.add({ ms: plain.ms, stages: profiled.stages, faces: plain.faces });
         }
         for (let i = 0; i < servers.length; i++) upstream[i].add(await servers[i].server.run(minSize, maxSize));
@@ -263,7 +271,7 @@ async function main(): Promise<void> {
   } finally {
     for (const s of servers) s.server.close();
     image.dispose();
-    model.dispose();
+    for (const m of models.values()) m.dispose();
   }
   const m = machineInfo();
   process.stdout.write(

@@ -18,8 +18,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { Img2PoseWeights } from './weights';
 import { Size } from '../ops/size';
-import { Conv, convOutputSize, disposeConv, foldFrozenBatchNorm, makeConv, readsBeyondRegion } from './layers';
-import { Kernels, PORTABLE_KERNELS, prepareConvFilter, winogradEnabled } from '../kernels/webgpu';
+import { Conv, convOutputSize, disposeConv, foldFrozenBatchNorm, makeConv, ownCopy, readsBeyondRegion } from './layers';
+import { Kernels, packingRun, PORTABLE_KERNELS, prepareConvFilter, winogradEnabled } from '../kernels/webgpu';
 
 
 /** Names of the returned levels, strides 4, 8, 16, 32, 64 (upstream's feature dict keys). */
@@ -142,10 +142,11 @@ export class Backbone {
 
   /**
    * Folds every FrozenBatchNorm into its conv (new tensors owned by the Backbone) and clones
-   * the FPN weights; `weights` stays owned by the caller, and its `backbone.*` tensors are not
+   * the FPN weights (`ownCopy`); `weights` stays owned by the caller, and its `backbone.*` tensors are not
    * needed afterwards. `kernels`: the convolutions' (stock tfjs ops unless given).
+   * `packedWeightsOnly` (BackendRules): keep the filters only as packed by the backend's library.
    */
-  constructor(weights: Img2PoseWeights, private readonly kernels: Kernels = PORTABLE_KERNELS) {
+  constructor(weights: Img2PoseWeights, private readonly kernels: Kernels = PORTABLE_KERNELS, packedWeightsOnly = false) {
     const body = 'backbone.body.';
     this.stem = this.foldedConv(weights, `${body}conv1`, `${body}bn1`, 2);
     for (let l = 1; l <= 4; l++) {
@@ -172,15 +173,38 @@ export class Backbone {
     for (let i = 0; i < 4; i++) {
       for (const [kind, list] of [['inner_blocks', this.inner], ['layer_blocks', this.outer]] as const) {
         const p = `backbone.fpn.${kind}.${i}.0.`;
-        const filter = tf.clone(take(weights, `${p}weight`)) as tf.Tensor4D;
-        const bias = tf.clone(take(weights, `${p}bias`)) as tf.Tensor1D;
+        const filter = ownCopy(take(weights, `${p}weight`) as tf.Tensor4D);
+        const bias = ownCopy(take(weights, `${p}bias`) as tf.Tensor1D);
         list.push(makeConv(filter, bias, 1));
       }
+    }
+    if (packedWeightsOnly) {
+      // The Winograd filters are then made (and packed one by one) in the warm-up.
+      try {
+        this.packWeights();
+      } catch (e) {
+        this.dispose();
+        throw e;
+      }
+      return;
     }
     // The stride-1 3x3 convs may take the Winograd path on the GPU (prepareConvFilter skips the rest).
     for (const blocks of this.layers) for (const b of blocks) for (const c of b.convs) if (c.stride === 1) prepareConvFilter(c.filter);
     for (const c of this.outer) prepareConvFilter(c.filter);
     prepareConvFilter(this.stem.filter, this.stem.bias); // RGB: channel-padded once
+  }
+
+  /**
+   * Runs every convolution once on a small zero image inside `packingRun`: afterwards each filter
+   * is kept only as packed for the way `forward` calls it (the wasm backend; see
+   * src/kernels/wasm/packed.ts).
+   */
+  private packWeights(): void {
+    packingRun(() =>
+      tf.tidy(() => {
+        this.forward(tf.zeros([1, 32, 32, 3]), [[32, 32]]);
+      }),
+    );
   }
 
   private foldedConv(weights: Img2PoseWeights, conv: string, bn: string, stride: number): Conv {
@@ -199,13 +223,14 @@ export class Backbone {
    * images: NHWC float32 batch (prepareBatch's), H and W multiples of 32 wherever images differ;
    * paddedSizes: each image's own padded size. Returns the 5 levels '0','1','2','3','pool'
    * (NHWC, 256 channels), each zero outside an image's region when the batch is mixed. The
-   * caller owns (disposes) them.
+   * caller owns (disposes) them. With `disposeInput`, `images` is disposed once the stem has read
+   * it (its memory then serves the layers after).
    */
-  forward(images: tf.Tensor4D, paddedSizes: Size[]): tf.Tensor4D[] {
+  forward(images: tf.Tensor4D, paddedSizes: Size[], disposeInput = false): tf.Tensor4D[] {
     const regions = this.checkRegions(images, paddedSizes);
     const masks = new RegionMasks();
     try {
-      const c = this.runBody({ x: images, regions, zeroOutside: true }, masks);
+      const c = this.runBody({ x: images, regions, zeroOutside: true }, masks, disposeInput);
       try {
         return this.runFpn(c, masks);
       } finally {
@@ -232,9 +257,10 @@ export class Backbone {
   }
 
   /** ResNet body: stem, then layer1..4; returns their outputs (strides 4, 8, 16, 32). */
-  private runBody(input: Feature, masks: RegionMasks): Feature[] {
+  private runBody(input: Feature, masks: RegionMasks, disposeInput: boolean): Feature[] {
     const stem = tidyFeature(() => {
       const c1 = convFeature(this.kernels, input, this.stem, masks, { relu: true });
+      if (disposeInput) input.x.dispose();
       return maxPoolFeature(c1, 3, 2, 1, masks);
     });
     const outputs: Feature[] = [];
@@ -260,18 +286,26 @@ export class Backbone {
     return { x: y.x, regions: y.regions, zeroOutside: false };
   }
 
-  /** FPN: lateral 1x1 convs, top-down nearest upsampling + add, 3x3 output convs, 'pool'. */
+  /**
+   * FPN: lateral 1x1 convs, top-down nearest upsampling + add, 3x3 output convs, 'pool'. Each body
+   * output and each coarser lateral map is freed as soon as the next lateral has read it, so that
+   * at the finest level (the largest maps) only what is still needed is alive.
+   */
   private runFpn(c: Feature[], masks: RegionMasks): tf.Tensor4D[] {
     return tf.tidy(() => {
       const results: Feature[] = new Array(4);
-      let last = convFeature(this.kernels, c[3], this.inner[3], masks, { relu: false });
-      results[3] = convFeature(this.kernels, last, this.outer[3], masks, { relu: false, winograd: winogradEnabled() });
-      for (let i = 2; i >= 0; i--) {
+      let last: Feature | null = null;
+      for (let i = 3; i >= 0; i--) {
         // Top-down pathway: lateral 1x1 conv + nearest-upsampled coarser level (torch
         // interpolate 'nearest': source index floor(d * in / out)), fused into the conv.
-        last = convFeature(this.kernels, c[i], this.inner[i], masks, { relu: false, residual: last.x, upsample: true });
+        const residual: Partial<ConvStep> = last ? { residual: last.x, upsample: true } : {};
+        const lateral = convFeature(this.kernels, c[i], this.inner[i], masks, { relu: false, ...residual });
+        c[i].x.dispose();
+        last?.x.dispose();
+        last = lateral;
         results[i] = convFeature(this.kernels, last, this.outer[i], masks, { relu: false, winograd: winogradEnabled() });
       }
+      last?.x.dispose();
       // The RPN head's 3x3 conv reads these maps: zero them outside each image's region.
       const levels: Feature[] = results.map((r) =>
         r.regions ? { x: masks.apply(r.x, r.regions), regions: r.regions, zeroOutside: true } : r,

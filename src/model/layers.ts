@@ -82,3 +82,14 @@ export function disposeConv(conv: Conv): void {
   conv.filter.dispose();
   conv.bias.dispose();
 }
+
+/**
+ * A stage's own copy of a weight, on the active backend. A weight there is cloned; one on another
+ * backend (a worker's weights, made on the cpu backend over shared memory) is copied from its
+ * values and left where it is, where tf.clone would first move it to the active backend (into a
+ * wasm heap, whose high-water mark stays) until the caller disposes it.
+ */
+export function ownCopy<T extends tf.Tensor>(weight: T): T {
+  if (tf.engine().state.tensorInfo.get(weight.dataId)?.backend === tf.backend()) return tf.clone(weight);
+  return tf.tensor(weight.dataSync(), weight.shape, weight.dtype) as T;
+}

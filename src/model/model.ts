@@ -179,11 +179,16 @@ export class Img2PoseModel {
   constructor(weights: Img2PoseWeights, readonly runtime: ModelRuntime) {
     const built: { dispose(): void }[] = [];
     try {
-      this.backbone = new Backbone(weights, runtime.kernels);
-      built.push(this.backbone);
-      this.rpn = new RegionProposalNetwork(weights, runtime.kernels);
-      built.push(this.rpn);
+      // With packedWeightsOnly each stage packs its weights as it is built, before the next is
+      // built, so that building never needs both copies of every weight at once; the heads first:
+      // their large blocks, once freed, leave room for the backbone's smaller ones.
+      const pack = runtime.rules.packedWeightsOnly;
       this.roiHeads = new RoIHeads(weights, runtime);
+      built.push(this.roiHeads);
+      this.rpn = new RegionProposalNetwork(weights, runtime.kernels, undefined, pack);
+      built.push(this.rpn);
+      this.backbone = new Backbone(weights, runtime.kernels, pack);
+      built.push(this.backbone);
     } catch (e) {
       for (const stage of built) stage.dispose();
       throw e;
@@ -244,8 +249,7 @@ export class Img2PoseModel {
     let features: tf.Tensor4D[] = [];
     try {
       await lap('transform', batch.images);
-      features = this.backbone.forward(batch.images, batch.paddedSizes);
-      batch.images.dispose();
+      features = this.backbone.forward(batch.images, batch.paddedSizes, true);
       await lap('backbone', features[features.length - 1]);
       const head = this.rpn.predictHead(features, batch.imageSizes, batch.paddedSizes, host.sendsAway(images.length));
       const jobs = await head;

@@ -21,7 +21,9 @@ import { faceScores } from './postprocess';
 import { Img2PoseWeights } from './weights';
 import { ROI_OUTPUT_SIZE } from './roi_align';
 import { StageRuntime } from './runtime';
+import { ownCopy } from './layers';
 import { copyRows, rowRange } from '../kernels/wasm/rows';
+import { packingRun, usePacked } from '../kernels/wasm/packed';
 
 const BN_EPS = 1e-5;
 
@@ -55,9 +57,14 @@ function fc6Chunked(x: tf.Tensor2D, chunks: tf.Tensor2D[], bias: tf.Tensor1D): t
     const [rows, k] = x.shape;
     const part = k / chunks.length;
     const all = rowRange(0, rows);
-    const partials = chunks.map((w, i) => tf.fused.matMul({ a: copyRows(x, all, i * part, part), b: w, bias: i === 0 ? bias : undefined }));
+    const partials = chunks.map((w, i) => fc6Partial(copyRows(x, all, i * part, part), w, i === 0 ? bias : null));
     return tf.relu(tf.addN(partials)) as tf.Tensor2D;
   });
+}
+
+/** One of fc6Chunked's products, the first with the bias (XNNPACK packs each chunk for this call: src/kernels/wasm/packed.ts). */
+function fc6Partial(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D | null): tf.Tensor2D {
+  return usePacked(w, `matMul linear bias ${bias ? bias.id : 'none'}`, () => tf.fused.matMul({ a: x, b: w, bias: bias ?? undefined }) as tf.Tensor2D);
 }
 
 /** Rows `rows` of pooled features [R, 7, 7, C] (a copy in the wasm heap there, see copyRows). */
@@ -100,13 +107,42 @@ interface Fc6 {
   bias: tf.Tensor1D;
 }
 
-function makeFc6(weight: tf.Tensor2D, bias: tf.Tensor1D, chunked: boolean): Fc6 {
-  if (chunked && weight.shape[0] % FC6_CHUNKS === 0) {
-    const chunks = tf.split(weight, FC6_CHUNKS, 0) as tf.Tensor2D[];
-    weight.dispose();
-    return { weight: null, chunks, bias };
+/**
+ * fc6 from torch's weight [C * 49, out]: one permuted matrix, or (chunked) FC6_CHUNKS row blocks of
+ * it, each made from the host values on its own, so that no full-size copy or transpose of the
+ * 51 MB matrix passes through the backend's memory; with `packedOnly`, each kept only as packed
+ * for fc6Partial before the next is made.
+ */
+function makeFc6(torchWeight: tf.Tensor2D, bias: tf.Tensor1D, chunked: boolean, packedOnly: boolean): Fc6 {
+  const [rows, outs] = torchWeight.shape;
+  const cells = ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE;
+  const channels = rows / cells;
+  if (!(chunked && rows % FC6_CHUNKS === 0 && Number.isInteger(channels))) {
+    return { weight: permuteFc6Rows(torchWeight, channels), chunks: [], bias };
   }
-  return { weight, chunks: [], bias };
+  const values = torchWeight.dataSync() as Float32Array;
+  const part = rows / FC6_CHUNKS;
+  const chunks: tf.Tensor2D[] = [];
+  for (let k = 0; k < FC6_CHUNKS; k++) {
+    const block = new Float32Array(part * outs);
+    for (let r = 0; r < part; r++) {
+      // Our row (cell, channel) is torch's row channel * 49 + cell (see permuteFc6Rows).
+      const row = k * part + r;
+      const source = (row % channels) * cells + Math.floor(row / channels);
+      block.set(values.subarray(source * outs, (source + 1) * outs), r * outs);
+    }
+    const chunk = tf.tensor2d(block, [part, outs]);
+    chunks.push(chunk);
+    // Packed (and its own copy freed) before the next chunk is made, which then takes its place.
+    if (packedOnly) {
+      packingRun(() =>
+        tf.tidy(() => {
+          fc6Partial(tf.zeros([1, part]), chunk, k === 0 ? bias : null);
+        }),
+      );
+    }
+  }
+  return { weight: null, chunks, bias };
 }
 
 function runFc6(runtime: StageRuntime, x: tf.Tensor2D, fc6: Fc6): tf.Tensor2D {
@@ -136,14 +172,11 @@ export class RoIHeads {
       return t;
     };
     const layer = (name: string): [tf.Tensor2D, tf.Tensor1D] => [
-      tf.clone(get(`${name}.weight`)) as tf.Tensor2D,
-      tf.clone(get(`${name}.bias`)) as tf.Tensor1D,
+      ownCopy(get(`${name}.weight`) as tf.Tensor2D),
+      ownCopy(get(`${name}.bias`) as tf.Tensor1D),
     ];
-    const fc6 = (head: string): Fc6 => {
-      const weight = get(`${head}.fc6.weight`) as tf.Tensor2D;
-      const channels = weight.shape[0] / (ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE);
-      return makeFc6(permuteFc6Rows(weight, channels), tf.clone(get(`${head}.fc6.bias`)) as tf.Tensor1D, runtime.rules.fc6Chunked);
-    };
+    const fc6 = (head: string): Fc6 =>
+      makeFc6(get(`${head}.fc6.weight`) as tf.Tensor2D, ownCopy(get(`${head}.fc6.bias`) as tf.Tensor1D), runtime.rules.fc6Chunked, runtime.rules.packedWeightsOnly);
     this.boxFc6 = fc6('box_head');
     this.classFc6 = fc6('class_head');
     this.boxFc7 = layer('box_head.fc7');
@@ -162,6 +195,29 @@ export class RoIHeads {
       host('box_predictor.dof_pred.1.running_var'),
     );
     this.dofHidden = [tf.tensor2d(folded.weight, hidden.shape as [number, number]), tf.tensor1d(folded.bias)];
+    if (runtime.rules.packedWeightsOnly) {
+      try {
+        this.packWeights();
+      } catch (e) {
+        this.dispose();
+        throw e;
+      }
+    }
+  }
+
+  /**
+   * Runs both heads once on one zero row inside `packingRun`: afterwards every dense weight is
+   * kept only as packed for the way `forward` calls it (the wasm backend; see
+   * src/kernels/wasm/packed.ts). fc6's chunks, when chunked, were packed as they were made.
+   */
+  private packWeights(): void {
+    const fc6In = this.classFc6.weight ? this.classFc6.weight.shape[0] : this.classFc6.chunks.reduce((k, c) => k + c.shape[0], 0);
+    const channels = fc6In / (ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE);
+    packingRun(() =>
+      tf.tidy(() => {
+        this.apply(tf.zeros([1, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, channels]));
+      }),
+    );
   }
 
   /** class_head and cls_score: pooled features [R, 7, 7, C] -> class logits [R, 2]. */

@@ -10,9 +10,10 @@
  * output there equals the single-image run's.
  */
 import * as tf from '@tensorflow/tfjs';
-import { Kernels, PORTABLE_KERNELS, prepareConvFilter, releaseConvFilter, winogradEnabled } from '../kernels/webgpu';
+import { Kernels, packingRun, PORTABLE_KERNELS, prepareConvFilter, releaseConvFilter, winogradEnabled } from '../kernels/webgpu';
 import { rpnCandidates } from '../kernels/webgpu/rpn_candidates';
 import { HostExecutor, IN_THREAD } from './runtime';
+import { ownCopy } from './layers';
 import { Img2PoseWeights } from './weights';
 import { featureSizes } from '../ops/anchors';
 import { candidateLayout, candidatesOf, ProposalJob, Proposals, RPN_CONFIG, RpnConfig } from '../ops/proposals';
@@ -47,11 +48,15 @@ export class RegionProposalNetwork {
   private readonly predWeight: tf.Tensor4D;
   private readonly predBias: tf.Tensor1D;
 
-  /** `kernels`: the head's convolutions' (stock tfjs ops unless given). */
+  /**
+   * `kernels`: the head's convolutions' (stock tfjs ops unless given). `packedWeightsOnly`
+   * (BackendRules): keep the filters only as packed by the backend's library.
+   */
   constructor(
     weights: Img2PoseWeights,
     private readonly kernels: Kernels = PORTABLE_KERNELS,
     readonly config: RpnConfig = RPN_CONFIG,
+    packedWeightsOnly = false,
   ) {
     const get = (name: string): tf.Tensor => {
       const t = weights.tensors.get(name);
@@ -59,15 +64,37 @@ export class RegionProposalNetwork {
       return t;
     };
     // Own copies, so the caller may dispose its weights map independently.
-    this.convWeight = tf.clone(get('rpn.head.conv.weight')) as tf.Tensor4D;
-    this.convBias = tf.clone(get('rpn.head.conv.bias')) as tf.Tensor1D;
+    this.convWeight = ownCopy(get('rpn.head.conv.weight') as tf.Tensor4D);
+    this.convBias = ownCopy(get('rpn.head.conv.bias') as tf.Tensor1D);
     this.predWeight = tf.concat4d(
       [get('rpn.head.cls_logits.weight') as tf.Tensor4D, get('rpn.head.bbox_pred.weight') as tf.Tensor4D],
       3,
     );
     this.predBias = tf.concat1d([get('rpn.head.cls_logits.bias') as tf.Tensor1D, get('rpn.head.bbox_pred.bias') as tf.Tensor1D]);
+    if (packedWeightsOnly) {
+      // The Winograd filter is then made (and packed) in the warm-up.
+      try {
+        this.packWeights();
+      } catch (e) {
+        this.dispose();
+        throw e;
+      }
+      return;
+    }
     prepareConvFilter(this.convWeight);
     prepareConvFilter(this.predWeight, this.predBias); // 15 channels: padded once
+  }
+
+  /**
+   * Runs the head once on a small zero map inside `packingRun`: afterwards its filters are kept
+   * only as packed for the way `head` calls them (the wasm backend; see src/kernels/wasm/packed.ts).
+   */
+  private packWeights(): void {
+    packingRun(() =>
+      tf.tidy(() => {
+        this.head([tf.zeros([1, 8, 8, this.convWeight.shape[2]])], [[32, 32]]);
+      }),
+    );
   }
 
   /**

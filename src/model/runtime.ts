@@ -54,6 +54,12 @@ export interface BackendRules {
    */
   readonly fc6Chunked: boolean;
   /**
+   * Whether the stages, once built, run each weight once on a small input and then keep only the
+   * copy the backend's library packed for itself (wasm: XNNPACK, see src/kernels/wasm/packed.ts),
+   * freeing their own: about half the memory of the weights, paid once per thread.
+   */
+  readonly packedWeightsOnly: boolean;
+  /**
    * In-place access to the tensors' values, where the backend has it (wasm): the host RoIAlign then
    * reads the feature maps and writes the pooled rows without a copy of either (~0.1 GB at the
    * default size, which on a worker thread sat on top of its heap's high-water mark).

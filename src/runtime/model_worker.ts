@@ -3,7 +3,7 @@
  * network from the weights in its `workerData` and runs forwards on the images it is sent.
  */
 import * as tf from '@tensorflow/tfjs';
-import { selectBackend } from './backend';
+import { selectBackend, selectCpuForValues } from './backend';
 import { Img2PoseModel, RawDetections } from '../model/model';
 import type { NetworkImage } from '../model/transform';
 import type { ModelWorkerData, PredictTask } from './threaded_model';
@@ -12,13 +12,22 @@ import { createRuntime } from './runtime';
 
 async function build(data: ModelWorkerData): Promise<Img2PoseModel> {
   const { backend, weights } = data.model;
-  const name = await selectBackend(backend);
+  // The weights as cpu-backend tensors over the shared values (no copy): the stages read them and
+  // make their own on `backend`, so they never pass through this thread's wasm heap.
+  await selectCpuForValues();
   const w: Img2PoseWeights = {
     depth: weights.depth,
     tensors: new Map(weights.tensors.map((t) => [t.name, tf.tensor(t.data, t.shape, t.dtype)])),
     poseMean: weights.poseMean,
     poseStddev: weights.poseStddev,
   };
+  let name: string;
+  try {
+    name = await selectBackend(backend);
+  } catch (e) {
+    disposeWeights(w);
+    throw e;
+  }
   try {
     return new Img2PoseModel(w, createRuntime({ backend: name }));
   } finally {

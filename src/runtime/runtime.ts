@@ -32,6 +32,7 @@ export function rulesFor(backend: string): BackendRules {
     queuesAsync: !cpu && backend !== 'tensorflow',
     roiAlign: cpu ? 'host' : 'ops',
     fc6Chunked: backend === 'wasm',
+    packedWeightsOnly: backend === 'wasm',
     ...(backend === 'wasm' ? { tensorMemory: WASM_HEAP } : {}),
   };
 }

@@ -15,6 +15,7 @@
 // alone, and whether a layer takes this path depends on its shape only, never on the batch.
 import * as tf from '@tensorflow/tfjs';
 import { WINOGRAD_F4_WASM } from './winograd_wasm';
+import { isReleased, packingActive, releaseUnused, usePacked } from './packed';
 
 /** B^T of F(4x4, 3x3): the input transform along one axis (points 0, +-1, +-2, infinity). */
 export const WINOGRAD_F4_BT = [
@@ -279,13 +280,34 @@ const prepared = new WeakMap<tf.Tensor, tf.Tensor2D[]>();
 export function wasmWinogradFilter(filter: tf.Tensor4D): tf.Tensor2D[] {
   let u = prepared.get(filter);
   if (!u) {
+    // A filter kept only as XNNPACK's packed copy (the Winograd path was off when it was packed)
+    // has no values left to transform.
+    if (isReleased(filter)) throw new Error('Winograd on wasm: this filter is kept only as packed for the direct convolution; build the network with the Winograd flag as it will run');
     const [, , cin, cout] = filter.shape;
     const values = winogradF4Filter(filter.dataSync() as Float32Array, cin, cout);
-    // Kept out of the caller's tidy scope: they live as long as the filter.
-    u = values.map((v) => tf.keep(tf.tensor2d(v, [cin, cout])));
+    // Kept out of the caller's tidy scope: they live as long as the filter. Made during a
+    // packingRun, each is packed (and its own copy freed) before the next is made, which then
+    // takes its place in the heap (see ./packed).
+    const packing = packingActive();
+    u = values.map((v) => {
+      const ue = tf.keep(tf.tensor2d(v, [cin, cout]));
+      if (packing) {
+        tf.tidy(() => {
+          gemmU(tf.zeros([1, cin]), ue);
+        });
+      }
+      return ue;
+    });
+    // In a packingRun the filter's own values are not needed any more either (see ./packed).
+    if (packing) releaseUnused(filter);
     prepared.set(filter, u);
   }
   return u;
+}
+
+/** V[e] @ U[e] (XNNPACK packs U[e] for this call: ./packed). */
+function gemmU(v: tf.Tensor2D, u: tf.Tensor2D): tf.Tensor2D {
+  return usePacked(u, 'matMul linear bias none', () => tf.matMul(v, u));
 }
 
 export function releaseWasmWinograd(filter: tf.Tensor): void {
@@ -332,7 +354,7 @@ export function conv2dWinogradWasm(
         const v = tf.engine().runKernel(INPUT_KERNEL, { x }, { rowStart, rowCount } as unknown as tf.NamedAttrMap) as tf.Tensor2D[];
         const inputs: tf.NamedTensorMap = { bias: b };
         v.forEach((ve, e) => {
-          inputs[`m${e}`] = tf.matMul(ve, u[e]);
+          inputs[`m${e}`] = gemmU(ve, u[e]);
           ve.dispose();
         });
         if (out) inputs.target = out;

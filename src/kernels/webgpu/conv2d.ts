@@ -388,16 +388,19 @@ export function conv2dPortable(
   bias: tf.Tensor1D | null,
   opts: ConvOptions,
 ): tf.Tensor4D {
+  return convEpilogue(opts, (relu) =>
+    tf.fused.conv2d({ x, filter: w, strides: opts.stride, pad: opts.pad, bias: bias ?? undefined, activation: relu ? 'relu' : 'linear' }),
+  );
+}
+
+/**
+ * `conv(relu)` (conv + bias, with the ReLU fused when there is no residual), then the residual
+ * (maybe upsampled) and the ReLU as separate ops: conv2dPortable's order, for any convolution.
+ */
+export function convEpilogue(opts: ConvOptions, conv: (relu: boolean) => tf.Tensor4D): tf.Tensor4D {
   return tf.tidy(() => {
     const residual = opts.residual;
-    let y: tf.Tensor4D = tf.fused.conv2d({
-      x,
-      filter: w,
-      strides: opts.stride,
-      pad: opts.pad,
-      bias: bias ?? undefined,
-      activation: opts.relu && residual === undefined ? 'relu' : 'linear',
-    });
+    let y = conv(opts.relu && residual === undefined);
     if (residual !== undefined) {
       y = opts.upsampleResidual ? addUpsampled(y, residual) : tf.add(y, residual);
       if (opts.relu) y = tf.relu(y);

@@ -3,9 +3,11 @@
 // tf.conv2d / tf.matMul. Each network holds its own `Kernels`, so two networks in one process
 // may run different kernels.
 import * as tf from '@tensorflow/tfjs';
-import { ConvOptions, conv2dFused, conv2dPortable, linearFused, linearPortable, preparePadded, releasePadded } from './conv2d';
+import { ConvOptions, conv2dFused, conv2dPortable, convEpilogue, linearFused, linearPortable, preparePadded, releasePadded } from './conv2d';
 import { conv2dWinograd, prepareWinograd, releaseWinograd, winogradFilterFor, winogradOptionsFit } from './winograd';
 import { conv2dWinogradWasm, releaseWasmWinograd, wasmWinogradAvailable, wasmWinogradFilter, wasmWinogradFits } from '../wasm/winograd';
+import { usePacked } from '../wasm/packed';
+import { conv2dGemm, conv2dRowBands, gemmConvFits, STEM_KERNEL } from '../wasm/gemm_conv';
 
 export type KernelMode = 'portable' | 'webgpu';
 
@@ -13,7 +15,8 @@ export type KernelMode = 'portable' | 'webgpu';
  * The kernels a network's stages run. Mode 'webgpu' runs our WebGPU programs while the webgpu
  * backend is active; elsewhere, and always in mode 'portable', the stock ops run, except that the
  * stride-1 3x3 convolutions the stages mark for Winograd take our F(4x4, 3x3) on the wasm
- * backend (src/kernels/wasm/winograd.ts).
+ * backend (src/kernels/wasm/winograd.ts), and there the 1x1 and the larger other convolutions run
+ * as one GEMM (src/kernels/wasm/gemm_conv.ts).
  */
 export class Kernels {
   constructor(readonly mode: KernelMode) {}
@@ -29,7 +32,26 @@ export class Kernels {
       if (winogradOptionsFit(opts) && wasmWinogradFits(w.shape) && wasmWinogradAvailable()) {
         return conv2dWinogradWasm(x, w, bias, opts.relu, opts.residual);
       }
-      return conv2dPortable(x, w, bias, opts);
+      // On wasm, XNNPACK packs w for this bias, activation and geometry (see ../wasm/packed).
+      const activation = opts.relu && opts.residual === undefined ? 'relu' : 'linear';
+      const bias_ = `bias ${bias ? bias.id : 'none'}`;
+      if (tf.getBackend() === 'wasm' && gemmConvFits(w.shape)) {
+        // As one GEMM: XNNPACK's fully-connected operator holds less than its convolution (../wasm/gemm_conv).
+        return convEpilogue(opts, (relu) =>
+          conv2dGemm(x, w, bias, opts.stride, opts.pad, relu, (run) => usePacked(w, `matMul ${relu ? 'relu' : 'linear'} ${bias_}`, run)),
+        );
+      }
+      if (tf.getBackend() === 'wasm' && w.shape[0] >= STEM_KERNEL && w.shape[0] === w.shape[1]) {
+        // In bands of output rows: XNNPACK's indirection buffer stays small (../wasm/gemm_conv).
+        return convEpilogue(opts, (relu) =>
+          conv2dRowBands(x, w, opts.stride, opts.pad, (window, pads) =>
+            usePacked(w, `conv stride ${opts.stride} pad 0,${opts.pad} ${relu ? 'relu' : 'linear'} ${bias_}`, () =>
+              tf.fused.conv2d({ x: window, filter: w, strides: opts.stride, pad: pads, bias: bias ?? undefined, activation: relu ? 'relu' : 'linear' }),
+            ),
+          ),
+        );
+      }
+      return usePacked(w, `conv stride ${opts.stride} pad ${opts.pad} ${activation} ${bias_}`, () => conv2dPortable(x, w, bias, opts));
     }
     const u = winogradFilterFor(w, opts);
     return u ? conv2dWinograd(x, u, bias, opts) : conv2dFused(x, w, bias, opts);
@@ -37,7 +59,8 @@ export class Kernels {
 
   /** x (rows, in) @ w (in, out) + bias, optional ReLU. */
   linear(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D | null, relu: boolean): tf.Tensor2D {
-    return this.webgpu ? linearFused(x, w, bias, relu) : linearPortable(x, w, bias, relu);
+    if (this.webgpu) return linearFused(x, w, bias, relu);
+    return usePacked(w, `matMul ${relu ? 'relu' : 'linear'} bias ${bias ? bias.id : 'none'}`, () => linearPortable(x, w, bias, relu));
   }
 }
 
@@ -65,6 +88,7 @@ export function releaseConvFilter(w: tf.Tensor4D, bias: tf.Tensor1D | null = nul
 }
 
 export type { ConvOptions, ConvTile } from './conv2d';
+export { packingRun } from '../wasm/packed';
 export { addUpsampled, conv2dFused, conv2dPortable, convShaderSource, linearFused, linearPortable, chooseTile } from './conv2d';
 export { convOutputSize } from '../../ops/size';
 export { initWebGPUBackend } from './dawn';
