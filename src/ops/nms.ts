@@ -391,17 +391,16 @@ function gridFor(boxes: Float32Array): GridGeometry | null {
   return grid;
 }
 
+/** Values per stored box: x1, y1, x2, y2, area (one box's values side by side: one cache line). */
+const STORED = 5;
+
 /**
- * The kernel's test of box b (area `area`) against kept box k (of the columns x1..areas): whether
+ * The kernel's test of box b (area `area`) against the stored box at stored[o .. o + 5): whether
  * their IoU is above the threshold, in the kernel's float32 arithmetic (see IncrementalNms).
  */
 function suppresses(
-  x1: Float32Array,
-  y1: Float32Array,
-  x2: Float32Array,
-  y2: Float32Array,
-  areas: Float32Array,
-  k: number,
+  stored: Float32Array,
+  o: number,
   bx1: number,
   by1: number,
   bx2: number,
@@ -409,26 +408,28 @@ function suppresses(
   area: number,
   iouThreshold: number,
 ): boolean {
-  const kx1 = x1[k];
-  const kx2 = x2[k];
+  const kx1 = stored[o];
+  const kx2 = stored[o + 2];
   const xx1 = kx1 < bx1 ? bx1 : kx1;
   const xx2 = bx2 < kx2 ? bx2 : kx2;
   // With threshold >= 0, disjoint pairs (IoU 0, -0 or NaN) cannot suppress: skip the arithmetic.
   if (!(xx2 > xx1) && iouThreshold >= 0) return false;
-  const ky1 = y1[k];
-  const ky2 = y2[k];
+  const ky1 = stored[o + 1];
+  const ky2 = stored[o + 3];
   const yy1 = ky1 < by1 ? by1 : ky1;
   const yy2 = by2 < ky2 ? by2 : ky2;
   if (!(yy2 > yy1) && iouThreshold >= 0) return false;
   const dw = f32(xx2 - xx1);
   const dh = f32(yy2 - yy1);
   const inter = f32((0 < dw ? dw : 0) * (0 < dh ? dh : 0));
-  return f32(inter / f32(f32(areas[k] + area) - inter)) > iouThreshold;
+  return f32(inter / f32(f32(stored[o + 4] + area) - inter)) > iouThreshold;
 }
 
-/** A typed array twice as long holding the same prefix. */
-function grown<T extends Float32Array | Int32Array>(a: T): T {
-  const out = new (a.constructor as new (n: number) => T)(a.length * 2);
+/** A typed array at least `length` long (doubling) holding the same prefix. */
+function grownTo<T extends Float32Array | Int32Array>(a: T, length: number): T {
+  let n = a.length * 2 || 1;
+  while (n < length) n *= 2;
+  const out = new (a.constructor as new (n: number) => T)(n);
   out.set(a);
   return out;
 }
@@ -452,22 +453,20 @@ function grown<T extends Float32Array | Int32Array>(a: T): T {
  * without tests and never registered. Without a grid every kept box is tested: O(N^2).
  */
 export class IncrementalNms {
-  private x1: Float32Array;
-  private y1: Float32Array;
-  private x2: Float32Array;
-  private y2: Float32Array;
-  private areas: Float32Array;
-  /** Kept boxes stored for testing later ones (inverted and degenerate ones are not, with a grid). */
+  /** Kept boxes stored for testing later ones, STORED values each (inverted and degenerate ones are not, with a grid). */
+  private stored: Float32Array;
   private numStored = 0;
   private numKept = 0;
   /** Boxes pushed so far: the stamp of the box being decided. */
   private pushed = 0;
-  /** Per kept box, the last box tested against it (the two may share several cells). */
+  /** Per stored box, the last box tested against it (the two may share several cells). */
   private testedBy: Int32Array;
-  /** Per cell, the last registered entry; per entry, the kept box and the previous entry of its cell. */
+  /**
+   * Per cell, its last registered entry; per entry, (stored box, previous entry of its cell). Cells
+   * list their boxes newest first, which finds a suppressing box sooner than oldest first.
+   */
   private readonly cellHead: Int32Array;
-  private entryKept: Int32Array;
-  private entryNext: Int32Array;
+  private entries_: Int32Array;
   private numEntries = 0;
 
   constructor(
@@ -477,15 +476,10 @@ export class IncrementalNms {
   ) {
     if (grid && !(iouThreshold >= 0)) throw new Error(`IncrementalNms: a grid needs a threshold >= 0, got ${iouThreshold}`);
     const c = capacity > 1 ? capacity : 1;
-    this.x1 = new Float32Array(c);
-    this.y1 = new Float32Array(c);
-    this.x2 = new Float32Array(c);
-    this.y2 = new Float32Array(c);
-    this.areas = new Float32Array(c);
+    this.stored = new Float32Array(c * STORED);
     this.testedBy = new Int32Array(grid ? c : 0);
     this.cellHead = new Int32Array(grid ? grid.cols * grid.rows : 0).fill(-1);
-    this.entryKept = new Int32Array(grid ? 4 * c : 0);
-    this.entryNext = new Int32Array(grid ? 4 * c : 0);
+    this.entries_ = new Int32Array(grid ? 8 * c : 0);
   }
 
   /** Boxes kept so far. */
@@ -519,60 +513,65 @@ export class IncrementalNms {
     const cb = cellIndex(bx2, grid.minX, grid.colScale, grid.cols);
     const ra = cellIndex(by1, grid.minY, grid.rowScale, grid.rows);
     const rb = cellIndex(by2, grid.minY, grid.rowScale, grid.rows);
-    const { cellHead, entryKept, entryNext, testedBy, x1, y1, x2, y2, areas, iouThreshold } = this;
+    const { cellHead, testedBy, stored, iouThreshold } = this;
+    const entries = this.entries_;
     const cols = grid.cols;
     for (let r = ra; r <= rb; r++) {
       for (let c = ca; c <= cb; c++) {
-        for (let e = cellHead[r * cols + c]; e >= 0; e = entryNext[e]) {
-          const k = entryKept[e];
+        for (let e = cellHead[r * cols + c]; e >= 0; e = entries[e + 1]) {
+          const k = entries[e];
           if (testedBy[k] === stamp) continue;
           testedBy[k] = stamp;
-          if (suppresses(x1, y1, x2, y2, areas, k, bx1, by1, bx2, by2, area, iouThreshold)) return false;
+          if (suppresses(stored, k * STORED, bx1, by1, bx2, by2, area, iouThreshold)) return false;
         }
       }
     }
     const k = this.store(bx1, by1, bx2, by2, area);
+    const cells = (rb - ra + 1) * (cb - ca + 1);
+    if ((this.numEntries + cells) * 2 > this.entries_.length) this.entries_ = grownTo(this.entries_, (this.numEntries + cells) * 2);
+    this.register(k, ra, rb, ca, cb, cols);
+    return true;
+  }
+
+  /** Appends stored box k to the lists of the cells [ra, rb] x [ca, cb] (room already made). */
+  private register(k: number, ra: number, rb: number, ca: number, cb: number, cols: number): void {
+    const { cellHead } = this;
+    const entries = this.entries_;
     for (let r = ra; r <= rb; r++) {
       for (let c = ca; c <= cb; c++) {
-        if (this.numEntries === this.entryKept.length) {
-          this.entryKept = grown(this.entryKept);
-          this.entryNext = grown(this.entryNext);
-        }
         const cell = r * cols + c;
-        const e = this.numEntries++;
-        this.entryKept[e] = k;
-        this.entryNext[e] = this.cellHead[cell];
-        this.cellHead[cell] = e;
+        const e = this.numEntries++ * 2;
+        entries[e] = k;
+        entries[e + 1] = cellHead[cell];
+        cellHead[cell] = e;
       }
     }
-    return true;
   }
 
   /** Whether a kept box overlaps this one above the threshold: the kernel's test against each. */
   private suppressedByAny(bx1: number, by1: number, bx2: number, by2: number, area: number): boolean {
-    const { x1, y1, x2, y2, areas, iouThreshold } = this;
-    for (let k = 0; k < this.numStored; k++) {
-      if (suppresses(x1, y1, x2, y2, areas, k, bx1, by1, bx2, by2, area, iouThreshold)) return true;
+    const { stored, iouThreshold } = this;
+    const end = this.numStored * STORED;
+    for (let o = 0; o < end; o += STORED) {
+      if (suppresses(stored, o, bx1, by1, bx2, by2, area, iouThreshold)) return true;
     }
     return false;
   }
 
   private store(bx1: number, by1: number, bx2: number, by2: number, area: number): number {
-    if (this.numStored === this.x1.length) {
-      this.x1 = grown(this.x1);
-      this.y1 = grown(this.y1);
-      this.x2 = grown(this.x2);
-      this.y2 = grown(this.y2);
-      this.areas = grown(this.areas);
-      if (this.grid) this.testedBy = grown(this.testedBy);
+    if ((this.numStored + 1) * STORED > this.stored.length) {
+      this.stored = grownTo(this.stored, (this.numStored + 1) * STORED);
+      if (this.grid) this.testedBy = grownTo(this.testedBy, this.numStored + 1);
     }
     this.numKept++;
     const k = this.numStored++;
-    this.x1[k] = bx1;
-    this.y1[k] = by1;
-    this.x2[k] = bx2;
-    this.y2[k] = by2;
-    this.areas[k] = area;
+    const o = k * STORED;
+    const { stored } = this;
+    stored[o] = bx1;
+    stored[o + 1] = by1;
+    stored[o + 2] = bx2;
+    stored[o + 3] = by2;
+    stored[o + 4] = area;
     if (this.grid) this.testedBy[k] = -1;
     return k;
   }

@@ -18,6 +18,7 @@ import {
   float32SortKey,
   float32SortKeys,
   stableArgsortKeys,
+  torchSortDescending,
 } from './nms';
 
 // Module-level aliases: hot loops then call local bindings, not module properties (or, inside
@@ -238,20 +239,22 @@ export function filterProposals(
 
 /** filterProposals after the top-k selection. */
 function filterTop(head: RpnHeadOutput, anchors: Float32Array, imageSize: Size, config: RpnConfig, top: Int32Array): Proposals {
-  return proposalsOnDemand(head, anchors, imageSize, config, top) ?? proposalsOfAll(head, anchors, imageSize, config, top);
+  return proposalsOnDemand(head, anchors, imageSize, config, top, true) ?? proposalsOfAll(head, anchors, imageSize, config, top);
 }
 
 /**
  * filterProposals' fast path on its own (see proposalsOnDemand): the same proposals, or null
- * where it cannot guarantee them (filterProposals then runs the full path).
+ * where it cannot guarantee them (filterProposals then runs the full path). With `complete`, logit
+ * ties and loops that run out are finished in place, as filterProposals does, rather than declined.
  */
 export function filterProposalsOnDemand(
   head: RpnHeadOutput,
   anchors: Float32Array,
   imageSize: Size,
   config: RpnConfig = RPN_CONFIG,
+  complete = false,
 ): Proposals | null {
-  return proposalsOnDemand(head, anchors, imageSize, config, selectTopPerLevel(head.objectness, head.perLevel, config.preNmsTopN));
+  return proposalsOnDemand(head, anchors, imageSize, config, selectTopPerLevel(head.objectness, head.perLevel, config.preNmsTopN), complete);
 }
 
 /** filter_proposals as upstream runs it: every candidate decoded, clipped and size-checked, then NMS. */
@@ -311,6 +314,10 @@ interface LevelStream {
    */
   score: number;
   box: Float32Array;
+  /** The level's kept boxes so far, in visiting order (which is also batched_nms's index order). */
+  keptBoxes: Float32Array;
+  keptScores: Float32Array;
+  numKept: number;
 }
 
 /**
@@ -321,8 +328,13 @@ interface LevelStream {
  * depends only on the boxes before it in its level), and stop once postNmsTopN boxes are kept and
  * every pending candidate's logit is below the last of them: nothing later can outrank those, and
  * when their logits are distinct, every sort orders them the same way. Candidates after the stop
- * are never decoded. Null (the full path) when the logits tie, when at most 1000 candidates
- * survive the size check (batched_nms then takes its other path) or when the loops run out first.
+ * are never decoded.
+ *
+ * When the logits among those tie (torch's introsort then orders the pair from the whole survivor
+ * list) or the loops run out first, `complete` runs every level's loop to its end and sorts the
+ * survivors as batched_nms does, reusing the work done so far; without it, the result is null.
+ * Null too when at most 1000 candidates survive the size check (batched_nms then takes its other
+ * path), and on the odd inputs the full path handles better (-Infinity logits, huge boxes).
  */
 function proposalsOnDemand(
   head: RpnHeadOutput,
@@ -330,13 +342,14 @@ function proposalsOnDemand(
   imageSize: Size,
   config: RpnConfig,
   top: Int32Array,
+  complete: boolean,
 ): Proposals | null {
   const { objectness, deltas, perLevel } = head;
   const [height, width] = imageSize;
   const limit = config.postNmsTopN;
   const fitsGrid = width > 0 && width < Infinity && height > 0 && height < Infinity;
-  // More proposals asked for than candidates exist: the loops would run out anyway.
-  if (!(config.nmsThresh >= 0) || !Number.isInteger(limit) || limit < 1 || limit > top.length || !fitsGrid) return null;
+  // More proposals asked for than candidates exist: the loops will run out.
+  if (!(config.nmsThresh >= 0) || !Number.isInteger(limit) || limit < 1 || (limit > top.length && !complete) || !fitsGrid) return null;
   const minSize = f32(config.minSize);
 
   let candidates = 0;
@@ -359,6 +372,20 @@ function proposalsOnDemand(
     }
     level.score = -Infinity;
   };
+  let pushed = 0;
+  /** Decides the level's pending candidate (true: kept) and moves to its next; null: give up. */
+  const decide = (level: LevelStream): boolean | null => {
+    const { box, score } = level;
+    const kept = level.greedy.push(box[0], box[1], box[2], box[3]);
+    if (kept) {
+      level.keptBoxes.set(box, level.numKept * 4);
+      level.keptScores[level.numKept++] = score;
+    }
+    // Boxes far larger than the level's cells (a broken head): the full path's own grid copes better.
+    if (level.greedy.entries > ON_DEMAND_MAX_CELLS_PER_BOX * ++pushed + 4096) return null;
+    advance(level);
+    return kept;
+  };
 
   // `top` ascends through the levels: split it into the levels' runs.
   const streams: LevelStream[] = [];
@@ -375,36 +402,78 @@ function proposalsOnDemand(
       greedy: new IncrementalNms(config.nmsThresh, levelGrid(anchors, top[start], width, height), cursor - start),
       score: -Infinity,
       box: new Float32Array(4),
+      keptBoxes: new Float32Array((cursor - start) * 4),
+      keptScores: new Float32Array(cursor - start),
+      numKept: 0,
     };
     advance(stream);
     streams.push(stream);
   }
 
   const kept: number[] = [];
-  const keptBoxes = new Float32Array(limit * 4);
+  // A pending candidate always has a slot: fewer than top.length boxes are kept before it.
+  const keptBoxes = new Float32Array(Math.min(limit, top.length) * 4);
   let bound = -Infinity;
-  let pushed = 0;
+  /** Whether the first `limit` kept boxes are certain to be the result, in this order. */
+  let certain = true;
   for (;;) {
     let best: LevelStream | null = null;
     for (const stream of streams) if (stream.score > -Infinity && (best === null || stream.score > best.score)) best = stream;
-    if (best === null) return null;
-    if (kept.length >= limit && best.score < bound) break;
-    const { box, score } = best;
-    if (best.greedy.push(box[0], box[1], box[2], box[3])) {
-      // A box kept after the limit-th scores the same as it: a tie.
-      if (kept.length === limit) return null;
-      keptBoxes.set(box, kept.length * 4);
-      if (kept.push(score) === limit) bound = score;
+    if (best === null) {
+      certain = false;
+      break;
     }
-    // Boxes far larger than the level's cells (a broken head): the full path's own grid copes better.
-    if (best.greedy.entries > ON_DEMAND_MAX_CELLS_PER_BOX * ++pushed + 4096) return null;
-    advance(best);
+    if (kept.length >= limit && best.score < bound) break;
+    const { score } = best;
+    const box = kept.length < limit ? keptBoxes.subarray(kept.length * 4, kept.length * 4 + 4) : null;
+    box?.set(best.box);
+    const decision = decide(best);
+    if (decision === null) return null;
+    if (!decision) continue;
+    // A box kept after the limit-th scores the same as it: a tie.
+    if (kept.length === limit) {
+      certain = false;
+      break;
+    }
+    if (kept.push(score) === limit) bound = score;
   }
-  for (let k = 1; k < limit; k++) if (!(kept[k - 1] > kept[k])) return null;
+  for (let k = 1; k < kept.length && certain; k++) certain = kept[k - 1] > kept[k];
+  if (!certain) {
+    if (!complete) return null;
+    for (const stream of streams) while (stream.score > -Infinity) if (decide(stream) === null) return null;
+    // A candidate with a -Infinity logit was left undecided: the full path takes those.
+    if (pushed !== candidates) return null;
+  }
   // Which path batched_nms takes depends on how many candidates pass the size check in all.
   for (const stream of streams) while (candidates <= COORDINATE_TRICK_MAX_BOXES && stream.cursor < stream.end) advance(stream);
   if (candidates <= COORDINATE_TRICK_MAX_BOXES) return null;
-  return { boxes: keptBoxes, scores: Float32Array.from(kept) };
+  return certain ? { boxes: keptBoxes, scores: Float32Array.from(kept) } : sortedSurvivors(streams, limit);
+}
+
+/**
+ * batched_nms's result from every level's survivors (all levels' loops run to the end), cut to
+ * `limit`: the survivors in index order (level by level, each in visiting order) sorted by torch's
+ * unstable sort.
+ */
+function sortedSurvivors(streams: LevelStream[], limit: number): Proposals {
+  const total = streams.reduce((n, s) => n + s.numKept, 0);
+  const boxes = new Float32Array(total * 4);
+  const scores = new Float32Array(total);
+  let o = 0;
+  for (const s of streams) {
+    boxes.set(s.keptBoxes.subarray(0, s.numKept * 4), o * 4);
+    scores.set(s.keptScores.subarray(0, s.numKept), o);
+    o += s.numKept;
+  }
+  const order = torchSortDescending(scores);
+  const m = Math.min(limit, total);
+  const out: Proposals = { boxes: new Float32Array(m * 4), scores: new Float32Array(m) };
+  for (let i = 0; i < m; i++) {
+    const k = order[i];
+    out.boxes.set(boxes.subarray(k * 4, k * 4 + 4), i * 4);
+    out.scores[i] = scores[k];
+  }
+  return out;
 }
 
 /** torch clamp(v, 0, hi): NaN stays NaN. */
