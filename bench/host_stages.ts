@@ -15,10 +15,11 @@
  * src/kernels/webgpu/rpn_candidates.ts selects, in a GPU-like order), and the post-processing
  * input. It checks that the candidates give the same proposals as the whole head output.
  *
- * `time` replays them: per piece, the median and the fastest over --runs of one pass over every
- * captured image (after --warmup passes), in ms per image (on a shared machine the fastest pass is
- * the steadier figure), and a digest of the piece's outputs, which a change that keeps the results
- * bit-identical leaves unchanged.
+ * `time` replays them: per piece, over --runs passes over every captured image (after --warmup
+ * passes), the median pass's CPU and wall time and the fastest pass's wall time, in ms per image
+ * (on a shared machine, CPU time is the steadier figure: it leaves out the time other processes
+ * hold the cores), the teaser's own median, and a digest of the piece's outputs, which a change
+ * that keeps the results bit-identical leaves unchanged.
  */
 import { createHash } from 'crypto';
 import * as fs from 'fs';
@@ -352,26 +353,33 @@ function prepare(c: Capture): Prepared {
   return { layout, candidates, anchors, head, selected, posed };
 }
 
-/** Times `piece` over the images: ms per image (the median pass's mean), and the teaser's median. */
-function timePiece(piece: Piece, captures: Capture[], prepared: Prepared[], runs: number, warmup: number): { ms: number; fastest: number; teaser: number } {
-  const once = (c: Capture, i: number): number => {
-    const t0 = performance.now();
-    piece.run(c, prepared[i]);
-    return performance.now() - t0;
-  };
-  for (let r = 0; r < warmup; r++) captures.forEach(once);
-  const totals: number[] = [];
+/** CPU time of this process so far, in ms: unlike wall time, it leaves out the time other processes hold the cores. */
+function cpuMs(): number {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
+}
+
+/**
+ * Times `piece` over the images: ms per image of the median pass (wall and CPU time) and of the
+ * fastest pass (wall), and the teaser's median (CPU).
+ */
+function timePiece(piece: Piece, captures: Capture[], prepared: Prepared[], runs: number, warmup: number): Record<'wall' | 'fastest' | 'cpu' | 'teaser', number> {
+  for (let r = 0; r < warmup; r++) captures.forEach((c, i) => piece.run(c, prepared[i]));
+  const wall: number[] = [];
+  const cpu: number[] = [];
   const teaser: number[] = [];
   for (let r = 0; r < runs; r++) {
-    let sum = 0;
+    const w0 = performance.now();
+    const c0 = cpuMs();
     captures.forEach((c, i) => {
-      const t = once(c, i);
-      if (i === 0) teaser.push(t);
-      sum += t;
+      const t0 = i === 0 ? cpuMs() : 0;
+      piece.run(c, prepared[i]);
+      if (i === 0) teaser.push(cpuMs() - t0);
     });
-    totals.push(sum / captures.length);
+    cpu.push((cpuMs() - c0) / captures.length);
+    wall.push((performance.now() - w0) / captures.length);
   }
-  return { ms: median(totals), fastest: Math.min(...totals), teaser: median(teaser) };
+  return { wall: median(wall), fastest: Math.min(...wall), cpu: median(cpu), teaser: median(teaser) };
 }
 
 function median(xs: number[]): number {
@@ -389,16 +397,17 @@ function time(args: string[]): void {
   const captures = loadCaptures(dir).sort((a, b) => (a.name === 'teaser' ? -1 : b.name === 'teaser' ? 1 : a.name.localeCompare(b.name)));
   const prepared = captures.map(prepare);
   log(`images: ${captures.map((c) => `${c.name} (${c.job.imageSize.join('x')})`).join(', ')}`);
-  log(`${runs} runs after ${warmup} warm-up passes; ms per image: median over runs of the mean over images, and the teaser's median`);
+  log(`${runs} passes after ${warmup} warm-up passes`);
   const rows: string[] = [];
   for (const piece of PIECES) {
     if (only.length && !only.some((o) => piece.name.includes(o))) continue;
     const out = digest(captures.flatMap((c, i) => piece.run(c, prepared[i])));
-    const { ms, fastest, teaser } = timePiece(piece, captures, prepared, runs, warmup);
-    rows.push(`| ${piece.name} | ${ms.toFixed(3)} | ${fastest.toFixed(3)} | ${teaser.toFixed(3)} | ${out} |`);
+    const t = timePiece(piece, captures, prepared, runs, warmup);
+    rows.push(`| ${piece.name} | ${t.cpu.toFixed(3)} | ${t.wall.toFixed(3)} | ${t.fastest.toFixed(3)} | ${t.teaser.toFixed(3)} | ${out} |`);
     log(rows[rows.length - 1]);
   }
-  console.log(['| piece | ms/image (median) | ms/image (fastest pass) | ms (teaser, median) | digest |', '|---|---:|---:|---:|---|', ...rows].join('\n'));
+  const header = '| piece | CPU ms/image (median pass) | wall ms/image (median pass) | wall ms/image (fastest pass) | CPU ms teaser (median) | digest |';
+  console.log([header, '|---|---:|---:|---:|---:|---|', ...rows].join('\n'));
 }
 
 const [mode, ...rest] = process.argv.slice(2);

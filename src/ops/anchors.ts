@@ -103,20 +103,30 @@ export function anchorsAt(paddedH: number, paddedW: number, perLevel: readonly n
     const [featH, featW] = sizes[level];
     const strideY = Math.floor(paddedH / featH);
     const strideX = Math.floor(paddedW / featW);
-    const cell = baseAnchors(ANCHOR_SIZES[level]);
-    const a = cell.length / 4;
+    const cell = cellAnchors(level);
+    const a = ANCHORS_PER_LOCATION;
     for (const end = i + count; i < end; i++) {
-      const location = Math.floor(local[i] / a);
+      // Integer arithmetic on the (y, x, anchor) of an index: exact below 2^31 anchors.
+      const location = (local[i] / a) | 0;
       const k = local[i] - location * a;
-      const sx = f32((location % featW) * strideX);
-      const sy = f32(Math.floor(location / featW) * strideY);
-      out[i * 4] = f32(sx + cell[k * 4]);
-      out[i * 4 + 1] = f32(sy + cell[k * 4 + 1]);
-      out[i * 4 + 2] = f32(sx + cell[k * 4 + 2]);
-      out[i * 4 + 3] = f32(sy + cell[k * 4 + 3]);
+      const y = (location / featW) | 0;
+      const sx = f32((location - y * featW) * strideX);
+      const sy = f32(y * strideY);
+      const c = k * 4;
+      const o = i * 4;
+      out[o] = f32(sx + cell[c]);
+      out[o + 1] = f32(sy + cell[c + 1]);
+      out[o + 2] = f32(sx + cell[c + 2]);
+      out[o + 3] = f32(sy + cell[c + 3]);
     }
   });
   return out;
+}
+
+/** baseAnchors of each level's size, made once. */
+const CELL_ANCHORS: Float32Array[] = [];
+function cellAnchors(level: number): Float32Array {
+  return (CELL_ANCHORS[level] ??= baseAnchors(ANCHOR_SIZES[level]));
 }
 
 export interface ImageAnchors {

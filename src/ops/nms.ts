@@ -208,15 +208,22 @@ export function float32SortKeys(values: Float32Array, out: Uint32Array = new Uin
 const RADIX_BITS = 11;
 const RADIX_BINS = 1 << RADIX_BITS;
 
+/** Work arrays of stableArgsortKeys, for callers that sort often: each at least n long. */
+export interface ArgsortScratch {
+  order: Int32Array;
+  next: Int32Array;
+}
+
 /**
  * Indices that sort keys[0..n) ascending, equal keys in index order: a least-significant-digit
- * radix sort (three 11-bit passes, each stable), O(n) and free of comparator calls.
+ * radix sort (three 11-bit passes, each stable), O(n) and free of comparator calls. With
+ * `scratch`, the result is one of its arrays (its first n values) and nothing is allocated.
  */
-export function stableArgsortKeys(keys: Uint32Array, n: number = keys.length): Int32Array {
-  let order = new Int32Array(n);
-  let next = new Int32Array(n);
+export function stableArgsortKeys(keys: Uint32Array, n: number = keys.length, scratch?: ArgsortScratch): Int32Array {
+  let order = scratch ? scratch.order : new Int32Array(n);
+  let next = scratch ? scratch.next : new Int32Array(n);
   for (let i = 0; i < n; i++) order[i] = i;
-  const starts = new Int32Array(RADIX_BINS);
+  const starts = RADIX_STARTS;
   for (let shift = 0; shift < 32; shift += RADIX_BITS) {
     starts.fill(0);
     for (let i = 0; i < n; i++) starts[(keys[i] >>> shift) & (RADIX_BINS - 1)]++;
@@ -240,6 +247,9 @@ export function stableArgsortKeys(keys: Uint32Array, n: number = keys.length): I
   }
   return order;
 }
+
+/** The bins of stableArgsortKeys (it runs to completion before any other call can use them). */
+const RADIX_STARTS = new Int32Array(RADIX_BINS);
 
 /**
  * Stable descending order of float32 scores by radix sort on reversed float keys (NaN first, -0

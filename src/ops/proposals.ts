@@ -10,8 +10,8 @@ import { ANCHORS_PER_LOCATION, anchorsAt, featureSizes, sharedImageAnchors } fro
 import { clipBoxesToImage, removeSmallBoxes } from './boxes';
 import { Size } from './size';
 import {
+  ArgsortScratch,
   COORDINATE_TRICK_MAX_BOXES,
-  GRID_MAX_SIDE,
   GridGeometry,
   IncrementalNms,
   batchedNmsTop,
@@ -158,6 +158,7 @@ const TOP_DIGIT_SHIFT = 21;
 /** selectTopPerLevel for one level (1 <= k <= level size), indices shifted by `offset`. */
 function topOfLevel(level: Float32Array, k: number, offset: number, histogram: Int32Array): Int32Array {
   const n = level.length;
+  if (n <= 2 * k) return topBySort(level, k, offset);
   const bits = new Uint32Array(level.buffer, level.byteOffset, n);
   // The k-th largest logit (NaN counting as largest): what a full ascending sort would hold at
   // n - k. Its key's top digit first, from one histogram pass...
@@ -181,6 +182,48 @@ function topOfLevel(level: Float32Array, k: number, offset: number, histogram: I
   // -0 and +0 are equal logits with keys in different digits: a zero bound needs the whole level.
   const chosen = chooseAbove(level, bound, k, bound === 0 ? null : candidates);
   return sortChosen(level, chosen, offset);
+}
+
+/** Scratch arrays of topBySort, grown as needed (each thread has its own module instance). */
+let levelKeys = new Uint32Array(0);
+let levelIndices = new Int32Array(0);
+const levelSort: ArgsortScratch = { order: new Int32Array(0), next: new Int32Array(0) };
+
+/**
+ * topOfLevel by one stable sort of the whole level, for levels of little more than k logits (the
+ * GPU's candidates; levels of at most topN anchors): the non-NaN logits best first, equal ones in
+ * index order (-0 equal to +0), then the prefix the selection keeps. With m NaN logits, which rank
+ * above every number, the k-th largest logit is the (k - m)-th best number (none when m >= k);
+ * every logit above it and the first of those equal to it are taken, k at most.
+ */
+function topBySort(level: Float32Array, k: number, offset: number): Int32Array {
+  const n = level.length;
+  if (levelKeys.length < n) {
+    levelKeys = new Uint32Array(n);
+    levelIndices = new Int32Array(n);
+    levelSort.order = new Int32Array(n);
+    levelSort.next = new Int32Array(n);
+  }
+  const keys = levelKeys;
+  const indices = levelIndices;
+  const bits = new Uint32Array(level.buffer, level.byteOffset, n);
+  let m = 0;
+  for (let i = 0; i < n; i++) {
+    const b = bits[i];
+    if ((b & 0x7fffffff) > 0x7f800000) continue;
+    // Descending: the complement of the ascending key, with -0 given +0's key.
+    keys[m] = 0x7fffffff - (b === 0x80000000 ? 0 : sortKey(b) - 0x80000000);
+    indices[m++] = i;
+  }
+  const ranked = k - (n - m);
+  if (ranked <= 0) return new Int32Array(0);
+  const order = stableArgsortKeys(keys, m, levelSort);
+  const boundKey = keys[order[ranked - 1]];
+  let taken = ranked;
+  while (taken < k && taken < m && keys[order[taken]] === boundKey) taken++;
+  const out = new Int32Array(taken);
+  for (let j = 0; j < taken; j++) out[j] = offset + indices[order[j]];
+  return out;
 }
 
 /**
@@ -297,6 +340,15 @@ function proposalsOfAll(head: RpnHeadOutput, anchors: Float32Array, imageSize: S
 
 /** Give up on the on-demand path when the grid registrations exceed this many per decided box. */
 const ON_DEMAND_MAX_CELLS_PER_BOX = 16;
+/** Kept boxes each level's arrays start with. */
+const ON_DEMAND_CAPACITY = 1024;
+
+/** A copy twice as long holding the same values. */
+function doubled(a: Float32Array): Float32Array {
+  const out = new Float32Array(a.length * 2);
+  out.set(a);
+  return out;
+}
 
 /**
  * One level's candidates in visiting order (best logit first), each decoded, clipped and
@@ -378,6 +430,10 @@ function proposalsOnDemand(
     const { box, score } = level;
     const kept = level.greedy.push(box[0], box[1], box[2], box[3]);
     if (kept) {
+      if (level.numKept === level.keptScores.length) {
+        level.keptBoxes = doubled(level.keptBoxes);
+        level.keptScores = doubled(level.keptScores);
+      }
       level.keptBoxes.set(box, level.numKept * 4);
       level.keptScores[level.numKept++] = score;
     }
@@ -399,11 +455,12 @@ function proposalsOnDemand(
     const stream: LevelStream = {
       cursor: start,
       end: cursor,
-      greedy: new IncrementalNms(config.nmsThresh, levelGrid(anchors, top[start], width, height), cursor - start),
+      // Sized for what the early stop usually decides; they grow when a level runs to its end.
+      greedy: new IncrementalNms(config.nmsThresh, levelGrid(anchors, top[start], width, height), ON_DEMAND_CAPACITY),
       score: -Infinity,
       box: new Float32Array(4),
-      keptBoxes: new Float32Array((cursor - start) * 4),
-      keptScores: new Float32Array(cursor - start),
+      keptBoxes: new Float32Array(ON_DEMAND_CAPACITY * 4),
+      keptScores: new Float32Array(ON_DEMAND_CAPACITY),
       numKept: 0,
     };
     advance(stream);
@@ -481,13 +538,20 @@ function clampTo(v: number, hi: number): number {
   return v < 0 ? 0 : v > hi ? hi : v;
 }
 
-/** A grid over the image with cells about the size of the level's anchors (any grid is exact; this one is quick). */
+/** Most cells per side of the on-demand path's grids. */
+const LEVEL_GRID_MAX_SIDE = 128;
+
+/**
+ * A grid over the image with cells half the side of the level's anchors (any grid is exact; this
+ * one is quick: against cells of a whole anchor, a fifth fewer pairs of boxes are tested, half of
+ * which did not even intersect).
+ */
 function levelGrid(anchors: Float32Array, anchor: number, width: number, height: number): GridGeometry {
   const a = anchor * 4;
   const side = Math.sqrt(Math.abs((anchors[a + 2] - anchors[a]) * (anchors[a + 3] - anchors[a + 1])));
-  const cell = side >= 1 && side < Infinity ? side : 1;
-  const cols = Math.max(1, Math.min(GRID_MAX_SIDE, Math.floor(width / cell)));
-  const rows = Math.max(1, Math.min(GRID_MAX_SIDE, Math.floor(height / cell)));
+  const cell = side >= 2 && side < Infinity ? side / 2 : 1;
+  const cols = Math.max(1, Math.min(LEVEL_GRID_MAX_SIDE, Math.floor(width / cell)));
+  const rows = Math.max(1, Math.min(LEVEL_GRID_MAX_SIDE, Math.floor(height / cell)));
   return { minX: 0, minY: 0, colScale: cols / width, rowScale: rows / height, cols, rows };
 }
 
@@ -572,30 +636,71 @@ export function candidatesOf(words: Int32Array, layout: CandidateLayout, image: 
     const count = perLevel[level];
     const base = layout.base[slot];
     const [h, w] = layout.ownSizes[slot];
-    // Records arrive in the atomic compaction's order. Anchor indices are distinct and below the
-    // level's anchor count, so a table from anchor to record puts them in anchor order in one pass
-    // over the level (a counting sort: ~4x faster than sorting the packed pairs at 6,000 records).
-    const recordOf = new Int32Array(h * w * ANCHORS_PER_LOCATION);
-    for (let j = 0; j < count; j++) {
-      const anchor = words[base + j * RECORD_WORDS];
-      if (!(anchor >= 0 && anchor < recordOf.length) || recordOf[anchor] !== 0) return null;
-      recordOf[anchor] = j + 1;
-    }
-    for (let anchor = 0; anchor < recordOf.length; anchor++) {
-      const j = recordOf[anchor];
-      if (j === 0) continue;
-      const r = base + (j - 1) * RECORD_WORDS;
-      index[o] = anchor;
+    // Records arrive in the atomic compaction's order: sort them by anchor (distinct, below the
+    // level's anchor count in a correct result).
+    const order = recordsByAnchor(words, base, count, h * w * ANCHORS_PER_LOCATION);
+    if (!order) return null;
+    for (let i = 0; i < count; i++, o++) {
+      const r = base + order[i] * RECORD_WORDS;
+      index[o] = words[r];
       objectness[o] = floats[r + 1];
       const d = o * 4;
       deltas[d] = floats[r + 2];
       deltas[d + 1] = floats[r + 3];
       deltas[d + 2] = floats[r + 4];
       deltas[d + 3] = floats[r + 5];
-      o++;
     }
   }
   return out;
+}
+
+/** Scratch arrays of recordsByAnchor, grown as needed (each thread has its own module instance). */
+let anchorKeys = new Int32Array(0);
+let recordOrder = new Int32Array(0);
+let recordNext = new Int32Array(0);
+const anchorBins = new Int32Array(DIGIT_BINS);
+
+/**
+ * The numbers of the `count` records from word `base` on, in ascending order of their anchor
+ * index (a least-significant-digit radix sort on 11-bit digits: a few passes over the records,
+ * where a table over all the level's anchors would pass over up to a hundred times more). Null
+ * when an anchor is outside 0..anchors-1 or repeated. The result is a scratch array, valid until
+ * the next call.
+ */
+function recordsByAnchor(words: Int32Array, base: number, count: number, anchors: number): Int32Array | null {
+  if (anchorKeys.length < count) {
+    anchorKeys = new Int32Array(count);
+    recordOrder = new Int32Array(count);
+    recordNext = new Int32Array(count);
+  }
+  const keys = anchorKeys;
+  for (let j = 0; j < count; j++) {
+    const anchor = words[base + j * RECORD_WORDS];
+    if (!(anchor >= 0 && anchor < anchors)) return null;
+    keys[j] = anchor;
+    recordOrder[j] = j;
+  }
+  let order = recordOrder;
+  let next = recordNext;
+  for (let shift = 0; 2 ** shift < anchors; shift += 11) {
+    anchorBins.fill(0);
+    for (let j = 0; j < count; j++) anchorBins[(keys[j] >>> shift) & (DIGIT_BINS - 1)]++;
+    let sum = 0;
+    for (let d = 0; d < DIGIT_BINS; d++) {
+      const c = anchorBins[d];
+      anchorBins[d] = sum;
+      sum += c;
+    }
+    for (let j = 0; j < count; j++) {
+      const r = order[j];
+      next[anchorBins[(keys[r] >>> shift) & (DIGIT_BINS - 1)]++] = r;
+    }
+    const t = order;
+    order = next;
+    next = t;
+  }
+  for (let j = 1; j < count; j++) if (keys[order[j]] === keys[order[j - 1]]) return null;
+  return order;
 }
 
 /** filterProposals on an image's candidates: the same proposals as on its whole head output. */
