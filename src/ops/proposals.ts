@@ -619,7 +619,6 @@ export function candidateLayout(paddedSizes: Size[], topN: number, slack: number
  * level's candidates did not fit its slots (or are fewer than k, which a correct result never has).
  */
 export function candidatesOf(words: Int32Array, layout: CandidateLayout, image: number): RpnCandidates | null {
-  const floats = new Float32Array(words.buffer, words.byteOffset, words.length);
   const perLevel: number[] = [];
   for (let level = 0; level < layout.levels; level++) {
     const slot = image * layout.levels + level;
@@ -629,7 +628,10 @@ export function candidatesOf(words: Int32Array, layout: CandidateLayout, image: 
   }
   const total = perLevel.reduce((s, c) => s + c, 0);
   const out: RpnCandidates = { perLevel, index: new Int32Array(total), objectness: new Float32Array(total), deltas: new Float32Array(total * 4) };
-  const { index, objectness, deltas } = out;
+  const { index } = out;
+  // The logits and deltas are copied as their bits: integer moves, no float conversions.
+  const objectness = new Int32Array(out.objectness.buffer);
+  const deltas = new Int32Array(out.deltas.buffer);
   let o = 0;
   for (let level = 0; level < layout.levels; level++) {
     const slot = image * layout.levels + level;
@@ -643,12 +645,12 @@ export function candidatesOf(words: Int32Array, layout: CandidateLayout, image: 
     for (let i = 0; i < count; i++, o++) {
       const r = base + order[i] * RECORD_WORDS;
       index[o] = words[r];
-      objectness[o] = floats[r + 1];
+      objectness[o] = words[r + 1];
       const d = o * 4;
-      deltas[d] = floats[r + 2];
-      deltas[d + 1] = floats[r + 3];
-      deltas[d + 2] = floats[r + 4];
-      deltas[d + 3] = floats[r + 5];
+      deltas[d] = words[r + 2];
+      deltas[d + 1] = words[r + 3];
+      deltas[d + 2] = words[r + 4];
+      deltas[d + 3] = words[r + 5];
     }
   }
   return out;
