@@ -6,7 +6,7 @@
  * (Math.fround after every operation) follow torch's float32 CPU arithmetic. No tfjs here: worker
  * threads run this module on their own (src/runtime/worker.ts).
  */
-import { ANCHORS_PER_LOCATION, anchorsAt, featureSizes, sharedImageAnchors } from './anchors';
+import { ANCHORS_PER_LOCATION, anchorGrids, anchorInto, anchorsAt, featureSizes, sharedImageAnchors } from './anchors';
 import { clipBoxesToImage, removeSmallBoxes } from './boxes';
 import { Size } from './size';
 import {
@@ -73,27 +73,66 @@ export interface RpnHeadOutput {
 export function decodeBoxes(deltas: Float32Array, anchors: Float32Array, indices?: ArrayLike<number>): Float32Array {
   const n = indices ? indices.length : anchors.length / 4;
   const out = new Float32Array(n * 4);
-  for (let i = 0; i < n; i++) decodeInto(deltas, anchors, indices ? indices[i] : i, out, i * 4);
+  for (let i = 0; i < n; i++) {
+    const a = (indices ? indices[i] : i) * 4;
+    decodeFrom(deltas, a, anchors, a, out, i * 4);
+  }
   return out;
 }
 
-/** Decodes anchor `anchor` into out[o .. o + 4) (float32 on store, as torch's tensor). */
-function decodeInto(deltas: Float32Array, anchors: Float32Array, anchor: number, out: Float32Array, o: number): void {
-  const a = anchor * 4;
+/**
+ * Decodes the deltas at deltas[d .. d + 4) against the anchor box at anchors[a .. a + 4) into
+ * out[o .. o + 4) (float32 on store, as torch's tensor).
+ */
+function decodeFrom(deltas: Float32Array, d: number, anchors: Float32Array, a: number, out: Float32Array, o: number): void {
   const w = f32(anchors[a + 2] - anchors[a]);
   const h = f32(anchors[a + 3] - anchors[a + 1]);
   const cx = f32(anchors[a] + f32(0.5 * w));
   const cy = f32(anchors[a + 1] + f32(0.5 * h));
-  const dw = deltas[a + 2] > BBOX_XFORM_CLIP ? BBOX_XFORM_CLIP : deltas[a + 2];
-  const dh = deltas[a + 3] > BBOX_XFORM_CLIP ? BBOX_XFORM_CLIP : deltas[a + 3];
-  const pcx = f32(f32(deltas[a] * w) + cx);
-  const pcy = f32(f32(deltas[a + 1] * h) + cy);
+  const dw = deltas[d + 2] > BBOX_XFORM_CLIP ? BBOX_XFORM_CLIP : deltas[d + 2];
+  const dh = deltas[d + 3] > BBOX_XFORM_CLIP ? BBOX_XFORM_CLIP : deltas[d + 3];
+  const pcx = f32(f32(deltas[d] * w) + cx);
+  const pcy = f32(f32(deltas[d + 1] * h) + cy);
   const halfW = f32(0.5 * f32(f32(exp(dw)) * w));
   const halfH = f32(0.5 * f32(f32(exp(dh)) * h));
   out[o] = pcx - halfW;
   out[o + 1] = pcy - halfH;
   out[o + 2] = pcx + halfW;
   out[o + 3] = pcy + halfH;
+}
+
+/**
+ * The anchors of a head output (or of an image's candidates): a table made up front, or each
+ * anchor made when the on-demand path first needs it (it decodes a few thousand of the GPU's
+ * twenty thousand candidates).
+ */
+interface AnchorSource {
+  /** Writes anchor i's box (i counted over all levels, `level` its level) into out[0 .. 4). */
+  at(i: number, level: number, out: Float32Array): void;
+  /** Every anchor, (x1, y1, x2, y2) each. */
+  all(): Float32Array;
+}
+
+function anchorTable(anchors: Float32Array): AnchorSource {
+  return {
+    at: (i, _level, out) => {
+      out[0] = anchors[i * 4];
+      out[1] = anchors[i * 4 + 1];
+      out[2] = anchors[i * 4 + 2];
+      out[3] = anchors[i * 4 + 3];
+    },
+    all: () => anchors,
+  };
+}
+
+/** The anchors of candidates at level-local indices `index` (perLevel of them per level), made as needed. */
+function candidateAnchors(paddedSize: Size, perLevel: number[], index: Int32Array): AnchorSource {
+  const grids = anchorGrids(paddedSize[0], paddedSize[1]);
+  let table: Float32Array | null = null;
+  return {
+    at: (i, level, out) => anchorInto(grids[level], index[i], out, 0),
+    all: () => (table ??= anchorsAt(paddedSize[0], paddedSize[1], perLevel, index)),
+  };
 }
 
 /**
@@ -277,12 +316,12 @@ export function filterProposals(
   imageSize: Size,
   config: RpnConfig = RPN_CONFIG,
 ): Proposals {
-  return filterTop(head, anchors, imageSize, config, selectTopPerLevel(head.objectness, head.perLevel, config.preNmsTopN));
+  return filterTop(head, anchorTable(anchors), imageSize, config, selectTopPerLevel(head.objectness, head.perLevel, config.preNmsTopN));
 }
 
 /** filterProposals after the top-k selection. */
-function filterTop(head: RpnHeadOutput, anchors: Float32Array, imageSize: Size, config: RpnConfig, top: Int32Array): Proposals {
-  return proposalsOnDemand(head, anchors, imageSize, config, top, true) ?? proposalsOfAll(head, anchors, imageSize, config, top);
+function filterTop(head: RpnHeadOutput, anchors: AnchorSource, imageSize: Size, config: RpnConfig, top: Int32Array): Proposals {
+  return proposalsOnDemand(head, anchors, imageSize, config, top, true) ?? proposalsOfAll(head, anchors.all(), imageSize, config, top);
 }
 
 /**
@@ -297,7 +336,8 @@ export function filterProposalsOnDemand(
   config: RpnConfig = RPN_CONFIG,
   complete = false,
 ): Proposals | null {
-  return proposalsOnDemand(head, anchors, imageSize, config, selectTopPerLevel(head.objectness, head.perLevel, config.preNmsTopN), complete);
+  const top = selectTopPerLevel(head.objectness, head.perLevel, config.preNmsTopN);
+  return proposalsOnDemand(head, anchorTable(anchors), imageSize, config, top, complete);
 }
 
 /** filter_proposals as upstream runs it: every candidate decoded, clipped and size-checked, then NMS. */
@@ -355,6 +395,7 @@ function doubled(a: Float32Array): Float32Array {
  * size-checked only when the NMS reaches it.
  */
 interface LevelStream {
+  level: number;
   /** Next position in `top`, and the end of this level's positions. */
   cursor: number;
   end: number;
@@ -390,7 +431,7 @@ interface LevelStream {
  */
 function proposalsOnDemand(
   head: RpnHeadOutput,
-  anchors: Float32Array,
+  anchors: AnchorSource,
   imageSize: Size,
   config: RpnConfig,
   top: Int32Array,
@@ -405,19 +446,21 @@ function proposalsOnDemand(
   const minSize = f32(config.minSize);
 
   let candidates = 0;
+  const anchor = new Float32Array(4);
   /** Moves a level to its next candidate that survives the size check. */
   const advance = (level: LevelStream): void => {
     const { box } = level;
     while (level.cursor < level.end) {
-      const anchor = top[level.cursor++];
-      decodeInto(deltas, anchors, anchor, box, 0);
+      const i = top[level.cursor++];
+      anchors.at(i, level.level, anchor);
+      decodeFrom(deltas, i * 4, anchor, 0, box, 0);
       // clip_boxes_to_image, then remove_small_boxes (NaN sides fail the size check).
       box[0] = clampTo(box[0], width);
       box[1] = clampTo(box[1], height);
       box[2] = clampTo(box[2], width);
       box[3] = clampTo(box[3], height);
       if (f32(box[2] - box[0]) >= minSize && f32(box[3] - box[1]) >= minSize) {
-        level.score = objectness[anchor];
+        level.score = objectness[i];
         candidates++;
         return;
       }
@@ -447,16 +490,18 @@ function proposalsOnDemand(
   const streams: LevelStream[] = [];
   let cursor = 0;
   let levelStart = 0;
-  for (const count of perLevel) {
+  for (const [level, count] of perLevel.entries()) {
     const start = cursor;
     while (cursor < top.length && top[cursor] < levelStart + count) cursor++;
     levelStart += count;
     if (cursor === start) continue;
+    anchors.at(top[start], level, anchor);
     const stream: LevelStream = {
+      level,
       cursor: start,
       end: cursor,
       // Sized for what the early stop usually decides; they grow when a level runs to its end.
-      greedy: new IncrementalNms(config.nmsThresh, levelGrid(anchors, top[start], width, height), ON_DEMAND_CAPACITY),
+      greedy: new IncrementalNms(config.nmsThresh, levelGrid(anchor, width, height), ON_DEMAND_CAPACITY),
       score: -Infinity,
       box: new Float32Array(4),
       keptBoxes: new Float32Array(ON_DEMAND_CAPACITY * 4),
@@ -546,9 +591,8 @@ const LEVEL_GRID_MAX_SIDE = 128;
  * one is quick: against cells of a whole anchor, a fifth fewer pairs of boxes are tested, half of
  * which did not even intersect).
  */
-function levelGrid(anchors: Float32Array, anchor: number, width: number, height: number): GridGeometry {
-  const a = anchor * 4;
-  const side = Math.sqrt(Math.abs((anchors[a + 2] - anchors[a]) * (anchors[a + 3] - anchors[a + 1])));
+function levelGrid(anchor: Float32Array, width: number, height: number): GridGeometry {
+  const side = Math.sqrt(Math.abs((anchor[2] - anchor[0]) * (anchor[3] - anchor[1])));
   const cell = side >= 2 && side < Infinity ? side / 2 : 1;
   const cols = Math.max(1, Math.min(LEVEL_GRID_MAX_SIDE, Math.floor(width / cell)));
   const rows = Math.max(1, Math.min(LEVEL_GRID_MAX_SIDE, Math.floor(height / cell)));
@@ -707,9 +751,10 @@ function recordsByAnchor(words: Int32Array, base: number, count: number, anchors
 
 /** filterProposals on an image's candidates: the same proposals as on its whole head output. */
 export function proposalsOfCandidates(candidates: RpnCandidates, paddedSize: Size, imageSize: Size, config: RpnConfig = RPN_CONFIG): Proposals {
-  const anchors = anchorsAt(paddedSize[0], paddedSize[1], candidates.perLevel, candidates.index);
-  const head: RpnHeadOutput = { objectness: candidates.objectness, deltas: candidates.deltas, perLevel: candidates.perLevel };
-  return filterProposals(head, anchors, imageSize, config);
+  const { perLevel, index } = candidates;
+  const head: RpnHeadOutput = { objectness: candidates.objectness, deltas: candidates.deltas, perLevel };
+  const top = selectTopPerLevel(head.objectness, perLevel, config.preNmsTopN);
+  return filterTop(head, candidateAnchors(paddedSize, perLevel, index), imageSize, config, top);
 }
 
 /**
@@ -758,7 +803,7 @@ export function proposalsOf(job: ProposalJob): Proposals {
   const head = headOf(job, false);
   const top = selectTopPerLevel(head.objectness, head.perLevel, job.config.preNmsTopN);
   gatherDeltas(job, head, top);
-  return filterTop(head, anchors, job.imageSize, job.config, top);
+  return filterTop(head, anchorTable(anchors), job.imageSize, job.config, top);
 }
 
 /** Copies the deltas of anchors `top` (ascending through the levels) from the raw output into head.deltas. */
