@@ -11,6 +11,8 @@ export const ANCHOR_SIZES: readonly number[] = [16, 32, 64, 128, 256];
 /** Height/width ratios; the 3 anchors of a location come in this order. */
 export const ASPECT_RATIOS: readonly number[] = [0.5, 1, 2];
 export const ANCHORS_PER_LOCATION = ASPECT_RATIOS.length;
+/** ANCHORS_PER_LOCATION for hot loops (a compiled module reads its exported constants as properties). */
+const PER_LOCATION = 3;
 
 const f32 = Math.fround;
 
@@ -133,8 +135,8 @@ function cellAnchors(level: number): Float32Array {
 /** The level's anchor at level-local index `local` into out[o .. o + 4): levelAnchors' numbers. */
 export function anchorInto(grid: AnchorGrid, local: number, out: Float32Array, o: number): void {
   // Integer arithmetic on the (y, x, anchor) of an index: exact below 2^31 anchors.
-  const location = (local / ANCHORS_PER_LOCATION) | 0;
-  const c = (local - location * ANCHORS_PER_LOCATION) * 4;
+  const location = (local / PER_LOCATION) | 0;
+  const c = (local - location * PER_LOCATION) * 4;
   const y = (location / grid.featW) | 0;
   const sx = f32((location - y * grid.featW) * grid.strideX);
   const sy = f32(y * grid.strideY);

@@ -45,7 +45,8 @@ export interface RpnConfig {
 export const RPN_CONFIG: RpnConfig = { preNmsTopN: 6000, postNmsTopN: 1000, nmsThresh: 0.4, minSize: 1e-3 };
 
 /** Upstream's BoxCoder clamp on dw, dh: log(1000 / 16), as the float32 torch compares against. */
-export const BBOX_XFORM_CLIP = f32(Math.log(1000 / 16));
+const XFORM_CLIP = f32(Math.log(1000 / 16));
+export const BBOX_XFORM_CLIP = XFORM_CLIP;
 
 /** Image size as (height, width). */
 export type { Size };
@@ -89,8 +90,9 @@ function decodeFrom(deltas: Float32Array, d: number, anchors: Float32Array, a: n
   const h = f32(anchors[a + 3] - anchors[a + 1]);
   const cx = f32(anchors[a] + f32(0.5 * w));
   const cy = f32(anchors[a + 1] + f32(0.5 * h));
-  const dw = deltas[d + 2] > BBOX_XFORM_CLIP ? BBOX_XFORM_CLIP : deltas[d + 2];
-  const dh = deltas[d + 3] > BBOX_XFORM_CLIP ? BBOX_XFORM_CLIP : deltas[d + 3];
+  // (Module-private constants: a compiled module reads its exported ones as properties.)
+  const dw = deltas[d + 2] > XFORM_CLIP ? XFORM_CLIP : deltas[d + 2];
+  const dh = deltas[d + 3] > XFORM_CLIP ? XFORM_CLIP : deltas[d + 3];
   const pcx = f32(f32(deltas[d] * w) + cx);
   const pcy = f32(f32(deltas[d + 1] * h) + cy);
   const halfW = f32(0.5 * f32(f32(exp(dw)) * w));
@@ -616,7 +618,8 @@ export interface RpnCandidates {
 }
 
 /** Words per candidate record: level-local anchor index, logit bits, 4 delta bits. */
-export const RECORD_WORDS = 6;
+const RECORD = 6;
+export const RECORD_WORDS = RECORD;
 /**
  * Record slots per (image, level) beyond k: room for the anchors that share the k-th largest
  * key's top 16 bits (sign, exponent and 7 mantissa bits: ~0.8% of a logit's magnitude). When more
@@ -687,7 +690,7 @@ export function candidatesOf(words: Int32Array, layout: CandidateLayout, image: 
     const order = recordsByAnchor(words, base, count, h * w * ANCHORS_PER_LOCATION);
     if (!order) return null;
     for (let i = 0; i < count; i++, o++) {
-      const r = base + order[i] * RECORD_WORDS;
+      const r = base + order[i] * RECORD;
       index[o] = words[r];
       objectness[o] = words[r + 1];
       const d = o * 4;
@@ -721,7 +724,7 @@ function recordsByAnchor(words: Int32Array, base: number, count: number, anchors
   }
   const keys = anchorKeys;
   for (let j = 0; j < count; j++) {
-    const anchor = words[base + j * RECORD_WORDS];
+    const anchor = words[base + j * RECORD];
     if (!(anchor >= 0 && anchor < anchors)) return null;
     keys[j] = anchor;
     recordOrder[j] = j;
