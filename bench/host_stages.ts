@@ -117,7 +117,10 @@ function saveCapture(dir: string, c: Capture): void {
 }
 
 function loadCaptures(dir: string): Capture[] {
-  const names = fs.readdirSync(dir).filter((f) => f.endsWith('.json')).sort();
+  const names = fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.json'))
+    .sort();
   if (names.length === 0) throw new Error(`no captures in ${dir}: run "capture" first`);
   return names.map((f) => {
     const m = JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8'));
@@ -218,7 +221,12 @@ async function capture(args: string[]): Promise<void> {
     { name: 'teaser', rgb: rgbOf(photo.data, photo.channels), height: photo.height, width: photo.width },
   ];
   for (const [h, w] of streamSizes(count)) {
-    images.push({ name: `stream_${h}x${w}`, rgb: resample(rgbOf(photo.data, photo.channels), photo.height, photo.width, h, w), height: h, width: w });
+    images.push({
+      name: `stream_${h}x${w}`,
+      rgb: resample(rgbOf(photo.data, photo.channels), photo.height, photo.width, h, w),
+      height: h,
+      width: w,
+    });
   }
   for (const image of images) {
     const t0 = performance.now();
@@ -299,7 +307,10 @@ const PIECES: Piece[] = [
     run: (c, p) => [anchorsAt(c.job.paddedSize[0], c.job.paddedSize[1], p.candidates.perLevel, p.candidates.index)],
   },
   { name: 'selectTopPerLevel (candidates)', run: (_, p) => [selectTopPerLevel(p.head.objectness, p.head.perLevel, RPN_CONFIG.preNmsTopN)] },
-  { name: 'filterProposals (candidates)', run: (c, p) => proposalArrays(filterProposals(p.head, p.anchors, c.job.imageSize, c.job.config)) },
+  {
+    name: 'filterProposals (candidates)',
+    run: (c, p) => proposalArrays(filterProposals(p.head, p.anchors, c.job.imageSize, c.job.config)),
+  },
   {
     name: 'proposalsOfCandidates',
     run: (c, p) => proposalArrays(proposalsOfCandidates(p.candidates, c.job.paddedSize, c.job.imageSize, c.job.config)),
@@ -363,7 +374,13 @@ function cpuMs(): number {
  * Times `piece` over the images: ms per image of the median pass (wall and CPU time) and of the
  * fastest pass (wall), and the teaser's median (CPU).
  */
-function timePiece(piece: Piece, captures: Capture[], prepared: Prepared[], runs: number, warmup: number): Record<'wall' | 'fastest' | 'cpu' | 'teaser', number> {
+function timePiece(
+  piece: Piece,
+  captures: Capture[],
+  prepared: Prepared[],
+  runs: number,
+  warmup: number,
+): Record<'wall' | 'fastest' | 'cpu' | 'teaser', number> {
   for (let r = 0; r < warmup; r++) captures.forEach((c, i) => piece.run(c, prepared[i]));
   const wall: number[] = [];
   const cpu: number[] = [];
@@ -406,7 +423,8 @@ function time(args: string[]): void {
     rows.push(`| ${piece.name} | ${t.cpu.toFixed(3)} | ${t.wall.toFixed(3)} | ${t.fastest.toFixed(3)} | ${t.teaser.toFixed(3)} | ${out} |`);
     log(rows[rows.length - 1]);
   }
-  const header = '| piece | CPU ms/image (median pass) | wall ms/image (median pass) | wall ms/image (fastest pass) | CPU ms teaser (median) | digest |';
+  const header =
+    '| piece | CPU ms/image (median pass) | wall ms/image (median pass) | wall ms/image (fastest pass) | CPU ms teaser (median) | digest |';
   console.log([header, '|---|---:|---:|---:|---:|---|', ...rows].join('\n'));
 }
 
