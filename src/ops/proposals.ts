@@ -385,6 +385,14 @@ const ON_DEMAND_MAX_CELLS_PER_BOX = 16;
 /** Kept boxes each level's arrays start with. */
 const ON_DEMAND_CAPACITY = 1024;
 
+/** Copies the box in box[0 .. 4) to out[o .. o + 4) (plain stores: cheaper than a typed-array set of 4). */
+function copyBox(box: Float32Array, out: Float32Array, o: number): void {
+  out[o] = box[0];
+  out[o + 1] = box[1];
+  out[o + 2] = box[2];
+  out[o + 3] = box[3];
+}
+
 /** A copy twice as long holding the same values. */
 function doubled(a: Float32Array): Float32Array {
   const out = new Float32Array(a.length * 2);
@@ -479,7 +487,7 @@ function proposalsOnDemand(
         level.keptBoxes = doubled(level.keptBoxes);
         level.keptScores = doubled(level.keptScores);
       }
-      level.keptBoxes.set(box, level.numKept * 4);
+      copyBox(box, level.keptBoxes, level.numKept * 4);
       level.keptScores[level.numKept++] = score;
     }
     // Boxes far larger than the level's cells (a broken head): the full path's own grid copes better.
@@ -529,8 +537,7 @@ function proposalsOnDemand(
     }
     if (kept.length >= limit && best.score < bound) break;
     const { score } = best;
-    const box = kept.length < limit ? keptBoxes.subarray(kept.length * 4, kept.length * 4 + 4) : null;
-    box?.set(best.box);
+    if (kept.length < limit) copyBox(best.box, keptBoxes, kept.length * 4);
     const decision = decide(best);
     if (decision === null) return null;
     if (!decision) continue;
