@@ -271,6 +271,31 @@ describe('IncrementalNms (the kernel loop, one box at a time)', () => {
     }
   });
 
+  test('with fine cells, finds a suppressing box wherever it overlaps the new one (the probe points)', () => {
+    // A box tested only against the boxes of a few cells must still meet every box that can
+    // suppress it: one kept box slid across a 10x10 box in small steps, thin and wide, in x and y,
+    // at thresholds around the probes' lowest; each decision against the kernel's own test.
+    const grid: GridGeometry = { minX: -20, minY: -20, colScale: 4, rowScale: 4, cols: 200, rows: 200 };
+    const target = [0, 0, 10, 10];
+    for (const thr of [0.34, 0.36, 0.4, 0.5, 0.7, 0.99]) {
+      for (let shift = -12; shift <= 12; shift += 0.5) {
+        for (const [w, h] of [[3.4, 10], [4.1, 10], [6, 10], [10, 10], [12, 11], [6, 8], [10, 3.6]]) {
+          for (const kept of [
+            [shift, 0, shift + w, h],
+            [0, shift, h, shift + w],
+            [shift, shift / 2, shift + w, shift / 2 + h],
+          ]) {
+            const boxes = Float32Array.from([...kept, ...target]);
+            const want = referenceKernel(boxes, [2, 1], thr);
+            const greedy = new IncrementalNms(thr, grid, 2);
+            const got = [0, 1].filter((i) => greedy.push(boxes[i * 4], boxes[i * 4 + 1], boxes[i * 4 + 2], boxes[i * 4 + 3]));
+            expect([thr, shift, w, h, got]).toEqual([thr, shift, w, h, want]);
+          }
+        }
+      }
+    }
+  });
+
   test('refuses a grid with a negative threshold or non-finite coordinates', () => {
     const grid: GridGeometry = { minX: 0, minY: 0, colScale: 1, rowScale: 1, cols: 4, rows: 4 };
     expect(() => new IncrementalNms(-0.1, grid)).toThrow(/threshold/);

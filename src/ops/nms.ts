@@ -435,6 +435,11 @@ function suppresses(
   return f32(inter / f32(f32(stored[o + 4] + area) - inter)) > iouThreshold;
 }
 
+/** Thresholds from which a box is tested only against the boxes of its probe points' cells (see IncrementalNms). */
+const PROBE_MIN_THRESHOLD = 0.35;
+/** Boxes narrower or lower than this are tested against every box of every cell they cover. */
+const PROBE_MIN_SIDE = 1e-6;
+
 /** A typed array at least `length` long (doubling) holding the same prefix. */
 function grownTo<T extends Float32Array | Int32Array>(a: T, length: number): T {
   let n = a.length * 2 || 1;
@@ -478,6 +483,24 @@ export class IncrementalNms {
   private readonly cellHead: Int32Array;
   private entries_: Int32Array;
   private numEntries = 0;
+  /**
+   * Fractions of a box's width and height whose points (two per axis, four in all) every box that
+   * can suppress it covers; 0 where the threshold is too low for that (or there is no grid).
+   *
+   * Why: the exact IoU of boxes a, b is at most dw / wb (inter = dw dh <= dw hb, union >= area b),
+   * and the kernel's float32 IoU exceeds the exact one by less than a relative 1e-5 when b's sides
+   * are at least PROBE_MIN_SIDE (all its roundings are then of normal floats). So a box that
+   * suppresses b (float32 IoU > t) overlaps it in x over more than t' wb, t' = t / (1 + 1e-5). An
+   * interval that long inside b's x range [0, wb] contains q1 wb or q2 wb, for q1 = t' - m,
+   * q2 = 1 - t' + m, 0 < m <= (3t' - 1) / 2: if it starts at or before q1 wb it reaches past
+   * t' wb > q1 wb; if it starts after, it starts before (1 - t') wb < q2 wb and ends past
+   * (q1 + t') wb >= q2 wb. The same holds in y, so the suppressing box covers one of the 4 points
+   * (its overlap with b, a rectangle inside both, does), and is registered in that point's cell
+   * (the cell mapping is monotone). Testing the boxes of those <= 4 cells, not of every cell b
+   * covers, thus finds every box that can suppress b; those it finds intersect b far more often.
+   */
+  private readonly probeLow: number = 0;
+  private readonly probeHigh: number = 0;
 
   constructor(
     readonly iouThreshold: number,
@@ -489,6 +512,12 @@ export class IncrementalNms {
     this.stored = new Float32Array(c * STORED);
     this.testedBy = new Int32Array(grid ? c : 0);
     this.cellHead = new Int32Array(grid ? grid.cols * grid.rows : 0).fill(-1);
+    const t = iouThreshold / (1 + 1e-5);
+    if (grid && t >= PROBE_MIN_THRESHOLD) {
+      const m = (3 * t - 1) / 4;
+      this.probeLow = t - m;
+      this.probeHigh = 1 - t + m;
+    }
     this.entries_ = new Int32Array(grid ? 8 * c : 0);
   }
 
@@ -523,17 +552,25 @@ export class IncrementalNms {
     const cb = cellIndex(bx2, grid.minX, grid.colScale, grid.cols);
     const ra = cellIndex(by1, grid.minY, grid.rowScale, grid.rows);
     const rb = cellIndex(by2, grid.minY, grid.rowScale, grid.rows);
-    const { cellHead, testedBy, stored, iouThreshold } = this;
-    const entries = this.entries_;
     const cols = grid.cols;
-    for (let r = ra; r <= rb; r++) {
-      for (let c = ca; c <= cb; c++) {
-        for (let e = cellHead[r * cols + c]; e >= 0; e = entries[e + 1]) {
-          const k = entries[e];
-          if (testedBy[k] === stamp) continue;
-          testedBy[k] = stamp;
-          if (suppresses(stored, k * STORED, bx1, by1, bx2, by2, area, iouThreshold)) return false;
-        }
+    const w = bx2 - bx1;
+    const h = by2 - by1;
+    const { probeLow, probeHigh } = this;
+    if (probeLow > 0 && w >= PROBE_MIN_SIDE && h >= PROBE_MIN_SIDE) {
+      // Only the cells of the probe points can hold a box that suppresses this one (see probeLow).
+      const c1 = cellIndex(bx1 + probeLow * w, grid.minX, grid.colScale, grid.cols);
+      const c2 = cellIndex(bx1 + probeHigh * w, grid.minX, grid.colScale, grid.cols);
+      const r1 = cellIndex(by1 + probeLow * h, grid.minY, grid.rowScale, grid.rows);
+      const r2 = cellIndex(by1 + probeHigh * h, grid.minY, grid.rowScale, grid.rows);
+      if (this.suppressedInCell(r1 * cols + c1, stamp, bx1, by1, bx2, by2, area)) return false;
+      if (c2 !== c1 && this.suppressedInCell(r1 * cols + c2, stamp, bx1, by1, bx2, by2, area)) return false;
+      if (r2 !== r1) {
+        if (this.suppressedInCell(r2 * cols + c1, stamp, bx1, by1, bx2, by2, area)) return false;
+        if (c2 !== c1 && this.suppressedInCell(r2 * cols + c2, stamp, bx1, by1, bx2, by2, area)) return false;
+      }
+    } else {
+      for (let r = ra; r <= rb; r++) {
+        for (let c = ca; c <= cb; c++) if (this.suppressedInCell(r * cols + c, stamp, bx1, by1, bx2, by2, area)) return false;
       }
     }
     const k = this.store(bx1, by1, bx2, by2, area);
@@ -541,6 +578,19 @@ export class IncrementalNms {
     if ((this.numEntries + cells) * 2 > this.entries_.length) this.entries_ = grownTo(this.entries_, (this.numEntries + cells) * 2);
     this.register(k, ra, rb, ca, cb, cols);
     return true;
+  }
+
+  /** Whether a box registered in `cell`, not yet tested against box `stamp`, suppresses it. */
+  private suppressedInCell(cell: number, stamp: number, bx1: number, by1: number, bx2: number, by2: number, area: number): boolean {
+    const { testedBy, stored, iouThreshold } = this;
+    const entries = this.entries_;
+    for (let e = this.cellHead[cell]; e >= 0; e = entries[e + 1]) {
+      const k = entries[e];
+      if (testedBy[k] === stamp) continue;
+      testedBy[k] = stamp;
+      if (suppresses(stored, k * STORED, bx1, by1, bx2, by2, area, iouThreshold)) return true;
+    }
+    return false;
   }
 
   /** Appends stored box k to the lists of the cells [ra, rb] x [ca, cb] (room already made). */
