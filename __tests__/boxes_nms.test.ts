@@ -251,6 +251,7 @@ describe('IncrementalNms (the kernel loop, one box at a time)', () => {
       { minX: -1000, minY: -1000, colScale: 1e-4, rowScale: 1e-4, cols: 1, rows: 1 },
       { minX: 40, minY: 30, colScale: 0.5, rowScale: 2, cols: 3, rows: 40 },
     ];
+    const reused = new IncrementalNms(0.5);
     for (let trial = 0; trial < 6; trial++) {
       const n = 200 + Math.floor(rnd() * 300);
       const boxes = randomBoxes(n, trial % 2 ? 80 : 20, rnd);
@@ -261,11 +262,15 @@ describe('IncrementalNms (the kernel loop, one box at a time)', () => {
         expect(Array.from(nmsExhaustive(boxes, scores, thr))).toEqual(want);
         expect(Array.from(nms(boxes, scores, thr))).toEqual(want);
         for (const grid of geometries) {
-          // Capacity 1: the kept and cell arrays grow on the way.
+          // Capacity 1: the kept and cell arrays grow on the way. And one loop reset for each run,
+          // its arrays left as earlier runs (other thresholds and grids) grew them.
           const greedy = new IncrementalNms(thr, grid, 1);
-          const kept = Array.from(order).filter((i) => greedy.push(boxes[i * 4], boxes[i * 4 + 1], boxes[i * 4 + 2], boxes[i * 4 + 3]));
-          expect(kept).toEqual(want);
-          expect(greedy.kept).toBe(want.length);
+          reused.reset(thr, grid);
+          for (const loop of [greedy, reused]) {
+            const kept = Array.from(order).filter((i) => loop.push(boxes[i * 4], boxes[i * 4 + 1], boxes[i * 4 + 2], boxes[i * 4 + 3]));
+            expect(kept).toEqual(want);
+            expect(loop.kept).toBe(want.length);
+          }
         }
       }
     }

@@ -480,7 +480,7 @@ export class IncrementalNms {
    * Per cell, its last registered entry; per entry, (stored box, previous entry of its cell). Cells
    * list their boxes newest first, which finds a suppressing box sooner than oldest first.
    */
-  private readonly cellHead: Int32Array;
+  private cellHead: Int32Array;
   private entries_: Int32Array;
   private numEntries = 0;
   /**
@@ -499,26 +499,46 @@ export class IncrementalNms {
    * (the cell mapping is monotone). Testing the boxes of those <= 4 cells, not of every cell b
    * covers, thus finds every box that can suppress b; those it finds intersect b far more often.
    */
-  private readonly probeLow: number = 0;
-  private readonly probeHigh: number = 0;
+  private probeLow = 0;
+  private probeHigh = 0;
+  private iouThreshold_ = 0;
+  private grid: GridGeometry | null = null;
 
-  constructor(
-    readonly iouThreshold: number,
-    private readonly grid: GridGeometry | null = null,
-    capacity = 64,
-  ) {
-    if (grid && !(iouThreshold >= 0)) throw new Error(`IncrementalNms: a grid needs a threshold >= 0, got ${iouThreshold}`);
+  constructor(iouThreshold: number, grid: GridGeometry | null = null, capacity = 64) {
     const c = capacity > 1 ? capacity : 1;
     this.stored = new Float32Array(c * STORED);
     this.testedBy = new Int32Array(grid ? c : 0);
-    this.cellHead = new Int32Array(grid ? grid.cols * grid.rows : 0).fill(-1);
-    const t = iouThreshold / (1 + 1e-5);
-    if (grid && t >= PROBE_MIN_THRESHOLD) {
-      const m = (3 * t - 1) / 4;
-      this.probeLow = t - m;
-      this.probeHigh = 1 - t + m;
-    }
+    this.cellHead = new Int32Array(0);
     this.entries_ = new Int32Array(grid ? 8 * c : 0);
+    this.reset(iouThreshold, grid);
+  }
+
+  /**
+   * Starts a new loop (no box decided yet) with this threshold and grid, keeping the arrays: a
+   * caller that runs many loops one after another allocates them once.
+   */
+  reset(iouThreshold: number, grid: GridGeometry | null = null): void {
+    if (grid && !(iouThreshold >= 0)) throw new Error(`IncrementalNms: a grid needs a threshold >= 0, got ${iouThreshold}`);
+    this.iouThreshold_ = iouThreshold;
+    this.grid = grid;
+    this.numStored = 0;
+    this.numKept = 0;
+    this.pushed = 0;
+    this.numEntries = 0;
+    const cells = grid ? grid.cols * grid.rows : 0;
+    if (this.cellHead.length < cells) this.cellHead = new Int32Array(cells);
+    this.cellHead.fill(-1, 0, cells);
+    if (grid && this.testedBy.length < this.stored.length / STORED) this.testedBy = new Int32Array(this.stored.length / STORED);
+    const t = iouThreshold / (1 + 1e-5);
+    const probes = grid !== null && t >= PROBE_MIN_THRESHOLD;
+    const m = (3 * t - 1) / 4;
+    this.probeLow = probes ? t - m : 0;
+    this.probeHigh = probes ? 1 - t + m : 0;
+  }
+
+  /** IoU above which a box is suppressed. */
+  get iouThreshold(): number {
+    return this.iouThreshold_;
   }
 
   /** Boxes kept so far. */
@@ -582,7 +602,8 @@ export class IncrementalNms {
 
   /** Whether a box registered in `cell`, not yet tested against box `stamp`, suppresses it. */
   private suppressedInCell(cell: number, stamp: number, bx1: number, by1: number, bx2: number, by2: number, area: number): boolean {
-    const { testedBy, stored, iouThreshold } = this;
+    const { testedBy, stored } = this;
+    const iouThreshold = this.iouThreshold_;
     const entries = this.entries_;
     for (let e = this.cellHead[cell]; e >= 0; e = entries[e + 1]) {
       const k = entries[e];

@@ -393,6 +393,20 @@ function copyBox(box: Float32Array, out: Float32Array, o: number): void {
   out[o + 3] = box[3];
 }
 
+/**
+ * Each level's greedy loop, kept from image to image (its arrays, grown to a level's needs, are
+ * reused rather than allocated per image). Each thread has its own module instance, and a loop is
+ * only used within one synchronous call.
+ */
+const levelLoops: IncrementalNms[] = [];
+
+/** Level `level`'s loop, started anew with this threshold and grid. */
+function levelLoop(level: number, iouThreshold: number, grid: GridGeometry): IncrementalNms {
+  const loop = (levelLoops[level] ??= new IncrementalNms(iouThreshold, grid, ON_DEMAND_CAPACITY));
+  loop.reset(iouThreshold, grid);
+  return loop;
+}
+
 /** A copy twice as long holding the same values. */
 function doubled(a: Float32Array): Float32Array {
   const out = new Float32Array(a.length * 2);
@@ -510,10 +524,10 @@ function proposalsOnDemand(
       level,
       cursor: start,
       end: cursor,
-      // Sized for what the early stop usually decides; they grow when a level runs to its end.
-      greedy: new IncrementalNms(config.nmsThresh, levelGrid(anchor, width, height), ON_DEMAND_CAPACITY),
+      greedy: levelLoop(level, config.nmsThresh, levelGrid(anchor, width, height)),
       score: -Infinity,
       box: new Float32Array(4),
+      // Sized for what the early stop usually decides; they grow when a level runs to its end.
       keptBoxes: new Float32Array(ON_DEMAND_CAPACITY * 4),
       keptScores: new Float32Array(ON_DEMAND_CAPACITY),
       numKept: 0,
