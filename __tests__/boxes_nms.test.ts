@@ -251,6 +251,7 @@ describe('IncrementalNms (the kernel loop, one box at a time)', () => {
       { minX: -1000, minY: -1000, colScale: 1e-4, rowScale: 1e-4, cols: 1, rows: 1 },
       { minX: 40, minY: 30, colScale: 0.5, rowScale: 2, cols: 3, rows: 40 },
     ];
+    const reused = new IncrementalNms(0.5);
     for (let trial = 0; trial < 6; trial++) {
       const n = 200 + Math.floor(rnd() * 300);
       const boxes = randomBoxes(n, trial % 2 ? 80 : 20, rnd);
@@ -261,11 +262,40 @@ describe('IncrementalNms (the kernel loop, one box at a time)', () => {
         expect(Array.from(nmsExhaustive(boxes, scores, thr))).toEqual(want);
         expect(Array.from(nms(boxes, scores, thr))).toEqual(want);
         for (const grid of geometries) {
-          // Capacity 1: the kept and cell arrays grow on the way.
+          // Capacity 1: the kept and cell arrays grow on the way. And one loop reset for each run,
+          // its arrays left as earlier runs (other thresholds and grids) grew them.
           const greedy = new IncrementalNms(thr, grid, 1);
-          const kept = Array.from(order).filter((i) => greedy.push(boxes[i * 4], boxes[i * 4 + 1], boxes[i * 4 + 2], boxes[i * 4 + 3]));
-          expect(kept).toEqual(want);
-          expect(greedy.kept).toBe(want.length);
+          reused.reset(thr, grid);
+          for (const loop of [greedy, reused]) {
+            const kept = Array.from(order).filter((i) => loop.push(boxes[i * 4], boxes[i * 4 + 1], boxes[i * 4 + 2], boxes[i * 4 + 3]));
+            expect(kept).toEqual(want);
+            expect(loop.kept).toBe(want.length);
+          }
+        }
+      }
+    }
+  });
+
+  test('with fine cells, finds a suppressing box wherever it overlaps the new one (the probe points)', () => {
+    // A box tested only against the boxes of a few cells must still meet every box that can
+    // suppress it: one kept box slid across a 10x10 box in small steps, thin and wide, in x and y,
+    // at thresholds around the probes' lowest; each decision against the kernel's own test.
+    const grid: GridGeometry = { minX: -20, minY: -20, colScale: 4, rowScale: 4, cols: 200, rows: 200 };
+    const target = [0, 0, 10, 10];
+    for (const thr of [0.34, 0.36, 0.4, 0.5, 0.7, 0.99]) {
+      for (let shift = -12; shift <= 12; shift += 0.5) {
+        for (const [w, h] of [[3.4, 10], [4.1, 10], [6, 10], [10, 10], [12, 11], [6, 8], [10, 3.6]]) {
+          for (const kept of [
+            [shift, 0, shift + w, h],
+            [0, shift, h, shift + w],
+            [shift, shift / 2, shift + w, shift / 2 + h],
+          ]) {
+            const boxes = Float32Array.from([...kept, ...target]);
+            const want = referenceKernel(boxes, [2, 1], thr);
+            const greedy = new IncrementalNms(thr, grid, 2);
+            const got = [0, 1].filter((i) => greedy.push(boxes[i * 4], boxes[i * 4 + 1], boxes[i * 4 + 2], boxes[i * 4 + 3]));
+            expect([thr, shift, w, h, got]).toEqual([thr, shift, w, h, want]);
+          }
         }
       }
     }

@@ -181,6 +181,13 @@ describe('filterProposals against the pipeline built from its parts', () => {
     // It must not decline where nothing stands in its way, nor accept where it cannot be sure.
     const certain = kind === 'continuous' && config.preNmsTopN === 1500 && config.postNmsTopN <= 300;
     expect(fast !== null).toBe(certain);
+    // Finishing ties and run-out loops in place, it takes every case but the coordinate-offset one.
+    const completed = filterProposalsOnDemand(head, anchors, size, config, true);
+    expect(completed !== null).toBe(config.preNmsTopN === 1500);
+    if (completed) {
+      expect(Array.from(completed.scores)).toEqual(want.scores);
+      expect(Array.from(completed.boxes)).toEqual(want.boxes);
+    }
   });
 
   // Distinct logits but for one tie among the proposals (ranks 2 and 3) or across the cut (ranks
@@ -201,6 +208,9 @@ describe('filterProposals against the pipeline built from its parts', () => {
     expect(Array.from(got.scores)).toEqual(want.scores);
     expect(Array.from(got.boxes)).toEqual(want.boxes);
     expect(filterProposalsOnDemand(head, anchors, size, small)).toBeNull();
+    const completed = filterProposalsOnDemand(head, anchors, size, small, true);
+    expect(Array.from(completed?.scores ?? [])).toEqual(want.scores);
+    expect(Array.from(completed?.boxes ?? [])).toEqual(want.boxes);
   });
 });
 

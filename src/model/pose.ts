@@ -336,6 +336,20 @@ export function expandBboxRectangle(
     if (y < minY) minY = y;
     if (y > maxY) maxY = y;
   }
+  return boxOfExtent(width, height, minX, maxX, minY, maxY, roll, options);
+}
+
+/** expandBboxRectangle from the landmarks' extent on. */
+function boxOfExtent(
+  width: number,
+  height: number,
+  minX: number,
+  maxX: number,
+  minY: number,
+  maxY: number,
+  roll: number,
+  options: ExpandOptions,
+): [number, number, number, number] {
   const extentX = maxX - minX;
   const extentY = maxY - minY;
   const sizeX = Math.trunc(extentX * options.bboxXFactor);
@@ -362,12 +376,10 @@ export function expandBboxRectangle(
   return [Math.max(left, 0), Math.max(top, 0), right > width ? width : right, bottom > height ? height : bottom];
 }
 
-/** Reused landmark buffer of poseToBox (called once per candidate). */
-let landmarkScratch = new Float64Array(68 * 2);
-
 /**
  * The face box implied by a global pose: project the reference landmarks with the image intrinsics
- * and expand (upstream `plot_3d_landmark` + `expand_bbox_rectangle`, roll = pose[2]).
+ * and expand (upstream `plot_3d_landmark` + `expand_bbox_rectangle`, roll = pose[2]). The same
+ * numbers as expandBboxRectangle(projectPoints(...)), in one pass that keeps only the extent.
  */
 export function poseToBox(
   pose: ArrayLike<number>,
@@ -377,10 +389,32 @@ export function poseToBox(
   points: ArrayLike<number> = REFERENCE_POINTS_68,
   options: ExpandOptions = DEFAULT_EXPAND,
 ): [number, number, number, number] {
-  const n = Math.floor(points.length / 3) * 2;
-  if (landmarkScratch.length < n) landmarkScratch = new Float64Array(n);
-  const landmarks = projectPoints(pose, points, image.focal, image.cx, image.cy, landmarkScratch.subarray(0, n));
-  return expandBboxRectangle(width, height, landmarks, pose[2], options);
+  const r = rotvecToMatrix(pose, rotationScratch);
+  const { focal, cx, cy } = image;
+  const tx = pose[3];
+  const ty = pose[4];
+  const tz = pose[5];
+  let minX = Infinity;
+  let maxX = -Infinity;
+  let minY = Infinity;
+  let maxY = -Infinity;
+  const n = Math.floor(points.length / 3);
+  for (let i = 0; i < n; i++) {
+    // projectPoints' arithmetic, term for term.
+    const px = points[i * 3];
+    const py = points[i * 3 + 1];
+    const pz = points[i * 3 + 2];
+    const x = px * r[0] + py * r[1] + pz * r[2] + tx;
+    const y = px * r[3] + py * r[4] + pz * r[5] + ty;
+    const z = px * r[6] + py * r[7] + pz * r[8] + tz;
+    const u = (focal * x + cx * z) / z;
+    const v = (focal * y + cy * z) / z;
+    if (u < minX) minX = u;
+    if (u > maxX) maxX = u;
+    if (v < minY) minY = v;
+    if (v > maxY) maxY = v;
+  }
+  return boxOfExtent(width, height, minX, maxX, minY, maxY, pose[2], options);
 }
 
 /**

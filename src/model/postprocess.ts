@@ -110,6 +110,15 @@ const EXPF_POLY = [
   0.0416664853692054748535156, 0.166666671633720397949219, 0.5,
 ].map(f32);
 
+/** 2^n for integers n in -POW2_RANGE..POW2_RANGE, exact: what `2 ** n` gives, without a pow call. */
+const POW2_RANGE = 160;
+const POW2 = Float64Array.from({ length: 2 * POW2_RANGE + 1 }, (_, i) => 2 ** (i - POW2_RANGE));
+
+/** 2 ** n (a table lookup for the exponents torchExpf meets). */
+function pow2(n: number): number {
+  return n >= -POW2_RANGE && n <= POW2_RANGE ? POW2[n + POW2_RANGE] : 2 ** n;
+}
+
 /**
  * float32 exp as torch's vectorised CPU kernels compute it (SLEEF `expf_u10` with FMA, AVX2/AVX-512):
  * within 1 ulp of exp, and reproducing its exact bits keeps scores at the 0.05 threshold and NMS
@@ -124,7 +133,7 @@ export function torchExpf(d: number): number {
   u = f32(1 + fmaf(f32(s * s), u, s));
   // ldexp in two steps as SLEEF does (exact unless the result is subnormal).
   const q1 = q >> 1;
-  u = f32(f32(u * 2 ** q1) * 2 ** (q - q1));
+  u = f32(f32(u * pow2(q1)) * pow2(q - q1));
   if (d < -104) return 0;
   if (d > 100) return Infinity;
   return u;

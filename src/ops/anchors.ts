@@ -11,6 +11,8 @@ export const ANCHOR_SIZES: readonly number[] = [16, 32, 64, 128, 256];
 /** Height/width ratios; the 3 anchors of a location come in this order. */
 export const ASPECT_RATIOS: readonly number[] = [0.5, 1, 2];
 export const ANCHORS_PER_LOCATION = ASPECT_RATIOS.length;
+/** ANCHORS_PER_LOCATION for hot loops (a compiled module reads its exported constants as properties). */
+const PER_LOCATION = 3;
 
 const f32 = Math.fround;
 
@@ -96,27 +98,53 @@ export function levelAnchors(
  * `imageAnchors`, for a few thousand anchors instead of all of them.
  */
 export function anchorsAt(paddedH: number, paddedW: number, perLevel: readonly number[], local: Int32Array): Float32Array {
-  const sizes = featureSizes(paddedH, paddedW);
+  const grids = anchorGrids(paddedH, paddedW);
   const out = new Float32Array(local.length * 4);
   let i = 0;
   perLevel.forEach((count, level) => {
-    const [featH, featW] = sizes[level];
-    const strideY = Math.floor(paddedH / featH);
-    const strideX = Math.floor(paddedW / featW);
-    const cell = baseAnchors(ANCHOR_SIZES[level]);
-    const a = cell.length / 4;
-    for (const end = i + count; i < end; i++) {
-      const location = Math.floor(local[i] / a);
-      const k = local[i] - location * a;
-      const sx = f32((location % featW) * strideX);
-      const sy = f32(Math.floor(location / featW) * strideY);
-      out[i * 4] = f32(sx + cell[k * 4]);
-      out[i * 4 + 1] = f32(sy + cell[k * 4 + 1]);
-      out[i * 4 + 2] = f32(sx + cell[k * 4 + 2]);
-      out[i * 4 + 3] = f32(sy + cell[k * 4 + 3]);
-    }
+    const grid = grids[level];
+    for (const end = i + count; i < end; i++) anchorInto(grid, local[i], out, i * 4);
   });
   return out;
+}
+
+/** What places a level's anchors: its feature width, strides (padded size // feature size) and cell anchors. */
+export interface AnchorGrid {
+  featW: number;
+  strideX: number;
+  strideY: number;
+  cell: Float32Array;
+}
+
+/** The AnchorGrid of each level of an image whose own padded size is paddedH x paddedW. */
+export function anchorGrids(paddedH: number, paddedW: number): AnchorGrid[] {
+  return featureSizes(paddedH, paddedW).map(([featH, featW], level) => ({
+    featW,
+    strideX: Math.floor(paddedW / featW),
+    strideY: Math.floor(paddedH / featH),
+    cell: cellAnchors(level),
+  }));
+}
+
+/** baseAnchors of each level's size, made once. */
+const CELL_ANCHORS: Float32Array[] = [];
+function cellAnchors(level: number): Float32Array {
+  return (CELL_ANCHORS[level] ??= baseAnchors(ANCHOR_SIZES[level]));
+}
+
+/** The level's anchor at level-local index `local` into out[o .. o + 4): levelAnchors' numbers. */
+export function anchorInto(grid: AnchorGrid, local: number, out: Float32Array, o: number): void {
+  // Integer arithmetic on the (y, x, anchor) of an index: exact below 2^31 anchors.
+  const location = (local / PER_LOCATION) | 0;
+  const c = (local - location * PER_LOCATION) * 4;
+  const y = (location / grid.featW) | 0;
+  const sx = f32((location - y * grid.featW) * grid.strideX);
+  const sy = f32(y * grid.strideY);
+  const { cell } = grid;
+  out[o] = f32(sx + cell[c]);
+  out[o + 1] = f32(sy + cell[c + 1]);
+  out[o + 2] = f32(sx + cell[c + 2]);
+  out[o + 3] = f32(sy + cell[c + 3]);
 }
 
 export interface ImageAnchors {

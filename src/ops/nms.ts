@@ -208,15 +208,22 @@ export function float32SortKeys(values: Float32Array, out: Uint32Array = new Uin
 const RADIX_BITS = 11;
 const RADIX_BINS = 1 << RADIX_BITS;
 
+/** Work arrays of stableArgsortKeys, for callers that sort often: each at least n long. */
+export interface ArgsortScratch {
+  order: Int32Array;
+  next: Int32Array;
+}
+
 /**
  * Indices that sort keys[0..n) ascending, equal keys in index order: a least-significant-digit
- * radix sort (three 11-bit passes, each stable), O(n) and free of comparator calls.
+ * radix sort (three 11-bit passes, each stable), O(n) and free of comparator calls. With
+ * `scratch`, the result is one of its arrays (its first n values) and nothing is allocated.
  */
-export function stableArgsortKeys(keys: Uint32Array, n: number = keys.length): Int32Array {
-  let order = new Int32Array(n);
-  let next = new Int32Array(n);
+export function stableArgsortKeys(keys: Uint32Array, n: number = keys.length, scratch?: ArgsortScratch): Int32Array {
+  let order = scratch ? scratch.order : new Int32Array(n);
+  let next = scratch ? scratch.next : new Int32Array(n);
   for (let i = 0; i < n; i++) order[i] = i;
-  const starts = new Int32Array(RADIX_BINS);
+  const starts = RADIX_STARTS;
   for (let shift = 0; shift < 32; shift += RADIX_BITS) {
     starts.fill(0);
     for (let i = 0; i < n; i++) starts[(keys[i] >>> shift) & (RADIX_BINS - 1)]++;
@@ -240,6 +247,9 @@ export function stableArgsortKeys(keys: Uint32Array, n: number = keys.length): I
   }
   return order;
 }
+
+/** The bins of stableArgsortKeys (it runs to completion before any other call can use them). */
+const RADIX_STARTS = new Int32Array(RADIX_BINS);
 
 /**
  * Stable descending order of float32 scores by radix sort on reversed float keys (NaN first, -0
@@ -391,17 +401,16 @@ function gridFor(boxes: Float32Array): GridGeometry | null {
   return grid;
 }
 
+/** Values per stored box: x1, y1, x2, y2, area (one box's values side by side: one cache line). */
+const STORED = 5;
+
 /**
- * The kernel's test of box b (area `area`) against kept box k (of the columns x1..areas): whether
+ * The kernel's test of box b (area `area`) against the stored box at stored[o .. o + 5): whether
  * their IoU is above the threshold, in the kernel's float32 arithmetic (see IncrementalNms).
  */
 function suppresses(
-  x1: Float32Array,
-  y1: Float32Array,
-  x2: Float32Array,
-  y2: Float32Array,
-  areas: Float32Array,
-  k: number,
+  stored: Float32Array,
+  o: number,
   bx1: number,
   by1: number,
   bx2: number,
@@ -409,26 +418,33 @@ function suppresses(
   area: number,
   iouThreshold: number,
 ): boolean {
-  const kx1 = x1[k];
-  const kx2 = x2[k];
+  const kx1 = stored[o];
+  const kx2 = stored[o + 2];
   const xx1 = kx1 < bx1 ? bx1 : kx1;
   const xx2 = bx2 < kx2 ? bx2 : kx2;
   // With threshold >= 0, disjoint pairs (IoU 0, -0 or NaN) cannot suppress: skip the arithmetic.
   if (!(xx2 > xx1) && iouThreshold >= 0) return false;
-  const ky1 = y1[k];
-  const ky2 = y2[k];
+  const ky1 = stored[o + 1];
+  const ky2 = stored[o + 3];
   const yy1 = ky1 < by1 ? by1 : ky1;
   const yy2 = by2 < ky2 ? by2 : ky2;
   if (!(yy2 > yy1) && iouThreshold >= 0) return false;
   const dw = f32(xx2 - xx1);
   const dh = f32(yy2 - yy1);
   const inter = f32((0 < dw ? dw : 0) * (0 < dh ? dh : 0));
-  return f32(inter / f32(f32(areas[k] + area) - inter)) > iouThreshold;
+  return f32(inter / f32(f32(stored[o + 4] + area) - inter)) > iouThreshold;
 }
 
-/** A typed array twice as long holding the same prefix. */
-function grown<T extends Float32Array | Int32Array>(a: T): T {
-  const out = new (a.constructor as new (n: number) => T)(a.length * 2);
+/** Thresholds from which a box is tested only against the boxes of its probe points' cells (see IncrementalNms). */
+const PROBE_MIN_THRESHOLD = 0.35;
+/** Boxes narrower or lower than this are tested against every box of every cell they cover. */
+const PROBE_MIN_SIDE = 1e-6;
+
+/** A typed array at least `length` long (doubling) holding the same prefix. */
+function grownTo<T extends Float32Array | Int32Array>(a: T, length: number): T {
+  let n = a.length * 2 || 1;
+  while (n < length) n *= 2;
+  const out = new (a.constructor as new (n: number) => T)(n);
   out.set(a);
   return out;
 }
@@ -452,40 +468,77 @@ function grown<T extends Float32Array | Int32Array>(a: T): T {
  * without tests and never registered. Without a grid every kept box is tested: O(N^2).
  */
 export class IncrementalNms {
-  private x1: Float32Array;
-  private y1: Float32Array;
-  private x2: Float32Array;
-  private y2: Float32Array;
-  private areas: Float32Array;
-  /** Kept boxes stored for testing later ones (inverted and degenerate ones are not, with a grid). */
+  /** Kept boxes stored for testing later ones, STORED values each (inverted and degenerate ones are not, with a grid). */
+  private stored: Float32Array;
   private numStored = 0;
   private numKept = 0;
   /** Boxes pushed so far: the stamp of the box being decided. */
   private pushed = 0;
-  /** Per kept box, the last box tested against it (the two may share several cells). */
+  /** Per stored box, the last box tested against it (the two may share several cells). */
   private testedBy: Int32Array;
-  /** Per cell, the last registered entry; per entry, the kept box and the previous entry of its cell. */
-  private readonly cellHead: Int32Array;
-  private entryKept: Int32Array;
-  private entryNext: Int32Array;
+  /**
+   * Per cell, its last registered entry; per entry, (stored box, previous entry of its cell). Cells
+   * list their boxes newest first, which finds a suppressing box sooner than oldest first.
+   */
+  private cellHead: Int32Array;
+  private entries_: Int32Array;
   private numEntries = 0;
+  /**
+   * Fractions of a box's width and height whose points (two per axis, four in all) every box that
+   * can suppress it covers; 0 where the threshold is too low for that (or there is no grid).
+   *
+   * Why: the exact IoU of boxes a, b is at most dw / wb (inter = dw dh <= dw hb, union >= area b),
+   * and the kernel's float32 IoU exceeds the exact one by less than a relative 1e-5 when b's sides
+   * are at least PROBE_MIN_SIDE (all its roundings are then of normal floats). So a box that
+   * suppresses b (float32 IoU > t) overlaps it in x over more than t' wb, t' = t / (1 + 1e-5). An
+   * interval that long inside b's x range [0, wb] contains q1 wb or q2 wb, for q1 = t' - m,
+   * q2 = 1 - t' + m, 0 < m <= (3t' - 1) / 2: if it starts at or before q1 wb it reaches past
+   * t' wb > q1 wb; if it starts after, it starts before (1 - t') wb < q2 wb and ends past
+   * (q1 + t') wb >= q2 wb. The same holds in y, so the suppressing box covers one of the 4 points
+   * (its overlap with b, a rectangle inside both, does), and is registered in that point's cell
+   * (the cell mapping is monotone). Testing the boxes of those <= 4 cells, not of every cell b
+   * covers, thus finds every box that can suppress b; those it finds intersect b far more often.
+   */
+  private probeLow = 0;
+  private probeHigh = 0;
+  private iouThreshold_ = 0;
+  private grid: GridGeometry | null = null;
 
-  constructor(
-    readonly iouThreshold: number,
-    private readonly grid: GridGeometry | null = null,
-    capacity = 64,
-  ) {
-    if (grid && !(iouThreshold >= 0)) throw new Error(`IncrementalNms: a grid needs a threshold >= 0, got ${iouThreshold}`);
+  constructor(iouThreshold: number, grid: GridGeometry | null = null, capacity = 64) {
     const c = capacity > 1 ? capacity : 1;
-    this.x1 = new Float32Array(c);
-    this.y1 = new Float32Array(c);
-    this.x2 = new Float32Array(c);
-    this.y2 = new Float32Array(c);
-    this.areas = new Float32Array(c);
+    this.stored = new Float32Array(c * STORED);
     this.testedBy = new Int32Array(grid ? c : 0);
-    this.cellHead = new Int32Array(grid ? grid.cols * grid.rows : 0).fill(-1);
-    this.entryKept = new Int32Array(grid ? 4 * c : 0);
-    this.entryNext = new Int32Array(grid ? 4 * c : 0);
+    this.cellHead = new Int32Array(0);
+    this.entries_ = new Int32Array(grid ? 8 * c : 0);
+    this.reset(iouThreshold, grid);
+  }
+
+  /**
+   * Starts a new loop (no box decided yet) with this threshold and grid, keeping the arrays: a
+   * caller that runs many loops one after another allocates them once.
+   */
+  reset(iouThreshold: number, grid: GridGeometry | null = null): void {
+    if (grid && !(iouThreshold >= 0)) throw new Error(`IncrementalNms: a grid needs a threshold >= 0, got ${iouThreshold}`);
+    this.iouThreshold_ = iouThreshold;
+    this.grid = grid;
+    this.numStored = 0;
+    this.numKept = 0;
+    this.pushed = 0;
+    this.numEntries = 0;
+    const cells = grid ? grid.cols * grid.rows : 0;
+    if (this.cellHead.length < cells) this.cellHead = new Int32Array(cells);
+    this.cellHead.fill(-1, 0, cells);
+    if (grid && this.testedBy.length < this.stored.length / STORED) this.testedBy = new Int32Array(this.stored.length / STORED);
+    const t = iouThreshold / (1 + 1e-5);
+    const probes = grid !== null && t >= PROBE_MIN_THRESHOLD;
+    const m = (3 * t - 1) / 4;
+    this.probeLow = probes ? t - m : 0;
+    this.probeHigh = probes ? 1 - t + m : 0;
+  }
+
+  /** IoU above which a box is suppressed. */
+  get iouThreshold(): number {
+    return this.iouThreshold_;
   }
 
   /** Boxes kept so far. */
@@ -519,60 +572,87 @@ export class IncrementalNms {
     const cb = cellIndex(bx2, grid.minX, grid.colScale, grid.cols);
     const ra = cellIndex(by1, grid.minY, grid.rowScale, grid.rows);
     const rb = cellIndex(by2, grid.minY, grid.rowScale, grid.rows);
-    const { cellHead, entryKept, entryNext, testedBy, x1, y1, x2, y2, areas, iouThreshold } = this;
     const cols = grid.cols;
-    for (let r = ra; r <= rb; r++) {
-      for (let c = ca; c <= cb; c++) {
-        for (let e = cellHead[r * cols + c]; e >= 0; e = entryNext[e]) {
-          const k = entryKept[e];
-          if (testedBy[k] === stamp) continue;
-          testedBy[k] = stamp;
-          if (suppresses(x1, y1, x2, y2, areas, k, bx1, by1, bx2, by2, area, iouThreshold)) return false;
-        }
+    const w = bx2 - bx1;
+    const h = by2 - by1;
+    const { probeLow, probeHigh } = this;
+    if (probeLow > 0 && w >= PROBE_MIN_SIDE && h >= PROBE_MIN_SIDE) {
+      // Only the cells of the probe points can hold a box that suppresses this one (see probeLow).
+      const c1 = cellIndex(bx1 + probeLow * w, grid.minX, grid.colScale, grid.cols);
+      const c2 = cellIndex(bx1 + probeHigh * w, grid.minX, grid.colScale, grid.cols);
+      const r1 = cellIndex(by1 + probeLow * h, grid.minY, grid.rowScale, grid.rows);
+      const r2 = cellIndex(by1 + probeHigh * h, grid.minY, grid.rowScale, grid.rows);
+      if (this.suppressedInCell(r1 * cols + c1, stamp, bx1, by1, bx2, by2, area)) return false;
+      if (c2 !== c1 && this.suppressedInCell(r1 * cols + c2, stamp, bx1, by1, bx2, by2, area)) return false;
+      if (r2 !== r1) {
+        if (this.suppressedInCell(r2 * cols + c1, stamp, bx1, by1, bx2, by2, area)) return false;
+        if (c2 !== c1 && this.suppressedInCell(r2 * cols + c2, stamp, bx1, by1, bx2, by2, area)) return false;
+      }
+    } else {
+      for (let r = ra; r <= rb; r++) {
+        for (let c = ca; c <= cb; c++) if (this.suppressedInCell(r * cols + c, stamp, bx1, by1, bx2, by2, area)) return false;
       }
     }
     const k = this.store(bx1, by1, bx2, by2, area);
+    const cells = (rb - ra + 1) * (cb - ca + 1);
+    if ((this.numEntries + cells) * 2 > this.entries_.length) this.entries_ = grownTo(this.entries_, (this.numEntries + cells) * 2);
+    this.register(k, ra, rb, ca, cb, cols);
+    return true;
+  }
+
+  /** Whether a box registered in `cell`, not yet tested against box `stamp`, suppresses it. */
+  private suppressedInCell(cell: number, stamp: number, bx1: number, by1: number, bx2: number, by2: number, area: number): boolean {
+    const { testedBy, stored } = this;
+    const iouThreshold = this.iouThreshold_;
+    const entries = this.entries_;
+    for (let e = this.cellHead[cell]; e >= 0; e = entries[e + 1]) {
+      const k = entries[e];
+      if (testedBy[k] === stamp) continue;
+      testedBy[k] = stamp;
+      if (suppresses(stored, k * STORED, bx1, by1, bx2, by2, area, iouThreshold)) return true;
+    }
+    return false;
+  }
+
+  /** Appends stored box k to the lists of the cells [ra, rb] x [ca, cb] (room already made). */
+  private register(k: number, ra: number, rb: number, ca: number, cb: number, cols: number): void {
+    const { cellHead } = this;
+    const entries = this.entries_;
     for (let r = ra; r <= rb; r++) {
       for (let c = ca; c <= cb; c++) {
-        if (this.numEntries === this.entryKept.length) {
-          this.entryKept = grown(this.entryKept);
-          this.entryNext = grown(this.entryNext);
-        }
         const cell = r * cols + c;
-        const e = this.numEntries++;
-        this.entryKept[e] = k;
-        this.entryNext[e] = this.cellHead[cell];
-        this.cellHead[cell] = e;
+        const e = this.numEntries++ * 2;
+        entries[e] = k;
+        entries[e + 1] = cellHead[cell];
+        cellHead[cell] = e;
       }
     }
-    return true;
   }
 
   /** Whether a kept box overlaps this one above the threshold: the kernel's test against each. */
   private suppressedByAny(bx1: number, by1: number, bx2: number, by2: number, area: number): boolean {
-    const { x1, y1, x2, y2, areas, iouThreshold } = this;
-    for (let k = 0; k < this.numStored; k++) {
-      if (suppresses(x1, y1, x2, y2, areas, k, bx1, by1, bx2, by2, area, iouThreshold)) return true;
+    const { stored, iouThreshold } = this;
+    const end = this.numStored * STORED;
+    for (let o = 0; o < end; o += STORED) {
+      if (suppresses(stored, o, bx1, by1, bx2, by2, area, iouThreshold)) return true;
     }
     return false;
   }
 
   private store(bx1: number, by1: number, bx2: number, by2: number, area: number): number {
-    if (this.numStored === this.x1.length) {
-      this.x1 = grown(this.x1);
-      this.y1 = grown(this.y1);
-      this.x2 = grown(this.x2);
-      this.y2 = grown(this.y2);
-      this.areas = grown(this.areas);
-      if (this.grid) this.testedBy = grown(this.testedBy);
+    if ((this.numStored + 1) * STORED > this.stored.length) {
+      this.stored = grownTo(this.stored, (this.numStored + 1) * STORED);
+      if (this.grid) this.testedBy = grownTo(this.testedBy, this.numStored + 1);
     }
     this.numKept++;
     const k = this.numStored++;
-    this.x1[k] = bx1;
-    this.y1[k] = by1;
-    this.x2[k] = bx2;
-    this.y2[k] = by2;
-    this.areas[k] = area;
+    const o = k * STORED;
+    const { stored } = this;
+    stored[o] = bx1;
+    stored[o + 1] = by1;
+    stored[o + 2] = bx2;
+    stored[o + 3] = by2;
+    stored[o + 4] = area;
     if (this.grid) this.testedBy[k] = -1;
     return k;
   }

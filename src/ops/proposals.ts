@@ -6,18 +6,19 @@
  * (Math.fround after every operation) follow torch's float32 CPU arithmetic. No tfjs here: worker
  * threads run this module on their own (src/runtime/worker.ts).
  */
-import { ANCHORS_PER_LOCATION, anchorsAt, featureSizes, sharedImageAnchors } from './anchors';
+import { ANCHORS_PER_LOCATION, anchorGrids, anchorInto, anchorsAt, featureSizes, sharedImageAnchors } from './anchors';
 import { clipBoxesToImage, removeSmallBoxes } from './boxes';
 import { Size } from './size';
 import {
+  ArgsortScratch,
   COORDINATE_TRICK_MAX_BOXES,
-  GRID_MAX_SIDE,
   GridGeometry,
   IncrementalNms,
   batchedNmsTop,
   float32SortKey,
   float32SortKeys,
   stableArgsortKeys,
+  torchSortDescending,
 } from './nms';
 
 // Module-level aliases: hot loops then call local bindings, not module properties (or, inside
@@ -44,7 +45,8 @@ export interface RpnConfig {
 export const RPN_CONFIG: RpnConfig = { preNmsTopN: 6000, postNmsTopN: 1000, nmsThresh: 0.4, minSize: 1e-3 };
 
 /** Upstream's BoxCoder clamp on dw, dh: log(1000 / 16), as the float32 torch compares against. */
-export const BBOX_XFORM_CLIP = f32(Math.log(1000 / 16));
+const XFORM_CLIP = f32(Math.log(1000 / 16));
+export const BBOX_XFORM_CLIP = XFORM_CLIP;
 
 /** Image size as (height, width). */
 export type { Size };
@@ -72,27 +74,67 @@ export interface RpnHeadOutput {
 export function decodeBoxes(deltas: Float32Array, anchors: Float32Array, indices?: ArrayLike<number>): Float32Array {
   const n = indices ? indices.length : anchors.length / 4;
   const out = new Float32Array(n * 4);
-  for (let i = 0; i < n; i++) decodeInto(deltas, anchors, indices ? indices[i] : i, out, i * 4);
+  for (let i = 0; i < n; i++) {
+    const a = (indices ? indices[i] : i) * 4;
+    decodeFrom(deltas, a, anchors, a, out, i * 4);
+  }
   return out;
 }
 
-/** Decodes anchor `anchor` into out[o .. o + 4) (float32 on store, as torch's tensor). */
-function decodeInto(deltas: Float32Array, anchors: Float32Array, anchor: number, out: Float32Array, o: number): void {
-  const a = anchor * 4;
+/**
+ * Decodes the deltas at deltas[d .. d + 4) against the anchor box at anchors[a .. a + 4) into
+ * out[o .. o + 4) (float32 on store, as torch's tensor).
+ */
+function decodeFrom(deltas: Float32Array, d: number, anchors: Float32Array, a: number, out: Float32Array, o: number): void {
   const w = f32(anchors[a + 2] - anchors[a]);
   const h = f32(anchors[a + 3] - anchors[a + 1]);
   const cx = f32(anchors[a] + f32(0.5 * w));
   const cy = f32(anchors[a + 1] + f32(0.5 * h));
-  const dw = deltas[a + 2] > BBOX_XFORM_CLIP ? BBOX_XFORM_CLIP : deltas[a + 2];
-  const dh = deltas[a + 3] > BBOX_XFORM_CLIP ? BBOX_XFORM_CLIP : deltas[a + 3];
-  const pcx = f32(f32(deltas[a] * w) + cx);
-  const pcy = f32(f32(deltas[a + 1] * h) + cy);
+  // (Module-private constants: a compiled module reads its exported ones as properties.)
+  const dw = deltas[d + 2] > XFORM_CLIP ? XFORM_CLIP : deltas[d + 2];
+  const dh = deltas[d + 3] > XFORM_CLIP ? XFORM_CLIP : deltas[d + 3];
+  const pcx = f32(f32(deltas[d] * w) + cx);
+  const pcy = f32(f32(deltas[d + 1] * h) + cy);
   const halfW = f32(0.5 * f32(f32(exp(dw)) * w));
   const halfH = f32(0.5 * f32(f32(exp(dh)) * h));
   out[o] = pcx - halfW;
   out[o + 1] = pcy - halfH;
   out[o + 2] = pcx + halfW;
   out[o + 3] = pcy + halfH;
+}
+
+/**
+ * The anchors of a head output (or of an image's candidates): a table made up front, or each
+ * anchor made when the on-demand path first needs it (it decodes a few thousand of the GPU's
+ * twenty thousand candidates).
+ */
+interface AnchorSource {
+  /** Writes anchor i's box (i counted over all levels, `level` its level) into out[0 .. 4). */
+  at(i: number, level: number, out: Float32Array): void;
+  /** Every anchor, (x1, y1, x2, y2) each. */
+  all(): Float32Array;
+}
+
+function anchorTable(anchors: Float32Array): AnchorSource {
+  return {
+    at: (i, _level, out) => {
+      out[0] = anchors[i * 4];
+      out[1] = anchors[i * 4 + 1];
+      out[2] = anchors[i * 4 + 2];
+      out[3] = anchors[i * 4 + 3];
+    },
+    all: () => anchors,
+  };
+}
+
+/** The anchors of candidates at level-local indices `index` (perLevel of them per level), made as needed. */
+function candidateAnchors(paddedSize: Size, perLevel: number[], index: Int32Array): AnchorSource {
+  const grids = anchorGrids(paddedSize[0], paddedSize[1]);
+  let table: Float32Array | null = null;
+  return {
+    at: (i, level, out) => anchorInto(grids[level], index[i], out, 0),
+    all: () => (table ??= anchorsAt(paddedSize[0], paddedSize[1], perLevel, index)),
+  };
 }
 
 /**
@@ -157,6 +199,7 @@ const TOP_DIGIT_SHIFT = 21;
 /** selectTopPerLevel for one level (1 <= k <= level size), indices shifted by `offset`. */
 function topOfLevel(level: Float32Array, k: number, offset: number, histogram: Int32Array): Int32Array {
   const n = level.length;
+  if (n <= 2 * k) return topBySort(level, k, offset);
   const bits = new Uint32Array(level.buffer, level.byteOffset, n);
   // The k-th largest logit (NaN counting as largest): what a full ascending sort would hold at
   // n - k. Its key's top digit first, from one histogram pass...
@@ -180,6 +223,48 @@ function topOfLevel(level: Float32Array, k: number, offset: number, histogram: I
   // -0 and +0 are equal logits with keys in different digits: a zero bound needs the whole level.
   const chosen = chooseAbove(level, bound, k, bound === 0 ? null : candidates);
   return sortChosen(level, chosen, offset);
+}
+
+/** Scratch arrays of topBySort, grown as needed (each thread has its own module instance). */
+let levelKeys = new Uint32Array(0);
+let levelIndices = new Int32Array(0);
+const levelSort: ArgsortScratch = { order: new Int32Array(0), next: new Int32Array(0) };
+
+/**
+ * topOfLevel by one stable sort of the whole level, for levels of little more than k logits (the
+ * GPU's candidates; levels of at most topN anchors): the non-NaN logits best first, equal ones in
+ * index order (-0 equal to +0), then the prefix the selection keeps. With m NaN logits, which rank
+ * above every number, the k-th largest logit is the (k - m)-th best number (none when m >= k);
+ * every logit above it and the first of those equal to it are taken, k at most.
+ */
+function topBySort(level: Float32Array, k: number, offset: number): Int32Array {
+  const n = level.length;
+  if (levelKeys.length < n) {
+    levelKeys = new Uint32Array(n);
+    levelIndices = new Int32Array(n);
+    levelSort.order = new Int32Array(n);
+    levelSort.next = new Int32Array(n);
+  }
+  const keys = levelKeys;
+  const indices = levelIndices;
+  const bits = new Uint32Array(level.buffer, level.byteOffset, n);
+  let m = 0;
+  for (let i = 0; i < n; i++) {
+    const b = bits[i];
+    if ((b & 0x7fffffff) > 0x7f800000) continue;
+    // Descending: the complement of the ascending key, with -0 given +0's key.
+    keys[m] = 0x7fffffff - (b === 0x80000000 ? 0 : sortKey(b) - 0x80000000);
+    indices[m++] = i;
+  }
+  const ranked = k - (n - m);
+  if (ranked <= 0) return new Int32Array(0);
+  const order = stableArgsortKeys(keys, m, levelSort);
+  const boundKey = keys[order[ranked - 1]];
+  let taken = ranked;
+  while (taken < k && taken < m && keys[order[taken]] === boundKey) taken++;
+  const out = new Int32Array(taken);
+  for (let j = 0; j < taken; j++) out[j] = offset + indices[order[j]];
+  return out;
 }
 
 /**
@@ -233,25 +318,28 @@ export function filterProposals(
   imageSize: Size,
   config: RpnConfig = RPN_CONFIG,
 ): Proposals {
-  return filterTop(head, anchors, imageSize, config, selectTopPerLevel(head.objectness, head.perLevel, config.preNmsTopN));
+  return filterTop(head, anchorTable(anchors), imageSize, config, selectTopPerLevel(head.objectness, head.perLevel, config.preNmsTopN));
 }
 
 /** filterProposals after the top-k selection. */
-function filterTop(head: RpnHeadOutput, anchors: Float32Array, imageSize: Size, config: RpnConfig, top: Int32Array): Proposals {
-  return proposalsOnDemand(head, anchors, imageSize, config, top) ?? proposalsOfAll(head, anchors, imageSize, config, top);
+function filterTop(head: RpnHeadOutput, anchors: AnchorSource, imageSize: Size, config: RpnConfig, top: Int32Array): Proposals {
+  return proposalsOnDemand(head, anchors, imageSize, config, top, true) ?? proposalsOfAll(head, anchors.all(), imageSize, config, top);
 }
 
 /**
  * filterProposals' fast path on its own (see proposalsOnDemand): the same proposals, or null
- * where it cannot guarantee them (filterProposals then runs the full path).
+ * where it cannot guarantee them (filterProposals then runs the full path). With `complete`, logit
+ * ties and loops that run out are finished in place, as filterProposals does, rather than declined.
  */
 export function filterProposalsOnDemand(
   head: RpnHeadOutput,
   anchors: Float32Array,
   imageSize: Size,
   config: RpnConfig = RPN_CONFIG,
+  complete = false,
 ): Proposals | null {
-  return proposalsOnDemand(head, anchors, imageSize, config, selectTopPerLevel(head.objectness, head.perLevel, config.preNmsTopN));
+  const top = selectTopPerLevel(head.objectness, head.perLevel, config.preNmsTopN);
+  return proposalsOnDemand(head, anchorTable(anchors), imageSize, config, top, complete);
 }
 
 /** filter_proposals as upstream runs it: every candidate decoded, clipped and size-checked, then NMS. */
@@ -294,12 +382,44 @@ function proposalsOfAll(head: RpnHeadOutput, anchors: Float32Array, imageSize: S
 
 /** Give up on the on-demand path when the grid registrations exceed this many per decided box. */
 const ON_DEMAND_MAX_CELLS_PER_BOX = 16;
+/** Kept boxes each level's arrays start with. */
+const ON_DEMAND_CAPACITY = 1024;
+
+/** Copies the box in box[0 .. 4) to out[o .. o + 4) (plain stores: cheaper than a typed-array set of 4). */
+function copyBox(box: Float32Array, out: Float32Array, o: number): void {
+  out[o] = box[0];
+  out[o + 1] = box[1];
+  out[o + 2] = box[2];
+  out[o + 3] = box[3];
+}
+
+/**
+ * Each level's greedy loop, kept from image to image (its arrays, grown to a level's needs, are
+ * reused rather than allocated per image). Each thread has its own module instance, and a loop is
+ * only used within one synchronous call.
+ */
+const levelLoops: IncrementalNms[] = [];
+
+/** Level `level`'s loop, started anew with this threshold and grid. */
+function levelLoop(level: number, iouThreshold: number, grid: GridGeometry): IncrementalNms {
+  const loop = (levelLoops[level] ??= new IncrementalNms(iouThreshold, grid, ON_DEMAND_CAPACITY));
+  loop.reset(iouThreshold, grid);
+  return loop;
+}
+
+/** A copy twice as long holding the same values. */
+function doubled(a: Float32Array): Float32Array {
+  const out = new Float32Array(a.length * 2);
+  out.set(a);
+  return out;
+}
 
 /**
  * One level's candidates in visiting order (best logit first), each decoded, clipped and
  * size-checked only when the NMS reaches it.
  */
 interface LevelStream {
+  level: number;
   /** Next position in `top`, and the end of this level's positions. */
   cursor: number;
   end: number;
@@ -311,6 +431,10 @@ interface LevelStream {
    */
   score: number;
   box: Float32Array;
+  /** The level's kept boxes so far, in visiting order (which is also batched_nms's index order). */
+  keptBoxes: Float32Array;
+  keptScores: Float32Array;
+  numKept: number;
 }
 
 /**
@@ -321,90 +445,160 @@ interface LevelStream {
  * depends only on the boxes before it in its level), and stop once postNmsTopN boxes are kept and
  * every pending candidate's logit is below the last of them: nothing later can outrank those, and
  * when their logits are distinct, every sort orders them the same way. Candidates after the stop
- * are never decoded. Null (the full path) when the logits tie, when at most 1000 candidates
- * survive the size check (batched_nms then takes its other path) or when the loops run out first.
+ * are never decoded.
+ *
+ * When the logits among those tie (torch's introsort then orders the pair from the whole survivor
+ * list) or the loops run out first, `complete` runs every level's loop to its end and sorts the
+ * survivors as batched_nms does, reusing the work done so far; without it, the result is null.
+ * Null too when at most 1000 candidates survive the size check (batched_nms then takes its other
+ * path), and on the odd inputs the full path handles better (-Infinity logits, huge boxes).
  */
 function proposalsOnDemand(
   head: RpnHeadOutput,
-  anchors: Float32Array,
+  anchors: AnchorSource,
   imageSize: Size,
   config: RpnConfig,
   top: Int32Array,
+  complete: boolean,
 ): Proposals | null {
   const { objectness, deltas, perLevel } = head;
   const [height, width] = imageSize;
   const limit = config.postNmsTopN;
   const fitsGrid = width > 0 && width < Infinity && height > 0 && height < Infinity;
-  // More proposals asked for than candidates exist: the loops would run out anyway.
-  if (!(config.nmsThresh >= 0) || !Number.isInteger(limit) || limit < 1 || limit > top.length || !fitsGrid) return null;
+  // More proposals asked for than candidates exist: the loops will run out.
+  if (!(config.nmsThresh >= 0) || !Number.isInteger(limit) || limit < 1 || (limit > top.length && !complete) || !fitsGrid) return null;
   const minSize = f32(config.minSize);
 
   let candidates = 0;
+  const anchor = new Float32Array(4);
   /** Moves a level to its next candidate that survives the size check. */
   const advance = (level: LevelStream): void => {
     const { box } = level;
     while (level.cursor < level.end) {
-      const anchor = top[level.cursor++];
-      decodeInto(deltas, anchors, anchor, box, 0);
+      const i = top[level.cursor++];
+      anchors.at(i, level.level, anchor);
+      decodeFrom(deltas, i * 4, anchor, 0, box, 0);
       // clip_boxes_to_image, then remove_small_boxes (NaN sides fail the size check).
       box[0] = clampTo(box[0], width);
       box[1] = clampTo(box[1], height);
       box[2] = clampTo(box[2], width);
       box[3] = clampTo(box[3], height);
       if (f32(box[2] - box[0]) >= minSize && f32(box[3] - box[1]) >= minSize) {
-        level.score = objectness[anchor];
+        level.score = objectness[i];
         candidates++;
         return;
       }
     }
     level.score = -Infinity;
   };
+  let pushed = 0;
+  /** Decides the level's pending candidate (true: kept) and moves to its next; null: give up. */
+  const decide = (level: LevelStream): boolean | null => {
+    const { box, score } = level;
+    const kept = level.greedy.push(box[0], box[1], box[2], box[3]);
+    if (kept) {
+      if (level.numKept === level.keptScores.length) {
+        level.keptBoxes = doubled(level.keptBoxes);
+        level.keptScores = doubled(level.keptScores);
+      }
+      copyBox(box, level.keptBoxes, level.numKept * 4);
+      level.keptScores[level.numKept++] = score;
+    }
+    // Boxes far larger than the level's cells (a broken head): the full path's own grid copes better.
+    if (level.greedy.entries > ON_DEMAND_MAX_CELLS_PER_BOX * ++pushed + 4096) return null;
+    advance(level);
+    return kept;
+  };
 
   // `top` ascends through the levels: split it into the levels' runs.
   const streams: LevelStream[] = [];
   let cursor = 0;
   let levelStart = 0;
-  for (const count of perLevel) {
+  for (const [level, count] of perLevel.entries()) {
     const start = cursor;
     while (cursor < top.length && top[cursor] < levelStart + count) cursor++;
     levelStart += count;
     if (cursor === start) continue;
+    anchors.at(top[start], level, anchor);
     const stream: LevelStream = {
+      level,
       cursor: start,
       end: cursor,
-      greedy: new IncrementalNms(config.nmsThresh, levelGrid(anchors, top[start], width, height), cursor - start),
+      greedy: levelLoop(level, config.nmsThresh, levelGrid(anchor, width, height)),
       score: -Infinity,
       box: new Float32Array(4),
+      // Sized for what the early stop usually decides; they grow when a level runs to its end.
+      keptBoxes: new Float32Array(ON_DEMAND_CAPACITY * 4),
+      keptScores: new Float32Array(ON_DEMAND_CAPACITY),
+      numKept: 0,
     };
     advance(stream);
     streams.push(stream);
   }
 
   const kept: number[] = [];
-  const keptBoxes = new Float32Array(limit * 4);
+  // A pending candidate always has a slot: fewer than top.length boxes are kept before it.
+  const keptBoxes = new Float32Array(Math.min(limit, top.length) * 4);
   let bound = -Infinity;
-  let pushed = 0;
+  /** Whether the first `limit` kept boxes are certain to be the result, in this order. */
+  let certain = true;
   for (;;) {
     let best: LevelStream | null = null;
     for (const stream of streams) if (stream.score > -Infinity && (best === null || stream.score > best.score)) best = stream;
-    if (best === null) return null;
-    if (kept.length >= limit && best.score < bound) break;
-    const { box, score } = best;
-    if (best.greedy.push(box[0], box[1], box[2], box[3])) {
-      // A box kept after the limit-th scores the same as it: a tie.
-      if (kept.length === limit) return null;
-      keptBoxes.set(box, kept.length * 4);
-      if (kept.push(score) === limit) bound = score;
+    if (best === null) {
+      certain = false;
+      break;
     }
-    // Boxes far larger than the level's cells (a broken head): the full path's own grid copes better.
-    if (best.greedy.entries > ON_DEMAND_MAX_CELLS_PER_BOX * ++pushed + 4096) return null;
-    advance(best);
+    if (kept.length >= limit && best.score < bound) break;
+    const { score } = best;
+    if (kept.length < limit) copyBox(best.box, keptBoxes, kept.length * 4);
+    const decision = decide(best);
+    if (decision === null) return null;
+    if (!decision) continue;
+    // A box kept after the limit-th scores the same as it: a tie.
+    if (kept.length === limit) {
+      certain = false;
+      break;
+    }
+    if (kept.push(score) === limit) bound = score;
   }
-  for (let k = 1; k < limit; k++) if (!(kept[k - 1] > kept[k])) return null;
+  for (let k = 1; k < kept.length && certain; k++) certain = kept[k - 1] > kept[k];
+  if (!certain) {
+    if (!complete) return null;
+    for (const stream of streams) while (stream.score > -Infinity) if (decide(stream) === null) return null;
+    // A candidate with a -Infinity logit was left undecided: the full path takes those.
+    if (pushed !== candidates) return null;
+  }
   // Which path batched_nms takes depends on how many candidates pass the size check in all.
   for (const stream of streams) while (candidates <= COORDINATE_TRICK_MAX_BOXES && stream.cursor < stream.end) advance(stream);
   if (candidates <= COORDINATE_TRICK_MAX_BOXES) return null;
-  return { boxes: keptBoxes, scores: Float32Array.from(kept) };
+  return certain ? { boxes: keptBoxes, scores: Float32Array.from(kept) } : sortedSurvivors(streams, limit);
+}
+
+/**
+ * batched_nms's result from every level's survivors (all levels' loops run to the end), cut to
+ * `limit`: the survivors in index order (level by level, each in visiting order) sorted by torch's
+ * unstable sort.
+ */
+function sortedSurvivors(streams: LevelStream[], limit: number): Proposals {
+  const total = streams.reduce((n, s) => n + s.numKept, 0);
+  const boxes = new Float32Array(total * 4);
+  const scores = new Float32Array(total);
+  let o = 0;
+  for (const s of streams) {
+    boxes.set(s.keptBoxes.subarray(0, s.numKept * 4), o * 4);
+    scores.set(s.keptScores.subarray(0, s.numKept), o);
+    o += s.numKept;
+  }
+  const order = torchSortDescending(scores);
+  const m = Math.min(limit, total);
+  const out: Proposals = { boxes: new Float32Array(m * 4), scores: new Float32Array(m) };
+  for (let i = 0; i < m; i++) {
+    const k = order[i];
+    out.boxes.set(boxes.subarray(k * 4, k * 4 + 4), i * 4);
+    out.scores[i] = scores[k];
+  }
+  return out;
 }
 
 /** torch clamp(v, 0, hi): NaN stays NaN. */
@@ -412,13 +606,19 @@ function clampTo(v: number, hi: number): number {
   return v < 0 ? 0 : v > hi ? hi : v;
 }
 
-/** A grid over the image with cells about the size of the level's anchors (any grid is exact; this one is quick). */
-function levelGrid(anchors: Float32Array, anchor: number, width: number, height: number): GridGeometry {
-  const a = anchor * 4;
-  const side = Math.sqrt(Math.abs((anchors[a + 2] - anchors[a]) * (anchors[a + 3] - anchors[a + 1])));
-  const cell = side >= 1 && side < Infinity ? side : 1;
-  const cols = Math.max(1, Math.min(GRID_MAX_SIDE, Math.floor(width / cell)));
-  const rows = Math.max(1, Math.min(GRID_MAX_SIDE, Math.floor(height / cell)));
+/** Most cells per side of the on-demand path's grids. */
+const LEVEL_GRID_MAX_SIDE = 128;
+
+/**
+ * A grid over the image with cells half the side of the level's anchors (any grid is exact; this
+ * one is quick: against cells of a whole anchor, a fifth fewer pairs of boxes are tested, half of
+ * which did not even intersect).
+ */
+function levelGrid(anchor: Float32Array, width: number, height: number): GridGeometry {
+  const side = Math.sqrt(Math.abs((anchor[2] - anchor[0]) * (anchor[3] - anchor[1])));
+  const cell = side >= 2 && side < Infinity ? side / 2 : 1;
+  const cols = Math.max(1, Math.min(LEVEL_GRID_MAX_SIDE, Math.floor(width / cell)));
+  const rows = Math.max(1, Math.min(LEVEL_GRID_MAX_SIDE, Math.floor(height / cell)));
   return { minX: 0, minY: 0, colScale: cols / width, rowScale: rows / height, cols, rows };
 }
 
@@ -439,7 +639,8 @@ export interface RpnCandidates {
 }
 
 /** Words per candidate record: level-local anchor index, logit bits, 4 delta bits. */
-export const RECORD_WORDS = 6;
+const RECORD = 6;
+export const RECORD_WORDS = RECORD;
 /**
  * Record slots per (image, level) beyond k: room for the anchors that share the k-th largest
  * key's top 16 bits (sign, exponent and 7 mantissa bits: ~0.8% of a logit's magnitude). When more
@@ -486,7 +687,6 @@ export function candidateLayout(paddedSizes: Size[], topN: number, slack: number
  * level's candidates did not fit its slots (or are fewer than k, which a correct result never has).
  */
 export function candidatesOf(words: Int32Array, layout: CandidateLayout, image: number): RpnCandidates | null {
-  const floats = new Float32Array(words.buffer, words.byteOffset, words.length);
   const perLevel: number[] = [];
   for (let level = 0; level < layout.levels; level++) {
     const slot = image * layout.levels + level;
@@ -496,44 +696,89 @@ export function candidatesOf(words: Int32Array, layout: CandidateLayout, image: 
   }
   const total = perLevel.reduce((s, c) => s + c, 0);
   const out: RpnCandidates = { perLevel, index: new Int32Array(total), objectness: new Float32Array(total), deltas: new Float32Array(total * 4) };
-  const { index, objectness, deltas } = out;
+  const { index } = out;
+  // The logits and deltas are copied as their bits: integer moves, no float conversions.
+  const objectness = new Int32Array(out.objectness.buffer);
+  const deltas = new Int32Array(out.deltas.buffer);
   let o = 0;
   for (let level = 0; level < layout.levels; level++) {
     const slot = image * layout.levels + level;
     const count = perLevel[level];
     const base = layout.base[slot];
     const [h, w] = layout.ownSizes[slot];
-    // Records arrive in the atomic compaction's order. Anchor indices are distinct and below the
-    // level's anchor count, so a table from anchor to record puts them in anchor order in one pass
-    // over the level (a counting sort: ~4x faster than sorting the packed pairs at 6,000 records).
-    const recordOf = new Int32Array(h * w * ANCHORS_PER_LOCATION);
-    for (let j = 0; j < count; j++) {
-      const anchor = words[base + j * RECORD_WORDS];
-      if (!(anchor >= 0 && anchor < recordOf.length) || recordOf[anchor] !== 0) return null;
-      recordOf[anchor] = j + 1;
-    }
-    for (let anchor = 0; anchor < recordOf.length; anchor++) {
-      const j = recordOf[anchor];
-      if (j === 0) continue;
-      const r = base + (j - 1) * RECORD_WORDS;
-      index[o] = anchor;
-      objectness[o] = floats[r + 1];
+    // Records arrive in the atomic compaction's order: sort them by anchor (distinct, below the
+    // level's anchor count in a correct result).
+    const order = recordsByAnchor(words, base, count, h * w * ANCHORS_PER_LOCATION);
+    if (!order) return null;
+    for (let i = 0; i < count; i++, o++) {
+      const r = base + order[i] * RECORD;
+      index[o] = words[r];
+      objectness[o] = words[r + 1];
       const d = o * 4;
-      deltas[d] = floats[r + 2];
-      deltas[d + 1] = floats[r + 3];
-      deltas[d + 2] = floats[r + 4];
-      deltas[d + 3] = floats[r + 5];
-      o++;
+      deltas[d] = words[r + 2];
+      deltas[d + 1] = words[r + 3];
+      deltas[d + 2] = words[r + 4];
+      deltas[d + 3] = words[r + 5];
     }
   }
   return out;
 }
 
+/** Scratch arrays of recordsByAnchor, grown as needed (each thread has its own module instance). */
+let anchorKeys = new Int32Array(0);
+let recordOrder = new Int32Array(0);
+let recordNext = new Int32Array(0);
+const anchorBins = new Int32Array(DIGIT_BINS);
+
+/**
+ * The numbers of the `count` records from word `base` on, in ascending order of their anchor
+ * index (a least-significant-digit radix sort on 11-bit digits: a few passes over the records,
+ * where a table over all the level's anchors would pass over up to a hundred times more). Null
+ * when an anchor is outside 0..anchors-1 or repeated. The result is a scratch array, valid until
+ * the next call.
+ */
+function recordsByAnchor(words: Int32Array, base: number, count: number, anchors: number): Int32Array | null {
+  if (anchorKeys.length < count) {
+    anchorKeys = new Int32Array(count);
+    recordOrder = new Int32Array(count);
+    recordNext = new Int32Array(count);
+  }
+  const keys = anchorKeys;
+  for (let j = 0; j < count; j++) {
+    const anchor = words[base + j * RECORD];
+    if (!(anchor >= 0 && anchor < anchors)) return null;
+    keys[j] = anchor;
+    recordOrder[j] = j;
+  }
+  let order = recordOrder;
+  let next = recordNext;
+  for (let shift = 0; 2 ** shift < anchors; shift += 11) {
+    anchorBins.fill(0);
+    for (let j = 0; j < count; j++) anchorBins[(keys[j] >>> shift) & (DIGIT_BINS - 1)]++;
+    let sum = 0;
+    for (let d = 0; d < DIGIT_BINS; d++) {
+      const c = anchorBins[d];
+      anchorBins[d] = sum;
+      sum += c;
+    }
+    for (let j = 0; j < count; j++) {
+      const r = order[j];
+      next[anchorBins[(keys[r] >>> shift) & (DIGIT_BINS - 1)]++] = r;
+    }
+    const t = order;
+    order = next;
+    next = t;
+  }
+  for (let j = 1; j < count; j++) if (keys[order[j]] === keys[order[j - 1]]) return null;
+  return order;
+}
+
 /** filterProposals on an image's candidates: the same proposals as on its whole head output. */
 export function proposalsOfCandidates(candidates: RpnCandidates, paddedSize: Size, imageSize: Size, config: RpnConfig = RPN_CONFIG): Proposals {
-  const anchors = anchorsAt(paddedSize[0], paddedSize[1], candidates.perLevel, candidates.index);
-  const head: RpnHeadOutput = { objectness: candidates.objectness, deltas: candidates.deltas, perLevel: candidates.perLevel };
-  return filterProposals(head, anchors, imageSize, config);
+  const { perLevel, index } = candidates;
+  const head: RpnHeadOutput = { objectness: candidates.objectness, deltas: candidates.deltas, perLevel };
+  const top = selectTopPerLevel(head.objectness, perLevel, config.preNmsTopN);
+  return filterTop(head, candidateAnchors(paddedSize, perLevel, index), imageSize, config, top);
 }
 
 /**
@@ -582,7 +827,7 @@ export function proposalsOf(job: ProposalJob): Proposals {
   const head = headOf(job, false);
   const top = selectTopPerLevel(head.objectness, head.perLevel, job.config.preNmsTopN);
   gatherDeltas(job, head, top);
-  return filterTop(head, anchors, job.imageSize, job.config, top);
+  return filterTop(head, anchorTable(anchors), job.imageSize, job.config, top);
 }
 
 /** Copies the deltas of anchors `top` (ascending through the levels) from the raw output into head.deltas. */
