@@ -288,6 +288,31 @@ describe('results do not depend on threads', () => {
     }
   });
 
+  it('one image on two workers: the idle worker runs half its RoI-head rows, and the raw detections are bit-identical to one thread', async () => {
+    const inThread = new Img2PoseModel(weights, activeRuntime());
+    const model = await ThreadedModel.start(workerScript()!, weights, 'wasm', 2);
+    const images = await Promise.all(['teaser.png', 'portrait_1.png'].map((n) => decodeImage(imagePath(n))));
+    const bits = (r: RawDetections) => [Array.from(r.boxes), Array.from(r.scores), Array.from(r.dofs)];
+    try {
+      const expected = (await inThread.predict(images, SMALL)).map(bits);
+      expect(expected[0][1].length).toBeGreaterThan(0);
+      const base = await model.workerTensors();
+      const got = await model.predict([images[0]], SMALL);
+      // Half of the image's ~1000 proposals went to the other worker.
+      expect(model.offloadedRows).toBeGreaterThanOrEqual(400);
+      expect(got.map(bits)).toEqual([expected[0]]);
+      // Two images keep both workers busy: nothing is offloaded, the results are the same.
+      const rows = model.offloadedRows;
+      expect((await model.predict(images, SMALL)).map(bits)).toEqual(expected);
+      expect(model.offloadedRows).toBe(rows);
+      expect(await model.workerTensors()).toEqual(base);
+    } finally {
+      tf.dispose(images);
+      inThread.dispose();
+      model.dispose();
+    }
+  });
+
   it('host stages on worker threads give bit-identical raw detections', async () => {
     const inThread = new Img2PoseModel(weights, activeRuntime());
     const threaded = new Img2PoseModel(weights, activeRuntime({ hostThreads: 2 }));

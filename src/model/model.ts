@@ -3,7 +3,7 @@ import { Backbone } from './backbone';
 import { BOX_SCORE_THRESH, PostprocessInput } from './postprocess';
 import { REFERENCE_POINTS_68 } from './reference_points';
 import { multiScaleRoIAlign, RoIAlignMethod } from './roi_align';
-import { RoIHeads } from './roi_heads';
+import { HeadsOffload, RoIHeadOutputs, RoIHeads } from './roi_heads';
 import { Proposals, RegionProposalNetwork } from './rpn';
 import { ModelRuntime } from './runtime';
 import { imageSizeOf, NetworkImage, paddedSize, prepareBatchAsync, resizedSize } from './transform';
@@ -55,6 +55,11 @@ export interface PredictOptions {
    * Ignored while profiling.
    */
   overlap?: number;
+  /**
+   * Another thread that may run half of each image's RoI-head rows while this one runs the other
+   * half (an idle worker on the CPU backends); the results are the same bits.
+   */
+  offload?: HeadsOffload;
 }
 
 /**
@@ -234,7 +239,7 @@ export class Img2PoseModel {
    * first): GeneralizedRCNN.forward, the stages in order. Tests use it to make images of
    * different sizes share one tensor.
    */
-  async predictStacked(images: NetworkImage[], config: ModelConfig, options: Pick<PredictOptions, 'profile'> = {}): Promise<RawDetections[]> {
+  async predictStacked(images: NetworkImage[], config: ModelConfig, options: Pick<PredictOptions, 'profile' | 'offload'> = {}): Promise<RawDetections[]> {
     if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
     if (images.length === 0) return [];
     const { kernels, host } = this.runtime;
@@ -252,7 +257,7 @@ export class Img2PoseModel {
       await lap('rpn');
       const proposals = await host.proposals(jobs);
       await lap('proposals');
-      const heads = await this.roiHeadsForward(features, proposals, batch.imageSizes, batch.paddedSizes, lap);
+      const heads = await this.roiHeadsForward(features, proposals, batch.imageSizes, batch.paddedSizes, lap, options.offload);
       tf.dispose(features);
       features = [];
       const detections = await host.postprocess(
@@ -286,6 +291,7 @@ export class Img2PoseModel {
     imageSizes: Size[],
     paddedSizes: Size[],
     lap: StageTimer,
+    offload: HeadsOffload | undefined,
   ): Promise<{ classLogits: Float32Array; dofRegression: Float32Array }[]> {
     const { kernels, rules } = this.runtime;
     const method: RoIAlignMethod = kernels.webgpu ? 'webgpu' : rules.roiAlign;
@@ -301,7 +307,7 @@ export class Img2PoseModel {
       let dofs: Float32Array;
       try {
         await lap('roiAlign', pooled);
-        ({ classLogits: logits, dofRegression: dofs } = await this.roiHeads.forward(pooled, tf.env().getBool(POSE_GATING_FLAG) ? BOX_SCORE_THRESH : undefined));
+        ({ classLogits: logits, dofRegression: dofs } = await this.roiHeads.forward(pooled, this.headsScoreThresh(), offload));
         await lap('heads');
       } finally {
         pooled.dispose();
@@ -316,6 +322,20 @@ export class Img2PoseModel {
       }
     }
     return out;
+  }
+
+  /** The score filter the pose branch is gated on (POSE_GATING_FLAG), or undefined for every row. */
+  headsScoreThresh(): number | undefined {
+    return tf.env().getBool(POSE_GATING_FLAG) ? BOX_SCORE_THRESH : undefined;
+  }
+
+  /**
+   * The RoI heads alone on pooled rows [n, 7, 7, C]: another thread's share of its rows (see
+   * PredictOptions.offload), with its score filter.
+   */
+  roiHeadsOnRows(pooled: tf.Tensor4D, scoreThresh: number | undefined): Promise<RoIHeadOutputs> {
+    if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
+    return this.roiHeads.forward(pooled, scoreThresh);
   }
 
   /** True when batches run their host stages on worker threads (without starting them). */

@@ -6,7 +6,10 @@ import * as tf from '@tensorflow/tfjs';
 import { selectBackend } from './backend';
 import { Img2PoseModel, RawDetections } from '../model/model';
 import type { NetworkImage } from '../model/transform';
-import type { ModelWorkerData, PredictTask } from './threaded_model';
+import type { HeadsOffload, RoIHeadOutputs } from '../model/roi_heads';
+import type { HeadsTask, ModelWorkerData, PredictTask } from './threaded_model';
+import { askParent } from './parent';
+import type { Done } from './threads';
 import { disposeWeights, Img2PoseWeights } from '../model/weights';
 import { createRuntime } from './runtime';
 
@@ -26,7 +29,10 @@ async function build(data: ModelWorkerData): Promise<Img2PoseModel> {
   }
 }
 
-type Done = { result: unknown; transfer: ArrayBuffer[] };
+/** Half of an image's RoI-head rows to an idle worker, through the parent (ThreadedModel's 'model-heads'). */
+const PARENT_OFFLOAD: HeadsOffload = {
+  forward: (rows, scoreThresh) => askParent<RoIHeadOutputs | null>({ kind: 'model-heads', payload: { rows, scoreThresh } satisfies HeadsTask }),
+};
 
 /** Handlers for src/runtime/worker.ts; the network is built once, when the worker starts. */
 export function modelHandlers(data: ModelWorkerData): Record<string, (payload: unknown) => Promise<Done>> {
@@ -49,12 +55,24 @@ export function modelHandlers(data: ModelWorkerData): Record<string, (payload: u
       const images: NetworkImage[] = task.images.map((p) => ('bytes' in p ? p.bytes : tf.tensor3d(p.values.data, p.values.shape, p.values.dtype)));
       let out: RawDetections[];
       try {
-        out = await net.predict(images, task.config);
+        out = await net.predict(images, task.config, task.offload ? { offload: PARENT_OFFLOAD } : {});
       } finally {
         tf.dispose(images.filter((image): image is tf.Tensor3D => image instanceof tf.Tensor));
       }
       const transfer = out.flatMap((r) => [r.boxes.buffer, r.scores.buffer, r.dofs.buffer] as ArrayBuffer[]);
       return { result: out, transfer };
+    },
+    async 'model-heads'(payload: unknown): Promise<Done> {
+      const { rows, scoreThresh } = payload as HeadsTask;
+      const net = await model;
+      const pooled = tf.tensor4d(rows.data, rows.shape);
+      let out: RoIHeadOutputs;
+      try {
+        out = await net.roiHeadsOnRows(pooled, scoreThresh);
+      } finally {
+        pooled.dispose();
+      }
+      return { result: out, transfer: [out.classLogits.buffer, out.dofRegression.buffer] as ArrayBuffer[] };
     },
   };
 }
