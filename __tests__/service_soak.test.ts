@@ -73,6 +73,21 @@ describe('a worker killed mid-batch', () => {
     expect(await model.workerTensors()).toEqual(baseTensors);
   }, 300_000);
 
+  it('one image: the worker taking half its RoI-head rows dies; the image\'s own worker runs them, the same results', async () => {
+    // Its ~220 proposals are enough to share: 110 rows go to the idle worker.
+    const rows = model.offloadedRows;
+    expect(plain(await model.predict([inputs[0]], TINY))).toEqual([reference[0]]);
+    expect(model.offloadedRows).toBe(rows + 110);
+    await killer.arm(2, 'model-heads');
+    expect(plain(await model.predict([inputs[0]], TINY))).toEqual([reference[0]]);
+    expect(killer.fired).toBe(true);
+    // The dead helper is replaced at its next task; both hold the network and nothing else.
+    expect(await model.workerTensors()).toEqual(baseTensors);
+    const after = model.offloadedRows;
+    expect(plain(await model.predict([inputs[0]], TINY))).toEqual([reference[0]]);
+    expect(model.offloadedRows).toBe(after + 110);
+  }, 300_000);
+
   it('a batch that kills the replacement too fails with an InferenceError; later calls work', async () => {
     // Every worker dies on every forward task: the retry on the replacement dies too.
     killer.killEvery(true);
