@@ -39,6 +39,12 @@ export interface RoIHeadOutputs {
  */
 export interface HeadsOffload {
   /**
+   * Shared memory (a SharedArrayBuffer) for `length` values of rows to send: the offload's own,
+   * reused from call to call (`forward` has settled by the next one), so that the memory of the
+   * rows sent does not pile up until the threads' garbage collectors run.
+   */
+  rowsBuffer(length: number): Float32Array;
+  /**
    * `forward(rows, scoreThresh)` there, on pooled rows [n, 7, 7, C] given as their values in
    * shared memory. Null when no thread is free now, or the one that took them stopped: the
    * caller then runs the rows itself.
@@ -223,10 +229,17 @@ export class RoIHeads {
     // the outputs are stitched in row order.
     const split = Math.ceil(rows / 2);
     const [, h, w, c] = pooled.shape;
-    const away = offload.forward({ data: await this.sharedRows(pooled, split, rows - split), shape: [rows - split, h, w, c] }, scoreThresh);
-    // Settled even if this thread's half fails first (no unhandled rejection).
-    away.catch(() => undefined);
-    const here = await this.forwardRange(pooled, 0, split, scoreThresh);
+    const data = offload.rowsBuffer((rows - split) * h * w * c);
+    await this.copyRows(pooled, split, data);
+    const away = offload.forward({ data, shape: [rows - split, h, w, c] }, scoreThresh);
+    let here: RoIHeadOutputs;
+    try {
+      here = await this.forwardRange(pooled, 0, split, scoreThresh);
+    } catch (e) {
+      // The other thread may still read `data`: settled before the offload's next call reuses it.
+      await away.catch(() => undefined);
+      throw e;
+    }
     const there = (await away) ?? (await this.forwardRange(pooled, split, rows - split, scoreThresh));
     if (there.classLogits.length !== (rows - split) * 2 || there.dofRegression.length !== (rows - split) * 12) {
       throw new Error(`RoIHeads: the other thread returned ${there.classLogits.length / 2} rows for ${rows - split}`);
@@ -240,15 +253,13 @@ export class RoIHeads {
     return { classLogits, dofRegression };
   }
 
-  /** Rows `start` .. `start + count` of `pooled` as values in a SharedArrayBuffer (one copy). */
-  private async sharedRows(pooled: tf.Tensor4D, start: number, count: number): Promise<Float32Array> {
+  /** Rows from `start` of `pooled` into `out` (as many as it holds). */
+  private async copyRows(pooled: tf.Tensor4D, start: number, out: Float32Array): Promise<void> {
     const width = pooled.size / pooled.shape[0];
-    const out = new Float32Array(new SharedArrayBuffer(count * width * 4));
     const memory = this.runtime.rules.tensorMemory;
     // The heap view is taken and read with nothing allocated in between (see TensorMemory).
     const values = memory ? memory.view(pooled) : ((await pooled.data()) as Float32Array);
-    out.set(values.subarray(start * width, (start + count) * width));
-    return out;
+    out.set(values.subarray(start * width, start * width + out.length));
   }
 
   /** `forward` on rows `start` .. `start + count`, in pieces of `headRows` (see BackendRules.headRows). */
