@@ -274,7 +274,7 @@ describe('RoIHeads on the reference proposals', () => {
     const other = new RoIHeads(weights, activeRuntime());
     const sent: number[] = [];
     const offload = (swapFirstTwo: boolean): HeadsOffload => ({
-      rowsBuffer: (length) => new Float32Array(new SharedArrayBuffer(length * 4)),
+      sharedBuffer: (length) => new Float32Array(new SharedArrayBuffer(length * 4)),
       async forward(share, scoreThresh) {
         expect(share.data.buffer).toBeInstanceOf(SharedArrayBuffer);
         sent.push(share.shape[0]);
@@ -298,7 +298,7 @@ describe('RoIHeads on the reference proposals', () => {
       expect(sent).toEqual([rows - Math.ceil(rows / 2)]);
       expect(same(shared, alone)).toBe(true);
       // Declined (no thread free, or it stopped): this thread runs every row.
-      expect(same(await heads.forward(pooled, BOX_SCORE_THRESH, { rowsBuffer: (n) => new Float32Array(n), forward: async () => null }), alone)).toBe(true);
+      expect(same(await heads.forward(pooled, BOX_SCORE_THRESH, { sharedBuffer: (n) => new Float32Array(n), forward: async () => null }), alone)).toBe(true);
       // The comparison sees two rows out of place.
       expect(same(await heads.forward(pooled, BOX_SCORE_THRESH, offload(true)), alone)).toBe(false);
       expect(tf.memory().numTensors).toBe(before);

@@ -329,13 +329,14 @@ describe('results do not depend on threads', () => {
       expect(expected[0][1].length).toBeGreaterThan(0);
       const base = await model.workerTensors();
       const got = await model.predict([images[0]], SMALL);
-      // Half of the image's ~1000 proposals went to the other worker.
-      expect(model.offloadedRows).toBeGreaterThanOrEqual(400);
+      // The RPN head's largest level and half of the image's ~1000 proposals went to the other worker.
+      expect(model.offloaded.rpnLevels).toBe(1);
+      expect(model.offloaded.headRows).toBeGreaterThanOrEqual(400);
       expect(got.map(bits)).toEqual([expected[0]]);
       // Two images keep both workers busy: nothing is offloaded, the results are the same.
-      const rows = model.offloadedRows;
+      const rows = model.offloaded.headRows;
       expect((await model.predict(images, SMALL)).map(bits)).toEqual(expected);
-      expect(model.offloadedRows).toBe(rows);
+      expect(model.offloaded).toEqual({ rpnLevels: 1, headRows: rows });
       expect(await model.workerTensors()).toEqual(base);
     } finally {
       tf.dispose(images);

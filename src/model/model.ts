@@ -4,7 +4,7 @@ import { BOX_SCORE_THRESH, PostprocessInput } from './postprocess';
 import { REFERENCE_POINTS_68 } from './reference_points';
 import { multiScaleRoIAlign, RoIAlignMethod } from './roi_align';
 import { HeadsOffload, RoIHeadOutputs, RoIHeads } from './roi_heads';
-import { Proposals, RegionProposalNetwork } from './rpn';
+import { Proposals, RegionProposalNetwork, RPN_CONFIG, RpnOffload } from './rpn';
 import { ModelRuntime } from './runtime';
 import { imageSizeOf, NetworkImage, paddedSize, prepareBatchAsync, resizedSize } from './transform';
 import { Size } from '../ops/size';
@@ -56,10 +56,11 @@ export interface PredictOptions {
    */
   overlap?: number;
   /**
-   * Another thread that may run half of each image's RoI-head rows while this one runs the other
-   * half (an idle worker on the CPU backends); the results are the same bits.
+   * Another thread that may take part of each forward while this one runs the rest (an idle
+   * worker on the CPU backends): the RPN head's largest level, and half of each image's RoI-head
+   * rows. The results are the same bits.
    */
-  offload?: HeadsOffload;
+  offload?: HeadsOffload & RpnOffload;
 }
 
 /**
@@ -186,7 +187,7 @@ export class Img2PoseModel {
     try {
       this.backbone = new Backbone(weights, runtime.kernels);
       built.push(this.backbone);
-      this.rpn = new RegionProposalNetwork(weights, runtime.kernels);
+      this.rpn = new RegionProposalNetwork(weights, runtime.kernels, RPN_CONFIG, runtime.rules.tensorMemory);
       built.push(this.rpn);
       this.roiHeads = new RoIHeads(weights, runtime);
     } catch (e) {
@@ -252,7 +253,7 @@ export class Img2PoseModel {
       features = this.backbone.forward(batch.images, batch.paddedSizes);
       batch.images.dispose();
       await lap('backbone', features[features.length - 1]);
-      const head = this.rpn.predictHead(features, batch.imageSizes, batch.paddedSizes, host.sendsAway(images.length));
+      const head = this.rpn.predictHead(features, batch.imageSizes, batch.paddedSizes, host.sendsAway(images.length), options.offload);
       const jobs = await head;
       await lap('rpn');
       const proposals = await host.proposals(jobs);
@@ -336,6 +337,12 @@ export class Img2PoseModel {
   roiHeadsOnRows(pooled: tf.Tensor4D, scoreThresh: number | undefined): Promise<RoIHeadOutputs> {
     if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
     return this.roiHeads.forward(pooled, scoreThresh);
+  }
+
+  /** The RPN head alone on one level's features [N, H, W, C]: another thread's share (see PredictOptions.offload). */
+  rpnLevelHead(x: tf.Tensor4D): tf.Tensor4D {
+    if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
+    return this.rpn.levelHead(x);
   }
 
   /** True when batches run their host stages on worker threads (without starting them). */

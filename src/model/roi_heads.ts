@@ -43,7 +43,7 @@ export interface HeadsOffload {
    * reused from call to call (`forward` has settled by the next one), so that the memory of the
    * rows sent does not pile up until the threads' garbage collectors run.
    */
-  rowsBuffer(length: number): Float32Array;
+  sharedBuffer(length: number): Float32Array;
   /**
    * `forward(rows, scoreThresh)` there, on pooled rows [n, 7, 7, C] given as their values in
    * shared memory. Null when no thread is free now, or the one that took them stopped: the
@@ -229,7 +229,7 @@ export class RoIHeads {
     // the outputs are stitched in row order.
     const split = Math.ceil(rows / 2);
     const [, h, w, c] = pooled.shape;
-    const data = offload.rowsBuffer((rows - split) * h * w * c);
+    const data = offload.sharedBuffer((rows - split) * h * w * c);
     await this.copyRows(pooled, split, data);
     const away = offload.forward({ data, shape: [rows - split, h, w, c] }, scoreThresh);
     let here: RoIHeadOutputs;

@@ -7,7 +7,8 @@ import { selectBackend } from './backend';
 import { Img2PoseModel, RawDetections } from '../model/model';
 import type { NetworkImage } from '../model/transform';
 import type { HeadsOffload, RoIHeadOutputs } from '../model/roi_heads';
-import type { HeadsTask, ModelWorkerData, PredictTask } from './threaded_model';
+import type { RpnOffload } from '../model/rpn';
+import type { HeadsTask, ModelWorkerData, PredictTask, RpnTask } from './threaded_model';
 import { askParent } from './parent';
 import type { Done } from './threads';
 import { disposeWeights, Img2PoseWeights } from '../model/weights';
@@ -30,18 +31,21 @@ async function build(data: ModelWorkerData): Promise<Img2PoseModel> {
 }
 
 /**
- * Half of an image's RoI-head rows to an idle worker, through the parent (ThreadedModel's
- * 'model-heads'). The rows travel in one SharedArrayBuffer kept for the worker's life (grown when
- * too small): ~25 MB for 500 rows, which as a new buffer each time would stay in every thread
- * that saw it until its next garbage collection.
+ * Parts of a forward for an idle worker, through the parent (ThreadedModel's 'model-rpn' and
+ * 'model-heads'): the RPN head's largest level, half of each image's RoI-head rows. Their values
+ * travel in one SharedArrayBuffer kept for the worker's life (grown when too small; ~47 MB for
+ * the largest level of a 640x1152 input), which as a new buffer each time would stay in every
+ * thread that saw it until its next garbage collection. The parts run one after another, so one
+ * buffer serves them all.
  */
-function parentOffload(): HeadsOffload {
+function parentOffload(): HeadsOffload & RpnOffload {
   let shared = new SharedArrayBuffer(0);
   return {
-    rowsBuffer(length) {
+    sharedBuffer(length) {
       if (shared.byteLength < length * 4) shared = new SharedArrayBuffer(length * 4);
       return new Float32Array(shared, 0, length);
     },
+    level: (feature) => askParent<Float32Array | null>({ kind: 'model-rpn', payload: feature satisfies RpnTask }),
     forward: (rows, scoreThresh) => askParent<RoIHeadOutputs | null>({ kind: 'model-heads', payload: { rows, scoreThresh } satisfies HeadsTask }),
   };
 }
@@ -74,6 +78,18 @@ export function modelHandlers(data: ModelWorkerData): Record<string, (payload: u
       }
       const transfer = out.flatMap((r) => [r.boxes.buffer, r.scores.buffer, r.dofs.buffer] as ArrayBuffer[]);
       return { result: out, transfer };
+    },
+    async 'model-rpn'(payload: unknown): Promise<Done> {
+      const { data, shape } = payload as RpnTask;
+      const net = await model;
+      const out = tf.tidy(() => net.rpnLevelHead(tf.tensor4d(data, shape)));
+      let values: Float32Array;
+      try {
+        values = (await out.data()) as Float32Array;
+      } finally {
+        out.dispose();
+      }
+      return { result: values, transfer: [values.buffer as ArrayBuffer] };
     },
     async 'model-heads'(payload: unknown): Promise<Done> {
       const { rows, scoreThresh } = payload as HeadsTask;

@@ -45,8 +45,14 @@ export type PortableImage =
 export interface PredictTask {
   images: PortableImage[];
   config: ModelConfig;
-  /** Whether to offer half of each image's RoI-head rows to an idle worker (ThreadedModel's 'model-heads'). */
+  /** Whether to offer parts of each forward to an idle worker (ThreadedModel's 'model-rpn', 'model-heads'). */
   offload: boolean;
+}
+
+/** One FPN level's features [N, H, W, C] in shared memory, for another worker's RPN head. */
+export interface RpnTask {
+  data: Float32Array;
+  shape: [number, number, number, number];
 }
 
 /** A share of an image's RoI-head rows for another worker: pooled rows [n, 7, 7, C] in shared memory. */
@@ -103,14 +109,15 @@ export function shareOut(padded: Size[], workers: number): number[][] {
  * The network on `threads` workers; a `DetectionModel` for the detector.
  *
  * A call with fewer images than workers (one photo on two cores) would leave workers idle: there
- * the worker running an image sends the second half of its RoI-head rows (the pooled features,
- * in shared memory) through this thread to an idle worker, which runs both heads and the pose
- * gating on them while the first runs the first half. Rows are independent, so the stitched
- * outputs are the bits one worker computes.
+ * the worker running an image sends parts of its forward through this thread to an idle worker,
+ * in shared memory: the RPN head's largest level (while it runs the other levels), then the
+ * second half of its RoI-head rows (both heads and the pose gating, while it runs the first
+ * half). The same kernels run on the same values, and rows are independent, so the results are
+ * the bits one worker computes.
  */
 export class ThreadedModel {
-  /** Rows of RoI heads run by a worker for another (tests and benchmarks). */
-  offloadedRows = 0;
+  /** Work one worker did for another (tests and benchmarks): RPN levels, RoI-head rows. */
+  readonly offloaded = { rpnLevels: 0, headRows: 0 };
   private pool!: WorkerPool;
 
   private constructor() {}
@@ -185,18 +192,23 @@ export class ThreadedModel {
   }
 
   /**
-   * A worker's request (src/runtime/parent.ts): 'model-heads', RoI-head rows for an idle worker.
-   * The answer is null when none is idle now, or the one that took them stopped (it is replaced
+   * A worker's request (src/runtime/parent.ts): 'model-rpn', the RPN head on a level, or
+   * 'model-heads', RoI-head rows, for an idle worker. The answer is null when none is idle now, or the one that took them stopped (it is replaced
    * at its next task); the asking worker then runs the rows itself, so a crash there costs time,
    * never the call.
    */
   private async answer(task: TaskMessage, from: number): Promise<Done> {
-    if (task.kind !== 'model-heads') throw new Error(`ThreadedModel: no request ${JSON.stringify(task.kind)}`);
+    if (task.kind !== 'model-heads' && task.kind !== 'model-rpn') throw new Error(`ThreadedModel: no request ${JSON.stringify(task.kind)}`);
     const helper = this.pool.idleWorker(from);
     if (helper === undefined) return { result: null, transfer: [] };
     try {
+      if (task.kind === 'model-rpn') {
+        const values = await this.pool.run<Float32Array>(task, [], helper);
+        this.offloaded.rpnLevels++;
+        return { result: values, transfer: [values.buffer as ArrayBuffer] };
+      }
       const out = await this.pool.run<RoIHeadOutputs>(task, [], helper);
-      this.offloadedRows += out.classLogits.length / 2;
+      this.offloaded.headRows += out.classLogits.length / 2;
       return { result: out, transfer: [out.classLogits.buffer, out.dofRegression.buffer] as ArrayBuffer[] };
     } catch (e) {
       if (e instanceof WorkerExitError) return { result: null, transfer: [] };
