@@ -47,6 +47,8 @@ describe('a worker killed mid-batch', () => {
     const weights = formulaWeights();
     try {
       model = await ThreadedModel.start(SCRIPT, weights, 'wasm', 2);
+      // Whatever else this machine runs now.
+      model.offloadWhen = 'always';
     } finally {
       disposeWeights(weights);
     }

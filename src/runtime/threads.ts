@@ -6,7 +6,7 @@
  * open when idle) and the worker script has to be found next to our compiled sources.
  */
 import { existsSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
+import { availableParallelism, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 
@@ -88,6 +88,14 @@ export function workerScript(): string | null {
 /** Cores this process may use (at least 1). */
 export function cores(): number {
   return Math.max(1, availableParallelism());
+}
+
+/**
+ * Whether the 1-min load average leaves a core free besides one busy thread (a worker asking for
+ * help counts itself). Systems without a load average (Windows: zeros) say yes.
+ */
+export function coreFree(): boolean {
+  return loadavg()[0] < cores() - 0.5;
 }
 
 interface Slot {
