@@ -10,11 +10,11 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import './gpu_flags';
+import { applyBackendFlags } from './gpu_flags';
 import { formulaWeights } from '../src/io/formula_weights';
 import { decodeImage } from '../src/io/images';
 import { emptyTimings, Img2PoseModel, POSE_GATING_FLAG, PredictOptions, RawDetections, StageTimings, SUBBATCH_OVERLAP } from '../src/model/model';
-import { gpuMemory, gpuSync, initWebGPUBackend, KernelMode, Kernels, PORTABLE_KERNELS, useGpuPool, winogradEnabled, WINOGRAD_FLAG } from '../src/kernels/webgpu';
+import { GPU_RECORD_FLAG, gpuMemory, gpuSync, initWebGPUBackend, KernelMode, Kernels, PORTABLE_KERNELS, useGpuPool, winogradEnabled, WINOGRAD_FLAG } from '../src/kernels/webgpu';
 import { activeRuntime, rulesFor } from '../src/runtime/runtime';
 import { compareDetections } from './gpu_check';
 import { Backbone } from '../src/model/backbone';
@@ -24,6 +24,7 @@ import { RoIHeads } from '../src/model/roi_heads';
 import { prepareBatch } from '../src/model/transform';
 import { postprocessDetections } from '../src/model/postprocess';
 import { Img2PoseWeights } from '../src/model/weights';
+import { forwardFlops, FP32_PEAK_TFLOPS, StageFlops, tflops, WGSL_GEMM_TFLOPS } from './stage_flops';
 
 function intList(v: string): number[] {
   const list = v.split(',').map(Number);
@@ -51,7 +52,8 @@ const program = new Command('bench.mjs')
   .option('--stages-only', 'the per-stage replica only (GPU synchronised after each stage)', false)
   .addOption(new Option('--winograd <on|off>', 'Winograd for the stride-1 3x3 convolutions').choices(['on', 'off']).default('on'))
   .option('--winograd-sweep', 'Winograd on and off, alternated round by round', false)
-  .option('--gating-sweep', 'the pose branch only above the score filter, on and off, alternated', false);
+  .option('--gating-sweep', 'the pose branch only above the score filter, on and off, alternated', false)
+  .option('--record-sweep', "our dispatch recording and tfjs' own, alternated round by round", false);
 const opts = program.parse(process.argv).opts<{
   mode: KernelMode | 'both';
   batches: number[];
@@ -66,6 +68,7 @@ const opts = program.parse(process.argv).opts<{
   winograd: 'on' | 'off';
   winogradSweep: boolean;
   gatingSweep: boolean;
+  recordSweep: boolean;
 }>();
 const GOLDEN = path.join(process.cwd(), '__tests__', 'fixtures', 'golden');
 const CONFIG = { minSize: 640, maxSize: 1400 };
@@ -96,6 +99,12 @@ function identical(a: RawDetections, b: RawDetections): boolean {
 
 type StageTimes = Record<string, number>;
 
+/** A replica run's stage times (ms per batch) and the arithmetic its stages did (FLOPs per batch). */
+interface StageProfile {
+  times: StageTimes;
+  flops: StageFlops;
+}
+
 /** The kernels of the mode being measured. */
 let KERNELS: Kernels = PORTABLE_KERNELS;
 
@@ -103,11 +112,12 @@ let KERNELS: Kernels = PORTABLE_KERNELS;
  * The forward of Img2PoseModel.predict rebuilt from the stage modules with the GPU synchronised
  * after each stage, so each stage's GPU time lands on it. ms per batch (median of 3 after a warm-up).
  */
-async function profileStages(weights: Img2PoseWeights, images: tf.Tensor3D[]): Promise<StageTimes> {
+async function profileStages(weights: Img2PoseWeights, images: tf.Tensor3D[]): Promise<StageProfile> {
   const backbone = new Backbone(weights, KERNELS);
   const rpn = new RegionProposalNetwork(weights, KERNELS);
   const heads = new RoIHeads(weights, { kernels: KERNELS, rules: rulesFor('webgpu') });
   const runs: StageTimes[] = [];
+  let flops: StageFlops = { backbone: 0, fpn: 0, rpnHead: 0, heads: 0, total: 0 };
   try {
     for (let rep = 0; rep < 4; rep++) {
       const t: StageTimes = {};
@@ -145,6 +155,9 @@ async function profileStages(weights: Img2PoseWeights, images: tf.Tensor3D[]): P
         row += n;
       });
       await lap('post-processing (CPU)');
+      // The work done: every image at the stacked (padded) size, both heads on all its rows.
+      const [, height, width] = batch.images.shape;
+      flops = proposals.map((p) => forwardFlops(weights.depth, height, width, p.boxes.length / 4)).reduce(addFlops);
       tf.dispose([batch.images, ...features, pooled, out.classLogits, out.dofRegression]);
       if (rep > 0) runs.push(t);
     }
@@ -158,7 +171,30 @@ async function profileStages(weights: Img2PoseWeights, images: tf.Tensor3D[]): P
     const v = runs.map((r) => r[k]).sort((a, b) => a - b);
     med[k] = v[v.length >> 1];
   }
-  return med;
+  return { times: med, flops };
+}
+
+function addFlops(a: StageFlops, b: StageFlops): StageFlops {
+  return { backbone: a.backbone + b.backbone, fpn: a.fpn + b.fpn, rpnHead: a.rpnHead + b.rpnHead, heads: a.heads + b.heads, total: a.total + b.total };
+}
+
+/**
+ * Achieved TFLOP/s of the replica's arithmetic stages, and the share of the arithmetic floor (the
+ * forward's FLOPs at WGSL_GEMM_TFLOPS, and at the card's fp32 peak) that the whole forward reaches.
+ */
+function throughput({ times, flops }: StageProfile, images: number): string {
+  const all = Object.values(times).reduce((x, y) => x + y, 0);
+  const floor = flops.total / WGSL_GEMM_TFLOPS / 1e9;
+  const peak = flops.total / FP32_PEAK_TFLOPS / 1e9;
+  const stage = (name: string, flop: number, ms: number) => `${name} ${(flop / images / 1e9).toFixed(1)} GFLOP ${tflops(flop, ms).toFixed(1)} TFLOP/s`;
+  return [
+    stage('backbone+FPN', flops.backbone + flops.fpn, times['backbone+FPN']),
+    stage('RPN head (stage incl. readback, proposals)', flops.rpnHead, times['RPN (head, readback, proposals)']),
+    stage('heads', flops.heads, times['heads']),
+    `forward ${(flops.total / images / 1e9).toFixed(1)} GFLOP/image ${tflops(flops.total, all).toFixed(1)} TFLOP/s; ` +
+      `floor at ${WGSL_GEMM_TFLOPS} TFLOP/s ${(floor / images).toFixed(2)} ms/image (reached ${((100 * floor) / all).toFixed(0)}%), ` +
+      `at the fp32 peak ${FP32_PEAK_TFLOPS} ${(peak / images).toFixed(2)} ms/image (${((100 * peak) / all).toFixed(0)}%)`,
+  ].join('; ');
 }
 
 async function timeForward(model: Img2PoseModel, images: tf.Tensor3D[], reps: number): Promise<{ ms: number; out: RawDetections[] }> {
@@ -237,6 +273,7 @@ async function alternate(
 
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend((process.env.DAWN_FLAGS ?? '').split(';').filter(Boolean));
+  applyBackendFlags();
   // As Img2Pose.load sets it up (IMG2POSE_GPU_POOL=exact keeps tfjs' own pooling).
   if (process.env.IMG2POSE_GPU_POOL !== 'exact') useGpuPool(Number(process.env.IMG2POSE_GPU_POOL_GIB ?? 8) * 2 ** 30);
   if (opts.winograd === 'off') tf.env().set(WINOGRAD_FLAG, false);
@@ -257,6 +294,7 @@ async function main(): Promise<void> {
   let inThread = opts.compareThreads ? modelFor(modes[0], 0) : null;
   const rows: Row[] = [];
   const stages: { mode: KernelMode; batch: number; times: StageTimes }[] = [];
+  const throughputs: { mode: KernelMode; batch: number; times: StageTimes; gflop: Record<string, number> }[] = [];
   for (const mode of modes) {
     KERNELS = new Kernels(mode);
     if (mode !== modes[0]) {
@@ -288,7 +326,7 @@ async function main(): Promise<void> {
       }
       continue;
     }
-    const flag = opts.gatingSweep ? POSE_GATING_FLAG : opts.winogradSweep ? WINOGRAD_FLAG : null;
+    const flag = opts.gatingSweep ? POSE_GATING_FLAG : opts.winogradSweep ? WINOGRAD_FLAG : opts.recordSweep ? GPU_RECORD_FLAG : null;
     if (flag !== null) {
       const sweep = [true, false].map((on) => ({ name: `${flag} ${on ? 'on' : 'off'}`, apply: () => tf.env().set(flag, on) }));
       const before = tf.env().getBool(flag);
@@ -307,8 +345,9 @@ async function main(): Promise<void> {
     }
     if (opts.stagesOnly) {
       for (const b of batches) {
-        const times = await profileStages(weights, Array.from({ length: b }, () => photo));
-        console.log(`stages [${mode}] batch ${b} (ms/image): ${Object.entries(times).map(([k, v]) => `${k} ${(v / b).toFixed(2)}`).join(', ')}; total ${(Object.values(times).reduce((x, y) => x + y, 0) / b).toFixed(2)}`);
+        const split = await profileStages(weights, Array.from({ length: b }, () => photo));
+        console.log(`stages [${mode}] batch ${b} (ms/image): ${Object.entries(split.times).map(([k, v]) => `${k} ${(v / b).toFixed(2)}`).join(', ')}; total ${(Object.values(split.times).reduce((x, y) => x + y, 0) / b).toFixed(2)}`);
+        console.log(`throughput [${mode}] batch ${b}: ${throughput(split, b)}`);
       }
       continue;
     }
@@ -356,7 +395,8 @@ async function main(): Promise<void> {
       rows.push(row);
       console.log(fmt(row));
     }
-    for (const b of [1, 8]) {
+    // A single image and the large batches, where the arithmetic floor is the yardstick.
+    for (const b of [...new Set([1, ...batches.filter((n) => n >= 8)])]) {
       const imgs = Array.from({ length: b }, () => photo);
       // The model's own profile (device settled after each stage; heads include their readback)...
       const reps: StageTimings[] = [];
@@ -371,12 +411,14 @@ async function main(): Promise<void> {
       console.log(`model stages [${mode}] batch ${b} (ms/image): ${Object.entries(times).map(([k, v]) => `${k} ${(v / b).toFixed(2)}`).join(', ')}; total ${(Object.values(times).reduce((x, y) => x + y, 0) / b).toFixed(2)}`);
       // ...and the replica with the readback split out.
       const split = await profileStages(weights, imgs);
-      console.log(`stages [${mode}] batch ${b} (ms/image): ${Object.entries(split).map(([k, v]) => `${k} ${(v / b).toFixed(2)}`).join(', ')}; total ${(Object.values(split).reduce((x, y) => x + y, 0) / b).toFixed(2)}`);
+      console.log(`stages [${mode}] batch ${b} (ms/image): ${Object.entries(split.times).map(([k, v]) => `${k} ${(v / b).toFixed(2)}`).join(', ')}; total ${(Object.values(split.times).reduce((x, y) => x + y, 0) / b).toFixed(2)}`);
+      console.log(`throughput [${mode}] batch ${b}: ${throughput(split, b)}`);
+      throughputs.push({ mode, batch: b, times: split.times, gflop: { backbone: split.flops.backbone / 1e9, fpn: split.flops.fpn / 1e9, rpnHead: split.flops.rpnHead / 1e9, heads: split.flops.heads / 1e9 } });
     }
   }
   console.log('\nmode      images              batch  ms/batch  ms/image  images/s  speedup  same  ident  GPU MiB');
   for (const r of rows) console.log(fmt(r));
-  if (opts.json) fs.writeFileSync(opts.json, JSON.stringify({ adapter, rows, stages }, null, 1));
+  if (opts.json) fs.writeFileSync(opts.json, JSON.stringify({ adapter, rows, stages, throughputs }, null, 1));
   model.dispose();
   inThread?.dispose();
   tf.dispose([photo, ...mixed, ...weights.tensors.values()]);

@@ -9,7 +9,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
-import './gpu_flags';
+import { applyBackendFlags } from './gpu_flags';
 import { Command } from 'commander';
 import { GOLDEN, loadNpy, manifest as goldenManifest } from '../__tests__/utils/golden';
 import { failures, matchDetections, pct, sci } from './match';
@@ -49,6 +49,7 @@ export function compareDetections(ours: RawDetections, ref: RawDetections): Comp
 
 async function main(opts: { webgpuOnly: boolean }): Promise<void> {
   const adapter = await initWebGPUBackend();
+  applyBackendFlags();
   // As Img2Pose.load sets it up (IMG2POSE_GPU_POOL=exact keeps tfjs' own pooling).
   if (process.env.IMG2POSE_GPU_POOL !== 'exact') useGpuPool(Number(process.env.IMG2POSE_GPU_POOL_GIB ?? 8) * 2 ** 30);
   console.log('backend', JSON.stringify(adapter));

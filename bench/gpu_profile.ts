@@ -7,7 +7,7 @@
 import * as fs from 'fs';
 import * as tf from '@tensorflow/tfjs';
 import { Command, InvalidArgumentError } from 'commander';
-import './gpu_flags';
+import { applyBackendFlags } from './gpu_flags';
 import { formulaWeights } from '../src/io/formula_weights';
 import { decodeImage } from '../src/io/images';
 import { Img2PoseModel } from '../src/model/model';
@@ -35,6 +35,7 @@ const opts = new Command('profile.mjs')
 
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend();
+  applyBackendFlags();
   useGpuPool();
   console.log('backend', JSON.stringify(adapter));
   const model = new Img2PoseModel(formulaWeights(), activeRuntime({ hostThreads: 0, kernels: 'webgpu' }));

@@ -9,7 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import './gpu_flags';
+import { applyBackendFlags } from './gpu_flags';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { formulaWeights } from '../src/io/formula_weights';
 import { decodeImage } from '../src/io/images';
@@ -110,6 +110,7 @@ function median(v: number[]): number {
 
 async function main(): Promise<void> {
   const adapter = await initWebGPUBackend();
+  applyBackendFlags();
   console.log('backend', JSON.stringify(adapter), new Date().toISOString());
   const backend = tf.backend() as unknown as WebGPUBackend;
   const pipelines = (): number => Object.keys((backend as unknown as { pipelineCache: object }).pipelineCache).length;

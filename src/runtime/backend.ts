@@ -5,6 +5,7 @@
  * platform gives WebGPU and WebGL, and the browser build supplies its own module loader.
  */
 import * as tf from '@tensorflow/tfjs';
+import { prepareWasmWinograd } from '../kernels/wasm/winograd';
 import { BackendError, OptionError } from '../errors';
 
 export type BackendChoice = 'auto' | 'tensorflow' | 'webgpu' | 'webgl' | 'wasm' | 'cpu';
@@ -143,8 +144,12 @@ async function trySetUp(name: Exclude<BackendChoice, 'auto'>, loader: ModuleLoad
       return setUpWebGpu(loader, auto);
     case 'webgl':
       return activate('webgl');
-    case 'wasm':
-      return setUpBundled('wasm', '@tensorflow/tfjs-backend-wasm', loader);
+    case 'wasm': {
+      const attempt = await setUpBundled('wasm', '@tensorflow/tfjs-backend-wasm', loader);
+      // Our WebAssembly kernel compiled now, asynchronously, as a page's main thread requires.
+      if (attempt.ok) await prepareWasmWinograd();
+      return attempt;
+    }
     case 'cpu':
       return activate('cpu');
   }

@@ -137,6 +137,33 @@ function transformModule(): WebAssembly.Module | null {
   return moduleCache;
 }
 
+/**
+ * Compiles the transforms and instantiates them on the active wasm backend ahead of their first
+ * use, without blocking. Browsers refuse to compile or instantiate a module over 4 KB (this one is
+ * ~26 KB) synchronously on a page's main thread, where the convolutions would then fall back to
+ * the direct path; workers and Node allow it, and there this only moves the work earlier. A no-op
+ * on other backends and where WebAssembly SIMD is missing.
+ */
+export async function prepareWasmWinograd(): Promise<void> {
+  if (tf.getBackend() !== 'wasm') return;
+  const backend = asWasmBackend(tf.backend());
+  if (!backend || instances.has(backend)) return;
+  if (moduleCache === undefined) {
+    let compiled: WebAssembly.Module | null = null;
+    try {
+      if (typeof WebAssembly === 'object' && WebAssembly.validate(WINOGRAD_F4_WASM)) compiled = await WebAssembly.compile(WINOGRAD_F4_WASM);
+    } catch {
+      compiled = null;
+    }
+    // A synchronous compile may have settled it meanwhile.
+    if (moduleCache === undefined) moduleCache = compiled;
+  }
+  if (!moduleCache) return;
+  const memory = backend.wasm.asm.memory;
+  const instance = await WebAssembly.instantiate(moduleCache, { env: { memory } });
+  if (!instances.has(backend)) instances.set(backend, { exports: instance.exports as unknown as TransformExports, memory, pointers: backend.wasm._malloc(POSITIONS * 4) });
+}
+
 function asWasmBackend(backend: unknown): WasmBackend | null {
   const b = backend as Partial<WasmBackend> | null;
   return b && b.wasm && b.wasm.asm && b.wasm.asm.memory instanceof WebAssembly.Memory && typeof b.makeOutput === 'function' ? (b as WasmBackend) : null;

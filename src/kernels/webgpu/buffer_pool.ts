@@ -17,6 +17,7 @@
 // made: tensors created under it must keep reading back their own size.
 import * as tf from '@tensorflow/tfjs';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import { useFastRecording } from './record';
 
 /**
  * Default limit on the free buffers kept for reuse. A stream of single images of every size keeps
@@ -101,6 +102,8 @@ export function useSizeClassPool(backend: WebGPUBackend, limit: number): number 
   }
   const state: PoolState = { limit, requested: new WeakMap() };
   installed.set(internals, state);
+  // The other per-dispatch cost of the backend: uniform buffers and bind groups (record.ts).
+  useFastRecording(backend);
   const manager = internals.bufferManager;
   const maxBinding = internals.device.limits.maxStorageBufferBindingSize;
   const acquire = manager.acquireBuffer.bind(manager);
@@ -128,7 +131,7 @@ export function useSizeClassPool(backend: WebGPUBackend, limit: number): number 
     // Safe without a submit: tfjs returns a buffer to the pool only once the commands that use
     // it have been submitted, and writeBuffer is ordered after everything submitted before it.
     const buffer = manager.acquireBuffer(values.byteLength, STORAGE | COPY_SRC | COPY_DST);
-    internals.device.queue.writeBuffer(buffer, 0, values.buffer, values.byteOffset, values.byteLength);
+    writeInChunks(internals.device.queue, buffer, values, tf.env().getNumber(UPLOAD_CHUNK_FLAG));
     data.values = null;
     data.resource = buffer;
   };
@@ -138,6 +141,25 @@ export function useSizeClassPool(backend: WebGPUBackend, limit: number): number 
 /** The size-class pool's limit on `backend`, or null where it is not in use. */
 export function sizeClassPoolLimit(backend: WebGPUBackend): number | null {
   return installed.get(backend as unknown as object)?.limit ?? null;
+}
+
+/**
+ * tfjs env flag: the most bytes one queue.writeBuffer of an upload carries (0: the whole upload in
+ * one). Dawn stages a write in its 4 MiB ring buffers, which it keeps and reuses, but gives a
+ * larger write a staging buffer of its own, made for that write and freed after it: an input
+ * photo is several MiB.
+ */
+export const UPLOAD_CHUNK_FLAG = 'IMG2POSE_GPU_UPLOAD_CHUNK';
+// Registered once per tfjs instance, also when this module is bundled twice.
+if (!(UPLOAD_CHUNK_FLAG in (tf.env() as unknown as { flagRegistry: object }).flagRegistry)) {
+  tf.env().registerFlag(UPLOAD_CHUNK_FLAG, () => 1 << 20);
+}
+
+/** `values` into `buffer` at 0, in writes of at most `chunk` bytes (a multiple of 4; 0: one write). */
+function writeInChunks(queue: GPUQueue, buffer: GPUBuffer, values: Float32Array | Int32Array, chunk: number): void {
+  const total = values.byteLength;
+  const step = chunk > 0 ? Math.max(4, chunk - (chunk % 4)) : total;
+  for (let at = 0; at < total; at += step) queue.writeBuffer(buffer, at, values.buffer, values.byteOffset + at, Math.min(step, total - at));
 }
 
 /** A tensor's values as the 32-bit words the backend stores, or null for dtypes left to tfjs. */
