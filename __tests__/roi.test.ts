@@ -2,7 +2,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { featureSizes } from '../src/ops/anchors';
 import { RoIAlignMethod, inferScales, levelRange, mapRoiLevels, multiScaleRoIAlign } from '../src/model/roi_align';
-import { RoIHeads } from '../src/model/roi_heads';
+import { HeadsOffload, RoIHeadOutputs, RoIHeads } from '../src/model/roi_heads';
 import { BOX_SCORE_THRESH, faceScores, postprocessDetections } from '../src/model/postprocess';
 import { Img2PoseWeights } from '../src/model/weights';
 import { activeRuntime } from '../src/runtime/runtime';
@@ -258,6 +258,53 @@ describe('RoIHeads on the reference proposals', () => {
       pooled.dispose();
       inPieces.dispose();
       whole.dispose();
+    }
+  });
+
+  it('with an offload, another thread runs the second half of the rows: stitched in row order, the same bits', async () => {
+    const id = 'tiny_teaser';
+    const features = LEVEL_KEYS.map((k) => goldenFeature(id, k));
+    const all = await multiScaleRoIAlign(features, [Float32Array.from(golden(id, 'proposals').data)], [resizedSize(id)], [paddedSize(id)], 'host');
+    tf.dispose(features);
+    // An odd number of rows, some above the score filter (checked below), in pieces of 250 here.
+    const rows = 401;
+    const pooled = tf.slice(all, 0, rows);
+    all.dispose();
+    // The other thread's copy of the heads (here in this thread, on the rows as they would travel).
+    const other = new RoIHeads(weights, activeRuntime());
+    const sent: number[] = [];
+    const offload = (swapFirstTwo: boolean): HeadsOffload => ({
+      sharedBuffer: (length) => new Float32Array(new SharedArrayBuffer(length * 4)),
+      async forward(share, scoreThresh) {
+        expect(share.data.buffer).toBeInstanceOf(SharedArrayBuffer);
+        sent.push(share.shape[0]);
+        const t = tf.tensor4d(share.data, share.shape);
+        try {
+          const out = await other.forward(t, scoreThresh);
+          if (swapFirstTwo) out.classLogits.set([...out.classLogits.subarray(2, 4), ...out.classLogits.subarray(0, 2)], 0);
+          return out;
+        } finally {
+          t.dispose();
+        }
+      },
+    });
+    const same = (a: RoIHeadOutputs, b: RoIHeadOutputs) =>
+      Buffer.from(a.classLogits.buffer).equals(Buffer.from(b.classLogits.buffer)) && Buffer.from(a.dofRegression.buffer).equals(Buffer.from(b.dofRegression.buffer));
+    try {
+      const before = tf.memory().numTensors;
+      const alone = await heads.forward(pooled, BOX_SCORE_THRESH);
+      expect(alone.dofRegression.some((v) => v !== 0)).toBe(true);
+      const shared = await heads.forward(pooled, BOX_SCORE_THRESH, offload(false));
+      expect(sent).toEqual([rows - Math.ceil(rows / 2)]);
+      expect(same(shared, alone)).toBe(true);
+      // Declined (no thread free, or it stopped): this thread runs every row.
+      expect(same(await heads.forward(pooled, BOX_SCORE_THRESH, { sharedBuffer: (n) => new Float32Array(n), forward: async () => null }), alone)).toBe(true);
+      // The comparison sees two rows out of place.
+      expect(same(await heads.forward(pooled, BOX_SCORE_THRESH, offload(true)), alone)).toBe(false);
+      expect(tf.memory().numTensors).toBe(before);
+    } finally {
+      pooled.dispose();
+      other.dispose();
     }
   });
 

@@ -9,6 +9,7 @@ import {
   RegionProposalNetwork,
   RpnConfig,
   RpnHeadOutput,
+  RpnOffload,
   decodeBoxes,
   filterProposals,
   filterProposalsOnDemand,
@@ -379,6 +380,44 @@ describe('RegionProposalNetwork on the reference features', () => {
     expect(aligned.moved).toBeLessThanOrEqual(4);
     expect(relError(aligned.boxes, refBoxes)).toBeLessThan(1e-4);
     expect(relError(aligned.scores, refScores)).toBeLessThan(1e-4);
+  });
+
+  it('with an offload, another thread runs the largest level: the same head output, bit for bit', async () => {
+    const id = TINY[0];
+    const features = LEVELS.map((k) => goldenFeature(id, k));
+    // The other thread's copy of the head (here in this thread, on the values as they would travel).
+    const other = new RegionProposalNetwork(weights);
+    const sent: number[][] = [];
+    const offload = (perturb: boolean): RpnOffload => ({
+      sharedBuffer: (length) => new Float32Array(new SharedArrayBuffer(length * 4)),
+      async level(feature) {
+        expect(feature.data.buffer).toBeInstanceOf(SharedArrayBuffer);
+        sent.push(feature.shape);
+        const out = tf.tidy(() => other.levelHead(tf.tensor4d(feature.data, feature.shape)));
+        const values = (await out.data()) as Float32Array;
+        out.dispose();
+        if (perturb) values[values.length - 1] += 1e-3;
+        return values;
+      },
+    });
+    const bits = (job: Awaited<ReturnType<RegionProposalNetwork['predictHead']>>[number]) => job.levels.map((l) => Buffer.from(l.buffer, l.byteOffset, l.byteLength));
+    try {
+      const before = tf.memory().numTensors;
+      const [alone] = await rpn.predictHead(features, [resizedSize(id)], [paddedSize(id)]);
+      const [shared] = await rpn.predictHead(features, [resizedSize(id)], [paddedSize(id)], false, offload(false));
+      expect(sent).toEqual([features[0].shape]);
+      expect(bits(shared)).toEqual(bits(alone));
+      // Declined (no thread free, or it stopped): this thread runs the level itself.
+      const [declined] = await rpn.predictHead(features, [resizedSize(id)], [paddedSize(id)], false, { sharedBuffer: (n) => new Float32Array(n), level: async () => null });
+      expect(bits(declined)).toEqual(bits(alone));
+      // The comparison sees one value off.
+      const [off] = await rpn.predictHead(features, [resizedSize(id)], [paddedSize(id)], false, offload(true));
+      expect(bits(off)).not.toEqual(bits(alone));
+      expect(tf.memory().numTensors).toBe(before);
+    } finally {
+      tf.dispose(features);
+      other.dispose();
+    }
   });
 
   it('post-processes the reference head output into the reference proposals', () => {

@@ -47,6 +47,8 @@ describe('a worker killed mid-batch', () => {
     const weights = formulaWeights();
     try {
       model = await ThreadedModel.start(SCRIPT, weights, 'wasm', 2);
+      // Whatever else this machine runs now.
+      model.offloadWhen = 'always';
     } finally {
       disposeWeights(weights);
     }
@@ -70,6 +72,28 @@ describe('a worker killed mid-batch', () => {
     expect(killer.fired).toBe(true);
     expect(plain(killed)).toEqual(reference);
     // Both workers hold the network and nothing else (the new one included).
+    expect(await model.workerTensors()).toEqual(baseTensors);
+  }, 300_000);
+
+  it('one image: the worker taking part of its forward dies; the image\'s own worker runs that part, the same results', async () => {
+    // Its ~220 proposals are enough to share: 110 rows go to the idle worker.
+    const rows = model.offloaded.headRows;
+    expect(plain(await model.predict([inputs[0]], TINY))).toEqual([reference[0]]);
+    expect(model.offloaded.headRows).toBe(rows + 110);
+    await killer.arm(2, 'model-heads');
+    expect(plain(await model.predict([inputs[0]], TINY))).toEqual([reference[0]]);
+    expect(killer.fired).toBe(true);
+    // The dead helper is replaced at its next task; both hold the network and nothing else.
+    expect(await model.workerTensors()).toEqual(baseTensors);
+    const after = model.offloaded.headRows;
+    expect(plain(await model.predict([inputs[0]], TINY))).toEqual([reference[0]]);
+    expect(model.offloaded.headRows).toBe(after + 110);
+    // The same with the RPN head's level: the helper dies on receiving it.
+    const levels = model.offloaded.rpnLevels;
+    await killer.arm(2, 'model-rpn');
+    expect(plain(await model.predict([inputs[0]], TINY))).toEqual([reference[0]]);
+    expect(killer.fired).toBe(true);
+    expect(model.offloaded.rpnLevels).toBe(levels);
     expect(await model.workerTensors()).toEqual(baseTensors);
   }, 300_000);
 

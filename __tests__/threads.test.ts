@@ -52,8 +52,15 @@ describe('WorkerPool', () => {
     fs.writeFileSync(
       script,
       `const { parentPort, threadId, workerData } = require('node:worker_threads');
-      parentPort.on('message', ({ id, kind, payload }) => {
-        if (kind === 'echo') parentPort.postMessage({ id, ok: true, result: { payload, threadId, workerData } });
+      const asked = new Map();
+      parentPort.on('message', (message) => {
+        if ('answer' in message) return asked.get(message.answer)(message);
+        const { id, kind, payload } = message;
+        if (kind === 'ask') {
+          // Asks this thread, then replies with the answer as it came.
+          asked.set(id * 100, (answer) => parentPort.postMessage({ id, ok: true, result: answer }));
+          parentPort.postMessage({ ask: id * 100, kind: 'double', payload });
+        } else if (kind === 'echo') parentPort.postMessage({ id, ok: true, result: { payload, threadId, workerData } });
         else if (kind === 'sum') parentPort.postMessage({ id, ok: true, result: payload.reduce((s, v) => s + v, 0) });
         else if (kind === 'slow') setTimeout(() => parentPort.postMessage({ id, ok: true, result: threadId }), payload);
         else if (kind === 'exit') process.exit(3);
@@ -79,6 +86,30 @@ describe('WorkerPool', () => {
       expect((await pool.broadcast<{ threadId: number }>({ kind: 'echo', payload: null })).length).toBe(3);
     } finally {
       await pool.terminate();
+    }
+  });
+
+  it("answers a worker's own requests through the handler given, with the asking worker's index; finds idle workers", async () => {
+    const pool = new WorkerPool(script, 2, undefined, async (task, from) => {
+      if (task.kind !== 'double') throw new RangeError(`no ${task.kind}`);
+      return { result: { doubled: (task.payload as number) * 2, from }, transfer: [] };
+    });
+    const bare = new WorkerPool(script, 1);
+    try {
+      const first = await pool.run<{ answer: number; ok: boolean; result: unknown }>({ kind: 'ask', payload: 21 }, [], 1);
+      expect(first).toMatchObject({ ok: true, result: { doubled: 42, from: 1 } });
+      expect(first.answer % 100).toBe(0);
+      // Without a handler the worker is told so.
+      expect(await bare.run({ kind: 'ask', payload: 1 })).toMatchObject({ ok: false, error: { message: expect.stringMatching(/no handler for a worker's "double" request/) } });
+      // A worker holding a task is not idle; the one asking is never its own helper.
+      const slow = pool.run({ kind: 'slow', payload: 300 }, [], 0);
+      expect(pool.idleWorker(0)).toBe(1);
+      expect(pool.idleWorker(1)).toBeUndefined();
+      await slow;
+      expect(pool.idleWorker(1)).toBe(0);
+    } finally {
+      await pool.terminate();
+      await bare.terminate();
     }
   });
 
@@ -284,6 +315,34 @@ describe('results do not depend on threads', () => {
       expect(await model.workerTensors()).toEqual(base);
     } finally {
       tf.dispose(images);
+      model.dispose();
+    }
+  });
+
+  it('one image on two workers: the idle worker runs half its RoI-head rows, and the raw detections are bit-identical to one thread', async () => {
+    const inThread = new Img2PoseModel(weights, activeRuntime());
+    const model = await ThreadedModel.start(workerScript()!, weights, 'wasm', 2);
+    // Whatever else this machine runs now.
+    model.offloadWhen = 'always';
+    const images = await Promise.all(['teaser.png', 'portrait_1.png'].map((n) => decodeImage(imagePath(n))));
+    const bits = (r: RawDetections) => [Array.from(r.boxes), Array.from(r.scores), Array.from(r.dofs)];
+    try {
+      const expected = (await inThread.predict(images, SMALL)).map(bits);
+      expect(expected[0][1].length).toBeGreaterThan(0);
+      const base = await model.workerTensors();
+      const got = await model.predict([images[0]], SMALL);
+      // The RPN head's largest level and half of the image's ~1000 proposals went to the other worker.
+      expect(model.offloaded.rpnLevels).toBe(1);
+      expect(model.offloaded.headRows).toBeGreaterThanOrEqual(400);
+      expect(got.map(bits)).toEqual([expected[0]]);
+      // Two images keep both workers busy: nothing is offloaded, the results are the same.
+      const rows = model.offloaded.headRows;
+      expect((await model.predict(images, SMALL)).map(bits)).toEqual(expected);
+      expect(model.offloaded).toEqual({ rpnLevels: 1, headRows: rows });
+      expect(await model.workerTensors()).toEqual(base);
+    } finally {
+      tf.dispose(images);
+      inThread.dispose();
       model.dispose();
     }
   });

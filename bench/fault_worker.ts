@@ -4,7 +4,8 @@
  * Hand the compiled copy (dist/bench/fault_worker.js) to `ThreadedModel.start` as its script.
  *
  * - `WorkerKiller.arm()` (main thread): exactly one of the workers now running exits (code
- *   KILLED_EXIT_CODE) on its next forward task; the others, and workers started later, go on.
+ *   KILLED_EXIT_CODE) on its next forward task ('model-predict'; or the task kind named, e.g.
+ *   'model-heads', another worker's RoI-head rows); the others, and workers started later, go on.
  * - `WorkerKiller.killEvery(true)`: until `killEvery(false)`, every worker of this process exits
  *   on every forward task (a batch that kills any worker it lands on, replacements included).
  */
@@ -25,7 +26,7 @@ function killEveryFlag(): string {
   return path.join(os.tmpdir(), `img2pose-fault-${process.pid}.kill-every`);
 }
 
-type FaultMessage = { type: 'arm'; id: number; token: SharedArrayBuffer } | { type: 'ack'; id: number };
+type FaultMessage = { type: 'arm'; id: number; token: SharedArrayBuffer; kind: string } | { type: 'ack'; id: number };
 
 /** Main-thread side: arms one kill at a time and waits until every live worker holds it. */
 export class WorkerKiller {
@@ -34,10 +35,10 @@ export class WorkerKiller {
   private token: Int32Array | undefined;
 
   /**
-   * Arms a kill for the next forward task any of the `workers` live workers receives; resolves
+   * Arms a kill for the next task of `kind` any of the `workers` live workers receives; resolves
    * once each has acknowledged (so a task posted after this is the one that dies).
    */
-  async arm(workers: number, timeoutMs = 10_000): Promise<void> {
+  async arm(workers: number, kind = 'model-predict', timeoutMs = 10_000): Promise<void> {
     const id = this.nextId++;
     const buffer = new SharedArrayBuffer(4);
     this.token = new Int32Array(buffer);
@@ -52,7 +53,7 @@ export class WorkerKiller {
           resolve();
         }
       };
-      this.channel.postMessage({ type: 'arm', id, token: buffer } satisfies FaultMessage);
+      this.channel.postMessage({ type: 'arm', id, token: buffer, kind } satisfies FaultMessage);
     });
   }
 
@@ -76,18 +77,20 @@ export class WorkerKiller {
 if (!isMainThread && parentPort) {
   const flag = killEveryFlag();
   let token: Int32Array | undefined;
+  let armedKind = '';
   const channel = new BroadcastChannel(CHANNEL);
   channel.unref();
   channel.onmessage = (event: unknown) => {
     const m = (event as { data: FaultMessage }).data;
     if (m.type !== 'arm') return;
     token = new Int32Array(m.token);
+    armedKind = m.kind;
     channel.postMessage({ type: 'ack', id: m.id } satisfies FaultMessage);
   };
   // Registered before src/runtime/worker.ts's listener: a dying worker never starts the task.
   parentPort.on('message', (request: { kind?: string }) => {
-    if (request.kind !== 'model-predict') return;
-    if (fs.existsSync(flag) || (token !== undefined && Atomics.compareExchange(token, 0, 1, 0) === 1)) process.exit(KILLED_EXIT_CODE);
+    if (request.kind === 'model-predict' && fs.existsSync(flag)) process.exit(KILLED_EXIT_CODE);
+    if (request.kind === armedKind && token !== undefined && Atomics.compareExchange(token, 0, 1, 0) === 1) process.exit(KILLED_EXIT_CODE);
   });
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   require('../src/runtime/worker');

@@ -22,6 +22,11 @@ export function cores(): number {
   return Math.max(1, typeof n === 'number' ? n : 1);
 }
 
+/** No worker threads to lend a core to in browsers. */
+export function coreFree(): boolean {
+  return false;
+}
+
 /** Never constructed in browsers (no worker script); kept so the model's code paths type-check. */
 export class WorkerPool {
   constructor(_script: string, _size: number, _workerData?: unknown) {

@@ -3,8 +3,8 @@ import { Backbone } from './backbone';
 import { BOX_SCORE_THRESH, PostprocessInput } from './postprocess';
 import { REFERENCE_POINTS_68 } from './reference_points';
 import { multiScaleRoIAlign, RoIAlignMethod } from './roi_align';
-import { RoIHeads } from './roi_heads';
-import { Proposals, RegionProposalNetwork } from './rpn';
+import { HeadsOffload, RoIHeadOutputs, RoIHeads } from './roi_heads';
+import { Proposals, RegionProposalNetwork, RPN_CONFIG, RpnOffload } from './rpn';
 import { ModelRuntime } from './runtime';
 import { imageSizeOf, NetworkImage, paddedSize, prepareBatchAsync, resizedSize } from './transform';
 import { Size } from '../ops/size';
@@ -55,6 +55,12 @@ export interface PredictOptions {
    * Ignored while profiling.
    */
   overlap?: number;
+  /**
+   * Another thread that may take part of each forward while this one runs the rest (an idle
+   * worker on the CPU backends): the RPN head's largest level, and half of each image's RoI-head
+   * rows. The results are the same bits.
+   */
+  offload?: HeadsOffload & RpnOffload;
 }
 
 /**
@@ -185,7 +191,7 @@ export class Img2PoseModel {
       const pack = runtime.rules.packedWeightsOnly;
       this.roiHeads = new RoIHeads(weights, runtime);
       built.push(this.roiHeads);
-      this.rpn = new RegionProposalNetwork(weights, runtime.kernels, undefined, pack);
+      this.rpn = new RegionProposalNetwork(weights, runtime.kernels, RPN_CONFIG, pack, runtime.rules.tensorMemory);
       built.push(this.rpn);
       this.backbone = new Backbone(weights, runtime.kernels, pack);
       built.push(this.backbone);
@@ -239,7 +245,7 @@ export class Img2PoseModel {
    * first): GeneralizedRCNN.forward, the stages in order. Tests use it to make images of
    * different sizes share one tensor.
    */
-  async predictStacked(images: NetworkImage[], config: ModelConfig, options: Pick<PredictOptions, 'profile'> = {}): Promise<RawDetections[]> {
+  async predictStacked(images: NetworkImage[], config: ModelConfig, options: Pick<PredictOptions, 'profile' | 'offload'> = {}): Promise<RawDetections[]> {
     if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
     if (images.length === 0) return [];
     const { kernels, host } = this.runtime;
@@ -251,12 +257,12 @@ export class Img2PoseModel {
       await lap('transform', batch.images);
       features = this.backbone.forward(batch.images, batch.paddedSizes, true);
       await lap('backbone', features[features.length - 1]);
-      const head = this.rpn.predictHead(features, batch.imageSizes, batch.paddedSizes, host.sendsAway(images.length));
+      const head = this.rpn.predictHead(features, batch.imageSizes, batch.paddedSizes, host.sendsAway(images.length), options.offload);
       const jobs = await head;
       await lap('rpn');
       const proposals = await host.proposals(jobs);
       await lap('proposals');
-      const heads = await this.roiHeadsForward(features, proposals, batch.imageSizes, batch.paddedSizes, lap);
+      const heads = await this.roiHeadsForward(features, proposals, batch.imageSizes, batch.paddedSizes, lap, options.offload);
       tf.dispose(features);
       features = [];
       const detections = await host.postprocess(
@@ -290,6 +296,7 @@ export class Img2PoseModel {
     imageSizes: Size[],
     paddedSizes: Size[],
     lap: StageTimer,
+    offload: HeadsOffload | undefined,
   ): Promise<{ classLogits: Float32Array; dofRegression: Float32Array }[]> {
     const { kernels, rules } = this.runtime;
     const method: RoIAlignMethod = kernels.webgpu ? 'webgpu' : rules.roiAlign;
@@ -305,7 +312,7 @@ export class Img2PoseModel {
       let dofs: Float32Array;
       try {
         await lap('roiAlign', pooled);
-        ({ classLogits: logits, dofRegression: dofs } = await this.roiHeads.forward(pooled, tf.env().getBool(POSE_GATING_FLAG) ? BOX_SCORE_THRESH : undefined));
+        ({ classLogits: logits, dofRegression: dofs } = await this.roiHeads.forward(pooled, this.headsScoreThresh(), offload));
         await lap('heads');
       } finally {
         pooled.dispose();
@@ -320,6 +327,26 @@ export class Img2PoseModel {
       }
     }
     return out;
+  }
+
+  /** The score filter the pose branch is gated on (POSE_GATING_FLAG), or undefined for every row. */
+  headsScoreThresh(): number | undefined {
+    return tf.env().getBool(POSE_GATING_FLAG) ? BOX_SCORE_THRESH : undefined;
+  }
+
+  /**
+   * The RoI heads alone on pooled rows [n, 7, 7, C]: another thread's share of its rows (see
+   * PredictOptions.offload), with its score filter.
+   */
+  roiHeadsOnRows(pooled: tf.Tensor4D, scoreThresh: number | undefined): Promise<RoIHeadOutputs> {
+    if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
+    return this.roiHeads.forward(pooled, scoreThresh);
+  }
+
+  /** The RPN head alone on one level's features [N, H, W, C]: another thread's share (see PredictOptions.offload). */
+  rpnLevelHead(x: tf.Tensor4D): tf.Tensor4D {
+    if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
+    return this.rpn.levelHead(x);
   }
 
   /** True when batches run their host stages on worker threads (without starting them). */

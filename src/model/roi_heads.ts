@@ -35,6 +35,32 @@ export interface RoIHeadOutputs {
 }
 
 /**
+ * Another thread with its own copy of these heads that can take some of the rows (on the CPU
+ * backends: an idle worker, see src/runtime/threaded_model.ts). Rows are independent, so the rows
+ * it returns are the bits this thread would have computed.
+ */
+export interface HeadsOffload {
+  /**
+   * Shared memory (a SharedArrayBuffer) for `length` values of rows to send: the offload's own,
+   * reused from call to call (`forward` has settled by the next one), so that the memory of the
+   * rows sent does not pile up until the threads' garbage collectors run.
+   */
+  sharedBuffer(length: number): Float32Array;
+  /**
+   * `forward(rows, scoreThresh)` there, on pooled rows [n, 7, 7, C] given as their values in
+   * shared memory. Null when no thread is free now, or the one that took them stopped: the
+   * caller then runs the rows itself.
+   */
+  forward(rows: { data: Float32Array; shape: [number, number, number, number] }, scoreThresh: number | undefined): Promise<RoIHeadOutputs | null>;
+}
+
+/**
+ * Fewest rows for which `forward` shares the work with an offload: a row costs the heads ~1 ms on
+ * wasm, the trip to another thread a few ms in all.
+ */
+const MIN_OFFLOAD_ROWS = 64;
+
+/**
  * x (rows, in) @ w (in, out) + bias, optional ReLU, through the network's kernels
  * (src/kernels/webgpu; elsewhere tf.fused.matMul). On wasm this is XNNPACK's GEMM with the bias
  * as the accumulators' start, the same bits a 1x1 convolution gives; unlike the convolution,
@@ -246,22 +272,63 @@ export class RoIHeads {
   /**
    * Both heads, read back. With `scoreThresh`, the dofs are regressed only for rows whose face
    * score (post-processing's softmax) is above it; the other rows' dofs are zero, and
-   * post-processing never reads them.
+   * post-processing never reads them. With `offload`, another thread runs the second half of the
+   * rows meanwhile; the numbers are the same.
    */
-  async forward(pooled: tf.Tensor4D, scoreThresh?: number): Promise<RoIHeadOutputs> {
+  async forward(pooled: tf.Tensor4D, scoreThresh?: number, offload?: HeadsOffload): Promise<RoIHeadOutputs> {
     const rows = pooled.shape[0];
-    const step = this.runtime.rules.headRows;
-    if (rows <= step) return this.forwardRows(pooled, scoreThresh);
-    // In pieces of `step` rows (see BackendRules.headRows); each piece freed before the next.
+    if (!offload || rows < 2 * MIN_OFFLOAD_ROWS) return this.forwardRange(pooled, 0, rows, scoreThresh);
+    // The second half of the rows goes to the other thread while this one runs the first half;
+    // the outputs are stitched in row order.
+    const split = Math.ceil(rows / 2);
+    const [, h, w, c] = pooled.shape;
+    const data = offload.sharedBuffer((rows - split) * h * w * c);
+    await this.copyRows(pooled, split, data);
+    const away = offload.forward({ data, shape: [rows - split, h, w, c] }, scoreThresh);
+    let here: RoIHeadOutputs;
+    try {
+      here = await this.forwardRange(pooled, 0, split, scoreThresh);
+    } catch (e) {
+      // The other thread may still read `data`: settled before the offload's next call reuses it.
+      await away.catch(() => undefined);
+      throw e;
+    }
+    const there = (await away) ?? (await this.forwardRange(pooled, split, rows - split, scoreThresh));
+    if (there.classLogits.length !== (rows - split) * 2 || there.dofRegression.length !== (rows - split) * 12) {
+      throw new Error(`RoIHeads: the other thread returned ${there.classLogits.length / 2} rows for ${rows - split}`);
+    }
     const classLogits = new Float32Array(rows * 2);
     const dofRegression = new Float32Array(rows * 12);
-    for (let start = 0; start < rows; start += step) {
-      const n = Math.min(step, rows - start);
-      const piece = pooledRows(pooled, rowRange(start, n));
+    classLogits.set(here.classLogits);
+    classLogits.set(there.classLogits, split * 2);
+    dofRegression.set(here.dofRegression);
+    dofRegression.set(there.dofRegression, split * 12);
+    return { classLogits, dofRegression };
+  }
+
+  /** Rows from `start` of `pooled` into `out` (as many as it holds). */
+  private async copyRows(pooled: tf.Tensor4D, start: number, out: Float32Array): Promise<void> {
+    const width = pooled.size / pooled.shape[0];
+    const memory = this.runtime.rules.tensorMemory;
+    // The heap view is taken and read with nothing allocated in between (see TensorMemory).
+    const values = memory ? memory.view(pooled) : ((await pooled.data()) as Float32Array);
+    out.set(values.subarray(start * width, start * width + out.length));
+  }
+
+  /** `forward` on rows `start` .. `start + count`, in pieces of `headRows` (see BackendRules.headRows). */
+  private async forwardRange(pooled: tf.Tensor4D, start: number, count: number, scoreThresh?: number): Promise<RoIHeadOutputs> {
+    const step = this.runtime.rules.headRows;
+    if (start === 0 && count === pooled.shape[0] && count <= step) return this.forwardRows(pooled, scoreThresh);
+    const classLogits = new Float32Array(count * 2);
+    const dofRegression = new Float32Array(count * 12);
+    // Each piece freed before the next.
+    for (let at = 0; at < count; at += step) {
+      const n = Math.min(step, count - at);
+      const piece = pooledRows(pooled, rowRange(start + at, n));
       try {
         const out = await this.forwardRows(piece, scoreThresh);
-        classLogits.set(out.classLogits, start * 2);
-        dofRegression.set(out.dofRegression, start * 12);
+        classLogits.set(out.classLogits, at * 2);
+        dofRegression.set(out.dofRegression, at * 12);
       } finally {
         piece.dispose();
       }

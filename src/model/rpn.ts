@@ -12,7 +12,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { Kernels, packingRun, PORTABLE_KERNELS, prepareConvFilter, releaseConvFilter, winogradEnabled } from '../kernels/webgpu';
 import { rpnCandidates } from '../kernels/webgpu/rpn_candidates';
-import { HostExecutor, IN_THREAD } from './runtime';
+import { HostExecutor, IN_THREAD, TensorMemory } from './runtime';
 import { ownCopy } from './layers';
 import { Img2PoseWeights } from './weights';
 import { featureSizes } from '../ops/anchors';
@@ -41,6 +41,21 @@ function ownRegions(paddedSizes: Size[]): OwnRegion[][] {
   return paddedSizes.map(([h, w]) => featureSizes(h, w).map(([height, width]) => ({ height, width })));
 }
 
+/**
+ * Another thread with its own copy of the head that can run it on one level (on the CPU backends:
+ * an idle worker, see src/runtime/threaded_model.ts): the same kernels on the same values, so the
+ * same bits as this thread's.
+ */
+export interface RpnOffload {
+  /** Shared memory (a SharedArrayBuffer) for `length` values to send, reused from call to call. */
+  sharedBuffer(length: number): Float32Array;
+  /**
+   * `levelHead(feature)` there, read back: [N, H, W, 15] values. Null when no thread is free now,
+   * or the one that took it stopped: the caller then runs it itself.
+   */
+  level(feature: { data: Float32Array; shape: [number, number, number, number] }): Promise<Float32Array | null>;
+}
+
 export class RegionProposalNetwork {
   private readonly convWeight: tf.Tensor4D;
   private readonly convBias: tf.Tensor1D;
@@ -50,13 +65,16 @@ export class RegionProposalNetwork {
 
   /**
    * `kernels`: the head's convolutions' (stock tfjs ops unless given). `packedWeightsOnly`
-   * (BackendRules): keep the filters only as packed by the backend's library.
+   * (BackendRules): keep the filters only as packed by the backend's library. `memory`: the
+   * backend's in-place access to tensors, where it has one (a level sent to an offload is copied
+   * from there).
    */
   constructor(
     weights: Img2PoseWeights,
     private readonly kernels: Kernels = PORTABLE_KERNELS,
     readonly config: RpnConfig = RPN_CONFIG,
     packedWeightsOnly = false,
+    private readonly memory?: TensorMemory,
   ) {
     const get = (name: string): tf.Tensor => {
       const t = weights.tensors.get(name);
@@ -103,15 +121,62 @@ export class RegionProposalNetwork {
    * single-image run sees, not the neighbouring batch padding.
    */
   head(features: tf.Tensor4D[], paddedSizes: Size[]): tf.Tensor4D[] {
-    const regions = ownRegions(paddedSizes);
-    return features.map((feature, level) =>
-      tf.tidy(() => {
-        const [n, height, width] = feature.shape;
-        const x = maskOutsideRegions(feature, regions.map((r) => r[level]), n, height, width);
-        const hidden = this.kernels.conv(x, this.convWeight, this.convBias, { stride: 1, pad: 1, relu: true, winograd: winogradEnabled() });
-        return this.kernels.conv(hidden, this.predWeight, this.predBias, { stride: 1, pad: 0, relu: false });
-      }),
-    );
+    return features.map((feature, level) => tf.tidy(() => this.levelHead(this.masked(feature, level, paddedSizes))));
+  }
+
+  /** The head on one level's (masked) features [N, H, W, C] -> [N, H, W, 15]. */
+  levelHead(x: tf.Tensor4D): tf.Tensor4D {
+    return tf.tidy(() => {
+      const hidden = this.kernels.conv(x, this.convWeight, this.convBias, { stride: 1, pad: 1, relu: true, winograd: winogradEnabled() });
+      return this.kernels.conv(hidden, this.predWeight, this.predBias, { stride: 1, pad: 0, relu: false });
+    });
+  }
+
+  /** `feature` (FPN level `level` of the batch) with everything outside each image's own region zeroed. */
+  private masked(feature: tf.Tensor4D, level: number, paddedSizes: Size[]): tf.Tensor4D {
+    const [n, height, width] = feature.shape;
+    return maskOutsideRegions(feature, ownRegions(paddedSizes).map((r) => r[level]), n, height, width);
+  }
+
+  /**
+   * Every level's head output read back, the first (largest: ~3/4 of the work) on the offload's
+   * thread while this one runs the others.
+   */
+  private async offloadedHead(features: tf.Tensor4D[], paddedSizes: Size[], offload: RpnOffload): Promise<Float32Array[]> {
+    const x = tf.tidy(() => this.masked(features[0], 0, paddedSizes));
+    const [n, h, w, c] = x.shape;
+    const data = offload.sharedBuffer(n * h * w * c);
+    try {
+      // The heap view is taken and read with nothing allocated in between (see TensorMemory).
+      data.set(this.memory ? this.memory.view(x) : ((await x.data()) as Float32Array));
+    } finally {
+      if (x !== features[0]) x.dispose();
+    }
+    const away = offload.level({ data, shape: [n, h, w, c] });
+    let rest: Float32Array[];
+    try {
+      const outputs = features.slice(1).map((feature, i) => tf.tidy(() => this.levelHead(this.masked(feature, i + 1, paddedSizes))));
+      try {
+        rest = await Promise.all(outputs.map((o) => o.data() as Promise<Float32Array>));
+      } finally {
+        tf.dispose(outputs);
+      }
+    } catch (e) {
+      // The other thread may still read `data`: settled before the offload's next call reuses it.
+      await away.catch(() => undefined);
+      throw e;
+    }
+    let first = await away;
+    if (first === null) {
+      const out = tf.tidy(() => this.levelHead(this.masked(features[0], 0, paddedSizes)));
+      try {
+        first = (await out.data()) as Float32Array;
+      } finally {
+        out.dispose();
+      }
+    }
+    if (first.length !== n * h * w * 15) throw new Error(`RegionProposalNetwork: the other thread returned ${first.length} values for ${n * h * w * 15}`);
+    return [first, ...rest];
   }
 
   /**
@@ -121,7 +186,12 @@ export class RegionProposalNetwork {
    * buffers (they can move to another thread without a copy); otherwise the jobs share the batch's
    * buffers.
    */
-  async predictHead(features: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[], perImage = false): Promise<ProposalJob[]> {
+  async predictHead(features: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[], perImage = false, offload?: RpnOffload): Promise<ProposalJob[]> {
+    if (offload && !perImage && !this.candidatesOnGpu() && features.length > 1) {
+      const values = await this.offloadedHead(features, paddedSizes, offload);
+      const levelSizes = features.map((f) => [f.shape[1], f.shape[2]] as Size);
+      return paddedSizes.map((paddedSize, image) => ({ levels: values, levelSizes, image, paddedSize, imageSize: imageSizes[image], config: this.config }));
+    }
     const outputs = this.head(features, paddedSizes);
     // Batches whose proposals run on worker threads keep the whole-head readback: on an H200 the
     // preselection measured slower there (x8 12.1 vs 10.0 ms, x16 10.2 vs 7.3 ms per image) while

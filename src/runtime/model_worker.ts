@@ -6,7 +6,11 @@ import * as tf from '@tensorflow/tfjs';
 import { selectBackend, selectCpuForValues } from './backend';
 import { Img2PoseModel, RawDetections } from '../model/model';
 import type { NetworkImage } from '../model/transform';
-import type { ModelWorkerData, PredictTask } from './threaded_model';
+import type { HeadsOffload, RoIHeadOutputs } from '../model/roi_heads';
+import type { RpnOffload } from '../model/rpn';
+import type { HeadsTask, ModelWorkerData, PredictTask, RpnTask } from './threaded_model';
+import { askParent } from './parent';
+import type { Done } from './threads';
 import { disposeWeights, Img2PoseWeights } from '../model/weights';
 import { createRuntime } from './runtime';
 
@@ -35,11 +39,30 @@ async function build(data: ModelWorkerData): Promise<Img2PoseModel> {
   }
 }
 
-type Done = { result: unknown; transfer: ArrayBuffer[] };
+/**
+ * Parts of a forward for an idle worker, through the parent (ThreadedModel's 'model-rpn' and
+ * 'model-heads'): the RPN head's largest level, half of each image's RoI-head rows. Their values
+ * travel in one SharedArrayBuffer kept for the worker's life (grown when too small; ~47 MB for
+ * the largest level of a 640x1152 input), which as a new buffer each time would stay in every
+ * thread that saw it until its next garbage collection. The parts run one after another, so one
+ * buffer serves them all.
+ */
+function parentOffload(): HeadsOffload & RpnOffload {
+  let shared = new SharedArrayBuffer(0);
+  return {
+    sharedBuffer(length) {
+      if (shared.byteLength < length * 4) shared = new SharedArrayBuffer(length * 4);
+      return new Float32Array(shared, 0, length);
+    },
+    level: (feature) => askParent<Float32Array | null>({ kind: 'model-rpn', payload: feature satisfies RpnTask }),
+    forward: (rows, scoreThresh) => askParent<RoIHeadOutputs | null>({ kind: 'model-heads', payload: { rows, scoreThresh } satisfies HeadsTask }),
+  };
+}
 
 /** Handlers for src/runtime/worker.ts; the network is built once, when the worker starts. */
 export function modelHandlers(data: ModelWorkerData): Record<string, (payload: unknown) => Promise<Done>> {
   const model = build(data);
+  const offload = parentOffload();
   // A failed build is reported by the first task (model-ready), not as an unhandled rejection.
   model.catch(() => undefined);
   return {
@@ -58,12 +81,36 @@ export function modelHandlers(data: ModelWorkerData): Record<string, (payload: u
       const images: NetworkImage[] = task.images.map((p) => ('bytes' in p ? p.bytes : tf.tensor3d(p.values.data, p.values.shape, p.values.dtype)));
       let out: RawDetections[];
       try {
-        out = await net.predict(images, task.config);
+        out = await net.predict(images, task.config, task.offload ? { offload } : {});
       } finally {
         tf.dispose(images.filter((image): image is tf.Tensor3D => image instanceof tf.Tensor));
       }
       const transfer = out.flatMap((r) => [r.boxes.buffer, r.scores.buffer, r.dofs.buffer] as ArrayBuffer[]);
       return { result: out, transfer };
+    },
+    async 'model-rpn'(payload: unknown): Promise<Done> {
+      const { data, shape } = payload as RpnTask;
+      const net = await model;
+      const out = tf.tidy(() => net.rpnLevelHead(tf.tensor4d(data, shape)));
+      let values: Float32Array;
+      try {
+        values = (await out.data()) as Float32Array;
+      } finally {
+        out.dispose();
+      }
+      return { result: values, transfer: [values.buffer as ArrayBuffer] };
+    },
+    async 'model-heads'(payload: unknown): Promise<Done> {
+      const { rows, scoreThresh } = payload as HeadsTask;
+      const net = await model;
+      const pooled = tf.tensor4d(rows.data, rows.shape);
+      let out: RoIHeadOutputs;
+      try {
+        out = await net.roiHeadsOnRows(pooled, scoreThresh);
+      } finally {
+        pooled.dispose();
+      }
+      return { result: out, transfer: [out.classLogits.buffer, out.dofRegression.buffer] as ArrayBuffer[] };
     },
   };
 }

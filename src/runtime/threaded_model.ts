@@ -8,9 +8,10 @@
 import * as tf from '@tensorflow/tfjs';
 import { InferenceError } from '../errors';
 import type { ModelConfig, RawDetections } from '../model/model';
+import type { RoIHeadOutputs } from '../model/roi_heads';
 import { ImageBytes, imageSizeOf, NetworkImage, paddedSize, resizedSize } from '../model/transform';
 import { Size } from '../ops/size';
-import { WorkerExitError, WorkerPool } from './threads';
+import { coreFree, Done, TaskMessage, WorkerExitError, WorkerPool } from './threads';
 import { Img2PoseWeights, ResNetDepth } from '../model/weights';
 
 /**
@@ -44,6 +45,20 @@ export type PortableImage =
 export interface PredictTask {
   images: PortableImage[];
   config: ModelConfig;
+  /** Whether to offer parts of each forward to an idle worker (ThreadedModel's 'model-rpn', 'model-heads'). */
+  offload: boolean;
+}
+
+/** One FPN level's features [N, H, W, C] in shared memory, for another worker's RPN head. */
+export interface RpnTask {
+  data: Float32Array;
+  shape: [number, number, number, number];
+}
+
+/** A share of an image's RoI-head rows for another worker: pooled rows [n, 7, 7, C] in shared memory. */
+export interface HeadsTask {
+  rows: { data: Float32Array; shape: [number, number, number, number] };
+  scoreThresh: number | undefined;
 }
 
 /** The weights' values copied into one SharedArrayBuffer (see PortableWeights). */
@@ -90,9 +105,29 @@ export function shareOut(padded: Size[], workers: number): number[][] {
   return shares.map((s) => s.sort((a, b) => a - b));
 }
 
-/** The network on `threads` workers; a `DetectionModel` for the detector. */
+/**
+ * The network on `threads` workers; a `DetectionModel` for the detector.
+ *
+ * A call with fewer images than workers (one photo on two cores) would leave workers idle: there
+ * the worker running an image sends parts of its forward through this thread to an idle worker,
+ * in shared memory: the RPN head's largest level (while it runs the other levels), then the
+ * second half of its RoI-head rows (both heads and the pose gating, while it runs the first
+ * half). The same kernels run on the same values, and rows are independent, so the results are
+ * the bits one worker computes.
+ */
 export class ThreadedModel {
-  private constructor(private readonly pool: WorkerPool) {}
+  /** Work one worker did for another (tests and benchmarks): RPN levels, RoI-head rows. */
+  readonly offloaded = { rpnLevels: 0, headRows: 0 };
+  /**
+   * When an idle worker takes parts of another's forward: 'core-free' (default) while the 1-min
+   * load average leaves a core free, 'always', or 'never'. On a machine whose cores are taken by
+   * other work the helper only competes with the image's own worker for the same cores: measured
+   * on 2 shared cores at load ~8-11, a photo took ~20-25% longer with the help than without.
+   */
+  offloadWhen: 'core-free' | 'always' | 'never' = 'core-free';
+  private pool!: WorkerPool;
+
+  private constructor() {}
 
   /**
    * Starts the workers and waits until each has built its network (errors surface here). The
@@ -101,14 +136,16 @@ export class ThreadedModel {
    */
   static async start(script: string, weights: Img2PoseWeights, backend: 'wasm' | 'cpu', threads: number): Promise<ThreadedModel> {
     const data: ModelWorkerData = { model: { backend, weights: await portableWeights(weights) } };
-    const pool = new WorkerPool(script, threads, data);
+    const model = new ThreadedModel();
+    const pool = new WorkerPool(script, threads, data, (task, from) => model.answer(task, from));
+    model.pool = pool;
     try {
       await pool.broadcast({ kind: 'model-ready', payload: null });
     } catch (e) {
       await pool.terminate();
       throw e;
     }
-    return new ThreadedModel(pool);
+    return model;
   }
 
   get threads(): number {
@@ -118,11 +155,13 @@ export class ThreadedModel {
   async predict(images: NetworkImage[], config: ModelConfig): Promise<RawDetections[]> {
     const padded = images.map((image) => paddedSize(resizedSize(...imageSizeOf(image), config.minSize, config.maxSize)));
     const shares = shareOut(padded, Math.min(this.pool.size, images.length));
+    // Workers left without an image, or done before the others, can take RoI-head rows.
+    const offload = this.pool.size > 1 && (shares.length < this.pool.size || shares.some((s) => s.length !== shares[0].length));
     const results: RawDetections[] = new Array(images.length);
     await Promise.all(
       shares.map(async (share, worker) => {
         if (share.length === 0) return;
-        const out = await this.predictShare(share.map((i) => images[i]), config, worker);
+        const out = await this.predictShare(share.map((i) => images[i]), config, worker, offload);
         share.forEach((i, k) => (results[i] = out[k]));
       }),
     );
@@ -135,11 +174,11 @@ export class ThreadedModel {
    * effects, so the caller gets the same results. A second stop is not retried again (the images
    * themselves may be what kills it): the call fails with an `InferenceError`.
    */
-  private async predictShare(images: NetworkImage[], config: ModelConfig, worker: number): Promise<RawDetections[]> {
+  private async predictShare(images: NetworkImage[], config: ModelConfig, worker: number, offload: boolean): Promise<RawDetections[]> {
     // One at a time: with tensors, one full-size read is alive at once besides the shared copies.
     const portable: PortableImage[] = [];
     for (const image of images) portable.push(await portableImage(image));
-    const attempt = () => this.pool.run<RawDetections[]>({ kind: 'model-predict', payload: { images: portable, config } satisfies PredictTask }, [], worker);
+    const attempt = () => this.pool.run<RawDetections[]>({ kind: 'model-predict', payload: { images: portable, config, offload } satisfies PredictTask }, [], worker);
     try {
       return await attempt();
     } catch (first) {
@@ -156,6 +195,31 @@ export class ThreadedModel {
           { cause: second },
         );
       }
+    }
+  }
+
+  /**
+   * A worker's request (src/runtime/parent.ts): 'model-rpn', the RPN head on a level, or
+   * 'model-heads', RoI-head rows, for an idle worker. The answer is null when none is idle now, or the one that took them stopped (it is replaced
+   * at its next task); the asking worker then runs the rows itself, so a crash there costs time,
+   * never the call.
+   */
+  private async answer(task: TaskMessage, from: number): Promise<Done> {
+    if (task.kind !== 'model-heads' && task.kind !== 'model-rpn') throw new Error(`ThreadedModel: no request ${JSON.stringify(task.kind)}`);
+    const helper = this.offloadWhen === 'never' || (this.offloadWhen === 'core-free' && !coreFree()) ? undefined : this.pool.idleWorker(from);
+    if (helper === undefined) return { result: null, transfer: [] };
+    try {
+      if (task.kind === 'model-rpn') {
+        const values = await this.pool.run<Float32Array>(task, [], helper);
+        this.offloaded.rpnLevels++;
+        return { result: values, transfer: [values.buffer as ArrayBuffer] };
+      }
+      const out = await this.pool.run<RoIHeadOutputs>(task, [], helper);
+      this.offloaded.headRows += out.classLogits.length / 2;
+      return { result: out, transfer: [out.classLogits.buffer, out.dofRegression.buffer] as ArrayBuffer[] };
+    } catch (e) {
+      if (e instanceof WorkerExitError) return { result: null, transfer: [] };
+      throw e;
     }
   }
 

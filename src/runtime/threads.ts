@@ -6,7 +6,7 @@
  * open when idle) and the worker script has to be found next to our compiled sources.
  */
 import { existsSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
+import { availableParallelism, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 
@@ -22,6 +22,26 @@ interface Request extends TaskMessage {
 
 /** What a worker posts back for request `id`. */
 export type Reply = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: SerializedError };
+
+/**
+ * A worker's own request to this thread in the middle of a task (`askParent` in
+ * src/runtime/parent.ts): handled by the pool's `AskHandler`, answered with the same `ask` id.
+ */
+export interface AskMessage extends TaskMessage {
+  ask: number;
+}
+
+/** This thread's answer to a worker's `AskMessage`. */
+export type Answer = { answer: number; ok: true; result: unknown } | { answer: number; ok: false; error: SerializedError };
+
+/** What a task's handler gives back: its result and the buffers to transfer with it. */
+export interface Done {
+  result: unknown;
+  transfer: ArrayBuffer[];
+}
+
+/** Handles a worker's `AskMessage`; `from` is the asking worker's index in the pool. */
+export type AskHandler = (task: TaskMessage, from: number) => Promise<Done>;
 
 export interface SerializedError {
   name: string;
@@ -70,6 +90,14 @@ export function cores(): number {
   return Math.max(1, availableParallelism());
 }
 
+/**
+ * Whether the 1-min load average leaves a core free besides one busy thread (a worker asking for
+ * help counts itself). Systems without a load average (Windows: zeros) say yes.
+ */
+export function coreFree(): boolean {
+  return loadavg()[0] < cores() - 0.5;
+}
+
 interface Slot {
   worker: Worker;
   /** Set once the worker has stopped: the slot is refilled at its next task. */
@@ -90,13 +118,15 @@ export class WorkerPool {
   private nextId = 1;
   private closed = false;
 
+  /** `onAsk`: answers the workers' own requests (`AskMessage`); without it they are refused. */
   constructor(
     private readonly script: string,
     size: number,
     private readonly workerData?: unknown,
+    private readonly onAsk?: AskHandler,
   ) {
     if (!(Number.isInteger(size) && size >= 1)) throw new RangeError(`WorkerPool: size ${size} is not a positive integer`);
-    for (let i = 0; i < size; i++) this.slots.push(this.spawn());
+    for (let i = 0; i < size; i++) this.slots.push(this.spawn(i));
   }
 
   get size(): number {
@@ -108,7 +138,7 @@ export class WorkerPool {
     if (this.closed) return Promise.reject(new Error('WorkerPool: used after terminate()'));
     const at = index ?? this.leastBusy();
     if (!this.slots[at]) return Promise.reject(new RangeError(`WorkerPool: no worker ${index}`));
-    if (this.slots[at].dead) this.slots[at] = this.spawn();
+    if (this.slots[at].dead) this.slots[at] = this.spawn(at);
     const slot = this.slots[at];
     const id = this.nextId++;
     return new Promise<R>((resolve, reject) => {
@@ -130,6 +160,15 @@ export class WorkerPool {
     return Promise.all(this.slots.map((_, i) => this.run<R>(task, [], i)));
   }
 
+  /**
+   * A worker other than `except` that is alive and holds no task, or undefined. A dead slot does
+   * not count: its replacement would first have to start (seconds for a model worker).
+   */
+  idleWorker(except: number): number | undefined {
+    const at = this.slots.findIndex((s, i) => i !== except && !s.dead && s.pending.size === 0);
+    return at < 0 ? undefined : at;
+  }
+
   async terminate(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -138,10 +177,15 @@ export class WorkerPool {
     await Promise.all(slots.map((s) => s.worker.terminate()));
   }
 
-  private spawn(): Slot {
+  private spawn(index: number): Slot {
     const worker = new Worker(this.script, { workerData: this.workerData });
     const slot: Slot = { worker, dead: false, pending: new Map() };
-    worker.on('message', (reply: Reply) => {
+    worker.on('message', (message: Reply | AskMessage) => {
+      if ('ask' in message) {
+        void this.answer(slot, index, message);
+        return;
+      }
+      const reply = message;
       const waiting = slot.pending.get(reply.id);
       if (!waiting) return;
       slot.pending.delete(reply.id);
@@ -164,6 +208,29 @@ export class WorkerPool {
     return slot;
   }
 
+  /**
+   * Answers `slot`'s request, unless the worker has stopped meanwhile (its task then runs again
+   * on a new worker, which asks again).
+   */
+  private async answer(slot: Slot, index: number, ask: AskMessage): Promise<void> {
+    let answer: Answer;
+    let transfer: ArrayBuffer[] = [];
+    try {
+      if (!this.onAsk) throw new Error(`WorkerPool: no handler for a worker's ${JSON.stringify(ask.kind)} request`);
+      const done = await this.onAsk({ kind: ask.kind, payload: ask.payload }, index);
+      answer = { answer: ask.ask, ok: true, result: done.result };
+      transfer = done.transfer;
+    } catch (e) {
+      answer = { answer: ask.ask, ok: false, error: serializeError(e) };
+    }
+    if (slot.dead || this.slots[index] !== slot) return;
+    try {
+      slot.worker.postMessage(answer, transfer);
+    } catch {
+      // The worker stopped between the check and the post: its task fails with a WorkerExitError.
+    }
+  }
+
   /** The index of the worker with the fewest pending tasks (a dead one has none). */
   private leastBusy(): number {
     let best = 0;
@@ -183,4 +250,10 @@ export class WorkerPool {
   private unrefIfIdle(slot: Slot): void {
     if (slot.pending.size === 0) slot.worker.unref();
   }
+}
+
+/** An error as it travels between threads (the structured clone of an Error loses its class). */
+export function serializeError(e: unknown): SerializedError {
+  if (e instanceof Error) return { name: e.name, message: e.message, stack: e.stack };
+  return { name: 'Error', message: String(e) };
 }

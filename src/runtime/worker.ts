@@ -5,9 +5,10 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { postprocessDetections, PostprocessInput } from '../model/postprocess';
 import { ProposalJob, proposalsOf } from '../ops/proposals';
-import { Reply, SerializedError } from './threads';
+import { isAnswer, settleAnswer } from './parent';
+import { Done, Reply, serializeError } from './threads';
 
-type Handler = (payload: unknown) => Promise<{ result: unknown; transfer: ArrayBuffer[] }> | { result: unknown; transfer: ArrayBuffer[] };
+type Handler = (payload: unknown) => Promise<Done> | Done;
 
 const handlers: Record<string, Handler> = {
   proposals(payload) {
@@ -25,11 +26,6 @@ export function registerHandlers(more: Record<string, Handler>): void {
   Object.assign(handlers, more);
 }
 
-function serialize(e: unknown): SerializedError {
-  if (e instanceof Error) return { name: e.name, message: e.message, stack: e.stack };
-  return { name: 'Error', message: String(e) };
-}
-
 if (parentPort) {
   const data = workerData as { model?: unknown } | undefined;
   if (data?.model) {
@@ -39,7 +35,13 @@ if (parentPort) {
     registerHandlers(modelHandlers(data as import('./threaded_model').ModelWorkerData));
   }
   const port = parentPort;
-  port.on('message', async (request: { id: number; kind: string; payload: unknown }) => {
+  port.on('message', async (message: unknown) => {
+    // Answers to this worker's own requests (askParent), not tasks.
+    if (isAnswer(message)) {
+      settleAnswer(message);
+      return;
+    }
+    const request = message as { id: number; kind: string; payload: unknown };
     let reply: Reply;
     let transfer: ArrayBuffer[] = [];
     try {
@@ -50,7 +52,7 @@ if (parentPort) {
       // A buffer listed twice, or a view on a shared one, cannot be transferred: copy instead.
       transfer = [...new Set(done.transfer)].filter((b) => b.byteLength > 0);
     } catch (e) {
-      reply = { id: request.id, ok: false, error: serialize(e) };
+      reply = { id: request.id, ok: false, error: serializeError(e) };
     }
     try {
       port.postMessage(reply, transfer);
