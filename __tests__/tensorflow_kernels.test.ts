@@ -132,8 +132,15 @@ describe('kernels dispatched vs tfjs-node 4.22', () => {
     expect(kernels.has('CropAndResize')).toBe(false);
     expect(kernels.has('Conv2D') || kernels.has('FusedConv2D')).toBe(true);
     // Beyond tfjs' own kernels, only the library's wasm kernels (src/kernels/wasm: Winograd
-    // transforms and heap row copies), which are registered for the wasm backend alone; the
-    // tensorflow path above never dispatches them.
-    expect(unsupported(kernels)).toEqual(['Img2PoseCopyRows', 'Img2PoseWinogradF4Input', 'Img2PoseWinogradF4Output']);
+    // transforms, heap row copies, the GEMM convolution's patches and row windows), which are
+    // registered for the wasm backend alone; the tensorflow path above never dispatches them.
+    expect(unsupported(kernels)).toEqual([
+      'Img2PoseCopyRows',
+      'Img2PosePatches',
+      'Img2PosePlaceRows',
+      'Img2PoseRowWindow',
+      'Img2PoseWinogradF4Input',
+      'Img2PoseWinogradF4Output',
+    ]);
   });
 });

@@ -68,6 +68,15 @@ const BIND_GROUPS_PER_PIPELINE = 512;
 
 const installed = new WeakSet<object>();
 
+/** WebGPU's buffer usage bits used here (the global GPUBufferUsage exists only where WebGPU does). */
+const COPY_DST = 0x0008;
+const UNIFORM = 0x0040;
+
+/** A GPUBuffer (textures and external textures are bound otherwise and keep tfjs' recording). */
+function isGPUBuffer(resource: unknown): resource is GPUBuffer {
+  return typeof GPUBuffer !== 'undefined' && resource instanceof GPUBuffer;
+}
+
 /**
  * Offsets of tfjs' uniform values in its uniform struct (WGSL alignment: 4 bytes for a scalar, 8
  * for a pair, 16 for 3 to 6 values and for anything after a 5- or 6-vector) and the struct's
@@ -117,8 +126,9 @@ export function useFastRecording(backend: WebGPUBackend): void {
   if (installed.has(internals)) return;
   installed.add(internals);
   const { device } = internals;
-  const align = device.limits.minUniformBufferOffsetAlignment;
-  const arena = device.createBuffer({ size: ARENA_BYTES, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+  // Made at the first dispatch recorded here (the backend may never run a program).
+  let arenaBuffer: GPUBuffer | null = null;
+  const arena = (): GPUBuffer => (arenaBuffer ??= device.createBuffer({ size: ARENA_BYTES, usage: UNIFORM | COPY_DST }));
   const cpu = new ArrayBuffer(ARENA_BYTES);
   const i32 = new Int32Array(cpu);
   const u32 = new Uint32Array(cpu);
@@ -138,7 +148,7 @@ export function useFastRecording(backend: WebGPUBackend): void {
   const submit = internals.submitQueue.bind(internals);
   internals.submitQueue = () => {
     // The slots written since the last submit, for the commands about to be submitted.
-    if (used > 0) internals.queue.writeBuffer(arena, 0, cpu, 0, used);
+    if (used > 0) internals.queue.writeBuffer(arena(), 0, cpu, 0, used);
     used = 0;
     submit();
   };
@@ -157,7 +167,7 @@ export function useFastRecording(backend: WebGPUBackend): void {
     const buffers: GPUBuffer[] = [];
     for (const t of [output, ...inputs]) {
       const resource = internals.tensorMap.get(t.dataId).resource;
-      if (!(resource instanceof GPUBuffer)) {
+      if (!isGPUBuffer(resource)) {
         record(program, output, inputs, own);
         return;
       }
@@ -165,6 +175,7 @@ export function useFastRecording(backend: WebGPUBackend): void {
     }
     const values = programUniforms(program, output, inputs, own);
     const { offsets, size } = uniformLayout(values);
+    const align = device.limits.minUniformBufferOffsetAlignment;
     let slot = Math.ceil(used / align) * align;
     if (slot + size > ARENA_BYTES) {
       // Full: submit what is recorded (its slots are written first), then start again at 0.
@@ -189,7 +200,7 @@ export function useFastRecording(backend: WebGPUBackend): void {
     if (!bindGroup) {
       if (groups.size >= BIND_GROUPS_PER_PIPELINE) groups.clear();
       const entries: GPUBindGroupEntry[] = buffers.map((buffer, binding) => ({ binding, resource: { buffer } }));
-      entries.push({ binding: buffers.length, resource: { buffer: arena, offset: slot, size } });
+      entries.push({ binding: buffers.length, resource: { buffer: arena(), offset: slot, size } });
       bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
       groups.set(key, bindGroup);
     }
