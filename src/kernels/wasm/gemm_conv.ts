@@ -8,6 +8,7 @@
 // is the patches' column order (checked in __tests__/winograd_wasm.test.ts against the
 // convolution); each row is one output pixel computed alone, so a batch equals its images.
 import * as tf from '@tensorflow/tfjs';
+import { asWasmBackend, outputInto } from './backend';
 import { convOutputSize } from '../../ops/size';
 
 /** Smallest 3x3 filter (values) this path takes: below it the patches cost more than the operator saves. */
@@ -34,13 +35,6 @@ export const STEM_KERNEL = 7;
 /** Output rows per band of a banded convolution: its indirection buffer is then ~4.5 MB at most. */
 const BAND_OUTPUT_PIXELS = 23_040;
 
-interface WasmBackend {
-  wasm: { asm: { memory: WebAssembly.Memory } };
-  dataIdMap: { get(dataId: object): { memoryOffset: number } | undefined };
-  makeOutput(shape: number[], dtype: 'float32'): tf.TensorInfo;
-  incRef(dataId: object): void;
-}
-
 const KERNEL = 'Img2PosePatches';
 const PLACE_KERNEL = 'Img2PosePlaceRows';
 const WINDOW_KERNEL = 'Img2PoseRowWindow';
@@ -52,11 +46,6 @@ interface PatchAttrs {
   /** Output rows (over n * ho: image, then row) whose pixels' patches are made. */
   rowStart: number;
   rowCount: number;
-}
-
-function asWasmBackend(backend: unknown): WasmBackend | null {
-  const b = backend as Partial<WasmBackend> | null;
-  return b && b.wasm && b.wasm.asm && b.wasm.asm.memory instanceof WebAssembly.Memory && typeof b.makeOutput === 'function' ? (b as WasmBackend) : null;
 }
 
 /** Each output pixel's k x k window of channel vectors, copied where the tensors lie in the heap (zeros outside the map). */
@@ -118,13 +107,7 @@ function placeKernel({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap
   const part = inputs.part;
   if (!be || !part) throw new Error(`${PLACE_KERNEL}: a float32 input on the wasm backend`);
   const { rowStart, shape } = attrs as { rowStart: number; shape: [number, number] };
-  let out: tf.TensorInfo;
-  if (inputs.target) {
-    be.incRef(inputs.target.dataId);
-    out = { dataId: inputs.target.dataId, shape: [...shape], dtype: 'float32' };
-  } else {
-    out = be.makeOutput([...shape], 'float32');
-  }
+  const out = outputInto(be, shape, inputs.target);
   const from = be.dataIdMap.get(part.dataId)?.memoryOffset;
   const to = be.dataIdMap.get(out.dataId)?.memoryOffset;
   if (from === undefined || to === undefined) throw new Error(`${PLACE_KERNEL}: tensors not on the wasm backend`);

@@ -4,12 +4,7 @@
 // boxes) and fc6's input chunks that measured ~0.8 s of a 6.4 s forward, against a few ms here.
 // Pure copies: the numbers are the same bits as tf.slice / tf.gather give, on any backend.
 import * as tf from '@tensorflow/tfjs';
-
-interface WasmBackend {
-  wasm: { asm: { memory: WebAssembly.Memory } };
-  dataIdMap: { get(dataId: object): { memoryOffset: number } | undefined };
-  makeOutput(shape: number[], dtype: 'float32'): tf.TensorInfo;
-}
+import { asWasmBackend } from './backend';
 
 const KERNEL = 'Img2PoseCopyRows';
 
@@ -18,11 +13,6 @@ interface CopyAttrs {
   rows: number[];
   colStart: number;
   colCount: number;
-}
-
-function asWasmBackend(backend: unknown): WasmBackend | null {
-  const b = backend as Partial<WasmBackend> | null;
-  return b && b.wasm && b.wasm.asm && b.wasm.asm.memory instanceof WebAssembly.Memory && typeof b.makeOutput === 'function' ? (b as WasmBackend) : null;
 }
 
 function copyKernel({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: unknown }): tf.TensorInfo {

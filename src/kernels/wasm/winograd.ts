@@ -14,6 +14,7 @@
 // start at each image's origin, read zeros outside the map, each GEMM row is one tile computed
 // alone, and whether a layer takes this path depends on its shape only, never on the batch.
 import * as tf from '@tensorflow/tfjs';
+import { asWasmBackend, outputInto, WasmBackend } from './backend';
 import { WINOGRAD_F4_WASM } from './winograd_wasm';
 import { isReleased, packingActive, releaseUnused, usePacked } from './packed';
 
@@ -95,17 +96,6 @@ export function winogradF4Filter(filter: Float32Array, cin: number, cout: number
 
 // --- the tfjs wasm backend, as far as these kernels use it ---------------------------------------
 
-interface WasmTensorData {
-  memoryOffset: number;
-}
-
-interface WasmBackend {
-  wasm: { asm: { memory: WebAssembly.Memory }; _malloc(bytes: number): number };
-  dataIdMap: { get(dataId: object): WasmTensorData | undefined };
-  makeOutput(shape: number[], dtype: 'float32'): tf.TensorInfo;
-  incRef(dataId: object): void;
-}
-
 type OutputTransform = (
   mptrs: number, bias: number, res: number, out: number, H: number, W: number, C: number,
   TH: number, TW: number, rowStart: number, rowCount: number,
@@ -163,11 +153,6 @@ export async function prepareWasmWinograd(): Promise<void> {
   const memory = backend.wasm.asm.memory;
   const instance = await WebAssembly.instantiate(moduleCache, { env: { memory } });
   if (!instances.has(backend)) instances.set(backend, { exports: instance.exports as unknown as TransformExports, memory, pointers: backend.wasm._malloc(POSITIONS * 4) });
-}
-
-function asWasmBackend(backend: unknown): WasmBackend | null {
-  const b = backend as Partial<WasmBackend> | null;
-  return b && b.wasm && b.wasm.asm && b.wasm.asm.memory instanceof WebAssembly.Memory && typeof b.makeOutput === 'function' ? (b as WasmBackend) : null;
 }
 
 function transformsFor(backend: WasmBackend): Transforms {
@@ -235,13 +220,7 @@ function outputKernel({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMa
   if (!be) throw new Error(`${OUTPUT_KERNEL}: the wasm backend only`);
   const { rowStart, rowCount, shape, relu } = attrs as OutputAttrs;
   const [, h, w, c] = shape;
-  let out: tf.TensorInfo;
-  if (inputs.target) {
-    be.incRef(inputs.target.dataId);
-    out = { dataId: inputs.target.dataId, shape: [...shape], dtype: 'float32' };
-  } else {
-    out = be.makeOutput([...shape], 'float32');
-  }
+  const out = outputInto(be, shape, inputs.target);
   const ms: tf.TensorInfo[] = [];
   for (let e = 0; e < POSITIONS; e++) {
     const m = inputs[`m${e}`];
