@@ -19,7 +19,7 @@ import * as tf from '@tensorflow/tfjs';
 import { Img2PoseWeights } from './weights';
 import { Size } from '../ops/size';
 import { Conv, convOutputSize, disposeConv, foldFrozenBatchNorm, makeConv, ownCopy, readsBeyondRegion } from './layers';
-import { Kernels, packingRun, PORTABLE_KERNELS, prepareConvFilter, winogradEnabled } from '../kernels/webgpu';
+import { Kernels, packStage, PORTABLE_KERNELS, prepareConvFilter, winogradEnabled } from '../kernels/webgpu';
 
 
 /** Names of the returned levels, strides 4, 8, 16, 32, 64 (upstream's feature dict keys). */
@@ -180,12 +180,7 @@ export class Backbone {
     }
     if (packedWeightsOnly) {
       // The Winograd filters are then made (and packed one by one) in the warm-up.
-      try {
-        this.packWeights();
-      } catch (e) {
-        this.dispose();
-        throw e;
-      }
+      packStage(this, () => this.packWeights());
       return;
     }
     // The stride-1 3x3 convs may take the Winograd path on the GPU (prepareConvFilter skips the rest).
@@ -195,16 +190,12 @@ export class Backbone {
   }
 
   /**
-   * Runs every convolution once on a small zero image inside `packingRun`: afterwards each filter
+   * Runs every convolution once on a small zero image inside `packStage`: afterwards each filter
    * is kept only as packed for the way `forward` calls it (the wasm backend; see
    * src/kernels/wasm/packed.ts).
    */
   private packWeights(): void {
-    packingRun(() =>
-      tf.tidy(() => {
-        this.forward(tf.zeros([1, 32, 32, 3]), [[32, 32]]);
-      }),
-    );
+    this.forward(tf.zeros([1, 32, 32, 3]), [[32, 32]]);
   }
 
   private foldedConv(weights: Img2PoseWeights, conv: string, bn: string, stride: number): Conv {

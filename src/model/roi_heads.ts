@@ -23,7 +23,7 @@ import { ROI_OUTPUT_SIZE } from './roi_align';
 import { StageRuntime } from './runtime';
 import { ownCopy } from './layers';
 import { copyRows, rowRange } from '../kernels/wasm/rows';
-import { packingRun, usePacked } from '../kernels/wasm/packed';
+import { packingRun, packStage, usePacked } from '../kernels/wasm/packed';
 
 const BN_EPS = 1e-5;
 
@@ -222,28 +222,19 @@ export class RoIHeads {
     );
     this.dofHidden = [tf.tensor2d(folded.weight, hidden.shape as [number, number]), tf.tensor1d(folded.bias)];
     if (runtime.rules.packedWeightsOnly) {
-      try {
-        this.packWeights();
-      } catch (e) {
-        this.dispose();
-        throw e;
-      }
+      packStage(this, () => this.packWeights());
     }
   }
 
   /**
-   * Runs both heads once on one zero row inside `packingRun`: afterwards every dense weight is
+   * Runs both heads once on one zero row inside `packStage`: afterwards every dense weight is
    * kept only as packed for the way `forward` calls it (the wasm backend; see
    * src/kernels/wasm/packed.ts). fc6's chunks, when chunked, were packed as they were made.
    */
   private packWeights(): void {
     const fc6In = this.classFc6.weight ? this.classFc6.weight.shape[0] : this.classFc6.chunks.reduce((k, c) => k + c.shape[0], 0);
     const channels = fc6In / (ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE);
-    packingRun(() =>
-      tf.tidy(() => {
-        this.apply(tf.zeros([1, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, channels]));
-      }),
-    );
+    this.apply(tf.zeros([1, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, channels]));
   }
 
   /** class_head and cls_score: pooled features [R, 7, 7, C] -> class logits [R, 2]. */

@@ -10,7 +10,7 @@
  * output there equals the single-image run's.
  */
 import * as tf from '@tensorflow/tfjs';
-import { Kernels, packingRun, PORTABLE_KERNELS, prepareConvFilter, releaseConvFilter, winogradEnabled } from '../kernels/webgpu';
+import { Kernels, packStage, PORTABLE_KERNELS, prepareConvFilter, releaseConvFilter, winogradEnabled } from '../kernels/webgpu';
 import { rpnCandidates } from '../kernels/webgpu/rpn_candidates';
 import { HostExecutor, IN_THREAD, TensorMemory } from './runtime';
 import { ownCopy } from './layers';
@@ -91,12 +91,7 @@ export class RegionProposalNetwork {
     this.predBias = tf.concat1d([get('rpn.head.cls_logits.bias') as tf.Tensor1D, get('rpn.head.bbox_pred.bias') as tf.Tensor1D]);
     if (packedWeightsOnly) {
       // The Winograd filter is then made (and packed) in the warm-up.
-      try {
-        this.packWeights();
-      } catch (e) {
-        this.dispose();
-        throw e;
-      }
+      packStage(this, () => this.packWeights());
       return;
     }
     prepareConvFilter(this.convWeight);
@@ -104,15 +99,11 @@ export class RegionProposalNetwork {
   }
 
   /**
-   * Runs the head once on a small zero map inside `packingRun`: afterwards its filters are kept
+   * Runs the head once on a small zero map inside `packStage`: afterwards its filters are kept
    * only as packed for the way `head` calls them (the wasm backend; see src/kernels/wasm/packed.ts).
    */
   private packWeights(): void {
-    packingRun(() =>
-      tf.tidy(() => {
-        this.head([tf.zeros([1, 8, 8, this.convWeight.shape[2]])], [[32, 32]]);
-      }),
-    );
+    this.head([tf.zeros([1, 8, 8, this.convWeight.shape[2]])], [[32, 32]]);
   }
 
   /**

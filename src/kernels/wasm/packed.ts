@@ -74,6 +74,20 @@ export function packingRun<T>(warmUp: () => T): T {
 }
 
 /**
+ * A stage's weights packed as it is built: `warmUp` (the stage on a small zero input, its tensors
+ * released) under `packingRun`. A stage whose warm-up throws is disposed, as a failing constructor
+ * must leave nothing behind.
+ */
+export function packStage(stage: { dispose(): void }, warmUp: () => void): void {
+  try {
+    packingRun(() => tf.tidy(warmUp));
+  } catch (e) {
+    stage.dispose();
+    throw e;
+  }
+}
+
+/**
  * Frees the own copy of a weight that its layer no longer reads on wasm (a Winograd layer's 3x3
  * filter, once its transformed filters exist), if no other tensor shares its storage. A later call
  * through `usePacked` throws. Returns whether it was freed.

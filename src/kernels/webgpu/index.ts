@@ -88,7 +88,7 @@ export function releaseConvFilter(w: tf.Tensor4D, bias: tf.Tensor1D | null = nul
 }
 
 export type { ConvOptions, ConvTile } from './conv2d';
-export { packingRun } from '../wasm/packed';
+export { packingRun, packStage } from '../wasm/packed';
 export { addUpsampled, conv2dFused, conv2dPortable, convShaderSource, linearFused, linearPortable, chooseTile } from './conv2d';
 export { convOutputSize } from '../../ops/size';
 export { initWebGPUBackend } from './dawn';
