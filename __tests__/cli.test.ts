@@ -4,6 +4,7 @@
  * `DetectionModel` behind the real `Img2Pose` (decoding, filtering, keypoints and batching are
  * the library's), injected by mocking `Img2Pose.load`.
  */
+import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -122,6 +123,18 @@ describe('img2pose --help', () => {
     expect(missing.code).toBe(1);
     expect(lines(missing.stderr)).toHaveLength(1);
     expect(missing.stderr).toContain('nope.pth');
+  });
+});
+
+describe('the CLI at start', () => {
+  it('loads neither jimp (decoding takes its codecs alone) nor the queue packages until a command needs them', () => {
+    // The compiled build, as `img2pose` runs it (the suite's global setup keeps dist/ current).
+    const script = `require(${JSON.stringify(path.join(__dirname, '..', 'dist', 'src', 'cli.js'))});
+      const loaded = Object.keys(require.cache).map((f) => f.split(/node_modules[\\/]/).pop().split(/[\\/]/).slice(0, 2).join('/'));
+      process.stdout.write(JSON.stringify([...new Set(loaded)]));`;
+    const loaded = JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' })) as string[];
+    expect(loaded).toContain('@jimp/js-jpeg');
+    expect(loaded.filter((m) => /^(jimp|bullmq|ioredis)\b/.test(m))).toEqual([]);
   });
 });
 

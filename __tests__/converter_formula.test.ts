@@ -9,6 +9,7 @@ import { convertCheckpoint, checkpointToWeights, ConversionReport, Img2PoseModel
 import { toTfjsLayout, HostTensor } from '../converter/layout';
 import { loadWeights } from '../src/io/weights_io';
 import { Img2PoseWeights } from '../src/model/weights';
+import { portableWeights } from '../src/runtime/threaded_model';
 import { formulaStateDict, gains } from './utils/formula';
 
 const DIR = path.join(__dirname, '..', 'tmp', 'formula_ckpt');
@@ -134,6 +135,39 @@ describeFull('full-size formula checkpoint', () => {
     expect(Array.from(w.poseStddev)).toEqual(gains().POSE_STDDEV);
     tf.dispose([...w.tensors.values()]);
     expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('sharedValues: a folder and a .pth are read straight into one SharedArrayBuffer, handed to workers as they are', async () => {
+    const active = tf.getBackend();
+    await tf.setBackend('cpu');
+    try {
+      for (const source of [zipOut, ZIP]) {
+        const w = await loadWeights(source, { sharedValues: true, poseMean: MEAN, poseStddev: STDDEV });
+        try {
+          expectFormula(w);
+          const views = [...w.tensors.values()].map((t) => t.dataSync() as Float32Array);
+          const buffers = new Set(views.map((v) => v.buffer));
+          expect(buffers.size).toBe(1);
+          expect([...buffers][0]).toBeInstanceOf(SharedArrayBuffer);
+          // The workers get these very arrays: no second copy of the weights in this thread.
+          const portable = await portableWeights(w);
+          expect(portable.tensors.every((t, i) => t.data === views[i])).toBe(true);
+        } finally {
+          tf.dispose([...w.tensors.values()]);
+        }
+      }
+      // Without the option: plain arrays, which portableWeights copies into shared memory.
+      const plain = await loadWeights(zipOut);
+      try {
+        const portable = await portableWeights(plain);
+        expect(portable.tensors[0].data.buffer).toBeInstanceOf(SharedArrayBuffer);
+        expect((plain.tensors.values().next().value as tf.Tensor).dataSync().buffer).not.toBeInstanceOf(SharedArrayBuffer);
+      } finally {
+        tf.dispose([...plain.tensors.values()]);
+      }
+    } finally {
+      await tf.setBackend(active);
+    }
   });
 
   it('checkpointToWeights / loadWeights(.pth) give the same tensors in memory', async () => {

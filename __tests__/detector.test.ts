@@ -646,7 +646,7 @@ describe('Img2Pose.load', () => {
     const spy = jest.spyOn(weightsIo, 'loadWeights').mockResolvedValue(read);
     try {
       const det = await Img2Pose.load({ weights: '/converted/folder', backend: 'wasm', poseMean: [0, 0, 0, 0, 0, 2] });
-      expect(spy).toHaveBeenCalledWith('/converted/folder', { poseMean: [0, 0, 0, 0, 0, 2], poseStddev: undefined, warn: undefined });
+      expect(spy).toHaveBeenCalledWith('/converted/folder', { poseMean: [0, 0, 0, 0, 0, 2], poseStddev: undefined, warn: undefined, release: undefined, sharedValues: false });
       expect(tensors.every((t) => t.isDisposed)).toBe(true);
       await det.dispose();
     } finally {

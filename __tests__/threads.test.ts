@@ -140,6 +140,19 @@ describe('WorkerPool', () => {
     }
   });
 
+  it('starts replacements with the workerData set last; running workers keep theirs', async () => {
+    const pool = new WorkerPool(script, 2, { weights: null });
+    try {
+      pool.setWorkerData({ weights: 'given' });
+      await expect(pool.run({ kind: 'exit', payload: null }, [], 0)).rejects.toBeInstanceOf(WorkerExitError);
+      const echo = (i: number) => pool.run<{ workerData: unknown }>({ kind: 'echo', payload: i }, [], i);
+      expect((await echo(0)).workerData).toEqual({ weights: 'given' });
+      expect((await echo(1)).workerData).toEqual({ weights: null });
+    } finally {
+      await pool.terminate();
+    }
+  });
+
   it('a worker that cannot start fails its task and is not restarted in a loop', async () => {
     const broken = path.join(dir, 'broken.js');
     const starts = path.join(dir, 'starts.txt');
@@ -257,14 +270,14 @@ describe('results do not depend on threads', () => {
     const one = await load(1);
     // The workers' weights pass through this thread as plain values: made on the cpu backend,
     // not on wasm, whose heap would keep their size for good.
-    const start = jest.spyOn(ThreadedModel, 'start');
+    const build = jest.spyOn(ThreadedModel.prototype, 'build');
     let homes: string[] = [];
-    start.mockImplementation(async (script, w, backend, threads) => {
+    build.mockImplementation(async function (this: ThreadedModel, w: Img2PoseWeights) {
       homes = [...new Set([...w.tensors.values()].map((t) => tf.engine().state.tensorInfo.get(t.dataId)?.backend))].map((b) =>
         b === tf.findBackend('cpu') ? 'cpu' : b === tf.findBackend('wasm') ? 'wasm' : 'other',
       );
-      start.mockRestore();
-      return ThreadedModel.start(script, w, backend, threads);
+      build.mockRestore();
+      return this.build(w);
     });
     const two = await load(2);
     expect(homes).toEqual(['cpu']);
@@ -295,6 +308,27 @@ describe('results do not depend on threads', () => {
       tf.dispose(images);
       await one.dispose();
       await two.dispose();
+    }
+  });
+
+  it('workers spawned before the weights build once given them, with the one-thread results', async () => {
+    const early = ThreadedModel.spawn(workerScript()!, 'wasm', 2);
+    // Spawned workers that never get weights stop with dispose (no open handle is left).
+    ThreadedModel.spawn(workerScript()!, 'wasm', 2).dispose();
+    const images = await Promise.all(MIXED.slice(0, 3).map((n) => decodeImage(imagePath(n))));
+    const started = new Img2PoseModel(weights, activeRuntime());
+    try {
+      // Set up while this thread is busy elsewhere, as the detector's load reads the weights.
+      await new Promise((r) => setTimeout(r, 200));
+      await early.build(weights);
+      const bits = (r: RawDetections) => [Array.from(r.boxes), Array.from(r.scores), Array.from(r.dofs)];
+      const expected = (await started.predict(images, SMALL)).map(bits);
+      expect(expected[0][1].length).toBeGreaterThan(0);
+      expect((await early.predict(images, SMALL)).map(bits)).toEqual(expected);
+    } finally {
+      tf.dispose(images);
+      early.dispose();
+      started.dispose();
     }
   });
 

@@ -168,9 +168,11 @@ export async function forEachEntry(
   }
 }
 
-/** Row-major tfjs-layout values of one entry (a fresh array); NaN or infinite values are refused. */
-export function entryValues(e: LayoutEntry, source: Float32Array, file: string): Float32Array {
-  const out = new Float32Array(e.numel);
+/**
+ * Row-major tfjs-layout values of one entry, in `out` (default: a fresh array); NaN or infinite
+ * values are refused.
+ */
+export function entryValues(e: LayoutEntry, source: Float32Array, file: string, out: Float32Array = new Float32Array(e.numel)): Float32Array {
   gatherStrided(source, e.offset, e.shape, e.strides, out, 0, 0, e.numel);
   checkFiniteValues(file, e.name, out, 0, e.numel, 0);
   return out;
@@ -335,6 +337,12 @@ async function writeShards(out: string, entries: LayoutEntry[], file: string): P
   return { paths, sizes };
 }
 
+/** The checkpoint's sha256 for the written record (a conversion loads it with its hash). */
+function recordedHash(c: LoadedCheckpoint): string {
+  if (c.sha256 === undefined) throw new Error(`${c.file}: loaded without its sha256, which a conversion records`);
+  return c.sha256;
+}
+
 export function buildModelJson(
   prepared: PreparedCheckpoint,
   pose: PoseStatistics,
@@ -353,7 +361,7 @@ export function buildModelJson(
       poseMean: Array.from(pose.mean),
       poseStddev: Array.from(pose.stddev),
       poseStatistics: pose.source,
-      source: { file: path.basename(c.file), sha256: c.sha256, format: c.format, bytes: c.byteLength },
+      source: { file: path.basename(c.file), sha256: recordedHash(c), format: c.format, bytes: c.byteLength },
       converterVersion: v,
       shardBytes: shards.sizes,
     },
@@ -406,7 +414,7 @@ export async function convertCheckpoint(options: ConvertOptions): Promise<Conver
   return {
     checkpoint: c.file,
     format: c.format,
-    sha256: c.sha256,
+    sha256: recordedHash(c),
     checkpointBytes: c.byteLength,
     depth: prepared.depth,
     out: options.out,

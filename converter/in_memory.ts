@@ -2,6 +2,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { Img2PoseWeights } from './weights';
 import { loadCheckpoint } from './checkpoint';
+import { sharedFloat32 } from './tensor_data';
 import {
   DEFAULT_POSE_WARNING,
   PoseStatisticsInput,
@@ -17,20 +18,24 @@ import {
  * Reads and validates an img2pose checkpoint and returns its weights as tensors on the current
  * backend (tfjs layout, upstream names). Without pose statistics, upstream's defaults for
  * custom models are used and a warning is given. The caller owns (and disposes) the tensors.
+ * `shared`: the values are made as views of one SharedArrayBuffer (on the cpu backend the tensors
+ * keep them as they are, so worker threads can share them without another copy).
  */
 export async function checkpointToWeights(
   checkpoint: string,
   poseMean?: PoseStatisticsInput,
   poseStddev?: PoseStatisticsInput,
   warn: Warn = defaultWarn,
+  shared = false,
 ): Promise<Img2PoseWeights> {
   const pose = await resolvePoseStatistics(poseMean, poseStddev);
-  const prepared = prepareCheckpoint(await loadCheckpoint(checkpoint));
+  const prepared = prepareCheckpoint(await loadCheckpoint(checkpoint, { hash: false }));
   if (pose.source === 'defaults') warn(DEFAULT_POSE_WARNING);
   const tensors = new Map<string, tf.Tensor>();
+  const allocate = shared ? sharedFloat32(prepared.entries.reduce((a, e) => a + e.numel, 0)) : (n: number) => new Float32Array(n);
   try {
     await forEachEntry(prepared.entries, (e, source) => {
-      tensors.set(e.name, tf.tensor(entryValues(e, source, checkpoint), e.shape, 'float32'));
+      tensors.set(e.name, tf.tensor(entryValues(e, source, checkpoint, allocate(e.numel)), e.shape, 'float32'));
     });
   } catch (err) {
     tf.dispose([...tensors.values()]);

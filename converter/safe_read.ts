@@ -46,6 +46,24 @@ export function describeErrno(code: string): string {
  * FIFO swapped in after the check is seen by fstat, not waited on).
  */
 export async function readRegularFile(file: string, maxBytes = Number.MAX_SAFE_INTEGER): Promise<Buffer> {
+  return readChecked(file, (size) => {
+    if (size > maxBytes) throw new FileReadError(file, `${size} bytes, more than the ${maxBytes} such a file may have`, 'ETOOBIG');
+    return Buffer.allocUnsafe(size);
+  });
+}
+
+/**
+ * Reads a regular file of exactly `into.length` bytes into `into` (a view of memory the caller
+ * owns, such as a SharedArrayBuffer): no buffer of its own. A file of another size is refused.
+ */
+export async function readRegularFileInto(file: string, into: Uint8Array): Promise<void> {
+  await readChecked(file, (size) => {
+    if (size !== into.length) throw new FileReadError(file, `${size} bytes, expected ${into.length}`, 'ESIZE');
+    return into;
+  });
+}
+
+async function readChecked<T extends Uint8Array>(file: string, target: (size: number) => T): Promise<T> {
   let handle: fs.promises.FileHandle;
   try {
     handle = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
@@ -56,8 +74,7 @@ export async function readRegularFile(file: string, maxBytes = Number.MAX_SAFE_I
     const st = await handle.stat();
     if (st.isDirectory()) throw new FileReadError(file, 'a folder, not a file', 'EISDIR');
     if (!st.isFile()) throw new FileReadError(file, 'not a regular file (a device, pipe or socket)', 'ESPECIAL');
-    if (st.size > maxBytes) throw new FileReadError(file, `${st.size} bytes, more than the ${maxBytes} such a file may have`, 'ETOOBIG');
-    const out = Buffer.allocUnsafe(st.size);
+    const out = target(st.size);
     let done = 0;
     while (done < st.size) {
       const { bytesRead } = await handle.read(out, done, st.size - done, done);

@@ -201,3 +201,18 @@ export function firstNonFinite(values: Float32Array, from = 0, to = values.lengt
   }
   return -1;
 }
+
+/**
+ * Float32 views handed out one after another from one SharedArrayBuffer of `total` values: weights
+ * made this way can go to worker threads, which then share them instead of copying them.
+ */
+export function sharedFloat32(total: number): (numel: number) => Float32Array {
+  const buffer = new SharedArrayBuffer(total * 4);
+  let at = 0;
+  return (numel) => {
+    if (at + numel > total) throw new RangeError(`sharedFloat32: ${numel} more values do not fit (${at} of ${total} taken)`);
+    const view = new Float32Array(buffer, at * 4, numel);
+    at += numel;
+    return view;
+  };
+}

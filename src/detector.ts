@@ -34,7 +34,7 @@ import { AlignOptions, AlignSize, AlignedFace, PosedFace, Rgb8Image, alignChecke
 import { ModelConfig, RawDetections } from './model/model';
 import { cores } from './runtime/threads';
 import { DEFAULT_POOL_LIMIT, releaseGpuPool, useGpuPool } from './kernels/webgpu';
-import { buildNetwork, isCpuBackend, runsOnWorkers } from './runtime/runtime';
+import { buildNetwork, isCpuBackend, runsOnWorkers, spawnNetworkWorkers } from './runtime/runtime';
 import { KeypointName, projectKeypoints } from './model/pose';
 import { LoadWeightsOptions } from './io/weights_io';
 import { Environment, ReleaseOptions } from './io/weights_cache';
@@ -283,11 +283,20 @@ export class Img2Pose {
       const threadsUsed = threadCount(threads, backendName);
       // Made on the chosen backend (in-memory weights made elsewhere are copied there), or, for a
       // network on worker threads, on the cpu backend (see runsOnWorkers).
-      if (runsOnWorkers(backendName, threadsUsed)) await selectCpuForValues();
-      const opened = await openWeights(weights, { poseMean, poseStddev, warn, release });
+      const onWorkers = runsOnWorkers(backendName, threadsUsed);
+      if (onWorkers) await selectCpuForValues();
+      // Workers start now and set up while the weights are read, straight into the memory they share.
+      const workers = spawnNetworkWorkers(backendName, threadsUsed);
+      let opened: Awaited<ReturnType<typeof openWeights>>;
+      try {
+        opened = await openWeights(weights, { poseMean, poseStddev, warn, release, sharedValues: onWorkers });
+      } catch (e) {
+        workers?.dispose();
+        throw e;
+      }
       let built: { model: DetectionModel; threads: number };
       try {
-        built = await buildNetwork(opened.weights, { backend: backendName, threads: threadsUsed, kernels: webgpuKernels ? 'webgpu' : 'portable' });
+        built = await buildNetwork(opened.weights, { backend: backendName, threads: threadsUsed, kernels: webgpuKernels ? 'webgpu' : 'portable', workers });
       } catch (e) {
         if (e instanceof Img2PoseError) throw e;
         throw new WeightsError(`These weights do not fit the img2pose network: ${messageOf(e)}`, { path: opened.path, cause: e });

@@ -6,7 +6,6 @@
  * `import()` that CommonJS test runners cannot execute. jimp only decodes and encodes here.
  */
 import * as fs from 'fs';
-import { Jimp } from 'jimp';
 import { DecodeLimits, ImageInput, decodeBitmap, decodeImage as decodeToTensor } from './io/images';
 import { projectPoints, transformPoints } from './model/pose';
 
@@ -106,6 +105,8 @@ export async function visualize(image: VisualizeImage, faces: readonly DrawableF
 /** PNG bytes of an RGBA bitmap (a Node `Buffer`, typed as the web-standard `Uint8Array` it is). */
 export async function encodePng(bm: RgbaBitmap): Promise<Uint8Array> {
   const { width, height, data } = bm;
+  // Loaded on first use: jimp (with all its plugins) costs ~0.2 s of every start otherwise.
+  const { Jimp } = await import('jimp');
   return Jimp.fromBitmap({ width, height, data: Buffer.from(data.buffer, data.byteOffset, data.byteLength) }).getBuffer(
     'image/png',
   );

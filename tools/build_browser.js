@@ -26,6 +26,7 @@ const SWAPPED = {
   'runtime/threads': { to: 'threads.ts', importers: null },
   'io/weights_io': { to: 'weights_io.ts', importers: null },
   'io/weights_cache': { to: 'weights_cache.ts', importers: null },
+  'io/codecs': { to: 'shims/codecs.ts', importers: null },
 };
 const BUILTINS = /^(node:)?(fs|path|os|worker_threads|crypto|zlib|stream|stream\/promises|util|url|child_process|events|readline|http|https|net)$/;
 

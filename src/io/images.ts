@@ -27,10 +27,10 @@
  */
 import * as fs from 'fs';
 import * as tf from '@tensorflow/tfjs';
-import { defaultFormats } from 'jimp';
 import { InputError, describeValue } from '../errors';
 import { Unzlib } from 'fflate';
 import { DEFAULT_MAX_PIXELS, ImageFormat, headerSize, pngDataProblem } from './image_header';
+import { IMAGE_CODECS } from './codecs';
 import { ImageBytes, imageTensor, NetworkImage } from '../model/transform';
 
 export { DEFAULT_MAX_PIXELS };
@@ -224,7 +224,7 @@ async function decodeBytes(bytes: Uint8Array, fail: Fail, maxPixels: number): Pr
     const short = pngDataProblem(bytes, inflatePieces);
     if (short) return fail(ENCODED_IMAGE, `truncated or corrupt PNG data (${short})`);
   }
-  const codec = defaultFormats.map((f) => f()).find((f) => f.mime === MIME[format]);
+  const codec = IMAGE_CODECS.map((f) => f()).find((f) => f.mime === MIME[format]);
   if (codec === undefined) return fail(ENCODED_IMAGE, `a ${format} image, which this jimp build cannot decode`);
   const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   try {

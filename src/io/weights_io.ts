@@ -13,12 +13,12 @@ import * as tf from '@tensorflow/tfjs';
 import { WeightsError } from '../errors';
 import { Img2PoseWeights } from '../model/weights';
 import { CheckpointError } from '../../converter/errors';
-import { firstNonFinite } from '../../converter/tensor_data';
+import { firstNonFinite, sharedFloat32 } from '../../converter/tensor_data';
 import { checkpointToWeights } from '../../converter/in_memory';
 import { PoseStatisticsInput, Warn } from '../../converter/convert';
 import { img2poseSpec, isModelTensor } from '../../converter/spec';
 import { MODEL_JSON, SHARD_BYTES, WeightEntryJson } from '../../converter/weights_format';
-import { FileReadError, confinedPath, readRegularFile } from '../../converter/safe_read';
+import { FileReadError, confinedPath, readRegularFile, readRegularFileInto } from '../../converter/safe_read';
 import { checkManifestAgainstSpec, checkModelJson } from './weights_checks';
 
 export { checkManifestAgainstSpec, checkModelJson };
@@ -32,6 +32,12 @@ export interface LoadWeightsOptions {
   poseStddev?: PoseStatisticsInput;
   /** Receives warnings (default: console.warn). */
   warn?: Warn;
+  /**
+   * Make every tensor's values a view of one SharedArrayBuffer, read or converted straight into it
+   * (on the cpu backend the tensors keep those views): a network on worker threads then shares
+   * them as they are, with no other copy of the weights in this thread.
+   */
+  sharedValues?: boolean;
 }
 
 function refuse(where: string, problem: string, cause?: unknown): never {
@@ -53,10 +59,11 @@ export async function loadWeights(source: string, options: LoadWeightsOptions = 
   } catch (e) {
     refuse(source, errnoCode(e) === 'ENOENT' ? 'no such weights folder or checkpoint file' : `cannot read (${errnoCode(e)})`);
   }
-  if (isDir) return loadConvertedFolder(path.join(source, MODEL_JSON));
-  if (source.toLowerCase().endsWith('.json')) return loadConvertedFolder(source);
+  const shared = options.sharedValues === true;
+  if (isDir) return loadConvertedFolder(path.join(source, MODEL_JSON), shared);
+  if (source.toLowerCase().endsWith('.json')) return loadConvertedFolder(source, shared);
   try {
-    return await checkpointToWeights(source, options.poseMean, options.poseStddev, options.warn);
+    return await checkpointToWeights(source, options.poseMean, options.poseStddev, options.warn, shared);
   } catch (e) {
     if (e instanceof CheckpointError) refuse(e.file, e.problem, e);
     throw e;
@@ -71,14 +78,13 @@ export async function loadWeights(source: string, options: LoadWeightsOptions = 
  * Refuses weights holding NaN or infinite values, naming the first such tensor: the network
  * would run and give no faces, or NaN boxes, without a word.
  */
-function checkFinite(jsonPath: string, weights: readonly WeightEntryJson[], buffers: readonly ArrayBuffer[]): void {
+function checkFinite(jsonPath: string, weights: readonly WeightEntryJson[], buffers: readonly Float32Array[]): void {
   const ends: number[] = [];
   let total = 0;
   for (const w of weights) ends.push((total += w.shape.reduce((a, b) => a * b, 1)));
   let index = 0;
   let bad = -1;
-  for (const b of buffers) {
-    const values = new Float32Array(b, 0, Math.floor(b.byteLength / 4));
+  for (const values of buffers) {
     const at = firstNonFinite(values);
     if (at >= 0) {
       bad = index + at;
@@ -103,12 +109,21 @@ function recordedShardBytes(jsonPath: string, sizes: unknown, count: number): nu
   return sizes as number[];
 }
 
+/** `read(shard)`, any failure refused as a WeightsError naming the shard. */
+async function readShard<T>(shard: string, read: (file: string) => Promise<T>): Promise<T> {
+  try {
+    return await read(shard);
+  } catch (e) {
+    refuse(shard, e instanceof FileReadError ? e.problem : `cannot read (${errnoCode(e)})`);
+  }
+}
+
 function exactArrayBuffer(b: Buffer): ArrayBuffer {
   if (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer) return b.buffer;
   return new Uint8Array(b).buffer;
 }
 
-async function loadConvertedFolder(jsonPath: string): Promise<Img2PoseWeights> {
+async function loadConvertedFolder(jsonPath: string, shared: boolean): Promise<Img2PoseWeights> {
   const dir = path.dirname(jsonPath);
   let text: string;
   try {
@@ -139,8 +154,10 @@ async function loadConvertedFolder(jsonPath: string): Promise<Img2PoseWeights> {
   const shardCount = shardPaths.reduce((a, g) => a + g.length, 0);
   const recorded = recordedShardBytes(jsonPath, meta.shardBytes, shardCount);
   let k = 0;
+  const shardSizes: number[][] = [];
   for (const [g, group] of json.weightsManifest.entries()) {
     let held = 0;
+    shardSizes.push([]);
     for (const [i, shard] of shardPaths[g].entries()) {
       let st: Stats;
       try {
@@ -160,6 +177,7 @@ async function loadConvertedFolder(jsonPath: string): Promise<Img2PoseWeights> {
         refuse(shard, `weight shard of ${size} bytes: without img2pose.shardBytes, every shard but the last must hold ${SHARD_BYTES}`);
       }
       held += size;
+      shardSizes[g].push(size);
     }
     const needed = group.weights.reduce((a, w) => a + w.shape.reduce((x, y) => x * y, 1) * 4, 0);
     if (held !== needed) {
@@ -168,17 +186,35 @@ async function loadConvertedFolder(jsonPath: string): Promise<Img2PoseWeights> {
   }
 
   const decoded: tf.NamedTensorMap = {};
+  const numel = (w: WeightEntryJson) => w.shape.reduce((a, b) => a * b, 1);
+  const allocate = shared ? sharedFloat32(entries.reduce((a, w) => a + numel(w), 0)) : undefined;
   try {
     for (const [g, group] of json.weightsManifest.entries()) {
-      const buffers: ArrayBuffer[] = [];
-      for (const shard of shardPaths[g]) {
-        try {
-          buffers.push(exactArrayBuffer(await readRegularFile(shard, SHARD_BYTES * 64)));
-        } catch (e) {
-          refuse(shard, e instanceof FileReadError ? e.problem : `cannot read (${errnoCode(e)})`);
+      if (allocate) {
+        // The group's values, read shard by shard straight into shared memory (sizes checked above).
+        const values = allocate(group.weights.reduce((a, w) => a + numel(w), 0));
+        const bytes = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+        let at = 0;
+        for (const [i, shard] of shardPaths[g].entries()) {
+          const size = shardSizes[g][i];
+          await readShard(shard, (s) => readRegularFileInto(s, bytes.subarray(at, at + size)));
+          at += size;
         }
+        checkFinite(jsonPath, group.weights, [values]);
+        let offset = 0;
+        for (const w of group.weights) {
+          decoded[w.name] = tf.tensor(values.subarray(offset, offset + numel(w)), w.shape, 'float32');
+          offset += numel(w);
+        }
+        continue;
       }
-      checkFinite(jsonPath, group.weights, buffers);
+      const buffers: ArrayBuffer[] = [];
+      for (const shard of shardPaths[g]) buffers.push(exactArrayBuffer(await readShard(shard, (s) => readRegularFile(s, SHARD_BYTES * 64))));
+      checkFinite(
+        jsonPath,
+        group.weights,
+        buffers.map((b) => new Float32Array(b, 0, Math.floor(b.byteLength / 4))),
+      );
       // only what was checked reaches tfjs: extra fields (a `quantization`...) would change how bytes are read
       const specs = group.weights.map((w) => ({ name: w.name, shape: w.shape, dtype: 'float32' as const }));
       Object.assign(decoded, tf.io.decodeWeights(buffers, specs));

@@ -3,7 +3,7 @@
  * registered on the main program by src/cli.ts.
  */
 import { Command, Option } from 'commander';
-import { Queue } from 'bullmq';
+import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { BACKEND_CHOICES, BackendChoice } from '../runtime/backend';
 import { DEFAULT_OPTIONS } from '../detector';
@@ -56,6 +56,7 @@ function redisSettings(o: RedisCliOptions): RedisSettings {
 async function withQueue<T>(o: RedisCliOptions, fn: (queue: Queue<ChunkData>, redis: Redis, keys: StoreKeys) => Promise<T>): Promise<T> {
   const settings = redisSettings(o);
   const redis = await connectOnce(settings);
+  const { Queue } = await import('bullmq');
   const queue = new Queue<ChunkData>(o.queue, { connection: bullConnection(settings, false), prefix: o.prefix });
   let queueError: Error | undefined;
   queue.on('error', (e) => {

@@ -6,7 +6,7 @@
  */
 import * as fs from 'fs';
 import type { ConnectionOptions as TlsOptions } from 'tls';
-import { Redis, RedisOptions } from 'ioredis';
+import type { Redis, RedisOptions } from 'ioredis';
 import { OptionError } from '../errors';
 
 /** The Redis of the queue, as the user gave it. */
@@ -107,6 +107,8 @@ export function tlsOptions(settings: RedisSettings): TlsOptions | undefined {
 
 /** A connected client for a one-shot command; rejects with the cause if Redis cannot be reached. */
 export async function connectOnce(settings: RedisSettings): Promise<Redis> {
+  // Loaded here, not at the top: the CLI's other commands should not pay for ioredis at start.
+  const { Redis } = await import('ioredis');
   const client = new Redis(settings.url, { ...redisOptions(settings, false), lazyConnect: true });
   // The first error event has the cause (a refused connection, a wrong password); what
   // connect() rejects with may only say that the connection closed.

@@ -17,8 +17,6 @@
  */
 import * as os from 'os';
 import type { Job } from 'bullmq';
-import { Queue, Worker } from 'bullmq';
-import { Redis } from 'ioredis';
 import { BackendChoice } from '../runtime/backend';
 import { Img2Pose, SettledDetection } from '../detector';
 import { InputError } from '../errors';
@@ -120,6 +118,8 @@ export async function detectChunk(detector: Img2Pose, chunk: ChunkData, lastAtte
 /** Runs until SIGTERM/SIGINT (or the queue is drained with `exitWhenDrained`); resolves to the exit code. */
 export async function runWorker(opts: WorkerOptions, keys: StoreKeys): Promise<number> {
   const where = `queue ${opts.queue} at ${redactUrl(opts.redis.url)}`;
+  // bullmq and ioredis are loaded by the commands that use them: the CLI's others start faster.
+  const [{ Worker }, { Redis }] = await Promise.all([import('bullmq'), import('ioredis')]);
   const connection = bullConnection(opts.redis, true);
   const store = new Redis(opts.redis.url, redisOptions(opts.redis, true));
   let lastError = 0;
@@ -225,6 +225,7 @@ export async function runWorker(opts: WorkerOptions, keys: StoreKeys): Promise<n
 /** Resolves once the queue has no chunk waiting, delayed or in progress (polled: `drained` alone
  * says nothing of other workers' chunks, which may still fail and come back). */
 async function whenDrained(opts: WorkerOptions, connection: object, stopped: () => boolean): Promise<void> {
+  const { Queue } = await import('bullmq');
   const queue = new Queue(opts.queue, { connection, prefix: opts.prefix });
   queue.on('error', () => undefined);
   try {

@@ -1,6 +1,7 @@
 /**
  * The model side of a worker started by ThreadedModel: sets up its own tfjs backend, builds the
- * network from the weights in its `workerData` and runs forwards on the images it is sent.
+ * network from the weights in its `workerData` (or, when it was started before they were read,
+ * in its 'model-weights' task) and runs forwards on the images it is sent.
  */
 import * as tf from '@tensorflow/tfjs';
 import { selectBackend, selectCpuForValues } from './backend';
@@ -8,14 +9,16 @@ import { Img2PoseModel, RawDetections } from '../model/model';
 import type { NetworkImage } from '../model/transform';
 import type { HeadsOffload, RoIHeadOutputs } from '../model/roi_heads';
 import type { RpnOffload } from '../model/rpn';
-import type { HeadsTask, ModelWorkerData, PredictTask, RpnTask } from './threaded_model';
+import type { HeadsTask, ModelWorkerData, PortableWeights, PredictTask, RpnTask } from './threaded_model';
 import { askParent } from './parent';
 import type { Done } from './threads';
 import { disposeWeights, Img2PoseWeights } from '../model/weights';
 import { createRuntime } from './runtime';
 
-async function build(data: ModelWorkerData): Promise<Img2PoseModel> {
-  const { backend, weights } = data.model;
+async function build(backend: ModelWorkerData['model']['backend'], given: Promise<PortableWeights>): Promise<Img2PoseModel> {
+  // The backend first (the wasm module's compilation), while the weights may still be on their way.
+  await selectBackend(backend);
+  const weights = await given;
   // The weights as cpu-backend tensors over the shared values (no copy): the stages read them and
   // make their own on `backend`, so they never pass through this thread's wasm heap.
   await selectCpuForValues();
@@ -61,12 +64,20 @@ function parentOffload(): HeadsOffload & RpnOffload {
 
 /** Handlers for src/runtime/worker.ts; the network is built once, when the worker starts. */
 export function modelHandlers(data: ModelWorkerData): Record<string, (payload: unknown) => Promise<Done>> {
-  const model = build(data);
+  let give: (weights: PortableWeights) => void = () => undefined;
+  const weights = data.model.weights ?? new Promise<PortableWeights>((resolve) => (give = resolve));
+  const model = build(data.model.backend, Promise.resolve(weights));
   const offload = parentOffload();
   // A failed build is reported by the first task (model-ready), not as an unhandled rejection.
   model.catch(() => undefined);
   return {
     async 'model-ready'(): Promise<Done> {
+      await model;
+      return { result: tf.getBackend(), transfer: [] };
+    },
+    /** The weights, for a worker started without them (a no-op for one that has them); resolves once built. */
+    async 'model-weights'(payload: unknown): Promise<Done> {
+      give(payload as PortableWeights);
       await model;
       return { result: tf.getBackend(), transfer: [] };
     },

@@ -101,13 +101,25 @@ export function runsOnWorkers(backend: string, threads: number): boolean {
  */
 export async function buildNetwork(
   weights: Img2PoseWeights,
-  options: { backend: string; threads: number; kernels: KernelMode },
+  options: { backend: string; threads: number; kernels: KernelMode; workers?: ThreadedModel },
 ): Promise<{ model: Img2PoseModel | ThreadedModel; threads: number }> {
   const { backend, threads, kernels } = options;
   const script = threads > 1 ? workerScript() : null;
   if (!script) return { model: new Img2PoseModel(weights, createRuntime({ backend, kernels })), threads: 1 };
-  if (runsOnWorkers(backend, threads)) return { model: await ThreadedModel.start(script, weights, backend as 'wasm' | 'cpu', threads), threads };
+  if (runsOnWorkers(backend, threads)) {
+    const workers = options.workers ?? ThreadedModel.spawn(script, backend as 'wasm' | 'cpu', threads);
+    return { model: await workers.build(weights), threads };
+  }
   return { model: new Img2PoseModel(weights, createRuntime({ backend, kernels, hostThreads: threads })), threads };
+}
+
+/**
+ * The network's worker threads started ahead of its weights (see `ThreadedModel.spawn`), when
+ * `buildNetwork` will run it on workers; hand them to it as `workers`.
+ */
+export function spawnNetworkWorkers(backend: string, threads: number): ThreadedModel | undefined {
+  const script = workerScript();
+  return script && runsOnWorkers(backend, threads) ? ThreadedModel.spawn(script, backend as 'wasm' | 'cpu', threads) : undefined;
 }
 
 /** `createRuntime` for the backend active now (for networks built outside `Img2Pose.load`). */

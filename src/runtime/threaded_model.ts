@@ -26,9 +26,32 @@ export interface PortableWeights {
   poseStddev: Float64Array;
 }
 
-/** What a model worker is started with (its `workerData`), so a replaced worker rebuilds itself. */
+/**
+ * What a model worker is started with (its `workerData`), so a replaced worker rebuilds itself.
+ * Without `weights` (workers started while the weights are still being read), the worker sets
+ * up its backend and waits for them in a 'model-weights' task.
+ */
 export interface ModelWorkerData {
-  model: { backend: 'wasm' | 'cpu'; weights: PortableWeights };
+  model: { backend: 'wasm' | 'cpu'; weights?: PortableWeights };
+}
+
+/**
+ * The tensors' own value arrays when every one is a view of the same SharedArrayBuffer (the cpu
+ * backend's `dataSync` hands back the array it holds; other backends give a copy, and the first
+ * such tensor ends the search), else undefined.
+ */
+function sharedViews(weights: Img2PoseWeights): PortableWeights['tensors'] | undefined {
+  const out: PortableWeights['tensors'] = [];
+  let buffer: SharedArrayBuffer | undefined;
+  for (const [name, t] of weights.tensors) {
+    const data = t.dataSync();
+    const dtype = t.dtype === 'int32' ? 'int32' : 'float32';
+    const typed = dtype === 'int32' ? data instanceof Int32Array : data instanceof Float32Array;
+    if (!typed || !(data.buffer instanceof SharedArrayBuffer) || (buffer !== undefined && data.buffer !== buffer)) return undefined;
+    buffer = data.buffer;
+    out.push({ name, shape: t.shape.slice(), dtype, data: data as Float32Array | Int32Array });
+  }
+  return out;
 }
 
 /**
@@ -61,8 +84,14 @@ export interface HeadsTask {
   scoreThresh: number | undefined;
 }
 
-/** The weights' values copied into one SharedArrayBuffer (see PortableWeights). */
+/**
+ * The weights' values in one SharedArrayBuffer (see PortableWeights): as they are when every
+ * tensor's values already are views of one (weights loaded with `sharedValues`, on the cpu
+ * backend, which keeps the arrays it is given), else copied into a new one.
+ */
 export async function portableWeights(weights: Img2PoseWeights): Promise<PortableWeights> {
+  const views = sharedViews(weights);
+  if (views) return { depth: weights.depth, tensors: views, poseMean: weights.poseMean.slice(), poseStddev: weights.poseStddev.slice() };
   // Both dtypes are 4 bytes a value, so every view is aligned.
   let total = 0;
   for (const t of weights.tensors.values()) total += t.size * 4;
@@ -126,6 +155,7 @@ export class ThreadedModel {
    */
   offloadWhen: 'core-free' | 'always' | 'never' = 'core-free';
   private pool!: WorkerPool;
+  private backend: 'wasm' | 'cpu' = 'wasm';
 
   private constructor() {}
 
@@ -135,17 +165,34 @@ export class ThreadedModel {
    * returns, and are best made on the cpu backend (plain arrays, see `weightsBackend`).
    */
   static async start(script: string, weights: Img2PoseWeights, backend: 'wasm' | 'cpu', threads: number): Promise<ThreadedModel> {
-    const data: ModelWorkerData = { model: { backend, weights: await portableWeights(weights) } };
+    return ThreadedModel.spawn(script, backend, threads).build(weights);
+  }
+
+  /**
+   * Starts the workers before the weights are at hand: they load their modules and set up their
+   * backend (a few hundred ms each) while this thread reads the weights; `build` hands them over.
+   * `dispose` stops them if the weights never come.
+   */
+  static spawn(script: string, backend: 'wasm' | 'cpu', threads: number): ThreadedModel {
     const model = new ThreadedModel();
-    const pool = new WorkerPool(script, threads, data, (task, from) => model.answer(task, from));
-    model.pool = pool;
+    const data: ModelWorkerData = { model: { backend } };
+    model.pool = new WorkerPool(script, threads, data, (task, from) => model.answer(task, from));
+    model.backend = backend;
+    return model;
+  }
+
+  /** Gives spawned workers the weights and waits until each has built its network (see `start`). */
+  async build(weights: Img2PoseWeights): Promise<ThreadedModel> {
+    const data: ModelWorkerData = { model: { backend: this.backend, weights: await portableWeights(weights) } };
+    // Replacements start with the weights; the running workers get them as a task.
+    this.pool.setWorkerData(data);
     try {
-      await pool.broadcast({ kind: 'model-ready', payload: null });
+      await this.pool.broadcast({ kind: 'model-weights', payload: data.model.weights });
     } catch (e) {
-      await pool.terminate();
+      await this.pool.terminate();
       throw e;
     }
-    return model;
+    return this;
   }
 
   get threads(): number {

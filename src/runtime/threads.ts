@@ -122,7 +122,7 @@ export class WorkerPool {
   constructor(
     private readonly script: string,
     size: number,
-    private readonly workerData?: unknown,
+    private workerData?: unknown,
     private readonly onAsk?: AskHandler,
   ) {
     if (!(Number.isInteger(size) && size >= 1)) throw new RangeError(`WorkerPool: size ${size} is not a positive integer`);
@@ -131,6 +131,11 @@ export class WorkerPool {
 
   get size(): number {
     return this.slots.length;
+  }
+
+  /** The `workerData` of workers started from now on (replacements); running ones keep theirs. */
+  setWorkerData(data: unknown): void {
+    this.workerData = data;
   }
 
   /** Runs `task` on worker `index`, or on the worker with the fewest pending tasks. */

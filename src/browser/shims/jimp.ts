@@ -1,7 +1,5 @@
 /**
- * The browser build's stand-in for `jimp` (whose browser entry is empty): src/io/images.ts's codec list
- * is empty there because ../io.ts (browser) decodes bytes before they reach it, and `visualize`
- * (PNG files) is replaced by `drawFaces` on a canvas.
+ * The browser build's stand-in for `jimp` (whose browser entry is empty): `visualize` (PNG files)
+ * is replaced by `drawFaces` on a canvas there, and decoding needs no jimp (see ./codecs.ts).
  */
-export const defaultFormats: (() => { mime: string })[] = [];
 export const Jimp = undefined;
