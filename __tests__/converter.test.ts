@@ -7,10 +7,11 @@ import * as path from 'path';
 import { CheckpointError, readCheckpoint, valuesAsNumbers, img2poseSpec, detectDepth } from '../converter';
 import { runConvert } from '../converter/cli';
 import { prepareCheckpoint, resolvePoseStatistics } from '../converter/convert';
-import { LoadedCheckpoint, TorchStorage, TorchTensor } from '../converter/checkpoint';
+import { LoadedCheckpoint, TorchStorage, TorchTensor, loadCheckpoint } from '../converter/checkpoint';
 import { tfjsAxisOrder } from '../converter/axis_order';
 import { toTfjsLayout } from '../converter/layout';
-import { floatValuesToFloat32, gatherStrided } from '../converter/tensor_data';
+import { TensorValues, floatValuesToFloat32, gatherStrided } from '../converter/tensor_data';
+import { ZipArchive, recordDataOffset } from '../converter/zip';
 import { unpickle, PyDict, PyObject, PySet, PyTuple } from '../converter/pickle';
 import { FIXTURES, keySpecs } from './utils/formula';
 import { rejectionOf } from './utils/rejection';
@@ -80,6 +81,66 @@ describe('readCheckpoint: tiny torch.save files', () => {
     expect(Array.from(floatValuesToFloat32(half.data, 'float16').slice(0, 4))).toEqual(expected.fpn_model_tensors.half.first_values);
     const f = floatValuesToFloat32(dbl.data, 'float64');
     expect(Array.from(f.slice(0, 4))).toEqual(expected.fpn_model_tensors.double.first_values.map(Math.fround));
+  });
+});
+
+/** readCheckpoint's result, with the storages read from the file as they are needed (`fromFile`). */
+async function readFromFile(file: string, keepFirst = false): Promise<Map<string, { dtype: string; shape: number[]; data: TensorValues }>> {
+  const c = await loadCheckpoint(file, { hash: false, fromFile: true });
+  try {
+    const out = new Map<string, { dtype: string; shape: number[]; data: TensorValues }>();
+    let first: { storage: TorchStorage; values: number[] } | undefined;
+    for (const [name, t] of c.stateDict) {
+      if (keepFirst && first === undefined) {
+        // Held, not released, while the next storages are read: they must not land in its bytes.
+        first = { storage: t.storage, values: valuesAsNumbers(t.storage.data(), t.dtype) };
+        out.set(name, { dtype: t.dtype, shape: t.shape.slice(), data: t.contiguous() });
+        continue;
+      }
+      out.set(name, { dtype: t.dtype, shape: t.shape.slice(), data: t.contiguous() });
+      t.storage.release();
+    }
+    if (first) expect(valuesAsNumbers(first.storage.data(), first.storage.dtype)).toEqual(first.values);
+    return out;
+  } finally {
+    c.close();
+  }
+}
+
+describe('loadCheckpoint from the file: storages read one by one as converted', () => {
+  it.each([false, true])('tiny_zip.pth: every tensor as readCheckpoint gives it (first storage held: %s)', async (keepFirst) => {
+    const inMemory = await readCheckpoint(ckpt('tiny_zip.pth'));
+    const fromFile = await readFromFile(ckpt('tiny_zip.pth'), keepFirst);
+    expect([...fromFile.keys()]).toEqual([...inMemory.keys()]);
+    for (const [key, t] of inMemory) {
+      const f = fromFile.get(key);
+      expect({ key, dtype: f?.dtype, shape: f?.shape, sha: f && sha256(f.data) }).toEqual({ key, dtype: t.dtype, shape: t.shape, sha: sha256(t.data) });
+    }
+  });
+
+  it('refuses what readCheckpoint refuses, in the same words: a corrupt storage record, a cut file, not a checkpoint', async () => {
+    const dir = tmpDir();
+    const full = fs.readFileSync(ckpt('tiny_zip.pth'));
+    const archive = ZipArchive.open(full);
+    const record = [...archive.records.values()].find((r) => /\/data\/\d+$/.test(r.name) && r.size > 0);
+    if (!record) throw new Error('fixture lacks a storage record');
+    const corrupt = Buffer.from(full);
+    const at = recordDataOffset(record, full.subarray(record.localHeaderOffset, record.localHeaderOffset + 30));
+    corrupt[at] ^= 0xff;
+    const files = {
+      'crc.pth': corrupt,
+      'cut.pth': full.subarray(0, full.length - 30),
+      'text.pth': Buffer.from('hello, not a checkpoint'),
+    };
+    for (const [name, bytes] of Object.entries(files)) {
+      const file = path.join(dir, name);
+      fs.writeFileSync(file, bytes);
+      const expected = await rejectionOf(readCheckpoint(file), CheckpointError);
+      const got = await rejectionOf(readFromFile(file), CheckpointError);
+      expect({ name, message: got.message }).toEqual({ name, message: expected.message });
+    }
+    const crc = await rejectionOf(readFromFile(path.join(dir, 'crc.pth')), CheckpointError);
+    expect(crc.problem).toMatch(/is corrupt: CRC-32/);
   });
 });
 
@@ -290,7 +351,7 @@ function fakeCheckpoint(specs: { name: string; shape: number[] }[]): LoadedCheck
     const dtype = s.name.endsWith('num_batches_tracked') ? 'int64' : 'float32';
     stateDict.set(s.name, new TorchTensor(new TorchStorage(s.name, dtype, numel), 0, s.shape, strides));
   }
-  return { file: '/x/custom.pth', format: 'zip', sha256: '', byteLength: 0, stateDict, otherKeys: [] };
+  return { file: '/x/custom.pth', format: 'zip', sha256: '', byteLength: 0, stateDict, otherKeys: [], close: () => undefined };
 }
 
 describe('validation against the architecture', () => {

@@ -11,10 +11,10 @@
  * with the storage given as a persistent id ('storage', <type>, key, location, numel[, view]).
  */
 import { createHash } from 'crypto';
-import { FileReadError, readRegularFile } from './safe_read';
+import { FileReadError, openRegularFile, readRegularFile } from './safe_read';
 import { CheckpointError } from './errors';
 import { HostValue, PickleError, PyDict, PyGlobal, PyObject, PyTuple, PyValue, UnpickleHooks, pyTypeName, unpickle } from './pickle';
-import { ZipArchive, ZipRecord } from './zip';
+import { ZipArchive, ZipRecord, fileSource } from './zip';
 import { DTYPE_BYTES, TorchDtype, TensorValues, allocValues, floatValuesToFloat32, gatherStrided, numelOf, typedView } from './tensor_data';
 
 /** Storage classes and dtype names as they appear in pickles (`torch.FloatStorage`, `torch.float32`). */
@@ -128,6 +128,8 @@ export interface LoadedCheckpoint {
   stateDict: Map<string, TorchTensor>;
   /** The other top-level entries (optimizer, epoch, ...), which are ignored. */
   otherKeys: string[];
+  /** Closes the file that storages are read from (`fromFile`); a no-op otherwise. */
+  close(): void;
 }
 
 interface FpnModel {
@@ -282,10 +284,10 @@ function elementsUsed(stateDict: Map<string, TorchTensor>): Map<TorchStorage, nu
   return used;
 }
 
-function readZip(file: string, buf: Uint8Array): FpnModel {
+function readZip(file: string, source: Uint8Array | ZipArchive): FpnModel {
   let archive: ZipArchive;
   try {
-    archive = ZipArchive.open(buf);
+    archive = source instanceof ZipArchive ? source : ZipArchive.open(source);
   } catch (e) {
     throw zipProblem(file, e);
   }
@@ -294,9 +296,9 @@ function readZip(file: string, buf: Uint8Array): FpnModel {
   const pkl = names.filter((n) => /(^|\/)data\.pkl$/.test(n)).sort((a, b) => a.split('/').length - b.split('/').length)[0];
   if (pkl === undefined) throw new CheckpointError(file, 'zip archive has no data.pkl: not a PyTorch checkpoint');
   const top = pkl.slice(0, pkl.length - 'data.pkl'.length);
-  const read = (name: string, maxBytes: number): Uint8Array => {
+  const read = (name: string, maxBytes: number, into?: Uint8Array): Uint8Array => {
     try {
-      return archive.read(archive.records.get(name) as ZipRecord, maxBytes);
+      return archive.read(archive.records.get(name) as ZipRecord, maxBytes, into);
     } catch (e) {
       throw zipProblem(file, e);
     }
@@ -313,6 +315,7 @@ function readZip(file: string, buf: Uint8Array): FpnModel {
 
   // Check every needed record's size now; inflate each only when it is converted, so memory
   // holds the archive plus one storage instead of the archive plus a copy of everything.
+  const reuse = new ScratchReuse();
   const used = elementsUsed(stateDict);
   for (const storage of fpnStorages(stateDict)) {
     const name = `${top}data/${storage.key}`;
@@ -331,9 +334,30 @@ function readZip(file: string, buf: Uint8Array): FpnModel {
       throw new CheckpointError(file, `storage record ${name} is truncated: expected ${expected} bytes, found ${record.size}`);
     }
     const maxBytes = Math.max(expected, limit * elementBytes);
-    storage.fetch = () => read(name, maxBytes);
+    storage.fetch = archive.fromFile ? () => reuse.read(storage, record, () => read(name, maxBytes), (into) => read(name, maxBytes, into)) : () => read(name, maxBytes);
   }
   return { stateDict, otherKeys };
+}
+
+/**
+ * From a file, a storage's bytes are read into one buffer that serves storage after storage as
+ * long as each is released before the next is read (a conversion goes storage by storage): a new
+ * buffer per storage would leave the whole file's worth of garbage behind, which is kept until
+ * the next full garbage collection. A storage read while the previous one is still held gets a
+ * buffer of its own.
+ */
+class ScratchReuse {
+  private buffer: Uint8Array | undefined;
+  private holder: TorchStorage | undefined;
+
+  read(storage: TorchStorage, record: ZipRecord, own: () => Uint8Array, into: (buffer: Uint8Array) => Uint8Array): Uint8Array {
+    // A stored record is read as it is; one to inflate gets its own buffer from zlib anyway.
+    if (record.method !== 0 || (this.holder !== undefined && this.holder.bytes !== undefined)) return own();
+    if (this.buffer === undefined || this.buffer.length < record.size) this.buffer = new Uint8Array(record.size);
+    const bytes = into(this.buffer.subarray(0, record.size));
+    this.holder = storage;
+    return bytes;
+  }
 }
 
 function readLegacy(file: string, buf: Uint8Array): FpnModel {
@@ -462,22 +486,49 @@ function checkBounds(file: string, name: string, t: TorchTensor): void {
 /**
  * Reads a checkpoint file: container, pickles and the `fpn_model` storages. `hash: false` skips
  * the file's sha256 (~0.2 s for the official 160 MB file), which only a conversion records.
+ * `fromFile` (without the hash): a zip checkpoint stays on disk and each storage is read from it
+ * when converted, so memory never holds the whole file; `close()` the result when done.
  */
-export async function loadCheckpoint(file: string, { hash = true }: { hash?: boolean } = {}): Promise<LoadedCheckpoint> {
+export async function loadCheckpoint(
+  file: string,
+  { hash = true, fromFile = false }: { hash?: boolean; fromFile?: boolean } = {},
+): Promise<LoadedCheckpoint> {
+  if (fromFile && !hash) {
+    const opened = await openChecked(file);
+    const head = Buffer.alloc(4);
+    if (opened.size >= 4) await opened.handle.read(head, 0, 4, 0);
+    if (startsWith(head, ZIP_MAGIC)) {
+      const { fd } = opened.handle;
+      const close = () => void opened.handle.close();
+      try {
+        let archive: ZipArchive;
+        try {
+          archive = ZipArchive.open(fileSource(fd, opened.size));
+        } catch (e) {
+          throw zipProblem(file, e);
+        }
+        const result = readZip(file, archive);
+        return { file, format: 'zip', byteLength: opened.size, stateDict: result.stateDict, otherKeys: result.otherKeys, close };
+      } catch (e) {
+        close();
+        throw e;
+      }
+    }
+    // Not a zip (a legacy pickle, or not a checkpoint): read whole, as below.
+    await opened.handle.close();
+  }
   let buf: Uint8Array;
   try {
     buf = await readRegularFile(file);
   } catch (e) {
-    if (!(e instanceof FileReadError)) throw e;
-    const problem = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'is a folder, expected a .pth file' : e.problem;
-    throw new CheckpointError(file, problem);
+    throw checkpointReadProblem(file, e);
   }
   const sha256 = hash ? createHash('sha256').update(buf).digest('hex') : undefined;
   const byteLength = buf.length;
   if (buf.length === 0) throw new CheckpointError(file, 'empty file, not a PyTorch checkpoint');
   let format: CheckpointFormat;
   let result: FpnModel;
-  if (startsWith(buf, [0x50, 0x4b, 0x03, 0x04])) {
+  if (startsWith(buf, ZIP_MAGIC)) {
     format = 'zip';
     result = readZip(file, buf);
   } else if (buf[0] === 0x80) {
@@ -489,7 +540,23 @@ export async function loadCheckpoint(file: string, { hash = true }: { hash?: boo
       'not a PyTorch checkpoint: neither a torch.save zip archive nor a legacy torch.save pickle',
     );
   }
-  return { file, format, sha256, byteLength, stateDict: result.stateDict, otherKeys: result.otherKeys };
+  return { file, format, sha256, byteLength, stateDict: result.stateDict, otherKeys: result.otherKeys, close: () => undefined };
+}
+
+const ZIP_MAGIC = [0x50, 0x4b, 0x03, 0x04];
+
+async function openChecked(file: string): Promise<Awaited<ReturnType<typeof openRegularFile>>> {
+  try {
+    return await openRegularFile(file);
+  } catch (e) {
+    throw checkpointReadProblem(file, e);
+  }
+}
+
+function checkpointReadProblem(file: string, e: unknown): unknown {
+  if (!(e instanceof FileReadError)) return e;
+  const problem = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'is a folder, expected a .pth file' : e.problem;
+  return new CheckpointError(file, problem);
 }
 
 /** A checkpoint tensor as plain data: row-major values in the checkpoint's own dtype. */

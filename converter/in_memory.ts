@@ -1,10 +1,11 @@
 /** Loading a .pth straight into tfjs tensors (no folder written). */
 import * as tf from '@tensorflow/tfjs';
 import { Img2PoseWeights } from './weights';
-import { loadCheckpoint } from './checkpoint';
+import { LoadedCheckpoint, loadCheckpoint } from './checkpoint';
 import { sharedFloat32 } from './tensor_data';
 import {
   DEFAULT_POSE_WARNING,
+  PoseStatistics,
   PoseStatisticsInput,
   Warn,
   defaultWarn,
@@ -29,7 +30,23 @@ export async function checkpointToWeights(
   shared = false,
 ): Promise<Img2PoseWeights> {
   const pose = await resolvePoseStatistics(poseMean, poseStddev);
-  const prepared = prepareCheckpoint(await loadCheckpoint(checkpoint, { hash: false }));
+  // Storages are read from the file one by one as they are converted: the whole file is never in memory.
+  const loaded = await loadCheckpoint(checkpoint, { hash: false, fromFile: true });
+  try {
+    return await convertInMemory(checkpoint, loaded, pose, warn, shared);
+  } finally {
+    loaded.close();
+  }
+}
+
+async function convertInMemory(
+  checkpoint: string,
+  loaded: LoadedCheckpoint,
+  pose: PoseStatistics,
+  warn: Warn,
+  shared: boolean,
+): Promise<Img2PoseWeights> {
+  const prepared = prepareCheckpoint(loaded);
   if (pose.source === 'defaults') warn(DEFAULT_POSE_WARNING);
   const tensors = new Map<string, tf.Tensor>();
   const allocate = shared ? sharedFloat32(prepared.entries.reduce((a, e) => a + e.numel, 0)) : (n: number) => new Float32Array(n);

@@ -63,7 +63,11 @@ export async function readRegularFileInto(file: string, into: Uint8Array): Promi
   });
 }
 
-async function readChecked<T extends Uint8Array>(file: string, target: (size: number) => T): Promise<T> {
+/**
+ * `file` opened for reading, with its size, refusing anything but a regular file (as
+ * `readRegularFile`); the caller closes the handle.
+ */
+export async function openRegularFile(file: string): Promise<{ handle: fs.promises.FileHandle; size: number }> {
   let handle: fs.promises.FileHandle;
   try {
     handle = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
@@ -74,6 +78,18 @@ async function readChecked<T extends Uint8Array>(file: string, target: (size: nu
     const st = await handle.stat();
     if (st.isDirectory()) throw new FileReadError(file, 'a folder, not a file', 'EISDIR');
     if (!st.isFile()) throw new FileReadError(file, 'not a regular file (a device, pipe or socket)', 'ESPECIAL');
+    return { handle, size: st.size };
+  } catch (e) {
+    await handle.close();
+    if (e instanceof FileReadError) throw e;
+    throw new FileReadError(file, describeErrno(errnoCode(e)), errnoCode(e));
+  }
+}
+
+async function readChecked<T extends Uint8Array>(file: string, target: (size: number) => T): Promise<T> {
+  const { handle, size } = await openRegularFile(file);
+  try {
+    const st = { size };
     const out = target(st.size);
     let done = 0;
     while (done < st.size) {

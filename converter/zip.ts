@@ -1,12 +1,13 @@
 /**
- * The zip reader of both archives the package opens: torch.save checkpoints (`ZipArchive`, the
- * whole file in memory) and the release download (src/io/zip_members.ts, which reads only the
+ * The zip reader of both archives the package opens: torch.save checkpoints (`ZipArchive`, over
+ * the whole file in memory or an open file read record by record) and the release download (src/io/zip_members.ts, which reads only the
  * tail and the central directory from disk, then streams each member it wants). Records are
  * located from the central directory without inflating anything, and a record is inflated only
  * when asked for, into at most the size the directory declares (and the caller accepts), with its
  * CRC-32 checked. Every offset and size is checked against the file, so a crafted archive costs
  * time and memory in proportion to what is actually read, never to what a header claims.
  */
+import * as fs from 'fs';
 import * as zlib from 'zlib';
 
 export class ZipFormatError extends Error {
@@ -157,35 +158,82 @@ export function recordDataOffset(record: ZipRecord, header: Uint8Array): number 
   return record.localHeaderOffset + 30 + view.getUint16(26, true) + view.getUint16(28, true);
 }
 
+/** An archive's bytes: all of them in memory, or an open file read where asked. */
+export interface ZipSource {
+  readonly size: number;
+  /** Whether `bytes` reads from a file (into a new buffer or the one given) rather than viewing memory. */
+  readonly fromFile: boolean;
+  /**
+   * The bytes at `offset`, `length` of them or fewer where the archive ends (as `subarray` gives):
+   * a view of memory, or read into `into` when given.
+   */
+  bytes(offset: number, length: number, into?: Uint8Array): Uint8Array;
+}
+
+/** An archive held in memory: `bytes` are views of `buf`. */
+export function memorySource(buf: Uint8Array): ZipSource {
+  return { size: buf.length, fromFile: false, bytes: (offset, length) => buf.subarray(offset, offset + length) };
+}
+
+/** An archive in an open file of `size` bytes (the caller closes `fd`): `bytes` reads them there. */
+export function fileSource(fd: number, size: number): ZipSource {
+  return {
+    size,
+    fromFile: true,
+    bytes(offset, length, into) {
+      length = Math.max(0, Math.min(length, size - offset));
+      const out = into ?? new Uint8Array(length);
+      if (out.length !== length) throw new RangeError(`fileSource: ${length} bytes into a buffer of ${out.length}`);
+      let done = 0;
+      while (done < length) {
+        const n = fs.readSync(fd, out, done, length - done, offset + done);
+        if (n === 0) throw new ZipFormatError(`the file ends at byte ${offset + done}, inside a record (changed while read?)`);
+        done += n;
+      }
+      return out;
+    },
+  };
+}
+
 export class ZipArchive {
   private constructor(
-    private readonly buf: Uint8Array,
+    private readonly source: ZipSource,
     /** by name; the first record of a name wins (a later duplicate is ignored) */
     readonly records: ReadonlyMap<string, ZipRecord>,
   ) {}
 
-  /** Reads the central directory of `buf`. */
-  static open(buf: Uint8Array): ZipArchive {
-    const dir = findCentralDirectory(buf, buf.length);
+  /** Reads the central directory of `buf` (the whole archive), or of the archive a source reads. */
+  static open(buf: Uint8Array | ZipSource): ZipArchive {
+    const source = buf instanceof Uint8Array ? memorySource(buf) : buf;
+    // From memory the whole archive is the tail; from a file, the last bytes an end record may take.
+    const tailLength = source.fromFile ? Math.min(source.size, ZIP_TAIL_BYTES) : source.size;
+    const dir = findCentralDirectory(source.bytes(source.size - tailLength, tailLength), source.size);
     if (dir === undefined) throw new ZipFormatError('no end of central directory record (cut short?)');
     const records = new Map<string, ZipRecord>();
-    for (const record of readCentralDirectory(buf.subarray(dir.offset, dir.offset + dir.size), dir.count)) {
+    for (const record of readCentralDirectory(source.bytes(dir.offset, dir.size), dir.count)) {
       if (!records.has(record.name)) records.set(record.name, record);
     }
-    return new ZipArchive(buf, records);
+    return new ZipArchive(source, records);
+  }
+
+  /** Whether records are read from a file (each read is a new copy, or lands in the buffer given). */
+  get fromFile(): boolean {
+    return this.source.fromFile;
   }
 
   /**
-   * The bytes of `record`: a view for a stored record, else inflated into at most `record.size`
-   * bytes. Refuses a record larger than `maxBytes` before reading it, and data whose length or
-   * CRC-32 differs from the directory's.
+   * The bytes of `record`: for a stored record a view of the archive in memory, or read from the
+   * file into `into` (when given: exactly `record.size` bytes) or a new buffer; else inflated into
+   * at most `record.size` bytes. Refuses a record larger than `maxBytes` before reading it, and
+   * data whose length or CRC-32 differs from the directory's.
    */
-  read(record: ZipRecord, maxBytes: number): Uint8Array {
+  read(record: ZipRecord, maxBytes: number, into?: Uint8Array): Uint8Array {
     const name = record.name;
     if (record.size > maxBytes) throw new ZipFormatError(`record ${name} declares ${record.size} bytes, more than the ${maxBytes} it may hold`);
-    const start = recordDataOffset(record, this.buf.subarray(record.localHeaderOffset, record.localHeaderOffset + 30));
-    if (start + record.compressedSize > this.buf.length) throw new ZipFormatError(`record ${name} runs past the end of the file`);
-    const raw = this.buf.subarray(start, start + record.compressedSize);
+    const start = recordDataOffset(record, this.source.bytes(record.localHeaderOffset, 30));
+    if (start + record.compressedSize > this.source.size) throw new ZipFormatError(`record ${name} runs past the end of the file`);
+    const stored = record.method === 0 && record.compressedSize === record.size;
+    const raw = this.source.bytes(start, record.compressedSize, stored ? into : undefined);
     let data: Uint8Array;
     if (record.method === 0) {
       if (record.compressedSize !== record.size) throw new ZipFormatError(`stored record ${name} has two different sizes`);
