@@ -26,6 +26,7 @@ import {
   releaseConvFilter,
   winogradEnabled,
   winogradFilter,
+  winogradTile,
   winogradTiles,
   F4Input,
   WINOGRAD_FLAG,
@@ -241,7 +242,8 @@ describeWebGPU('WGSL programs against the portable path', () => {
       const kernels = new Kernels('webgpu');
       const saved = tf.env().getBool(WINOGRAD_FLAG);
       try {
-        const u = winogradFilter(t.w);
+        // The tile of conv()'s Winograd path is its own flag's (2 by default).
+        const u = winogradFilter(t.w, winogradTile());
         const [wino, direct] = [conv2dWinograd(t.x, u, t.b, t.opts), conv2dFused(t.x, t.w, t.b, t.opts)];
         tf.env().set(WINOGRAD_FLAG, true);
         const on = kernels.conv(t.x, t.w, t.b, { ...t.opts, winograd: winogradEnabled() });
