@@ -1,7 +1,9 @@
 // Winograd F(2x2, 3x3) off the GPU: the transforms, layouts and tile edges of src/kernels/webgpu/winograd.ts
 // checked through its host transcription (same three steps as the WGSL) against a float64 direct
-// convolution, plus the filter registry's lifetime. The WGSL itself runs on the GPU in
-// bench/gpu_kernels.ts against the direct kernel and a float64 convolution.
+// convolution, plus the filter registry's lifetime; F(4x4, 3x3)'s filter transform against the wasm
+// path's float64 one, and the tile flag's registry. The WGSL itself runs on a WebGPU device in
+// __tests__/webgpu_kernels.test.ts and bench/gpu_kernels.ts against the direct kernel and a
+// float64 convolution.
 import * as tf from '@tensorflow/tfjs';
 import {
   convShaderSource,
@@ -85,6 +87,22 @@ describe('Winograd F(2x2, 3x3)', () => {
     w.dispose();
   });
 
+  it('the batched GEMM reads and writes the z-th matrix', () => {
+    const src = convShaderSource({
+      kh: 1, kw: 1, cin: 256, cout: 256, stride: 1, pad: 0, relu: false, hasBias: false, residual: 'none',
+      tile: { bm: 128, bn: 128 }, batched: true,
+    });
+    expect(src).toContain('let zb = i32(workgroupId.z); let M = HO * WO;');
+    expect(src).toContain('W[((zb * KTOT + k) * COUT');
+    expect(src).toContain('result[((zb * M + m) * COUT + n) / 4]');
+    expect(() => convShaderSource({
+      kh: 3, kw: 3, cin: 256, cout: 256, stride: 1, pad: 1, relu: false, hasBias: false, residual: 'none',
+      tile: { bm: 128, bn: 128 }, batched: true,
+    })).toThrow(/plain 1x1/);
+  });
+});
+
+describe('Winograd F(4x4, 3x3) of the WebGPU path, off the GPU', () => {
   it('F(4x4) U made by the WebGPU path (float32 GEMM) equals the wasm path\'s float64 transform to float32 rounding', () => {
     const [cin, cout] = [12, 8];
     const f = lcgValues(9 * cin * cout, 21).map((v) => v * 0.3);
@@ -128,19 +146,5 @@ describe('Winograd F(2x2, 3x3)', () => {
       tf.env().set(WINOGRAD_TILE_FLAG, saved);
       w.dispose();
     }
-  });
-
-  it('the batched GEMM reads and writes the z-th matrix', () => {
-    const src = convShaderSource({
-      kh: 1, kw: 1, cin: 256, cout: 256, stride: 1, pad: 0, relu: false, hasBias: false, residual: 'none',
-      tile: { bm: 128, bn: 128 }, batched: true,
-    });
-    expect(src).toContain('let zb = i32(workgroupId.z); let M = HO * WO;');
-    expect(src).toContain('W[((zb * KTOT + k) * COUT');
-    expect(src).toContain('result[((zb * M + m) * COUT + n) / 4]');
-    expect(() => convShaderSource({
-      kh: 3, kw: 3, cin: 256, cout: 256, stride: 1, pad: 1, relu: false, hasBias: false, residual: 'none',
-      tile: { bm: 128, bn: 128 }, batched: true,
-    })).toThrow(/plain 1x1/);
   });
 });
