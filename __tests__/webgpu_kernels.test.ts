@@ -26,7 +26,11 @@ import {
   releaseConvFilter,
   winogradEnabled,
   winogradFilter,
+  winogradTile,
+  winogradTiles,
+  F4Input,
   WINOGRAD_FLAG,
+  WINOGRAD_TILE_FLAG,
 } from '../src/kernels/webgpu';
 import { multiScaleRoIAlign, ROI_OUTPUT_SIZE, ROI_SAMPLING_RATIO } from '../src/model/roi_align';
 import { ImageBytes, imageTensor, paddedSize, prepareBatch, Size } from '../src/model/transform';
@@ -238,7 +242,8 @@ describeWebGPU('WGSL programs against the portable path', () => {
       const kernels = new Kernels('webgpu');
       const saved = tf.env().getBool(WINOGRAD_FLAG);
       try {
-        const u = winogradFilter(t.w);
+        // The tile of conv()'s Winograd path is its own flag's (2 by default).
+        const u = winogradFilter(t.w, winogradTile());
         const [wino, direct] = [conv2dWinograd(t.x, u, t.b, t.opts), conv2dFused(t.x, t.w, t.b, t.opts)];
         tf.env().set(WINOGRAD_FLAG, true);
         const on = kernels.conv(t.x, t.w, t.b, { ...t.opts, winograd: winogradEnabled() });
@@ -251,6 +256,128 @@ describeWebGPU('WGSL programs against the portable path', () => {
         tf.dispose([u, wino, direct, on, off]);
       } finally {
         tf.env().set(WINOGRAD_FLAG, saved);
+        releaseConvFilter(t.w);
+        disposeConv(t);
+      }
+    });
+  });
+
+  describe('conv2dWinograd F(4x4, 3x3)', () => {
+    // F(4x4)'s transforms (coefficients 4, 5, 8 and 1/6, 1/24) round more than F(2x2)'s: ~1e-6
+    // relative to a float64 convolution (as on wasm, __tests__/winograd_wasm.test.ts), still far
+    // below a wrong tap or coefficient (> 1e-2).
+    const F4_TOL = 3e-6;
+    const INPUTS: F4Input[] = ['separate', 'fused'];
+    // Maps of 1..9 pixels a side (partial 4x4 tiles at the right and bottom edges), channel counts
+    // below one k-tile and not multiples of 16, bias always, ReLU and residual in turn.
+    const f4Cases: Named[] = [
+      { name: 'one pixel, batch 2', x: [2, 1, 1, 8], k: 3, cout: 8, stride: 1, pad: 1, relu: true },
+      { name: '2x3, cin 12 -> 8', x: [1, 2, 3, 12], k: 3, cout: 8, stride: 1, pad: 1, relu: false },
+      { name: '3x5 + residual', x: [2, 3, 5, 8], k: 3, cout: 12, stride: 1, pad: 1, relu: false, residual: 'same' },
+      { name: '7x5 + residual + relu, batch 3', x: [3, 7, 5, 20], k: 3, cout: 16, stride: 1, pad: 1, relu: true, residual: 'same' },
+      { name: '5x1 one column, cout 4', x: [1, 5, 1, 8], k: 3, cout: 4, stride: 1, pad: 1, relu: true },
+      { name: '8x4, exact tiles', x: [2, 8, 4, 16], k: 3, cout: 8, stride: 1, pad: 1, relu: false },
+      { name: '9x7 cin 64 (4 k-tiles), tile 64x64', x: [1, 9, 7, 64], k: 3, cout: 20, stride: 1, pad: 1, relu: true, tile: { bm: 64, bn: 64 } },
+      { name: '6x6 cin 32, tile 128x128', x: [2, 6, 6, 32], k: 3, cout: 24, stride: 1, pad: 1, relu: false, residual: 'same', tile: { bm: 128, bn: 128 } },
+    ];
+
+    describe.each(INPUTS)('input transform %s', (input) => {
+      it.each(f4Cases.map((c, i) => [c.name, c, i] as const))('%s: equals float64 and the direct kernel; batch == single; chunks == whole', async (_name, c, i) => {
+        const d = convData(c, 3000 * i + 11);
+        const t = convTensors(c, d);
+        const u = winogradFilter(t.w, 4);
+        expect(u.shape).toEqual([36, c.x[3], c.cout]);
+        poisonPool(convOutShape(c));
+        const wino = conv2dWinograd(t.x, u, t.b, t.opts, c.tile, undefined, input);
+        const direct = conv2dFused(t.x, t.w, t.b, t.opts);
+        expect(wino.shape).toEqual(convOutShape(c));
+        const got = await values(wino);
+        expectFinite(got);
+        expect(relErr(got, convReference64(c, d))).toBeLessThan(F4_TOL);
+        expect(relErr(got, await values(direct))).toBeLessThan(F4_TOL);
+        const [n, h, w, cin] = c.x;
+        if (n > 1) {
+          const last = n - 1;
+          const res = t.opts.residual && imageOf(t.opts.residual, last);
+          const x1 = imageOf(t.x, last);
+          const single = conv2dWinograd(x1, u, t.b, { ...t.opts, residual: res }, c.tile, undefined, input);
+          const inBatch = imageOf(wino, last);
+          await expectBitEqual(single, inBatch);
+          // A buffer limit of one image's V or M: the batch runs image by image.
+          const oneImage = 36 * winogradTiles(1, h, w, 4) * Math.max(cin, c.cout) * 4;
+          const chunked = conv2dWinograd(t.x, u, t.b, t.opts, c.tile, oneImage, input);
+          await expectBitEqual(chunked, wino);
+          tf.dispose([x1, single, inBatch, chunked, ...(res ? [res] : [])]);
+        }
+        tf.dispose([u, wino, direct]);
+        disposeConv(t);
+      });
+
+      it('a batch of images with their own sizes (zero outside): each own region equals that image convolved alone, bit for bit', async () => {
+        // As a detector batch: images padded to one size with zeros beyond their own region. The
+        // 4x4 tiles start at each image's origin, so an image's tiles read the same pixels (or
+        // zeros) as when it is alone, in the same order.
+        const own: [number, number][] = [[5, 7], [3, 2], [7, 5]];
+        const [hb, wb, cin, cout] = [7, 7, 12, 8];
+        const data = lcgValues(own.length * hb * wb * cin, 77);
+        own.forEach(([oh, ow], b) => {
+          for (let y = 0; y < hb; y++) for (let x = 0; x < wb; x++) {
+            if (y >= oh || x >= ow) data.fill(0, ((b * hb + y) * wb + x) * cin, ((b * hb + y) * wb + x + 1) * cin);
+          }
+        });
+        const c: ConvCase = { x: [own.length, hb, wb, cin], k: 3, cout, stride: 1, pad: 1, relu: true };
+        const d = { ...convData(c, 78), x: data };
+        const t = convTensors(c, d);
+        const u = winogradFilter(t.w, 4);
+        const batch = conv2dWinograd(t.x, u, t.b, t.opts, undefined, undefined, input);
+        for (let b = 0; b < own.length; b++) {
+          const [oh, ow] = own[b];
+          const alone = tf.slice(t.x, [b, 0, 0, 0], [1, oh, ow, cin]);
+          const single = conv2dWinograd(alone, u, t.b, t.opts, undefined, undefined, input);
+          const region = tf.slice(batch, [b, 0, 0, 0], [1, oh, ow, cout]);
+          await expectBitEqual(region, single);
+          const ref = convReference64({ ...c, x: [1, oh, ow, cin] }, { ...d, x: (await values(alone)) });
+          expect(relErr(await values(single), ref)).toBeLessThan(F4_TOL);
+          tf.dispose([alone, single, region]);
+        }
+        tf.dispose([u, batch]);
+        disposeConv(t);
+      });
+    });
+
+    it('the check fails on a wrong answer (U of a filter with swapped taps)', async () => {
+      const c = f4Cases[3];
+      const d = convData(c, 11);
+      const t = convTensors(c, d);
+      const flipped = tf.reverse(t.w, [0, 1]) as tf.Tensor4D;
+      const u = winogradFilter(flipped, 4);
+      const wrong = conv2dWinograd(t.x, u, t.b, t.opts);
+      expect(relErr(await values(wrong), convReference64(c, d))).toBeGreaterThan(1e-2);
+      tf.dispose([flipped, u, wrong]);
+      disposeConv(t);
+    });
+
+    it(`${WINOGRAD_TILE_FLAG} picks F(2x2) or F(4x4) in conv() for a prepared 3x3 filter`, async () => {
+      const c: Named = { name: 'flag', x: [2, 6, 10, 64], k: 3, cout: 64, stride: 1, pad: 1, relu: true };
+      const t = convTensors(c, convData(c, 4343));
+      const kernels = new Kernels('webgpu');
+      const saved = tf.env().get(WINOGRAD_TILE_FLAG);
+      const opts = { ...t.opts, winograd: true };
+      try {
+        tf.env().set(WINOGRAD_TILE_FLAG, 4);
+        prepareConvFilter(t.w);
+        const [u2, u4] = [winogradFilter(t.w, 2), winogradFilter(t.w, 4)];
+        const [f2, f4] = [conv2dWinograd(t.x, u2, t.b, opts), conv2dWinograd(t.x, u4, t.b, opts)];
+        const on4 = kernels.conv(t.x, t.w, t.b, opts);
+        tf.env().set(WINOGRAD_TILE_FLAG, 2);
+        const on2 = kernels.conv(t.x, t.w, t.b, opts);
+        await expectBitEqual(on4, f4);
+        await expectBitEqual(on2, f2);
+        // The two tiles round differently, so the bit-equalities above tell them apart.
+        expect(relErr(await values(on4), await values(on2))).toBeGreaterThan(0);
+        tf.dispose([u2, u4, f2, f4, on4, on2]);
+      } finally {
+        tf.env().set(WINOGRAD_TILE_FLAG, saved);
         releaseConvFilter(t.w);
         disposeConv(t);
       }

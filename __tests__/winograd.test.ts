@@ -1,7 +1,9 @@
 // Winograd F(2x2, 3x3) off the GPU: the transforms, layouts and tile edges of src/kernels/webgpu/winograd.ts
 // checked through its host transcription (same three steps as the WGSL) against a float64 direct
-// convolution, plus the filter registry's lifetime. The WGSL itself runs on the GPU in
-// bench/gpu_kernels.ts against the direct kernel and a float64 convolution.
+// convolution, plus the filter registry's lifetime; F(4x4, 3x3)'s filter transform against the wasm
+// path's float64 one, and the tile flag's registry. The WGSL itself runs on a WebGPU device in
+// __tests__/webgpu_kernels.test.ts and bench/gpu_kernels.ts against the direct kernel and a
+// float64 convolution.
 import * as tf from '@tensorflow/tfjs';
 import {
   convShaderSource,
@@ -13,7 +15,10 @@ import {
 import { convReference64 } from './utils/kernel_reference';
 import { lcgValues, relErr } from './utils/lcg';
 import { winogradHost } from './utils/winograd_host';
-import { prepareWinograd, winogradFilterFits, winogradFilterFor, winogradOptionsFit } from '../src/kernels/webgpu/winograd';
+import {
+  prepareWinograd, winogradFilterFits, winogradFilterFor, winogradOptionsFit, winogradTile, WINOGRAD_TILE_FLAG,
+} from '../src/kernels/webgpu/winograd';
+import { winogradF4Filter } from '../src/kernels/winograd_f4';
 import { wasmWinogradAvailable } from '../src/kernels/wasm/winograd';
 
 /** Direct 3x3 stride-1 pad-1 convolution in float64. */
@@ -68,12 +73,13 @@ describe('Winograd F(2x2, 3x3)', () => {
     prepareConvFilter(w);
     prepareConvFilter(w); // once per filter
     expect(tf.memory().numTensors).toBe(before + wasmMatrices);
-    // ...and not the webgpu path's F(2x2, 3x3) filter, which only its own preparation makes.
+    // ...and not the webgpu path's Winograd filter, which only its own preparation makes.
     expect(winogradFilterFor(w, { stride: 1, pad: 1, relu: false, winograd: true })).toBeUndefined();
     prepareWinograd(w);
     prepareWinograd(w); // once per filter
     expect(tf.memory().numTensors).toBe(before + wasmMatrices + 1);
-    expect(winogradFilterFor(w, { stride: 1, pad: 1, relu: false, winograd: true })?.shape).toEqual([16, 256, 256]);
+    // For the tile of IMG2POSE_WINOGRAD_TILE (F(2x2) by default).
+    expect(winogradFilterFor(w, { stride: 1, pad: 1, relu: false, winograd: true })?.shape).toEqual([(winogradTile() + 2) ** 2, 256, 256]);
     expect(winogradFilterFor(w, { stride: 1, pad: 1, relu: false })).toBeUndefined();
     expect(winogradFilterFor(w, { stride: 2, pad: 1, relu: false, winograd: true })).toBeUndefined();
     releaseConvFilter(w); // both
@@ -93,5 +99,52 @@ describe('Winograd F(2x2, 3x3)', () => {
       kh: 3, kw: 3, cin: 256, cout: 256, stride: 1, pad: 1, relu: false, hasBias: false, residual: 'none',
       tile: { bm: 128, bn: 128 }, batched: true,
     })).toThrow(/plain 1x1/);
+  });
+});
+
+describe('Winograd F(4x4, 3x3) of the WebGPU path, off the GPU', () => {
+  it('F(4x4) U made by the WebGPU path (float32 GEMM) equals the wasm path\'s float64 transform to float32 rounding', () => {
+    const [cin, cout] = [12, 8];
+    const f = lcgValues(9 * cin * cout, 21).map((v) => v * 0.3);
+    const want = winogradF4Filter(f, cin, cout);
+    const u = tf.tidy(() => winogradFilter(tf.tensor4d(f, [3, 3, cin, cout]), 4).dataSync() as Float32Array);
+    expect(u.length).toBe(36 * cin * cout);
+    const flat = new Float32Array(36 * cin * cout);
+    want.forEach((ue, e) => flat.set(ue, e * cin * cout));
+    expect(relErr(u, flat)).toBeLessThan(1e-6);
+    // The check can fail: U of F(2x2) laid out as F(4x4) is far off.
+    const u2 = tf.tidy(() => winogradFilter(tf.tensor4d(f, [3, 3, cin, cout]), 2).dataSync() as Float32Array);
+    expect(relErr(u2, flat.subarray(0, u2.length))).toBeGreaterThan(1e-1);
+  });
+
+  it(`${WINOGRAD_TILE_FLAG}: filters are prepared for its tile only; the other tile's U is made on first use; release frees both`, () => {
+    const saved = tf.env().get(WINOGRAD_TILE_FLAG);
+    const w = tf.zeros([3, 3, 64, 8]) as tf.Tensor4D;
+    const opts = { stride: 1, pad: 1, relu: false, winograd: true };
+    const before = tf.memory().numTensors;
+    try {
+      tf.env().set(WINOGRAD_TILE_FLAG, 4);
+      expect(winogradTile()).toBe(4);
+      prepareWinograd(w);
+      prepareWinograd(w); // once per filter and tile
+      expect(tf.memory().numTensors).toBe(before + 1);
+      expect(winogradFilterFor(w, opts)?.shape).toEqual([36, 64, 8]);
+      expect(tf.memory().numTensors).toBe(before + 1); // no F(2x2) U beside it
+      tf.env().set(WINOGRAD_TILE_FLAG, 2);
+      expect(winogradFilterFor(w, opts)?.shape).toEqual([16, 64, 8]);
+      expect(winogradFilterFor(w, opts, 4)?.shape).toEqual([36, 64, 8]);
+      expect(tf.memory().numTensors).toBe(before + 2);
+      // An unprepared filter stays on the direct path whatever the tile.
+      const other = tf.zeros([3, 3, 64, 8]) as tf.Tensor4D;
+      expect(winogradFilterFor(other, opts, 4)).toBeUndefined();
+      other.dispose();
+      releaseConvFilter(w);
+      expect(tf.memory().numTensors).toBe(before);
+      tf.env().set(WINOGRAD_TILE_FLAG, 3);
+      expect(() => winogradTile()).toThrow(/2 or 4/);
+    } finally {
+      tf.env().set(WINOGRAD_TILE_FLAG, saved);
+      w.dispose();
+    }
   });
 });

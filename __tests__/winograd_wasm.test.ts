@@ -9,11 +9,8 @@ import {
   releaseWasmWinograd,
   wasmWinogradAvailable,
   wasmWinogradFits,
-  winogradF4Filter,
-  WINOGRAD_F4_AT,
-  WINOGRAD_F4_BT,
-  WINOGRAD_F4_G,
 } from '../src/kernels/wasm/winograd';
+import { winogradF4Filter, WINOGRAD_F4_AT, WINOGRAD_F4_BT, WINOGRAD_F4_G } from '../src/kernels/winograd_f4';
 
 /** Direct 3x3 stride-1 pad-1 convolution in float64 (+ a same-size residual) (+ ReLU). */
 function direct(

@@ -10,11 +10,14 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { applyBackendFlags } from './gpu_flags';
+import { applyBackendFlags, winogradSetting } from './gpu_flags';
 import { formulaWeights } from '../src/io/formula_weights';
 import { decodeImage } from '../src/io/images';
 import { emptyTimings, Img2PoseModel, POSE_GATING_FLAG, PredictOptions, RawDetections, StageTimings, SUBBATCH_OVERLAP } from '../src/model/model';
-import { GPU_RECORD_FLAG, gpuMemory, gpuSync, initWebGPUBackend, KernelMode, Kernels, PORTABLE_KERNELS, useGpuPool, winogradEnabled, WINOGRAD_FLAG } from '../src/kernels/webgpu';
+import {
+  GPU_RECORD_FLAG, gpuMemory, gpuSync, initWebGPUBackend, KernelMode, Kernels, PORTABLE_KERNELS, useGpuPool, WINOGRAD_F4_FUSED_FLAG,
+  WINOGRAD_FLAG, WINOGRAD_TILE_FLAG,
+} from '../src/kernels/webgpu';
 import { activeRuntime, rulesFor } from '../src/runtime/runtime';
 import { compareDetections } from './gpu_check';
 import { Backbone } from '../src/model/backbone';
@@ -52,6 +55,7 @@ const program = new Command('bench.mjs')
   .option('--stages-only', 'the per-stage replica only (GPU synchronised after each stage)', false)
   .addOption(new Option('--winograd <on|off>', 'Winograd for the stride-1 3x3 convolutions').choices(['on', 'off']).default('on'))
   .option('--winograd-sweep', 'Winograd on and off, alternated round by round', false)
+  .option('--winograd-tile-sweep', 'Winograd F(2x2), F(4x4) with its input transform separate and in the GEMM loads, alternated round by round', false)
   .option('--gating-sweep', 'the pose branch only above the score filter, on and off, alternated', false)
   .option('--record-sweep', "our dispatch recording and tfjs' own, alternated round by round", false);
 const opts = program.parse(process.argv).opts<{
@@ -67,6 +71,7 @@ const opts = program.parse(process.argv).opts<{
   stagesOnly: boolean;
   winograd: 'on' | 'off';
   winogradSweep: boolean;
+  winogradTileSweep: boolean;
   gatingSweep: boolean;
   recordSweep: boolean;
 }>();
@@ -278,6 +283,7 @@ async function main(): Promise<void> {
   if (process.env.IMG2POSE_GPU_POOL !== 'exact') useGpuPool(Number(process.env.IMG2POSE_GPU_POOL_GIB ?? 8) * 2 ** 30);
   if (opts.winograd === 'off') tf.env().set(WINOGRAD_FLAG, false);
   console.log('backend', JSON.stringify(adapter));
+  console.log(winogradSetting());
   const modes: KernelMode[] = opts.mode === 'both' ? ['webgpu', 'portable'] : [opts.mode];
   const batches = opts.batches;
   const load = async (name: string): Promise<tf.Tensor3D> => decodeImage(fs.readFileSync(path.join(GOLDEN, name)));
@@ -321,9 +327,28 @@ async function main(): Promise<void> {
         const imgs = b === 0 ? mixed : Array.from({ length: b }, () => photo);
         for (let r = 0; r < 3; r++) await model.predict(imgs, CONFIG, OPTS);
         const m = gpuMemory();
-        console.log(`memory [${mode}, winograd ${winogradEnabled() ? 'on' : 'off'}] ${b === 0 ? 'mixed 8' : `photo x${b}`}: ` +
+        console.log(`memory [${mode}, ${winogradSetting()}] ${b === 0 ? 'mixed 8' : `photo x${b}`}: ` +
           `GPU pool ${(m.allocated / 2 ** 30).toFixed(2)} GiB allocated, ${(m.inUse / 2 ** 30).toFixed(2)} GiB in use after the forwards`);
       }
+      continue;
+    }
+    if (opts.winogradTileSweep) {
+      // Each filter's U for a tile is made on its first use with that tile (kept after): the
+      // warm-up rounds of `alternate` absorb it.
+      const before = [tf.env().get(WINOGRAD_TILE_FLAG), tf.env().getBool(WINOGRAD_F4_FUSED_FLAG)] as const;
+      const setting = (name: string, tile: 2 | 4, fused: boolean): { name: string; apply: () => void } => ({
+        name,
+        apply: () => {
+          tf.env().set(WINOGRAD_FLAG, true);
+          tf.env().set(WINOGRAD_TILE_FLAG, tile);
+          tf.env().set(WINOGRAD_F4_FUSED_FLAG, fused);
+        },
+      });
+      const sweep = [setting('F(2x2)', 2, false), setting('F(4x4) separate input', 4, false), setting('F(4x4) fused input', 4, true)];
+      for (const b of batches) await alternate(model, Array.from({ length: b }, () => photo), sweep, 5, `[${mode}] photo x${b}`);
+      await alternate(model, mixed, sweep, 5, `[${mode}] mixed ${mixed.length} (7 sizes)`);
+      tf.env().set(WINOGRAD_TILE_FLAG, before[0]);
+      tf.env().set(WINOGRAD_F4_FUSED_FLAG, before[1]);
       continue;
     }
     const flag = opts.gatingSweep ? POSE_GATING_FLAG : opts.winogradSweep ? WINOGRAD_FLAG : opts.recordSweep ? GPU_RECORD_FLAG : null;

@@ -6,10 +6,11 @@
 // host stages on 8 worker threads, as the detector runs them on a GPU backend).
 // Bundled (`npm run gpu:bundle`, docs/webgpu.md), run from the repo root on the device:
 //   node .gpu/app/check.mjs [--webgpu-only]
+// (with F(4x4, 3x3) Winograd: IMG2POSE_WINOGRAD_TILE=4 node .gpu/app/check.mjs, see gpu_flags.ts)
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
-import { applyBackendFlags } from './gpu_flags';
+import { applyBackendFlags, winogradSetting } from './gpu_flags';
 import { Command } from 'commander';
 import { GOLDEN, loadNpy, manifest as goldenManifest } from '../__tests__/utils/golden';
 import { failures, matchDetections, pct, sci } from './match';
@@ -53,6 +54,7 @@ async function main(opts: { webgpuOnly: boolean }): Promise<void> {
   // As Img2Pose.load sets it up (IMG2POSE_GPU_POOL=exact keeps tfjs' own pooling).
   if (process.env.IMG2POSE_GPU_POOL !== 'exact') useGpuPool(Number(process.env.IMG2POSE_GPU_POOL_GIB ?? 8) * 2 ** 30);
   console.log('backend', JSON.stringify(adapter));
+  console.log(winogradSetting());
   const manifest = goldenManifest();
   const singles = new Map(manifest.cases.filter((c) => c.mode === 'single').map((c) => [`${c.image}@${c.min_size}`, c]));
   const weights = formulaWeights();

@@ -21,7 +21,7 @@ import { initWebGPUBackend } from '../src/kernels/webgpu/dawn';
 import { gpuSync } from '../src/kernels/webgpu/program';
 import { roiAlignFused, RoiAlignInputs } from '../src/kernels/webgpu/roi_align';
 import { Kernels, useGpuPool } from '../src/kernels/webgpu';
-import { conv2dWinograd, winogradFilter } from '../src/kernels/webgpu/winograd';
+import { conv2dWinograd, F4Input, winogradFilter, WinogradTile, winogradTiles } from '../src/kernels/webgpu/winograd';
 import { prepareBatch } from '../src/model/transform';
 import { decodeImage } from '../src/io/images';
 import * as fsp from 'fs';
@@ -107,38 +107,51 @@ const winogradChecks: ConvCase[] = [
   { name: '3x3 256->256 tile 64x64', x: [1, 21, 37, 256], k: 3, cout: 256, stride: 1, pad: 1, relu: true, tile: { bm: 64, bn: 64 } },
 ];
 
+/** The Winograd variants checked and timed: F(2x2), F(4x4) with its input transform separate or in the GEMM loads. */
+const WINOGRAD_VARIANTS: { name: string; tile: WinogradTile; input: F4Input }[] = [
+  { name: 'F(2x2)', tile: 2, input: 'separate' },
+  { name: 'F(4x4) sep', tile: 4, input: 'separate' },
+  { name: 'F(4x4) fused', tile: 4, input: 'fused' },
+];
+
 /**
- * Winograd F(2x2, 3x3) against the direct kernel and a float64 convolution; each image of a batch
- * bit-identical to its own single run; a batch run in image chunks bit-identical to one run.
+ * Each Winograd variant against the direct kernel and a float64 convolution; each image of a
+ * batch bit-identical to its own single run; a batch run in image chunks bit-identical to one run.
  */
 async function winogradCases(): Promise<CheckRow[]> {
   const rows: CheckRow[] = [];
   for (const c of winogradChecks) {
     const { x, w, b, res } = makeConvInputs(c);
     const opts = convOpts(c, res);
-    const u = winogradFilter(w);
-    tf.fill([c.x[0], c.x[1], c.x[2], c.cout], NaN).dispose();
-    const wino = conv2dWinograd(x, u, b, opts, c.tile);
     const direct = conv2dFused(x, w, b, opts);
-    const e = await relErr(wino, direct);
-    rows.push({ name: `winograd ${c.name} vs direct`, relErr: e, ok: e < 1e-5 && Number.isFinite(e) });
-    const e64 = relErrHost(await wino.data(), await convReference64(x, w, b, c, res));
-    rows.push({ name: `  vs float64 CPU`, relErr: e64, ok: e64 < 1e-5 && Number.isFinite(e64) });
-    if (c.x[0] > 1) {
-      // Image 1 alone vs inside the batch; the batch in chunks of one image vs at once.
-      const [n, h, wd, cin] = c.x;
-      const one = tf.slice(x, [1, 0, 0, 0], [1, h, wd, cin]);
-      const oneRes = res && tf.slice(res, [1, 0, 0, 0], [1, h, wd, c.cout]);
-      const single = conv2dWinograd(one, u, b, { ...opts, residual: oneRes }, c.tile);
-      const inBatch = tf.slice(wino, [1, 0, 0, 0], [1, h, wd, c.cout]);
-      const dSingle = tf.tidy(() => tf.max(tf.abs(tf.sub(single, inBatch))));
-      const chunked = conv2dWinograd(x, u, b, opts, c.tile, 16 * Math.ceil(h / 2) * Math.ceil(wd / 2) * c.cout * 4);
-      const dChunk = tf.tidy(() => tf.max(tf.abs(tf.sub(chunked, wino))));
-      const [ds, dc] = [(await dSingle.data())[0], (await dChunk.data())[0]];
-      rows.push({ name: `  image 1 of ${n} == single, chunked == whole`, relErr: Math.max(ds, dc), ok: ds === 0 && dc === 0 });
-      tf.dispose([one, single, inBatch, dSingle, chunked, dChunk, ...(oneRes ? [oneRes] : [])]);
+    const ref = await convReference64(x, w, b, c, res);
+    for (const v of WINOGRAD_VARIANTS) {
+      const u = winogradFilter(w, v.tile);
+      tf.fill([c.x[0], c.x[1], c.x[2], c.cout], NaN).dispose();
+      const run = (xs: tf.Tensor4D, o: ConvOptions, chunkBytes?: number): tf.Tensor4D => conv2dWinograd(xs, u, b, o, c.tile, chunkBytes, v.input);
+      const wino = run(x, opts);
+      const e = await relErr(wino, direct);
+      rows.push({ name: `winograd ${v.name} ${c.name} vs direct`, relErr: e, ok: e < 1e-5 && Number.isFinite(e) });
+      const e64 = relErrHost(await wino.data(), ref);
+      rows.push({ name: `  vs float64 CPU`, relErr: e64, ok: e64 < 1e-5 && Number.isFinite(e64) });
+      if (c.x[0] > 1) {
+        // Image 1 alone vs inside the batch; the batch in chunks of one image (its V or M) vs at once.
+        const [n, h, wd, cin] = c.x;
+        const one = tf.slice(x, [1, 0, 0, 0], [1, h, wd, cin]);
+        const oneRes = res && tf.slice(res, [1, 0, 0, 0], [1, h, wd, c.cout]);
+        const single = run(one, { ...opts, residual: oneRes });
+        const inBatch = tf.slice(wino, [1, 0, 0, 0], [1, h, wd, c.cout]);
+        const dSingle = tf.tidy(() => tf.max(tf.abs(tf.sub(single, inBatch))));
+        const e = (v.tile + 2) ** 2;
+        const chunked = run(x, opts, e * winogradTiles(1, h, wd, v.tile) * Math.max(cin, c.cout) * 4);
+        const dChunk = tf.tidy(() => tf.max(tf.abs(tf.sub(chunked, wino))));
+        const [ds, dc] = [(await dSingle.data())[0], (await dChunk.data())[0]];
+        rows.push({ name: `  image 1 of ${n} == single, chunked == whole`, relErr: Math.max(ds, dc), ok: ds === 0 && dc === 0 });
+        tf.dispose([one, single, inBatch, dSingle, chunked, dChunk, ...(oneRes ? [oneRes] : [])]);
+      }
+      tf.dispose([u, wino]);
     }
-    tf.dispose([x, w, b, u, wino, direct, ...(res ? [res] : [])]);
+    tf.dispose([x, w, b, direct, ...(res ? [res] : [])]);
   }
   return rows;
 }
@@ -300,8 +313,8 @@ interface TimingRow {
   tile: string;
   stockTflops: number;
   fusedTflops: number;
-  /** Winograd F(2x2, 3x3) for stride-1 3x3 layers (effective TF/s: the direct conv's FLOPs). */
-  winoMs?: number;
+  /** Each of WINOGRAD_VARIANTS for stride-1 3x3 layers (effective TF/s: the direct conv's FLOPs). */
+  winoMs?: number[];
 }
 
 // ResNet-18 + FPN + RPN at the default 640x1152 (padded) input.
@@ -334,11 +347,14 @@ async function runTimings(batches: number[]): Promise<TimingRow[]> {
       const stockMs = await timeIt(() => conv2dPortable(x, w, b, opts));
       const again = await timeIt(() => conv2dFused(x, w, b, opts));
       if (Math.abs(again - fusedMs) > 0.1 * fusedMs) console.log(`  (fused time moved: ${fusedMs.toFixed(3)} -> ${again.toFixed(3)} ms)`);
-      let winoMs: number | undefined;
+      let winoMs: number[] | undefined;
       if (c.k === 3 && c.stride === 1 && c.x[3] % 4 === 0) {
-        const u = winogradFilter(w);
-        winoMs = await timeIt(() => conv2dWinograd(x, u, b, opts));
-        u.dispose();
+        winoMs = [];
+        for (const v of WINOGRAD_VARIANTS) {
+          const u = winogradFilter(w, v.tile);
+          winoMs.push(await timeIt(() => conv2dWinograd(x, u, b, opts, undefined, undefined, v.input)));
+          u.dispose();
+        }
       }
       rows.push({
         layer: c.name, batch, gflop, stockMs, fusedMs, tile: `${tile.bm}x${tile.bn}`,
@@ -372,7 +388,7 @@ function fmtTiming(r: TimingRow): string {
   return `${r.layer.padEnd(38)} b${String(r.batch).padEnd(2)} ${r.gflop.toFixed(2).padStart(8)} GF  ` +
     `stock ${r.stockMs.toFixed(3).padStart(9)} ms ${r.stockTflops.toFixed(2).padStart(6)} TF/s  ` +
     `fused ${r.fusedMs.toFixed(3).padStart(8)} ms ${r.fusedTflops.toFixed(2).padStart(6)} TF/s  tile ${r.tile}` +
-    (r.winoMs === undefined ? '' : `  winograd ${r.winoMs.toFixed(3).padStart(8)} ms ${(r.gflop / r.winoMs).toFixed(2).padStart(6)} TF/s eff`);
+    (r.winoMs ?? []).map((ms, k) => `  ${WINOGRAD_VARIANTS[k].name} ${ms.toFixed(3).padStart(8)} ms ${(r.gflop / ms).toFixed(2).padStart(6)} TF/s eff`).join('');
 }
 
 async function main(): Promise<void> {

@@ -5,7 +5,8 @@
 //   1. input transform   V[e] = (B^T d B)[e], 36 matrices [tiles, cin]   (WebAssembly SIMD)
 //   2. 36 GEMMs          M[e] = V[e] @ U[e]                               (tf.matMul: XNNPACK)
 //   3. output transform  y = A^T M A + bias (+ residual) (ReLU), NHWC    (WebAssembly SIMD)
-// U = G g G^T is computed in float64 once per filter, on its first use.
+// U = G g G^T is computed in float64 once per filter, on its first use. The transform matrices are
+// ../winograd_f4's, shared with the WebGPU path.
 // Why: the stride-1 3x3 convolutions are ~90% of the network's FLOPs on the CPU, and XNNPACK's
 // direct convolution and its GEMM run at the same rate (wasm SIMD: 128-bit, no FMA), so 4x fewer
 // multiplications is the one large step left. Rounding differs from the direct convolution by
@@ -17,32 +18,7 @@ import * as tf from '@tensorflow/tfjs';
 import { asWasmBackend, outputInto, WasmBackend } from './backend';
 import { WINOGRAD_F4_WASM } from './winograd_wasm';
 import { isReleased, packingActive, releaseUnused, usePacked } from './packed';
-
-/** B^T of F(4x4, 3x3): the input transform along one axis (points 0, +-1, +-2, infinity). */
-export const WINOGRAD_F4_BT = [
-  [4, 0, -5, 0, 1, 0],
-  [0, -4, -4, 1, 1, 0],
-  [0, 4, -4, -1, 1, 0],
-  [0, -2, -1, 2, 1, 0],
-  [0, 2, -1, -2, 1, 0],
-  [0, 4, 0, -5, 0, 1],
-] as const;
-/** G: the filter transform along one axis. */
-export const WINOGRAD_F4_G = [
-  [1 / 4, 0, 0],
-  [-1 / 6, -1 / 6, -1 / 6],
-  [-1 / 6, 1 / 6, -1 / 6],
-  [1 / 24, 1 / 12, 1 / 6],
-  [1 / 24, -1 / 12, 1 / 6],
-  [0, 0, 1],
-] as const;
-/** A^T: the output transform along one axis. */
-export const WINOGRAD_F4_AT = [
-  [1, 1, 1, 1, 1, 0],
-  [0, 1, -1, 2, -2, 0],
-  [0, 1, 1, 4, 4, 0],
-  [0, 1, -1, 8, -8, 1],
-] as const;
+import { winogradF4Filter } from '../winograd_f4';
 
 /** Transform positions per tile (6 x 6). */
 const POSITIONS = 36;
@@ -66,32 +42,6 @@ const BAND_BYTES = 16 << 20;
 export function wasmWinogradFits(shape: readonly number[]): boolean {
   const [kh, kw, cin, cout] = shape;
   return kh === 3 && kw === 3 && cin % 4 === 0 && cout % 4 === 0 && cin >= WASM_WINOGRAD_MIN_CHANNELS && cin <= WASM_WINOGRAD_MAX_CHANNELS;
-}
-
-/**
- * U[e] = (G g G^T)[e] for a filter in tfjs layout (3, 3, in, out), as 36 [in, out] arrays,
- * e = 6 i + j; summed in float64 and rounded once.
- */
-export function winogradF4Filter(filter: Float32Array, cin: number, cout: number): Float32Array[] {
-  const size = cin * cout;
-  if (filter.length !== 9 * size) throw new Error(`winogradF4Filter: ${filter.length} values for a 3x3 ${cin}->${cout} filter`);
-  const out: Float32Array[] = [];
-  const acc = new Float64Array(size);
-  for (let i = 0; i < 6; i++) {
-    for (let j = 0; j < 6; j++) {
-      acc.fill(0);
-      for (let a = 0; a < 3; a++) {
-        for (let b = 0; b < 3; b++) {
-          const k = WINOGRAD_F4_G[i][a] * WINOGRAD_F4_G[j][b];
-          if (k === 0) continue;
-          const tap = filter.subarray((a * 3 + b) * size, (a * 3 + b + 1) * size);
-          for (let q = 0; q < size; q++) acc[q] += k * tap[q];
-        }
-      }
-      out.push(Float32Array.from(acc));
-    }
-  }
-  return out;
 }
 
 // --- the tfjs wasm backend, as far as these kernels use it ---------------------------------------

@@ -11,6 +11,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { convOutputSize } from '../../ops/size';
 import { runProgram, WebGPUProgram } from './program';
+import { WINOGRAD_F4_BT } from '../winograd_f4';
 
 export interface ConvOptions {
   stride: number;
@@ -62,21 +63,22 @@ export interface ConvShaderSpec {
   residual: 'none' | 'same' | 'upsample';
   tile: ConvTile;
   /**
-   * 1x1 only: 16 independent GEMMs, one per workgroup z (Winograd's transformed components):
-   * x [16, 1, rows, in], W [16, in, out], output [16, 1, rows, out].
+   * 1x1 only: independent GEMMs (Winograd's 16 or 36 transformed components), one per workgroup z
+   * and output batch index: x [E, 1, rows, in], W [E, in, out], output [E, 1, rows, out].
    */
   batched?: boolean;
   /**
-   * Batched only: A is not read from a [16, 1, rows, in] tensor but computed while loading from
-   * the conv input x [N, H, W, in]: row m is Winograd tile m (2x2 outputs, 4x4 input patch at
-   * (2ty - 1, 2tx - 1)) and GEMM z is component (z / 4, z % 4) of B^T d B.
+   * Batched only: A is not read from an [E, 1, rows, in] tensor but computed while loading from
+   * the conv input x [N, H, W, in], for Winograd F(m x m, 3x3) with m = this value: row r is tile
+   * r (m x m outputs, (m + 2) x (m + 2) input patch d at (m ty - 1, m tx - 1)) and GEMM z is
+   * component (z / (m + 2), z % (m + 2)) of B^T d B.
    */
-  winogradInput?: boolean;
+  winogradInput?: 2 | 4;
 }
 
 function specKey(s: ConvShaderSpec): string {
   return `i2pConv_${s.kh}x${s.kw}_${s.cin}_${s.cout}_s${s.stride}_p${s.pad}_${s.relu ? 'r' : ''}${s.hasBias ? 'b' : ''}` +
-    `_${s.residual}_${s.tile.bm}x${s.tile.bn}x${s.tile.bk ?? BK}${s.batched ? '_z' : ''}${s.winogradInput ? 'w' : ''}`;
+    `_${s.residual}_${s.tile.bm}x${s.tile.bn}x${s.tile.bk ?? BK}${s.batched ? '_z' : ''}${s.winogradInput ? `w${s.winogradInput}` : ''}`;
 }
 
 /**
@@ -93,7 +95,7 @@ export function convShaderSource(s: ConvShaderSpec): string {
   if (batched && (s.kh !== 1 || s.kw !== 1 || s.stride !== 1 || s.pad !== 0 || s.hasBias || s.residual !== 'none' || s.relu)) {
     throw new Error('convShaderSource: batched GEMMs are plain 1x1 (no bias, residual or ReLU)');
   }
-  const wino = s.winogradInput === true;
+  const wino = s.winogradInput !== undefined;
   if (wino && !batched) throw new Error('convShaderSource: the Winograd input transform needs batched GEMMs');
   // Cin % 16 == 0: a whole k-tile is 16 channels of one tap, decoded once per tile; else each
   // vec4 (4 channels of one tap) decodes its own tap.
@@ -119,7 +121,9 @@ export function convShaderSource(s: ConvShaderSpec): string {
 
   // Per-thread A-loader rows are fixed for the whole k loop: decode their pixels once.
   const aLoads = (bm * bk) / 4 / THREADS;
-  if (wino) {
+  if (s.winogradInput === 4) {
+    lines.push(...winogradF4LoaderSetup(aLoads, bk, THREADS));
+  } else if (wino) {
     // Component (i, j) of B^T d B is sum over rows p in {PA, PB} and columns q in {QA, QB} of
     // sign * d[p][q]: each row of B^T has two non-zero entries, +-1.
     L(`  let wi = zb / 4; let wj = zb - wi * 4;`);
@@ -167,6 +171,10 @@ export function convShaderSource(s: ConvShaderSpec): string {
   ];
   const loadA = (k0: string): string[] => {
     const out: string[] = [];
+    if (s.winogradInput === 4) {
+      for (let l = 0; l < aLoads; l++) out.push(...winogradF4Load(l, k0));
+      return out;
+    }
     if (wino) {
       for (let l = 0; l < aLoads; l++) {
         out.push(`{ let ci = ${k0} + aK${l} * 4; ra${l} = vec4<f32>(0.0);`);
@@ -254,6 +262,76 @@ export function convShaderSource(s: ConvShaderSpec): string {
   }
   L(`}`);
   return lines.join('\n');
+}
+
+/**
+ * Tap positions (-1: none) and coefficients of each row of the F(4x4, 3x3) B^T, four per row
+ * (rows 0 and 5 have three non-zero entries, rows 1-4 four), as WGSL vec4 constructors.
+ */
+function f4Taps(): { pos: string[]; coef: string[] } {
+  const pos: string[] = [];
+  const coef: string[] = [];
+  for (const row of WINOGRAD_F4_BT) {
+    const taps = row.flatMap((c, k) => (c === 0 ? [] : [[k, c]]));
+    while (taps.length < 4) taps.push([-1, 0]);
+    pos.push(`vec4<i32>(${taps.map(([k]) => k).join(', ')})`);
+    coef.push(`vec4<f32>(${taps.map(([, c]) => `${c}.0`).join(', ')})`);
+  }
+  return { pos, coef };
+}
+
+/**
+ * F(4x4, 3x3) input transform inside the GEMM's A loads, set-up part: this GEMM's component
+ * (wi, wj) picks four rows and four columns of the 6x6 patch with their B^T coefficients, and
+ * each A-loader row (a tile) decodes the four row offsets and four columns it reads (-1 where the
+ * pixel is padding or the tap is absent), once for the whole k loop.
+ * Why it is an option and not the default: each A element costs 16 vec4 loads and 16 FMAs (4 and
+ * 4 adds in F(2x2)), redone for every column block of workgroups, and the offsets take 8 more
+ * registers per loader row in a kernel that is register-bound; the separate input transform
+ * (winograd.ts) writes and reads V [36, tiles, cin] once instead. Which wins is measured, not
+ * assumed (IMG2POSE_WINOGRAD_F4_FUSED_INPUT).
+ */
+function winogradF4LoaderSetup(aLoads: number, bk: number, threads: number): string[] {
+  const { pos, coef } = f4Taps();
+  const out: string[] = [];
+  const L = (t: string): void => {
+    out.push(t);
+  };
+  L(`  var btPos = array<vec4<i32>, 6>(${pos.join(', ')});`);
+  L(`  var btCoef = array<vec4<f32>, 6>(${coef.join(', ')});`);
+  L(`  let wi = zb / 6; let wj = zb - wi * 6;`);
+  L(`  let rowTap = btPos[wi]; let rowC = btCoef[wi]; let colTap = btPos[wj]; let colC = btCoef[wj];`);
+  L(`  let TW = (W_ + 3) / 4; let TT = ((H + 3) / 4) * TW;`);
+  for (let l = 0; l < aLoads; l++) {
+    L(`  let aM${l} = (tid + ${l * threads}) / ${bk / 4}; let aK${l} = (tid + ${l * threads}) % ${bk / 4};`);
+    L(`  let aT${l} = m0 + aM${l}; let aOk${l} = aT${l} < M;`);
+    L(`  let aB${l} = aT${l} / TT; let aR${l} = aT${l} - aB${l} * TT; let aTy${l} = aR${l} / TW; let aTx${l} = aR${l} - aTy${l} * TW;`);
+    for (let p = 0; p < 4; p++) {
+      L(`  let y${p}_${l} = aTy${l} * 4 - 1 + rowTap[${p}];`);
+      L(`  let r${p}_${l} = select(-1, (aB${l} * H + y${p}_${l}) * W_, aOk${l} && rowTap[${p}] >= 0 && y${p}_${l} >= 0 && y${p}_${l} < H);`);
+      L(`  let x${p}_${l} = aTx${l} * 4 - 1 + colTap[${p}];`);
+      L(`  let c${p}_${l} = select(-1, x${p}_${l}, colTap[${p}] >= 0 && x${p}_${l} >= 0 && x${p}_${l} < W_);`);
+    }
+    L(`  var ra${l} = vec4<f32>(0.0);`);
+  }
+  return out;
+}
+
+/**
+ * One A load of the in-GEMM F(4x4, 3x3) input transform: component (wi, wj) of B^T d B for 4
+ * channels, combining each of the four columns over its four rows first (the order of the
+ * separate transform in winograd.ts), padding and absent taps reading zero.
+ */
+function winogradF4Load(l: number, k0: string): string[] {
+  const out = [`{ let ci = ${k0} + aK${l} * 4; ra${l} = vec4<f32>(0.0);`, `  if (ci < CIN) {`];
+  for (let q = 0; q < 4; q++) {
+    out.push(`    var s${q} = vec4<f32>(0.0);`);
+    for (let p = 0; p < 4; p++) {
+      out.push(`    if (r${p}_${l} >= 0 && c${q}_${l} >= 0) { s${q} = s${q} + rowC[${p}] * x[((r${p}_${l} + c${q}_${l}) * CIN + ci) / 4]; }`);
+    }
+  }
+  out.push(`    ra${l} = colC[0] * s0 + colC[1] * s1 + colC[2] * s2 + colC[3] * s3; } }`);
+  return out;
 }
 
 export class FusedConvProgram implements WebGPUProgram {

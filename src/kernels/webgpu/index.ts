@@ -69,8 +69,9 @@ export const PORTABLE_KERNELS = new Kernels('portable');
 
 /**
  * Called by a stage for each conv filter (and bias) it owns, once, when it is built: on the webgpu
- * backend, keeps what our kernels' fast paths need (the Winograd-transformed filter, channel-padded
- * copies), whatever the kernel mode is then, so the mode can change later; on the wasm backend, the
+ * backend, keeps what our kernels' fast paths need (the Winograd-transformed filter for the tile of
+ * the IMG2POSE_WINOGRAD_TILE flag, channel-padded copies), whatever the kernel mode is then, so the
+ * mode can change later; on the wasm backend, the
  * F(4x4, 3x3) filters of the layers that take it (else made on first use). `releaseConvFilter`
  * frees them.
  */
@@ -97,7 +98,11 @@ export { gpuSync, gpuMemory } from './program';
 export { DEFAULT_POOL_LIMIT, UPLOAD_CHUNK_FLAG, releaseGpuPool, sizeClass, sizeClassPoolLimit, trimPool, useGpuPool, useSizeClassPool } from './buffer_pool';
 export { roiAlignFused } from './roi_align';
 export { GPU_RECORD_FLAG, uniformLayout, useFastRecording } from './record';
-export { conv2dWinograd, winogradEnabled, winogradFilter, WINOGRAD_FLAG, WINOGRAD_MIN_CHANNELS } from './winograd';
+export {
+  conv2dWinograd, winogradEnabled, winogradFilter, winogradTile, winogradTiles, WINOGRAD_F4_FUSED_FLAG, WINOGRAD_FLAG, WINOGRAD_MIN_CHANNELS,
+  WINOGRAD_TILE_FLAG,
+} from './winograd';
+export type { F4Input, WinogradTile } from './winograd';
 export type { RoiAlignInputs } from './roi_align';
 export { normalizeResizePadBatchWebGPU, normalizeResizePadBytesWebGPU } from './transform';
 export type { ImageBytes } from './transform';
