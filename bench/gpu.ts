@@ -55,7 +55,7 @@ const program = new Command('bench.mjs')
   .option('--stages-only', 'the per-stage replica only (GPU synchronised after each stage)', false)
   .addOption(new Option('--winograd <on|off>', 'Winograd for the stride-1 3x3 convolutions').choices(['on', 'off']).default('on'))
   .option('--winograd-sweep', 'Winograd on and off, alternated round by round', false)
-  .option('--winograd-tile-sweep', 'Winograd F(2x2), F(4x4) with its input transform separate and in the GEMM loads, alternated round by round', false)
+  .option('--winograd-tile-sweep', 'Winograd F(2x2), F(4x4) and by layer (auto), alternated round by round', false)
   .option('--gating-sweep', 'the pose branch only above the score filter, on and off, alternated', false)
   .option('--record-sweep', "our dispatch recording and tfjs' own, alternated round by round", false);
 const opts = program.parse(process.argv).opts<{
@@ -336,7 +336,7 @@ async function main(): Promise<void> {
       // Each filter's U for a tile is made on its first use with that tile (kept after): the
       // warm-up rounds of `alternate` absorb it.
       const before = [tf.env().get(WINOGRAD_TILE_FLAG), tf.env().getBool(WINOGRAD_F4_FUSED_FLAG)] as const;
-      const setting = (name: string, tile: 2 | 4, fused: boolean): { name: string; apply: () => void } => ({
+      const setting = (name: string, tile: 2 | 4 | 'auto', fused: boolean): { name: string; apply: () => void } => ({
         name,
         apply: () => {
           tf.env().set(WINOGRAD_FLAG, true);
@@ -344,7 +344,7 @@ async function main(): Promise<void> {
           tf.env().set(WINOGRAD_F4_FUSED_FLAG, fused);
         },
       });
-      const sweep = [setting('F(2x2)', 2, false), setting('F(4x4) separate input', 4, false), setting('F(4x4) fused input', 4, true)];
+      const sweep = [setting('F(2x2)', 2, false), setting('F(4x4) separate input', 4, false), setting('by layer (auto)', 'auto', false)];
       for (const b of batches) await alternate(model, Array.from({ length: b }, () => photo), sweep, 5, `[${mode}] photo x${b}`);
       await alternate(model, mixed, sweep, 5, `[${mode}] mixed ${mixed.length} (7 sizes)`);
       tf.env().set(WINOGRAD_TILE_FLAG, before[0]);

@@ -101,6 +101,7 @@ export { GPU_RECORD_FLAG, uniformLayout, useFastRecording } from './record';
 export {
   conv2dWinograd, winogradEnabled, winogradFilter, winogradTile, winogradTiles, WINOGRAD_F4_FUSED_FLAG, WINOGRAD_FLAG, WINOGRAD_MIN_CHANNELS,
   WINOGRAD_TILE_FLAG,
+  WINOGRAD_AUTO_F4_MAX_CHANNELS,
 } from './winograd';
 export type { F4Input, WinogradTile } from './winograd';
 export type { RoiAlignInputs } from './roi_align';

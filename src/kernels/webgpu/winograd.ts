@@ -51,14 +51,22 @@ if (!(WINOGRAD_FLAG in (tf.env() as unknown as { flagRegistry: object }).flagReg
 export type WinogradTile = 2 | 4;
 
 /**
- * tfjs env flag: the Winograd tile of the WebGPU path, 2 (F(2x2, 3x3), default) or 4 (F(4x4,
- * 3x3)). Read when a network's filters are prepared (their U is made for this tile) and at each
- * convolution; a filter prepared for the other tile gets this tile's U on its first use.
+ * tfjs env flag: the Winograd tile of the WebGPU path, 'auto' (default: by layer, see
+ * `winogradTile`), 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)). Read when a network's filters are prepared
+ * (their U is made for their tile) and at each convolution; a filter prepared for the other tile
+ * gets this tile's U on its first use.
  */
 export const WINOGRAD_TILE_FLAG = 'IMG2POSE_WINOGRAD_TILE';
 if (!(WINOGRAD_TILE_FLAG in (tf.env() as unknown as { flagRegistry: object }).flagRegistry)) {
-  tf.env().registerFlag(WINOGRAD_TILE_FLAG, () => 2);
+  tf.env().registerFlag(WINOGRAD_TILE_FLAG, () => 'auto');
 }
+
+/**
+ * Layers with more input channels take F(2x2) under 'auto': measured on an H100, F(4x4) ran the
+ * 64- to 256-channel layers faster (the 256-channel FPN outputs and RPN head at 160x288 in 0.59 ms
+ * instead of 0.98) but ResNet's 512-channel layer4, on its small maps, slower.
+ */
+export const WINOGRAD_AUTO_F4_MAX_CHANNELS = 256;
 
 /**
  * tfjs env flag: F(4x4, 3x3) computes its input transform inside the GEMM's loads (true, like
@@ -69,10 +77,16 @@ if (!(WINOGRAD_F4_FUSED_FLAG in (tf.env() as unknown as { flagRegistry: object }
   tf.env().registerFlag(WINOGRAD_F4_FUSED_FLAG, () => false);
 }
 
-/** The Winograd tile the WINOGRAD_TILE_FLAG asks for; an error for a value other than 2 or 4. */
-export function winogradTile(): WinogradTile {
-  const v = Number(tf.env().get(WINOGRAD_TILE_FLAG));
-  if (v !== 2 && v !== 4) throw new Error(`${WINOGRAD_TILE_FLAG} must be 2 or 4, got ${String(tf.env().get(WINOGRAD_TILE_FLAG))}`);
+/**
+ * The Winograd tile the WINOGRAD_TILE_FLAG asks for, for a layer of `cin` input channels: under
+ * 'auto', 4 up to WINOGRAD_AUTO_F4_MAX_CHANNELS (and when `cin` is not given), else 2. Depends on
+ * the layer only, never on the image or the batch. An error for a value other than 'auto', 2 or 4.
+ */
+export function winogradTile(cin?: number): WinogradTile {
+  const flag = tf.env().get(WINOGRAD_TILE_FLAG);
+  if (flag === 'auto') return cin !== undefined && cin > WINOGRAD_AUTO_F4_MAX_CHANNELS ? 2 : 4;
+  const v = Number(flag);
+  if (v !== 2 && v !== 4) throw new Error(`${WINOGRAD_TILE_FLAG} must be 'auto', 2 or 4, got ${String(flag)}`);
   return v;
 }
 
@@ -153,7 +167,7 @@ export function winogradFilter(filter: tf.Tensor4D, tile: WinogradTile = 2): tf.
  * as U for F(4x4) takes 4x the filter's memory. The stage that owns the filter releases it when
  * it is disposed.
  */
-export function prepareWinograd(filter: tf.Tensor4D, tile: WinogradTile = winogradTile()): void {
+export function prepareWinograd(filter: tf.Tensor4D, tile: WinogradTile = winogradTile(filter.shape[2])): void {
   if (!winogradFilterFits(filter.shape)) return;
   const entry = filters.get(filter) ?? {};
   filters.set(filter, entry);
@@ -173,7 +187,7 @@ export function releaseWinograd(filter: tf.Tensor): void {
  * applies to this call (a prepared filter, options that fit), else undefined. A prepared filter
  * whose U for this tile was not made yet (the flag changed since) gets it now and keeps it.
  */
-export function winogradFilterFor(filter: tf.Tensor4D, opts: ConvOptions, tile: WinogradTile = winogradTile()): tf.Tensor3D | undefined {
+export function winogradFilterFor(filter: tf.Tensor4D, opts: ConvOptions, tile: WinogradTile = winogradTile(filter.shape[2])): tf.Tensor3D | undefined {
   if (!winogradOptionsFit(opts) || !filters.has(filter)) return undefined;
   prepareWinograd(filter, tile);
   return filters.get(filter)?.[tile];
