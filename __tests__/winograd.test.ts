@@ -16,7 +16,7 @@ import { convReference64 } from './utils/kernel_reference';
 import { lcgValues, relErr } from './utils/lcg';
 import { winogradHost } from './utils/winograd_host';
 import {
-  prepareWinograd, winogradFilterFits, winogradFilterFor, winogradOptionsFit, winogradTile, WINOGRAD_TILE_FLAG,
+  prepareWinograd, winogradFilterFits, winogradFilterFor, winogradOptionsFit, winogradTile, WINOGRAD_TILE_FLAG, WINOGRAD_AUTO_F4_MAX_CHANNELS,
 } from '../src/kernels/webgpu/winograd';
 import { winogradF4Filter } from '../src/kernels/winograd_f4';
 import { wasmWinogradAvailable } from '../src/kernels/wasm/winograd';
@@ -145,6 +145,28 @@ describe('Winograd F(4x4, 3x3) of the WebGPU path, off the GPU', () => {
     } finally {
       tf.env().set(WINOGRAD_TILE_FLAG, saved);
       w.dispose();
+    }
+  });
+
+  it(`${WINOGRAD_TILE_FLAG} 'auto' (the default): F(4x4) up to ${WINOGRAD_AUTO_F4_MAX_CHANNELS} input channels, F(2x2) above, by the layer alone`, () => {
+    const saved = tf.env().get(WINOGRAD_TILE_FLAG);
+    const opts = { stride: 1, pad: 1, relu: false, winograd: true };
+    const narrow = tf.zeros([3, 3, WINOGRAD_AUTO_F4_MAX_CHANNELS, 8]) as tf.Tensor4D;
+    const wide = tf.zeros([3, 3, 2 * WINOGRAD_AUTO_F4_MAX_CHANNELS, 8]) as tf.Tensor4D;
+    try {
+      const registry = (tf.env() as unknown as { flagRegistry: Record<string, { evaluationFn: () => unknown }> }).flagRegistry;
+      expect(registry[WINOGRAD_TILE_FLAG].evaluationFn()).toBe('auto');
+      tf.env().set(WINOGRAD_TILE_FLAG, 'auto');
+      expect([winogradTile(64), winogradTile(WINOGRAD_AUTO_F4_MAX_CHANNELS), winogradTile(512)]).toEqual([4, 4, 2]);
+      prepareWinograd(narrow);
+      prepareWinograd(wide);
+      expect(winogradFilterFor(narrow, opts)?.shape).toEqual([36, WINOGRAD_AUTO_F4_MAX_CHANNELS, 8]);
+      expect(winogradFilterFor(wide, opts)?.shape).toEqual([16, 2 * WINOGRAD_AUTO_F4_MAX_CHANNELS, 8]);
+    } finally {
+      releaseConvFilter(narrow);
+      releaseConvFilter(wide);
+      tf.env().set(WINOGRAD_TILE_FLAG, saved);
+      tf.dispose([narrow, wide]);
     }
   });
 });
