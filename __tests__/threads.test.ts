@@ -11,7 +11,7 @@ import * as os from 'os';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { Img2Pose, threadCount, threadLimit } from '../src/detector';
-import { BatchError, InputError, OptionError } from '../src/errors';
+import { BatchError, InputError, OptionError, WeightsError } from '../src/errors';
 import { decodeImage } from '../src/io/images';
 import { Img2PoseModel, RawDetections } from '../src/model/model';
 import { activeRuntime } from '../src/runtime/runtime';
@@ -254,6 +254,19 @@ describe('the threads option', () => {
   it('rejects a bad value before loading anything', async () => {
     for (const threads of [0, 1.5, -2, 'all']) {
       await expect(Img2Pose.load({ weights: '/nonexistent', threads: threads as number })).rejects.toThrow(OptionError);
+    }
+  });
+
+  it('stops the workers it started ahead of the weights when the weights cannot be read', async () => {
+    const spawn = jest.spyOn(ThreadedModel, 'spawn');
+    const dispose = jest.spyOn(ThreadedModel.prototype, 'dispose');
+    try {
+      await expect(Img2Pose.load({ weights: '/nonexistent/weights.pth', backend: 'wasm', threads: 2 })).rejects.toThrow(WeightsError);
+      expect(spawn).toHaveBeenCalledTimes(1);
+      expect(dispose.mock.instances).toEqual([spawn.mock.results[0].value]);
+    } finally {
+      spawn.mockRestore();
+      dispose.mockRestore();
     }
   });
 });
