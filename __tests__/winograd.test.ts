@@ -18,7 +18,7 @@ import { winogradHost } from './utils/winograd_host';
 import {
   prepareWinograd, winogradFilterFits, winogradFilterFor, winogradOptionsFit, winogradTile, WINOGRAD_TILE_FLAG, WINOGRAD_AUTO_F4_MAX_CHANNELS,
 } from '../src/kernels/webgpu/winograd';
-import { winogradF4Filter } from '../src/kernels/winograd_f4';
+import { winogradF4Filter } from '../src/ops/winograd_f4';
 import { wasmWinogradAvailable } from '../src/kernels/wasm/winograd';
 
 /** Direct 3x3 stride-1 pad-1 convolution in float64. */

@@ -10,7 +10,7 @@ import {
   wasmWinogradAvailable,
   wasmWinogradFits,
 } from '../src/kernels/wasm/winograd';
-import { winogradF4Filter, WINOGRAD_F4_AT, WINOGRAD_F4_BT, WINOGRAD_F4_G } from '../src/kernels/winograd_f4';
+import { winogradF4Filter, WINOGRAD_F4_AT, WINOGRAD_F4_BT, WINOGRAD_F4_G } from '../src/ops/winograd_f4';
 
 /** Direct 3x3 stride-1 pad-1 convolution in float64 (+ a same-size residual) (+ ReLU). */
 function direct(

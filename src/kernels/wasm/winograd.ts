@@ -6,7 +6,7 @@
 //   2. 36 GEMMs          M[e] = V[e] @ U[e]                               (tf.matMul: XNNPACK)
 //   3. output transform  y = A^T M A + bias (+ residual) (ReLU), NHWC    (WebAssembly SIMD)
 // U = G g G^T is computed in float64 once per filter, on its first use. The transform matrices are
-// ../winograd_f4's, shared with the WebGPU path.
+// src/ops/winograd_f4's, shared with the WebGPU path.
 // Why: the stride-1 3x3 convolutions are ~90% of the network's FLOPs on the CPU, and XNNPACK's
 // direct convolution and its GEMM run at the same rate (wasm SIMD: 128-bit, no FMA), so 4x fewer
 // multiplications is the one large step left. Rounding differs from the direct convolution by
@@ -18,7 +18,7 @@ import * as tf from '@tensorflow/tfjs';
 import { asWasmBackend, outputInto, WasmBackend } from './backend';
 import { WINOGRAD_F4_WASM } from './winograd_wasm';
 import { isReleased, packingActive, releaseUnused, usePacked } from './packed';
-import { winogradF4Filter } from '../winograd_f4';
+import { winogradF4Filter } from '../../ops/winograd_f4';
 
 /** Transform positions per tile (6 x 6). */
 const POSITIONS = 36;

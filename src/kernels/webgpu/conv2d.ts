@@ -11,7 +11,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { convOutputSize } from '../../ops/size';
 import { runProgram, WebGPUProgram } from './program';
-import { WINOGRAD_F4_BT } from '../winograd_f4';
+import { WINOGRAD_F4_BT } from '../../ops/winograd_f4';
 
 export interface ConvOptions {
   stride: number;

@@ -29,7 +29,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { ConvOptions, ConvTile, FusedConvProgram, chooseTile } from './conv2d';
 import { runProgram, WebGPUProgram, webgpuBackend } from './program';
-import { WINOGRAD_F4_AT, WINOGRAD_F4_BT, WINOGRAD_F4_G } from '../winograd_f4';
+import { WINOGRAD_F4_AT, WINOGRAD_F4_BT, WINOGRAD_F4_G } from '../../ops/winograd_f4';
 
 /** Layers with fewer input channels keep the direct convolution (ResNet-18's narrowest, 64, gains). */
 export const WINOGRAD_MIN_CHANNELS = 64;
