@@ -16,7 +16,7 @@ import { decodeImage } from '../src/io/images';
 import { Img2PoseModel, RawDetections } from '../src/model/model';
 import { activeRuntime } from '../src/runtime/runtime';
 import { portableWeights, shareOut, ThreadedModel } from '../src/runtime/threaded_model';
-import { WorkerExitError, WorkerPool, WorkerTaskError, workerScript } from '../src/runtime/threads';
+import { WorkerExitError, WorkerPool, WorkerTaskError, coreFree, coresUsedByOthers, cpuSample, workerScript } from '../src/runtime/threads';
 import { disposeWeights, Img2PoseWeights } from '../src/model/weights';
 import { formulaWeights } from './utils/formula';
 import { imagePath } from './utils/golden';
@@ -201,6 +201,22 @@ describe('the weights handed to model workers', () => {
     } finally {
       disposeWeights(w);
     }
+  });
+});
+
+describe('whether a core is free for an idle worker to help', () => {
+  it("counts only other processes' CPU time, over the time between two samples", () => {
+    const before = { at: 1000, busyMs: 5000, ownMs: 300 };
+    // 2 s later: the machine was busy 3.4 s of CPU time, 2.2 s of it ours: others used 0.6 cores.
+    expect(coresUsedByOthers(before, { at: 3000, busyMs: 8400, ownMs: 2500 })).toBeCloseTo(0.6, 10);
+    // All of it ours (a photo just done on both cores): nobody else, whatever the load average says.
+    expect(coresUsedByOthers(before, { at: 3000, busyMs: 9000, ownMs: 4300 })).toBe(0);
+    // Too close to tell, or no CPU times from the OS.
+    expect(coresUsedByOthers(before, { at: 1040, busyMs: 5080, ownMs: 340 })).toBeUndefined();
+    expect(coresUsedByOthers({ ...before, busyMs: undefined }, { at: 3000, busyMs: undefined, ownMs: 500 })).toBeUndefined();
+    const sample = cpuSample();
+    expect(sample.ownMs).toBeGreaterThan(0);
+    expect(typeof coreFree()).toBe('boolean');
   });
 });
 

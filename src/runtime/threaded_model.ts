@@ -148,8 +148,9 @@ export class ThreadedModel {
   /** Work one worker did for another (tests and benchmarks): RPN levels, RoI-head rows. */
   readonly offloaded = { rpnLevels: 0, headRows: 0 };
   /**
-   * When an idle worker takes parts of another's forward: 'core-free' (default) while the 1-min
-   * load average leaves a core free, 'always', or 'never'. On a machine whose cores are taken by
+   * When an idle worker takes parts of another's forward: 'core-free' (default) while other
+   * processes leave a core free (`coreFree`: their CPU time since the last ask, ours not
+   * counted), 'always', or 'never'. On a machine whose cores are taken by
    * other work the helper only competes with the image's own worker for the same cores: measured
    * on 2 shared cores at load ~8-11, a photo took ~20-25% longer with the help than without.
    */

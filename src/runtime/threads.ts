@@ -6,7 +6,7 @@
  * open when idle) and the worker script has to be found next to our compiled sources.
  */
 import { existsSync } from 'node:fs';
-import { availableParallelism, loadavg } from 'node:os';
+import { availableParallelism, cpus as cpuList, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 
@@ -90,12 +90,50 @@ export function cores(): number {
   return Math.max(1, availableParallelism());
 }
 
+/** The machine's busy CPU time (all processes) and this process's own, at one moment. */
+export interface CpuSample {
+  /** performance.now() */
+  at: number;
+  /** Busy time summed over the CPUs (user, nice, system, irq), ms; undefined where the OS gives none. */
+  busyMs: number | undefined;
+  /** This process's CPU time (all its threads), ms. */
+  ownMs: number;
+}
+
+export function cpuSample(): CpuSample {
+  const cpus = cpuList();
+  let busy = 0;
+  for (const c of cpus) busy += c.times.user + c.times.nice + c.times.sys + c.times.irq;
+  const own = process.cpuUsage();
+  return { at: performance.now(), busyMs: cpus.length > 0 ? busy : undefined, ownMs: (own.user + own.system) / 1000 };
+}
+
 /**
- * Whether the 1-min load average leaves a core free besides one busy thread (a worker asking for
- * help counts itself). Systems without a load average (Windows: zeros) say yes.
+ * Cores that other processes kept busy between two samples (the machine's busy time less this
+ * process's own, over the wall time), or undefined when the OS reports no CPU times or the
+ * samples are too close to tell (under 50 ms: a few clock ticks).
+ */
+export function coresUsedByOthers(before: CpuSample, after: CpuSample): number | undefined {
+  const wall = after.at - before.at;
+  if (before.busyMs === undefined || after.busyMs === undefined || wall < 50) return undefined;
+  return Math.max(0, after.busyMs - before.busyMs - (after.ownMs - before.ownMs)) / wall;
+}
+
+let lastSample = cpuSample();
+
+/**
+ * Whether a core is free besides one busy thread of ours (the worker asking for help): other
+ * processes used less than `cores - 1.5` cores since the previous call (or since this module
+ * loaded). This process's own threads do not count, so its earlier work (a photo just done) never
+ * stops the help, as the 1-min load average would; that average decides only when the CPU times
+ * cannot (samples too close, or an OS without them).
  */
 export function coreFree(): boolean {
-  return loadavg()[0] < cores() - 0.5;
+  const now = cpuSample();
+  const others = coresUsedByOthers(lastSample, now);
+  if (others === undefined) return loadavg()[0] < cores() - 0.5;
+  lastSample = now;
+  return others < cores() - 1.5;
 }
 
 interface Slot {
