@@ -221,27 +221,45 @@ function tilePrologue(shape: 'xShape' | 'outShape', channels: number, tile: Wino
 }
 
 /**
+ * What the transform programs share: one thread per tile and 4 channels, over a 2-D dispatch they
+ * fold themselves (not a flat layout: the backend then calls main() without an index).
+ */
+abstract class TileTransformProgram {
+  abstract variableNames: string[];
+  abstract variableComponents: number[];
+  outputComponent = 4;
+  abstract outputShape: number[];
+  abstract shaderKey: string;
+  dispatchLayout = { x: [3], y: [1, 2], z: [0] };
+  dispatch: [number, number, number];
+  workgroupSize: [number, number, number] = [THREADS, 1, 1];
+
+  constructor(tiles: number, channels: number) {
+    this.dispatch = flatDispatch((tiles * channels) / 4);
+  }
+}
+
+/**
  * x [N, H, W, C] -> V [36, 1, tiles, C], V[e] = (B^T d B)[e] of F(4x4, 3x3) for each tile's 6x6
  * patch d at (4 ty - 1, 4 tx - 1) (zeros outside the map: PyTorch's pad 1), one thread per tile
  * and 4 channels: each input pixel is read by at most 4 threads, consecutive threads read and
  * write consecutive channels.
  */
-class WinogradF4InputProgram implements WebGPUProgram {
+class WinogradF4InputProgram extends TileTransformProgram implements WebGPUProgram {
   variableNames = ['x'];
   variableComponents = [4];
-  outputComponent = 4;
   outputShape: number[];
   shaderKey: string;
-  dispatchLayout = { x: [3], y: [1, 2], z: [0] };
-  dispatch: [number, number, number];
-  workgroupSize: [number, number, number] = [THREADS, 1, 1];
 
-  constructor(private readonly channels: number, xShape: [number, number, number, number]) {
+  constructor(
+    private readonly channels: number,
+    xShape: [number, number, number, number],
+  ) {
     const [n, h, w] = xShape;
     const tiles = n * Math.ceil(h / 4) * Math.ceil(w / 4);
+    super(tiles, channels);
     this.outputShape = [36, 1, tiles, channels];
     this.shaderKey = `i2pWinogradF4In_${channels}`;
-    this.dispatch = flatDispatch((tiles * channels) / 4);
   }
 
   getUserCode(): string {
@@ -271,16 +289,11 @@ class WinogradF4InputProgram implements WebGPUProgram {
  * M [E, 1, tiles, C] -> y [N, H, W, C] (+ bias, + residual, ReLU) with A^T of F(m x m, 3x3), one
  * thread per tile and 4 channels; outputs past the map's edge (partial tiles) are not written.
  */
-class WinogradOutputProgram implements WebGPUProgram {
+class WinogradOutputProgram extends TileTransformProgram implements WebGPUProgram {
   variableNames: string[];
   variableComponents: number[];
-  outputComponent = 4;
   outputShape: number[];
   shaderKey: string;
-  // Not a flat layout: the backend then calls main() without an index (we fold a 2-D dispatch ourselves).
-  dispatchLayout = { x: [3], y: [1, 2], z: [0] };
-  dispatch: [number, number, number];
-  workgroupSize: [number, number, number] = [THREADS, 1, 1];
 
   constructor(
     private readonly tile: WinogradTile,
@@ -290,14 +303,14 @@ class WinogradOutputProgram implements WebGPUProgram {
     private readonly hasResidual: boolean,
     private readonly relu: boolean,
   ) {
+    const [n, h, w] = outShape;
+    super(n * Math.ceil(h / tile) * Math.ceil(w / tile), channels);
     this.outputShape = outShape;
     this.variableNames = ['wino'];
     if (hasBias) this.variableNames.push('bias');
     if (hasResidual) this.variableNames.push('res');
     this.variableComponents = this.variableNames.map(() => 4);
     this.shaderKey = `i2pWinogradOut${tile === 2 ? '' : tile}_${channels}_${hasBias ? 'b' : ''}${hasResidual ? 'r' : ''}${relu ? 'relu' : ''}`;
-    const [n, h, w] = outShape;
-    this.dispatch = flatDispatch((n * Math.ceil(h / tile) * Math.ceil(w / tile) * channels) / 4);
   }
 
   getUserCode(): string {
