@@ -12,7 +12,7 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { selectBackend } from '../src/runtime/backend';
 import { Img2Pose } from '../src/detector';
-import { InferenceError, InputError } from '../src/errors';
+import { InferenceError, InputError, WeightsError } from '../src/errors';
 import { RawDetections } from '../src/model/model';
 import { ThreadedModel } from '../src/runtime/threaded_model';
 import { disposeWeights } from '../src/model/weights';
@@ -139,6 +139,50 @@ describe('a worker killed mid-batch', () => {
     } finally {
       killer.killEvery(false);
       await det.dispose();
+    }
+  }, 300_000);
+});
+
+describe('workers that keep no copy of the weights (read again for a replacement)', () => {
+  it("a killed worker's replacement is given the weights read again: the same results; a failed read fails that call, typed", async () => {
+    await selectBackend('wasm');
+    const inputs = images();
+    const killer = new WorkerKiller();
+    let reads = 0;
+    let readFails = false;
+    const reopen = async () => {
+      reads++;
+      if (readFails) throw new WeightsError('the file is gone');
+      const w = formulaWeights();
+      return { weights: w, release: () => disposeWeights(w) };
+    };
+    const weights = formulaWeights();
+    let model: ThreadedModel | undefined;
+    try {
+      model = await ThreadedModel.spawn(SCRIPT, 'wasm', 2).build(weights, reopen);
+      const reference = plain(await model.predict(inputs, TINY));
+      const tensors = await model.workerTensors();
+      expect(reads).toBe(0);
+      await killer.arm(2);
+      expect(plain(await model.predict(inputs, TINY))).toEqual(reference);
+      expect(killer.fired).toBe(true);
+      expect(reads).toBe(1);
+      expect(await model.workerTensors()).toEqual(tensors);
+
+      readFails = true;
+      await killer.arm(2);
+      const failure = await model.predict(inputs, TINY).catch((e: unknown) => e);
+      expect(failure).toBeInstanceOf(InferenceError);
+      expect((failure as Error).message).toBe('A worker thread stopped and its replacement could not be given the weights: the file is gone');
+      readFails = false;
+      expect(plain(await model.predict(inputs, TINY))).toEqual(reference);
+      expect(reads).toBe(3);
+      expect(await model.workerTensors()).toEqual(tensors);
+    } finally {
+      disposeWeights(weights);
+      killer.close();
+      model?.dispose();
+      tf.dispose(inputs);
     }
   }, 300_000);
 });

@@ -9,6 +9,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { runInNewContext } from 'vm';
 import * as tf from '@tensorflow/tfjs';
 import { Img2Pose, threadCount, threadLimit } from '../src/detector';
 import { BatchError, InputError, OptionError, WeightsError } from '../src/errors';
@@ -16,7 +17,7 @@ import { decodeImage } from '../src/io/images';
 import { Img2PoseModel, RawDetections } from '../src/model/model';
 import { activeRuntime } from '../src/runtime/runtime';
 import { portableWeights, shareOut, ThreadedModel } from '../src/runtime/threaded_model';
-import { WorkerExitError, WorkerPool, WorkerTaskError, coreFree, coresUsedByOthers, cpuSample, workerScript } from '../src/runtime/threads';
+import { WorkerExitError, WorkerPool, WorkerTaskError, collectGarbage, coreFree, coresUsedByOthers, cpuSample, workerScript } from '../src/runtime/threads';
 import { disposeWeights, Img2PoseWeights } from '../src/model/weights';
 import { formulaWeights } from './utils/formula';
 import { imagePath } from './utils/golden';
@@ -201,6 +202,20 @@ describe('the weights handed to model workers', () => {
     } finally {
       disposeWeights(w);
     }
+  });
+});
+
+describe('a full collection on demand (shared weights returned after the workers built)', () => {
+  it('collects an unreachable SharedArrayBuffer now, and leaves --expose-gc off for other contexts', async () => {
+    let weak: WeakRef<SharedArrayBuffer> | undefined;
+    (() => {
+      weak = new WeakRef(new SharedArrayBuffer(64 << 20));
+    })();
+    // A WeakRef keeps its target through the job that made it.
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    expect(collectGarbage()).toBe(true);
+    expect(weak?.deref()).toBeUndefined();
+    expect(runInNewContext('typeof gc')).toBe(typeof (globalThis as { gc?: unknown }).gc);
   });
 });
 

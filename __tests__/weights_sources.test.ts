@@ -86,6 +86,52 @@ describe('the untrained test weights as a folder', () => {
   });
 });
 
+describe('reading local weights again (a replaced worker thread)', () => {
+  it('a folder or its model.json read again give the same weights; URLs and in-memory weights are not read again', async () => {
+    const sources = [dir, path.join(dir, 'model.json')];
+    for (const source of sources) {
+      const first = await openWeights(source, { sharedValues: true });
+      try {
+        expect(first.reopen).toBeDefined();
+        const again = await (first.reopen as NonNullable<typeof first.reopen>)();
+        try {
+          expectSameWeights(again.weights, reference);
+          expect(again.reopen).toBeDefined();
+        } finally {
+          again.release();
+        }
+      } finally {
+        first.release();
+      }
+    }
+    const inMemory = formulaWeights();
+    try {
+      const opened = await openWeights(inMemory);
+      opened.release();
+      expect(opened.reopen).toBeUndefined();
+    } finally {
+      disposeWeights(inMemory);
+    }
+    const fetched = await openWeights(modelUrl);
+    fetched.release();
+    expect(fetched.reopen).toBeUndefined();
+  });
+
+  it('refuses files that changed since the first read, naming them', async () => {
+    const copy = path.join(tmp, 'changing');
+    fs.cpSync(dir, copy, { recursive: true });
+    const first = await openWeights(copy);
+    const reopen = first.reopen as NonNullable<typeof first.reopen>;
+    first.release();
+    const shard = path.join(copy, JSON.parse(fs.readFileSync(path.join(copy, 'model.json'), 'utf8')).weightsManifest[0].paths[3]);
+    // Same size, a new modification time: what a rewrite in place leaves.
+    const later = new Date(fs.statSync(shard).mtimeMs + 5000);
+    fs.utimesSync(shard, later, later);
+    const e = await rejection(reopen());
+    expect(e.message).toBe(`${JSON.stringify(copy)} changed since the detector read it: load the detector again`);
+  });
+});
+
 describe('in-memory weights made before the backend was chosen', () => {
   // Each source is made in the child before any backend call: in-memory weights, a file:// URL, a
   // tf.io handler (tf.io.fromMemory over the folder's files, with its img2pose metadata).

@@ -32,7 +32,7 @@ import { imageSizeOf, NetworkImage } from './model/transform';
 import { checkKnownKeys } from './options';
 import { AlignOptions, AlignSize, AlignedFace, PosedFace, Rgb8Image, alignChecked, alignLimitsOf, alignPoses, alignSizeOf, checkPoses, decodeRgb8 } from './align';
 import { ModelConfig, RawDetections } from './model/model';
-import { cores } from './runtime/threads';
+import { collectGarbage, cores } from './runtime/threads';
 import { DEFAULT_POOL_LIMIT, releaseGpuPool, useGpuPool } from './kernels/webgpu';
 import { buildNetwork, isCpuBackend, runsOnWorkers, spawnNetworkWorkers } from './runtime/runtime';
 import { KeypointName, projectKeypoints } from './model/pose';
@@ -276,6 +276,7 @@ export class Img2Pose {
     if (!isWeightsSource(weights)) {
       throw new OptionError('weights', "'img2pose_v1', a weights folder, model.json, .pth or URL, Img2PoseWeights or a tf.io handler", weights);
     }
+    let sharedWeightsDropped = false;
     // The app's active backend is made active again once the network is built (see onBackend).
     const detector = await onBackend(null, async () => {
       const backendName = await selectBackend(backend);
@@ -296,7 +297,7 @@ export class Img2Pose {
       }
       let built: { model: DetectionModel; threads: number };
       try {
-        built = await buildNetwork(opened.weights, { backend: backendName, threads: threadsUsed, kernels: webgpuKernels ? 'webgpu' : 'portable', workers });
+        built = await buildNetwork(opened.weights, { backend: backendName, threads: threadsUsed, kernels: webgpuKernels ? 'webgpu' : 'portable', workers, reopen: opened.reopen });
       } catch (e) {
         if (e instanceof Img2PoseError) throw e;
         throw new WeightsError(`These weights do not fit the img2pose network: ${messageOf(e)}`, { path: opened.path, cause: e });
@@ -304,8 +305,12 @@ export class Img2Pose {
         // The stages hold their own copies; tensors made for loading are ours to free.
         opened.release();
       }
+      sharedWeightsDropped = onWorkers && opened.reopen !== undefined;
       return new Img2Pose(built.model, resolved, backendName, built.threads);
     });
+    // The workers built their networks from weights in shared memory that nothing holds now:
+    // collected here (and in each worker) they go before the first forward, the process's peak.
+    if (sharedWeightsDropped) collectGarbage();
     // After load's exclusive lease: warmup takes the detector's own, as every call does.
     if (warmup) {
       try {

@@ -22,6 +22,11 @@ export function cores(): number {
   return Math.max(1, typeof n === 'number' ? n : 1);
 }
 
+/** Pages cannot ask for a collection; nothing here needs one (no worker threads). */
+export function collectGarbage(): boolean {
+  return false;
+}
+
 /** No worker threads to lend a core to in browsers. */
 export function coreFree(): boolean {
   return false;
@@ -35,6 +40,10 @@ export class WorkerPool {
 
   get size(): number {
     return 0;
+  }
+
+  isDead(_index: number): boolean {
+    return false;
   }
 
   run<R>(_task: TaskMessage, _transfer: ArrayBuffer[] = [], _index?: number): Promise<R> {

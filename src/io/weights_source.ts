@@ -11,6 +11,7 @@
  * Call it after the backend is chosen: tensors are made there.
  */
 import { promises as fsp } from 'fs';
+import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { Img2PoseError, WeightsError } from '../errors';
 import { weightsOnActiveBackend } from './tensor_home';
@@ -39,6 +40,11 @@ export interface OpenedWeights {
   path: string | undefined;
   /** Frees the tensors made here (never the caller's own). */
   release(): void;
+  /**
+   * For weights read from local files: reads them again, with the same options and pose
+   * statistics, refusing (WeightsError) when the files changed since this first read.
+   */
+  reopen?: () => Promise<OpenedWeights>;
 }
 
 export function isWeightsSource(w: unknown): w is WeightsSource {
@@ -59,8 +65,53 @@ export async function openWeights(source: WeightsSource, options: OpenWeightsOpt
     const { weights, made } = weightsOnActiveBackend(source);
     return { weights, path: undefined, release: () => tf.dispose(made) };
   }
+  if (typeof source === 'string' && !isWeightsUrl(source)) return explained(source, () => openLocal(source, options));
   const loaded = await explained(sourceName(source), () => load(source, options));
   return { weights: loaded, path: sourceName(source), release: () => disposeWeights(loaded) };
+}
+
+/** A folder, model.json or .pth on this machine (the release: its cached folder). */
+async function openLocal(source: string, options: OpenWeightsOptions): Promise<OpenedWeights> {
+  const file = source === RELEASE.name && !(await pathExists(source)) ? await ensureReleaseWeights(options.release) : source;
+  // Before the read, so that a change during it counts too; loadWeights explains a missing file.
+  const stamp = await filesStamp(file).catch(() => null);
+  const loaded = await loadWeights(file, options);
+  const reopen = stamp === null ? undefined : reopener(source, file, stamp, options, loaded);
+  return { weights: loaded, path: source, release: () => disposeWeights(loaded), reopen };
+}
+
+/**
+ * `OpenedWeights.reopen` for weights first read from `file`. A function of its own: the closure
+ * must not hold the first read's tensors (or their shared values) for the detector's life.
+ */
+function reopener(source: string, file: string, stamp: string, options: OpenWeightsOptions, first: Img2PoseWeights): () => Promise<OpenedWeights> {
+  // The statistics as first resolved (they may have come from files of their own).
+  const { depth, poseMean, poseStddev } = first;
+  const reopen = async (): Promise<OpenedWeights> => {
+    if ((await filesStamp(file)) !== stamp) {
+      throw new WeightsError(`${JSON.stringify(file)} changed since the detector read it: load the detector again`, { path: file });
+    }
+    const again = await explained(source, () => loadWeights(file, { ...options, warn: () => undefined }));
+    return { weights: { ...again, depth, poseMean, poseStddev }, path: source, release: () => disposeWeights(again), reopen };
+  };
+  return reopen;
+}
+
+/**
+ * Size and modification time of the files weights are read from (a checkpoint, or every file of
+ * a converted folder), to tell whether reading them again gives what was read before.
+ */
+async function filesStamp(file: string): Promise<string> {
+  const stat = await fsp.stat(file);
+  const folder = stat.isDirectory() ? file : file.toLowerCase().endsWith('.json') ? path.dirname(file) : null;
+  if (folder === null) return `${stat.size}:${stat.mtimeMs}:${stat.ino}`;
+  const names = (await fsp.readdir(folder)).sort();
+  const parts: string[] = [];
+  for (const name of names) {
+    const s = await fsp.stat(path.join(folder, name)).catch(() => null);
+    if (s?.isFile()) parts.push(`${name}:${s.size}:${s.mtimeMs}:${s.ino}`);
+  }
+  return parts.join('|');
 }
 
 function sourceName(source: WeightsSource): string | undefined {

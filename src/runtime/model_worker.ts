@@ -11,7 +11,7 @@ import type { HeadsOffload, RoIHeadOutputs } from '../model/roi_heads';
 import type { RpnOffload } from '../model/rpn';
 import type { HeadsTask, ModelWorkerData, PortableWeights, PredictTask, RpnTask } from './threaded_model';
 import { askParent } from './parent';
-import type { Done } from './threads';
+import { collectGarbage, Done } from './threads';
 import { disposeWeights, Img2PoseWeights } from '../model/weights';
 import { createRuntime } from './runtime';
 
@@ -65,8 +65,17 @@ function parentOffload(): HeadsOffload & RpnOffload {
 /** Handlers for src/runtime/worker.ts; the network is built once, when the worker starts. */
 export function modelHandlers(data: ModelWorkerData): Record<string, (payload: unknown) => Promise<Done>> {
   let give: (weights: PortableWeights) => void = () => undefined;
-  const weights = data.model.weights ?? new Promise<PortableWeights>((resolve) => (give = resolve));
-  const model = build(data.model.backend, Promise.resolve(weights));
+  let weights: PortableWeights | Promise<PortableWeights> | undefined = data.model.weights ?? new Promise<PortableWeights>((resolve) => (give = resolve));
+  const model = build(data.model.backend, Promise.resolve(weights)).then((net) => {
+    // The stages hold their own copies: every reference to the shared weights goes, and a full
+    // collection once the reply to 'model-weights' is out lets their memory be returned before
+    // the first forward (see collectGarbage).
+    data.model.weights = undefined;
+    weights = undefined;
+    give = () => undefined;
+    setTimeout(collectGarbage, 0);
+    return net;
+  });
   const offload = parentOffload();
   // A failed build is reported by the first task (model-ready), not as an unhandled rejection.
   model.catch(() => undefined);

@@ -10,7 +10,7 @@ import { ANCHORS_PER_LOCATION } from '../ops/anchors';
 import { ownJob, ProposalJob, Proposals, proposalsOf } from '../ops/proposals';
 import { Img2PoseModel } from '../model/model';
 import { Img2PoseWeights } from '../model/weights';
-import { ThreadedModel } from './threaded_model';
+import { ReopenWeights, ThreadedModel } from './threaded_model';
 import { WorkerPool, workerScript } from './threads';
 
 /** The backends that compute inside each op call, on the CPU. */
@@ -97,18 +97,18 @@ export function runsOnWorkers(backend: string, threads: number): boolean {
  * the compiled worker script (running from TypeScript sources), everything stays in this thread.
  * Each network gets a runtime of its own, so networks built with other settings do not mix.
  * `threads` in the result: the threads it runs on. The caller may dispose `weights` once it
- * resolves.
+ * resolves. `reopen` reads the weights again: workers then keep none (see `ThreadedModel.build`).
  */
 export async function buildNetwork(
   weights: Img2PoseWeights,
-  options: { backend: string; threads: number; kernels: KernelMode; workers?: ThreadedModel },
+  options: { backend: string; threads: number; kernels: KernelMode; workers?: ThreadedModel; reopen?: ReopenWeights },
 ): Promise<{ model: Img2PoseModel | ThreadedModel; threads: number }> {
   const { backend, threads, kernels } = options;
   const script = threads > 1 ? workerScript() : null;
   if (!script) return { model: new Img2PoseModel(weights, createRuntime({ backend, kernels })), threads: 1 };
   if (runsOnWorkers(backend, threads)) {
     const workers = options.workers ?? ThreadedModel.spawn(script, backend as 'wasm' | 'cpu', threads);
-    return { model: await workers.build(weights), threads };
+    return { model: await workers.build(weights, options.reopen), threads };
   }
   return { model: new Img2PoseModel(weights, createRuntime({ backend, kernels, hostThreads: threads })), threads };
 }

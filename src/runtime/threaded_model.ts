@@ -11,7 +11,7 @@ import type { ModelConfig, RawDetections } from '../model/model';
 import type { RoIHeadOutputs } from '../model/roi_heads';
 import { ImageBytes, imageSizeOf, NetworkImage, paddedSize, resizedSize } from '../model/transform';
 import { Size } from '../ops/size';
-import { coreFree, Done, TaskMessage, WorkerExitError, WorkerPool } from './threads';
+import { collectGarbage, coreFree, Done, TaskMessage, WorkerExitError, WorkerPool } from './threads';
 import { Img2PoseWeights, ResNetDepth } from '../model/weights';
 
 /**
@@ -31,6 +31,9 @@ export interface PortableWeights {
  * Without `weights` (workers started while the weights are still being read), the worker sets
  * up its backend and waits for them in a 'model-weights' task.
  */
+/** The weights read again from their source, for a replacement worker; `release` frees what was made. */
+export type ReopenWeights = () => Promise<{ weights: Img2PoseWeights; release(): void }>;
+
 export interface ModelWorkerData {
   model: { backend: 'wasm' | 'cpu'; weights?: PortableWeights };
 }
@@ -156,6 +159,8 @@ export class ThreadedModel {
    */
   offloadWhen: 'core-free' | 'always' | 'never' = 'core-free';
   private pool!: WorkerPool;
+  private reopen: ReopenWeights | undefined;
+  private readonly reviving = new Map<number, Promise<void>>();
   private backend: 'wasm' | 'cpu' = 'wasm';
 
   private constructor() {}
@@ -182,18 +187,56 @@ export class ThreadedModel {
     return model;
   }
 
-  /** Gives spawned workers the weights and waits until each has built its network (see `start`). */
-  async build(weights: Img2PoseWeights): Promise<ThreadedModel> {
-    const data: ModelWorkerData = { model: { backend: this.backend, weights: await portableWeights(weights) } };
-    // Replacements start with the weights; the running workers get them as a task.
-    this.pool.setWorkerData(data);
+  /**
+   * Gives spawned workers the weights and waits until each has built its network (see `start`).
+   * With `reopen` (weights read from a file, which can be read again), nothing here keeps them
+   * afterwards: once the caller has let go of `weights` too, their shared memory can be returned
+   * (`collectGarbage`), and a worker that replaces a stopped one gets them from `reopen`. Without
+   * it, replacements start with the values kept from now on.
+   */
+  async build(weights: Img2PoseWeights, reopen?: ReopenWeights): Promise<ThreadedModel> {
+    const portable = await portableWeights(weights);
+    this.reopen = reopen;
+    this.pool.setWorkerData({ model: { backend: this.backend, weights: reopen ? undefined : portable } } satisfies ModelWorkerData);
     try {
-      await this.pool.broadcast({ kind: 'model-weights', payload: data.model.weights });
+      await this.pool.broadcast({ kind: 'model-weights', payload: portable });
     } catch (e) {
       await this.pool.terminate();
       throw e;
     }
     return this;
+  }
+
+  /**
+   * Worker `index` made ready for a task: when it has stopped and the weights were not kept, its
+   * replacement is started now and given them, read again (`reopen`). Concurrent callers share one
+   * replacement.
+   */
+  private revive(index: number): Promise<void> {
+    const reopen = this.reopen;
+    if (!reopen || !this.pool.isDead(index)) return Promise.resolve();
+    let pending = this.reviving.get(index);
+    if (!pending) {
+      pending = (async () => {
+        let opened: Awaited<ReturnType<ReopenWeights>>;
+        try {
+          opened = await reopen();
+        } catch (e) {
+          throw new InferenceError(`A worker thread stopped and its replacement could not be given the weights: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+        }
+        try {
+          await this.pool.run({ kind: 'model-weights', payload: await portableWeights(opened.weights) }, [], index);
+        } finally {
+          opened.release();
+        }
+      })().finally(() => {
+        this.reviving.delete(index);
+        // This thread's views of the values read again go too (see build).
+        setTimeout(collectGarbage, 0);
+      });
+      this.reviving.set(index, pending);
+    }
+    return pending;
   }
 
   get threads(): number {
@@ -226,7 +269,10 @@ export class ThreadedModel {
     // One at a time: with tensors, one full-size read is alive at once besides the shared copies.
     const portable: PortableImage[] = [];
     for (const image of images) portable.push(await portableImage(image));
-    const attempt = () => this.pool.run<RawDetections[]>({ kind: 'model-predict', payload: { images: portable, config, offload } satisfies PredictTask }, [], worker);
+    const attempt = async () => {
+      await this.revive(worker);
+      return this.pool.run<RawDetections[]>({ kind: 'model-predict', payload: { images: portable, config, offload } satisfies PredictTask }, [], worker);
+    };
     try {
       return await attempt();
     } catch (first) {
@@ -277,7 +323,8 @@ export class ThreadedModel {
   }
 
   /** Tensors alive in each worker's tfjs (leak checks). */
-  workerTensors(): Promise<number[]> {
+  async workerTensors(): Promise<number[]> {
+    await Promise.all(Array.from({ length: this.pool.size }, (_, i) => this.revive(i)));
     return this.pool.broadcast<number>({ kind: 'model-memory', payload: null });
   }
 

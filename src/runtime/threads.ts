@@ -8,6 +8,8 @@
 import { existsSync } from 'node:fs';
 import { availableParallelism, cpus as cpuList, loadavg } from 'node:os';
 import { join } from 'node:path';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { Worker } from 'node:worker_threads';
 
 /** A message to a worker: `kind` names its handler in src/runtime/worker.ts. */
@@ -176,6 +178,11 @@ export class WorkerPool {
     this.workerData = data;
   }
 
+  /** Whether worker `index` has stopped (its slot gets a new worker, without running state, at its next task). */
+  isDead(index: number): boolean {
+    return this.slots[index]?.dead ?? false;
+  }
+
   /** Runs `task` on worker `index`, or on the worker with the fewest pending tasks. */
   run<R>(task: TaskMessage, transfer: ArrayBuffer[] = [], index?: number): Promise<R> {
     if (this.closed) return Promise.reject(new Error('WorkerPool: used after terminate()'));
@@ -299,4 +306,35 @@ export class WorkerPool {
 export function serializeError(e: unknown): SerializedError {
   if (e instanceof Error) return { name: e.name, message: e.message, stack: e.stack };
   return { name: 'Error', message: String(e) };
+}
+
+let fullCollection: (() => void) | null | undefined;
+
+/**
+ * Runs a full garbage collection on this thread now; false where the runtime gives no way to.
+ * Why: a SharedArrayBuffer's memory is returned only once every thread that saw it has collected
+ * its last view, and V8 has no reason to collect soon after a few large objects die: the weights
+ * handed to the workers (~160 MB) would stay resident through the first forwards, the process's
+ * peak. Node exposes `gc` only under --expose-gc; the flag is set just long enough to take the
+ * function from a fresh context, then cleared again.
+ */
+export function collectGarbage(): boolean {
+  if (fullCollection === undefined) {
+    const exposed = (globalThis as { gc?: unknown }).gc;
+    if (typeof exposed === 'function') {
+      fullCollection = exposed as () => void;
+    } else {
+      try {
+        setFlagsFromString('--expose-gc');
+        const gc: unknown = runInNewContext('gc');
+        fullCollection = typeof gc === 'function' ? (gc as () => void) : null;
+      } catch {
+        fullCollection = null;
+      } finally {
+        setFlagsFromString('--no-expose-gc');
+      }
+    }
+  }
+  fullCollection?.();
+  return fullCollection !== null;
 }

@@ -15,7 +15,7 @@ export function totalmem(): number {
   return (typeof gb === 'number' && gb > 0 ? gb : 4) * 1024 ** 3;
 }
 
-export const promises = { stat: unavailable('fs.promises.stat'), readFile: unavailable('fs.promises.readFile'), writeFile: unavailable('fs.promises.writeFile') };
+export const promises = { stat: unavailable('fs.promises.stat'), readdir: unavailable('fs.promises.readdir'), readFile: unavailable('fs.promises.readFile'), writeFile: unavailable('fs.promises.writeFile') };
 export const readFileSync = unavailable('fs.readFileSync');
 export const existsSync = unavailable('fs.existsSync');
 export const join = unavailable('path.join');
