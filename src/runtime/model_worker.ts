@@ -67,15 +67,23 @@ export function modelHandlers(data: ModelWorkerData): Record<string, (payload: u
   let give: (weights: PortableWeights) => void = () => undefined;
   let weights: PortableWeights | Promise<PortableWeights> | undefined = data.model.weights ?? new Promise<PortableWeights>((resolve) => (give = resolve));
   const model = build(data.model.backend, Promise.resolve(weights)).then((net) => {
-    // The stages hold their own copies: every reference to the shared weights goes, and a full
-    // collection once the reply to 'model-weights' is out lets their memory be returned before
-    // the first forward (see collectGarbage).
+    // The stages hold their own copies: every reference to the shared weights goes here, and a
+    // full collection at the first task lets their memory be returned before the first forward
+    // (see collectGarbage).
     data.model.weights = undefined;
     weights = undefined;
     give = () => undefined;
-    setTimeout(collectGarbage, 0);
     return net;
   });
+  // At the first task, not right after the build: the message that brought the weights may be
+  // held until the next one arrives.
+  let collected = false;
+  const firstTask = () => {
+    if (!collected) {
+      collected = true;
+      collectGarbage();
+    }
+  };
   const offload = parentOffload();
   // A failed build is reported by the first task (model-ready), not as an unhandled rejection.
   model.catch(() => undefined);
@@ -97,6 +105,7 @@ export function modelHandlers(data: ModelWorkerData): Record<string, (payload: u
     async 'model-predict'(payload: unknown): Promise<Done> {
       const task = payload as PredictTask;
       const net = await model;
+      firstTask();
       // Bytes go to the transform as they are (read in place, in shared memory); values become tensors.
       const images: NetworkImage[] = task.images.map((p) => ('bytes' in p ? p.bytes : tf.tensor3d(p.values.data, p.values.shape, p.values.dtype)));
       let out: RawDetections[];
@@ -111,6 +120,7 @@ export function modelHandlers(data: ModelWorkerData): Record<string, (payload: u
     async 'model-rpn'(payload: unknown): Promise<Done> {
       const { data, shape } = payload as RpnTask;
       const net = await model;
+      firstTask();
       const out = tf.tidy(() => net.rpnLevelHead(tf.tensor4d(data, shape)));
       let values: Float32Array;
       try {
@@ -123,6 +133,7 @@ export function modelHandlers(data: ModelWorkerData): Record<string, (payload: u
     async 'model-heads'(payload: unknown): Promise<Done> {
       const { rows, scoreThresh } = payload as HeadsTask;
       const net = await model;
+      firstTask();
       const pooled = tf.tensor4d(rows.data, rows.shape);
       let out: RoIHeadOutputs;
       try {
