@@ -232,6 +232,56 @@ export class Backbone {
     }
   }
 
+  /**
+   * `forward` of one image in two steps, so that FPN level 0's 3x3 output conv (the largest) can
+   * be run in bands of rows on two threads (`outerLevel0`): first the FPN's inner maps (lateral
+   * conv plus top-down path, the output convs' inputs), levels 0..3; then `outerLevels`.
+   */
+  fpnInner(image: tf.Tensor4D, disposeInput = false): tf.Tensor4D[] {
+    if (image.shape[0] !== 1) throw new Error(`Backbone.fpnInner: one image, got a batch of ${image.shape[0]}`);
+    const masks = new RegionMasks();
+    try {
+      const c = this.runBody({ x: image, regions: null, zeroOutside: true }, masks, disposeInput);
+      try {
+        return tf.tidy(() => {
+          const inner: tf.Tensor4D[] = new Array(4);
+          for (let i = 3; i >= 0; i--) {
+            const residual: Partial<ConvStep> = i < 3 ? { residual: inner[i + 1], upsample: true } : {};
+            inner[i] = convFeature(this.kernels, c[i], this.inner[i], masks, { relu: false, ...residual }).x;
+            c[i].x.dispose();
+          }
+          return inner;
+        });
+      } finally {
+        for (const f of c) f.x.dispose();
+      }
+    } finally {
+      masks.dispose();
+    }
+  }
+
+  /**
+   * The FPN levels '1', '2', '3' and 'pool' of one image from its inner maps (`fpnInner`; level
+   * 0's is not read). The same values as `forward`'s.
+   */
+  outerLevels(inner: tf.Tensor4D[]): tf.Tensor4D[] {
+    return tf.tidy(() => {
+      const levels = [1, 2, 3].map((i) => this.kernels.conv(inner[i], this.outer[i].filter, this.outer[i].bias, { stride: 1, pad: this.outer[i].pad, relu: false, winograd: winogradEnabled() }));
+      // LastLevelMaxPool: max_pool2d(kernel 1, stride 2) is a plain subsampling.
+      return [...levels, tf.maxPool(levels[2], 1, 2, 0)];
+    });
+  }
+
+  /**
+   * FPN level 0's 3x3 output conv (one image) on `inner`, its input map or a band of its rows. A
+   * band's output rows equal the whole map's except the 4 nearest each cut edge (one Winograd tile
+   * row; 1 for the direct convolution): tiles start at the band's first row, so a band that
+   * starts at a multiple of 4 has the whole map's tiles.
+   */
+  outerLevel0(inner: tf.Tensor4D): tf.Tensor4D {
+    return tf.tidy(() => this.kernels.conv(inner, this.outer[0].filter, this.outer[0].bias, { stride: 1, pad: this.outer[0].pad, relu: false, winograd: winogradEnabled() }));
+  }
+
   private checkRegions(images: tf.Tensor4D, paddedSizes: Size[]): Size[] | null {
     const [n, H, W] = images.shape;
     if (paddedSizes.length !== n) throw new Error(`Backbone.forward: ${paddedSizes.length} padded sizes for a batch of ${n}`);

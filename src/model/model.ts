@@ -5,6 +5,7 @@ import { REFERENCE_POINTS_68 } from './reference_points';
 import { multiScaleRoIAlign, RoIAlignMethod } from './roi_align';
 import { HeadsOffload, RoIHeadOutputs, RoIHeads } from './roi_heads';
 import { Proposals, RegionProposalNetwork, RPN_CONFIG, RpnOffload } from './rpn';
+import type { ProposalJob } from '../ops/proposals';
 import { ModelRuntime } from './runtime';
 import { imageSizeOf, NetworkImage, paddedSize, prepareBatchAsync, resizedSize } from './transform';
 import { Size } from '../ops/size';
@@ -57,10 +58,45 @@ export interface PredictOptions {
   overlap?: number;
   /**
    * Another thread that may take part of each forward while this one runs the rest (an idle
-   * worker on the CPU backends): the RPN head's largest level, and half of each image's RoI-head
+   * worker on the CPU backends): for one image, the lower rows of FPN level 0's output conv and
+   * RPN head (`level0`; else the RPN head's largest level), and half of each image's RoI-head
    * rows. The results are the same bits.
    */
-  offload?: HeadsOffload & RpnOffload;
+  offload?: HeadsOffload & RpnOffload & Partial<Level0Offload>;
+}
+
+/** FPN level 0's output conv and RPN head on the lower band of an image's rows, by another thread. */
+export interface Level0Offload {
+  /**
+   * `level0Band(inner)` there, for rows `[r - LEVEL0_HALO, H)` of level 0's inner map [1, H, W, C]
+   * (in `sharedBuffer` memory): null when no thread is free now, or the one that took it stopped.
+   */
+  level0(band: { data: Float32Array; shape: [number, number, number, number] }): Promise<Level0Band | null>;
+}
+
+/** Rows `[r, H)` of FPN level 0 ([rows, W, 256]) and of the RPN head on it ([rows, W, 15]). */
+export interface Level0Band {
+  fpn: Float32Array;
+  head: Float32Array;
+}
+
+/**
+ * Rows above a band that its two 3x3 convs (FPN output, RPN head) need: one Winograd F(4x4) tile
+ * row each, since a conv's output is exact from the band's second tile row on (see
+ * Backbone.outerLevel0).
+ */
+export const LEVEL0_HALO = 8;
+
+/**
+ * The share of level 0's rows the other thread takes: it runs only level 0's two convs on its
+ * band while this thread runs its own band and every other level (~1/3 of level 0's work again).
+ */
+const LEVEL0_AWAY_SHARE = 0.65;
+
+/** The first row of the other thread's band of level 0 (a multiple of 4), or 0 when the map is too small to share. */
+export function level0Cut(height: number): number {
+  const cut = 4 * Math.round((height * (1 - LEVEL0_AWAY_SHARE)) / 4);
+  return cut >= LEVEL0_HALO && cut + LEVEL0_HALO <= height - 4 ? cut : 0;
 }
 
 /**
@@ -255,10 +291,17 @@ export class Img2PoseModel {
     let features: tf.Tensor4D[] = [];
     try {
       await lap('transform', batch.images);
-      features = this.backbone.forward(batch.images, batch.paddedSizes, true);
-      await lap('backbone', features[features.length - 1]);
-      const head = this.rpn.predictHead(features, batch.imageSizes, batch.paddedSizes, host.sendsAway(images.length), options.offload);
-      const jobs = await head;
+      let jobs: ProposalJob[];
+      const offload = options.offload;
+      if (offload?.level0 && images.length === 1 && !options.profile && level0Cut(batch.paddedSizes[0][0] / 4) > 0) {
+        let head: Float32Array[];
+        ({ features, head } = await this.sharedLevel0(batch.images, batch.paddedSizes, { sharedBuffer: offload.sharedBuffer, level0: offload.level0 }));
+        jobs = this.rpn.jobsOf(head, features.map((f) => [f.shape[1], f.shape[2]] as Size), batch.imageSizes, batch.paddedSizes);
+      } else {
+        features = this.backbone.forward(batch.images, batch.paddedSizes, true);
+        await lap('backbone', features[features.length - 1]);
+        jobs = await this.rpn.predictHead(features, batch.imageSizes, batch.paddedSizes, host.sendsAway(images.length), options.offload);
+      }
       await lap('rpn');
       const proposals = await host.proposals(jobs);
       await lap('proposals');
@@ -341,6 +384,101 @@ export class Img2PoseModel {
   roiHeadsOnRows(pooled: tf.Tensor4D, scoreThresh: number | undefined): Promise<RoIHeadOutputs> {
     if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
     return this.roiHeads.forward(pooled, scoreThresh);
+  }
+
+  /**
+   * Backbone, FPN and RPN head of one image (frees `image`), level 0 shared with another thread:
+   * it takes the lower rows of level 0's FPN output conv and RPN head (`level0Band`) while this
+   * thread runs the upper rows and the other levels. Level 0 holds ~3/4 of the work of both
+   * convs. Each band computes every row it keeps exactly as the whole map would (see
+   * Backbone.outerLevel0), so the results are the bits of `forward` + `predictHead`.
+   */
+  private async sharedLevel0(
+    image: tf.Tensor4D,
+    sizes: Size[],
+    offload: Pick<RpnOffload, 'sharedBuffer'> & Level0Offload,
+  ): Promise<{ features: tf.Tensor4D[]; head: Float32Array[] }> {
+    const inner = this.backbone.fpnInner(image, true);
+    const [, height, width, channels] = inner[0].shape;
+    const cut = level0Cut(height);
+    let levels: tf.Tensor4D[] = [];
+    try {
+      if (cut === 0) throw new Error(`Img2PoseModel: level 0 of ${height} rows is too small to share`);
+      const from = cut - LEVEL0_HALO;
+      const data = offload.sharedBuffer((height - from) * width * channels);
+      const memory = this.runtime.rules.tensorMemory;
+      // The heap view is taken and read with nothing allocated in between (see TensorMemory).
+      const values = memory ? memory.view(inner[0]) : ((await inner[0].data()) as Float32Array);
+      data.set(values.subarray(from * width * channels));
+      const away = offload.level0({ data, shape: [1, height - from, width, channels] });
+      let rest: Float32Array[];
+      let upper: { fpn: tf.Tensor4D; head: Float32Array } | null = null;
+      try {
+        levels = this.backbone.outerLevels(inner);
+        tf.dispose(inner.slice(1));
+        upper = await this.level0Upper(inner[0], cut);
+        rest = await this.rpn.levelValues(levels, sizes, 1);
+      } catch (e) {
+        // The other thread may still read the shared memory: settled before its next use.
+        await away.catch(() => undefined);
+        upper?.fpn.dispose();
+        throw e;
+      }
+      // No thread was free, or it stopped: the lower band here, the same way.
+      const lower = (await away) ?? (await this.level0Band(tf.tidy(() => inner[0].slice([0, from])), true));
+      if (lower.fpn.length !== (height - cut) * width * channels || lower.head.length !== (height - cut) * width * 15) {
+        upper.fpn.dispose();
+        throw new Error(`Img2PoseModel: the other thread returned ${lower.fpn.length} + ${lower.head.length} values of level 0's lower ${height - cut} rows`);
+      }
+      const fpn0 = tf.tidy(() => tf.concat([upper.fpn, tf.tensor4d(lower.fpn, [1, height - cut, width, channels])], 1));
+      upper.fpn.dispose();
+      const head0 = new Float32Array(height * width * 15);
+      head0.set(upper.head);
+      head0.set(lower.head, upper.head.length);
+      return { features: [fpn0, ...levels], head: [head0, ...rest] };
+    } catch (e) {
+      tf.dispose(levels);
+      throw e;
+    } finally {
+      tf.dispose(inner);
+    }
+  }
+
+  /** Rows [0, cut) of FPN level 0 (a tensor) and of the RPN head on it, from level 0's inner map. */
+  private async level0Upper(inner: tf.Tensor4D, cut: number): Promise<{ fpn: tf.Tensor4D; head: Float32Array }> {
+    const [fpn, head] = tf.tidy(() => {
+      // Exact rows: the FPN conv's [0, cut + 4) of its band [0, cut + 8); the head's [0, cut).
+      const out = this.backbone.outerLevel0(inner.slice([0, 0], [-1, cut + LEVEL0_HALO]));
+      const hidden = this.rpn.levelHead(out.slice([0, 0], [-1, cut + LEVEL0_HALO / 2]));
+      return [out.slice([0, 0], [-1, cut]), hidden.slice([0, 0], [-1, cut])];
+    });
+    try {
+      return { fpn, head: (await head.data()) as Float32Array };
+    } finally {
+      head.dispose();
+    }
+  }
+
+  /**
+   * FPN level 0's output conv and RPN head on `inner`, rows [r - LEVEL0_HALO, H) of an image's
+   * level-0 inner map: rows [r, H) of both (see PredictOptions.offload). With `dispose`, frees
+   * `inner`.
+   */
+  async level0Band(inner: tf.Tensor4D, dispose = false): Promise<Level0Band> {
+    if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
+    const [fpn, head] = tf.tidy(() => {
+      // Exact rows: the FPN conv's from LEVEL0_HALO / 2 on, the head's from LEVEL0_HALO / 2 of those.
+      const out = this.backbone.outerLevel0(inner);
+      if (dispose) inner.dispose();
+      const hidden = this.rpn.levelHead(out.slice([0, LEVEL0_HALO / 2]));
+      return [out.slice([0, LEVEL0_HALO]), hidden.slice([0, LEVEL0_HALO / 2])];
+    });
+    try {
+      const [f, h] = await Promise.all([fpn.data(), head.data()]);
+      return { fpn: f as Float32Array, head: h as Float32Array };
+    } finally {
+      tf.dispose([fpn, head]);
+    }
   }
 
   /** The RPN head alone on one level's features [N, H, W, C]: another thread's share (see PredictOptions.offload). */

@@ -170,6 +170,21 @@ export class RegionProposalNetwork {
     return [first, ...rest];
   }
 
+  /** Proposal jobs, one per image, from every level's head output of the batch read back. */
+  jobsOf(values: Float32Array[], levelSizes: Size[], imageSizes: Size[], paddedSizes: Size[]): ProposalJob[] {
+    return paddedSizes.map((paddedSize, image) => ({ levels: values, levelSizes, image, paddedSize, imageSize: imageSizes[image], config: this.config }));
+  }
+
+  /** The head on the given levels (`first`: the first one's level), read back. */
+  async levelValues(features: tf.Tensor4D[], paddedSizes: Size[], first = 0): Promise<Float32Array[]> {
+    const outputs = features.map((feature, i) => tf.tidy(() => this.levelHead(this.masked(feature, first + i, paddedSizes))));
+    try {
+      return await Promise.all(outputs.map((o) => o.data() as Promise<Float32Array>));
+    } finally {
+      tf.dispose(outputs);
+    }
+  }
+
   /**
    * The head's raw output, read back, as one proposal job per image. Every level's readback is
    * requested before any is awaited, so on a GPU they overlap. With `perImage`, each image's part
@@ -180,8 +195,7 @@ export class RegionProposalNetwork {
   async predictHead(features: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[], perImage = false, offload?: RpnOffload): Promise<ProposalJob[]> {
     if (offload && !perImage && !this.candidatesOnGpu() && features.length > 1) {
       const values = await this.offloadedHead(features, paddedSizes, offload);
-      const levelSizes = features.map((f) => [f.shape[1], f.shape[2]] as Size);
-      return paddedSizes.map((paddedSize, image) => ({ levels: values, levelSizes, image, paddedSize, imageSize: imageSizes[image], config: this.config }));
+      return this.jobsOf(values, features.map((f) => [f.shape[1], f.shape[2]] as Size), imageSizes, paddedSizes);
     }
     const outputs = this.head(features, paddedSizes);
     // Batches whose proposals run on worker threads keep the whole-head readback: on an H200 the

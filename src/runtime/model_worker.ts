@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { selectBackend, selectCpuForValues } from './backend';
-import { Img2PoseModel, RawDetections } from '../model/model';
+import { Img2PoseModel, Level0Band, Level0Offload, RawDetections } from '../model/model';
 import type { NetworkImage } from '../model/transform';
 import type { HeadsOffload, RoIHeadOutputs } from '../model/roi_heads';
 import type { RpnOffload } from '../model/rpn';
@@ -50,7 +50,7 @@ async function build(backend: ModelWorkerData['model']['backend'], given: Promis
  * thread that saw it until its next garbage collection. The parts run one after another, so one
  * buffer serves them all.
  */
-function parentOffload(): HeadsOffload & RpnOffload {
+function parentOffload(): HeadsOffload & RpnOffload & Level0Offload {
   let shared = new SharedArrayBuffer(0);
   return {
     sharedBuffer(length) {
@@ -59,6 +59,7 @@ function parentOffload(): HeadsOffload & RpnOffload {
     },
     level: (feature) => askParent<Float32Array | null>({ kind: 'model-rpn', payload: feature satisfies RpnTask }),
     forward: (rows, scoreThresh) => askParent<RoIHeadOutputs | null>({ kind: 'model-heads', payload: { rows, scoreThresh } satisfies HeadsTask }),
+    level0: (band) => askParent<Level0Band | null>({ kind: 'model-level0', payload: band satisfies RpnTask }),
   };
 }
 
@@ -129,6 +130,13 @@ export function modelHandlers(data: ModelWorkerData): Record<string, (payload: u
         out.dispose();
       }
       return { result: values, transfer: [values.buffer as ArrayBuffer] };
+    },
+    async 'model-level0'(payload: unknown): Promise<Done> {
+      const { data, shape } = payload as RpnTask;
+      const net = await model;
+      firstTask();
+      const out = await net.level0Band(tf.tensor4d(data, shape), true);
+      return { result: out, transfer: [out.fpn.buffer, out.head.buffer] as ArrayBuffer[] };
     },
     async 'model-heads'(payload: unknown): Promise<Done> {
       const { rows, scoreThresh } = payload as HeadsTask;

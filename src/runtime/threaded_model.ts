@@ -7,7 +7,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { InferenceError } from '../errors';
-import type { ModelConfig, RawDetections } from '../model/model';
+import type { Level0Band, ModelConfig, RawDetections } from '../model/model';
 import type { RoIHeadOutputs } from '../model/roi_heads';
 import { ImageBytes, imageSizeOf, NetworkImage, paddedSize, resizedSize } from '../model/transform';
 import { Size } from '../ops/size';
@@ -142,14 +142,15 @@ export function shareOut(padded: Size[], workers: number): number[][] {
  *
  * A call with fewer images than workers (one photo on two cores) would leave workers idle: there
  * the worker running an image sends parts of its forward through this thread to an idle worker,
- * in shared memory: the RPN head's largest level (while it runs the other levels), then the
- * second half of its RoI-head rows (both heads and the pose gating, while it runs the first
- * half). The same kernels run on the same values, and rows are independent, so the results are
- * the bits one worker computes.
+ * in shared memory: the lower rows of FPN level 0's output conv and RPN head (the largest level,
+ * while it runs the upper rows and the other levels; for a batch of one, else the RPN head's
+ * largest level), then the second half of its RoI-head rows (both heads and the pose gating,
+ * while it runs the first half). The same kernels run on the same values, and each band computes
+ * its rows as the whole map would, so the results are the bits one worker computes.
  */
 export class ThreadedModel {
-  /** Work one worker did for another (tests and benchmarks): RPN levels, RoI-head rows. */
-  readonly offloaded = { rpnLevels: 0, headRows: 0 };
+  /** Work one worker did for another (tests and benchmarks): RPN levels, RoI-head rows, level-0 bands. */
+  readonly offloaded = { rpnLevels: 0, headRows: 0, level0Bands: 0 };
   /**
    * When an idle worker takes parts of another's forward: 'core-free' (default) while other
    * processes leave a core free (`coreFree`: their CPU time since the last ask, ours not
@@ -299,10 +300,15 @@ export class ThreadedModel {
    * never the call.
    */
   private async answer(task: TaskMessage, from: number): Promise<Done> {
-    if (task.kind !== 'model-heads' && task.kind !== 'model-rpn') throw new Error(`ThreadedModel: no request ${JSON.stringify(task.kind)}`);
+    if (task.kind !== 'model-heads' && task.kind !== 'model-rpn' && task.kind !== 'model-level0') throw new Error(`ThreadedModel: no request ${JSON.stringify(task.kind)}`);
     const helper = this.offloadWhen === 'never' || (this.offloadWhen === 'core-free' && !coreFree()) ? undefined : this.pool.idleWorker(from);
     if (helper === undefined) return { result: null, transfer: [] };
     try {
+      if (task.kind === 'model-level0') {
+        const band = await this.pool.run<Level0Band>(task, [], helper);
+        this.offloaded.level0Bands++;
+        return { result: band, transfer: [band.fpn.buffer, band.head.buffer] as ArrayBuffer[] };
+      }
       if (task.kind === 'model-rpn') {
         const values = await this.pool.run<Float32Array>(task, [], helper);
         this.offloaded.rpnLevels++;
