@@ -88,6 +88,16 @@ describe('a worker killed mid-batch', () => {
     const after = model.offloaded.headRows;
     expect(plain(await model.predict([inputs[0]], TINY))).toEqual([reference[0]]);
     expect(model.offloaded.headRows).toBe(after + 110);
+    // The same with level 0's lower rows (a larger input, whose level 0 is cut in two bands).
+    const SMALL = { minSize: 160, maxSize: 288 };
+    const bands = model.offloaded.level0Bands;
+    const small = plain(await model.predict([inputs[0]], SMALL));
+    expect(model.offloaded.level0Bands).toBe(bands + 1);
+    await killer.arm(2, 'model-level0');
+    expect(plain(await model.predict([inputs[0]], SMALL))).toEqual(small);
+    expect(killer.fired).toBe(true);
+    expect(model.offloaded.level0Bands).toBe(bands + 1);
+    expect(await model.workerTensors()).toEqual(baseTensors);
     // The same with the RPN head's level: the helper dies on receiving it.
     const levels = model.offloaded.rpnLevels;
     await killer.arm(2, 'model-rpn');
