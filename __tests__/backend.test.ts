@@ -7,7 +7,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
-import { AUTO_ORDER, ModuleLoader, nodeModuleLoader, selectBackend } from '../src/runtime/backend';
+import { AUTO_ORDER, ModuleLoader, nodeModuleLoader, selectBackend, vulkanDeviceLikely } from '../src/runtime/backend';
 import { BackendError, OptionError } from '../src/errors';
 
 type Globals = Record<string, unknown>;
@@ -172,19 +172,35 @@ describe('preference order (fake packages)', () => {
     expect(err.message).toContain('no WebGPU adapter was found');
   });
 
-  it('auto does not load Dawn where no Vulkan driver is listed; an explicit webgpu still tries', async () => {
+  it('auto does not load Dawn where no GPU with a Vulkan driver is likely; an explicit webgpu still tries', async () => {
     const loader = {
       ...fakeLoader({
         webgpu: () => ({ create: () => ({ requestAdapter: async () => null }), globals: {} }),
         '@tensorflow/tfjs-backend-webgpu': () => registerStandIn('webgpu'),
       }),
-      vulkanDriverListed: () => false,
+      vulkanDeviceLikely: () => false,
     };
     expect(await selectBackend('auto', loader)).toBe('wasm');
     expect(loader.loaded).toEqual([]);
     const err = (await selectBackend('webgpu', loader).catch((e: unknown) => e)) as BackendError;
     expect(err.message).toContain('no WebGPU adapter was found');
     expect(loader.loaded).toEqual(['webgpu']);
+  });
+
+  it('a GPU with a Vulkan driver is likely where a driver manifest and a GPU device node exist, or drivers are named', () => {
+    const env = { HOME: '/home/u' };
+    const mesa = { '/usr/share/vulkan/icd.d': ['lvp_icd.x86_64.json', 'radeon_icd.x86_64.json'] };
+    const fs = (tree: Record<string, string[]>) => (dir: string) => tree[dir] ?? [];
+    // Mesa's drivers on a machine without a GPU: no device node.
+    expect(vulkanDeviceLikely(env, fs({ ...mesa, '/dev': ['null', 'tty0'] }))).toBe(false);
+    expect(vulkanDeviceLikely(env, fs({ ...mesa, '/dev/dri': ['card0', 'renderD128'] }))).toBe(true);
+    expect(vulkanDeviceLikely(env, fs({ '/etc/vulkan/icd.d': ['nvidia_icd.json'], '/dev': ['nvidia0', 'nvidiactl'] }))).toBe(true);
+    expect(vulkanDeviceLikely(env, fs({ ...mesa, '/dev': ['dxg'] }))).toBe(true);
+    // A device without a driver manifest: the loader finds nothing.
+    expect(vulkanDeviceLikely(env, fs({ '/dev/dri': ['renderD128'] }))).toBe(false);
+    // Named drivers (SwiftShader in the tests) are taken as meant.
+    expect(vulkanDeviceLikely({ ...env, VK_ICD_FILENAMES: '/usr/lib/chromium/vk_swiftshader_icd.json' }, fs({}))).toBe(true);
+    expect(vulkanDeviceLikely({ ...env, XDG_DATA_DIRS: '/opt/share' }, fs({ '/opt/share/vulkan/icd.d': ['x.json'], '/dev/dri': ['renderD129'] }))).toBe(true);
   });
 
   it('auto passes over a software WebGPU adapter (slower than wasm); an explicit webgpu takes it', async () => {

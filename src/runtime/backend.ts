@@ -24,11 +24,11 @@ export interface ModuleLoader {
   resolvable(name: string): boolean;
   load(name: string): unknown;
   /**
-   * Whether the Vulkan loader would find a driver (on Linux, Dawn's only way to a GPU), or
-   * undefined where that is not known. `auto` skips Dawn when none is listed: the loader would
-   * only print warnings on stderr and find no adapter.
+   * Whether the Vulkan loader may find a driver for a GPU (on Linux, Dawn's only way to one;
+   * `vulkanDeviceLikely`), or undefined where that is not known. `auto` skips Dawn when not: it
+   * would only print warnings on stderr and find no adapter, or a software one.
    */
-  vulkanDriverListed?(): boolean | undefined;
+  vulkanDeviceLikely?(): boolean | undefined;
 }
 
 /** Where the Vulkan loader looks for driver manifests on Linux (its documented search path). */
@@ -53,22 +53,34 @@ export const nodeModuleLoader: ModuleLoader = {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     return require(name) as unknown;
   },
-  vulkanDriverListed(): boolean | undefined {
+  vulkanDeviceLikely(): boolean | undefined {
     if (typeof process === 'undefined' || process.platform !== 'linux') return undefined;
-    const env = process.env;
-    if (env.VK_ICD_FILENAMES || env.VK_DRIVER_FILES || env.VK_ADD_DRIVER_FILES) return true;
     // Only this Linux probe needs fs: required here, not at the top of a module browsers also load.
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const fs = require('fs') as typeof import('fs');
-    return vulkanManifestDirs(env).some((dir) => {
+    return vulkanDeviceLikely(process.env, (dir) => {
       try {
-        return fs.readdirSync(dir).some((f) => f.endsWith('.json'));
+        return fs.readdirSync(dir);
       } catch {
-        return false;
+        return [];
       }
     });
   },
 };
+
+/**
+ * Whether, on Linux, the Vulkan loader may find a driver for a GPU: a driver manifest in its
+ * icd.d folders and a GPU device node (/dev/dri/renderD*, /dev/nvidia*, WSL's /dev/dxg). Drivers
+ * named in the environment count as meant. Manifests alone do not: Mesa's Vulkan drivers (its
+ * CPU renderer lavapipe among them) come with many desktop and image-processing packages on
+ * machines without a GPU, where Dawn would write warnings on stderr and find nothing faster than
+ * wasm.
+ */
+export function vulkanDeviceLikely(env: NodeJS.ProcessEnv, readdir: (dir: string) => string[]): boolean {
+  if (env.VK_ICD_FILENAMES || env.VK_DRIVER_FILES || env.VK_ADD_DRIVER_FILES) return true;
+  if (!vulkanManifestDirs(env).some((dir) => readdir(dir).some((f) => f.endsWith('.json')))) return false;
+  return readdir('/dev/dri').some((f) => f.startsWith('renderD')) || readdir('/dev').some((f) => /^nvidia(\d+|ctl)$/.test(f) || f === 'dxg');
+}
 
 const INSTALL: Record<Exclude<BackendChoice, 'auto'>, string> = {
   tensorflow: 'npm install @tensorflow/tfjs-node@4.22.0 (CPU) or @tensorflow/tfjs-node-gpu@4.22.0 (CUDA GPU)',
@@ -227,8 +239,8 @@ async function setUpWebGpu(loader: ModuleLoader, auto: boolean): Promise<Attempt
   let undo: (() => void) | undefined;
   if (gpu === undefined) {
     if (!loader.resolvable('webgpu')) return { ok: false, reason: 'the "webgpu" package (Dawn for Node) is not installed' };
-    if (auto && loader.vulkanDriverListed?.() === false) {
-      return { ok: false, reason: 'no Vulkan driver is installed (no driver manifest in the Vulkan loader\'s icd.d folders)' };
+    if (auto && loader.vulkanDeviceLikely?.() === false) {
+      return { ok: false, reason: 'no GPU with a Vulkan driver (no driver manifest in the Vulkan loader\'s icd.d folders, or no GPU device in /dev)' };
     }
     let dawn: unknown;
     try {

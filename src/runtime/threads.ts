@@ -324,14 +324,18 @@ export function collectGarbage(): boolean {
     if (typeof exposed === 'function') {
       fullCollection = exposed as () => void;
     } else {
-      try {
-        setFlagsFromString('--expose-gc');
-        const gc: unknown = runInNewContext('gc');
-        fullCollection = typeof gc === 'function' ? (gc as () => void) : null;
-      } catch {
-        fullCollection = null;
-      } finally {
-        setFlagsFromString('--no-expose-gc');
+      fullCollection = null;
+      // The flag is the process's: another thread may clear it between the two calls, hence a retry.
+      for (let attempt = 0; attempt < 3 && fullCollection === null; attempt++) {
+        try {
+          setFlagsFromString('--expose-gc');
+          const gc: unknown = runInNewContext('gc');
+          if (typeof gc === 'function') fullCollection = gc as () => void;
+        } catch {
+          // Not a V8 that takes the flag: no collection on demand.
+        } finally {
+          setFlagsFromString('--no-expose-gc');
+        }
       }
     }
   }
