@@ -32,7 +32,7 @@ export interface ModuleLoader {
 }
 
 /** Where the Vulkan loader looks for driver manifests on Linux (its documented search path). */
-function vulkanManifestDirs(env: NodeJS.ProcessEnv): string[] {
+function vulkanManifestDirs(env: Readonly<Record<string, string | undefined>>): string[] {
   const home = env.HOME ?? '';
   const config = (env.XDG_CONFIG_DIRS || '/etc/xdg').split(':');
   const data = [env.XDG_DATA_HOME || `${home}/.local/share`, ...(env.XDG_DATA_DIRS || '/usr/local/share:/usr/share').split(':')];
@@ -76,7 +76,7 @@ export const nodeModuleLoader: ModuleLoader = {
  * machines without a GPU, where Dawn would write warnings on stderr and find nothing faster than
  * wasm.
  */
-export function vulkanDeviceLikely(env: NodeJS.ProcessEnv, readdir: (dir: string) => string[]): boolean {
+export function vulkanDeviceLikely(env: Readonly<Record<string, string | undefined>>, readdir: (dir: string) => string[]): boolean {
   if (env.VK_ICD_FILENAMES || env.VK_DRIVER_FILES || env.VK_ADD_DRIVER_FILES) return true;
   if (!vulkanManifestDirs(env).some((dir) => readdir(dir).some((f) => f.endsWith('.json')))) return false;
   return readdir('/dev/dri').some((f) => f.startsWith('renderD')) || readdir('/dev').some((f) => /^nvidia(\d+|ctl)$/.test(f) || f === 'dxg');
