@@ -244,13 +244,12 @@ export class Backbone {
       const c = this.runBody({ x: image, regions: null, zeroOutside: true }, masks, disposeInput);
       try {
         return tf.tidy(() => {
-          const inner: tf.Tensor4D[] = new Array(4);
+          const inner: Feature[] = new Array(4);
           for (let i = 3; i >= 0; i--) {
-            const residual: Partial<ConvStep> = i < 3 ? { residual: inner[i + 1], upsample: true } : {};
-            inner[i] = convFeature(this.kernels, c[i], this.inner[i], masks, { relu: false, ...residual }).x;
+            inner[i] = this.lateral(i, c[i], i < 3 ? inner[i + 1] : null, masks);
             c[i].x.dispose();
           }
-          return inner;
+          return inner.map((f) => f.x);
         });
       } finally {
         for (const f of c) f.x.dispose();
@@ -265,11 +264,15 @@ export class Backbone {
    * 0's is not read). The same values as `forward`'s.
    */
   outerLevels(inner: tf.Tensor4D[]): tf.Tensor4D[] {
-    return tf.tidy(() => {
-      const levels = [1, 2, 3].map((i) => this.kernels.conv(inner[i], this.outer[i].filter, this.outer[i].bias, { stride: 1, pad: this.outer[i].pad, relu: false, winograd: winogradEnabled() }));
-      // LastLevelMaxPool: max_pool2d(kernel 1, stride 2) is a plain subsampling.
-      return [...levels, tf.maxPool(levels[2], 1, 2, 0)];
-    });
+    const masks = new RegionMasks();
+    try {
+      return tf.tidy(() => {
+        const levels = [1, 2, 3].map((i) => this.output(i, { x: inner[i], regions: null, zeroOutside: false }, masks));
+        return [...levels, this.lastLevelPool(levels[2], masks)].map((f) => f.x);
+      });
+    } finally {
+      masks.dispose();
+    }
   }
 
   /**
@@ -279,7 +282,12 @@ export class Backbone {
    * starts at a multiple of 4 has the whole map's tiles.
    */
   outerLevel0(inner: tf.Tensor4D): tf.Tensor4D {
-    return tf.tidy(() => this.kernels.conv(inner, this.outer[0].filter, this.outer[0].bias, { stride: 1, pad: this.outer[0].pad, relu: false, winograd: winogradEnabled() }));
+    const masks = new RegionMasks();
+    try {
+      return tf.tidy(() => this.output(0, { x: inner, regions: null, zeroOutside: false }, masks).x);
+    } finally {
+      masks.dispose();
+    }
   }
 
   private checkRegions(images: tf.Tensor4D, paddedSizes: Size[]): Size[] | null {
@@ -332,6 +340,23 @@ export class Backbone {
    * output and each coarser lateral map is freed as soon as the next lateral has read it, so that
    * at the finest level (the largest maps) only what is still needed is alive.
    */
+  /** FPN level i's inner map: its lateral 1x1 conv plus the nearest-upsampled coarser one (none at the top). */
+  private lateral(i: number, c: Feature, coarser: Feature | null, masks: RegionMasks): Feature {
+    // Top-down pathway: torch interpolate 'nearest' (source index floor(d * in / out)), fused into the conv.
+    const residual: Partial<ConvStep> = coarser ? { residual: coarser.x, upsample: true } : {};
+    return convFeature(this.kernels, c, this.inner[i], masks, { relu: false, ...residual });
+  }
+
+  /** FPN level i's 3x3 output conv. */
+  private output(i: number, inner: Feature, masks: RegionMasks): Feature {
+    return convFeature(this.kernels, inner, this.outer[i], masks, { relu: false, winograd: winogradEnabled() });
+  }
+
+  /** LastLevelMaxPool: max_pool2d(kernel 1, stride 2) is a plain subsampling. */
+  private lastLevelPool(level3: Feature, masks: RegionMasks): Feature {
+    return maxPoolFeature(level3, 1, 2, 0, masks);
+  }
+
   private runFpn(c: Feature[], masks: RegionMasks): tf.Tensor4D[] {
     return tf.tidy(() => {
       const results: Feature[] = new Array(4);
@@ -339,20 +364,18 @@ export class Backbone {
       for (let i = 3; i >= 0; i--) {
         // Top-down pathway: lateral 1x1 conv + nearest-upsampled coarser level (torch
         // interpolate 'nearest': source index floor(d * in / out)), fused into the conv.
-        const residual: Partial<ConvStep> = last ? { residual: last.x, upsample: true } : {};
-        const lateral = convFeature(this.kernels, c[i], this.inner[i], masks, { relu: false, ...residual });
+        const lateral = this.lateral(i, c[i], last, masks);
         c[i].x.dispose();
         last?.x.dispose();
         last = lateral;
-        results[i] = convFeature(this.kernels, last, this.outer[i], masks, { relu: false, winograd: winogradEnabled() });
+        results[i] = this.output(i, last, masks);
       }
       last?.x.dispose();
       // The RPN head's 3x3 conv reads these maps: zero them outside each image's region.
       const levels: Feature[] = results.map((r) =>
         r.regions ? { x: masks.apply(r.x, r.regions), regions: r.regions, zeroOutside: true } : r,
       );
-      // LastLevelMaxPool: max_pool2d(kernel 1, stride 2) is a plain subsampling.
-      levels.push(maxPoolFeature(levels[3], 1, 2, 0, masks));
+      levels.push(this.lastLevelPool(levels[3], masks));
       return levels.map((l) => l.x);
     });
   }
