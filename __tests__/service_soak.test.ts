@@ -98,6 +98,16 @@ describe('a worker killed mid-batch', () => {
     expect(killer.fired).toBe(true);
     expect(model.offloaded.level0Bands).toBe(bands + 1);
     expect(await model.workerTensors()).toEqual(baseTensors);
+    // The same with the body's lower rows: the image's worker waits for them in shared memory and
+    // is told there that the helper is gone.
+    const bodies = model.offloaded.bodyBands;
+    await killer.arm(2, 'model-body');
+    expect(plain(await model.predict([inputs[0]], SMALL))).toEqual(small);
+    expect(killer.fired).toBe(true);
+    expect(model.offloaded.bodyBands).toBe(bodies);
+    expect(await model.workerTensors()).toEqual(baseTensors);
+    expect(plain(await model.predict([inputs[0]], SMALL))).toEqual(small);
+    expect(model.offloaded.bodyBands).toBe(bodies + 1);
     // The same with the RPN head's level: the helper dies on receiving it.
     const levels = model.offloaded.rpnLevels;
     await killer.arm(2, 'model-rpn');

@@ -397,7 +397,7 @@ describe('results do not depend on threads', () => {
     }
   });
 
-  it('one image on two workers: the idle worker runs the lower rows of level 0 and half its RoI-head rows, and the raw detections are bit-identical to one thread', async () => {
+  it('one image on two workers: the idle worker runs the lower rows of the body and of level 0 and half its RoI-head rows, and the raw detections are bit-identical to one thread', async () => {
     const inThread = new Img2PoseModel(weights, activeRuntime());
     const model = await ThreadedModel.start(workerScript()!, weights, 'wasm', 2);
     // Whatever else this machine runs now.
@@ -409,8 +409,9 @@ describe('results do not depend on threads', () => {
       expect(expected[0][1].length).toBeGreaterThan(0);
       const base = await model.workerTensors();
       const got = await model.predict([images[0]], SMALL);
-      // Level 0's lower rows (FPN output conv and RPN head) and half of the image's ~1000
-      // proposals went to the other worker.
+      // The lower rows of every body map, level 0's lower rows (FPN output conv and RPN head) and
+      // half of the image's ~1000 proposals went to the other worker.
+      expect(model.offloaded.bodyBands).toBe(1);
       expect(model.offloaded.level0Bands).toBe(1);
       expect(model.offloaded.rpnLevels).toBe(0);
       expect(model.offloaded.headRows).toBeGreaterThanOrEqual(400);
@@ -418,11 +419,11 @@ describe('results do not depend on threads', () => {
       // Two images keep both workers busy: nothing is offloaded, the results are the same.
       const rows = model.offloaded.headRows;
       expect((await model.predict(images, SMALL)).map(bits)).toEqual(expected);
-      expect(model.offloaded).toEqual({ rpnLevels: 0, headRows: rows, level0Bands: 1 });
+      expect(model.offloaded).toEqual({ rpnLevels: 0, headRows: rows, level0Bands: 1, bodyBands: 1 });
       // No worker free to help: the image's own worker runs the lower band the same way.
       model.offloadWhen = 'never';
       expect((await model.predict([images[1]], SMALL)).map(bits)).toEqual([expected[1]]);
-      expect(model.offloaded).toEqual({ rpnLevels: 0, headRows: rows, level0Bands: 1 });
+      expect(model.offloaded).toEqual({ rpnLevels: 0, headRows: rows, level0Bands: 1, bodyBands: 1 });
       expect(await model.workerTensors()).toEqual(base);
     } finally {
       tf.dispose(images);

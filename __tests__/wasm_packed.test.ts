@@ -7,6 +7,8 @@ import * as tf from '@tensorflow/tfjs';
 import { lcgValues } from './utils/lcg';
 import { conv2dGemm, conv2dRowBands, gemmConvFits } from '../src/kernels/wasm/gemm_conv';
 import { isReleased, packingRun, usePacked } from '../src/kernels/wasm/packed';
+import { Kernels } from '../src/kernels/webgpu';
+import { releaseWasmWinograd } from '../src/kernels/wasm/winograd';
 
 const bits = (t: tf.Tensor): Buffer => Buffer.from((t.dataSync() as Float32Array).slice().buffer);
 function tensor<R extends tf.Rank>(shape: number[], seed: number, scale = 1): tf.Tensor<R> {
@@ -60,6 +62,85 @@ describe('convolutions on wasm with less kept in XNNPACK', () => {
       }
     });
   });
+});
+
+describe('a band of output rows alone (one image shared by two threads)', () => {
+  const kernels = new Kernels('portable');
+  const rowsOf = (t: tf.Tensor, [start, end]: readonly [number, number]): Buffer => {
+    const [, , w, c] = t.shape;
+    return Buffer.from((t.dataSync() as Float32Array).slice(start * w * c, end * w * c).buffer);
+  };
+
+  it('gives tf.fused.conv2d bits for small 3x3 filters in bands of rows, stride 1 and 2', () => {
+    tf.tidy(() => {
+      const x = tensor<tf.Rank.R4>([2, 19, 13, 16], 11);
+      const f = tensor<tf.Rank.R4>([3, 3, 16, 24], 12, 0.1);
+      const b = tensor<tf.Rank.R1>([24], 13, 0.1);
+      for (const stride of [1, 2]) {
+        const want = tf.fused.conv2d({ x, filter: f, strides: stride, pad: 1, bias: b, activation: 'relu' });
+        for (const bandPixels of [7, 10_000]) {
+          const got = conv2dRowBands(
+            x,
+            f,
+            stride,
+            1,
+            (window, pads) => tf.fused.conv2d({ x: window, filter: f, strides: stride, pad: pads, bias: b, activation: 'relu' }),
+            bandPixels,
+          );
+          expect(bits(got)).toEqual(bits(want));
+        }
+      }
+    });
+  });
+
+  it.each([
+    // name, kernel, in, out, stride, winograd, residual
+    ['F(4x4, 3x3)', 3, 64, 64, 1, true, true],
+    ['GEMM, 1x1 stride 2', 1, 16, 24, 2, false, false],
+    ['GEMM, large 3x3', 3, 112, 264, 1, false, true],
+    ['row bands, small 3x3 stride 2', 3, 16, 24, 2, false, false],
+    ['row bands, 7x7 stride 2', 7, 3, 8, 2, false, false],
+  ] as [string, number, number, number, number, boolean, boolean][])(
+    "Kernels.conv rows alone, %s: each band's rows are the whole map's bits",
+    (name, k, cin, cout, stride, winograd, withResidual) => {
+      const f = tensor<tf.Rank.R4>([k, k, cin, cout], 21, 0.1);
+      try {
+        tf.tidy(() => {
+          const x = tensor<tf.Rank.R4>([1, 26, 10, cin], 22);
+          const b = tensor<tf.Rank.R1>([cout], 23, 0.1);
+          const pad = (k - 1) / 2;
+          const ho = Math.floor((26 + 2 * pad - k) / stride) + 1;
+          const wo = Math.floor((10 + 2 * pad - k) / stride) + 1;
+          const residual = withResidual ? tensor<tf.Rank.R4>([1, ho, wo, cout], 24) : undefined;
+          const opts = { stride, pad, relu: true, winograd, residual };
+          const whole = kernels.conv(x, f, b, opts);
+          const align = kernels.rowAlign(f, opts);
+          expect(align).toBe(winograd ? 4 : 1);
+          for (const cut of [align, 2 * align, ho - (ho % align || align)]) {
+            for (const rows of [
+              [0, cut],
+              [cut, ho],
+            ] as [number, number][]) {
+              const band = kernels.conv(x, f, b, { ...opts, rows });
+              expect(band.shape).toEqual(whole.shape);
+              expect(rowsOf(band, rows)).toEqual(rowsOf(whole, rows));
+              if (name.startsWith('row bands')) {
+                const alone = kernels.conv(x, f, b, { ...opts, rows, bandOnly: true });
+                expect(alone.shape).toEqual([1, rows[1] - rows[0], wo, cout]);
+                expect(rowsOf(alone, [0, rows[1] - rows[0]])).toEqual(rowsOf(whole, rows));
+              }
+            }
+          }
+          if (winograd) expect(() => kernels.conv(x, f, b, { ...opts, rows: [2, ho] })).toThrow(/multiple of 4/);
+          if (!name.startsWith('row bands'))
+            expect(() => kernels.conv(x, f, b, { ...opts, rows: [0, 4], bandOnly: true })).toThrow(/row-band path only/);
+        });
+      } finally {
+        releaseWasmWinograd(f);
+        f.dispose();
+      }
+    },
+  );
 });
 
 describe('weights kept only as packed (wasm)', () => {

@@ -19,7 +19,8 @@ import * as tf from '@tensorflow/tfjs';
 import { Img2PoseWeights } from './weights';
 import { Size } from '../ops/size';
 import { Conv, convOutputSize, disposeConv, foldFrozenBatchNorm, makeConv, ownCopy, readsBeyondRegion } from './layers';
-import { Kernels, packStage, PORTABLE_KERNELS, prepareConvFilter, winogradEnabled } from '../kernels/webgpu';
+import { ConvOptions, Kernels, packStage, PORTABLE_KERNELS, prepareConvFilter, Rows, winogradEnabled } from '../kernels/webgpu';
+import { placedRows } from '../kernels/wasm/gemm_conv';
 
 
 /** Names of the returned levels, strides 4, 8, 16, 32, 64 (upstream's feature dict keys). */
@@ -126,6 +127,38 @@ function tidyFeature(fn: () => Feature): Feature {
     return f.x;
   });
   return { ...meta, x };
+}
+
+/**
+ * This thread's side of a body shared with another thread by rows (`Backbone.bodyShared`): both
+ * run the same steps, each computing its band of every map, and `exchange` completes each map
+ * with the other's band.
+ */
+export interface RowShare {
+  /** 0: the upper band of every map (the thread that owns the image), 1: the lower. */
+  readonly part: 0 | 1;
+  /** True once the other thread is gone (it stopped, or never came): every map is then made whole here. */
+  readonly alone: boolean;
+  /**
+   * Publishes rows `own` of `x` (one image's map, in this thread's heap) and, once the other thread
+   * has published its rows `other` of the same map, writes them into `x`. Returns false, with `x`
+   * incomplete, when the other thread is gone; part 1 throws then instead (its work is of no use).
+   */
+  exchange(x: tf.Tensor4D, own: Rows, other: Rows): boolean;
+}
+
+/**
+ * The two bands of a map of `height` rows cut in half at a multiple of `align`, or null when the
+ * map is too small to share (both threads then make it whole).
+ */
+export function rowBands(height: number, align: number): [Rows, Rows] | null {
+  const cut = align * Math.round(height / 2 / align);
+  return cut > 0 && cut < height
+    ? [
+        [0, cut],
+        [cut, height],
+      ]
+    : null;
 }
 
 function take(weights: Img2PoseWeights, name: string): tf.Tensor {
@@ -237,11 +270,13 @@ export class Backbone {
    * be run in bands of rows on two threads (`outerLevel0`): first the FPN's inner maps (lateral
    * conv plus top-down path, the output convs' inputs), levels 0..3; then `outerLevels`.
    */
-  fpnInner(image: tf.Tensor4D, disposeInput = false): tf.Tensor4D[] {
+  fpnInner(image: tf.Tensor4D, disposeInput = false, share?: RowShare): tf.Tensor4D[] {
     if (image.shape[0] !== 1) throw new Error(`Backbone.fpnInner: one image, got a batch of ${image.shape[0]}`);
     const masks = new RegionMasks();
     try {
-      const c = this.runBody({ x: image, regions: null, zeroOutside: true }, masks, disposeInput);
+      const c = share
+        ? this.bodyShared(image, share, disposeInput).map((x): Feature => ({ x, regions: null, zeroOutside: false }))
+        : this.runBody({ x: image, regions: null, zeroOutside: true }, masks, disposeInput);
       try {
         return tf.tidy(() => {
           const inner: Feature[] = new Array(4);
@@ -323,6 +358,124 @@ export class Backbone {
       outputs.push(f);
     }
     return outputs;
+  }
+
+  /**
+   * The ResNet body of one image (`runBody`'s layer outputs) with another thread that runs this
+   * same method on its side of `share`: every map is made in two bands of rows, one here and one
+   * there, and completed by `share.exchange` before the next step reads it. Each band computes its
+   * rows as the whole map would (`ConvOptions.rows`), so the maps are the bits of `runBody`'s.
+   * Part 1 passes any tensor of the image's shape: the image itself comes through the exchange.
+   * The wasm backend only. With `disposeInput`, `image` is disposed once the stem has read it.
+   */
+  bodyShared(image: tf.Tensor4D, share: RowShare, disposeInput = false): tf.Tensor4D[] {
+    const [n, height] = image.shape;
+    if (n !== 1) throw new Error(`Backbone.bodyShared: one image, got a batch of ${n}`);
+    // The image itself: all of it from part 0.
+    const all: Rows = [0, height];
+    const none: Rows = [height, height];
+    if (!share.alone) share.exchange(image, share.part === 0 ? all : none, share.part === 0 ? none : all);
+    // In a tidy scope: a step that throws (part 1 when part 0 is gone) leaves nothing behind.
+    return tf.tidy(() => {
+      const winograd = winogradEnabled();
+      const c1 = convOutputSize(height, this.stem.kernel, this.stem.stride, this.stem.pad);
+      let x = this.sharedMap(share, convOutputSize(c1, 3, 2, 1), 1, (rows) => this.stemRows(image, rows));
+      if (disposeInput) image.dispose();
+      const outputs: tf.Tensor4D[] = [];
+      for (const blocks of this.layers) {
+        for (const block of blocks) {
+          const input = x;
+          let y = input;
+          block.convs.forEach((conv, k) => {
+            const last = k === block.convs.length - 1;
+            const opts: ConvOptions = { stride: conv.stride, pad: conv.pad, relu: true, winograd };
+            const from = y;
+            const height = convOutputSize(from.shape[1], conv.kernel, conv.stride, conv.pad);
+            y = this.sharedMap(share, height, this.kernels.rowAlign(conv.filter, opts), (rows) =>
+              tf.tidy(() => {
+                // The residual is read at the rows computed: the downsample's band is this conv's.
+                const ds = block.downsample;
+                const residual = !last
+                  ? undefined
+                  : ds
+                    ? this.kernels.conv(input, ds.filter, ds.bias, { stride: ds.stride, pad: ds.pad, relu: false, rows })
+                    : input;
+                return this.kernels.conv(from, conv.filter, conv.bias, { ...opts, residual, rows });
+              }),
+            );
+            if (from !== input) from.dispose();
+          });
+          if (!outputs.includes(input)) input.dispose();
+          x = y;
+        }
+        outputs.push(x);
+      }
+      return outputs;
+    });
+  }
+
+  /**
+   * The most values a map of `bodyShared` holds (the image included) for an image of this size: the
+   * shared memory its exchange needs.
+   */
+  sharedMapFloats(height: number, width: number, channels: number): number {
+    const out = (h: number, w: number, conv: Conv): [number, number] => [
+      convOutputSize(h, conv.kernel, conv.stride, conv.pad),
+      convOutputSize(w, conv.kernel, conv.stride, conv.pad),
+    ];
+    let [h, w] = out(height, width, this.stem);
+    [h, w] = [convOutputSize(h, 3, 2, 1), convOutputSize(w, 3, 2, 1)];
+    let most = Math.max(height * width * channels, h * w * this.stem.filter.shape[3]);
+    for (const blocks of this.layers) {
+      for (const block of blocks) {
+        for (const conv of block.convs) {
+          [h, w] = out(h, w, conv);
+          most = Math.max(most, h * w * conv.filter.shape[3]);
+        }
+      }
+    }
+    return most;
+  }
+
+  /**
+   * A map of `height` rows made by `make` (all of it, or rows `rows` of it in a map of its whole
+   * shape) in two bands cut at a multiple of `align`, this thread's here and the other's there,
+   * completed by the exchange. Made whole here when it is too small to share (on both sides: the
+   * cut depends on the map only) or the other thread is gone.
+   */
+  private sharedMap(share: RowShare, height: number, align: number, make: (rows?: Rows) => tf.Tensor4D): tf.Tensor4D {
+    const bands = rowBands(height, align);
+    if (share.alone || !bands) return make();
+    const [own, other] = share.part === 0 ? bands : [bands[1], bands[0]];
+    const y = make(own);
+    if (share.exchange(y, own, other)) return y;
+    y.dispose();
+    return make();
+  }
+
+  /**
+   * The stem (conv1 + ReLU, 3x3/2 max-pool) of one image, or rows `rows` of its output in a map of
+   * the whole output's shape: the pool on the conv rows its windows read, padded above and below
+   * where the map ends, as the whole map's pool is.
+   */
+  private stemRows(image: tf.Tensor4D, rows?: Rows): tf.Tensor4D {
+    const { filter, bias, stride, pad } = this.stem;
+    return tf.tidy(() => {
+      if (!rows) return tf.maxPool(this.kernels.conv(image, filter, bias, { stride, pad, relu: true }), 3, 2, 1);
+      const [start, end] = rows;
+      const convHeight = convOutputSize(image.shape[1], this.stem.kernel, stride, pad);
+      // Pool output row r reads conv rows 2r - 1 .. 2r + 1.
+      const [from, to] = [Math.max(0, 2 * start - 1), Math.min(convHeight, 2 * end)];
+      const c = this.kernels.conv(image, filter, bias, { stride, pad, relu: true, rows: [from, to], bandOnly: true });
+      const padding: [[number, number], [number, number], [number, number], [number, number]] = [
+        [0, 0],
+        [from - (2 * start - 1), 2 * end - to],
+        [1, 1],
+        [0, 0],
+      ];
+      const pooled = tf.maxPool(c, 3, 2, padding);
+      return placedRows(pooled, start, convOutputSize(convHeight, 3, 2, 1));
+    });
   }
 
   private runBlock(block: ResidualBlock, input: Feature, masks: RegionMasks, winograd: boolean): Feature {

@@ -1,12 +1,12 @@
 import * as tf from '@tensorflow/tfjs';
-import { Backbone } from './backbone';
+import { Backbone, RowShare } from './backbone';
 import { BOX_SCORE_THRESH, PostprocessInput } from './postprocess';
 import { REFERENCE_POINTS_68 } from './reference_points';
 import { multiScaleRoIAlign, RoIAlignMethod } from './roi_align';
 import { HeadsOffload, RoIHeadOutputs, RoIHeads } from './roi_heads';
 import { Proposals, RegionProposalNetwork, RPN_CONFIG, RpnOffload } from './rpn';
 import type { ProposalJob } from '../ops/proposals';
-import { ModelRuntime } from './runtime';
+import { ModelRuntime, TensorMemory } from './runtime';
 import { imageSizeOf, NetworkImage, paddedSize, prepareBatchAsync, resizedSize } from './transform';
 import { Size } from '../ops/size';
 import { Img2PoseWeights } from './weights';
@@ -62,7 +62,18 @@ export interface PredictOptions {
    * RPN head (`level0`; else the RPN head's largest level), and half of each image's RoI-head
    * rows. The results are the same bits.
    */
-  offload?: HeadsOffload & RpnOffload & Partial<Level0Offload>;
+  offload?: HeadsOffload & RpnOffload & Partial<Level0Offload & BodyOffload>;
+}
+
+/** The ResNet body of one image shared by rows with another thread (Backbone.bodyShared). */
+export interface BodyOffload {
+  /**
+   * Asks another thread now to run part 1 of `Backbone.bodyShared` on an image of `shape`, with
+   * maps of up to `mapFloats` values: returns this thread's side of the exchange (part 0, over
+   * `memory`), and the request, settled once the other thread is done with it (at once when none
+   * is free: the exchange then finds the other part gone).
+   */
+  body(shape: [number, number, number, number], mapFloats: number, memory: TensorMemory): { share: RowShare & { leave(): void }; done: Promise<unknown> };
 }
 
 /** FPN level 0's output conv and RPN head on the lower band of an image's rows, by another thread. */
@@ -295,7 +306,7 @@ export class Img2PoseModel {
       const offload = options.offload;
       if (offload?.level0 && images.length === 1 && !options.profile && level0Cut(batch.paddedSizes[0][0] / 4) > 0) {
         let head: Float32Array[];
-        ({ features, head } = await this.sharedLevel0(batch.images, batch.paddedSizes, { sharedBuffer: offload.sharedBuffer, level0: offload.level0 }));
+        ({ features, head } = await this.sharedLevel0(batch.images, batch.paddedSizes, { sharedBuffer: offload.sharedBuffer, level0: offload.level0, body: offload.body }));
         jobs = this.rpn.jobsOf(head, features.map((f) => [f.shape[1], f.shape[2]] as Size), batch.imageSizes, batch.paddedSizes);
       } else {
         features = this.backbone.forward(batch.images, batch.paddedSizes, true);
@@ -396,9 +407,9 @@ export class Img2PoseModel {
   private async sharedLevel0(
     image: tf.Tensor4D,
     sizes: Size[],
-    offload: Pick<RpnOffload, 'sharedBuffer'> & Level0Offload,
+    offload: Pick<RpnOffload, 'sharedBuffer'> & Level0Offload & Partial<BodyOffload>,
   ): Promise<{ features: tf.Tensor4D[]; head: Float32Array[] }> {
-    const inner = this.backbone.fpnInner(image, true);
+    const inner = await this.fpnInner(image, offload.body);
     const [, height, width, channels] = inner[0].shape;
     const cut = level0Cut(height);
     let levels: tf.Tensor4D[] = [];
@@ -441,6 +452,44 @@ export class Img2PoseModel {
       throw e;
     } finally {
       tf.dispose(inner);
+    }
+  }
+
+  /**
+   * The FPN's inner maps of one image (frees `image`), its body shared by rows with another thread
+   * when `body` is given and this backend's tensors can be read in place (the wasm backend).
+   */
+  private async fpnInner(image: tf.Tensor4D, body: BodyOffload['body'] | undefined): Promise<tf.Tensor4D[]> {
+    const memory = this.runtime.rules.tensorMemory;
+    if (!body || !memory) return this.backbone.fpnInner(image, true);
+    const [n, height, width, channels] = image.shape;
+    const asked = body([n, height, width, channels], this.backbone.sharedMapFloats(height, width, channels), memory);
+    let inner: tf.Tensor4D[];
+    try {
+      inner = this.backbone.fpnInner(image, true, asked.share);
+    } finally {
+      asked.share.leave();
+    }
+    try {
+      // Settled before the next request: the other thread is free again, and done with the memory.
+      await asked.done;
+    } catch (e) {
+      tf.dispose(inner);
+      throw e;
+    }
+    return inner;
+  }
+
+  /**
+   * Part 1 of the body of one image shared by rows (Backbone.bodyShared), for the thread that owns
+   * it: this thread's bands of every map go to it through `share`. Frees `image`.
+   */
+  bodyBand(image: tf.Tensor4D, share: RowShare): void {
+    if (this.disposed) throw new Error('Img2PoseModel: used after dispose()');
+    try {
+      tf.dispose(this.backbone.bodyShared(image, share, true));
+    } finally {
+      image.dispose();
     }
   }
 

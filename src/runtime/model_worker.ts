@@ -5,11 +5,14 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { selectBackend, selectCpuForValues } from './backend';
-import { Img2PoseModel, Level0Band, Level0Offload, RawDetections } from '../model/model';
+import { BodyOffload, Img2PoseModel, Level0Band, Level0Offload, RawDetections } from '../model/model';
 import type { NetworkImage } from '../model/transform';
 import type { HeadsOffload, RoIHeadOutputs } from '../model/roi_heads';
 import type { RpnOffload } from '../model/rpn';
-import type { HeadsTask, ModelWorkerData, PortableWeights, PredictTask, RpnTask } from './threaded_model';
+import type { BodyTask, HeadsTask, ModelWorkerData, PortableWeights, PredictTask, RpnTask } from './threaded_model';
+import { PartnerGoneError, RowExchange, rowExchangeBuffers, RowExchangeBuffers } from './row_exchange';
+import { WASM_HEAP } from './runtime';
+import { unsetMap } from '../kernels/wasm/gemm_conv';
 import { askParent } from './parent';
 import { collectGarbage, Done } from './threads';
 import { disposeWeights, Img2PoseWeights } from '../model/weights';
@@ -50,8 +53,10 @@ async function build(backend: ModelWorkerData['model']['backend'], given: Promis
  * thread that saw it until its next garbage collection. The parts run one after another, so one
  * buffer serves them all.
  */
-function parentOffload(): HeadsOffload & RpnOffload & Level0Offload {
+function parentOffload(): HeadsOffload & RpnOffload & Level0Offload & BodyOffload {
   let shared = new SharedArrayBuffer(0);
+  // The body's exchange memory (~24 MB for a 640x1152 input), kept as `shared` is.
+  let bodyBuffers: RowExchangeBuffers | undefined;
   return {
     sharedBuffer(length) {
       if (shared.byteLength < length * 4) shared = new SharedArrayBuffer(length * 4);
@@ -60,6 +65,11 @@ function parentOffload(): HeadsOffload & RpnOffload & Level0Offload {
     level: (feature) => askParent<Float32Array | null>({ kind: 'model-rpn', payload: feature satisfies RpnTask }),
     forward: (rows, scoreThresh) => askParent<RoIHeadOutputs | null>({ kind: 'model-heads', payload: { rows, scoreThresh } satisfies HeadsTask }),
     level0: (band) => askParent<Level0Band | null>({ kind: 'model-level0', payload: band satisfies RpnTask }),
+    body(shape, mapFloats, memory) {
+      bodyBuffers = rowExchangeBuffers(mapFloats, bodyBuffers);
+      const share = new RowExchange(bodyBuffers, 0, memory);
+      return { share, done: askParent<null>({ kind: 'model-body', payload: { shape, buffers: bodyBuffers } satisfies BodyTask }) };
+    },
   };
 }
 
@@ -137,6 +147,21 @@ export function modelHandlers(data: ModelWorkerData): Record<string, (payload: u
       firstTask();
       const out = await net.level0Band(tf.tensor4d(data, shape), true);
       return { result: out, transfer: [out.fpn.buffer, out.head.buffer] as ArrayBuffer[] };
+    },
+    async 'model-body'(payload: unknown): Promise<Done> {
+      const { shape, buffers } = payload as BodyTask;
+      const net = await model;
+      firstTask();
+      const exchange = new RowExchange(buffers, 1, WASM_HEAP);
+      try {
+        net.bodyBand(unsetMap(shape), exchange);
+      } catch (e) {
+        // The image's own thread stopped or went on alone: nothing here is needed.
+        if (!(e instanceof PartnerGoneError)) throw e;
+      } finally {
+        exchange.leave();
+      }
+      return { result: null, transfer: [] };
     },
     async 'model-heads'(payload: unknown): Promise<Done> {
       const { rows, scoreThresh } = payload as HeadsTask;

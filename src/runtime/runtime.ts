@@ -43,7 +43,7 @@ interface WasmHeapBackend {
 }
 
 /** Views on the wasm backend's heap: a tensor's values where they lie (`data()` copies them out). */
-const WASM_HEAP: TensorMemory = {
+export const WASM_HEAP: TensorMemory = {
   view(t: tf.Tensor): Float32Array {
     const backend = tf.engine().state.tensorInfo.get(t.dataId)?.backend as Partial<WasmHeapBackend> | undefined;
     if (t.dtype !== 'float32' || backend !== tf.findBackend('wasm') || typeof backend?.typedArrayFromHeap !== 'function') {

@@ -13,6 +13,7 @@ import { ImageBytes, imageSizeOf, NetworkImage, paddedSize, resizedSize } from '
 import { Size } from '../ops/size';
 import { collectGarbage, coreFree, Done, TaskMessage, WorkerExitError, WorkerPool } from './threads';
 import { Img2PoseWeights, ResNetDepth } from '../model/weights';
+import { markGone, RowExchangeBuffers } from './row_exchange';
 
 /**
  * Weights as typed arrays to hand to workers (each builds its own tensors from them). Every array
@@ -79,6 +80,12 @@ export interface PredictTask {
 export interface RpnTask {
   data: Float32Array;
   shape: [number, number, number, number];
+}
+
+/** Part 1 of one image's body shared by rows (Backbone.bodyShared): the image comes through the exchange. */
+export interface BodyTask {
+  shape: [number, number, number, number];
+  buffers: RowExchangeBuffers;
 }
 
 /** A share of an image's RoI-head rows for another worker: pooled rows [n, 7, 7, C] in shared memory. */
@@ -150,7 +157,7 @@ export function shareOut(padded: Size[], workers: number): number[][] {
  */
 export class ThreadedModel {
   /** Work one worker did for another (tests and benchmarks): RPN levels, RoI-head rows, level-0 bands. */
-  readonly offloaded = { rpnLevels: 0, headRows: 0, level0Bands: 0 };
+  readonly offloaded = { rpnLevels: 0, headRows: 0, level0Bands: 0, bodyBands: 0 };
   /**
    * When an idle worker takes parts of another's forward: 'core-free' (default) while other
    * processes leave a core free (`coreFree`: their CPU time since the last ask, ours not
@@ -162,6 +169,8 @@ export class ThreadedModel {
   private pool!: WorkerPool;
   private reopen: ReopenWeights | undefined;
   private readonly reviving = new Map<number, Promise<void>>();
+  /** Per worker, the body exchange it shares as the image's owner (its helper is told when it stops). */
+  private readonly bodyExchanges = new Map<number, RowExchangeBuffers>();
   private backend: 'wasm' | 'cpu' = 'wasm';
 
   private constructor() {}
@@ -278,6 +287,9 @@ export class ThreadedModel {
       return await attempt();
     } catch (first) {
       if (!(first instanceof WorkerExitError)) throw first;
+      // A helper sharing its body need not wait for it any longer.
+      const exchange = this.bodyExchanges.get(worker);
+      if (exchange) markGone(exchange, 0);
       try {
         return await attempt();
       } catch (second) {
@@ -300,8 +312,11 @@ export class ThreadedModel {
    * never the call.
    */
   private async answer(task: TaskMessage, from: number): Promise<Done> {
-    if (task.kind !== 'model-heads' && task.kind !== 'model-rpn' && task.kind !== 'model-level0') throw new Error(`ThreadedModel: no request ${JSON.stringify(task.kind)}`);
+    if (task.kind !== 'model-heads' && task.kind !== 'model-rpn' && task.kind !== 'model-level0' && task.kind !== 'model-body') {
+      throw new Error(`ThreadedModel: no request ${JSON.stringify(task.kind)}`);
+    }
     const helper = this.offloadWhen === 'never' || (this.offloadWhen === 'core-free' && !coreFree()) ? undefined : this.pool.idleWorker(from);
+    if (task.kind === 'model-body') return this.answerBody(task, from, helper);
     if (helper === undefined) return { result: null, transfer: [] };
     try {
       if (task.kind === 'model-level0') {
@@ -321,6 +336,30 @@ export class ThreadedModel {
       if (e instanceof WorkerExitError) return { result: null, transfer: [] };
       throw e;
     }
+  }
+
+  /**
+   * 'model-body': part 1 of worker `from`'s body on `helper`. The asking worker waits for it in
+   * shared memory, not for this answer: when no worker is free or the helper stops, it is told
+   * there (`markGone`) and makes the rest alone.
+   */
+  private async answerBody(task: TaskMessage, from: number, helper: number | undefined): Promise<Done> {
+    const { buffers } = task.payload as BodyTask;
+    if (helper === undefined) {
+      markGone(buffers, 1);
+      return { result: null, transfer: [] };
+    }
+    this.bodyExchanges.set(from, buffers);
+    try {
+      await this.pool.run<null>(task, [], helper);
+      this.offloaded.bodyBands++;
+    } catch (e) {
+      markGone(buffers, 1);
+      if (!(e instanceof WorkerExitError)) throw e;
+    } finally {
+      if (this.bodyExchanges.get(from) === buffers) this.bodyExchanges.delete(from);
+    }
+    return { result: null, transfer: [] };
   }
 
   /** `predict` as `DetectionModel.predictImages`: decoded files reach the workers as their 8-bit samples. */

@@ -28,7 +28,9 @@ export function gemmConvFits(shape: readonly number[]): boolean {
  * operator keeps an indirection buffer of kh * kw pointers per output pixel of the last input it
  * ran on for the life of the filter (34 MB for the stem at 640x1152), and as patches for a GEMM the
  * stem's 3 channels run ~1.4x slower. Each band reads a window of input rows, zeros outside the
- * map, so every band's convolution pads only left and right: one operator, the same bits.
+ * map, so every band's convolution pads only left and right: one operator, the same bits. The 3x3
+ * filters too small for the GEMM path run the same way (Kernels.conv), so that every convolution
+ * of the body can compute a band of its rows alone.
  */
 export const STEM_KERNEL = 7;
 
@@ -159,7 +161,8 @@ function patches(x: tf.Tensor4D, k: number, stride: number, pad: number, rowStar
  * conv2d(x, filter, stride, symmetric pad) + bias, then ReLU when `relu`, NHWC, as GEMMs (see the
  * top of this file), in bands of output rows of at most `bandBytes` of patches. `gemm` runs each
  * product (patches [rows, k], the filter as [k, out]); the caller wraps it to track the filter's
- * packing.
+ * packing. With `only` (one image), only output rows [start, end) are computed, in a map of the
+ * whole output's shape whose other rows are left unset.
  */
 export function conv2dGemm(
   x: tf.Tensor4D,
@@ -170,6 +173,7 @@ export function conv2dGemm(
   relu: boolean,
   gemm: (run: () => tf.Tensor2D) => tf.Tensor2D = (run) => run(),
   bandBytes = BAND_BYTES,
+  only?: readonly [number, number],
 ): tf.Tensor4D {
   const [n, h, w] = x.shape;
   const [kh, kw, cin, cout] = filter.shape;
@@ -177,6 +181,7 @@ export function conv2dGemm(
   const ho = convOutputSize(h, kh, stride, pad);
   const wo = convOutputSize(w, kw, stride, pad);
   const rows = n * ho;
+  const [first, end] = only ? checkedRows(only, n, ho, 'conv2dGemm') : [0, rows];
   const band = kh === 1 && stride === 1 ? rows : Math.max(1, Math.floor(bandBytes / (wo * kh * kw * cin * 4)));
   const product = (rowStart: number, rowCount: number): tf.Tensor2D =>
     tf.tidy(() => {
@@ -187,10 +192,10 @@ export function conv2dGemm(
         tf.tidy(() => tf.fused.matMul({ a, b: tf.reshape(filter, [kh * kw * cin, cout]), bias: bias ?? undefined, activation: relu ? 'relu' : 'linear' }) as tf.Tensor2D),
       );
     });
-  if (band >= rows) return tf.tidy(() => tf.reshape(product(0, rows), [n, ho, wo, cout]));
+  if (band >= rows && !only) return tf.tidy(() => tf.reshape(product(0, rows), [n, ho, wo, cout]));
   let out: tf.Tensor2D | null = null;
-  for (let rowStart = 0; rowStart < rows; rowStart += band) {
-    const rowCount = Math.min(band, rows - rowStart);
+  for (let rowStart = first; rowStart < end; rowStart += band) {
+    const rowCount = Math.min(band, end - rowStart);
     const next: tf.Tensor2D = tf.tidy(() => {
       const inputs: tf.NamedTensorMap = { part: product(rowStart, rowCount) };
       if (out) inputs.target = out;
@@ -206,11 +211,22 @@ export function conv2dGemm(
   return y as tf.Tensor4D;
 }
 
+/** `only` as rows [start, end) of one image's `height` output rows, checked. */
+function checkedRows(only: readonly [number, number], n: number, height: number, op: string): [number, number] {
+  const [start, end] = only;
+  if (n !== 1 || !(Number.isInteger(start) && Number.isInteger(end) && start >= 0 && start < end && end <= height)) {
+    throw new Error(`${op}: rows [${start}, ${end}) of one image's ${height} expected (batch of ${n})`);
+  }
+  return [start, end];
+}
+
 /**
  * conv2d(x, filter, stride, symmetric pad) + bias (then ReLU) with XNNPACK's convolution, in bands
  * of output rows of each image written into one output (see STEM_KERNEL). `conv` runs one band:
  * the window of input rows (already padded above and below) with the filter, padded left and
- * right only; the caller wraps it to track the filter's packing.
+ * right only; the caller wraps it to track the filter's packing. With `only` (one image), only
+ * output rows [start, end) are computed, in a map of the whole output's shape whose other rows are
+ * left unset, or with `bandOnly` as a map of those rows alone.
  */
 export function conv2dRowBands(
   x: tf.Tensor4D,
@@ -219,6 +235,8 @@ export function conv2dRowBands(
   pad: number,
   conv: (window: tf.Tensor4D, pads: [[number, number], [number, number], [number, number], [number, number]]) => tf.Tensor4D,
   bandPixels = BAND_OUTPUT_PIXELS,
+  only?: readonly [number, number],
+  bandOnly = false,
 ): tf.Tensor4D {
   const [n, h, w] = x.shape;
   const [kh, kw, , cout] = filter.shape;
@@ -227,18 +245,21 @@ export function conv2dRowBands(
   register();
   const ho = convOutputSize(h, kh, stride, pad);
   const wo = convOutputSize(w, kw, stride, pad);
+  const [first, end] = only ? checkedRows(only, n, ho, 'conv2dRowBands') : [0, ho];
+  // Rows [skip, skip + height) of the output's are kept.
+  const [skip, height] = only && bandOnly ? [first, end - first] : [0, ho];
   const band = Math.max(1, Math.floor(bandPixels / wo));
   let out: tf.Tensor2D | null = null;
   for (let image = 0; image < n; image++) {
-    for (let r0 = 0; r0 < ho; r0 += band) {
-      const rows = Math.min(band, ho - r0);
+    for (let r0 = first; r0 < end; r0 += band) {
+      const rows = Math.min(band, end - r0);
       const next: tf.Tensor2D = tf.tidy(() => {
         const attrs = { image, rowStart: r0 * stride - pad, rowCount: (rows - 1) * stride + kh };
         const window = tf.engine().runKernel(WINDOW_KERNEL, { x }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor4D;
         const part = tf.reshape(conv(window, [[0, 0], [0, 0], [pad, pad], [0, 0]]), [rows * wo, cout]);
         const inputs: tf.NamedTensorMap = { part };
         if (out) inputs.target = out;
-        const placed = { rowStart: (image * ho + r0) * wo, shape: [n * ho * wo, cout] };
+        const placed = { rowStart: (image * height + r0 - skip) * wo, shape: [n * height * wo, cout] };
         return tf.engine().runKernel(PLACE_KERNEL, inputs, placed as unknown as tf.NamedAttrMap) as tf.Tensor2D;
       });
       out?.dispose();
@@ -246,7 +267,33 @@ export function conv2dRowBands(
     }
   }
   const whole = out as tf.Tensor2D;
-  const y = tf.reshape(whole, [n, ho, wo, cout]);
+  const y = tf.reshape(whole, [n, height, wo, cout]);
   whole.dispose();
   return y as tf.Tensor4D;
+}
+
+/** A float32 map of `shape` whose values are left unset (to be written in place, as a map another thread fills is). The wasm backend only. */
+export function unsetMap(shape: [number, number, number, number]): tf.Tensor4D {
+  const be = asWasmBackend(tf.backend());
+  if (!be) throw new Error('unsetMap: the wasm backend only');
+  return tf.engine().makeTensorFromTensorInfo(be.makeOutput(shape, 'float32')) as tf.Tensor4D;
+}
+
+/**
+ * `part` [1, r, w, c] as rows rowStart.. of a new map [1, height, w, c] whose other rows are left
+ * unset (a band of a map another thread completes). The wasm backend only.
+ */
+export function placedRows(part: tf.Tensor4D, rowStart: number, height: number): tf.Tensor4D {
+  const [n, r, w, c] = part.shape;
+  if (n !== 1 || rowStart < 0 || rowStart + r > height)
+    throw new Error(`placedRows: ${r} rows at ${rowStart} of ${height} (batch of ${n})`);
+  if (!asWasmBackend(tf.backend()) || part.dtype !== 'float32') throw new Error('placedRows: the wasm backend only');
+  register();
+  return tf.tidy(() => {
+    const attrs = { rowStart: rowStart * w, shape: [height * w, c] };
+    const placed = tf
+      .engine()
+      .runKernel(PLACE_KERNEL, { part: tf.reshape(part, [r * w, c]) }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+    return tf.reshape(placed, [1, height, w, c]);
+  });
 }

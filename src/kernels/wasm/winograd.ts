@@ -251,7 +251,8 @@ export function releaseWasmWinograd(filter: tf.Tensor): void {
  * Stride-1 pad-1 3x3 convolution of x NHWC with filter (3, 3, in, out) through F(4x4, 3x3) (+ bias,
  * + residual of the output's shape, then ReLU). The wasm backend only (`wasmWinogradAvailable`).
  * Runs in bands of tile rows of at most `bandBytes` of V and M; each tile's numbers are the same
- * whatever the band.
+ * whatever the band. With `rows` (one image; `start` a multiple of 4), only those output rows are
+ * computed, in a map of the whole output's shape whose other rows are left unset.
  */
 export function conv2dWinogradWasm(
   x: tf.Tensor4D,
@@ -260,6 +261,7 @@ export function conv2dWinogradWasm(
   relu: boolean,
   residual?: tf.Tensor4D,
   bandBytes = BAND_BYTES,
+  rows?: readonly [number, number],
 ): tf.Tensor4D {
   const [n, h, w, cin] = x.shape;
   const [kh, kw, fcin, cout] = filter.shape;
@@ -272,13 +274,22 @@ export function conv2dWinogradWasm(
   registerKernels();
   const u = wasmWinogradFilter(filter);
   const tw = Math.ceil(w / 4);
-  const rows = n * Math.ceil(h / 4);
+  let [first, end] = [0, n * Math.ceil(h / 4)];
+  if (rows) {
+    const [start, stop] = rows;
+    if (n !== 1 || start % 4 !== 0 || !(start >= 0 && start < stop && stop <= h)) {
+      throw new Error(
+        `conv2dWinogradWasm: rows [${start}, ${stop}) of one image's ${h}, starting at a multiple of 4, expected (batch of ${n})`,
+      );
+    }
+    [first, end] = [start / 4, Math.ceil(stop / 4)];
+  }
   const band = Math.max(1, Math.floor(bandBytes / (POSITIONS * tw * (cin + cout) * 4)));
   const b = bias ?? tf.zeros([cout]);
   let out: tf.Tensor4D | null = null;
   try {
-    for (let rowStart = 0; rowStart < rows; rowStart += band) {
-      const rowCount = Math.min(band, rows - rowStart);
+    for (let rowStart = first; rowStart < end; rowStart += band) {
+      const rowCount = Math.min(band, end - rowStart);
       const next: tf.Tensor4D = tf.tidy(() => {
         const v = tf.engine().runKernel(INPUT_KERNEL, { x }, { rowStart, rowCount } as unknown as tf.NamedAttrMap) as tf.Tensor2D[];
         const inputs: tf.NamedTensorMap = { bias: b };

@@ -28,7 +28,19 @@ export interface ConvOptions {
    * numbers do not depend on its batch.
    */
   winograd?: boolean;
+  /**
+   * The wasm backend only, one image: compute output rows [start, end) alone. The output has the
+   * whole map's shape; its other rows are left unset (another thread fills them, see
+   * Backbone.bodyShared). Each row computed is the bits of the whole map's (`Kernels.rowAlign`
+   * gives the multiple `start` must be).
+   */
+  rows?: Rows;
+  /** With `rows`: the output is those rows alone, [N, end - start, W, C] (the row-band path only: the stem and the small 3x3 filters, see Kernels.conv). */
+  bandOnly?: boolean;
 }
+
+/** Output rows [start, end) of a map. */
+export type Rows = readonly [number, number];
 
 /** Tile shape of one workgroup: BM output pixels x BN output channels, BK reduction steps (16 unless given). */
 export interface ConvTile {

@@ -7,7 +7,9 @@ import { ConvOptions, conv2dFused, conv2dPortable, convEpilogue, linearFused, li
 import { conv2dWinograd, prepareWinograd, releaseWinograd, winogradFilterFor, winogradOptionsFit } from './winograd';
 import { conv2dWinogradWasm, releaseWasmWinograd, wasmWinogradAvailable, wasmWinogradFilter, wasmWinogradFits } from '../wasm/winograd';
 import { usePacked } from '../wasm/packed';
-import { conv2dGemm, conv2dRowBands, gemmConvFits, STEM_KERNEL } from '../wasm/gemm_conv';
+import { conv2dGemm, conv2dRowBands, gemmConvFits } from '../wasm/gemm_conv';
+
+type ExplicitPads = [[number, number], [number, number], [number, number], [number, number]];
 
 export type KernelMode = 'portable' | 'webgpu';
 
@@ -29,32 +31,48 @@ export class Kernels {
   /** Convolution with PyTorch's symmetric padding, bias, optional residual (maybe upsampled) and ReLU. NHWC; w (kh, kw, in, out). */
   conv(x: tf.Tensor4D, w: tf.Tensor4D, bias: tf.Tensor1D | null, opts: ConvOptions): tf.Tensor4D {
     if (!this.webgpu) {
-      if (winogradOptionsFit(opts) && wasmWinogradFits(w.shape) && wasmWinogradAvailable()) {
-        return conv2dWinogradWasm(x, w, bias, opts.relu, opts.residual);
+      const rows = opts.rows;
+      const bandOnly = opts.bandOnly === true && rows !== undefined;
+      if (bandOnly && !(tf.getBackend() === 'wasm' && w.shape[0] === w.shape[1] && !gemmConvFits(w.shape) && !this.wasmWinograd(w, opts))) {
+        throw new Error(`Kernels.conv: a band of rows alone is made by the row-band path only, not for a [${w.shape}] filter`);
       }
+      if (this.wasmWinograd(w, opts)) return conv2dWinogradWasm(x, w, bias, opts.relu, opts.residual, undefined, rows);
       // On wasm, XNNPACK packs w for this bias, activation and geometry (see ../wasm/packed).
       const activation = opts.relu && opts.residual === undefined ? 'relu' : 'linear';
       const bias_ = `bias ${bias ? bias.id : 'none'}`;
       if (tf.getBackend() === 'wasm' && gemmConvFits(w.shape)) {
         // As one GEMM: XNNPACK's fully-connected operator holds less than its convolution (../wasm/gemm_conv).
         return convEpilogue(opts, (relu) =>
-          conv2dGemm(x, w, bias, opts.stride, opts.pad, relu, (run) => usePacked(w, `matMul ${relu ? 'relu' : 'linear'} ${bias_}`, run)),
+          conv2dGemm(x, w, bias, opts.stride, opts.pad, relu, (run) => usePacked(w, `matMul ${relu ? 'relu' : 'linear'} ${bias_}`, run), undefined, rows),
         );
       }
-      if (tf.getBackend() === 'wasm' && w.shape[0] >= STEM_KERNEL && w.shape[0] === w.shape[1]) {
-        // In bands of output rows: XNNPACK's indirection buffer stays small (../wasm/gemm_conv).
-        return convEpilogue(opts, (relu) =>
-          conv2dRowBands(x, w, opts.stride, opts.pad, (window, pads) =>
-            usePacked(w, `conv stride ${opts.stride} pad 0,${opts.pad} ${relu ? 'relu' : 'linear'} ${bias_}`, () =>
-              tf.fused.conv2d({ x: window, filter: w, strides: opts.stride, pad: pads, bias: bias ?? undefined, activation: relu ? 'relu' : 'linear' }),
-            ),
-          ),
-        );
+      if (tf.getBackend() === 'wasm' && w.shape[0] === w.shape[1]) {
+        // In bands of output rows, each from a window of input rows: XNNPACK's indirection buffer
+        // stays small for the stem, and any band of rows can be computed alone (../wasm/gemm_conv).
+        const conv = (window: tf.Tensor4D, pads: ExplicitPads, relu: boolean) =>
+          usePacked(w, `conv stride ${opts.stride} pad 0,${opts.pad} ${relu ? 'relu' : 'linear'} ${bias_}`, () =>
+            tf.fused.conv2d({ x: window, filter: w, strides: opts.stride, pad: pads, bias: bias ?? undefined, activation: relu ? 'relu' : 'linear' }),
+          );
+        return convEpilogue(opts, (relu) => conv2dRowBands(x, w, opts.stride, opts.pad, (window, pads) => conv(window, pads, relu), undefined, rows, bandOnly));
       }
+      if (rows) throw new Error('Kernels.conv: output rows alone need the wasm backend');
       return usePacked(w, `conv stride ${opts.stride} pad ${opts.pad} ${activation} ${bias_}`, () => conv2dPortable(x, w, bias, opts));
     }
+    if (opts.rows) throw new Error('Kernels.conv: output rows alone need the wasm backend');
     const u = winogradFilterFor(w, opts);
     return u ? conv2dWinograd(x, u, bias, opts) : conv2dFused(x, w, bias, opts);
+  }
+
+  /**
+   * The multiple a band of output rows computed alone (`ConvOptions.rows`) must start at for this
+   * convolution: 4 where it takes F(4x4, 3x3) on wasm (a band starts at a tile row), else 1.
+   */
+  rowAlign(w: tf.Tensor4D, opts: ConvOptions): number {
+    return !this.webgpu && this.wasmWinograd(w, opts) ? 4 : 1;
+  }
+
+  private wasmWinograd(w: tf.Tensor4D, opts: ConvOptions): boolean {
+    return winogradOptionsFit(opts) && wasmWinogradFits(w.shape) && wasmWinogradAvailable();
   }
 
   /** x (rows, in) @ w (in, out) + bias, optional ReLU. */
@@ -88,7 +106,7 @@ export function releaseConvFilter(w: tf.Tensor4D, bias: tf.Tensor1D | null = nul
   releasePadded(w, bias);
 }
 
-export type { ConvOptions, ConvTile } from './conv2d';
+export type { ConvOptions, ConvTile, Rows } from './conv2d';
 export { packingRun, packStage } from '../wasm/packed';
 export { addUpsampled, conv2dFused, conv2dPortable, convShaderSource, linearFused, linearPortable, chooseTile } from './conv2d';
 export { convOutputSize } from '../../ops/size';
