@@ -120,6 +120,28 @@ describe('Winograd F(4x4, 3x3) on wasm', () => {
     // U[0] = g[0][0] / 16 and U[35] = g[2][2]: G's corner entries are 1/4 and 1.
     expect(u[0][5]).toBe(Math.fround(f[5] / 16));
     expect(u[35][5]).toBe(f[8 * 16 + 5]);
+    // Every value: 0 + the non-zero products in (a, b) order, in float64, rounded once; zeros of
+    // either sign among the taps included.
+    const [cin, cout] = [8, 12];
+    const g = lcgValues(9 * cin * cout, 10);
+    for (let q = 0; q < g.length; q += 7) g[q] = q % 2 ? 0 : -0;
+    const got = winogradF4Filter(g, cin, cout);
+    for (let i = 0; i < 6; i++) {
+      for (let j = 0; j < 6; j++) {
+        const want = new Float32Array(cin * cout);
+        for (let q = 0; q < cin * cout; q++) {
+          let acc = 0;
+          for (let a = 0; a < 3; a++) {
+            for (let b = 0; b < 3; b++) {
+              const k = WINOGRAD_F4_G[i][a] * WINOGRAD_F4_G[j][b];
+              if (k !== 0) acc += k * g[(a * 3 + b) * cin * cout + q];
+            }
+          }
+          want[q] = acc;
+        }
+        expect(Buffer.from(got[6 * i + j].buffer)).toEqual(Buffer.from(want.buffer));
+      }
+    }
     expect(wasmWinogradFits([3, 3, 256, 256])).toBe(true);
     expect(wasmWinogradFits([3, 3, 64, 64])).toBe(true);
     expect(wasmWinogradFits([3, 3, 512, 512])).toBe(false);

@@ -23,6 +23,7 @@ import { inputsInFolder, uniqueOutputNames, writeNewFile } from './output_names'
 import { registerQueueCommands } from './queue/cli';
 import { addWeightsCommand } from './cli_weights';
 import { visualize } from './visualize';
+import { decodeBitmap, ImageInput } from './io/images';
 import { packageVersion } from './package_version';
 
 /** Where the CLI writes; tests substitute it. */
@@ -321,6 +322,11 @@ async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO
   const tty = io.stderrStream?.isTTY === true;
   const status = tty || opts.progress ? new LoadStatus(io, tty, io.stderrStream?.columns) : undefined;
   if (status) loadOptions.release = { progress: (e) => status.release(e), log: (line) => status.log(line) };
+  // The first chunk is decoded while the network is built on worker threads, which leave this thread idle.
+  let ahead: Promise<ImageInput[]> | undefined;
+  loadOptions.whileBuilding = () => {
+    ahead = decodeAhead(images.slice(0, opts.batchSize), opts.maxPixels);
+  };
   let done = 0;
   let bar: SingleBar | undefined;
   let lines: ((done: number) => void) | undefined;
@@ -348,7 +354,7 @@ async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO
       for (let start = 0; start < images.length; start += opts.batchSize) {
         const chunk = images.slice(start, start + opts.batchSize);
         // One settled call per chunk: a bad file fails alone, and results stream out chunk by chunk.
-        const settled = await detector.detectFacesSettled(chunk);
+        const settled = await detector.detectFacesSettled(start === 0 && ahead ? await ahead : chunk);
         const results: ImageResult[] = [];
         for (let i = 0; i < chunk.length; i++) {
           const s = settled[i];
@@ -403,6 +409,23 @@ async function detectCommand(inputs: string[], opts: DetectCliOptions, io: CliIO
     io.stderr(`img2pose: wrote ${json.length} results to ${opts.json}${failures ? ` (${failures} failed)` : ''}\n`);
   }
   return failures > 0 ? 1 : 0;
+}
+
+/**
+ * `files` decoded to their pixels, one after another; a file that does not decode stays its path,
+ * for the detector to report as it would have.
+ */
+async function decodeAhead(files: readonly string[], maxPixels: number): Promise<ImageInput[]> {
+  const out: ImageInput[] = [];
+  for (const file of files) {
+    try {
+      const { data, width, height } = await decodeBitmap(file, undefined, { maxPixels });
+      out.push({ data, width, height, channels: 4 });
+    } catch {
+      out.push(file);
+    }
+  }
+  return out;
 }
 
 /**

@@ -113,6 +113,7 @@ export const LOAD_OPTION_KEYS: readonly string[] = [
   'threads',
   'gpuPoolLimit',
   'warmup',
+  'whileBuilding',
   ...Object.keys(DEFAULT_OPTIONS),
 ];
 
@@ -163,6 +164,12 @@ export interface LoadOptions extends Partial<DetectorOptions>, LoadWeightsOption
    * backend's one-time work (shader compilation on webgpu/webgl, code warm-up on wasm). Default false.
    */
   warmup?: boolean;
+  /**
+   * Called once the weights are read, as the network is built from them. Where it is built on
+   * worker threads (wasm, cpu), this thread then only waits until `load` resolves (a second or
+   * two): time to prepare the first inputs, as the CLI decodes its first images. Not awaited.
+   */
+  whileBuilding?: () => void;
 }
 
 /** What the detector needs of a network; `Img2PoseModel` is one, tests pass fakes. */
@@ -263,6 +270,7 @@ export class Img2Pose {
       threads = 'auto',
       gpuPoolLimit = DEFAULT_POOL_LIMIT,
       warmup = false,
+      whileBuilding,
       ...rest
     } = options;
     const resolved = resolveOptions(rest);
@@ -273,6 +281,7 @@ export class Img2Pose {
       throw new OptionError('backend', `one of ${BACKEND_CHOICES.join(', ')}`, backend);
     }
     if (typeof warmup !== 'boolean') throw new OptionError('warmup', 'true or false', warmup);
+    if (whileBuilding !== undefined && typeof whileBuilding !== 'function') throw new OptionError('whileBuilding', 'a function', whileBuilding);
     if (!isWeightsSource(weights)) {
       throw new OptionError('weights', "'img2pose_v1', a weights folder, model.json, .pth or URL, Img2PoseWeights or a tf.io handler", weights);
     }
@@ -296,6 +305,13 @@ export class Img2Pose {
         throw e;
       }
       let built: { model: DetectionModel; threads: number };
+      try {
+        whileBuilding?.();
+      } catch (e) {
+        opened.release();
+        workers?.dispose();
+        throw e;
+      }
       try {
         built = await buildNetwork(opened.weights, { backend: backendName, threads: threadsUsed, kernels: webgpuKernels ? 'webgpu' : 'portable', workers, reopen: opened.reopen });
       } catch (e) {

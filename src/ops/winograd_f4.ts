@@ -32,26 +32,57 @@ export const WINOGRAD_F4_AT = [
 
 /**
  * U[e] = (G g G^T)[e] for a filter in tfjs layout (3, 3, in, out), as 36 [in, out] arrays,
- * e = 6 i + j; summed in float64 and rounded once.
+ * e = 6 i + j: for each value, 0 + the products G[i][a] G[j][b] g[a][b] with a non-zero
+ * coefficient, summed in float64 in (a, b) order and rounded once.
  */
 export function winogradF4Filter(filter: Float32Array, cin: number, cout: number): Float32Array[] {
   const size = cin * cout;
   if (filter.length !== 9 * size) throw new Error(`winogradF4Filter: ${filter.length} values for a 3x3 ${cin}->${cout} filter`);
+  const taps = Array.from({ length: 9 }, (_, t) => filter.subarray(t * size, (t + 1) * size));
   const out: Float32Array[] = [];
-  const acc = new Float64Array(size);
   for (let i = 0; i < 6; i++) {
     for (let j = 0; j < 6; j++) {
-      acc.fill(0);
+      const k: number[] = [];
+      const t: Float32Array[] = [];
       for (let a = 0; a < 3; a++) {
         for (let b = 0; b < 3; b++) {
-          const k = WINOGRAD_F4_G[i][a] * WINOGRAD_F4_G[j][b];
-          if (k === 0) continue;
-          const tap = filter.subarray((a * 3 + b) * size, (a * 3 + b + 1) * size);
-          for (let q = 0; q < size; q++) acc[q] += k * tap[q];
+          const c = WINOGRAD_F4_G[i][a] * WINOGRAD_F4_G[j][b];
+          if (c !== 0) {
+            k.push(c);
+            t.push(taps[a * 3 + b]);
+          }
         }
       }
-      out.push(Float32Array.from(acc));
+      out.push(sumOfProducts(k, t, size));
     }
   }
   return out;
+}
+
+/**
+ * u[q] = 0 + k[0] t[0][q] + k[1] t[1][q] + ... in float64, rounded once to float32. G's rows have
+ * 1 or 3 non-zero entries, so 1, 3 or 9 terms, each count with its own loop: the sum stays in a
+ * register, where a loop over the terms would pass over an accumulator array once per term (~2x
+ * slower; every worker transforms every filter when it builds the network).
+ */
+function sumOfProducts(k: number[], t: Float32Array[], size: number): Float32Array {
+  const u = new Float32Array(size);
+  if (k.length === 1) {
+    const [k0] = k;
+    const [t0] = t;
+    for (let q = 0; q < size; q++) u[q] = 0 + k0 * t0[q];
+  } else if (k.length === 3) {
+    const [k0, k1, k2] = k;
+    const [t0, t1, t2] = t;
+    for (let q = 0; q < size; q++) u[q] = 0 + k0 * t0[q] + k1 * t1[q] + k2 * t2[q];
+  } else if (k.length === 9) {
+    const [k0, k1, k2, k3, k4, k5, k6, k7, k8] = k;
+    const [t0, t1, t2, t3, t4, t5, t6, t7, t8] = t;
+    for (let q = 0; q < size; q++) {
+      u[q] = 0 + k0 * t0[q] + k1 * t1[q] + k2 * t2[q] + k3 * t3[q] + k4 * t4[q] + k5 * t5[q] + k6 * t6[q] + k7 * t7[q] + k8 * t8[q];
+    }
+  } else {
+    throw new Error(`winogradF4Filter: ${k.length} non-zero coefficients in a transform entry`);
+  }
+  return u;
 }
