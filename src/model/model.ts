@@ -76,6 +76,13 @@ export interface BodyOffload {
   body(shape: [number, number, number, number], mapFloats: number, memory: TensorMemory): { share: RowShare & { leave(): void }; done: Promise<unknown> };
 }
 
+/**
+ * The largest map (values) whose body is shared by rows: the exchange holds two maps in shared
+ * memory (64 MB at this size, a 1408x1408 input: maxSize 1400) for the worker's life. Larger
+ * inputs run their body on one thread.
+ */
+export const BODY_SHARE_MAX_FLOATS = 8 << 20;
+
 /** FPN level 0's output conv and RPN head on the lower band of an image's rows, by another thread. */
 export interface Level0Offload {
   /**
@@ -461,9 +468,10 @@ export class Img2PoseModel {
    */
   private async fpnInner(image: tf.Tensor4D, body: BodyOffload['body'] | undefined): Promise<tf.Tensor4D[]> {
     const memory = this.runtime.rules.tensorMemory;
-    if (!body || !memory) return this.backbone.fpnInner(image, true);
     const [n, height, width, channels] = image.shape;
-    const asked = body([n, height, width, channels], this.backbone.sharedMapFloats(height, width, channels), memory);
+    const mapFloats = this.backbone.sharedMapFloats(height, width, channels);
+    if (!body || !memory || mapFloats > BODY_SHARE_MAX_FLOATS) return this.backbone.fpnInner(image, true);
+    const asked = body([n, height, width, channels], mapFloats, memory);
     let inner: tf.Tensor4D[];
     try {
       inner = this.backbone.fpnInner(image, true, asked.share);
