@@ -671,6 +671,20 @@ describe('Img2Pose.load', () => {
     await expect(Img2Pose.load({ weights: '/nonexistent/weights', warmup: 'yes' as never })).rejects.toThrow(/warmup/);
   });
 
+  it('whileBuilding is called once, after the weights are read and before load resolves; a throw fails load and leaves nothing', async () => {
+    const before = tf.memory().numTensors;
+    const weights = zeroWeights();
+    const calls: number[] = [];
+    const det = await Img2Pose.load({ weights, backend: 'wasm', minSize: 64, maxSize: 96, threads: 1, whileBuilding: () => calls.push(tf.memory().numTensors) });
+    expect(calls).toHaveLength(1);
+    await det.dispose();
+    const failing = Img2Pose.load({ weights, backend: 'wasm', threads: 1, whileBuilding: () => { throw new Error('not now'); } });
+    await expect(failing).rejects.toThrow('not now');
+    disposeWeights(weights);
+    expect(tf.memory().numTensors).toBe(before);
+    await expect(Img2Pose.load({ weights: '/nonexistent/weights', whileBuilding: 'soon' as never })).rejects.toThrow(/whileBuilding/);
+  });
+
   it('refuses bad options before loading anything', async () => {
     const weights = { weights: '/nonexistent/weights' };
     await expect(Img2Pose.load({ ...weights, scoreThreshold: 2 })).rejects.toBeInstanceOf(OptionError);

@@ -38,7 +38,10 @@ export function foldFrozenBatchNorm(
     bias[k] = bn.bias[k] - bn.runningMean[k] * scale[k];
   }
   const folded = new Float32Array(filter.length);
-  for (let i = 0; i < filter.length; i++) folded[i] = filter[i] * scale[i % out];
+  // Row by row of `out` values: the same products as folded[i] = filter[i] * scale[i % out], without a division each.
+  for (let row = 0; row < filter.length; row += out) {
+    for (let k = 0; k < out; k++) folded[row + k] = filter[row + k] * scale[k];
+  }
   return { filter: folded, bias };
 }
 
