@@ -472,6 +472,8 @@ export class Img2PoseModel {
     const mapFloats = this.backbone.sharedMapFloats(height, width, channels);
     if (!body || !memory || mapFloats > BODY_SHARE_MAX_FLOATS) return this.backbone.fpnInner(image, true);
     const asked = body([n, height, width, channels], mapFloats, memory);
+    // Awaited below; a failure before that must not leave its rejection unobserved.
+    asked.done.catch(() => undefined);
     let inner: tf.Tensor4D[];
     try {
       inner = this.backbone.fpnInner(image, true, asked.share);

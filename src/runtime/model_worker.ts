@@ -55,8 +55,11 @@ async function build(backend: ModelWorkerData['model']['backend'], given: Promis
  */
 function parentOffload(): HeadsOffload & RpnOffload & Level0Offload & BodyOffload {
   let shared = new SharedArrayBuffer(0);
-  // The body's exchange memory (~24 MB for a 640x1152 input), kept as `shared` is.
+  // The body's exchange memory (~24 MB for a 640x1152 input), kept as `shared` is, and reused
+  // only once no helper of an earlier request may still write there (one whose image's thread
+  // failed mid-way writes its next band before it learns that).
   let bodyBuffers: RowExchangeBuffers | undefined;
+  let bodyRequests = 0;
   return {
     sharedBuffer(length) {
       if (shared.byteLength < length * 4) shared = new SharedArrayBuffer(length * 4);
@@ -66,9 +69,13 @@ function parentOffload(): HeadsOffload & RpnOffload & Level0Offload & BodyOffloa
     forward: (rows, scoreThresh) => askParent<RoIHeadOutputs | null>({ kind: 'model-heads', payload: { rows, scoreThresh } satisfies HeadsTask }),
     level0: (band) => askParent<Level0Band | null>({ kind: 'model-level0', payload: band satisfies RpnTask }),
     body(shape, mapFloats, memory) {
-      bodyBuffers = rowExchangeBuffers(mapFloats, bodyBuffers);
+      bodyBuffers = rowExchangeBuffers(mapFloats, bodyRequests === 0 ? bodyBuffers : undefined);
       const share = new RowExchange(bodyBuffers, 0, memory);
-      return { share, done: askParent<null>({ kind: 'model-body', payload: { shape, buffers: bodyBuffers } satisfies BodyTask }) };
+      bodyRequests++;
+      const done = askParent<null>({ kind: 'model-body', payload: { shape, buffers: bodyBuffers } satisfies BodyTask });
+      const settled = () => void bodyRequests--;
+      done.then(settled, settled);
+      return { share, done };
     },
   };
 }
