@@ -268,7 +268,8 @@ export class Backbone {
   /**
    * `forward` of one image in two steps, so that FPN level 0's 3x3 output conv (the largest) can
    * be run in bands of rows on two threads (`outerLevel0`): first the FPN's inner maps (lateral
-   * conv plus top-down path, the output convs' inputs), levels 0..3; then `outerLevels`.
+   * conv plus top-down path, the output convs' inputs), levels 0..3; then `outerLevels`. With
+   * `share`, the body runs shared by rows with another thread (`bodyShared`).
    */
   fpnInner(image: tf.Tensor4D, disposeInput = false, share?: RowShare): tf.Tensor4D[] {
     if (image.shape[0] !== 1) throw new Error(`Backbone.fpnInner: one image, got a batch of ${image.shape[0]}`);
