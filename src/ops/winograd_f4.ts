@@ -36,27 +36,27 @@ export const WINOGRAD_F4_AT = [
  * coefficient, summed in float64 in (a, b) order and rounded once.
  */
 export function winogradF4Filter(filter: Float32Array, cin: number, cout: number): Float32Array[] {
+  return Array.from({ length: 36 }, (_, e) => winogradF4Position(filter, cin, cout, e, new Float32Array(cin * cout)));
+}
+
+/** `winogradF4Filter`'s U[e] alone, written into `out` (cin * cout values; where it lies is the caller's). */
+export function winogradF4Position(filter: Float32Array, cin: number, cout: number, e: number, out: Float32Array): Float32Array {
   const size = cin * cout;
   if (filter.length !== 9 * size) throw new Error(`winogradF4Filter: ${filter.length} values for a 3x3 ${cin}->${cout} filter`);
-  const taps = Array.from({ length: 9 }, (_, t) => filter.subarray(t * size, (t + 1) * size));
-  const out: Float32Array[] = [];
-  for (let i = 0; i < 6; i++) {
-    for (let j = 0; j < 6; j++) {
-      const k: number[] = [];
-      const t: Float32Array[] = [];
-      for (let a = 0; a < 3; a++) {
-        for (let b = 0; b < 3; b++) {
-          const c = WINOGRAD_F4_G[i][a] * WINOGRAD_F4_G[j][b];
-          if (c !== 0) {
-            k.push(c);
-            t.push(taps[a * 3 + b]);
-          }
-        }
+  if (out.length !== size || !(e >= 0 && e < 36)) throw new Error(`winogradF4Position: position ${e} into ${out.length} values of ${size}`);
+  const [i, j] = [Math.floor(e / 6), e % 6];
+  const k: number[] = [];
+  const t: Float32Array[] = [];
+  for (let a = 0; a < 3; a++) {
+    for (let b = 0; b < 3; b++) {
+      const c = WINOGRAD_F4_G[i][a] * WINOGRAD_F4_G[j][b];
+      if (c !== 0) {
+        k.push(c);
+        t.push(filter.subarray((a * 3 + b) * size, (a * 3 + b + 1) * size));
       }
-      out.push(sumOfProducts(k, t, size));
     }
   }
-  return out;
+  return sumOfProducts(k, t, out);
 }
 
 /**
@@ -65,8 +65,8 @@ export function winogradF4Filter(filter: Float32Array, cin: number, cout: number
  * register, where a loop over the terms would pass over an accumulator array once per term (~2x
  * slower; every worker transforms every filter when it builds the network).
  */
-function sumOfProducts(k: number[], t: Float32Array[], size: number): Float32Array {
-  const u = new Float32Array(size);
+function sumOfProducts(k: number[], t: Float32Array[], u: Float32Array): Float32Array {
+  const size = u.length;
   if (k.length === 1) {
     const [k0] = k;
     const [t0] = t;

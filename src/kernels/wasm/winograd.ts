@@ -18,7 +18,7 @@ import * as tf from '@tensorflow/tfjs';
 import { asWasmBackend, outputInto, WasmBackend } from './backend';
 import { WINOGRAD_F4_WASM } from './winograd_wasm';
 import { isReleased, packingActive, releaseUnused, usePacked } from './packed';
-import { winogradF4Filter } from '../../ops/winograd_f4';
+import { winogradF4Position } from '../../ops/winograd_f4';
 
 /** Transform positions per tile (6 x 6). */
 const POSITIONS = 36;
@@ -213,20 +213,29 @@ export function wasmWinogradFilter(filter: tf.Tensor4D): tf.Tensor2D[] {
     // has no values left to transform.
     if (isReleased(filter)) throw new Error('Winograd on wasm: this filter is kept only as packed for the direct convolution; build the network with the Winograd flag as it will run');
     const [, , cin, cout] = filter.shape;
-    const values = winogradF4Filter(filter.dataSync() as Float32Array, cin, cout);
+    const values = filter.dataSync() as Float32Array;
+    const backend = asWasmBackend(tf.backend());
     // Kept out of the caller's tidy scope: they live as long as the filter. Made during a
     // packingRun, each is packed (and its own copy freed) before the next is made, which then
     // takes its place in the heap (see ./packed).
     const packing = packingActive();
-    u = values.map((v) => {
-      const ue = tf.keep(tf.tensor2d(v, [cin, cout]));
+    u = [];
+    for (let e = 0; e < POSITIONS; e++) {
+      let ue: tf.Tensor2D;
+      if (backend) {
+        // Transformed where the tensor lies: no host array to copy into the heap and collect after.
+        ue = tf.engine().makeTensorFromTensorInfo(backend.makeOutput([cin, cout], 'float32')) as tf.Tensor2D;
+        winogradF4Position(values, cin, cout, e, new Float32Array(backend.wasm.asm.memory.buffer, offsetOf(backend, ue), cin * cout));
+      } else {
+        ue = tf.tensor2d(winogradF4Position(values, cin, cout, e, new Float32Array(cin * cout)), [cin, cout]);
+      }
+      u.push(tf.keep(ue));
       if (packing) {
         tf.tidy(() => {
           gemmU(tf.zeros([1, cin]), ue);
         });
       }
-      return ue;
-    });
+    }
     // In a packingRun the filter's own values are not needed any more either (see ./packed).
     if (packing) releaseUnused(filter);
     prepared.set(filter, u);
