@@ -20,7 +20,7 @@ import * as tf from '@tensorflow/tfjs';
 import { faceScores } from './postprocess';
 import { Img2PoseWeights } from './weights';
 import { ROI_OUTPUT_SIZE } from './roi_align';
-import { StageRuntime } from './runtime';
+import { StageRuntime, TensorMemory } from './runtime';
 import { ownCopy } from './layers';
 import { copyRows, rowRange } from '../kernels/wasm/rows';
 import { packingRun, packStage, usePacked } from '../kernels/wasm/packed';
@@ -139,7 +139,7 @@ interface Fc6 {
  * 51 MB matrix passes through the backend's memory; with `packedOnly`, each kept only as packed
  * for fc6Partial before the next is made.
  */
-function makeFc6(torchWeight: tf.Tensor2D, bias: tf.Tensor1D, chunked: boolean, packedOnly: boolean): Fc6 {
+function makeFc6(torchWeight: tf.Tensor2D, bias: tf.Tensor1D, chunked: boolean, packedOnly: boolean, memory?: TensorMemory): Fc6 {
   const [rows, outs] = torchWeight.shape;
   const cells = ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE;
   const channels = rows / cells;
@@ -150,20 +150,22 @@ function makeFc6(torchWeight: tf.Tensor2D, bias: tf.Tensor1D, chunked: boolean, 
   const part = rows / FC6_CHUNKS;
   const chunks: tf.Tensor2D[] = [];
   for (let k = 0; k < FC6_CHUNKS; k++) {
-    const block = new Float32Array(part * outs);
+    // Where the backend's memory can be written in place, the rows go straight there (no host
+    // copy to move in and collect after).
+    const chunk = memory ? memory.unset<tf.Rank.R2>([part, outs]) : null;
+    const block = chunk && memory ? memory.view(chunk) : new Float32Array(part * outs);
     for (let r = 0; r < part; r++) {
       // Our row (cell, channel) is torch's row channel * 49 + cell (see permuteFc6Rows).
       const row = k * part + r;
       const source = (row % channels) * cells + Math.floor(row / channels);
       block.set(values.subarray(source * outs, (source + 1) * outs), r * outs);
     }
-    const chunk = tf.tensor2d(block, [part, outs]);
-    chunks.push(chunk);
+    chunks.push(chunk ?? tf.tensor2d(block, [part, outs]));
     // Packed (and its own copy freed) before the next chunk is made, which then takes its place.
     if (packedOnly) {
       packingRun(() =>
         tf.tidy(() => {
-          fc6Partial(tf.zeros([1, part]), chunk, k === 0 ? bias : null);
+          fc6Partial(tf.zeros([1, part]), chunks[k], k === 0 ? bias : null);
         }),
       );
     }
@@ -202,7 +204,7 @@ export class RoIHeads {
       ownCopy(get(`${name}.bias`) as tf.Tensor1D),
     ];
     const fc6 = (head: string): Fc6 =>
-      makeFc6(get(`${head}.fc6.weight`) as tf.Tensor2D, ownCopy(get(`${head}.fc6.bias`) as tf.Tensor1D), runtime.rules.fc6Chunked, runtime.rules.packedWeightsOnly);
+      makeFc6(get(`${head}.fc6.weight`) as tf.Tensor2D, ownCopy(get(`${head}.fc6.bias`) as tf.Tensor1D), runtime.rules.fc6Chunked, runtime.rules.packedWeightsOnly, runtime.rules.tensorMemory);
     this.boxFc6 = fc6('box_head');
     this.classFc6 = fc6('class_head');
     this.boxFc7 = layer('box_head.fc7');

@@ -18,6 +18,8 @@ import { ProposalJob, Proposals, proposalsOf } from '../ops/proposals';
 export interface TensorMemory {
   /** The float32 values of `t`, a tensor of this backend, where they lie. */
   view(t: tf.Tensor): Float32Array;
+  /** A new float32 tensor of this backend whose values are left unset, to be written through `view`. */
+  unset<R extends tf.Rank>(shape: tf.ShapeMap[R]): tf.Tensor<R>;
 }
 
 /** How the network uses the backend it runs on (see src/runtime/runtime.ts for each backend's). */

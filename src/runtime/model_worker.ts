@@ -12,7 +12,6 @@ import type { RpnOffload } from '../model/rpn';
 import type { BodyTask, HeadsTask, ModelWorkerData, PortableWeights, PredictTask, RpnTask } from './threaded_model';
 import { PartnerGoneError, RowExchange, rowExchangeBuffers, RowExchangeBuffers } from './row_exchange';
 import { WASM_HEAP } from './runtime';
-import { unsetMap } from '../kernels/wasm/gemm_conv';
 import { askParent } from './parent';
 import { collectGarbage, Done } from './threads';
 import { disposeWeights, Img2PoseWeights } from '../model/weights';
@@ -161,7 +160,7 @@ export function modelHandlers(data: ModelWorkerData): Record<string, (payload: u
       firstTask();
       const exchange = new RowExchange(buffers, 1, WASM_HEAP);
       try {
-        net.bodyBand(unsetMap(shape), exchange);
+        net.bodyBand(WASM_HEAP.unset<tf.Rank.R4>(shape), exchange);
       } catch (e) {
         // The image's own thread stopped or went on alone: nothing here is needed.
         if (!(e instanceof PartnerGoneError)) throw e;

@@ -3,6 +3,7 @@
  * `Img2Pose.load`, for the backend it picked. Backend names are known here and nowhere below.
  */
 import * as tf from '@tensorflow/tfjs';
+import { asWasmBackend } from '../kernels/wasm/backend';
 import { Kernels, KernelMode, PORTABLE_KERNELS } from '../kernels/webgpu';
 import { BackendRules, HostExecutor, IN_THREAD, ModelRuntime, TensorMemory } from '../model/runtime';
 import { Detections, postprocessDetections, PostprocessInput } from '../model/postprocess';
@@ -52,6 +53,11 @@ export const WASM_HEAP: TensorMemory = {
     const values = backend.typedArrayFromHeap(t);
     if (!(values instanceof Float32Array) || values.length !== t.size) throw new Error('tensorMemory: the wasm heap view does not match the tensor');
     return values;
+  },
+  unset<R extends tf.Rank>(shape: tf.ShapeMap[R]): tf.Tensor<R> {
+    const backend = asWasmBackend(tf.backend());
+    if (!backend) throw new Error('tensorMemory: the wasm backend is not the active one');
+    return tf.engine().makeTensorFromTensorInfo(backend.makeOutput([...(shape as number[])], 'float32')) as tf.Tensor<R>;
   },
 };
 

@@ -272,13 +272,6 @@ export function conv2dRowBands(
   return y as tf.Tensor4D;
 }
 
-/** A float32 map of `shape` whose values are left unset (to be written in place, as a map another thread fills is). The wasm backend only. */
-export function unsetMap(shape: [number, number, number, number]): tf.Tensor4D {
-  const be = asWasmBackend(tf.backend());
-  if (!be) throw new Error('unsetMap: the wasm backend only');
-  return tf.engine().makeTensorFromTensorInfo(be.makeOutput(shape, 'float32')) as tf.Tensor4D;
-}
-
 /**
  * `part` [1, r, w, c] as rows rowStart.. of a new map [1, height, w, c] whose other rows are left
  * unset (a band of a map another thread completes). The wasm backend only.
