@@ -6,7 +6,7 @@ import { multiScaleRoIAlign, RoIAlignMethod } from './roi_align';
 import { HeadsOffload, RoIHeadOutputs, RoIHeads } from './roi_heads';
 import { Proposals, RegionProposalNetwork, RPN_CONFIG, RpnOffload } from './rpn';
 import type { ProposalJob } from '../ops/proposals';
-import { ModelRuntime, TensorMemory } from './runtime';
+import { copyValuesInto, ModelRuntime, TensorMemory } from './runtime';
 import { imageSizeOf, NetworkImage, paddedSize, prepareBatchAsync, resizedSize } from './transform';
 import { Size } from '../ops/size';
 import { Img2PoseWeights } from './weights';
@@ -424,10 +424,7 @@ export class Img2PoseModel {
       if (cut === 0) throw new Error(`Img2PoseModel: level 0 of ${height} rows is too small to share`);
       const from = cut - LEVEL0_HALO;
       const data = offload.sharedBuffer((height - from) * width * channels);
-      const memory = this.runtime.rules.tensorMemory;
-      // The heap view is taken and read with nothing allocated in between (see TensorMemory).
-      const values = memory ? memory.view(inner[0]) : ((await inner[0].data()) as Float32Array);
-      data.set(values.subarray(from * width * channels));
+      await copyValuesInto(inner[0], from * width * channels, data, this.runtime.rules.tensorMemory);
       const away = offload.level0({ data, shape: [1, height - from, width, channels] });
       let rest: Float32Array[];
       let upper: { fpn: tf.Tensor4D; head: Float32Array } | null = null;
@@ -469,8 +466,9 @@ export class Img2PoseModel {
   private async fpnInner(image: tf.Tensor4D, body: BodyOffload['body'] | undefined): Promise<tf.Tensor4D[]> {
     const memory = this.runtime.rules.tensorMemory;
     const [n, height, width, channels] = image.shape;
+    if (!body || !memory) return this.backbone.fpnInner(image, true);
     const mapFloats = this.backbone.sharedMapFloats(height, width, channels);
-    if (!body || !memory || mapFloats > BODY_SHARE_MAX_FLOATS) return this.backbone.fpnInner(image, true);
+    if (mapFloats > BODY_SHARE_MAX_FLOATS) return this.backbone.fpnInner(image, true);
     const asked = body([n, height, width, channels], mapFloats, memory);
     // Awaited below; a failure before that must not leave its rejection unobserved.
     asked.done.catch(() => undefined);

@@ -20,7 +20,7 @@ import * as tf from '@tensorflow/tfjs';
 import { faceScores } from './postprocess';
 import { Img2PoseWeights } from './weights';
 import { ROI_OUTPUT_SIZE } from './roi_align';
-import { StageRuntime, TensorMemory } from './runtime';
+import { copyValuesInto, StageRuntime, TensorMemory } from './runtime';
 import { ownCopy } from './layers';
 import { copyRows, rowRange } from '../kernels/wasm/rows';
 import { packingRun, packStage, usePacked } from '../kernels/wasm/packed';
@@ -276,7 +276,7 @@ export class RoIHeads {
     const split = Math.ceil(rows / 2);
     const [, h, w, c] = pooled.shape;
     const data = offload.sharedBuffer((rows - split) * h * w * c);
-    await this.copyRows(pooled, split, data);
+    await copyValuesInto(pooled, split * h * w * c, data, this.runtime.rules.tensorMemory);
     const away = offload.forward({ data, shape: [rows - split, h, w, c] }, scoreThresh);
     let here: RoIHeadOutputs;
     try {
@@ -297,15 +297,6 @@ export class RoIHeads {
     dofRegression.set(here.dofRegression);
     dofRegression.set(there.dofRegression, split * 12);
     return { classLogits, dofRegression };
-  }
-
-  /** Rows from `start` of `pooled` into `out` (as many as it holds). */
-  private async copyRows(pooled: tf.Tensor4D, start: number, out: Float32Array): Promise<void> {
-    const width = pooled.size / pooled.shape[0];
-    const memory = this.runtime.rules.tensorMemory;
-    // The heap view is taken and read with nothing allocated in between (see TensorMemory).
-    const values = memory ? memory.view(pooled) : ((await pooled.data()) as Float32Array);
-    out.set(values.subarray(start * width, start * width + out.length));
   }
 
   /** `forward` on rows `start` .. `start + count`, in pieces of `headRows` (see BackendRules.headRows). */

@@ -12,7 +12,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { Kernels, packStage, PORTABLE_KERNELS, prepareConvFilter, releaseConvFilter, winogradEnabled } from '../kernels/webgpu';
 import { rpnCandidates } from '../kernels/webgpu/rpn_candidates';
-import { HostExecutor, IN_THREAD, TensorMemory } from './runtime';
+import { copyValuesInto, HostExecutor, IN_THREAD, TensorMemory } from './runtime';
 import { ownCopy } from './layers';
 import { Img2PoseWeights } from './weights';
 import { featureSizes } from '../ops/anchors';
@@ -138,20 +138,14 @@ export class RegionProposalNetwork {
     const [n, h, w, c] = x.shape;
     const data = offload.sharedBuffer(n * h * w * c);
     try {
-      // The heap view is taken and read with nothing allocated in between (see TensorMemory).
-      data.set(this.memory ? this.memory.view(x) : ((await x.data()) as Float32Array));
+      await copyValuesInto(x, 0, data, this.memory);
     } finally {
       if (x !== features[0]) x.dispose();
     }
     const away = offload.level({ data, shape: [n, h, w, c] });
     let rest: Float32Array[];
     try {
-      const outputs = features.slice(1).map((feature, i) => tf.tidy(() => this.levelHead(this.masked(feature, i + 1, paddedSizes))));
-      try {
-        rest = await Promise.all(outputs.map((o) => o.data() as Promise<Float32Array>));
-      } finally {
-        tf.dispose(outputs);
-      }
+      rest = await this.levelValues(features.slice(1), paddedSizes, 1);
     } catch (e) {
       // The other thread may still read `data`: settled before the offload's next call reuses it.
       await away.catch(() => undefined);

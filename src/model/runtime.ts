@@ -22,6 +22,16 @@ export interface TensorMemory {
   unset<R extends tf.Rank>(shape: tf.ShapeMap[R]): tf.Tensor<R>;
 }
 
+/**
+ * `t`'s values from the `from`-th on into `out`, as many as `out` holds: read where they lie when
+ * `memory` is given (the view is taken and read with nothing allocated in between), else read back
+ * first. For handing a tensor's rows to another thread in shared memory.
+ */
+export async function copyValuesInto(t: tf.Tensor, from: number, out: Float32Array, memory?: TensorMemory): Promise<void> {
+  const values = memory ? memory.view(t) : ((await t.data()) as Float32Array);
+  out.set(values.subarray(from, from + out.length));
+}
+
 /** How the network uses the backend it runs on (see src/runtime/runtime.ts for each backend's). */
 export interface BackendRules {
   /**

@@ -3,7 +3,7 @@
  * `Img2Pose.load`, for the backend it picked. Backend names are known here and nowhere below.
  */
 import * as tf from '@tensorflow/tfjs';
-import { asWasmBackend } from '../kernels/wasm/backend';
+import { asWasmBackend, unsetTensor } from '../kernels/wasm/backend';
 import { Kernels, KernelMode, PORTABLE_KERNELS } from '../kernels/webgpu';
 import { BackendRules, HostExecutor, IN_THREAD, ModelRuntime, TensorMemory } from '../model/runtime';
 import { Detections, postprocessDetections, PostprocessInput } from '../model/postprocess';
@@ -57,7 +57,7 @@ export const WASM_HEAP: TensorMemory = {
   unset<R extends tf.Rank>(shape: tf.ShapeMap[R]): tf.Tensor<R> {
     const backend = asWasmBackend(tf.backend());
     if (!backend) throw new Error('tensorMemory: the wasm backend is not the active one');
-    return tf.engine().makeTensorFromTensorInfo(backend.makeOutput([...(shape as number[])], 'float32')) as tf.Tensor<R>;
+    return unsetTensor<R>(backend, shape as number[]);
   },
 };
 

@@ -24,3 +24,15 @@ export function outputInto(be: WasmBackend, shape: readonly number[], target: tf
   be.incRef(target.dataId);
   return { dataId: target.dataId, shape: [...shape], dtype: 'float32' };
 }
+
+/** A new float32 tensor of `shape` on `be` whose values are left unset, for the caller to write in the heap. */
+export function unsetTensor<R extends tf.Rank>(be: WasmBackend, shape: readonly number[]): tf.Tensor<R> {
+  return tf.engine().makeTensorFromTensorInfo(be.makeOutput([...shape], 'float32')) as tf.Tensor<R>;
+}
+
+/** Where `t`'s float32 values lie in `be`'s heap (valid until the heap next grows). */
+export function heapView(be: WasmBackend, t: tf.TensorInfo): Float32Array {
+  const data = be.dataIdMap.get(t.dataId);
+  if (!data) throw new Error('wasm heap: a tensor is not on the wasm backend');
+  return new Float32Array(be.wasm.asm.memory.buffer, data.memoryOffset, t.shape.reduce((a, b) => a * b, 1));
+}

@@ -15,7 +15,7 @@
 // start at each image's origin, read zeros outside the map, each GEMM row is one tile computed
 // alone, and whether a layer takes this path depends on its shape only, never on the batch.
 import * as tf from '@tensorflow/tfjs';
-import { asWasmBackend, outputInto, WasmBackend } from './backend';
+import { asWasmBackend, heapView, outputInto, unsetTensor, WasmBackend } from './backend';
 import { WINOGRAD_F4_WASM } from './winograd_wasm';
 import { isReleased, packingActive, releaseUnused, usePacked } from './packed';
 import { winogradF4Position } from '../../ops/winograd_f4';
@@ -224,8 +224,8 @@ export function wasmWinogradFilter(filter: tf.Tensor4D): tf.Tensor2D[] {
       let ue: tf.Tensor2D;
       if (backend) {
         // Transformed where the tensor lies: no host array to copy into the heap and collect after.
-        ue = tf.engine().makeTensorFromTensorInfo(backend.makeOutput([cin, cout], 'float32')) as tf.Tensor2D;
-        winogradF4Position(values, cin, cout, e, new Float32Array(backend.wasm.asm.memory.buffer, offsetOf(backend, ue), cin * cout));
+        ue = unsetTensor<tf.Rank.R2>(backend, [cin, cout]);
+        winogradF4Position(values, cin, cout, e, heapView(backend, ue));
       } else {
         ue = tf.tensor2d(winogradF4Position(values, cin, cout, e, new Float32Array(cin * cout)), [cin, cout]);
       }

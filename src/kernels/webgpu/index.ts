@@ -33,14 +33,18 @@ export class Kernels {
     if (!this.webgpu) {
       const rows = opts.rows;
       const bandOnly = opts.bandOnly === true && rows !== undefined;
-      if (bandOnly && !(tf.getBackend() === 'wasm' && w.shape[0] === w.shape[1] && !gemmConvFits(w.shape) && !this.wasmWinograd(w, opts))) {
-        throw new Error(`Kernels.conv: a band of rows alone is made by the row-band path only, not for a [${w.shape}] filter`);
+      const noBandOnly = (): void => {
+        if (bandOnly) throw new Error(`Kernels.conv: a band of rows alone is made by the row-band path only, not for a [${w.shape}] filter`);
+      };
+      if (this.wasmWinograd(w, opts)) {
+        noBandOnly();
+        return conv2dWinogradWasm(x, w, bias, opts.relu, opts.residual, undefined, rows);
       }
-      if (this.wasmWinograd(w, opts)) return conv2dWinogradWasm(x, w, bias, opts.relu, opts.residual, undefined, rows);
       // On wasm, XNNPACK packs w for this bias, activation and geometry (see ../wasm/packed).
       const activation = opts.relu && opts.residual === undefined ? 'relu' : 'linear';
       const bias_ = `bias ${bias ? bias.id : 'none'}`;
       if (tf.getBackend() === 'wasm' && gemmConvFits(w.shape)) {
+        noBandOnly();
         // As one GEMM: XNNPACK's fully-connected operator holds less than its convolution (../wasm/gemm_conv).
         return convEpilogue(opts, (relu) =>
           conv2dGemm(x, w, bias, opts.stride, opts.pad, relu, (run) => usePacked(w, `matMul ${relu ? 'relu' : 'linear'} ${bias_}`, run), undefined, rows),
