@@ -18,7 +18,7 @@ import { activeRuntime } from '../src/runtime/runtime';
 import { disposeWeights } from '../src/model/weights';
 import { facesToDets } from '../bench/match';
 import { parseNpy } from '../converter/npy';
-import { alignFaces } from '../src/align';
+import { AlignSize, alignFaces } from '../src/align';
 import { FIXTURES } from './utils/formula';
 import { formulaWeights } from './utils/formula';
 import { golden, goldenCase, imagePath } from './utils/golden';
@@ -133,11 +133,39 @@ describeBrowser('in headless Chromium: the demo page', () => {
       expect(result.backend).toBe(backend);
       expectLikeGoldenAndNode(result.faces, `${backend} in Chromium (${result.ms} ms)`);
       await expectPageAlignsLikeUpstream(page);
-      if (backend === 'wasm') await expectPageDetectAndAlignLikeNode(page, backend);
+      if (backend === 'wasm') {
+        await expectPageDetectAndAlignLikeNode(page, backend);
+        await expectPageJpegLikeNode(page);
+      }
     } finally {
       await page.close();
     }
   });
+
+  /**
+   * JPEG bytes in the page decode to Node's pixels (libjpeg-turbo in both, PIL's pixels): the
+   * crops of upstream's teaser poses from the JPEG photo equal Node's byte for byte. (jpeg-js's
+   * pixels, which the page would take where libjpeg-turbo declined, give other crops.)
+   */
+  async function expectPageJpegLikeNode(page: Page): Promise<void> {
+    const photo = path.join(__dirname, '..', 'assets', 'teaser.jpg');
+    const { poses, size } = alignmentCase('al_teaser_top_112');
+    const found = await page.evaluate(async (jpegB64: string, all: number[][], side: number) => {
+      // A dynamic import written out here would be rewritten by the test's CommonJS transpilation.
+      const pageImport = new Function('url', 'return import(url)') as (url: string) => Promise<unknown>;
+      const lib = (await pageImport(new URL('img2pose.bundle.mjs', location.href).href)) as {
+        alignFaces(image: unknown, faces: { pose: number[] }[], o: { size: number }): Promise<{ image: { data: Uint8Array } }[]>;
+      };
+      const bytes = Uint8Array.from(atob(jpegB64), (c) => c.charCodeAt(0));
+      const aligned = await lib.alignFaces(bytes, all.map((pose) => ({ pose })), { size: side });
+      return aligned.map((f) => btoa(String.fromCharCode(...f.image.data)));
+    }, fs.readFileSync(photo).toString('base64'), poses, size);
+    const node = await alignFaces(photo, poses.map((pose) => ({ pose })), { size: size as AlignSize });
+    const differing = found.filter((crop, k) => !Buffer.from(crop, 'base64').equals(Buffer.from(node[k].image.data))).length;
+    console.log(`alignFaces of JPEG bytes in Chromium: ${found.length} crops, ${differing} differ from Node's`);
+    expect(found.length).toBe(poses.length);
+    expect(differing).toBe(0);
+  }
 
   /** Upstream's alignment fixtures on the teaser: poses and crops for both sizes. */
   function alignmentCase(id: string): { poses: number[][]; crops: Uint8Array; size: number } {

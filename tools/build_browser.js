@@ -27,6 +27,7 @@ const SWAPPED = {
   'io/weights_io': { to: 'weights_io.ts', importers: null },
   'io/weights_cache': { to: 'weights_cache.ts', importers: null },
   'io/codecs': { to: 'shims/codecs.ts', importers: null },
+  'io/jpeg_turbo_wasm': { to: 'jpeg_turbo_wasm.ts', importers: null },
 };
 const BUILTINS = /^(node:)?(fs|path|os|worker_threads|crypto|zlib|stream|stream\/promises|util|url|child_process|events|readline|http|https|net)$/;
 
@@ -58,6 +59,8 @@ const common = {
   metafile: true,
   sourcemap: true,
   legalComments: 'none',
+  // libjpeg-turbo's WebAssembly build, bundled as bytes (src/browser/jpeg_turbo_wasm.ts).
+  loader: { '.wasm': 'binary' },
 };
 
 async function buildBrowser(outdir = path.join(ROOT, 'dist', 'browser')) {

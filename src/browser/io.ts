@@ -8,8 +8,9 @@
  * - `HTMLImageElement`, `HTMLCanvasElement`, `OffscreenCanvas`, `ImageBitmap`, `VideoFrame`,
  *   `HTMLVideoElement` (its current frame): drawn at natural size on a 2D canvas and read back.
  * - Encoded bytes (`Uint8Array`, `ArrayBuffer`, `Blob`/`File`) and URL strings (fetched): JPEG with
- *   jpeg-js, the decoder Node's path uses (jimp's), so pixels equal the Node CLI's; PNG and the rest
- *   with the browser's decoder, colour profiles ignored as in Node.
+ *   libjpeg-turbo (src/io/jpeg_turbo.ts, PIL's pixels) and, where it declines, jpeg-js, as Node's
+ *   path decodes them, so pixels equal the Node CLI's; PNG and the rest with the browser's
+ *   decoder, colour profiles ignored as in Node.
  * - Raw pixels and tensors: src/io/images.ts unchanged.
  */
 import * as tf from '@tensorflow/tfjs';
@@ -24,6 +25,7 @@ import {
 } from '../io/images';
 import { imageTensor, NetworkImage } from '../model/transform';
 import { DEFAULT_MAX_PIXELS, headerSize } from '../io/image_header';
+import { decodeJpegTurbo } from '../io/jpeg_turbo';
 
 // Everything else of src/io/images.ts as it is; the names declared below replace theirs.
 export * from '../io/images';
@@ -168,6 +170,8 @@ async function decodeBytes(bytes: Uint8Array, fail: Fail, maxPixels: number): Pr
     checkPixels(size.width, size.height, `${format} image`, maxPixels, fail);
   }
   if (format === 'JPEG') {
+    const exact = decodeJpegTurbo(bytes);
+    if (exact) return { data: exact.data, width: exact.width, height: exact.height, channels: 4 };
     try {
       const d = decodeJpeg(bytes, { ...jpegLimits(maxPixels), useTArray: true, formatAsRGBA: true });
       return { data: d.data, width: d.width, height: d.height, channels: 4 };

@@ -14,8 +14,9 @@
  *   convention (e.g. -1..1 normalisation) and clipping would silently give wrong detections.
  *   A 0..1 image cannot be told apart from a very dark one, so it is the caller's to avoid.
  * - Files are decoded with jimp's codecs (JPEG, PNG; BMP, GIF and TIFF work too), chosen by the
- *   file's signature. JPEG pixels can differ by a few levels from PIL's libjpeg decode (another
- *   IDCT and chroma upsampling); PNG is exact. No EXIF orientation is applied, as PIL's
+ *   file's signature; JPEGs first with libjpeg-turbo, as PIL decodes them (./jpeg_turbo): the
+ *   same pixels. A JPEG libjpeg-turbo declines (corrupt, truncated, CMYK) goes to jimp's codec,
+ *   jpeg-js, whose pixels can differ from PIL's by a few levels; PNG is exact. No EXIF orientation is applied, as PIL's
  *   `Image.open` applies none (and as `visualize` draws), so boxes refer to the stored pixels.
  * - 16-bit PNGs are scaled to 8 bits (round(v * 255 / 65535)). PIL opens 16-bit grayscale as
  *   mode 'I' and convert('RGB') then CLIPS at 255, so upstream sees such images as almost all
@@ -30,7 +31,7 @@ import * as tf from '@tensorflow/tfjs';
 import { InputError, describeValue } from '../errors';
 import { Unzlib } from 'fflate';
 import { DEFAULT_MAX_PIXELS, ImageFormat, headerSize, pngDataProblem } from './image_header';
-import { IMAGE_CODECS } from './codecs';
+import { EXACT_JPEG, IMAGE_CODECS } from './codecs';
 import { ImageBytes, imageTensor, NetworkImage } from '../model/transform';
 
 export { DEFAULT_MAX_PIXELS };
@@ -224,6 +225,8 @@ async function decodeBytes(bytes: Uint8Array, fail: Fail, maxPixels: number): Pr
     const short = pngDataProblem(bytes, inflatePieces);
     if (short) return fail(ENCODED_IMAGE, `truncated or corrupt PNG data (${short})`);
   }
+  const exact = format === 'JPEG' && EXACT_JPEG ? EXACT_JPEG(bytes) : null;
+  if (exact) return exact;
   const codec = IMAGE_CODECS.map((f) => f()).find((f) => f.mime === MIME[format]);
   if (codec === undefined) return fail(ENCODED_IMAGE, `a ${format} image, which this jimp build cannot decode`);
   const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
