@@ -32,8 +32,9 @@ const opts = new Command('kernels.mjs')
   .description('our WebGPU programs against the stock tfjs ops and float64 references, then timed on the model\'s layer shapes')
   .option('--quick', 'time batch 1 only (checks are the same)', false)
   .option('--json <file>', 'also write checks and timings as JSON')
+  .option('--tile-sweep', "also time one head's fc6 GEMM with every tile shape, and check each gives the default tile's bits", false)
   .parse(process.argv)
-  .opts<{ quick: boolean; json?: string }>();
+  .opts<{ quick: boolean; json?: string; tileSweep: boolean }>();
 
 const rnd = (shape: number[], scale = 1): tf.Tensor => tf.randomUniform(shape, -scale, scale, 'float32');
 
@@ -384,6 +385,41 @@ async function runTimings(batches: number[]): Promise<TimingRow[]> {
   return rows;
 }
 
+/** Tile shapes conv2dFused can run (ConvTile). */
+const TILES: ConvTile[] = [64, 128].flatMap((bm) => [64, 128].flatMap((bn) => [16, 32].map((bk) => ({ bm, bn, bk }) as ConvTile)));
+
+/**
+ * One head's fc6 (1000 proposals per image, 12544 -> 1024, ReLU) with every tile shape: ms, TF/s,
+ * and whether its output has the default tile's bits (each output sums its products in the same
+ * order in any tile, so the rows do not depend on the batch's size).
+ */
+async function tileSweep(batches: number[]): Promise<void> {
+  for (const batch of batches) {
+    const m = 1000 * batch;
+    const x = rnd([m, 12544]) as tf.Tensor2D;
+    const w = rnd([12544, 1024], 0.02) as tf.Tensor2D;
+    const b = rnd([1024], 0.1) as tf.Tensor1D;
+    const gflop = (2 * m * 12544 * 1024) / 1e9;
+    const chosen = chooseTile(m, 1024);
+    const reference = linearFused(x, w, b, true);
+    const expected = (await reference.data()) as Float32Array;
+    reference.dispose();
+    for (const tile of TILES) {
+      const out = linearFused(x, w, b, true, tile);
+      const got = (await out.data()) as Float32Array;
+      out.dispose();
+      const same = got.every((v, i) => Object.is(v, expected[i]));
+      const ms = await timeIt(() => linearFused(x, w, b, true, tile));
+      const isDefault = tile.bm === chosen.bm && tile.bn === chosen.bn && (tile.bk ?? 16) === (chosen.bk ?? 16);
+      console.log(
+        `fc6 one head b${batch} tile ${tile.bm}x${tile.bn}x${tile.bk}${isDefault ? ' (default)' : '          '} ` +
+          `${ms.toFixed(3).padStart(8)} ms ${(gflop / ms).toFixed(2).padStart(6)} TF/s  ${same ? 'same bits' : 'BITS DIFFER'}`,
+      );
+    }
+    tf.dispose([x, w, b]);
+  }
+}
+
 function fmtTiming(r: TimingRow): string {
   return `${r.layer.padEnd(38)} b${String(r.batch).padEnd(2)} ${r.gflop.toFixed(2).padStart(8)} GF  ` +
     `stock ${r.stockMs.toFixed(3).padStart(9)} ms ${r.stockTflops.toFixed(2).padStart(6)} TF/s  ` +
@@ -407,6 +443,7 @@ async function main(): Promise<void> {
   const checks = await runChecks();
   for (const r of checks) console.log(`${r.ok ? 'PASS' : 'FAIL'} ${r.name.padEnd(44)} rel err ${r.relErr.toExponential(2)}`);
   const timings = await runTimings(opts.quick ? [1] : [1, 8]);
+  if (opts.tileSweep) await tileSweep([1, 8, 16]);
   console.log('\nlayer                                  batch   GFLOP   stock ms  TF/s   fused ms  TF/s   tile');
   for (const r of timings) console.log(fmtTiming(r));
   const failed = checks.filter((r) => !r.ok).length;
