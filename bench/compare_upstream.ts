@@ -68,7 +68,7 @@ function parseOptions(argv: string[]): Options {
   const cmd = new Command('compare_upstream')
     .option('--upstream-src <dir>', 'folder holding the upstream img2pose package', '/tmp/upstream/src')
     .option('--python <exe>', 'python with torch 1.13 / torchvision 0.14', '/usr/bin/python3')
-    .option('--images <dir>', 'validation images (made when empty)', tmp('compare/images'))
+    .option('--images <dir>', 'validation images, PNG or JPEG (made when there are none)', tmp('compare/images'))
     .option('--sizes <list>', 'min/max pairs', parseSizes, parseSizes('640/1400,160/288,320/512'))
     .option('--batch-size <k>', 'batch size of our batch run', (v) => Number(v), 4)
     .option('--weights <dir>', 'our converted weights', tmp('formula_tfjs'))
@@ -108,12 +108,13 @@ function readResults(file: string): Map<string, Face[]> {
 }
 
 function listImages(o: Options): string[] {
-  const pngs = () => (fs.existsSync(o.images) ? fs.readdirSync(o.images).filter((f) => f.endsWith('.png')).sort() : []);
-  if (pngs().length === 0) {
+  // PNGs and JPEGs: both programs decode the same file, each with its own decoder (PIL upstream).
+  const images = () => (fs.existsSync(o.images) ? fs.readdirSync(o.images).filter((f) => /\.(png|jpe?g)$/i.test(f)).sort() : []);
+  if (images().length === 0) {
     const source = path.join(repoRoot(), '__tests__', 'fixtures', 'golden', 'teaser.png');
     run(o.python, [path.join(repoRoot(), 'bench', 'upstream_cpu.py'), 'make-images', '--source', source, '--out', o.images]);
   }
-  return pngs().map((f) => path.join(o.images, f));
+  return images().map((f) => path.join(o.images, f));
 }
 
 async function main(): Promise<number> {
