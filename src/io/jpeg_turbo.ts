@@ -114,10 +114,9 @@ export function decodeJpegTurbo(bytes: Uint8Array): JpegBitmap | null {
     const size = width * height * 4;
     const out = x.malloc(size);
     if (out === 0) return null;
-    // Non-zero for an error and also for a warning (e.g. data that ends early): either way, not
-    // an image PIL would give as it is.
+    // Non-zero for an error and also for a warning (data that ends early, stray bytes): such
+    // files go to the other decoder, whose rules for them the library keeps.
     if (x.tjDecompress2(handle, input, bytes.length, out, width, width * 4, height, TJPF_RGBA, 0) !== 0) return null;
-    x.free(input);
     // Taken after the decode: the memory may have grown (and its old buffer gone) meanwhile.
     return { data: new Uint8Array(x.memory.buffer, out, size), width, height };
   } catch (e) {
