@@ -15,6 +15,7 @@ import {
   linearFused,
   linearPortable,
   chooseTile,
+  chooseLinearTile,
 } from '../src/kernels/webgpu/conv2d';
 import { convOutputSize } from '../src/ops/size';
 import { initWebGPUBackend } from '../src/kernels/webgpu/dawn';
@@ -372,7 +373,7 @@ async function runTimings(batches: number[]): Promise<TimingRow[]> {
     const gflop = (2 * m * 12544 * 2048) / 1e9;
     const fusedMs = await timeIt(() => linearFused(x, w, b, true));
     const stockMs = await timeIt(() => linearPortable(x, w, b, true));
-    const tile = chooseTile(m, 2048);
+    const tile = chooseLinearTile(m, 12544, 2048);
     rows.push({
       layer: 'fc6 x2 GEMM 12544->2048', batch, gflop, stockMs, fusedMs, tile: `${tile.bm}x${tile.bn}`,
       stockTflops: gflop / stockMs, fusedTflops: gflop / fusedMs,
@@ -400,7 +401,7 @@ async function tileSweep(batches: number[]): Promise<void> {
     const w = rnd([12544, 1024], 0.02) as tf.Tensor2D;
     const b = rnd([1024], 0.1) as tf.Tensor1D;
     const gflop = (2 * m * 12544 * 1024) / 1e9;
-    const chosen = chooseTile(m, 1024);
+    const chosen = chooseLinearTile(m, 12544, 1024);
     const reference = linearFused(x, w, b, true);
     const expected = (await reference.data()) as Float32Array;
     reference.dispose();

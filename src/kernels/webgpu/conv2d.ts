@@ -499,10 +499,26 @@ export function convEpilogue(opts: ConvOptions, conv: (relu: boolean) => tf.Tens
   });
 }
 
+/** Reductions from this length on are long (fc6's 12544 inputs; the convolutions' are at most 4608). */
+const LONG_REDUCTION = 4096;
+
+/**
+ * The tile of a dense layer: chooseTile's, except that a long reduction over few rows (one image's
+ * fc6: 1000 x 12544 -> 1024) takes 64x128 tiles with bk 32, which halve the barriers per step of K.
+ * One head's fc6 on an H100 (`kernels.mjs --tile-sweep`, 2026-12-07): 1.11 ms against 1.31 with
+ * 64x64x16 at 1000 rows; from 8000 rows chooseTile's 128x128x16 stays the fastest. The tile does
+ * not change an output's bits (each sums its products in the same order in any tile).
+ */
+export function chooseLinearTile(rows: number, k: number, cols: number): ConvTile {
+  const tile = chooseTile(rows, cols);
+  return k >= LONG_REDUCTION && cols >= 128 && tile.bm === 64 && tile.bn === 64 ? { bm: 64, bn: 128, bk: 32 } : tile;
+}
+
 /** x (rows, in) @ w (in, out) + bias (then ReLU) with the conv kernel as a 1x1 convolution. */
 export function linearFused(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D | null, relu: boolean, tile?: ConvTile): tf.Tensor2D {
   return tf.tidy(() => {
     const [rows, k] = x.shape;
+    tile ??= chooseLinearTile(rows, k, w.shape[1]);
     const out = conv2dFused(
       tf.reshape(x, [1, 1, rows, k]),
       tf.reshape(w, [1, 1, k, w.shape[1]]),
