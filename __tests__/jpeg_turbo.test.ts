@@ -88,7 +88,20 @@ describe('JPEG decoding with libjpeg-turbo', () => {
     expect(differing(rgbOf(decodeJpegTurbo(good)?.data ?? []), pilPixels('baseline_420'))).toBe(0);
   });
 
-  it("hands back a view of its own memory, one per image: another decode does not touch an image's pixels", () => {
+  it('decodes a long burst of images, each the same (one instance serves the small ones)', () => {
+    // An instance per image would reserve gigabytes of address space each until collected, and a
+    // burst this long ran out of it: libjpeg-turbo then declined every image.
+    const bytes = jpegBytes('baseline_444');
+    const want = pilPixels('baseline_444');
+    let wrong = 0;
+    for (let i = 0; i < 2000; i++) {
+      const image = decodeJpegTurbo(bytes);
+      if (!image || differing(rgbOf(image.data), want) !== 0) wrong++;
+    }
+    expect(wrong).toBe(0);
+  });
+
+  it("hands back pixels of their own: another decode does not touch an image's pixels", () => {
     const first = decodeJpegTurbo(jpegBytes('gray'));
     const copy = first ? first.data.slice() : new Uint8Array(0);
     decodeJpegTurbo(jpegBytes('baseline_444'));
