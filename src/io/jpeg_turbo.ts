@@ -132,10 +132,11 @@ export function decodeJpegTurbo(bytes: Uint8Array): JpegBitmap | null {
       image = decodeInto(x, bytes.length, input, meta, handle, (pointer) => (out = pointer));
     }
     if (image && image.data.length >= KEEP_INSTANCE_BYTES) return image;
-    x.tjDestroy(handle);
-    for (const pointer of [input, meta, out]) if (pointer !== 0) x.free(pointer);
-    // Copied out (the view is of memory the next decode reuses); the instance serves the next one.
+    // Copied out before anything is freed (free may write into the block; the next decode reuses
+    // the memory); the instance then serves the next decode.
     const result = image && { data: image.data.slice(), width: image.width, height: image.height };
+    if (handle !== 0) x.tjDestroy(handle);
+    for (const pointer of [input, meta, out]) if (pointer !== 0) x.free(pointer);
     spare = x;
     return result;
   } catch (e) {
