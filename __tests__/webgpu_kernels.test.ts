@@ -41,7 +41,7 @@ import { ConvCase, ConvData, convOutShape, convReference64, RoiCase, roiAlignRef
 import { describeWebGPU } from './utils/webgpu';
 import { rpnCandidates } from '../src/kernels/webgpu/rpn_candidates';
 import { featureSizes } from '../src/ops/anchors';
-import { candidateLayout, candidatesOf, ProposalJob, proposalsOf, RPN_CONFIG } from '../src/ops/proposals';
+import { candidateLayout, candidatesOf, ProposalJob, proposalsOf, rankedCandidatesOf, RECORD_WORDS, RPN_CONFIG } from '../src/ops/proposals';
 
 /** Float32 noise of sums of a few hundred products, well below any real indexing or tap error. */
 const REL_TOL = 1e-5;
@@ -563,7 +563,9 @@ describeWebGPU('WGSL programs against the portable path', () => {
         const layout = candidateLayout(padded, topN, slack);
         const result = rpnCandidates(head, layout);
         const words = (await result.data()) as Int32Array;
-        tf.dispose([...head, result]);
+        const rankedResult = rpnCandidates(head, layout, true);
+        const rankedWords = (await rankedResult.data()) as Int32Array;
+        tf.dispose([...head, result, rankedResult]);
         for (let image = 0; image < padded.length; image++) {
           const candidates = candidatesOf(words, layout, image);
           expect(candidates).not.toBeNull();
@@ -585,9 +587,54 @@ describeWebGPU('WGSL programs against the portable path', () => {
           expect(fromCandidates.boxes.length).toBeGreaterThan(0);
           expect(Buffer.from(fromCandidates.boxes.buffer)).toEqual(Buffer.from(fromAll.boxes.buffer));
           expect(Buffer.from(fromCandidates.scores.buffer)).toEqual(Buffer.from(fromAll.scores.buffer));
+          // Ranked on the GPU: the same candidates, each level in the host's sort order, and the same proposals.
+          const ranked = rankedCandidatesOf(rankedWords, layout, image);
+          expect(ranked).not.toBeNull();
+          if (!ranked) continue;
+          expect(ranked.perLevel).toEqual(candidates.perLevel);
+          o = 0;
+          candidates.perLevel.forEach((n) => {
+            const order = hostRanking(candidates.objectness.subarray(o, o + n), candidates.index.subarray(o, o + n));
+            expect(Array.from(ranked.index.subarray(o, o + n))).toEqual(order);
+            o += n;
+          });
+          const fromRanked = proposalsOf({ ...job, levels: [], candidates: ranked });
+          expect(Buffer.from(fromRanked.boxes.buffer)).toEqual(Buffer.from(fromAll.boxes.buffer));
+          expect(Buffer.from(fromRanked.scores.buffer)).toEqual(Buffer.from(fromAll.scores.buffer));
+          // Records in anchor order are not a ranking: the check that guards against a faulty GPU result.
+          expect(rankedCandidatesOf(words, layout, image)).toBeNull();
         }
       });
     }
+
+    /** The selection's order of a level's candidates (anchors): logit descending, -0 as +0, equal logits by anchor, NaN last. */
+    function hostRanking(logits: Float32Array, anchors: Int32Array): number[] {
+      const at = Array.from(anchors, (a, i) => i);
+      const v = (i: number): number => (logits[i] === 0 ? 0 : logits[i]);
+      at.sort((i, j) => {
+        const ni = Number.isNaN(v(i));
+        const nj = Number.isNaN(v(j));
+        if (ni !== nj) return ni ? 1 : -1;
+        if (!ni && v(i) !== v(j)) return v(j) - v(i);
+        return anchors[i] - anchors[j];
+      });
+      return at.map((i) => anchors[i]);
+    }
+
+    it('a ranking with two records swapped is refused', async () => {
+      const values = headValues(70, 0.125);
+      const head = values.map((v, l) => tf.tensor4d(v, [padded.length, levelSizes[l][0], levelSizes[l][1], 15]));
+      const layout = candidateLayout(padded, 150, 4000);
+      const result = rpnCandidates(head, layout, true);
+      const words = Int32Array.from((await result.data()) as Int32Array);
+      tf.dispose([...head, result]);
+      expect(rankedCandidatesOf(words, layout, 1)).not.toBeNull();
+      const slot = 1 * layout.levels + 2;
+      const a = layout.base[slot] + 3 * RECORD_WORDS;
+      const b = layout.base[slot] + 4 * RECORD_WORDS;
+      for (let w = 0; w < RECORD_WORDS; w++) [words[a + w], words[b + w]] = [words[b + w], words[a + w]];
+      expect(rankedCandidatesOf(words, layout, 1)).toBeNull();
+    });
 
     it('reports a level whose candidates overflow their slots (the caller then reads everything)', async () => {
       const values = headValues(90, 0.5);

@@ -79,11 +79,13 @@ interface Counters {
   buffers: number;
   bytes: number;
   ms: number;
+  bindGroups: number;
+  bindGroupMs: number;
 }
 
-/** Counts and times the device's buffer creations. */
-function countBuffers(device: GPUDevice): Counters {
-  const c: Counters = { buffers: 0, bytes: 0, ms: 0 };
+/** Counts and times the device's buffer and bind group creations. */
+function countCreations(device: GPUDevice): Counters {
+  const c: Counters = { buffers: 0, bytes: 0, ms: 0, bindGroups: 0, bindGroupMs: 0 };
   const create = device.createBuffer.bind(device);
   device.createBuffer = (desc: GPUBufferDescriptor): GPUBuffer => {
     const t = performance.now();
@@ -92,6 +94,14 @@ function countBuffers(device: GPUDevice): Counters {
     c.buffers++;
     c.bytes += desc.size;
     return b;
+  };
+  const createBindGroup = device.createBindGroup.bind(device);
+  device.createBindGroup = (desc: GPUBindGroupDescriptor): GPUBindGroup => {
+    const t = performance.now();
+    const g = createBindGroup(desc);
+    c.bindGroupMs += performance.now() - t;
+    c.bindGroups++;
+    return g;
   };
   return c;
 }
@@ -117,7 +127,7 @@ async function main(): Promise<void> {
   const pool = opts.pool;
   const limit = opts.limitGib * GiB;
   if (pool === 'classes') useSizeClassPool(backend, limit);
-  const counters = countBuffers(backend.device);
+  const counters = countCreations(backend.device);
   const n = opts.images;
   const batch = opts.batch;
   const sizes = streamSizes(n, opts.seed);
@@ -135,6 +145,7 @@ async function main(): Promise<void> {
   await model.predict([warm], CONFIG);
   if (warm instanceof tf.Tensor) warm.dispose();
   const base: number[] = [];
+  const groupsBefore = counters.bindGroups;
   for (let r = 0; r < 10; r++) {
     const img = networkImage(photo, ph, pw);
     const t0 = performance.now();
@@ -142,12 +153,12 @@ async function main(): Promise<void> {
     base.push(performance.now() - t0);
     if (img instanceof tf.Tensor) img.dispose();
   }
-  console.log(`photo ${ph}x${pw} repeated: median ${median(base).toFixed(1)} ms`);
+  console.log(`photo ${ph}x${pw} repeated: median ${median(base).toFixed(1)} ms, ${(counters.bindGroups - groupsBefore) / 10} bind groups made per forward`);
   for (let pass = 0; pass < passes; pass++) {
     const times: number[] = [];
     let digest = 0x811c9dc5;
     const poolCurve: string[] = [];
-    const firstSight = { buffers: counters.buffers, bytes: counters.bytes, ms: counters.ms, pipelines: pipelines() };
+    const firstSight = { ...counters, pipelines: pipelines() };
     const profiler = opts.cpuProfile && pass === passes - 1 ? await startCpuProfile(opts.cpuProfile) : null;
     const perImage: { size: number[]; input: number[]; ms: number; detections: number; dispatches: number }[] = [];
     const dispatches = countDispatches();
@@ -177,7 +188,9 @@ async function main(): Promise<void> {
       pool, input: opts.input, limitGiB: limit / GiB, pass, images: n, batch,
       meanMs: +mean.toFixed(2), medianMs: +median(times).toFixed(2), quarterMeansMs: quarters.join('/'),
       buffersCreated: counters.buffers - firstSight.buffers, bytesCreatedGiB: +((counters.bytes - firstSight.bytes) / GiB).toFixed(2),
-      createMs: +(counters.ms - firstSight.ms).toFixed(1), pipelinesCompiled: pipelines() - firstSight.pipelines,
+      createMs: +(counters.ms - firstSight.ms).toFixed(1),
+      bindGroupsPerImage: +((counters.bindGroups - firstSight.bindGroups) / n).toFixed(1), bindGroupMsPerImage: +((counters.bindGroupMs - firstSight.bindGroupMs) / n).toFixed(2),
+      pipelinesCompiled: pipelines() - firstSight.pipelines,
       digest: digest.toString(16),
       poolGiB: poolCurve.join(' '), inUseGiB: +(gpuMemory().inUse / GiB).toFixed(2), tensors: tf.memory().numTensors,
     };

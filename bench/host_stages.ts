@@ -36,6 +36,7 @@ import {
   Proposals,
   proposalsOf,
   proposalsOfCandidates,
+  rankedCandidatesOf,
   RECORD_WORDS,
   RPN_CONFIG,
   RpnCandidates,
@@ -290,6 +291,8 @@ interface Piece {
 /** What a piece needs from earlier pieces, computed once before timing. */
 interface Prepared {
   layout: CandidateLayout;
+  /** The result words as the GPU ranks them (rpnCandidates with `ranked`), emulated. */
+  rankedWords: Int32Array;
   candidates: RpnCandidates;
   anchors: Float32Array;
   head: RpnHeadOutput;
@@ -319,6 +322,15 @@ const PIECES: Piece[] = [
     name: 'GPU path proposals (candidatesOf + proposalsOfCandidates)',
     run: (c, p) => {
       const candidates = candidatesOf(c.words, p.layout, 0);
+      if (!candidates) throw new Error('candidates overflow');
+      return proposalArrays(proposalsOfCandidates(candidates, c.job.paddedSize, c.job.imageSize, c.job.config));
+    },
+  },
+  { name: 'rankedCandidatesOf', run: (_, p) => candidateArrays(rankedCandidatesOf(p.rankedWords, p.layout, 0)) },
+  {
+    name: 'GPU path proposals, ranked on the GPU (rankedCandidatesOf + proposalsOfCandidates)',
+    run: (c, p) => {
+      const candidates = rankedCandidatesOf(p.rankedWords, p.layout, 0);
       if (!candidates) throw new Error('candidates overflow');
       return proposalArrays(proposalsOfCandidates(candidates, c.job.paddedSize, c.job.imageSize, c.job.config));
     },
@@ -353,15 +365,35 @@ function candidateArrays(c: RpnCandidates | null): ArrayBufferView[] {
   return [Int32Array.from(c.perLevel), c.index, c.objectness, c.deltas];
 }
 
+/** What the GPU's ranking pass makes of the result words: each slot's records in rank order (logit descending, -0 as +0, equal logits by anchor, NaN last). */
+function rankOnHost(words: Int32Array, layout: CandidateLayout): Int32Array {
+  const out = Int32Array.from(words);
+  const key = (bits: number): number => ((bits & 0x7fffffff) > 0x7f800000 ? 0 : bits === 0x80000000 ? 0x80000000 : float32SortKey(bits));
+  for (let slot = 0; slot < layout.images * layout.levels; slot++) {
+    const count = Math.min(words[slot], layout.capacity[slot]);
+    const base = layout.base[slot];
+    const order = Array.from({ length: count }, (_, i) => i);
+    const at = (i: number): [number, number] => [key(words[base + i * RECORD_WORDS + 1] >>> 0), words[base + i * RECORD_WORDS]];
+    order.sort((i, j) => {
+      const [ki, ai] = at(i);
+      const [kj, aj] = at(j);
+      return ki !== kj ? kj - ki : ai - aj;
+    });
+    order.forEach((i, r) => out.set(words.subarray(base + i * RECORD_WORDS, base + (i + 1) * RECORD_WORDS), base + r * RECORD_WORDS));
+  }
+  return out;
+}
+
 function prepare(c: Capture): Prepared {
   const layout = candidateLayout([c.job.paddedSize], c.job.config.preNmsTopN);
+  const rankedWords = rankOnHost(c.words, layout);
   const candidates = candidatesOf(c.words, layout, 0);
   if (!candidates) throw new Error(`${c.name}: the candidates overflow their slots`);
   const anchors = anchorsAt(c.job.paddedSize[0], c.job.paddedSize[1], candidates.perLevel, candidates.index);
   const head = { objectness: candidates.objectness, deltas: candidates.deltas, perLevel: candidates.perLevel };
   const selected = selectCandidates(c.post.proposals, c.post.classLogits, c.post.dofRegression, c.post.imageSize);
   const posed = transformPoseGlobalProjectBbox(selected.boxes, selected.dofs, c.post.poseMean, c.post.poseStddev, c.post.imageSize);
-  return { layout, candidates, anchors, head, selected, posed };
+  return { layout, rankedWords, candidates, anchors, head, selected, posed };
 }
 
 /** CPU time of this process so far, in ms: unlike wall time, it leaves out the time other processes hold the cores. */

@@ -16,7 +16,7 @@ import { copyValuesInto, HostExecutor, IN_THREAD, TensorMemory } from './runtime
 import { ownCopy } from './layers';
 import { Img2PoseWeights } from './weights';
 import { featureSizes } from '../ops/anchors';
-import { candidateLayout, candidatesOf, ProposalJob, Proposals, RPN_CONFIG, RpnConfig } from '../ops/proposals';
+import { candidateLayout, candidatesOf, rankedCandidatesOf, ProposalJob, Proposals, RPN_CONFIG, RpnConfig } from '../ops/proposals';
 import { Size } from '../ops/size';
 
 export * from '../ops/proposals';
@@ -29,6 +29,15 @@ export const GPU_CANDIDATES_FLAG = 'IMG2POSE_GPU_CANDIDATES';
 // Registered once per tfjs instance, also when this module is bundled twice.
 if (!(GPU_CANDIDATES_FLAG in (tf.env() as unknown as { flagRegistry: object }).flagRegistry)) {
   tf.env().registerFlag(GPU_CANDIDATES_FLAG, () => true);
+}
+
+/**
+ * tfjs flag: with the GPU's candidates, also rank them on the GPU in the order the host's selection
+ * sorts them (true), so the host takes prefixes instead of sorting. Results are the same either way.
+ */
+export const GPU_RANK_CANDIDATES_FLAG = 'IMG2POSE_GPU_RANK_CANDIDATES';
+if (!(GPU_RANK_CANDIDATES_FLAG in (tf.env() as unknown as { flagRegistry: object }).flagRegistry)) {
+  tf.env().registerFlag(GPU_RANK_CANDIDATES_FLAG, () => true);
 }
 
 /** One image's own region of a level (rows/cols from 0), for images padded to a larger batch. */
@@ -228,9 +237,11 @@ export class RegionProposalNetwork {
   private async candidateJobs(outputs: tf.Tensor4D[], imageSizes: Size[], paddedSizes: Size[]): Promise<ProposalJob[]> {
     try {
       const layout = candidateLayout(paddedSizes, this.config.preNmsTopN);
-      const result = rpnCandidates(outputs, layout);
+      const ranked = tf.env().getBool(GPU_RANK_CANDIDATES_FLAG);
+      const result = rpnCandidates(outputs, layout, ranked);
       const words = await result.data().finally(() => result.dispose());
-      const candidates = paddedSizes.map((_, image) => candidatesOf(words as Int32Array, layout, image));
+      const read = ranked ? rankedCandidatesOf : candidatesOf;
+      const candidates = paddedSizes.map((_, image) => read(words as Int32Array, layout, image));
       const full = candidates.some((c) => c === null) ? await Promise.all(outputs.map((o) => o.data() as Promise<Float32Array>)) : [];
       const levelSizes = outputs.map((o) => [o.shape[1], o.shape[2]] as Size);
       return paddedSizes.map((paddedSize, image) => ({

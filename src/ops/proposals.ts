@@ -636,6 +636,11 @@ export interface RpnCandidates {
   objectness: Float32Array;
   /** (dx, dy, dw, dh) per candidate. */
   deltas: Float32Array;
+  /**
+   * Each level's candidates in the order the selection sorts them (logit descending, equal logits
+   * by anchor, NaN last; see rankedCandidatesOf) rather than in anchor order.
+   */
+  ranked?: boolean;
 }
 
 /** Words per candidate record: level-local anchor index, logit bits, 4 delta bits. */
@@ -773,11 +778,107 @@ function recordsByAnchor(words: Int32Array, base: number, count: number, anchors
   return order;
 }
 
+/**
+ * The rank key of a logit's bits: larger goes first. The ascending sort key with -0 given +0's key
+ * (the selection compares logits with ==), and 0, below every number's key, for every NaN.
+ */
+function rankKey(bits: number): number {
+  if ((bits & 0x7fffffff) > 0x7f800000) return 0;
+  return bits === 0x80000000 ? 0x80000000 : sortKey(bits);
+}
+
+/** Scratch of rankedCandidatesOf: the generation in which each anchor was last seen. */
+let seenAt = new Int32Array(0);
+let seenGeneration = 0;
+
+/**
+ * Image `image`'s candidates from the GPU's ranked result words (rpnCandidates with `ranked`):
+ * per level in the selection's order. Null when a level's candidates did not fit its slots, or
+ * when the records are not a ranking of distinct anchors of the level (which a correct result
+ * always is): the caller then reads the whole head output.
+ */
+export function rankedCandidatesOf(words: Int32Array, layout: CandidateLayout, image: number): RpnCandidates | null {
+  const perLevel: number[] = [];
+  for (let level = 0; level < layout.levels; level++) {
+    const slot = image * layout.levels + level;
+    const count = words[slot];
+    if (count > layout.capacity[slot] || count < layout.k[slot]) return null;
+    perLevel.push(count);
+  }
+  const total = perLevel.reduce((s, c) => s + c, 0);
+  const out: RpnCandidates = { perLevel, index: new Int32Array(total), objectness: new Float32Array(total), deltas: new Float32Array(total * 4), ranked: true };
+  const { index } = out;
+  const objectness = new Int32Array(out.objectness.buffer);
+  const deltas = new Int32Array(out.deltas.buffer);
+  let o = 0;
+  for (let level = 0; level < layout.levels; level++) {
+    const slot = image * layout.levels + level;
+    const [h, w] = layout.ownSizes[slot];
+    const anchors = h * w * ANCHORS_PER_LOCATION;
+    if (seenAt.length < anchors) seenAt = new Int32Array(anchors);
+    // A new generation marks no anchor as seen without clearing the array.
+    if (++seenGeneration > 0x3fffffff) {
+      seenAt.fill(0);
+      seenGeneration = 1;
+    }
+    let previousKey = 0;
+    let previousAnchor = -1;
+    for (let i = 0, r = layout.base[slot]; i < perLevel[level]; i++, o++, r += RECORD) {
+      const anchor = words[r];
+      const key = rankKey(words[r + 1] >>> 0);
+      if (!(anchor >= 0 && anchor < anchors) || seenAt[anchor] === seenGeneration) return null;
+      if (i > 0 && !(previousKey > key || (previousKey === key && previousAnchor < anchor))) return null;
+      seenAt[anchor] = seenGeneration;
+      previousKey = key;
+      previousAnchor = anchor;
+      index[o] = anchor;
+      objectness[o] = words[r + 1];
+      const d = o * 4;
+      deltas[d] = words[r + 2];
+      deltas[d + 1] = words[r + 3];
+      deltas[d + 2] = words[r + 4];
+      deltas[d + 3] = words[r + 5];
+    }
+  }
+  return out;
+}
+
+/**
+ * selectTopPerLevel on ranked candidates: the same positions, each level's prefix. With m NaN
+ * logits (ranked last), the k-th largest logit is the (k - m)-th best number (none when m >= k);
+ * every logit above it and the first of those equal to it are taken, k at most (topBySort's rule).
+ */
+function topOfRanked(objectness: Float32Array, perLevel: number[], topN: number): Int32Array {
+  const bits = new Uint32Array(objectness.buffer, objectness.byteOffset, objectness.length);
+  const picked: number[] = [];
+  let offset = 0;
+  for (const n of perLevel) {
+    const k = Math.min(topN, n);
+    if (k > 0 && Number.isInteger(k)) {
+      let numbers = n;
+      while (numbers > 0 && rankKey(bits[offset + numbers - 1]) === 0) numbers--;
+      const ranked = k - (n - numbers);
+      if (ranked > 0) {
+        const bound = rankKey(bits[offset + ranked - 1]);
+        let taken = ranked;
+        while (taken < k && taken < numbers && rankKey(bits[offset + taken]) === bound) taken++;
+        picked.push(offset, taken);
+      }
+    }
+    offset += n;
+  }
+  let total = 0;
+  for (let p = 1; p < picked.length; p += 2) total += picked[p];
+  const out = new Int32Array(total);
+  for (let p = 0, o = 0; p < picked.length; p += 2) for (let j = 0; j < picked[p + 1]; j++) out[o++] = picked[p] + j;
+  return out;
+}
+
 /** filterProposals on an image's candidates: the same proposals as on its whole head output. */
 export function proposalsOfCandidates(candidates: RpnCandidates, paddedSize: Size, imageSize: Size, config: RpnConfig = RPN_CONFIG): Proposals {
   const { perLevel, index } = candidates;
   const head: RpnHeadOutput = { objectness: candidates.objectness, deltas: candidates.deltas, perLevel };
-  const top = selectTopPerLevel(head.objectness, perLevel, config.preNmsTopN);
+  const top = candidates.ranked ? topOfRanked(head.objectness, perLevel, config.preNmsTopN) : selectTopPerLevel(head.objectness, perLevel, config.preNmsTopN);
   return filterTop(head, candidateAnchors(paddedSize, perLevel, index), imageSize, config, top);
 }
 
