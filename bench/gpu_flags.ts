@@ -2,7 +2,8 @@
  * Library flags for GPU bench runs, from the environment, so one bundle compares both settings:
  * IMG2POSE_GPU_CANDIDATES=0 reads the whole RPN head output back instead of the GPU's top-k
  * candidates; IMG2POSE_GPU_RANK_CANDIDATES=0 sorts those candidates on the host instead of ranking
- * them on the GPU; IMG2POSE_POSE_GATING=0 runs the pose head on every proposal; IMG2POSE_WINOGRAD=0
+ * them on the GPU; IMG2POSE_GPU_BATCH_CANDIDATES=1 uses those candidates for batches too (their
+ * proposals on worker threads); IMG2POSE_POSE_GATING=0 runs the pose head on every proposal; IMG2POSE_WINOGRAD=0
  * runs the stride-1 3x3 convs as direct convolutions; IMG2POSE_GPU_RECORD=0 records dispatches
  * with tfjs' own per-dispatch uniform buffers and bind groups; IMG2POSE_GPU_UPLOAD_CHUNK=N uploads in
  * writes of at most N bytes (0: one write). IMG2POSE_WINOGRAD_TILE=4 runs the Winograd
@@ -16,7 +17,7 @@ import {
   GPU_RECORD_FLAG, UPLOAD_CHUNK_FLAG, winogradEnabled, winogradTile, WINOGRAD_F4_FUSED_FLAG, WINOGRAD_FLAG, WINOGRAD_TILE_FLAG, WINOGRAD_AUTO_F4_MAX_CHANNELS,
 } from '../src/kernels/webgpu';
 import { POSE_GATING_FLAG } from '../src/model/model';
-import { GPU_CANDIDATES_FLAG, GPU_RANK_CANDIDATES_FLAG } from '../src/model/rpn';
+import { GPU_BATCH_CANDIDATES_FLAG, GPU_CANDIDATES_FLAG, GPU_RANK_CANDIDATES_FLAG } from '../src/model/rpn';
 
 for (const flag of [GPU_CANDIDATES_FLAG, GPU_RANK_CANDIDATES_FLAG, POSE_GATING_FLAG, WINOGRAD_FLAG, GPU_RECORD_FLAG]) {
   if (process.env[flag] === '0') tf.env().set(flag, false);
@@ -29,6 +30,7 @@ if (tile !== undefined) {
   tf.env().set(WINOGRAD_TILE_FLAG, tile === 'auto' ? tile : Number(tile));
 }
 if (process.env[WINOGRAD_F4_FUSED_FLAG] === '1') tf.env().set(WINOGRAD_F4_FUSED_FLAG, true);
+if (process.env[GPU_BATCH_CANDIDATES_FLAG] === '1') tf.env().set(GPU_BATCH_CANDIDATES_FLAG, true);
 
 /** The Winograd settings in force, for a run's log: off, F(2x2), or F(4x4) with where its input transform runs. */
 export function winogradSetting(): string {

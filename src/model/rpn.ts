@@ -40,6 +40,15 @@ if (!(GPU_RANK_CANDIDATES_FLAG in (tf.env() as unknown as { flagRegistry: object
   tf.env().registerFlag(GPU_RANK_CANDIDATES_FLAG, () => true);
 }
 
+/**
+ * tfjs flag: also use the GPU's candidates for batches whose proposals run on worker threads
+ * (false: those read back the whole head output). Results are the same either way.
+ */
+export const GPU_BATCH_CANDIDATES_FLAG = 'IMG2POSE_GPU_BATCH_CANDIDATES';
+if (!(GPU_BATCH_CANDIDATES_FLAG in (tf.env() as unknown as { flagRegistry: object }).flagRegistry)) {
+  tf.env().registerFlag(GPU_BATCH_CANDIDATES_FLAG, () => false);
+}
+
 /** One image's own region of a level (rows/cols from 0), for images padded to a larger batch. */
 interface OwnRegion {
   height: number;
@@ -204,7 +213,7 @@ export class RegionProposalNetwork {
     // Batches whose proposals run on worker threads keep the whole-head readback: on an H200 the
     // preselection measured slower there (x8 12.1 vs 10.0 ms, x16 10.2 vs 7.3 ms per image) while
     // it is faster for single images (20.4 vs 23.5 ms) and streams (44.0 vs 50.1 ms).
-    if (!perImage && this.candidatesOnGpu()) return this.candidateJobs(outputs, imageSizes, paddedSizes);
+    if ((!perImage || tf.env().getBool(GPU_BATCH_CANDIDATES_FLAG)) && this.candidatesOnGpu()) return this.candidateJobs(outputs, imageSizes, paddedSizes);
     const n = paddedSizes.length;
     const parts = perImage && n > 1 ? outputs.map((o) => tf.split(o, n, 0)) : outputs.map((o) => [o]);
     try {
