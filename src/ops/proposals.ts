@@ -692,6 +692,15 @@ export function candidateLayout(paddedSizes: Size[], topN: number, slack: number
  * level's candidates did not fit its slots (or are fewer than k, which a correct result never has).
  */
 export function candidatesOf(words: Int32Array, layout: CandidateLayout, image: number): RpnCandidates | null {
+  return readCandidates(words, layout, image, false);
+}
+
+/**
+ * Image `image`'s candidates, each level's records in the order `ranked` gives (true: as they lie,
+ * after checking that they are a ranking; false: sorted into anchor order). Null as candidatesOf
+ * and rankedCandidatesOf say.
+ */
+function readCandidates(words: Int32Array, layout: CandidateLayout, image: number, ranked: boolean): RpnCandidates | null {
   const perLevel: number[] = [];
   for (let level = 0; level < layout.levels; level++) {
     const slot = image * layout.levels + level;
@@ -700,7 +709,7 @@ export function candidatesOf(words: Int32Array, layout: CandidateLayout, image: 
     perLevel.push(count);
   }
   const total = perLevel.reduce((s, c) => s + c, 0);
-  const out: RpnCandidates = { perLevel, index: new Int32Array(total), objectness: new Float32Array(total), deltas: new Float32Array(total * 4) };
+  const out: RpnCandidates = { perLevel, index: new Int32Array(total), objectness: new Float32Array(total), deltas: new Float32Array(total * 4), ranked };
   const { index } = out;
   // The logits and deltas are copied as their bits: integer moves, no float conversions.
   const objectness = new Int32Array(out.objectness.buffer);
@@ -711,12 +720,13 @@ export function candidatesOf(words: Int32Array, layout: CandidateLayout, image: 
     const count = perLevel[level];
     const base = layout.base[slot];
     const [h, w] = layout.ownSizes[slot];
-    // Records arrive in the atomic compaction's order: sort them by anchor (distinct, below the
-    // level's anchor count in a correct result).
-    const order = recordsByAnchor(words, base, count, h * w * ANCHORS_PER_LOCATION);
-    if (!order) return null;
+    const anchors = h * w * ANCHORS_PER_LOCATION;
+    // Unranked records arrive in the atomic compaction's order: sort them by anchor (distinct,
+    // below the level's anchor count in a correct result).
+    const order = ranked ? null : recordsByAnchor(words, base, count, anchors);
+    if (ranked ? !isRanking(words, base, count, anchors) : !order) return null;
     for (let i = 0; i < count; i++, o++) {
-      const r = base + order[i] * RECORD;
+      const r = base + (order ? order[i] : i) * RECORD;
       index[o] = words[r];
       objectness[o] = words[r + 1];
       const d = o * 4;
@@ -787,7 +797,7 @@ function rankKey(bits: number): number {
   return bits === 0x80000000 ? 0x80000000 : sortKey(bits);
 }
 
-/** Scratch of rankedCandidatesOf: the generation in which each anchor was last seen. */
+/** Scratch of isRanking: the generation in which each anchor was last seen. */
 let seenAt = new Int32Array(0);
 let seenGeneration = 0;
 
@@ -798,49 +808,29 @@ let seenGeneration = 0;
  * always is): the caller then reads the whole head output.
  */
 export function rankedCandidatesOf(words: Int32Array, layout: CandidateLayout, image: number): RpnCandidates | null {
-  const perLevel: number[] = [];
-  for (let level = 0; level < layout.levels; level++) {
-    const slot = image * layout.levels + level;
-    const count = words[slot];
-    if (count > layout.capacity[slot] || count < layout.k[slot]) return null;
-    perLevel.push(count);
+  return readCandidates(words, layout, image, true);
+}
+
+/** Whether the `count` records from word `base` on rank distinct anchors below `anchors` (see rankKey). */
+function isRanking(words: Int32Array, base: number, count: number, anchors: number): boolean {
+  if (seenAt.length < anchors) seenAt = new Int32Array(anchors);
+  // A new generation marks no anchor as seen without clearing the array.
+  if (++seenGeneration > 0x3fffffff) {
+    seenAt.fill(0);
+    seenGeneration = 1;
   }
-  const total = perLevel.reduce((s, c) => s + c, 0);
-  const out: RpnCandidates = { perLevel, index: new Int32Array(total), objectness: new Float32Array(total), deltas: new Float32Array(total * 4), ranked: true };
-  const { index } = out;
-  const objectness = new Int32Array(out.objectness.buffer);
-  const deltas = new Int32Array(out.deltas.buffer);
-  let o = 0;
-  for (let level = 0; level < layout.levels; level++) {
-    const slot = image * layout.levels + level;
-    const [h, w] = layout.ownSizes[slot];
-    const anchors = h * w * ANCHORS_PER_LOCATION;
-    if (seenAt.length < anchors) seenAt = new Int32Array(anchors);
-    // A new generation marks no anchor as seen without clearing the array.
-    if (++seenGeneration > 0x3fffffff) {
-      seenAt.fill(0);
-      seenGeneration = 1;
-    }
-    let previousKey = 0;
-    let previousAnchor = -1;
-    for (let i = 0, r = layout.base[slot]; i < perLevel[level]; i++, o++, r += RECORD) {
-      const anchor = words[r];
-      const key = rankKey(words[r + 1] >>> 0);
-      if (!(anchor >= 0 && anchor < anchors) || seenAt[anchor] === seenGeneration) return null;
-      if (i > 0 && !(previousKey > key || (previousKey === key && previousAnchor < anchor))) return null;
-      seenAt[anchor] = seenGeneration;
-      previousKey = key;
-      previousAnchor = anchor;
-      index[o] = anchor;
-      objectness[o] = words[r + 1];
-      const d = o * 4;
-      deltas[d] = words[r + 2];
-      deltas[d + 1] = words[r + 3];
-      deltas[d + 2] = words[r + 4];
-      deltas[d + 3] = words[r + 5];
-    }
+  let previousKey = 0;
+  let previousAnchor = -1;
+  for (let i = 0, r = base; i < count; i++, r += RECORD) {
+    const anchor = words[r];
+    const key = rankKey(words[r + 1] >>> 0);
+    if (!(anchor >= 0 && anchor < anchors) || seenAt[anchor] === seenGeneration) return false;
+    if (i > 0 && !(previousKey > key || (previousKey === key && previousAnchor < anchor))) return false;
+    seenAt[anchor] = seenGeneration;
+    previousKey = key;
+    previousAnchor = anchor;
   }
-  return out;
+  return true;
 }
 
 /**
