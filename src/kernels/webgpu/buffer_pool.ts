@@ -107,12 +107,27 @@ export function useSizeClassPool(backend: WebGPUBackend, limit: number): number 
   const manager = internals.bufferManager;
   const maxBinding = internals.device.limits.maxStorageBufferBindingSize;
   const acquire = manager.acquireBuffer.bind(manager);
+  // Buffers numbered as they are made.
+  const serials = new WeakMap<GPUBuffer, number>();
+  let made = 0;
+  const serial = (buffer: GPUBuffer): number => serials.get(buffer) ?? Infinity;
   const release = manager.releaseBuffer.bind(manager);
 
   manager.acquireBuffer = (size, usage, mappedAtCreation = false, reuse = true) => {
     const rounded = sizeClass(size);
     // A class above the binding limit could not be bound whole: keep such a request exact.
-    const buffer = acquire(rounded <= maxBinding || size > maxBinding ? rounded : size, usage, mappedAtCreation, reuse);
+    const bytes = rounded <= maxBinding || size > maxBinding ? rounded : size;
+    // The free buffer made first, not the last one released (tfjs pops the newest): the choice
+    // then depends only on which buffers are free, not on the order they were released in, so
+    // work that repeats gets the same buffers as last time and reuses its bind groups (record.ts).
+    const free = reuse ? manager.freeBuffers.get(`${bytes}_${usage}`) : undefined;
+    if (free && free.length > 1) {
+      let first = free.length - 1;
+      for (let i = 0; i < free.length - 1; i++) if (serial(free[i]) < serial(free[first])) first = i;
+      [free[first], free[free.length - 1]] = [free[free.length - 1], free[first]];
+    }
+    const buffer = acquire(bytes, usage, mappedAtCreation, reuse);
+    if (!serials.has(buffer)) serials.set(buffer, made++);
     state.requested.set(buffer, size);
     return buffer;
   };
@@ -131,7 +146,11 @@ export function useSizeClassPool(backend: WebGPUBackend, limit: number): number 
     // Safe without a submit: tfjs returns a buffer to the pool only once the commands that use
     // it have been submitted, and writeBuffer is ordered after everything submitted before it.
     const buffer = manager.acquireBuffer(values.byteLength, STORAGE | COPY_SRC | COPY_DST);
-    writeInChunks(internals.device.queue, buffer, values, tf.env().getNumber(UPLOAD_CHUNK_FLAG));
+    const chunk = tf.env().getNumber(UPLOAD_CHUNK_FLAG);
+    writeInChunks(internals.device.queue, buffer, values, chunk);
+    // Zeros past the values, not what the buffer held before: tfjs' matmul reads past the end of
+    // its second operand (a weight, usually uploaded) and multiplies what it finds by zero.
+    writeZeros(internals.device.queue, buffer, values.byteLength, buffer.size, chunk);
     data.values = null;
     data.resource = buffer;
   };
@@ -160,6 +179,15 @@ function writeInChunks(queue: GPUQueue, buffer: GPUBuffer, values: Float32Array 
   const total = values.byteLength;
   const step = chunk > 0 ? Math.max(4, chunk - (chunk % 4)) : total;
   for (let at = 0; at < total; at += step) queue.writeBuffer(buffer, at, values.buffer, values.byteOffset + at, Math.min(step, total - at));
+}
+
+let zeros = new Uint8Array(0);
+
+/** Zeros into `buffer` from byte `from` to `to` (multiples of 4), in writes of at most `chunk` bytes. */
+function writeZeros(queue: GPUQueue, buffer: GPUBuffer, from: number, to: number, chunk: number): void {
+  const step = chunk > 0 ? Math.max(4, chunk - (chunk % 4)) : to - from;
+  if (to > from && zeros.byteLength < Math.min(step, to - from)) zeros = new Uint8Array(Math.min(step, to - from));
+  for (let at = from; at < to; at += step) queue.writeBuffer(buffer, at, zeros, 0, Math.min(step, to - at));
 }
 
 /** A tensor's values as the 32-bit words the backend stores, or null for dtypes left to tfjs. */

@@ -143,9 +143,10 @@ function positions(tile: WinogradTile): number {
 
 /**
  * U[e][ci][co] = (G g G^T)[e] for a filter in tfjs layout (3, 3, in, out): [16, in, out] for
- * F(2x2, 3x3), [36, in, out] for F(4x4, 3x3). One GEMM on the filter's own backend: the (G x G)
- * coefficients are products in float64 rounded once, each U element a float32 sum of their
- * products with the (at most 9) taps.
+ * F(2x2, 3x3), [36, in, out] for F(4x4, 3x3). The (G x G) coefficients are products in float64
+ * rounded once; each U element is their float32 products with the 9 taps summed in tap order. On
+ * the webgpu backend one program of ours (`WinogradFilterProgram`), not tfjs' matmul: that reads
+ * its second operand past the end (docs/webgpu.md, the buffer pool); elsewhere one matMul.
  */
 export function winogradFilter(filter: tf.Tensor4D, tile: WinogradTile = 2): tf.Tensor3D {
   const [kh, kw, cin, cout] = filter.shape;
@@ -158,7 +159,39 @@ export function winogradFilter(filter: tf.Tensor4D, tile: WinogradTile = 2): tf.
   for (let i = 0; i < side; i++) for (let j = 0; j < side; j++) {
     for (let a = 0; a < 3; a++) for (let b = 0; b < 3; b++) gg[(i * side + j) * 9 + a * 3 + b] = g[i][a] * g[j][b];
   }
-  return tf.tidy(() => tf.reshape(tf.matMul(tf.tensor2d(gg, [e, 9]), tf.reshape(filter, [9, cin * cout])), [e, cin, cout]));
+  return tf.tidy(() => {
+    const taps = tf.reshape(filter, [9, cin * cout]);
+    const u = tf.getBackend() === 'webgpu' ? runProgram<tf.Rank.R2>(new WinogradFilterProgram(e, cin * cout), [tf.tensor2d(gg, [e, 9]), taps]) : tf.matMul(tf.tensor2d(gg, [e, 9]), taps);
+    return tf.reshape(u, [e, cin, cout]);
+  });
+}
+
+/** gg [E, 9] and the taps [9, K] -> U [E, K], one thread per element, taps summed in order. */
+class WinogradFilterProgram implements WebGPUProgram {
+  variableNames = ['gg', 'taps'];
+  outputShape: number[];
+  shaderKey = 'i2pWinogradFilter';
+  dispatchLayout = { x: [0, 1] };
+  dispatch: [number, number, number];
+  workgroupSize: [number, number, number] = [THREADS, 1, 1];
+  size = true;
+
+  constructor(positions: number, k: number) {
+    this.outputShape = [positions, k];
+    this.dispatch = flatDispatch(positions * k);
+  }
+
+  getUserCode(): string {
+    return `
+fn main(index: i32) {
+  if (index >= uniforms.size) { return; }
+  let K = uniforms.outShape[1];
+  let e = index / K; let k = index % K;
+  var u = 0.0;
+  for (var t = 0; t < 9; t++) { u = u + gg[e * 9 + t] * taps[t * K + k]; }
+  result[index] = u;
+}`;
+  }
 }
 
 /**
