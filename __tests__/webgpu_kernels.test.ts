@@ -41,6 +41,8 @@ import { imagePath } from './utils/golden';
 import { lcgValues, relErr } from './utils/lcg';
 import { ConvCase, ConvData, convOutShape, convReference64, RoiCase, roiAlignReference64 } from './utils/kernel_reference';
 import { describeWebGPU } from './utils/webgpu';
+import { formulaSubset } from './utils/stage_inputs';
+import { GPU_BATCH_CANDIDATES_FLAG, RegionProposalNetwork } from '../src/model/rpn';
 import { rpnCandidates } from '../src/kernels/webgpu/rpn_candidates';
 import { featureSizes } from '../src/ops/anchors';
 import { candidateLayout, candidatesOf, ProposalJob, proposalsOf, rankedCandidatesOf, RECORD_WORDS, RPN_CONFIG } from '../src/ops/proposals';
@@ -663,6 +665,34 @@ describeWebGPU('WGSL programs against the portable path', () => {
       const words = (await result.data()) as Int32Array;
       tf.dispose([...head, result]);
       expect(candidatesOf(words, layout, 0)).toBeNull();
+    });
+
+    it(`${GPU_BATCH_CANDIDATES_FLAG}: a batch for worker threads up to that size takes the candidates, a larger one the whole head; the same proposals`, async () => {
+      const weights = formulaSubset('rpn.');
+      const rpn = new RegionProposalNetwork(weights, new Kernels('webgpu'));
+      const saved = tf.env().getNumber(GPU_BATCH_CANDIDATES_FLAG);
+      const features = featureSizes(96, 160).map(([h, w], level) => tf.tensor4d(lcgValues(2 * h * w * 256, 300 + level), [2, h, w, 256]));
+      const jobsWith = async (largest: number): Promise<ProposalJob[]> => {
+        tf.env().set(GPU_BATCH_CANDIDATES_FLAG, largest);
+        return rpn.predictHead(features, [[90, 150], [60, 90]], padded, true);
+      };
+      try {
+        const withCandidates = await jobsWith(2);
+        const whole = await jobsWith(1);
+        expect(withCandidates.map((j) => j.candidates !== undefined)).toEqual([true, true]);
+        expect(whole.map((j) => j.candidates !== undefined)).toEqual([false, false]);
+        for (let image = 0; image < 2; image++) {
+          const [a, b] = [proposalsOf(withCandidates[image]), proposalsOf(whole[image])];
+          expect(a.boxes.length).toBeGreaterThan(0);
+          expect(Buffer.from(a.boxes.buffer)).toEqual(Buffer.from(b.boxes.buffer));
+          expect(Buffer.from(a.scores.buffer)).toEqual(Buffer.from(b.scores.buffer));
+        }
+      } finally {
+        tf.env().set(GPU_BATCH_CANDIDATES_FLAG, saved);
+        tf.dispose(features);
+        rpn.dispose();
+        for (const t of weights.tensors.values()) t.dispose();
+      }
     });
   });
 

@@ -2,8 +2,8 @@
  * Library flags for GPU bench runs, from the environment, so one bundle compares both settings:
  * IMG2POSE_GPU_CANDIDATES=0 reads the whole RPN head output back instead of the GPU's top-k
  * candidates; IMG2POSE_GPU_RANK_CANDIDATES=0 sorts those candidates on the host instead of ranking
- * them on the GPU; IMG2POSE_GPU_BATCH_CANDIDATES=1 uses those candidates for batches too (their
- * proposals on worker threads); IMG2POSE_POSE_GATING=0 runs the pose head on every proposal; IMG2POSE_WINOGRAD=0
+ * them on the GPU; IMG2POSE_GPU_BATCH_CANDIDATES=N uses those candidates for batches of up to N
+ * images whose proposals run on worker threads (0: none; 8 by default); IMG2POSE_POSE_GATING=0 runs the pose head on every proposal; IMG2POSE_WINOGRAD=0
  * runs the stride-1 3x3 convs as direct convolutions; IMG2POSE_GPU_RECORD=0 records dispatches
  * with tfjs' own per-dispatch uniform buffers and bind groups; IMG2POSE_GPU_UPLOAD_CHUNK=N uploads in
  * writes of at most N bytes (0: one write). IMG2POSE_WINOGRAD_TILE=4 runs the Winograd
@@ -30,7 +30,8 @@ if (tile !== undefined) {
   tf.env().set(WINOGRAD_TILE_FLAG, tile === 'auto' ? tile : Number(tile));
 }
 if (process.env[WINOGRAD_F4_FUSED_FLAG] === '1') tf.env().set(WINOGRAD_F4_FUSED_FLAG, true);
-if (process.env[GPU_BATCH_CANDIDATES_FLAG] === '1') tf.env().set(GPU_BATCH_CANDIDATES_FLAG, true);
+const batchCandidates = process.env[GPU_BATCH_CANDIDATES_FLAG];
+if (batchCandidates !== undefined && /^\d+$/.test(batchCandidates)) tf.env().set(GPU_BATCH_CANDIDATES_FLAG, Number(batchCandidates));
 
 /** The Winograd settings in force, for a run's log: off, F(2x2), or F(4x4) with where its input transform runs. */
 export function winogradSetting(): string {
