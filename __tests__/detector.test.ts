@@ -402,6 +402,60 @@ describe('concurrency and lifetime', () => {
     expect(model.calls.map((c) => c.ids)).toEqual(sequentialModel.calls.map((c) => c.ids));
   });
 
+  it('a network that allows two forwards at once gets two, in call order; the results are the sequential ones', async () => {
+    const inputsOf = (k: number): RawImage[] => (k % 3 === 0 ? [solid(k)] : [solid(k), solid(100 + k, 24, 20), solid(200 + k)]);
+    const sequential = new Img2Pose(new FakeModel(), { batchSize: 2 });
+    const expected: (Face[] | Face[][])[] = [];
+    for (let k = 0; k < 12; k++) expected.push(k % 3 === 0 ? await sequential.detectFaces(inputsOf(k)[0]) : await sequential.detectFaces(inputsOf(k)));
+
+    class TwoAtOnce extends FakeModel {
+      readonly concurrentForwards = 2;
+      readonly started: number[] = [];
+      override async predict(images: tf.Tensor3D[], config: ModelConfig): Promise<RawDetections[]> {
+        const corner = images[0].slice([0, 0, 0], [1, 1, 1]);
+        this.started.push(corner.dataSync()[0]);
+        corner.dispose();
+        return super.predict(images, config);
+      }
+    }
+    const model = new TwoAtOnce();
+    const det = new Img2Pose(model, { batchSize: 2 });
+    const calls = Array.from({ length: 12 }, (_, k) => (k % 3 === 0 ? det.detectFaces(inputsOf(k)[0]) : det.detectFaces(inputsOf(k))));
+    expect(await Promise.all(calls)).toEqual(expected);
+    expect(model.maxInFlight).toBe(2);
+    // Every call's first forward starts in call order (a list's second chunk queues once its first has settled).
+    const firsts = model.started.filter((id) => id < 100);
+    expect(firsts).toEqual(Array.from({ length: 12 }, (_, k) => k));
+  });
+
+  it("a list's chunks never overlap each other, and report progress in order, where calls may overlap", async () => {
+    const model = Object.assign(new FakeModel(), { concurrentForwards: 2 });
+    const det = new Img2Pose(model, { batchSize: 1 });
+    const progress: number[] = [];
+    const faces = await det.detectFaces([solid(1), solid(2), solid(3), solid(4)], { onProgress: (done) => progress.push(done) });
+    expect(faces).toEqual([1, 2, 3, 4].map((id) => expectedFaces(id)));
+    expect(model.maxInFlight).toBe(1);
+    expect(progress).toEqual([1, 2, 3, 4]);
+  });
+
+  it('dispose with two forwards in flight: both finish, the queued call is refused', async () => {
+    const model = Object.assign(new FakeModel(), { concurrentForwards: 2 });
+    const det = new Img2Pose(model);
+    const [first, second] = [det.detectFaces(solid(1)), det.detectFaces(solid(2))];
+    const third = det.detectFaces(solid(3)).then(
+      () => 'resolved',
+      (e: unknown) => e,
+    );
+    await new Promise((r) => setTimeout(r, 0));
+    const disposing = det.dispose();
+    expect(await first).toEqual(expectedFaces(1));
+    expect(await second).toEqual(expectedFaces(2));
+    expect(await third).toBeInstanceOf(DisposedError);
+    await disposing;
+    expect(model.disposed).toBe(true);
+    expect(model.calls.map((c) => c.ids).sort()).toEqual([[1], [2]]);
+  });
+
   it('memory stays that of one batch however many calls are waiting', async () => {
     const model = new FakeModel();
     const det = new Img2Pose(model, { batchSize: 4 });

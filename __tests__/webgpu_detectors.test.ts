@@ -10,6 +10,7 @@ import * as tf from '@tensorflow/tfjs';
 import { Img2Pose } from '../src/detector';
 import * as conv2d from '../src/kernels/webgpu/conv2d';
 import * as program from '../src/kernels/webgpu/program';
+import { Img2PoseModel } from '../src/model/model';
 import { disposeWeights } from '../src/model/weights';
 import { formulaWeights } from './utils/formula';
 import { imagePath } from './utils/golden';
@@ -59,5 +60,38 @@ describeWebGPU('two detectors on webgpu with and without our kernels', () => {
       await Promise.all([ours.dispose(), stock.dispose()]);
     }
     expect(tf.getBackend()).toBe('wasm');
+  });
+});
+
+describeWebGPU('overlapping calls on webgpu', () => {
+  it('two forwards run at once; every call gets its result on its own', async () => {
+    const weights = formulaWeights();
+    const det = await Img2Pose.load({ weights, backend: 'webgpu', webgpuKernels: true, threads: 1, ...SIZES });
+    disposeWeights(weights);
+    // Two images: a forward takes ~13 s on SwiftShader.
+    const images = ['teaser.png', 'portrait_1.png'].map(imagePath);
+    const predict = Img2PoseModel.prototype.predict;
+    let inFlight = 0;
+    let most = 0;
+    const spy = jest.spyOn(Img2PoseModel.prototype, 'predict').mockImplementation(async function (this: Img2PoseModel, ...args) {
+      most = Math.max(most, ++inFlight);
+      try {
+        return await predict.apply(this, args);
+      } finally {
+        inFlight--;
+      }
+    });
+    try {
+      const alone = [];
+      for (const image of images) alone.push(await det.detectFaces(image));
+      expect(most).toBe(1);
+      expect(alone.some((faces) => faces.length > 0)).toBe(true);
+      const together = await Promise.all(images.map((image) => det.detectFaces(image)));
+      expect(most).toBe(2);
+      expect(together).toEqual(alone);
+    } finally {
+      spy.mockRestore();
+      await det.dispose();
+    }
   });
 });

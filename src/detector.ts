@@ -9,8 +9,9 @@
  *
  * Beyond upstream:
  * - a bad input in a list fails only its own index (`BatchError` / `detectFacesSettled`);
- * - calls may overlap: forwards run one at a time through an internal queue, in call order, and
- *   an input is decoded only when its forward is next, so memory stays that of one batch;
+ * - calls may overlap: forwards take turns through an internal queue, in call order, one at a
+ *   time (two where the network's backend queues GPU work: `DetectionModel.concurrentForwards`),
+ *   and an input is decoded only when its turn comes, so memory stays that of one or two batches;
  * - every tensor made on the way is disposed, on errors too; `dispose()` frees the weights.
  */
 import * as os from 'os';
@@ -182,8 +183,16 @@ export interface DetectionModel {
    * pixels still come as tensors. Without it, every image comes as a float32 tensor.
    */
   predictImages?(images: NetworkImage[], config: ModelConfig): Promise<RawDetections[]>;
+  /**
+   * Optional: how many forwards may be in flight at once (default 1). `Img2PoseModel` allows two
+   * where its backend queues work on a GPU: one call's work is then recorded while another's
+   * results are read back and post-processed. Each result is still that of a call on its own.
+   */
+  readonly concurrentForwards?: number;
   dispose(): void;
 }
+
+function ignore(): void {}
 
 /** The outcome for one input of `detectFacesSettled`. */
 export type SettledDetection = { ok: true; faces: Face[] } | { ok: false; error: Img2PoseError };
@@ -247,7 +256,13 @@ export class Img2Pose {
   /** Threads a batch runs on (1: the calling thread only); see LoadOptions.threads. */
   readonly threads: number;
   private readonly model: DetectionModel;
-  private tail: Promise<unknown> = Promise.resolve();
+  /** Forwards that may be in flight at once (the model's `concurrentForwards`). */
+  private readonly concurrency: number;
+  /** Jobs holding a turn now, and those waiting for one, first come first served. */
+  private running = 0;
+  private readonly waiting: (() => void)[] = [];
+  /** Every job queued and not yet settled (what `dispose` waits for). */
+  private readonly jobs = new Set<Promise<void>>();
   private isDisposed = false;
 
   /**
@@ -346,6 +361,8 @@ export class Img2Pose {
   constructor(model: DetectionModel, options: Partial<DetectorOptions> = {}, backend: string = tf.getBackend(), threads = 1) {
     this.model = model;
     this.threads = threads;
+    const concurrent = model.concurrentForwards ?? 1;
+    this.concurrency = Number.isInteger(concurrent) && concurrent >= 1 ? concurrent : 1;
     // load's own keys are tolerated: callers hand the same options object to both
     checkKnownKeys(options, LOAD_OPTION_KEYS, 'detector');
     this.options = Object.freeze(resolveOptions(options));
@@ -425,7 +442,7 @@ export class Img2Pose {
   async dispose(): Promise<void> {
     if (this.isDisposed) return;
     this.isDisposed = true;
-    await this.tail;
+    await Promise.all(this.jobs);
     await onBackend(this.backend, async () => {
       this.model.dispose();
       // The network's buffers are back in the pool now: give the free ones back to the device.
@@ -475,7 +492,10 @@ export class Img2Pose {
     const chunks: Promise<SettledDetection[]>[] = [];
     for (let start = 0; start < pendings.length; start += batchSize) {
       const chunk = pendings.slice(start, start + batchSize);
-      const run = this.enqueue(chunk, () => this.detectChunk(chunk, start, filter, control));
+      // A call's chunks run one after another, also where calls overlap (then each queues once
+      // the one before has settled): progress stays in order and a stop keeps the next from starting.
+      const after = this.concurrency > 1 ? chunks[chunks.length - 1] : undefined;
+      const run = this.enqueue(chunk, () => this.detectChunk(chunk, start, filter, control), after);
       const settled = run.catch((e: unknown) => {
         if (control.isStop(e)) throw e;
         return chunk.map((_, i) => ({ ok: false as const, error: asDetectionError(e, start + i) }));
@@ -560,23 +580,45 @@ export class Img2Pose {
   // --- plumbing -------------------------------------------------------------------------------
 
   /**
-   * Run `job` after every job queued before it. Forwards never overlap (tfjs backends run one
-   * graph at a time anyway) and results equal those of sequential calls. `pendings` are the
-   * job's inputs: their owned clones are released whether or not the job runs.
+   * Run `job` once its turn comes: jobs take turns in the order they were queued, at most
+   * `concurrency` at once (and a job given `after` queues only once that has settled). Results
+   * equal those of sequential calls: each forward depends only on its own images. `pendings` are
+   * the job's inputs: their owned clones are released whether or not the job runs.
    */
-  private enqueue<T>(pendings: Pending[], job: () => Promise<T>): Promise<T> {
-    const run = this.tail.then(() => {
-      if (this.isDisposed) throw new DisposedError();
-      return onBackend(this.backend, job);
-    });
+  private enqueue<T>(pendings: Pending[], job: () => Promise<T>, after?: Promise<unknown>): Promise<T> {
+    const run = (async (): Promise<T> => {
+      if (after) await after.then(ignore, ignore);
+      await this.turn();
+      try {
+        if (this.isDisposed) throw new DisposedError();
+        return await onBackend(this.backend, job);
+      } finally {
+        this.endTurn();
+      }
+    })();
     const released = run.finally(() => {
       for (const p of pendings) p.owned?.dispose();
     });
-    this.tail = released.then(
-      () => undefined,
-      () => undefined,
-    );
+    const settled = released.then(ignore, ignore);
+    this.jobs.add(settled);
+    void settled.then(() => this.jobs.delete(settled));
     return released;
+  }
+
+  /** Waits for a turn (queued behind every job already waiting). */
+  private async turn(): Promise<void> {
+    if (this.running < this.concurrency && this.waiting.length === 0) {
+      this.running++;
+      return;
+    }
+    // The job that ends its turn hands it over: `running` stays as it is.
+    await new Promise<void>((resolve) => this.waiting.push(resolve));
+  }
+
+  private endTurn(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.running--;
   }
 
   /** `take` with the detector's backend active: a tensor input is copied there at call time. */
