@@ -12,6 +12,8 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { applyBackendFlags } from './gpu_flags';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { formulaWeights } from '../src/io/formula_weights';
+import { Face, Img2Pose } from '../src/detector';
+import type { RawImage } from '../src/io/images';
 import { decodeImage } from '../src/io/images';
 import { Img2PoseModel } from '../src/model/model';
 import { activeRuntime } from '../src/runtime/runtime';
@@ -48,10 +50,11 @@ const opts = new Command('stream.mjs')
   .option('--max-size <n>', 'input transform max size', positiveInt, 1400)
   .addOption(new Option('--input <kind>', "images as decoded 8-bit samples (what the detector hands over for files and bytes) or int32 tensors").choices(['bytes', 'int32']).default('bytes'))
   .option('--in-flight <n>', 'after the passes, the same images with up to n predicts in flight at once (a service answering concurrent requests): ms per image of wall time', positiveInt, 1)
+  .option('--detector-in-flight <n>', "as --in-flight, through a detector's detectFaces (which runs up to two forwards at once on webgpu) with n callers: ms per image of wall time", positiveInt, 1)
   .option('--json <file>', 'also write the report as JSON')
   .option('--cpu-profile <file>', "sample the main thread over the last pass, write the .cpuprofile here and print the host's pieces")
   .parse(process.argv)
-  .opts<{ images: number; seed: number; pool: 'classes' | 'exact'; limitGib: number; passes: number; every: number; batch: number; minSize: number; maxSize: number; inFlight: number; json?: string; cpuProfile?: string; input: 'bytes' | 'int32' }>();
+  .opts<{ images: number; seed: number; pool: 'classes' | 'exact'; limitGib: number; passes: number; every: number; batch: number; minSize: number; maxSize: number; inFlight: number; detectorInFlight: number; json?: string; cpuProfile?: string; input: 'bytes' | 'int32' }>();
 const CONFIG = { minSize: opts.minSize, maxSize: opts.maxSize };
 
 /** `src` (HWC RGB bytes) resampled to h x w, nearest neighbour (the content only needs to be photo-like). */
@@ -117,6 +120,32 @@ function fnv(h: number, a: ArrayLike<number> & { buffer: ArrayBufferLike; byteOf
 function median(v: number[]): number {
   const s = [...v].sort((a, b) => a - b);
   return s.length ? s[s.length >> 1] : NaN;
+}
+
+/** The stream through `Img2Pose.detectFaces`, with 1 and then --detector-in-flight callers at once. */
+async function detectorInFlight(sizes: [number, number][], photo: Uint8Array, ph: number, pw: number): Promise<void> {
+  const weights = formulaWeights();
+  const detector = await Img2Pose.load({ weights, backend: 'webgpu', webgpuKernels: true, threads: 1, minSize: opts.minSize, maxSize: opts.maxSize, scoreThreshold: 0.05 });
+  tf.dispose([...weights.tensors.values()]);
+  const images: RawImage[] = sizes.map(([h, w]) => ({ data: resample(photo, ph, pw, h, w), height: h, width: w, channels: 3 }));
+  await detector.detectFaces(images[0]);
+  for (const callers of [1, opts.detectorInFlight]) {
+    const results: Face[][] = new Array(images.length);
+    let next = 0;
+    const t0 = performance.now();
+    const caller = async (): Promise<void> => {
+      while (next < images.length) {
+        const i = next++;
+        results[i] = await detector.detectFaces(images[i]);
+      }
+    };
+    await Promise.all(Array.from({ length: callers }, caller));
+    const wall = performance.now() - t0;
+    let digest = 0x811c9dc5;
+    for (const faces of results) for (const f of faces) digest = fnv(digest, Float64Array.from([...f.box, f.confidence, ...f.pose]));
+    console.log(`detector, ${callers} caller(s): ${(wall / images.length).toFixed(2)} ms per image of wall time over ${images.length} images, pool ${(gpuMemory().allocated / GiB).toFixed(2)} GiB, digest ${digest.toString(16)}`);
+  }
+  await detector.dispose();
 }
 
 async function main(): Promise<void> {
@@ -204,7 +233,7 @@ async function main(): Promise<void> {
     report.push({ ...line, perImage });
     console.log(`stream ${JSON.stringify(line)}`);
   }
-  for (const inFlight of opts.inFlight > 1 ? [1, opts.inFlight] : []) {
+  for (const inFlight of opts.inFlight > 1 ? Array.from({ length: opts.inFlight }, (_, i) => i + 1) : []) {
     // The images made up front (resampling is the bench's own work); the digest combines the
     // results in stream order, so it equals the sequential pass's when every result is the same.
     const images = sizes.map(([h, w]) => ({ rgb: resample(photo, ph, pw, h, w), h, w }));
@@ -227,6 +256,7 @@ async function main(): Promise<void> {
     console.log(`in flight ${inFlight}: ${(wall / n).toFixed(2)} ms per image of wall time over ${n} images, pool ${(gpuMemory().allocated / GiB).toFixed(2)} GiB, digest ${digest.toString(16)}`);
   }
   model.dispose();
+  if (opts.detectorInFlight > 1) await detectorInFlight(sizes, photo, ph, pw);
   const freed = trimPool(backend, true);
   console.log(`after dispose: pool ${(gpuMemory().allocated / GiB).toFixed(2)} GiB (${(freed / GiB).toFixed(2)} GiB freed), in use ${(gpuMemory().inUse / GiB).toFixed(3)} GiB, tensors ${tf.memory().numTensors}`);
   if (opts.json) fs.writeFileSync(opts.json, JSON.stringify({ adapter, report }, null, 1));
