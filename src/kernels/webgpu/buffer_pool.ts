@@ -11,10 +11,12 @@
 // A buffer may now be larger than its tensor. Everything tfjs does with it is unaffected (bind
 // groups bind the whole buffer, shaders index by shape uniforms) except readback, which copies
 // `buffer.size` bytes; `getBufferData` is therefore replaced by one that copies the size that
-// was asked for. Uploads go through `queue.writeBuffer` into a pooled buffer, where tfjs would
-// create (and zero-fill) a new mapped staging buffer for every upload: an input photo is tens of
-// MB. The change applies to the whole webgpu backend of the process and stays once
-// made: tensors created under it must keep reading back their own size.
+// was asked for; and tfjs' matmul, which reads past its second operand's end, so an upload
+// zeroes the bytes past its values. Uploads go through `queue.writeBuffer` into a pooled buffer,
+// where tfjs would create (and zero-fill) a new mapped staging buffer for every upload: an input
+// photo is tens of MB. Of the free buffers of a class, the one made first is handed out (see
+// `acquireBuffer` below). The change applies to the whole webgpu backend of the process and
+// stays once made: tensors created under it must keep reading back their own size.
 import * as tf from '@tensorflow/tfjs';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { useFastRecording } from './record';
