@@ -115,11 +115,34 @@ describe('the size-class pool on the webgpu backend', () => {
     const { buffer } = upload(backend, values);
     expect(buffer.size).toBe(sizeClass(6000));
     expect(buffer.size).toBeGreaterThan(6000);
-    // Written with writeBuffer, not through a mapped staging buffer.
-    expect(device.writes).toBe(1);
+    // Written with writeBuffer (the values, then zeros to the buffer's end), not through a mapped staging buffer.
+    expect(device.writes).toBe(2);
     expect(device.created.filter((b) => b.mapState === 'mapped')).toHaveLength(0);
     const back = new Float32Array(await internals(backend).getBufferData(buffer));
     expect(Array.from(back)).toEqual(Array.from(values));
+  });
+
+  it('an upload zeroes the bytes past its values, whatever the buffer held before', () => {
+    const { backend } = fakeBackend();
+    useSizeClassPool(backend, 2 ** 30);
+    const first = upload(backend, new Float32Array(105_000).fill(NaN));
+    internals(backend).disposeData(first.id);
+    const second = upload(backend, Float32Array.from({ length: 100_000 }, (_, i) => i));
+    expect(second.buffer).toBe(first.buffer);
+    const all = new Float32Array(second.buffer.bytes.buffer);
+    expect(all.length).toBeGreaterThan(105_000);
+    expect(Array.from(all.subarray(99_998, 100_002))).toEqual([99_998, 99_999, 0, 0]);
+    expect(all.subarray(100_000).every((v) => Object.is(v, 0))).toBe(true);
+  });
+
+  it('hands out the free buffer made first, whatever order they were released in', () => {
+    const { backend } = fakeBackend();
+    useSizeClassPool(backend, 2 ** 30);
+    const made = [0, 1, 2].map(() => upload(backend, new Float32Array(50_000)));
+    for (const k of [2, 0, 1]) internals(backend).disposeData(made[k].id);
+    // tfjs alone would pop the last released (made[1]).
+    const again = [0, 1, 2].map(() => upload(backend, new Float32Array(52_000)).buffer).map((b) => made.findIndex((m) => m.buffer === b));
+    expect(again).toEqual([0, 1, 2]);
   });
 
   it('uploads int32 data as it is', async () => {

@@ -189,7 +189,7 @@ let zeros = new Uint8Array(0);
 function writeZeros(queue: GPUQueue, buffer: GPUBuffer, from: number, to: number, chunk: number): void {
   const step = chunk > 0 ? Math.max(4, chunk - (chunk % 4)) : to - from;
   if (to > from && zeros.byteLength < Math.min(step, to - from)) zeros = new Uint8Array(Math.min(step, to - from));
-  for (let at = from; at < to; at += step) queue.writeBuffer(buffer, at, zeros, 0, Math.min(step, to - at));
+  for (let at = from; at < to; at += step) queue.writeBuffer(buffer, at, zeros.buffer, 0, Math.min(step, to - at));
 }
 
 /** A tensor's values as the 32-bit words the backend stores, or null for dtypes left to tfjs. */
