@@ -49,6 +49,7 @@ const program = new Command('bench.mjs')
   .option('--host-threads <n>', "worker threads for a batch's host stages", count, 8)
   .option('--compare-threads', 'with --paired: also a model with the host stages in-thread', false)
   .option('--overlap <n>', 'sub-batch size of overlapping forwards (0: off)', count, SUBBATCH_OVERLAP)
+  .option('--few-dets', "upstream_gpu.py's fastest case: the class bias set to (6, -6), so that (nearly) no box passes the 0.05 score filter", false)
   .option('--overlap-sweep <list>', 'paired rounds for each of these sub-batch sizes')
   .option('--paired', 'one by one vs batch, alternated round by round', false)
   .option('--memory', "tfjs' buffer pool after three forwards of each batch size", false)
@@ -66,6 +67,7 @@ const opts = program.parse(process.argv).opts<{
   compareThreads: boolean;
   overlap: number;
   overlapSweep?: string;
+  fewDets: boolean;
   paired: boolean;
   memory: boolean;
   stagesOnly: boolean;
@@ -292,6 +294,11 @@ async function main(): Promise<void> {
   let photo = await load(PHOTO);
   let mixed = await Promise.all(MIXED.map(load));
   const weights = formulaWeights();
+  if (opts.fewDets) {
+    const bias = 'roi_heads.class_predictor.cls_score.bias';
+    weights.tensors.get(bias)?.dispose();
+    weights.tensors.set(bias, tf.tensor1d([6, -6]));
+  }
   process.env.IMG2POSE_WORKER_SCRIPT ??= path.join(process.cwd(), '.gpu', 'app', 'worker.mjs');
   const hostThreads = opts.hostThreads;
   const modelFor = (kernels: KernelMode, threads: number): Img2PoseModel => new Img2PoseModel(weights, activeRuntime({ hostThreads: threads, kernels }));
@@ -379,6 +386,7 @@ async function main(): Promise<void> {
     // One-by-one reference: per-image time and results. Measured before and again after the
     // batches; the faster of the two is the baseline (the first forwards of a process run slow).
     const single = await timeForward(model, [photo], 5);
+    console.log(`detections on the photo (score >= 0.05): ${single.out[0].scores.length}`);
     const singleMixed: RawDetections[] = [];
     let mixedOneByOneMs = 0;
     for (const img of mixed) {
