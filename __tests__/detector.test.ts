@@ -438,6 +438,19 @@ describe('concurrency and lifetime', () => {
     expect(progress).toEqual([1, 2, 3, 4]);
   });
 
+  it('with two forwards in flight, one that fails costs the other nothing', async () => {
+    const model = Object.assign(new FakeModel(), { concurrentForwards: 2 });
+    model.failOn = 2;
+    const det = new Img2Pose(model);
+    const outcomes = await Promise.allSettled([det.detectFaces(solid(1)), det.detectFaces(solid(2)), det.detectFaces(solid(3))]);
+    expect(model.maxInFlight).toBe(2);
+    expect(outcomes[0]).toEqual({ status: 'fulfilled', value: expectedFaces(1) });
+    expect(outcomes[1].status).toBe('rejected');
+    expect((outcomes[1] as PromiseRejectedResult).reason).toBeInstanceOf(InferenceError);
+    expect(outcomes[2]).toEqual({ status: 'fulfilled', value: expectedFaces(3) });
+    await det.dispose();
+  });
+
   it('dispose with two forwards in flight: both finish, the queued call is refused', async () => {
     const model = Object.assign(new FakeModel(), { concurrentForwards: 2 });
     const det = new Img2Pose(model);
