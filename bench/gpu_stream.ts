@@ -125,8 +125,10 @@ function median(v: number[]): number {
 /** The stream through `Img2Pose.detectFaces`, with 1 and then --detector-in-flight callers at once. */
 async function detectorInFlight(sizes: [number, number][], photo: Uint8Array, ph: number, pw: number): Promise<void> {
   const weights = formulaWeights();
-  const detector = await Img2Pose.load({ weights, backend: 'webgpu', webgpuKernels: true, threads: 1, minSize: opts.minSize, maxSize: opts.maxSize, scoreThreshold: 0.05 });
+  // The network as load builds it for webgpu with one thread, on the backend this script set up.
+  const network = new Img2PoseModel(weights, activeRuntime({ hostThreads: 0, kernels: 'webgpu' }));
   tf.dispose([...weights.tensors.values()]);
+  const detector = new Img2Pose(network, { minSize: opts.minSize, maxSize: opts.maxSize, scoreThreshold: 0.05 }, 'webgpu');
   const images: RawImage[] = sizes.map(([h, w]) => ({ data: resample(photo, ph, pw, h, w), height: h, width: w, channels: 3 }));
   await detector.detectFaces(images[0]);
   for (const callers of [1, opts.detectorInFlight]) {
