@@ -133,7 +133,9 @@ export const SUBBATCH_OVERLAP = 4;
 
 /**
  * Forwards a detector may run at once on GPU backends (`concurrentForwards`): on an H100 a stream
- * of single images of random sizes took 13.0 ms per image with two in flight, 18.3 one at a time.
+ * of single images of random sizes took 13.0 ms per image with two predicts in flight against
+ * 18.3 one at a time, and through `detectFaces` with two callers 25.7 against 36.5 on a slower
+ * host (docs/benchmarks.md).
  */
 export const CONCURRENT_FORWARDS = 2;
 
