@@ -87,27 +87,38 @@ interface Counters {
   bindGroupMs: number;
 }
 
+/** `f` wrapped so that each call's host time goes to `took(ms, args)`. */
+function timed<A extends unknown[], R>(f: (...args: A) => R, took: (ms: number, ...args: A) => void): (...args: A) => R {
+  return (...args: A): R => {
+    const t = performance.now();
+    const r = f(...args);
+    took(performance.now() - t, ...args);
+    return r;
+  };
+}
+
 /** Counts and times the device's buffer and bind group creations. */
 function countCreations(device: GPUDevice): Counters {
   const c: Counters = { buffers: 0, bytes: 0, ms: 0, bindGroups: 0, bindGroupMs: 0 };
-  const create = device.createBuffer.bind(device);
-  device.createBuffer = (desc: GPUBufferDescriptor): GPUBuffer => {
-    const t = performance.now();
-    const b = create(desc);
-    c.ms += performance.now() - t;
+  device.createBuffer = timed(device.createBuffer.bind(device), (ms, desc: GPUBufferDescriptor) => {
+    c.ms += ms;
     c.buffers++;
     c.bytes += desc.size;
-    return b;
-  };
-  const createBindGroup = device.createBindGroup.bind(device);
-  device.createBindGroup = (desc: GPUBindGroupDescriptor): GPUBindGroup => {
-    const t = performance.now();
-    const g = createBindGroup(desc);
-    c.bindGroupMs += performance.now() - t;
+  });
+  device.createBindGroup = timed(device.createBindGroup.bind(device), (ms) => {
+    c.bindGroupMs += ms;
     c.bindGroups++;
-    return g;
-  };
+  });
   return c;
+}
+
+/** `work(i)` for i = 0 .. count - 1, taken in order by `callers` loops running at once. */
+async function concurrently(count: number, callers: number, work: (i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  const caller = async (): Promise<void> => {
+    while (next < count) await work(next++);
+  };
+  await Promise.all(Array.from({ length: callers }, caller));
 }
 
 /** FNV-1a over the bytes of `a`, continuing from `h`: equal results give equal digests. */
@@ -133,15 +144,10 @@ async function detectorInFlight(sizes: [number, number][], photo: Uint8Array, ph
   await detector.detectFaces(images[0]);
   for (const callers of [1, opts.detectorInFlight]) {
     const results: Face[][] = new Array(images.length);
-    let next = 0;
     const t0 = performance.now();
-    const caller = async (): Promise<void> => {
-      while (next < images.length) {
-        const i = next++;
-        results[i] = await detector.detectFaces(images[i]);
-      }
-    };
-    await Promise.all(Array.from({ length: callers }, caller));
+    await concurrently(images.length, callers, async (i) => {
+      results[i] = await detector.detectFaces(images[i]);
+    });
     const wall = performance.now() - t0;
     let digest = 0x811c9dc5;
     for (const faces of results) for (const f of faces) digest = fnv(digest, Float64Array.from([...f.box, f.confidence, ...f.pose]));
@@ -240,18 +246,13 @@ async function main(): Promise<void> {
     // results in stream order, so it equals the sequential pass's when every result is the same.
     const images = sizes.map(([h, w]) => ({ rgb: resample(photo, ph, pw, h, w), h, w }));
     const results: Array<Array<Float32Array | Float64Array>> = new Array(n);
-    let next = 0;
     const t0 = performance.now();
-    const worker = async (): Promise<void> => {
-      while (next < n) {
-        const i = next++;
-        const img = networkImage(images[i].rgb, images[i].h, images[i].w);
-        const [d] = await model.predict([img], CONFIG);
-        results[i] = [d.boxes, d.scores, d.dofs];
-        if (img instanceof tf.Tensor) img.dispose();
-      }
-    };
-    await Promise.all(Array.from({ length: inFlight }, worker));
+    await concurrently(n, inFlight, async (i) => {
+      const img = networkImage(images[i].rgb, images[i].h, images[i].w);
+      const [d] = await model.predict([img], CONFIG);
+      results[i] = [d.boxes, d.scores, d.dofs];
+      if (img instanceof tf.Tensor) img.dispose();
+    });
     const wall = performance.now() - t0;
     let digest = 0x811c9dc5;
     for (const r of results) for (const a of r) digest = fnv(digest, a);

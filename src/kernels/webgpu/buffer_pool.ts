@@ -121,7 +121,7 @@ export function useSizeClassPool(backend: WebGPUBackend, limit: number): number 
     const bytes = rounded <= maxBinding || size > maxBinding ? rounded : size;
     // The free buffer made first, not the last one released (tfjs pops the newest): the choice
     // then depends only on which buffers are free, not on the order they were released in, so
-    // work that repeats gets the same buffers as last time and reuses its bind groups (record.ts).
+    // work that repeats gets the same buffers as the time before and reuses its bind groups (record.ts).
     const free = reuse ? manager.freeBuffers.get(`${bytes}_${usage}`) : undefined;
     if (free && free.length > 1) {
       let first = free.length - 1;

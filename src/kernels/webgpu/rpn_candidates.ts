@@ -205,18 +205,16 @@ class RankCandidatesProgram implements WebGPUProgram {
   }
 
   getUserCode(): string {
-    return `
+    return `${SORT_KEY_WGSL}
 var<workgroup> tileKey: array<u32, ${RANK_TILE}>;
 var<workgroup> tileAnchor: array<i32, ${RANK_TILE}>;
 var<workgroup> slotCount: i32;
 var<workgroup> tileStart: i32;
-// Larger goes first: the ascending sort key (-0 as +0), every NaN 0, below every number's key.
+// Larger goes first: the ascending sort key (-0 as +0), every NaN 0 (its sort key is the only
+// 0xffffffff), below every number's key.
 fn rankKey(bits: i32) -> u32 {
-  let b = bitcast<u32>(bits);
-  if ((b & 0x7fffffffu) > 0x7f800000u) { return 0u; }
-  if (b == 0x80000000u) { return 0x80000000u; }
-  if (b >= 0x80000000u) { return 0xffffffffu - b; }
-  return b + 0x80000000u;
+  let k = sortKey(bitcast<f32>(bits));
+  return select(k, 0u, k == 0xffffffffu);
 }
 fn main(index: i32) {
   let slot = i32(workgroupId.y);
