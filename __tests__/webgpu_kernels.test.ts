@@ -741,21 +741,43 @@ describeWebGPU('WGSL programs against the portable path', () => {
     });
 
     it.each([
-      [5, 9, 37],
-      [64, 100, 300],
-    ])("uploads write zeros past their values: tfjs' matmul, which reads past its second operand's end, gets no stale NaN (%i x %i @ .. x %i)", async (m, k, n) => {
-      poisonPool([k, n]);
-      const [av, bv] = [lcgValues(m * k, m), lcgValues(k * n, n)];
-      const b = tf.tensor2d(bv, [k, n]);
-      const a = tf.tensor2d(av, [m, k]);
-      const product = tf.matMul(a, b);
-      const got = await values(product);
-      tf.dispose([a, b, product]);
-      expectFinite(got);
-      const want = new Float64Array(m * n);
-      for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) for (let t = 0; t < k; t++) want[i * n + j] += av[i * k + t] * bv[t * n + j];
-      expect(relErr(got, want)).toBeLessThan(REL_TOL);
-    });
+      [5, 9, 37, 'uploaded', true],
+      [64, 100, 300, 'uploaded', true],
+      [5, 9, 37, 'computed', true],
+      [64, 100, 300, 'computed', true],
+      [5, 9, 37, 'uploaded', false],
+      [64, 100, 300, 'computed', false],
+    ])(
+      "tfjs' matmul, which reads past its second operand's end, finds no stale NaN there (%i x %i @ .. x %i, %s operand, our recording: %s)",
+      async (m, k, n, operand, ourRecording) => {
+        const saved = tf.env().getBool(GPU_RECORD_FLAG);
+        tf.env().set(GPU_RECORD_FLAG, ourRecording);
+        try {
+          const [av, bv] = [lcgValues(m * k, m), lcgValues(k * n, n)];
+          // The operand's buffer is one of its class that held NaN to its end.
+          poisonPool([k, n]);
+          const b =
+            operand === 'uploaded'
+              ? tf.tensor2d(bv, [k, n])
+              : tf.tidy(() => {
+                  // The first n columns of a [k, 2n] matrix: the slice's output takes a buffer of the poisoned class.
+                  const wide = new Float32Array(k * 2 * n);
+                  for (let i = 0; i < k; i++) wide.set(bv.subarray(i * n, (i + 1) * n), i * 2 * n);
+                  return tf.slice(tf.tensor2d(wide, [k, 2 * n]), [0, 0], [k, n]);
+                });
+          const a = tf.tensor2d(av, [m, k]);
+          const product = tf.matMul(a, b);
+          const got = await values(product);
+          tf.dispose([a, b, product]);
+          expectFinite(got);
+          const want = new Float64Array(m * n);
+          for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) for (let t = 0; t < k; t++) want[i * n + j] += av[i * k + t] * bv[t * n + j];
+          expect(relErr(got, want)).toBeLessThan(REL_TOL);
+        } finally {
+          tf.env().set(GPU_RECORD_FLAG, saved);
+        }
+      },
+    );
 
     it("lays uniforms out as WGSL structs (tfjs' layout)", () => {
       const i = (n: number) => ({ type: 'int32' as const, data: new Array<number>(n).fill(1) });

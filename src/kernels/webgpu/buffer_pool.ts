@@ -8,18 +8,20 @@
 // a limit: a buffer released while the free buffers already hold that much is destroyed instead
 // of kept. The pool is then at most what is in use at the busiest moment plus the limit.
 //
-// A buffer may now be larger than its tensor. Everything tfjs does with it is unaffected (bind
-// groups bind the whole buffer, shaders index by shape uniforms) except readback, which copies
-// `buffer.size` bytes; `getBufferData` is therefore replaced by one that copies the size that
-// was asked for; and tfjs' matmul, which reads past its second operand's end, so an upload
-// zeroes the bytes past its values. Uploads go through `queue.writeBuffer` into a pooled buffer,
+// A buffer may now be larger than its tensor. Shaders index by shape uniforms, so what tfjs does
+// with it is unaffected except where it depends on the buffer's size: readback copies
+// `buffer.size` bytes, so `getBufferData` is replaced by one that copies the size that was asked
+// for; and a read past a tensor's end (tfjs' matmul reads past its second operand's) would find
+// what an earlier tensor left in the buffer rather than what WebGPU gives for a read past the
+// binding, so tfjs' programs bind each tensor's own bytes (`tensorBinding`, record.ts), not the
+// whole buffer. Uploads go through `queue.writeBuffer` into a pooled buffer,
 // where tfjs would create (and zero-fill) a new mapped staging buffer for every upload: an input
 // photo is tens of MB. Of the free buffers of a class, the one made first is handed out (see
 // `acquireBuffer` below). The change applies to the whole webgpu backend of the process and
 // stays once made: tensors created under it must keep reading back their own size.
 import * as tf from '@tensorflow/tfjs';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
-import { useFastRecording } from './record';
+import { isGPUBuffer, tensorBinding, useFastRecording } from './record';
 
 /**
  * Default limit on the free buffers kept for reuse. A stream of single images of every size keeps
@@ -65,6 +67,7 @@ interface TensorDataLike {
 
 interface BackendInternals {
   bufferManager: BufferManagerLike;
+  tensorToBinding(tensor?: { dataId: object; shape: number[] }): unknown;
   tensorMap: { get(dataId: object): TensorDataLike };
   uploadToGPU(dataId: object): void;
   device: GPUDevice;
@@ -150,11 +153,15 @@ export function useSizeClassPool(backend: WebGPUBackend, limit: number): number 
     const buffer = manager.acquireBuffer(values.byteLength, STORAGE | COPY_SRC | COPY_DST);
     const chunk = tf.env().getNumber(UPLOAD_CHUNK_FLAG);
     writeInChunks(internals.device.queue, buffer, values, chunk);
-    // Zeros past the values, not what the buffer held before: tfjs' matmul reads past the end of
-    // its second operand (a weight, usually uploaded) and multiplies what it finds by zero.
-    writeZeros(internals.device.queue, buffer, values.byteLength, buffer.size, chunk);
     data.values = null;
     data.resource = buffer;
+  };
+  // tfjs' own recording (profiled dispatches, pixel programs, GPU_RECORD_FLAG off) binds what this
+  // returns; record.ts binds tfjs' programs the same way.
+  const binding = internals.tensorToBinding.bind(internals);
+  internals.tensorToBinding = (tensor) => {
+    const resource = tensor ? internals.tensorMap.get(tensor.dataId).resource : null;
+    return tensor && isGPUBuffer(resource) ? tensorBinding(resource, tensor.shape) : binding(tensor);
   };
   return limit;
 }
@@ -181,15 +188,6 @@ function writeInChunks(queue: GPUQueue, buffer: GPUBuffer, values: Float32Array 
   const total = values.byteLength;
   const step = chunk > 0 ? Math.max(4, chunk - (chunk % 4)) : total;
   for (let at = 0; at < total; at += step) queue.writeBuffer(buffer, at, values.buffer, values.byteOffset + at, Math.min(step, total - at));
-}
-
-let zeros = new Uint8Array(0);
-
-/** Zeros into `buffer` from byte `from` to `to` (multiples of 4), in writes of at most `chunk` bytes. */
-function writeZeros(queue: GPUQueue, buffer: GPUBuffer, from: number, to: number, chunk: number): void {
-  const step = chunk > 0 ? Math.max(4, chunk - (chunk % 4)) : to - from;
-  if (to > from && zeros.byteLength < Math.min(step, to - from)) zeros = new Uint8Array(Math.min(step, to - from));
-  for (let at = from; at < to; at += step) queue.writeBuffer(buffer, at, zeros.buffer, 0, Math.min(step, to - at));
 }
 
 /** A tensor's values as the 32-bit words the backend stores, or null for dtypes left to tfjs. */

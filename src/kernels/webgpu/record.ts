@@ -8,9 +8,10 @@
 //   buffer, written by one writeBuffer just before the submit. Queue order makes the reuse safe: a
 //   write is executed after every command submitted before it and before every command submitted
 //   after it, so each submit reads the slots as they were written for it;
-// - bind groups are kept per pipeline, by the buffers bound and the uniform slot. The buffer pool
-//   hands out the same buffers in the same order when a forward repeats, so a repeated size (a
-//   video, a service's common photo size) records no new bind group;
+// - bind groups are kept per pipeline, by the buffers bound (for tfjs' programs, the bytes bound:
+//   see tensorBinding) and the uniform slot. The buffer pool hands out the same buffers in the
+//   same order when a forward repeats, so a repeated size (a video, a service's common photo
+//   size) records no new bind group;
 // - the pipeline is set only when it changes within a pass.
 // The uniform values and their layout are tfjs' own (the generated shaders read that layout).
 // Profiled dispatches (tf.profile / tf.time) and pixel programs keep tfjs' own recording.
@@ -32,6 +33,7 @@ interface UniformValue {
 
 /** The fields of a tfjs WebGPU program used here. */
 interface ProgramLike {
+  shaderKey?: string;
   pipeline: GPUComputePipeline | Promise<GPUComputePipeline>;
   pixelsOpType?: unknown;
   size?: boolean;
@@ -73,8 +75,27 @@ const COPY_DST = 0x0008;
 const UNIFORM = 0x0040;
 
 /** A GPUBuffer (textures and external textures are bound otherwise and keep tfjs' recording). */
-function isGPUBuffer(resource: unknown): resource is GPUBuffer {
+export function isGPUBuffer(resource: unknown): resource is GPUBuffer {
   return typeof GPUBuffer !== 'undefined' && resource instanceof GPUBuffer;
+}
+
+/** Shader keys of our own programs start with this (see isOwnProgram). */
+export const OWN_SHADER_PREFIX = 'i2p';
+
+/** Whether `program` is one of ours (src/kernels/webgpu), not one of tfjs' own. */
+function isOwnProgram(program: { shaderKey?: string }): boolean {
+  return program.shaderKey?.startsWith(OWN_SHADER_PREFIX) === true;
+}
+
+/**
+ * A tensor's binding: its own bytes of `buffer` (4 per element), not the whole buffer, which the
+ * size-class pool may have made larger. tfjs' matmul reads past the end of its second operand and
+ * multiplies what it finds by zero; WebGPU keeps a read past a binding within the binding, so
+ * bound this way it finds the tensor's own values, as in a buffer of exactly the tensor's size
+ * (tfjs' own pool), never what an earlier tensor left there (NaN times zero is NaN).
+ */
+export function tensorBinding(buffer: GPUBuffer, shape: readonly number[]): GPUBufferBinding {
+  return { buffer, offset: 0, size: Math.min(buffer.size, 4 * tf.util.sizeFromShape(shape as number[])) };
 }
 
 /**
@@ -164,14 +185,18 @@ export function useFastRecording(backend: WebGPUBackend): void {
       record(program, output, inputs, own);
       return;
     }
-    const buffers: GPUBuffer[] = [];
+    // Our programs index only within their tensors (the kernel tests fill the rest of each buffer
+    // with NaN) and bind the whole buffer, so that a buffer keeps its bind groups whatever size of
+    // its class it serves; tfjs' programs are bound to their tensors' own bytes (tensorBinding).
+    const whole = isOwnProgram(program);
+    const bindings: GPUBufferBinding[] = [];
     for (const t of [output, ...inputs]) {
       const resource = internals.tensorMap.get(t.dataId).resource;
       if (!isGPUBuffer(resource)) {
         record(program, output, inputs, own);
         return;
       }
-      buffers.push(resource);
+      bindings.push(whole ? { buffer: resource } : tensorBinding(resource, t.shape));
     }
     const values = programUniforms(program, output, inputs, own);
     const { offsets, size } = uniformLayout(values);
@@ -195,12 +220,12 @@ export function useFastRecording(backend: WebGPUBackend): void {
     let groups = bindGroups.get(pipeline);
     if (!groups) bindGroups.set(pipeline, (groups = new Map()));
     let key = `${slot}:${size}`;
-    for (const b of buffers) key += `,${idOf(b)}`;
+    for (const b of bindings) key += b.size === undefined ? `,${idOf(b.buffer)}` : `,${idOf(b.buffer)}/${b.size}`;
     let bindGroup = groups.get(key);
     if (!bindGroup) {
       if (groups.size >= BIND_GROUPS_PER_PIPELINE) groups.clear();
-      const entries: GPUBindGroupEntry[] = buffers.map((buffer, binding) => ({ binding, resource: { buffer } }));
-      entries.push({ binding: buffers.length, resource: { buffer: arena(), offset: slot, size } });
+      const entries: GPUBindGroupEntry[] = bindings.map((resource, binding) => ({ binding, resource }));
+      entries.push({ binding: bindings.length, resource: { buffer: arena(), offset: slot, size } });
       bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
       groups.set(key, bindGroup);
     }
