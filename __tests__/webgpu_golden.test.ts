@@ -16,6 +16,7 @@ import { formulaWeights } from './utils/formula';
 import { golden, goldenCase, imagePath } from './utils/golden';
 import { expectWithinTolerance, matchDetections } from './utils/match';
 import { describeWebGPU } from './utils/webgpu';
+import { countDispatches } from '../bench/dispatch_count';
 
 const CASES = ['tiny_portrait', 'tiny_teaser'];
 
@@ -67,9 +68,23 @@ describeWebGPU('webgpu backend end to end (tiny golden cases)', () => {
       const c = goldenCase(id);
       const before = tf.memory().numTensors;
       const t0 = performance.now();
-      const [det] = await models.get(mode)!.predict([images.get(id)!], { minSize: c.min_size, maxSize: c.max_size });
+      const dispatches = countDispatches();
+      let det: RawDetections;
+      try {
+        [det] = await models.get(mode)!.predict([images.get(id)!], { minSize: c.min_size, maxSize: c.max_size });
+      } finally {
+        dispatches.restore();
+      }
       const ms = performance.now() - t0;
       expect(tf.memory().numTensors).toBe(before);
+      if (mode === 'webgpu') {
+        // Channel padding costs one dispatch a forward, the RGB image's (3 -> 4 channels), and
+        // unpadding one, the class logits' (2 of 4): the other layers whose channels are not a
+        // multiple of 4 keep padded weights, and the RPN head's padded 16th channel goes to the
+        // GPU's candidates as it is.
+        const count = (prefix: string) => [...dispatches.byProgram].filter(([name]) => name.startsWith(prefix)).reduce((sum, [, n]) => sum + n, 0);
+        expect([count('Pad'), count('Slice')]).toEqual([1, 1]);
+      }
       const ref = reference(id);
       const report = matchDetections(det, ref);
       console.log(`${mode} ${id} (${ms.toFixed(0)} ms): ${JSON.stringify(report)}`);

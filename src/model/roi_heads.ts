@@ -24,6 +24,7 @@ import { copyValuesInto, StageRuntime, TensorMemory } from './runtime';
 import { ownCopy } from './layers';
 import { copyRows, rowRange } from '../kernels/wasm/rows';
 import { packingRun, packStage, usePacked } from '../kernels/wasm/packed';
+import { prepareLinearWeight, releaseLinearWeight } from '../kernels/webgpu';
 
 const BN_EPS = 1e-5;
 
@@ -226,6 +227,8 @@ export class RoIHeads {
     if (runtime.rules.packedWeightsOnly) {
       packStage(this, () => this.packWeights());
     }
+    // The class score's 2 outputs: padded to 4 once here rather than at every call (webgpu only).
+    prepareLinearWeight(...this.clsScore);
   }
 
   /**
@@ -363,6 +366,7 @@ export class RoIHeads {
   dispose(): void {
     disposeFc6(this.boxFc6);
     disposeFc6(this.classFc6);
+    releaseLinearWeight(...this.clsScore);
     tf.dispose([...this.boxFc7, ...this.classFc7, ...this.dofHidden, ...this.dofOut, ...this.clsScore]);
   }
 }

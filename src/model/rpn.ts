@@ -131,15 +131,19 @@ export class RegionProposalNetwork {
    * own region are zeroed first, so the 3x3 conv at the region's border sees the zero padding a
    * single-image run sees, not the neighbouring batch padding.
    */
-  head(features: tf.Tensor4D[], paddedSizes: Size[]): tf.Tensor4D[] {
-    return features.map((feature, level) => tf.tidy(() => this.levelHead(this.masked(feature, level, paddedSizes))));
+  head(features: tf.Tensor4D[], paddedSizes: Size[], paddedChannels = false): tf.Tensor4D[] {
+    return features.map((feature, level) => tf.tidy(() => this.levelHead(this.masked(feature, level, paddedSizes), paddedChannels)));
   }
 
-  /** The head on one level's (masked) features [N, H, W, C] -> [N, H, W, 15]. */
-  levelHead(x: tf.Tensor4D): tf.Tensor4D {
+  /**
+   * The head on one level's (masked) features [N, H, W, C] -> [N, H, W, 15]; with `paddedChannels`
+   * (for the GPU's candidates, which read the channels by the shape), [N, H, W, 16] where our
+   * webgpu kernels run, a 16th channel of zeros kept rather than sliced off.
+   */
+  levelHead(x: tf.Tensor4D, paddedChannels = false): tf.Tensor4D {
     return tf.tidy(() => {
       const hidden = this.kernels.conv(x, this.convWeight, this.convBias, { stride: 1, pad: 1, relu: true, winograd: winogradEnabled() });
-      return this.kernels.conv(hidden, this.predWeight, this.predBias, { stride: 1, pad: 0, relu: false });
+      return this.kernels.conv(hidden, this.predWeight, this.predBias, { stride: 1, pad: 0, relu: false, paddedChannels });
     });
   }
 
@@ -211,10 +215,10 @@ export class RegionProposalNetwork {
       const values = await this.offloadedHead(features, paddedSizes, offload);
       return this.jobsOf(values, features.map((f) => [f.shape[1], f.shape[2]] as Size), imageSizes, paddedSizes);
     }
-    const outputs = this.head(features, paddedSizes);
     // Batches whose proposals run on worker threads use the candidates up to a size (the flag's).
-    const candidates = !perImage || paddedSizes.length <= tf.env().getNumber(GPU_BATCH_CANDIDATES_FLAG);
-    if (candidates && this.candidatesOnGpu()) return this.candidateJobs(outputs, imageSizes, paddedSizes);
+    const candidates = (!perImage || paddedSizes.length <= tf.env().getNumber(GPU_BATCH_CANDIDATES_FLAG)) && this.candidatesOnGpu();
+    const outputs = this.head(features, paddedSizes, candidates);
+    if (candidates) return this.candidateJobs(outputs, imageSizes, paddedSizes);
     const n = paddedSizes.length;
     const parts = perImage && n > 1 ? outputs.map((o) => tf.split(o, n, 0)) : outputs.map((o) => [o]);
     try {
@@ -252,7 +256,7 @@ export class RegionProposalNetwork {
       const words = await result.data().finally(() => result.dispose());
       const read = ranked ? rankedCandidatesOf : candidatesOf;
       const candidates = paddedSizes.map((_, image) => read(words as Int32Array, layout, image));
-      const full = candidates.some((c) => c === null) ? await Promise.all(outputs.map((o) => o.data() as Promise<Float32Array>)) : [];
+      const full = candidates.some((c) => c === null) ? await Promise.all(outputs.map(headValues)) : [];
       const levelSizes = outputs.map((o) => [o.shape[1], o.shape[2]] as Size);
       return paddedSizes.map((paddedSize, image) => ({
         levels: candidates[image] ? [] : full,
@@ -281,6 +285,18 @@ export class RegionProposalNetwork {
     releaseConvFilter(this.convWeight);
     releaseConvFilter(this.predWeight, this.predBias);
     tf.dispose([this.convWeight, this.convBias, this.predWeight, this.predBias]);
+  }
+}
+
+/** A level's head output read back as [N, H, W, 15] values, without the padding channel it may have. */
+async function headValues(output: tf.Tensor4D): Promise<Float32Array> {
+  const [n, h, w, c] = output.shape;
+  if (c === 15) return (await output.data()) as Float32Array;
+  const own = tf.slice(output, [0, 0, 0, 0], [n, h, w, 15]);
+  try {
+    return (await own.data()) as Float32Array;
+  } finally {
+    own.dispose();
   }
 }
 

@@ -37,6 +37,13 @@ export interface ConvOptions {
   rows?: Rows;
   /** With `rows`: the output is those rows alone, [N, end - start, W, C] (the row-band path only: the stem and the small 3x3 filters, see Kernels.conv). */
   bandOnly?: boolean;
+  /**
+   * Our webgpu kernels: where the output channels are not a multiple of 4, keep the zeros that
+   * pad them to one (the vec4 layout our programs write) instead of slicing them off: one
+   * dispatch fewer, for a consumer that reads the channels by the output's shape. Elsewhere the
+   * output has the filter's channels either way.
+   */
+  paddedChannels?: boolean;
 }
 
 /** Output rows [start, end) of a map. */
@@ -447,7 +454,7 @@ export function conv2dFused(
     if (bias !== null) inputs.push(paddedCopies.get(bias) ?? padAxis(bias, coutP));
     if (opts.residual !== undefined) inputs.push(padAxis(opts.residual, coutP));
     const out = runProgram<tf.Rank.R4>(new FusedConvProgram(spec, [n, ho, wo, coutP]), inputs);
-    return coutP === cout ? out : tf.slice(out, [0, 0, 0, 0], [n, ho, wo, cout]);
+    return coutP === cout || opts.paddedChannels === true ? out : tf.slice(out, [0, 0, 0, 0], [n, ho, wo, cout]);
   });
 }
 
@@ -518,16 +525,27 @@ export function chooseLinearTile(rows: number, k: number, cols: number): ConvTil
 export function linearFused(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D | null, relu: boolean, tile?: ConvTile): tf.Tensor2D {
   return tf.tidy(() => {
     const [rows, k] = x.shape;
-    tile ??= chooseLinearTile(rows, k, w.shape[1]);
-    const out = conv2dFused(
-      tf.reshape(x, [1, 1, rows, k]),
-      tf.reshape(w, [1, 1, k, w.shape[1]]),
-      bias,
-      { stride: 1, pad: 0, relu },
-      tile,
-    );
-    return tf.reshape(out, [rows, w.shape[1]]);
+    const outs = w.shape[1];
+    tile ??= chooseLinearTile(rows, k, outs);
+    // The padded copies `prepareLinear` keeps, as a filter of 1x1; otherwise conv2dFused pads.
+    const filter = (paddedCopies.get(w) as tf.Tensor4D | undefined) ?? tf.reshape(w, [1, 1, k, outs]);
+    const b = bias && ((paddedCopies.get(bias) as tf.Tensor1D | undefined) ?? bias);
+    const out = conv2dFused(tf.reshape(x, [1, 1, rows, k]), filter, b, { stride: 1, pad: 0, relu }, tile);
+    const flat = tf.reshape(out, [rows, filter.shape[3]]) as tf.Tensor2D;
+    return filter.shape[3] === outs ? flat : tf.slice2d(flat, [0, 0], [rows, outs]);
   });
+}
+
+/**
+ * Keeps the vec4-padded copies of a linear layer's weight (in, out) and bias whose outputs are
+ * not a multiple of 4 (the class score, 2), as `preparePadded` does for a filter: each call of
+ * `linearFused` then skips two pad dispatches. `releasePadded(w, bias)` frees them.
+ */
+export function prepareLinear(w: tf.Tensor2D, bias: tf.Tensor1D | null): void {
+  const [k, outs] = w.shape;
+  if (outs % 4 === 0 || paddedCopies.has(w)) return;
+  paddedCopies.set(w, tf.keep(tf.tidy(() => padAxis(tf.reshape(w, [1, 1, k, outs]), roundUp4(outs)))));
+  if (bias !== null && !paddedCopies.has(bias)) paddedCopies.set(bias, tf.keep(padAxis(bias, roundUp4(outs))));
 }
 
 /** The same function as `linearFused` in stock tfjs ops. */

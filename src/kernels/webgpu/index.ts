@@ -3,7 +3,7 @@
 // tf.conv2d / tf.matMul. Each network holds its own `Kernels`, so two networks in one process
 // may run different kernels.
 import * as tf from '@tensorflow/tfjs';
-import { ConvOptions, conv2dFused, conv2dPortable, convEpilogue, linearFused, linearPortable, preparePadded, releasePadded } from './conv2d';
+import { ConvOptions, conv2dFused, conv2dPortable, convEpilogue, linearFused, linearPortable, prepareLinear, preparePadded, releasePadded } from './conv2d';
 import { conv2dWinograd, prepareWinograd, releaseWinograd, winogradFilterFor, winogradOptionsFit } from './winograd';
 import { conv2dWinogradWasm, releaseWasmWinograd, wasmWinogradAvailable, wasmWinogradFilter, wasmWinogradFits } from '../wasm/winograd';
 import { usePacked } from '../wasm/packed';
@@ -107,6 +107,18 @@ export function prepareConvFilter(w: tf.Tensor4D, bias: tf.Tensor1D | null = nul
 export function releaseConvFilter(w: tf.Tensor4D, bias: tf.Tensor1D | null = null): void {
   releaseWinograd(w);
   releaseWasmWinograd(w);
+  releasePadded(w, bias);
+}
+
+/**
+ * `prepareConvFilter` for a linear layer's weight (in, out) and bias: on the webgpu backend, keeps
+ * their channel-padded copies where `out` is not a multiple of 4. `releaseLinearWeight` frees them.
+ */
+export function prepareLinearWeight(w: tf.Tensor2D, bias: tf.Tensor1D | null = null): void {
+  if (tf.getBackend() === 'webgpu') prepareLinear(w, bias);
+}
+
+export function releaseLinearWeight(w: tf.Tensor2D, bias: tf.Tensor1D | null = null): void {
   releasePadded(w, bias);
 }
 

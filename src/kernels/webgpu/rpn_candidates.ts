@@ -21,9 +21,13 @@ import * as tf from '@tensorflow/tfjs';
 import { CandidateLayout, RECORD_WORDS } from '../../ops/proposals';
 import { runProgram, webgpuBackend, WebGPUProgram } from './program';
 
-/** Anchors per feature location and head channels per location (3 logits, 3 x 4 deltas). */
+/**
+ * Anchors per feature location and head channels per location (3 logits, 3 x 4 deltas), which a
+ * head output may follow with one channel of padding (the vec4 layout of our convolutions).
+ */
 const ANCHORS = 3;
 const CHANNELS = ANCHORS * 5;
+const PADDED_CHANNELS = 16;
 /** Histogram bins: the top 16 bits of a sort key. */
 const BINS = 65536;
 /** Anchors per thread in the histogram pass. */
@@ -71,14 +75,14 @@ class LogitPassProgram implements WebGPUProgram {
       // anchors often share a digit, and atomics on one address serialise.
       return `
 fn visit${level}(run: i32) {
-  let H = uniforms.${h}Shape.y; let W = uniforms.${h}Shape.z;
+  let H = uniforms.${h}Shape.y; let W = uniforms.${h}Shape.z; let C = uniforms.${h}Shape.w;
   let count = uniforms.${h}Shape.x * H * W * ${ANCHORS};
   var bin = -1; var same = 0;
   for (var i = run * ${RUN}; i < min(count, (run + 1) * ${RUN}); i++) {
     ${locate}
     var b = -1;
     if (y < own.x && x < own.y) {
-      b = slot * ${BINS} + i32(sortKey(${h}[((n * H + y) * W + x) * ${CHANNELS} + a]) >> 16u);
+      b = slot * ${BINS} + i32(sortKey(${h}[((n * H + y) * W + x) * C + a]) >> 16u);
     }
     if (b != bin) {
       if (bin >= 0) { atomicAdd(&result[bin], same); }
@@ -91,10 +95,10 @@ fn visit${level}(run: i32) {
     }
     return `
 fn visit${level}(i: i32) {
-  let H = uniforms.${h}Shape.y; let W = uniforms.${h}Shape.z;
+  let H = uniforms.${h}Shape.y; let W = uniforms.${h}Shape.z; let C = uniforms.${h}Shape.w;
   ${locate}
   if (y >= own.x || x >= own.y) { return; }
-  let base = ((n * H + y) * W + x) * ${CHANNELS};
+  let base = ((n * H + y) * W + x) * C;
   let v = ${h}[base + a];
   if (i32(sortKey(v) >> 16u) < digits[slot]) { return; }
   let c = atomicAdd(&result[slot], 1);
@@ -267,7 +271,7 @@ fn main(index: i32) {
 
 /**
  * The candidates of every (image, level) of the batch head outputs `head` ([N, H, W, 15] per
- * level): an int32 tensor in `layout`'s words (counters, then records; each slot's records in the
+ * level, or 16 with a last channel that is not read): an int32 tensor in `layout`'s words (counters, then records; each slot's records in the
  * host selection's order with `ranked`, else in no particular order). The caller reads it back
  * and disposes it.
  */
@@ -275,7 +279,7 @@ export function rpnCandidates(head: tf.Tensor4D[], layout: CandidateLayout, rank
   const levels = head.length;
   if (levels < 1 || levels > 5 || levels !== layout.levels) throw new Error(`rpnCandidates: ${levels} levels, layout has ${layout.levels}`);
   const slots = layout.images * levels;
-  if (head.some((h) => h.shape[0] !== layout.images || h.shape[3] !== CHANNELS)) throw new Error('rpnCandidates: head outputs do not match the layout');
+  if (head.some((h) => h.shape[0] !== layout.images || (h.shape[3] !== CHANNELS && h.shape[3] !== PADDED_CHANNELS))) throw new Error('rpnCandidates: head outputs do not match the layout');
   webgpuBackend();
   const infoData = new Int32Array(slots * 8);
   for (let s = 0; s < slots; s++) {
