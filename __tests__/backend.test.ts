@@ -224,6 +224,15 @@ describe('preference order (fake packages)', () => {
     expect(err.message).toContain('use Node >= 20.19');
   });
 
+  it('webgpu already set up in this tfjs (by the app, or inlined by a bundler): taken as it is, no package needed', async () => {
+    g.navigator = { gpu: { requestAdapter: async () => ({ name: 'fake adapter' }) } };
+    registerStandIn('webgpu');
+    const loader = fakeLoader({});
+    expect(await selectBackend('webgpu', loader)).toBe('webgpu');
+    expect(loader.loaded).toEqual([]);
+    expect(tf.getBackend()).toBe('webgpu');
+  });
+
   it('webgpu with Dawn but without @tensorflow/tfjs-backend-webgpu says so', async () => {
     const loader = fakeLoader({
       webgpu: () => ({ create: () => ({ requestAdapter: async () => ({}) }), globals: {} }),

@@ -279,14 +279,18 @@ async function setUpWebGpu(loader: ModuleLoader, auto: boolean): Promise<Attempt
     return giveUp('the only WebGPU adapter runs on the CPU (a software renderer), slower than wasm');
   }
 
-  if (!loader.resolvable('@tensorflow/tfjs-backend-webgpu')) {
-    return giveUp('@tensorflow/tfjs-backend-webgpu is not installed');
-  }
-  try {
-    // It registers 'webgpu' at import time, and only when navigator.gpu exists then.
-    loader.load('@tensorflow/tfjs-backend-webgpu');
-  } catch (e) {
-    return giveUp('@tensorflow/tfjs-backend-webgpu failed to load', e);
+  // Already registered in this tfjs where the app imported the backend itself, or a bundler
+  // inlined it (then there is no package to resolve).
+  if (tf.findBackendFactory('webgpu') === null) {
+    if (!loader.resolvable('@tensorflow/tfjs-backend-webgpu')) {
+      return giveUp('@tensorflow/tfjs-backend-webgpu is not installed');
+    }
+    try {
+      // It registers 'webgpu' at import time, and only when navigator.gpu exists then.
+      loader.load('@tensorflow/tfjs-backend-webgpu');
+    } catch (e) {
+      return giveUp('@tensorflow/tfjs-backend-webgpu failed to load', e);
+    }
   }
   if (tf.findBackendFactory('webgpu') === null) {
     return giveUp('@tensorflow/tfjs-backend-webgpu was loaded before WebGPU was set up, so it did not register');
