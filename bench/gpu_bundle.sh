@@ -19,6 +19,7 @@ npx esbuild kernels=bench/gpu_kernels.ts check=bench/gpu_check.ts bench=bench/gp
   worker=src/runtime/worker.ts --bundle --splitting --platform=node --format=esm --outdir=.gpu/app --out-extension:.js=.mjs \
   --external:webgpu --banner:js="$banner" $([ "${MINIFY:-1}" = 1 ] && echo --minify-whitespace --minify-syntax) --log-level=warning
 cp "$shared/bench/upstream_gpu.py" bench/upstream_gpu_stream.py .gpu/py/
+cp bench/gpu_compare.sh .gpu/app/
 upstream="${1:-/work/.mirror/TalHassner+img2pose/repo}"
 if [ -d "$upstream" ] && [ ! -d .gpu/upstream_img2pose ]; then
   tmp=$(mktemp -d)
