@@ -135,6 +135,9 @@ describe('the size-class pool on the webgpu backend', () => {
     expect(Number.isNaN(new Float32Array(second.buffer.bytes.buffer)[100_000])).toBe(true);
     expect(internals(backend).tensorToBinding({ dataId: second.id, shape: [100_000] })).toEqual({ buffer: second.buffer, offset: 0, size: 400_000 });
     expect(internals(backend).tensorToBinding({ dataId: second.id, shape: [250, 400] })).toEqual({ buffer: second.buffer, offset: 0, size: 400_000 });
+    // An empty tensor's buffer is bound whole (a binding of no bytes is invalid).
+    const empty = upload(backend, new Float32Array(0));
+    expect(internals(backend).tensorToBinding({ dataId: empty.id, shape: [0, 5] })).toEqual({ buffer: empty.buffer });
   });
 
   it('hands out the free buffer made first, whatever order they were released in', () => {

@@ -95,7 +95,9 @@ function isOwnProgram(program: { shaderKey?: string }): boolean {
  * (tfjs' own pool), never what an earlier tensor left there (NaN times zero is NaN).
  */
 export function tensorBinding(buffer: GPUBuffer, shape: readonly number[]): GPUBufferBinding {
-  return { buffer, offset: 0, size: Math.min(buffer.size, 4 * tf.util.sizeFromShape(shape as number[])) };
+  const bytes = 4 * tf.util.sizeFromShape(shape as number[]);
+  // An empty tensor has no bytes to read, and a binding of none is invalid: bound whole.
+  return bytes > 0 ? { buffer, offset: 0, size: Math.min(buffer.size, bytes) } : { buffer };
 }
 
 /**
