@@ -1,13 +1,14 @@
 // Multi-scale RoIAlign and the ROI heads against torchvision and the upstream run's own values.
 import * as tf from '@tensorflow/tfjs';
 import { featureSizes } from '../src/ops/anchors';
-import { RoIAlignMethod, inferScales, levelRange, mapRoiLevels, multiScaleRoIAlign } from '../src/model/roi_align';
-import { HeadsOffload, RoIHeadOutputs, RoIHeads } from '../src/model/roi_heads';
+import { RoIAlignMethod, inferScales, levelRange, mapRoiLevels, multiScaleRoIAlign, multiScaleRoIAlignInto } from '../src/model/roi_align';
+import { HeadsOffload, PooledRowSource, RoIHeadOutputs, RoIHeads } from '../src/model/roi_heads';
 import { BOX_SCORE_THRESH, faceScores, postprocessDetections } from '../src/model/postprocess';
 import { Img2PoseWeights } from '../src/model/weights';
 import { activeRuntime } from '../src/runtime/runtime';
 import { golden, relError } from './utils/golden';
 import { LEVEL_KEYS, formulaSubset, goldenFeature, maxAbsDiff, paddedSize, resizedSize } from './utils/stage_inputs';
+import { Size } from '../src/ops/size';
 
 const TINY = ['tiny_teaser', 'tiny_portrait'];
 
@@ -35,6 +36,34 @@ describe('level mapping', () => {
 
 // 'host' (JS kernel, the wasm/cpu default) and 'ops' (cropAndResize, for GPU backends) must agree
 // with torchvision alike. The slow 'ops' path on wasm gets fewer boxes.
+/**
+ * Another thread's copy of the heads, here in this thread, on the rows as they would travel
+ * (shared memory, stale values in it first); `seen` is told each share's rows, `change` may alter
+ * what comes back.
+ */
+function fakeOffload(other: RoIHeads, seen: (rows: number) => void, change?: (out: RoIHeadOutputs) => void): HeadsOffload {
+  return {
+    sharedBuffer: (length) => new Float32Array(new SharedArrayBuffer(length * 4)).fill(7),
+    async forward(share, scoreThresh) {
+      expect(share.data.buffer).toBeInstanceOf(SharedArrayBuffer);
+      seen(share.shape[0]);
+      const t = tf.tensor4d(share.data, share.shape);
+      try {
+        const out = await other.forward(t, scoreThresh);
+        change?.(out);
+        return out;
+      } finally {
+        t.dispose();
+      }
+    },
+  };
+}
+
+/** The same bits. */
+function same(a: RoIHeadOutputs, b: RoIHeadOutputs): boolean {
+  return Buffer.from(a.classLogits.buffer).equals(Buffer.from(b.classLogits.buffer)) && Buffer.from(a.dofRegression.buffer).equals(Buffer.from(b.dofRegression.buffer));
+}
+
 describe.each<[RoIAlignMethod, number]>([
   ['host', 1000],
   ['ops', 48],
@@ -273,23 +302,8 @@ describe('RoIHeads on the reference proposals', () => {
     // The other thread's copy of the heads (here in this thread, on the rows as they would travel).
     const other = new RoIHeads(weights, activeRuntime());
     const sent: number[] = [];
-    const offload = (swapFirstTwo: boolean): HeadsOffload => ({
-      sharedBuffer: (length) => new Float32Array(new SharedArrayBuffer(length * 4)),
-      async forward(share, scoreThresh) {
-        expect(share.data.buffer).toBeInstanceOf(SharedArrayBuffer);
-        sent.push(share.shape[0]);
-        const t = tf.tensor4d(share.data, share.shape);
-        try {
-          const out = await other.forward(t, scoreThresh);
-          if (swapFirstTwo) out.classLogits.set([...out.classLogits.subarray(2, 4), ...out.classLogits.subarray(0, 2)], 0);
-          return out;
-        } finally {
-          t.dispose();
-        }
-      },
-    });
-    const same = (a: RoIHeadOutputs, b: RoIHeadOutputs) =>
-      Buffer.from(a.classLogits.buffer).equals(Buffer.from(b.classLogits.buffer)) && Buffer.from(a.dofRegression.buffer).equals(Buffer.from(b.dofRegression.buffer));
+    const swapFirstTwo = (out: RoIHeadOutputs) => out.classLogits.set([...out.classLogits.subarray(2, 4), ...out.classLogits.subarray(0, 2)], 0);
+    const offload = (swap: boolean): HeadsOffload => fakeOffload(other, (n) => sent.push(n), swap ? swapFirstTwo : undefined);
     try {
       const before = tf.memory().numTensors;
       const alone = await heads.forward(pooled, BOX_SCORE_THRESH);
@@ -304,6 +318,52 @@ describe('RoIHeads on the reference proposals', () => {
       expect(tf.memory().numTensors).toBe(before);
     } finally {
       pooled.dispose();
+      other.dispose();
+    }
+  });
+
+  it("pooled on demand, the offload's rows are pooled first, into its memory, and the outputs are the bits of the rows pooled at once", async () => {
+    const id = 'tiny_teaser';
+    const features = LEVEL_KEYS.map((k) => goldenFeature(id, k));
+    const rows = 401;
+    const boxes = Float32Array.from(golden(id, 'proposals').data).subarray(0, rows * 4);
+    const sizes: [Size[], Size[]] = [[resizedSize(id)], [paddedSize(id)]];
+    const pooled = await multiScaleRoIAlign(features, [boxes], ...sizes, 'host');
+    const calls: string[] = [];
+    const source: PooledRowSource = {
+      rows,
+      rowShape: [7, 7, 256],
+      async into(start, count, out) {
+        calls.push(`into ${start} ${count}`);
+        await multiScaleRoIAlignInto(features, [boxes.subarray(start * 4, (start + count) * 4)], ...sizes, out);
+      },
+      tensor(start, count) {
+        calls.push(`tensor ${start} ${count}`);
+        return multiScaleRoIAlign(features, [boxes.subarray(start * 4, (start + count) * 4)], ...sizes, 'host');
+      },
+      release: () => calls.push('release'),
+    };
+    const other = new RoIHeads(weights, activeRuntime());
+    // Stale values in the memory the rows go to: the pooling must not add to them.
+    const offload = fakeOffload(other, (n) => calls.push(`away ${n}`));
+    try {
+      const before = tf.memory().numTensors;
+      const alone = await heads.forward(pooled, BOX_SCORE_THRESH);
+      expect(alone.dofRegression.some((v) => v !== 0)).toBe(true);
+      expect(same(await heads.forwardPooling(source, BOX_SCORE_THRESH, offload), alone)).toBe(true);
+      expect(calls).toEqual(['into 185 216', 'away 216', 'tensor 0 185', 'release']);
+      // Declined: this thread runs the offload's rows from the memory they were pooled into.
+      calls.length = 0;
+      const declined: HeadsOffload = { sharedBuffer: (n) => new Float32Array(n).fill(7), forward: async () => null };
+      expect(same(await heads.forwardPooling(source, BOX_SCORE_THRESH, declined), alone)).toBe(true);
+      expect(calls).toEqual(['into 185 216', 'tensor 0 185', 'release']);
+      // No offload: every row pooled here at once.
+      calls.length = 0;
+      expect(same(await heads.forwardPooling(source, BOX_SCORE_THRESH), alone)).toBe(true);
+      expect(calls).toEqual(['tensor 0 401', 'release']);
+      expect(tf.memory().numTensors).toBe(before);
+    } finally {
+      tf.dispose([...features, pooled]);
       other.dispose();
     }
   });

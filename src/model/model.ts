@@ -2,8 +2,8 @@ import * as tf from '@tensorflow/tfjs';
 import { Backbone, RowShare } from './backbone';
 import { BOX_SCORE_THRESH, PostprocessInput } from './postprocess';
 import { REFERENCE_POINTS_68 } from './reference_points';
-import { multiScaleRoIAlign, RoIAlignMethod } from './roi_align';
-import { HeadsOffload, RoIHeadOutputs, RoIHeads } from './roi_heads';
+import { multiScaleRoIAlign, multiScaleRoIAlignInto, RoIAlignMethod, ROI_OUTPUT_SIZE } from './roi_align';
+import { HeadsOffload, PooledRowSource, RoIHeadOutputs, RoIHeads } from './roi_heads';
 import { Proposals, RegionProposalNetwork, RPN_CONFIG, RpnOffload } from './rpn';
 import type { ProposalJob } from '../ops/proposals';
 import { copyValuesInto, ModelRuntime, TensorMemory } from './runtime';
@@ -194,6 +194,28 @@ export function groupBySize(padded: Size[], budget: number): number[][] {
   return groups;
 }
 
+/** Every image's boxes among rows `start` .. `start + count` of the images' proposals laid end to end. */
+function boxesInRows(proposals: Proposals[], start: number, count: number): Float32Array[] {
+  let first = 0;
+  return proposals.map((p) => {
+    const n = p.boxes.length / 4;
+    const from = Math.min(Math.max(start - first, 0), n);
+    const to = Math.min(Math.max(start + count - first, 0), n);
+    first += n;
+    return p.boxes.subarray(from * 4, to * 4);
+  });
+}
+
+/** Heads outputs of rows laid end to end, split into each image's (`counts` rows each). */
+function splitRows(heads: RoIHeadOutputs, counts: number[]): RoIHeadOutputs[] {
+  let row = 0;
+  return counts.map((n) => {
+    const out = { classLogits: heads.classLogits.subarray(row * 2, (row + n) * 2), dofRegression: heads.dofRegression.subarray(row * 12, (row + n) * 12) };
+    row += n;
+    return out;
+  });
+}
+
 /** A group's sub-batches for `overlap` (see PredictOptions.overlap). */
 function splitForOverlap(group: number[], overlap: number): number[][] {
   if (!(Number.isInteger(overlap) && overlap >= 0)) throw new RangeError(`overlap must be an integer >= 0, got ${JSON.stringify(overlap)}`);
@@ -336,7 +358,8 @@ export class Img2PoseModel {
       await lap('rpn');
       const proposals = await host.proposals(jobs);
       await lap('proposals');
-      const heads = await this.roiHeadsForward(features, proposals, batch.imageSizes, batch.paddedSizes, lap, options.offload);
+      // Profiled runs keep RoIAlign and the heads apart, to time each.
+      const heads = await this.roiHeadsForward(features, proposals, batch.imageSizes, batch.paddedSizes, lap, options.offload, !options.profile);
       tf.dispose(features);
       features = [];
       const detections = await host.postprocess(
@@ -371,12 +394,37 @@ export class Img2PoseModel {
     paddedSizes: Size[],
     lap: StageTimer,
     offload: HeadsOffload | undefined,
+    pipelined: boolean,
   ): Promise<{ classLogits: Float32Array; dofRegression: Float32Array }[]> {
     const { kernels, rules } = this.runtime;
     const method: RoIAlignMethod = kernels.webgpu ? 'webgpu' : rules.roiAlign;
     const counts = proposals.map((p) => p.boxes.length / 4);
     const out: { classLogits: Float32Array; dofRegression: Float32Array }[] = [];
     const chunks = chunkImages(counts, rules.roiChunk);
+    if (offload && pipelined && method === 'host' && chunks.length === 1) {
+      // The offload's share of the rows pooled first, straight into the memory it reads (see
+      // RoIHeads.forwardPooling): the other thread starts while this one pools its own.
+      let released = false;
+      const release = (): void => {
+        if (!released) tf.dispose(features);
+        released = true;
+      };
+      const source: PooledRowSource = {
+        rows: counts.reduce((a, b) => a + b, 0),
+        rowShape: [ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, features[0].shape[3]],
+        into: (start, count, out) => multiScaleRoIAlignInto(features, boxesInRows(proposals, start, count), imageSizes, paddedSizes, out, rules.tensorMemory),
+        tensor: (start, count) => multiScaleRoIAlign(features, boxesInRows(proposals, start, count), imageSizes, paddedSizes, method, rules.tensorMemory),
+        release,
+      };
+      let heads: RoIHeadOutputs;
+      try {
+        heads = await this.roiHeads.forwardPooling(source, this.headsScoreThresh(), offload);
+      } finally {
+        release();
+      }
+      await lap('heads');
+      return splitRows(heads, counts);
+    }
     for (const [c, chunk] of chunks.entries()) {
       // RoIAlign reads each image's own region of the batch maps, so slicing the batch is not needed.
       const boxes = proposals.map((p, i) => (chunk.includes(i) ? p.boxes : new Float32Array(0)));
@@ -391,14 +439,7 @@ export class Img2PoseModel {
       } finally {
         pooled.dispose();
       }
-      let row = 0;
-      for (const i of chunk) {
-        out[i] = {
-          classLogits: logits.subarray(row * 2, (row + counts[i]) * 2),
-          dofRegression: dofs.subarray(row * 12, (row + counts[i]) * 12),
-        };
-        row += counts[i];
-      }
+      splitRows({ classLogits: logits, dofRegression: dofs }, chunk.map((i) => counts[i])).forEach((rows, k) => (out[chunk[k]] = rows));
     }
     return out;
   }

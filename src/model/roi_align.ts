@@ -228,6 +228,31 @@ export async function multiScaleRoIAlign(
   return tf.tensor4d(out, shape);
 }
 
+/**
+ * The host RoIAlign (`multiScaleRoIAlign`'s 'host' method) written into `out` rather than a new
+ * tensor: [sum of boxes, 7, 7, C] values, for memory another thread reads. The same bits.
+ */
+export async function multiScaleRoIAlignInto(
+  features: tf.Tensor4D[],
+  boxes: Float32Array[],
+  imageSizes: Size[],
+  paddedSizes: Size[],
+  out: Float32Array,
+  memory?: TensorMemory,
+): Promise<void> {
+  const total = boxes.reduce((n, b) => n + b.length / 4, 0);
+  const length = total * ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE * features[0].shape[3];
+  if (out.length !== length) throw new Error(`multiScaleRoIAlignInto: ${total} boxes need ${length} values, out holds ${out.length}`);
+  const assigned = assignLevels(boxes, imageSizes, paddedSizes);
+  const needed = [0, 1, 2, 3].map((level) => assigned.some((a) => a.levels.includes(level)));
+  const maps = memory
+    ? features.slice(0, ROI_LEVELS).map((f, level) => (needed[level] ? memory.view(f) : null))
+    : await Promise.all(features.slice(0, ROI_LEVELS).map((f, level) => (needed[level] ? (f.data() as Promise<Float32Array>) : Promise.resolve(null))));
+  // The bins accumulate.
+  out.fill(0);
+  poolHost(features, boxes, assigned, maps, out);
+}
+
 /** The host RoIAlign of every image's boxes from the maps' values into `out` (zeros, NHWC rows). */
 function poolHost(
   features: tf.Tensor4D[],

@@ -56,6 +56,30 @@ export interface HeadsOffload {
 }
 
 /**
+ * The share of the rows `forwardPooling` keeps when it has an offload. This thread pools every
+ * row, the offload's first, so the two finish together when the offload's heads take as long as
+ * this thread's pooling of its own rows and its heads: with pooling at p and the heads at h per
+ * row, the share kept is (p + h) / (p + 2h). On wasm p is ~0.27 ms and h ~1.6 ms (2 workers,
+ * the default photo): ~0.46. At one half the offload sat idle ~30-90 ms at the end of each call.
+ */
+const POOLING_HERE_SHARE = 0.46;
+
+/**
+ * Pooled RoI rows [rows, ...rowShape] made on demand, a range at a time (RoIAlign of a range of
+ * the proposals: each row depends on its own box alone), for `RoIHeads.forwardPooling`.
+ */
+export interface PooledRowSource {
+  readonly rows: number;
+  readonly rowShape: [number, number, number];
+  /** Rows `start` .. `start + count` written into `out`. */
+  into(start: number, count: number, out: Float32Array): Promise<void>;
+  /** Rows `start` .. `start + count` as a tensor, the caller's to dispose. */
+  tensor(start: number, count: number): Promise<tf.Tensor4D>;
+  /** Called once no more rows will be asked for. */
+  release(): void;
+}
+
+/**
  * Fewest rows for which `forward` shares the work with an offload: a row costs the heads ~1 ms on
  * wasm, the trip to another thread a few ms in all.
  */
@@ -274,22 +298,78 @@ export class RoIHeads {
   async forward(pooled: tf.Tensor4D, scoreThresh?: number, offload?: HeadsOffload): Promise<RoIHeadOutputs> {
     const rows = pooled.shape[0];
     if (!offload || rows < 2 * MIN_OFFLOAD_ROWS) return this.forwardRange(pooled, 0, rows, scoreThresh);
-    // The second half of the rows goes to the other thread while this one runs the first half;
-    // the outputs are stitched in row order.
-    const split = Math.ceil(rows / 2);
     const [, h, w, c] = pooled.shape;
+    const split = Math.ceil(rows / 2);
+    return this.shareRows(rows, split, [h, w, c], offload, scoreThresh, {
+      send: (data) => copyValuesInto(pooled, split * h * w * c, data, this.runtime.rules.tensorMemory),
+      here: () => this.forwardRange(pooled, 0, split, scoreThresh),
+      there: () => this.forwardRange(pooled, split, rows - split, scoreThresh),
+    });
+  }
+
+  /**
+   * `forward` on rows pooled on demand (`PooledRowSource`). With `offload`, the other thread's
+   * share (the last rows, a little over half: POOLING_HERE_SHARE) is pooled first, straight into
+   * the memory it reads, so that it starts on them while this one pools and runs its own.
+   */
+  async forwardPooling(source: PooledRowSource, scoreThresh?: number, offload?: HeadsOffload): Promise<RoIHeadOutputs> {
+    const rows = source.rows;
+    const [h, w, c] = source.rowShape;
+    const pooledRange = async (start: number, count: number): Promise<RoIHeadOutputs> => {
+      const pooled = await source.tensor(start, count);
+      // Everything is pooled: what it was pooled from can go before the heads add their memory.
+      source.release();
+      try {
+        return await this.forwardRange(pooled, 0, count, scoreThresh);
+      } finally {
+        pooled.dispose();
+      }
+    };
+    if (!offload || rows < 2 * MIN_OFFLOAD_ROWS) return pooledRange(0, rows);
+    const split = Math.ceil(rows * POOLING_HERE_SHARE);
+    let sent: Float32Array | undefined;
+    return this.shareRows(rows, split, [h, w, c], offload, scoreThresh, {
+      send: async (data) => {
+        await source.into(split, rows - split, data);
+        sent = data;
+      },
+      here: () => pooledRange(0, split),
+      there: async () => {
+        const pooled = tf.tensor4d(sent as Float32Array, [rows - split, h, w, c]);
+        try {
+          return await this.forwardRange(pooled, 0, rows - split, scoreThresh);
+        } finally {
+          pooled.dispose();
+        }
+      },
+    });
+  }
+
+  /**
+   * Rows `split` .. `rows` on `offload`'s thread (`send` writes their pooled values into the
+   * memory it reads; `there` runs them here when it cannot), rows 0 .. `split` here meanwhile
+   * (`here`); the outputs stitched in row order.
+   */
+  private async shareRows(
+    rows: number,
+    split: number,
+    [h, w, c]: [number, number, number],
+    offload: HeadsOffload,
+    scoreThresh: number | undefined,
+    parts: { send(data: Float32Array): Promise<void>; here(): Promise<RoIHeadOutputs>; there(): Promise<RoIHeadOutputs> },
+  ): Promise<RoIHeadOutputs> {
     const data = offload.sharedBuffer((rows - split) * h * w * c);
-    await copyValuesInto(pooled, split * h * w * c, data, this.runtime.rules.tensorMemory);
+    await parts.send(data);
     const away = offload.forward({ data, shape: [rows - split, h, w, c] }, scoreThresh);
     let here: RoIHeadOutputs;
     try {
-      here = await this.forwardRange(pooled, 0, split, scoreThresh);
+      here = await parts.here();
     } catch (e) {
       // The other thread may still read `data`: settled before the offload's next call reuses it.
       await away.catch(() => undefined);
       throw e;
     }
-    const there = (await away) ?? (await this.forwardRange(pooled, split, rows - split, scoreThresh));
+    const there = (await away) ?? (await parts.there());
     if (there.classLogits.length !== (rows - split) * 2 || there.dofRegression.length !== (rows - split) * 12) {
       throw new Error(`RoIHeads: the other thread returned ${there.classLogits.length / 2} rows for ${rows - split}`);
     }
