@@ -327,15 +327,11 @@ export class RoIHeads {
     };
     if (!offload || rows < 2 * MIN_OFFLOAD_ROWS) return pooledRange(0, rows);
     const split = Math.ceil(rows * POOLING_HERE_SHARE);
-    let sent: Float32Array | undefined;
     return this.shareRows(rows, split, [h, w, c], offload, scoreThresh, {
-      send: async (data) => {
-        await source.into(split, rows - split, data);
-        sent = data;
-      },
+      send: (data) => source.into(split, rows - split, data),
       here: () => pooledRange(0, split),
-      there: async () => {
-        const pooled = tf.tensor4d(sent as Float32Array, [rows - split, h, w, c]);
+      there: async (sent) => {
+        const pooled = tf.tensor4d(sent, [rows - split, h, w, c]);
         try {
           return await this.forwardRange(pooled, 0, rows - split, scoreThresh);
         } finally {
@@ -347,7 +343,7 @@ export class RoIHeads {
 
   /**
    * Rows `split` .. `rows` on `offload`'s thread (`send` writes their pooled values into the
-   * memory it reads; `there` runs them here when it cannot), rows 0 .. `split` here meanwhile
+   * memory it reads; `there` runs them here, given that memory, when it cannot), rows 0 .. `split` here meanwhile
    * (`here`); the outputs stitched in row order.
    */
   private async shareRows(
@@ -356,7 +352,7 @@ export class RoIHeads {
     [h, w, c]: [number, number, number],
     offload: HeadsOffload,
     scoreThresh: number | undefined,
-    parts: { send(data: Float32Array): Promise<void>; here(): Promise<RoIHeadOutputs>; there(): Promise<RoIHeadOutputs> },
+    parts: { send(data: Float32Array): Promise<void>; here(): Promise<RoIHeadOutputs>; there(data: Float32Array): Promise<RoIHeadOutputs> },
   ): Promise<RoIHeadOutputs> {
     const data = offload.sharedBuffer((rows - split) * h * w * c);
     await parts.send(data);
@@ -369,7 +365,7 @@ export class RoIHeads {
       await away.catch(() => undefined);
       throw e;
     }
-    const there = (await away) ?? (await parts.there());
+    const there = (await away) ?? (await parts.there(data));
     if (there.classLogits.length !== (rows - split) * 2 || there.dofRegression.length !== (rows - split) * 12) {
       throw new Error(`RoIHeads: the other thread returned ${there.classLogits.length / 2} rows for ${rows - split}`);
     }
