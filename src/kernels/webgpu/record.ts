@@ -79,8 +79,8 @@ export function isGPUBuffer(resource: unknown): resource is GPUBuffer {
   return typeof GPUBuffer !== 'undefined' && resource instanceof GPUBuffer;
 }
 
-/** Shader keys of our own programs start with this (see isOwnProgram). */
-export const OWN_SHADER_PREFIX = 'i2p';
+/** Shader keys of our own programs start with this (every program in src/kernels/webgpu). */
+const OWN_SHADER_PREFIX = 'i2p';
 
 /** Whether `program` is one of ours (src/kernels/webgpu), not one of tfjs' own. */
 function isOwnProgram(program: { shaderKey?: string }): boolean {
