@@ -59,8 +59,8 @@ export interface PredictOptions {
   /**
    * Another thread that may take part of each forward while this one runs the rest (an idle
    * worker on the CPU backends): for one image, the lower rows of FPN level 0's output conv and
-   * RPN head (`level0`; else the RPN head's largest level), and half of each image's RoI-head
-   * rows. The results are the same bits.
+   * RPN head (`level0`; else the RPN head's largest level), and a share (about half) of each
+   * image's RoI-head rows. The results are the same bits.
    */
   offload?: HeadsOffload & RpnOffload & Partial<Level0Offload & BodyOffload>;
 }

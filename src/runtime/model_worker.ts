@@ -46,7 +46,7 @@ async function build(backend: ModelWorkerData['model']['backend'], given: Promis
 
 /**
  * Parts of a forward for an idle worker, through the parent (ThreadedModel's 'model-rpn' and
- * 'model-heads'): the RPN head's largest level, half of each image's RoI-head rows. Their values
+ * 'model-heads'): the RPN head's largest level, a share (about half) of each image's RoI-head rows. Their values
  * travel in one SharedArrayBuffer kept for the worker's life (grown when too small; ~47 MB for
  * the largest level of a 640x1152 input), which as a new buffer each time would stay in every
  * thread that saw it until its next garbage collection. The parts run one after another, so one

@@ -151,8 +151,8 @@ export function shareOut(padded: Size[], workers: number): number[][] {
  * the worker running an image sends parts of its forward through this thread to an idle worker,
  * in shared memory: the lower rows of FPN level 0's output conv and RPN head (the largest level,
  * while it runs the upper rows and the other levels; for a batch of one, else the RPN head's
- * largest level), then the second half of its RoI-head rows (both heads and the pose gating,
- * while it runs the first half). The same kernels run on the same values, and each band computes
+ * largest level), then the last 54% of its RoI-head rows (both heads and the pose gating,
+ * while it pools and runs the rest: RoIHeads.forwardPooling). The same kernels run on the same values, and each band computes
  * its rows as the whole map would, so the results are the bits one worker computes.
  */
 export class ThreadedModel {
