@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The side-by-side run of docs/benchmarks.md's GPU tables in one call on the GPU machine, from the
+# The side-by-side run of docs/benchmarks.md's GPU tables in one go on the GPU machine, from the
 # repo root after `npm run gpu:bundle` (which copies this script to .gpu/app/): the golden and
 # kernel checks, then ours (the photo single and in batches, in upstream's measured case
 # `--few-dets` and with the formula weights' detections) and upstream alternately, then the
 # random-size stream, ours and upstream's on the same sizes. Steps are skipped once BUDGET seconds
-# have passed (a device call is limited), so the checks and the first round always run.
+# have passed, so a run under a time limit still reports the checks and the first round.
 #   bash .gpu/app/gpu_compare.sh [rounds=2] [stream images=300]
 set -uo pipefail
 rounds="${1:-2}"; images="${2:-300}"; budget="${BUDGET:-540}"
