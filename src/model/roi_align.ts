@@ -206,7 +206,6 @@ export async function multiScaleRoIAlign(
   if (method === 'webgpu') return multiScaleRoIAlignWebGPU(features, boxes, imageSizes, paddedSizes);
   const channels = features[0].shape[3];
   const assigned = assignLevels(boxes, imageSizes, paddedSizes);
-  const needed = [0, 1, 2, 3].map((level) => assigned.some((a) => a.levels.includes(level)));
   const total = boxes.reduce((n, b) => n + b.length / 4, 0);
   const shape: [number, number, number, number] = [total, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, channels];
   if (memory) {
@@ -214,18 +213,30 @@ export async function multiScaleRoIAlign(
     // taken, and nothing runs on the backend from here to the end, so the views stay valid.
     const pooled = tf.zeros(shape) as tf.Tensor4D;
     try {
-      const maps = features.slice(0, ROI_LEVELS).map((f, level) => (needed[level] ? memory.view(f) : null));
-      poolHost(features, boxes, assigned, maps, memory.view(pooled));
+      poolHost(features, boxes, assigned, levelMaps(features, assigned, memory), memory.view(pooled));
     } catch (e) {
       pooled.dispose();
       throw e;
     }
     return pooled;
   }
-  const maps = await Promise.all(features.slice(0, ROI_LEVELS).map((f, level) => (needed[level] ? f.data() : Promise.resolve(null))));
+  const maps = await levelMaps(features, assigned);
   const out = new Float32Array(shape.reduce((a, b) => a * b, 1));
-  poolHost(features, boxes, assigned, maps as (Float32Array | null)[], out);
+  poolHost(features, boxes, assigned, maps, out);
   return tf.tensor4d(out, shape);
+}
+
+/**
+ * The values of the levels some box is assigned to (null for the others): views in place with
+ * `memory`, synchronously (they stay valid only until the backend next runs), else read back.
+ */
+function levelMaps(features: tf.Tensor4D[], assigned: ReturnType<typeof assignLevels>, memory: TensorMemory): (Float32Array | null)[];
+function levelMaps(features: tf.Tensor4D[], assigned: ReturnType<typeof assignLevels>): Promise<(Float32Array | null)[]>;
+function levelMaps(features: tf.Tensor4D[], assigned: ReturnType<typeof assignLevels>, memory?: TensorMemory): (Float32Array | null)[] | Promise<(Float32Array | null)[]> {
+  const needed = [0, 1, 2, 3].map((level) => assigned.some((a) => a.levels.includes(level)));
+  const levels = features.slice(0, ROI_LEVELS);
+  if (memory) return levels.map((f, level) => (needed[level] ? memory.view(f) : null));
+  return Promise.all(levels.map((f, level) => (needed[level] ? (f.data() as Promise<Float32Array>) : Promise.resolve(null))));
 }
 
 /**
@@ -244,10 +255,7 @@ export async function multiScaleRoIAlignInto(
   const length = total * ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE * features[0].shape[3];
   if (out.length !== length) throw new Error(`multiScaleRoIAlignInto: ${total} boxes need ${length} values, out holds ${out.length}`);
   const assigned = assignLevels(boxes, imageSizes, paddedSizes);
-  const needed = [0, 1, 2, 3].map((level) => assigned.some((a) => a.levels.includes(level)));
-  const maps = memory
-    ? features.slice(0, ROI_LEVELS).map((f, level) => (needed[level] ? memory.view(f) : null))
-    : await Promise.all(features.slice(0, ROI_LEVELS).map((f, level) => (needed[level] ? (f.data() as Promise<Float32Array>) : Promise.resolve(null))));
+  const maps = memory ? levelMaps(features, assigned, memory) : await levelMaps(features, assigned);
   // The bins accumulate.
   out.fill(0);
   poolHost(features, boxes, assigned, maps, out);
