@@ -7,9 +7,12 @@ import { lcgValues, relErr } from './utils/lcg';
 import {
   conv2dWinogradWasm,
   releaseWasmWinograd,
+  scaledFilterWasm,
   wasmWinogradAvailable,
+  wasmWinogradFilter,
   wasmWinogradFits,
 } from '../src/kernels/wasm/winograd';
+import { foldFrozenBatchNorm, foldFrozenBatchNormTensors } from '../src/model/layers';
 import { winogradF4Filter, WINOGRAD_F4_AT, WINOGRAD_F4_BT, WINOGRAD_F4_G } from '../src/ops/winograd_f4';
 
 /** Direct 3x3 stride-1 pad-1 convolution in float64 (+ a same-size residual) (+ ReLU). */
@@ -147,6 +150,57 @@ describe('Winograd F(4x4, 3x3) on wasm', () => {
     expect(wasmWinogradFits([3, 3, 512, 512])).toBe(false);
     expect(wasmWinogradFits([3, 3, 32, 64])).toBe(false);
     expect(wasmWinogradFits([1, 1, 256, 256])).toBe(false);
+  });
+
+  it('makes U in the heap in WebAssembly SIMD with the host transform\'s bits', () => {
+    const [cin, cout] = [64, 12];
+    const g = lcgValues(9 * cin * cout, 11).map((v, q) => v * 10 ** ((q % 13) - 6));
+    // Zeros of either sign, the largest float32 (its sums overflow to infinity in both), subnormals.
+    for (let q = 0; q < g.length; q += 5) g[q] = [0, -0, 3.4e38, -3.4e38, 1e-40, -3e-39][(q / 5) % 6];
+    const filter = tf.tensor4d(g, [3, 3, cin, cout]);
+    try {
+      const got = wasmWinogradFilter(filter).map((u) => u.dataSync() as Float32Array);
+      const want = winogradF4Filter(g, cin, cout);
+      for (let e = 0; e < 36; e++) expect(Buffer.from(got[e].buffer)).toEqual(Buffer.from(want[e].buffer));
+    } finally {
+      releaseWasmWinograd(filter);
+      filter.dispose();
+    }
+  });
+
+  it('folds a frozen BatchNorm into a filter in the heap with the host fold\'s bits', () => {
+    const shape: [number, number, number, number] = [3, 3, 8, 16];
+    const size = shape.reduce((a, b) => a * b, 1);
+    const f = lcgValues(size, 12).map((v, q) => v * 10 ** ((q % 11) - 5));
+    for (let q = 0; q < size; q += 9) f[q] = [0, -0, 3.4e38, 1e-40][(q / 9) % 4];
+    const bn = {
+      weight: lcgValues(16, 13).map((v) => v * 4),
+      bias: lcgValues(16, 14),
+      runningMean: lcgValues(16, 15),
+      runningVar: lcgValues(16, 16).map((v) => v * v + 0.5),
+    };
+    // Two products that are exact ties between two float32s, rounded to even (down, then up):
+    // (1 + a)(1 + a) = 1 + 2^-11 + 2^-24 and (1 + 3a)(1 + a) = 1 + 2^-10 + 3 x 2^-24, a = 2^-12,
+    // with the scale weight / sqrt(var + eps) = weight (var 1, eps 0).
+    const a = 2 ** -12;
+    [f[0], f[1]] = [1 + a, 1 + 3 * a];
+    bn.weight[0] = bn.weight[1] = 1 + a;
+    bn.runningVar[0] = bn.runningVar[1] = 1;
+    const want = foldFrozenBatchNorm(f, bn, 0);
+    expect([want.filter[0], want.filter[1]]).toEqual([1 + 2 ** -11, 1 + 2 ** -10 + 2 ** -22]);
+    const got = foldFrozenBatchNormTensors(f, shape, bn, 0);
+    try {
+      expect(Buffer.from((got.filter.dataSync() as Float32Array).buffer)).toEqual(Buffer.from(want.filter.buffer));
+      expect(Array.from(got.bias.dataSync())).toEqual(Array.from(want.bias));
+      // The heap path itself ran (it is null where it does not apply).
+      const scaled = scaledFilterWasm(f, Float64Array.from({ length: 16 }, (_, k) => k + 0.5), shape);
+      expect(scaled).not.toBeNull();
+      expect(scaled?.dataSync()[17]).toBe(Math.fround(f[17] * 1.5));
+      scaled?.dispose();
+      expect(scaledFilterWasm(f, new Float64Array(16), [3, 3, 16, 8])).toBeNull();
+    } finally {
+      tf.dispose([got.filter, got.bias]);
+    }
   });
 
   it('frees what it made: the transformed filters on release, every band\'s temporaries at once', () => {

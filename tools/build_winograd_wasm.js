@@ -23,6 +23,17 @@
  *     M[e] at mptrs[e] ([tiles, C] each): y = A^T M A + bias (+ res) (ReLU) of each tile, written
  *     into the NHWC map out (res: a map of out's shape) where inside [0, H) x [0, W).
  * C must be a multiple of 4 (4 channels per 128-bit lane group).
+ *
+ * And the weight transforms made when the network is built, on both sides of each lane in float64
+ * with the operations in the order of their JavaScript references, so the bits are theirs:
+ *
+ *   filter_u<n>(u, size, t0 .. t(n-1), k0 .. k(n-1)), n = 1, 3, 9
+ *     u[q] = float32(0 + k0 t0[q] + k1 t1[q] + ...) for q < size (a multiple of 4): one position of
+ *     Winograd's filter transform G g G^T, as src/ops/winograd_f4's winogradF4Position sums it.
+ *   scale_rows(x, n, out, scale)
+ *     x[i] = float32(x[i] * scale[i % out]) in place for i < n (a multiple of out, itself a multiple
+ *     of 4); scale: `out` float64 values: a frozen BatchNorm folded into the filter before it, as
+ *     src/model/layers' foldFrozenBatchNorm does.
  */
 const fs = require('fs');
 const path = require('path');
@@ -217,6 +228,73 @@ function outputFunction(res, relu) {
   return L;
 }
 
+const f64splat = (x) => `(f64x2.splat ${x})`;
+/** 4 float32 values at `at` as two float64 pairs (low, high) into locals `lo`, `hi`. */
+function loadPromoted(at, lo, hi, L) {
+  L.push(`(local.set $${lo} (f64x2.promote_low_f32x4 (v128.load64_zero ${at})))`);
+  L.push(`(local.set $${hi} (f64x2.promote_low_f32x4 (v128.load64_zero offset=8 ${at})))`);
+}
+/** Two float64 pairs rounded to 4 float32 values, stored at `at`. */
+function storeDemoted(at, lo, hi) {
+  const pack = `(i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (f32x4.demote_f64x2_zero ${get(lo)}) (f32x4.demote_f64x2_zero ${get(hi)}))`;
+  return `(v128.store ${at} ${pack})`;
+}
+
+function filterFunction(n) {
+  const L = [];
+  L.push(`(func (export "filter_u${n}")`);
+  L.push('  (param $u i32) (param $size i32) ' + range(n).map((i) => `(param $t${i} i32)`).join(' ') + ' ' + range(n).map((i) => `(param $k${i} f64)`).join(' '));
+  L.push('  (local $q i32) (local $end i32) (local $lo v128) (local $hi v128) (local $a v128) (local $b v128) ' + range(n).map((i) => `(local $K${i} v128)`).join(' '));
+  for (let i = 0; i < n; i++) L.push(`  (local.set $K${i} ${f64splat(get(`k${i}`))})`);
+  L.push('  (local.set $end (i32.shl (local.get $size) (i32.const 2)))');
+  L.push('  (local.set $q (i32.const 0))');
+  L.push('  (block $done (loop $next');
+  L.push('    (br_if $done (i32.ge_u (local.get $q) (local.get $end)))');
+  // 0 + k0 t0 + k1 t1 + ...: left to right, as the reference's expression.
+  L.push(`    (local.set $lo ${f64splat('(f64.const 0)')})`);
+  L.push(`    (local.set $hi ${f64splat('(f64.const 0)')})`);
+  for (let i = 0; i < n; i++) {
+    const S = [];
+    loadPromoted(`(i32.add (local.get $t${i}) (local.get $q))`, 'a', 'b', S);
+    S.push(`(local.set $lo (f64x2.add (local.get $lo) (f64x2.mul (local.get $K${i}) (local.get $a))))`);
+    S.push(`(local.set $hi (f64x2.add (local.get $hi) (f64x2.mul (local.get $K${i}) (local.get $b))))`);
+    for (const s of S) L.push('    ' + s);
+  }
+  L.push('    ' + storeDemoted('(i32.add (local.get $u) (local.get $q))', 'lo', 'hi'));
+  L.push('    (local.set $q (i32.add (local.get $q) (i32.const 16)))');
+  L.push('    (br $next)))');
+  L.push(')');
+  return L;
+}
+
+function scaleRowsFunction() {
+  const L = [];
+  L.push('(func (export "scale_rows")');
+  L.push('  (param $x i32) (param $n i32) (param $out i32) (param $scale i32)');
+  L.push('  (local $p i32) (local $end i32) (local $k i32) (local $rowEnd i32) (local $a v128) (local $b v128)');
+  L.push('  (local.set $p (local.get $x))');
+  L.push('  (local.set $end (i32.add (local.get $x) (i32.shl (local.get $n) (i32.const 2))))');
+  L.push('  (block $done (loop $rows');
+  L.push('    (br_if $done (i32.ge_u (local.get $p) (local.get $end)))');
+  L.push('    (local.set $k (i32.const 0))');
+  L.push('    (local.set $rowEnd (i32.shl (local.get $out) (i32.const 3)))');
+  L.push('    (block $rowDone (loop $cols');
+  L.push('      (br_if $rowDone (i32.ge_u (local.get $k) (local.get $rowEnd)))');
+  const S = [];
+  loadPromoted('(local.get $p)', 'a', 'b', S);
+  // x * scale: the reference's product (float32 promoted exactly, one float64 rounding, then to float32).
+  S.push('(local.set $a (f64x2.mul (local.get $a) (v128.load (i32.add (local.get $scale) (local.get $k)))))');
+  S.push('(local.set $b (f64x2.mul (local.get $b) (v128.load offset=16 (i32.add (local.get $scale) (local.get $k)))))');
+  S.push(storeDemoted('(local.get $p)', 'a', 'b'));
+  S.push('(local.set $p (i32.add (local.get $p) (i32.const 16)))');
+  S.push('(local.set $k (i32.add (local.get $k) (i32.const 32)))');
+  for (const s of S) L.push('      ' + s);
+  L.push('      (br $cols)))');
+  L.push('    (br $rows)))');
+  L.push(')');
+  return L;
+}
+
 function watSource() {
   const header = [
     ';; GENERATED by tools/build_winograd_wasm.js (edit that file, not this one): the transforms of',
@@ -224,7 +302,10 @@ function watSource() {
     ';; wasm backend\'s memory. The generator\'s header documents the functions.',
   ];
   const body = ['(module', '  (import "env" "memory" (memory 1))'];
-  const fns = [inputFunction(), outputFunction(false, false), outputFunction(false, true), outputFunction(true, false), outputFunction(true, true)];
+  const fns = [
+    inputFunction(), outputFunction(false, false), outputFunction(false, true), outputFunction(true, false), outputFunction(true, true),
+    filterFunction(1), filterFunction(3), filterFunction(9), scaleRowsFunction(),
+  ];
   for (const f of fns) for (const l of f) body.push('  ' + l);
   body.push(')');
   return [...header, ...body].join('\n') + '\n';

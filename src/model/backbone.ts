@@ -18,7 +18,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { Img2PoseWeights } from './weights';
 import { Size } from '../ops/size';
-import { Conv, convOutputSize, disposeConv, foldFrozenBatchNorm, makeConv, ownCopy, readsBeyondRegion } from './layers';
+import { Conv, convOutputSize, disposeConv, foldFrozenBatchNormTensors, makeConv, ownCopy, readsBeyondRegion } from './layers';
 import { ConvOptions, Kernels, packStage, PORTABLE_KERNELS, prepareConvFilter, Rows, winogradEnabled } from '../kernels/webgpu';
 import { placedRows } from '../kernels/wasm/gemm_conv';
 
@@ -234,13 +234,13 @@ export class Backbone {
   private foldedConv(weights: Img2PoseWeights, conv: string, bn: string, stride: number): Conv {
     const w = take(weights, `${conv}.weight`);
     if (w.rank !== 4) throw new Error(`Backbone: ${conv}.weight must be 4-D (kh, kw, in, out), got [${w.shape}]`);
-    const folded = foldFrozenBatchNorm(w.dataSync(), {
+    const folded = foldFrozenBatchNormTensors(w.dataSync() as Float32Array, w.shape as [number, number, number, number], {
       weight: take(weights, `${bn}.weight`).dataSync(),
       bias: take(weights, `${bn}.bias`).dataSync(),
       runningMean: take(weights, `${bn}.running_mean`).dataSync(),
       runningVar: take(weights, `${bn}.running_var`).dataSync(),
     });
-    return makeConv(tf.tensor4d(folded.filter, w.shape as [number, number, number, number]), tf.tensor1d(folded.bias), stride);
+    return makeConv(folded.filter, folded.bias, stride);
   }
 
   /**

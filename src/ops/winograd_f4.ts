@@ -44,19 +44,32 @@ export function winogradF4Position(filter: Float32Array, cin: number, cout: numb
   const size = cin * cout;
   if (filter.length !== 9 * size) throw new Error(`winogradF4Filter: ${filter.length} values for a 3x3 ${cin}->${cout} filter`);
   if (out.length !== size || !(e >= 0 && e < 36)) throw new Error(`winogradF4Position: position ${e} into ${out.length} values of ${size}`);
+  const { k, taps } = winogradF4Terms(e);
+  return sumOfProducts(
+    k,
+    taps.map((tap) => filter.subarray(tap * size, (tap + 1) * size)),
+    out,
+  );
+}
+
+/**
+ * The terms of U[e]: the non-zero coefficients G[i][a] G[j][b] (float64) and their filter taps
+ * a * 3 + b, in (a, b) order, e = 6 i + j; 1, 3 or 9 of them.
+ */
+export function winogradF4Terms(e: number): { k: number[]; taps: number[] } {
   const [i, j] = [Math.floor(e / 6), e % 6];
   const k: number[] = [];
-  const t: Float32Array[] = [];
+  const taps: number[] = [];
   for (let a = 0; a < 3; a++) {
     for (let b = 0; b < 3; b++) {
       const c = WINOGRAD_F4_G[i][a] * WINOGRAD_F4_G[j][b];
       if (c !== 0) {
         k.push(c);
-        t.push(filter.subarray((a * 3 + b) * size, (a * 3 + b + 1) * size));
+        taps.push(a * 3 + b);
       }
     }
   }
-  return sumOfProducts(k, t, out);
+  return { k, taps };
 }
 
 /**

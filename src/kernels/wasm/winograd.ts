@@ -18,7 +18,7 @@ import * as tf from '@tensorflow/tfjs';
 import { asWasmBackend, heapView, outputInto, unsetTensor, WasmBackend } from './backend';
 import { WINOGRAD_F4_WASM } from './winograd_wasm';
 import { isReleased, packingActive, releaseUnused, usePacked } from './packed';
-import { winogradF4Position } from '../../ops/winograd_f4';
+import { winogradF4Position, winogradF4Terms } from '../../ops/winograd_f4';
 
 /** Transform positions per tile (6 x 6). */
 const POSITIONS = 36;
@@ -54,6 +54,10 @@ type OutputTransform = (
 /** output_<residual><relu>. */
 type TransformExports = {
   input(x: number, H: number, W: number, C: number, TH: number, TW: number, rowStart: number, rowCount: number, vptrs: number): void;
+  filter_u1(u: number, size: number, t0: number, k0: number): void;
+  filter_u3(u: number, size: number, ...tk: number[]): void;
+  filter_u9(u: number, size: number, ...tk: number[]): void;
+  scale_rows(x: number, n: number, out: number, scale: number): void;
 } & Record<'output_00' | 'output_01' | 'output_10' | 'output_11', OutputTransform>;
 
 /** Per tfjs wasm backend: our transforms, instantiated on its memory, and 36 pointers of scratch. */
@@ -213,8 +217,9 @@ export function wasmWinogradFilter(filter: tf.Tensor4D): tf.Tensor2D[] {
     // has no values left to transform.
     if (isReleased(filter)) throw new Error('Winograd on wasm: this filter is kept only as packed for the direct convolution; build the network with the Winograd flag as it will run');
     const [, , cin, cout] = filter.shape;
-    const values = filter.dataSync() as Float32Array;
     const backend = asWasmBackend(tf.backend());
+    const tr = backend && filterTransformsOn(backend, filter);
+    const values = tr ? null : (filter.dataSync() as Float32Array);
     // Kept out of the caller's tidy scope: they live as long as the filter. Made during a
     // packingRun, each is packed (and its own copy freed) before the next is made, which then
     // takes its place in the heap (see ./packed).
@@ -223,11 +228,12 @@ export function wasmWinogradFilter(filter: tf.Tensor4D): tf.Tensor2D[] {
     for (let e = 0; e < POSITIONS; e++) {
       let ue: tf.Tensor2D;
       if (backend) {
-        // Transformed where the tensor lies: no host array to copy into the heap and collect after.
+        // Transformed where the tensors lie: no host array to copy into the heap and collect after.
         ue = unsetTensor<tf.Rank.R2>(backend, [cin, cout]);
-        winogradF4Position(values, cin, cout, e, heapView(backend, ue));
+        if (tr) filterPosition(tr, offsetOf(backend, filter), offsetOf(backend, ue), cin * cout, e);
+        else winogradF4Position(values as Float32Array, cin, cout, e, heapView(backend, ue));
       } else {
-        ue = tf.tensor2d(winogradF4Position(values, cin, cout, e, new Float32Array(cin * cout)), [cin, cout]);
+        ue = tf.tensor2d(winogradF4Position(values as Float32Array, cin, cout, e, new Float32Array(cin * cout)), [cin, cout]);
       }
       u.push(tf.keep(ue));
       if (packing) {
@@ -241,6 +247,52 @@ export function wasmWinogradFilter(filter: tf.Tensor4D): tf.Tensor2D[] {
     prepared.set(filter, u);
   }
   return u;
+}
+
+/**
+ * Our transforms on `backend`, where they can make `filter`'s U in the heap (the filter lies there,
+ * and its size is a multiple of the 4 values a step takes), else null (the host's reference then).
+ */
+function filterTransformsOn(backend: WasmBackend, filter: tf.Tensor4D): Transforms | null {
+  if (transformModule() === null || !backend.dataIdMap.get(filter.dataId) || (filter.shape[2] * filter.shape[3]) % 4 !== 0) return null;
+  return transformsFor(backend);
+}
+
+/**
+ * U[e] of the filter at `filter` (tfjs layout (3, 3, in, out), `size` = in * out) into `u`, in
+ * WebAssembly SIMD: winogradF4Position's sums, bit for bit (float64, its order, one rounding).
+ */
+function filterPosition(tr: Transforms, filter: number, u: number, size: number, e: number): void {
+  const { k, taps } = winogradF4Terms(e);
+  const t = taps.map((tap) => filter + tap * size * 4);
+  if (k.length === 1) tr.exports.filter_u1(u, size, t[0], k[0]);
+  else if (k.length === 3) tr.exports.filter_u3(u, size, ...t, ...k);
+  else if (k.length === 9) tr.exports.filter_u9(u, size, ...t, ...k);
+  else throw new Error(`Winograd on wasm: ${k.length} terms in a filter transform position`);
+}
+
+/**
+ * A new wasm tensor of `shape` (a filter in tfjs layout, the output channel last) holding
+ * `values` with output channel k scaled by `scale[k]`, scaled where it lies in WebAssembly SIMD
+ * (scale_rows: foldFrozenBatchNorm's products, bit for bit); null when the active backend is not
+ * wasm, this runtime has no WebAssembly SIMD, or the channels are not a multiple of 4.
+ */
+export function scaledFilterWasm(values: Float32Array, scale: Float64Array, shape: [number, number, number, number]): tf.Tensor4D | null {
+  const backend = tf.getBackend() === 'wasm' ? asWasmBackend(tf.backend()) : null;
+  const out = shape[3];
+  if (!backend || transformModule() === null || out % 4 !== 0 || values.length !== shape.reduce((a, b) => a * b, 1) || scale.length !== out) return null;
+  const tr = transformsFor(backend);
+  const t = unsetTensor<tf.Rank.R4>(backend, shape);
+  const scratch = backend.wasm._malloc(out * 8);
+  try {
+    // Views made after both allocations: either may have grown the heap.
+    heapView(backend, t).set(values);
+    new Float64Array(tr.memory.buffer, scratch, out).set(scale);
+    tr.exports.scale_rows(offsetOf(backend, t), values.length, out, scratch);
+  } finally {
+    backend.wasm._free(scratch);
+  }
+  return t;
 }
 
 /** V[e] @ U[e] (XNNPACK packs U[e] for this call: ./packed). */

@@ -6,6 +6,7 @@ import * as tf from '@tensorflow/tfjs';
 import { ConvOptions, conv2dFused, conv2dPortable, convEpilogue, linearFused, linearPortable, prepareLinear, preparePadded, releasePadded } from './conv2d';
 import { conv2dWinograd, prepareWinograd, releaseWinograd, winogradFilterFor, winogradOptionsFit } from './winograd';
 import { conv2dWinogradWasm, releaseWasmWinograd, wasmWinogradAvailable, wasmWinogradFilter, wasmWinogradFits } from '../wasm/winograd';
+export { scaledFilterWasm } from '../wasm/winograd';
 import { usePacked } from '../wasm/packed';
 import { conv2dGemm, conv2dRowBands, gemmConvFits } from '../wasm/gemm_conv';
 
