@@ -303,7 +303,7 @@ describe('tfjs layout while copying', () => {
     expect(Buffer.from(out.buffer).equals(Buffer.from(ref.data.buffer, ref.data.byteOffset, ref.data.byteLength))).toBe(true);
   });
 
-  it.each([[[40, 6, 3, 3]], [[37, 21]], [[17, 2, 5]]])('a whole tensor in one call (copied by blocks of its last axis) equals toTfjsLayout for shape %j', (shape) => {
+  it.each([[[40, 6, 3, 3]], [[33, 20, 3, 3]], [[37, 21]], [[50, 35]], [[17, 2, 5]]])('a whole tensor in one call (copied by square tiles of its last two axes) equals toTfjsLayout for shape %j', (shape) => {
     const numel = shape.reduce((a, b) => a * b, 1);
     const data = rand(numel + 5);
     const ref = toTfjsLayout({ shape, data: data.subarray(5) });

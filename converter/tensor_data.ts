@@ -209,32 +209,49 @@ function sameTypedArrays(a: unknown, b: unknown): boolean {
   return ArrayBuffer.isView(a) && ArrayBuffer.isView(b) && !(a instanceof DataView) && Object.getPrototypeOf(a) === Object.getPrototypeOf(b);
 }
 
-/** Elements of the last axis copied together by `gatherBlocked`. */
+/** Side of the square tiles `gatherBlocked` copies. */
 const GATHER_BLOCK = 16;
 
 /**
  * `gatherStrided` of a whole tensor whose last axis is strided in `src` (a transpose: torch's
- * OIHW filters and [out, in] matrices to tfjs' HWIO and [in, out]), a block of GATHER_BLOCK
- * last-axis elements at a time over all rows. Row by row, each element of a row comes from a
- * different part of `src` (a cache miss each); by blocks, the source rows of one block stay in
- * cache while every destination row takes its piece.
+ * OIHW filters and [out, in] matrices to tfjs' HWIO and [in, out]), by GATHER_BLOCK-square tiles
+ * of the last two axes, each destination row of a tile written in one run. Row by row, each
+ * element of a row comes from a different part of `src` (a cache miss each); within a tile, its
+ * source lines stay in cache while every destination row takes its piece, and the inner loop
+ * writes contiguously (~2x the rate of whole columns of 16-wide blocks).
  */
 function gatherBlocked<E>(src: ElementArray<E>, base: number, shape: readonly number[], strides: readonly number[], dst: ElementArray<E>, dstPos: number): void {
-  const last = shape.length - 1;
-  const n = shape[last];
-  const s = strides[last];
-  const rows = numelOf(shape) / n;
-  const idx = new Array<number>(last).fill(0);
-  for (let l0 = 0; l0 < n; l0 += GATHER_BLOCK) {
-    const width = Math.min(GATHER_BLOCK, n - l0);
-    let p = base + l0 * s;
-    let out = dstPos + l0;
-    idx.fill(0);
-    for (let r = 0; r < rows; r++) {
-      for (let k = 0, q = p; k < width; k++, q += s) dst[out + k] = src[q];
-      out += n;
-      p += nextRow(idx, shape, strides, last);
+  const rank = shape.length;
+  const n = shape[rank - 1];
+  const s = strides[rank - 1];
+  // The tile rows' axis (the one before the last; a single row for a 1-D tensor) and the axes before it.
+  const m = rank >= 2 ? shape[rank - 2] : 1;
+  const sm = rank >= 2 ? strides[rank - 2] : 0;
+  const lead = Math.max(rank - 2, 0);
+  const outer = numelOf(shape.slice(0, lead));
+  const idx = new Array<number>(lead).fill(0);
+  let p0 = base;
+  let out0 = dstPos;
+  for (let o = 0; o < outer; o++) {
+    for (let r0 = 0; r0 < m; r0 += GATHER_BLOCK) {
+      const r1 = Math.min(r0 + GATHER_BLOCK, m);
+      for (let c0 = 0; c0 < n; c0 += GATHER_BLOCK) {
+        copyTile(src, p0 + r0 * sm + c0 * s, sm, s, dst, out0 + r0 * n + c0, n, r1 - r0, Math.min(GATHER_BLOCK, n - c0));
+      }
     }
+    out0 += m * n;
+    if (o + 1 < outer) p0 += nextRow(idx, shape, strides, lead);
+  }
+}
+
+/**
+ * dst[out + r * n + c] = src[p + r * sm + c * s] for r < rows, c < cols: one tile of
+ * `gatherBlocked`, a function of its own so that it is optimized after its first calls rather
+ * than once the whole copy's loop has run long enough to be replaced on the stack.
+ */
+function copyTile<E>(src: ElementArray<E>, p: number, sm: number, s: number, dst: ElementArray<E>, out: number, n: number, rows: number, cols: number): void {
+  for (let r = 0; r < rows; r++, p += sm, out += n) {
+    for (let c = 0, q = p; c < cols; c++, q += s) dst[out + c] = src[q];
   }
 }
 
