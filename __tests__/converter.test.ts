@@ -6,11 +6,11 @@ import * as os from 'os';
 import * as path from 'path';
 import { CheckpointError, readCheckpoint, valuesAsNumbers, img2poseSpec, detectDepth } from '../converter';
 import { runConvert } from '../converter/cli';
-import { prepareCheckpoint, resolvePoseStatistics } from '../converter/convert';
+import { entryValues, prepareCheckpoint, resolvePoseStatistics } from '../converter/convert';
 import { LoadedCheckpoint, TorchStorage, TorchTensor, loadCheckpoint } from '../converter/checkpoint';
 import { tfjsAxisOrder } from '../converter/axis_order';
 import { toTfjsLayout } from '../converter/layout';
-import { TensorValues, floatValuesToFloat32, gatherStrided } from '../converter/tensor_data';
+import { TensorValues, firstNonFinite, floatValuesToFloat32, gatherStrided } from '../converter/tensor_data';
 import { ZipArchive, recordDataOffset } from '../converter/zip';
 import { unpickle, PyDict, PyObject, PySet, PyTuple } from '../converter/pickle';
 import { FIXTURES, keySpecs } from './utils/formula';
@@ -322,6 +322,42 @@ describe('tfjs layout while copying', () => {
     gatherStrided(storage, 3, [6, 4], [1, 6], out, 0, 0, 24);
     const want = Float32Array.from({ length: 24 }, (_, i) => (i % 4) * 6 + Math.floor(i / 4));
     expect(Array.from(out)).toEqual(Array.from(want));
+  });
+});
+
+describe('NaN and infinite weights', () => {
+  it('finds the first one, wherever it lies in or between the blocks checked at once', () => {
+    const n = 3 * 4096 + 5;
+    // Finite values of every kind, negative zero and subnormals included, pass.
+    const values = Float32Array.from({ length: n }, (_, i) => [0, -0, 1e-45, -3.4e38, 3.4e38, i / 7][i % 6]);
+    expect(firstNonFinite(values)).toBe(-1);
+    for (const at of [0, 1, 4095, 4096, 8191, n - 2, n - 1]) {
+      for (const bad of [NaN, Infinity, -Infinity]) {
+        const v = values.slice();
+        v[at] = bad;
+        // A later one never hides the first.
+        if (at + 3 < n) v[at + 3] = NaN;
+        expect(firstNonFinite(v)).toBe(at);
+        expect(firstNonFinite(v, at + 1, at + 1)).toBe(-1);
+        // A range that ends before it does not see it.
+        if (at > 0) expect(firstNonFinite(v, 0, at)).toBe(-1);
+        if (at + 3 < n) expect(firstNonFinite(v, at + 1)).toBe(at + 3);
+      }
+    }
+    const v = values.slice();
+    v[5000] = NaN;
+    expect(firstNonFinite(v, 4097, 6000)).toBe(5000);
+    expect(firstNonFinite(v, 5001)).toBe(-1);
+  });
+
+  it('refuses a tensor holding one, naming the tensor, the value and the element', () => {
+    const storage = new TorchStorage('0', 'float32', 6);
+    const source = Float32Array.from([1, 2, 3, 4, Infinity, 6]);
+    const entry = { name: 'backbone.fpn.layer_blocks.0.0.bias', shape: [6], storage, offset: 0, strides: [1], numel: 6 };
+    expect(() => entryValues(entry, source, 'model.pth')).toThrow(CheckpointError);
+    expect(() => entryValues(entry, source, 'model.pth')).toThrow(/tensor 'backbone\.fpn\.layer_blocks\.0\.0\.bias' holds Infinity at element 4 \(NaN or infinite weights/);
+    source[4] = 5;
+    expect(Array.from(entryValues(entry, source, 'model.pth'))).toEqual([1, 2, 3, 4, 5, 6]);
   });
 });
 

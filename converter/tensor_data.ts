@@ -259,14 +259,38 @@ export function numelOf(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
 
-/** Index of the first NaN or infinite value of `values[from, to)`, or -1. */
+/** Values `firstNonFinite` checks at once before it looks for the one that failed. */
+const FINITE_BLOCK = 4096;
+
+/**
+ * Index of the first NaN or infinite value of `values[from, to)`, or -1. Every weight is checked
+ * as it is read: a block at a time without a branch per value (~2x the rate), then value by value
+ * only in a block that failed.
+ */
 export function firstNonFinite(values: Float32Array, from = 0, to = values.length): number {
-  for (let i = from; i < to; i++) {
-    const x = values[i];
-    // x - x is 0 for every finite x and NaN for NaN and the infinities
-    if (x - x !== 0) return i;
+  for (let start = from; start < to; start += FINITE_BLOCK) {
+    const end = Math.min(start + FINITE_BLOCK, to);
+    if (blockFinite(values, start, end)) continue;
+    for (let i = start; i < end; i++) {
+      const x = values[i];
+      // x - x is 0 for every finite x and NaN for NaN and the infinities
+      if (x - x !== 0) return i;
+    }
   }
   return -1;
+}
+
+/** Whether `values[from, to)` are all finite: x * 0 is ±0 for every finite x, NaN otherwise, and NaN stays in a sum. */
+function blockFinite(values: Float32Array, from: number, to: number): boolean {
+  let a = 0;
+  let b = 0;
+  let i = from;
+  for (; i + 1 < to; i += 2) {
+    a += values[i] * 0;
+    b += values[i + 1] * 0;
+  }
+  if (i < to) a += values[i] * 0;
+  return a + b === 0;
 }
 
 /**
