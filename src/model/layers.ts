@@ -30,13 +30,17 @@ export function foldFrozenBatchNorm(
   eps = FROZEN_BN_EPS,
 ): { filter: Float32Array; bias: Float32Array } {
   const { scale, bias } = frozenBatchNormScale(filter.length, bn, eps);
+  return { filter: scaledRows(filter, scale), bias };
+}
+
+/** filter[i] * scale[i % out] for every value, row by row of `out` values (without a division each). */
+function scaledRows(filter: ArrayLike<number>, scale: Float64Array): Float32Array {
   const out = scale.length;
   const folded = new Float32Array(filter.length);
-  // Row by row of `out` values: the same products as folded[i] = filter[i] * scale[i % out], without a division each.
   for (let row = 0; row < filter.length; row += out) {
     for (let k = 0; k < out; k++) folded[row + k] = filter[row + k] * scale[k];
   }
-  return { filter: folded, bias };
+  return folded;
 }
 
 /** foldFrozenBatchNorm's per-channel scale (float64) and folded bias, for a filter of `size` values. */
@@ -66,7 +70,7 @@ export function foldFrozenBatchNormTensors(
   const { scale, bias } = frozenBatchNormScale(filter.length, bn, eps);
   const inHeap = scaledFilterWasm(filter, scale, shape);
   return {
-    filter: inHeap ?? tf.tensor4d(foldFrozenBatchNorm(filter, bn, eps).filter, shape),
+    filter: inHeap ?? tf.tensor4d(scaledRows(filter, scale), shape),
     bias: tf.tensor1d(bias),
   };
 }

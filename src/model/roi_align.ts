@@ -204,25 +204,22 @@ export async function multiScaleRoIAlign(
 ): Promise<tf.Tensor4D> {
   if (method === 'ops') return multiScaleRoIAlignOps(features, boxes, imageSizes, paddedSizes);
   if (method === 'webgpu') return multiScaleRoIAlignWebGPU(features, boxes, imageSizes, paddedSizes);
-  const channels = features[0].shape[3];
-  const assigned = assignLevels(boxes, imageSizes, paddedSizes);
   const total = boxes.reduce((n, b) => n + b.length / 4, 0);
-  const shape: [number, number, number, number] = [total, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, channels];
+  const shape: [number, number, number, number] = [total, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, features[0].shape[3]];
   if (memory) {
-    // In place: the pooled tensor is made (zeros: the bins accumulate) before the views are
-    // taken, and nothing runs on the backend from here to the end, so the views stay valid.
-    const pooled = tf.zeros(shape) as tf.Tensor4D;
+    // In place: the pooled tensor is made before the views are taken, and with `memory`
+    // multiScaleRoIAlignInto uses them before it first waits, so they stay valid.
+    const pooled = memory.unset<tf.Rank.R4>(shape);
     try {
-      poolHost(features, boxes, assigned, levelMaps(features, assigned, memory), memory.view(pooled));
+      await multiScaleRoIAlignInto(features, boxes, imageSizes, paddedSizes, memory.view(pooled), memory);
     } catch (e) {
       pooled.dispose();
       throw e;
     }
     return pooled;
   }
-  const maps = await levelMaps(features, assigned);
   const out = new Float32Array(shape.reduce((a, b) => a * b, 1));
-  poolHost(features, boxes, assigned, maps, out);
+  await multiScaleRoIAlignInto(features, boxes, imageSizes, paddedSizes, out);
   return tf.tensor4d(out, shape);
 }
 
@@ -240,8 +237,9 @@ function levelMaps(features: tf.Tensor4D[], assigned: ReturnType<typeof assignLe
 }
 
 /**
- * The host RoIAlign (`multiScaleRoIAlign`'s 'host' method) written into `out` rather than a new
- * tensor: [sum of boxes, 7, 7, C] values, for memory another thread reads. The same bits.
+ * The host RoIAlign (`multiScaleRoIAlign`'s 'host' method) written into `out`: [sum of boxes, 7,
+ * 7, C] values (a tensor's in place, or memory another thread reads). With `memory` the levels are
+ * read in place, and every view is used before the returned promise first waits.
  */
 export async function multiScaleRoIAlignInto(
   features: tf.Tensor4D[],
