@@ -1,5 +1,5 @@
 /** Loading a .pth straight into tfjs tensors (no folder written). */
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { Img2PoseWeights } from './weights';
 import { LoadedCheckpoint, loadCheckpoint } from './checkpoint';
 import { sharedFloat32 } from './tensor_data';

@@ -18,7 +18,7 @@
  *
  * Everything here is plain typed-array arithmetic: no tfjs tensor outlives a call.
  */
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { InputError, OptionError, describeValue } from './errors';
 import { DecodeLimits, ImageInput, RawImage, decodeBitmap, decodeImage } from './io/images';
 import { projectPoints } from './model/pose';

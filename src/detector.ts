@@ -15,7 +15,7 @@
  * - every tensor made on the way is disposed, on errors too; `dispose()` frees the weights.
  */
 import * as os from 'os';
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { BackendChoice, BACKEND_CHOICES, onBackend, onBackendSync, selectBackend, selectCpuForValues } from './runtime/backend';
 import {
   AbortError,

@@ -13,7 +13,7 @@
  *   decoder, colour profiles ignored as in Node.
  * - Raw pixels and tensors: src/io/images.ts unchanged.
  */
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { decode as decodeJpeg } from 'jpeg-js';
 import { describeValue, InputError } from '../errors';
 import {

@@ -9,7 +9,7 @@
  */
 import { promises as fsp } from 'fs';
 import * as path from 'path';
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { writeHostWeights } from '../../converter/host_folder';
 import { toTfjsLayout, HostTensor } from '../../converter/layout';
 import { KeySpec, img2poseSpec } from '../../converter/spec';

@@ -27,7 +27,7 @@
  * left allocated when a function throws.
  */
 import * as fs from 'fs';
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { InputError, describeValue } from '../errors';
 import { Unzlib } from 'fflate';
 import { DEFAULT_MAX_PIXELS, ImageFormat, headerSize, pngDataProblem } from './image_header';

@@ -7,7 +7,7 @@
  * values onto the active backend through a plain upload before any kernel runs avoids the
  * lazy move altogether.
  */
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { Img2PoseWeights } from '../model/weights';
 
 /** Whether `t`'s data lives on the active backend (so kernels read it without a move). */

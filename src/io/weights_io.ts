@@ -9,7 +9,7 @@
  */
 import { Stats, promises as fsp } from 'fs';
 import * as path from 'path';
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { WeightsError } from '../errors';
 import { Img2PoseWeights } from '../model/weights';
 import { CheckpointError } from '../../converter/errors';

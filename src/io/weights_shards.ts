@@ -3,7 +3,7 @@
  * come from (HTTP in Node and pages, files a page's user picked): every shard's size against the
  * one model.json records, every group's bytes against what its tensors need, then tfjs's decoder.
  */
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { WeightsError } from '../errors';
 import { Img2PoseWeights } from '../model/weights';
 import { img2poseSpec, isModelTensor } from '../../converter/spec';

@@ -12,7 +12,7 @@
  */
 import { promises as fsp } from 'fs';
 import * as path from 'path';
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { Img2PoseError, WeightsError } from '../errors';
 import { weightsOnActiveBackend } from './tensor_home';
 import { Img2PoseWeights, ResNetDepth, disposeWeights } from '../model/weights';

@@ -15,7 +15,7 @@
  * the max-pool sees values >= 0, so a zero equals PyTorch's -inf padding. When every image has
  * the batch's padded size nothing is masked.
  */
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { Img2PoseWeights } from './weights';
 import { Size } from '../ops/size';
 import { Conv, convOutputSize, disposeConv, foldFrozenBatchNormTensors, makeConv, ownCopy, readsBeyondRegion } from './layers';

@@ -3,7 +3,7 @@
  * folding, PyTorch-style symmetric padding, and the geometry needed to keep batched images
  * independent of each other (see backbone.ts, "batch == single").
  */
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { releaseConvFilter, scaledFilterWasm } from '../kernels/webgpu';
 import { convOutputSize } from '../ops/size';
 

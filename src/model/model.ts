@@ -1,4 +1,4 @@
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { Backbone, RowShare } from './backbone';
 import { BOX_SCORE_THRESH, PostprocessInput } from './postprocess';
 import { REFERENCE_POINTS_68 } from './reference_points';
@@ -236,7 +236,7 @@ export function splitEvenly(group: number[], size: number): number[][] {
 
 /** Waits until the work queued so far has run (a 1-element readback), for honest stage times. */
 async function settle(t: tf.Tensor): Promise<void> {
-  const probe = tf.tidy(() => t.reshape([-1]).slice(0, 1));
+  const probe = tf.tidy(() => tf.slice(tf.reshape(t, [-1]), 0, 1));
   await probe.data();
   probe.dispose();
 }
@@ -494,7 +494,7 @@ export class Img2PoseModel {
         throw e;
       }
       // No thread was free, or it stopped: the lower band here, the same way.
-      const lower = (await away) ?? (await this.level0Band(tf.tidy(() => inner[0].slice([0, from])), true));
+      const lower = (await away) ?? (await this.level0Band(tf.tidy(() => tf.slice(inner[0], [0, from])), true));
       if (lower.fpn.length !== (height - cut) * width * channels || lower.head.length !== (height - cut) * width * 15) {
         upper.fpn.dispose();
         throw new Error(`Img2PoseModel: the other thread returned ${lower.fpn.length} + ${lower.head.length} values of level 0's lower ${height - cut} rows`);
@@ -559,9 +559,9 @@ export class Img2PoseModel {
   private async level0Upper(inner: tf.Tensor4D, cut: number): Promise<{ fpn: tf.Tensor4D; head: Float32Array }> {
     const [fpn, head] = tf.tidy(() => {
       // Exact rows: the FPN conv's [0, cut + 4) of its band [0, cut + 8); the head's [0, cut).
-      const out = this.backbone.outerLevel0(inner.slice([0, 0], [-1, cut + LEVEL0_HALO]));
-      const hidden = this.rpn.levelHead(out.slice([0, 0], [-1, cut + LEVEL0_HALO / 2]));
-      return [out.slice([0, 0], [-1, cut]), hidden.slice([0, 0], [-1, cut])];
+      const out = this.backbone.outerLevel0(tf.slice(inner, [0, 0], [-1, cut + LEVEL0_HALO]));
+      const hidden = this.rpn.levelHead(tf.slice(out, [0, 0], [-1, cut + LEVEL0_HALO / 2]));
+      return [tf.slice(out, [0, 0], [-1, cut]), tf.slice(hidden, [0, 0], [-1, cut])];
     });
     try {
       return { fpn, head: (await head.data()) as Float32Array };
@@ -581,8 +581,8 @@ export class Img2PoseModel {
       // Exact rows: the FPN conv's from LEVEL0_HALO / 2 on, the head's from LEVEL0_HALO / 2 of those.
       const out = this.backbone.outerLevel0(inner);
       if (dispose) inner.dispose();
-      const hidden = this.rpn.levelHead(out.slice([0, LEVEL0_HALO / 2]));
-      return [out.slice([0, LEVEL0_HALO]), hidden.slice([0, LEVEL0_HALO / 2])];
+      const hidden = this.rpn.levelHead(tf.slice(out, [0, LEVEL0_HALO / 2]));
+      return [tf.slice(out, [0, LEVEL0_HALO]), tf.slice(hidden, [0, LEVEL0_HALO / 2])];
     });
     try {
       const [f, h] = await Promise.all([fpn.data(), head.data()]);

@@ -17,7 +17,7 @@
  *   row, so the map gets one replicated row/column at the bottom/right to emulate the (H-1, H]
  *   rule. Samples never fall below 0 because proposals are clipped to the image.
  */
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { featureSizes, roundHalfEven } from '../ops/anchors';
 import type { Size } from '../ops/size';
 import { roiAlignFused } from '../kernels/webgpu';

@@ -16,7 +16,7 @@
  * dofs of those rows alone (on trained weights, a few percent of the 1000 proposals). Each row's
  * numbers are computed as in a run over all rows.
  */
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { faceScores } from './postprocess';
 import { Img2PoseWeights } from './weights';
 import { ROI_OUTPUT_SIZE } from './roi_align';
@@ -130,7 +130,7 @@ function pooledRows(pooled: tf.Tensor4D, rows: number[]): tf.Tensor4D {
 function permuteFc6Rows(weight: tf.Tensor2D, channels: number): tf.Tensor2D {
   const cells = ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE;
   return tf.tidy(() =>
-    weight.reshape([channels, cells, weight.shape[1]]).transpose([1, 0, 2]).reshape([cells * channels, weight.shape[1]]),
+    tf.reshape(tf.transpose(tf.reshape(weight, [channels, cells, weight.shape[1]]), [1, 0, 2]), [cells * channels, weight.shape[1]]),
   );
 }
 
@@ -269,7 +269,7 @@ export class RoIHeads {
   /** class_head and cls_score: pooled features [R, 7, 7, C] -> class logits [R, 2]. */
   classify(pooled: tf.Tensor4D): tf.Tensor2D {
     return tf.tidy(() => {
-      const x = pooled.reshape([pooled.shape[0], -1]) as tf.Tensor2D;
+      const x = tf.reshape(pooled, [pooled.shape[0], -1]) as tf.Tensor2D;
       const features = dense(this.runtime, runFc6(this.runtime, x, this.classFc6), ...this.classFc7, true);
       return dense(this.runtime, features, ...this.clsScore, false);
     });
@@ -278,7 +278,7 @@ export class RoIHeads {
   /** box_head and dof_pred: pooled features [R, 7, 7, C] -> dof regression [R, 12]. */
   regressDofs(pooled: tf.Tensor4D): tf.Tensor2D {
     return tf.tidy(() => {
-      const x = pooled.reshape([pooled.shape[0], -1]) as tf.Tensor2D;
+      const x = tf.reshape(pooled, [pooled.shape[0], -1]) as tf.Tensor2D;
       const features = dense(this.runtime, runFc6(this.runtime, x, this.boxFc6), ...this.boxFc7, true);
       return dense(this.runtime, dense(this.runtime, features, ...this.dofHidden, true), ...this.dofOut, false);
     });

@@ -9,7 +9,7 @@
  * The head runs on the whole batch; features outside each image's own region are masked so its
  * output there equals the single-image run's.
  */
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { Kernels, packStage, PORTABLE_KERNELS, prepareConvFilter, releaseConvFilter, winogradEnabled } from '../kernels/webgpu';
 import { rpnCandidates } from '../kernels/webgpu/rpn_candidates';
 import { copyValuesInto, HostExecutor, IN_THREAD, TensorMemory } from './runtime';

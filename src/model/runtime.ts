@@ -4,7 +4,7 @@
  * per-image host stages run. The stages never ask which backend is active or how many threads
  * there are; they read it here.
  */
-import type * as tf from '@tensorflow/tfjs';
+import type * as tf from '@tensorflow/tfjs-core';
 import { Kernels } from '../kernels/webgpu';
 import { Detections, postprocessDetections, PostprocessInput } from './postprocess';
 import { ProposalJob, Proposals, proposalsOf } from '../ops/proposals';

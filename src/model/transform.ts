@@ -11,7 +11,7 @@
  * samples (`ImageBytes`): each tap is then normalised through a 256-entry table and no float copy
  * of the full-size image is ever made (an 8000x8000 photo would take 768 MB as float32).
  */
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { ImageBytes, Kernels, normalizeResizePadBatchWebGPU, normalizeResizePadBytesWebGPU, PORTABLE_KERNELS } from '../kernels/webgpu';
 import { bilinearTaps } from '../ops/resize';
 import { Size } from '../ops/size';

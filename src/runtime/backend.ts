@@ -4,7 +4,7 @@
  * so the library runs with its own dependencies alone (wasm, then pure-JS cpu). In browsers the
  * platform gives WebGPU and WebGL, and the browser build supplies its own module loader.
  */
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { prepareWasmWinograd } from '../kernels/wasm/winograd';
 import { BackendError, OptionError } from '../errors';
 
@@ -89,7 +89,7 @@ const INSTALL: Record<Exclude<BackendChoice, 'auto'>, string> = {
     '(Linux: also the Vulkan loader, libvulkan1); in a browser: one with WebGPU enabled',
   webgl: 'a browser with WebGL 2 (tfjs registers its webgl backend in browsers only)',
   wasm: 'npm install @tensorflow/tfjs-backend-wasm@4.22.0',
-  cpu: 'npm install @tensorflow/tfjs@4.22.0',
+  cpu: 'npm install @tensorflow/tfjs@4.22.0 (it brings @tensorflow/tfjs-backend-cpu)',
 };
 
 type Attempt = { ok: true } | { ok: false; reason: string; cause?: unknown };
@@ -163,7 +163,9 @@ async function trySetUp(name: Exclude<BackendChoice, 'auto'>, loader: ModuleLoad
       return attempt;
     }
     case 'cpu':
-      return activate('cpu');
+      // The library imports tfjs-core alone (the umbrella package costs every thread ~0.1 s of
+      // module loading), so the cpu backend registers when first chosen.
+      return setUpBundled('cpu', '@tensorflow/tfjs-backend-cpu', loader);
   }
 }
 

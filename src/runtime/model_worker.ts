@@ -3,7 +3,7 @@
  * network from the weights in its `workerData` (or, when it was started before they were read,
  * in its 'model-weights' task) and runs forwards on the images it is sent.
  */
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { selectBackend, selectCpuForValues } from './backend';
 import { BodyOffload, Img2PoseModel, Level0Band, Level0Offload, RawDetections } from '../model/model';
 import type { NetworkImage } from '../model/transform';

@@ -13,7 +13,7 @@
  * the other stops waiting: the image's own thread then makes the rest of every map alone, with
  * the same bits.
  */
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import type { RowShare } from '../model/backbone';
 import type { Rows } from '../kernels/webgpu';
 import type { TensorMemory } from '../model/runtime';

@@ -2,7 +2,7 @@
  * The runtime a network is built for (src/model/runtime.ts): built once per detector by
  * `Img2Pose.load`, for the backend it picked. Backend names are known here and nowhere below.
  */
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { asWasmBackend, unsetTensor } from '../kernels/wasm/backend';
 import { Kernels, KernelMode, PORTABLE_KERNELS } from '../kernels/webgpu';
 import { BackendRules, HostExecutor, IN_THREAD, ModelRuntime, TensorMemory } from '../model/runtime';

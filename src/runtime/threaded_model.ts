@@ -5,7 +5,7 @@
  * more than one core; each image's result is still exactly its single-image result (the network
  * never mixes images, and every worker runs the same kernels).
  */
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { InferenceError } from '../errors';
 import type { Level0Band, ModelConfig, RawDetections } from '../model/model';
 import type { RoIHeadOutputs } from '../model/roi_heads';

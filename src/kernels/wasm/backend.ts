@@ -1,6 +1,6 @@
 // The parts of tfjs's wasm backend our wasm kernels use (public at run time, not in its types):
 // its heap, where each tensor lies in it, and its output allocation.
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 
 export interface WasmBackend {
   wasm: { asm: { memory: WebAssembly.Memory }; _malloc(bytes: number): number; _free(pointer: number): void };

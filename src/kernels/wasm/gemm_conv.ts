@@ -7,7 +7,7 @@
 // both start each output from the bias and add the products in the order (ky, kx, channel), which
 // is the patches' column order (checked in __tests__/winograd_wasm.test.ts against the
 // convolution); each row is one output pixel computed alone, so a batch equals its images.
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { asWasmBackend, outputInto } from './backend';
 import { convOutputSize } from '../../ops/size';
 

@@ -14,7 +14,7 @@
 // What it costs: the released tensor's values are gone (reading it gives meaningless numbers),
 // and a call with a signature not packed before would make XNNPACK pack freed memory. The kernels
 // that use a weight therefore go through `usePacked`, which refuses such a call instead.
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 
 /** tfjs-backend-wasm's bookkeeping of one tensor's storage (its BackendWasm.dataIdMap values). */
 interface WasmTensorData {

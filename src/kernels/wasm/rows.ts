@@ -3,7 +3,7 @@
 // goes element by element; for the RoI heads' pieces of the pooled features (50 MB for 1000
 // boxes) and fc6's input chunks that measured ~0.8 s of a 6.4 s forward, against a few ms here.
 // Pure copies: the numbers are the same bits as tf.slice / tf.gather give, on any backend.
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { asWasmBackend } from './backend';
 
 const KERNEL = 'Img2PoseCopyRows';

@@ -14,7 +14,7 @@
 // __tests__/winograd_wasm.test.ts). Each image's numbers depend only on its own pixels: tiles
 // start at each image's origin, read zeros outside the map, each GEMM row is one tile computed
 // alone, and whether a layer takes this path depends on its shape only, never on the batch.
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { asWasmBackend, heapView, outputInto, unsetTensor, WasmBackend } from './backend';
 import { WINOGRAD_F4_WASM } from './winograd_wasm';
 import { isReleased, packingActive, releaseUnused, usePacked } from './packed';

@@ -19,7 +19,7 @@
 // photo is tens of MB. Of the free buffers of a class, the one made first is handed out (see
 // `acquireBuffer` below). The change applies to the whole webgpu backend of the process and
 // stays once made: tensors created under it must keep reading back their own size.
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { isGPUBuffer, tensorBinding, useFastRecording } from './record';
 

@@ -8,7 +8,7 @@
 // shared-memory tiles of BM x BK (A, k-major) and BK x BN (B); each thread keeps a
 // (BM/16) x (BN/16) register tile and prefetches the next k-tile into registers while computing.
 // Fully connected layers are the 1x1 case (H = 1, W = rows), see `linearFused`.
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { convOutputSize } from '../../ops/size';
 import { runProgram, WebGPUProgram } from './program';
 import { WINOGRAD_F4_BT } from '../../ops/winograd_f4';

@@ -1,7 +1,7 @@
 // Brings up tfjs' webgpu backend in Node on Dawn (the npm package `webgpu`, an optional peer).
 // The backend registers itself only if `navigator.gpu` exists when its module is evaluated, so
 // the GPU object is installed first and the backend module is imported after.
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 
 interface DawnModule {
   create(flags: string[]): unknown;

@@ -2,7 +2,7 @@
 // Stage code calls `kernels.conv` / `kernels.linear` on the `Kernels` it was built with instead of
 // tf.conv2d / tf.matMul. Each network holds its own `Kernels`, so two networks in one process
 // may run different kernels.
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { ConvOptions, conv2dFused, conv2dPortable, convEpilogue, linearFused, linearPortable, prepareLinear, preparePadded, releasePadded } from './conv2d';
 import { conv2dWinograd, prepareWinograd, releaseWinograd, winogradFilterFor, winogradOptionsFit } from './winograd';
 import { conv2dWinogradWasm, releaseWasmWinograd, wasmWinogradAvailable, wasmWinogradFilter, wasmWinogradFits } from '../wasm/winograd';

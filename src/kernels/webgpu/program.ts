@@ -2,7 +2,7 @@
 // of the backend's own (conv2d_mm, matmul_packed ...), run through `backend.runWebGPUProgram`, so
 // inputs and outputs are ordinary tfjs tensors that compose with every other op. Only types are
 // imported from the backend package: the library must load where that package is absent.
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend, WebGPUProgram } from '@tensorflow/tfjs-backend-webgpu';
 
 export type { WebGPUProgram };

@@ -15,7 +15,7 @@
 // - the pipeline is set only when it changes within a pass.
 // The uniform values and their layout are tfjs' own (the generated shaders read that layout).
 // Profiled dispatches (tf.profile / tf.time) and pixel programs keep tfjs' own recording.
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import type { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 
 /** tfjs env flag: record dispatches as above (false: tfjs' own recording, for comparisons). */

@@ -8,7 +8,7 @@
 // two, so the product is the same float32 torch forms) and (image, level, own map height, own
 // map width): the boundary rules use the image's OWN map, which in a padded batch is smaller than
 // the batch tensor (batch == single).
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { runProgram, WebGPUProgram } from './program';
 
 function wgslFloat(v: number): string {

@@ -17,7 +17,7 @@
 // selection sorts them (logit descending, equal logits by anchor, NaN last): each record's place
 // is the number of records that go before it, counted over the slot in tiles of workgroup memory.
 // The host then takes a prefix instead of sorting (~1.5 ms of a single image's host time).
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { CandidateLayout, RECORD_WORDS } from '../../ops/proposals';
 import { runProgram, webgpuBackend, WebGPUProgram } from './program';
 

@@ -7,7 +7,7 @@
 // groups cost ~1 ms of host time each while the GPU work is microseconds (docs/webgpu.md).
 // Decoded 8-bit samples are uploaded as they are, four to a word, and unpacked by the shader:
 // a quarter of a float32 image's bytes and no float copy on the host.
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import type { LinearTaps } from '../../ops/resize';
 import { runProgram, WebGPUProgram } from './program';
 

@@ -26,7 +26,7 @@
 // 5, 8 and 1/6, 1/24; checked against a float64 convolution); every image's numbers still depend
 // only on its own pixels, since tiles start at each image's origin and the choice of algorithm
 // and tile depends only on the layer (its channels and level) and the flags, never on the batch.
-import * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs-core';
 import { ConvOptions, ConvTile, FusedConvProgram, chooseTile } from './conv2d';
 import { runProgram, WebGPUProgram, webgpuBackend } from './program';
 import { WINOGRAD_F4_AT, WINOGRAD_F4_BT, WINOGRAD_F4_G } from '../../ops/winograd_f4';
