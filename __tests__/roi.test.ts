@@ -1,6 +1,7 @@
 // Multi-scale RoIAlign and the ROI heads against torchvision and the upstream run's own values.
 import * as tf from '@tensorflow/tfjs';
 import { featureSizes } from '../src/ops/anchors';
+import { wasmBoxPooler } from '../src/kernels/wasm/roi_align';
 import { RoIAlignMethod, inferScales, levelRange, mapRoiLevels, multiScaleRoIAlign, multiScaleRoIAlignInto } from '../src/model/roi_align';
 import { HeadsOffload, PooledRowSource, RoIHeadOutputs, RoIHeads } from '../src/model/roi_heads';
 import { BOX_SCORE_THRESH, faceScores, postprocessDetections } from '../src/model/postprocess';
@@ -206,6 +207,33 @@ describe('host RoIAlign in place on the wasm heap (rules.tensorMemory)', () => {
     const ints = tf.zeros([2, 2], 'int32');
     expect(() => memory.view(ints)).toThrow(/float32 tensor of the wasm backend/);
     ints.dispose();
+  });
+});
+
+describe("host RoIAlign: torchvision's float32 operations in its order", () => {
+  // The first 16 rows upstream stored, from torchvision's CPU kernel: equal bit for bit, in
+  // JavaScript (maps read back) and in the WebAssembly kernel (maps on the wasm heap), whether the
+  // rows are written into the heap or into memory outside it (another thread's share).
+  it.each(TINY)('gives the bits of roi_pooled_box_first16 on every path (%s)', async (id) => {
+    const memory = activeRuntime().rules.tensorMemory!;
+    expect(wasmBoxPooler()).not.toBeNull();
+    const features = LEVEL_KEYS.map((k) => goldenFeature(id, k));
+    const proposals = Float32Array.from(golden(id, 'proposals').data);
+    const args = [features, [proposals], [resizedSize(id)], [paddedSize(id)]] as const;
+    const rows = proposals.length / 4;
+    const copied = await multiScaleRoIAlign(...args, 'host');
+    const inPlace = await multiScaleRoIAlign(...args, 'host', memory);
+    const outside = new Float32Array(rows * 49 * 256);
+    await multiScaleRoIAlignInto(...args, outside, memory);
+    const torchRows = async (t: tf.Tensor4D) => toTorchLayout(tf.slice(t, [0, 0, 0, 0], [16, 7, 7, 256]) as tf.Tensor4D);
+    const expected = Float32Array.from(golden(id, 'roi_pooled_box_first16').data);
+    const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+    expect(bits(await torchRows(copied)).equals(bits(expected))).toBe(true);
+    expect(bits(await torchRows(inPlace)).equals(bits(expected))).toBe(true);
+    const all = (await copied.data()) as Float32Array;
+    expect(bits((await inPlace.data()) as Float32Array).equals(bits(all))).toBe(true);
+    expect(bits(outside).equals(bits(all))).toBe(true);
+    tf.dispose([copied, inPlace, ...features]);
   });
 });
 

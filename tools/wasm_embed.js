@@ -4,6 +4,9 @@
  * bytes into the file between a BEGIN and an END line.
  */
 
+const fs = require('fs');
+const path = require('path');
+
 /** The module's bytes, or exit 2 with the install hint where wabt is missing. */
 async function assembleWat(name, wat) {
   let wabtFactory;
@@ -31,4 +34,33 @@ function spliceBytes(src, file, begin, end, declaration, bytes) {
   return src.slice(0, a) + block + src.slice(b + end.length);
 }
 
-module.exports = { assembleWat, spliceBytes };
+/**
+ * The command line of a tool that embeds one .wat: assembles `wat` (a path) and writes its bytes
+ * into `target` between `// BEGIN <name>.wasm` and `// END <name>.wasm` as `declaration`; with
+ * --check, exits 1 when `target` holds other bytes instead.
+ */
+function embedMain(name, wat, target, declaration) {
+  const root = path.join(__dirname, '..');
+  const shown = path.relative(root, target);
+  const run = async () => {
+    const bytes = await assembleWat(`${name}.wat`, fs.readFileSync(wat, 'utf8'));
+    const src = fs.readFileSync(target, 'utf8');
+    const next = spliceBytes(src, target, `// BEGIN ${name}.wasm`, `// END ${name}.wasm`, declaration, bytes);
+    if (process.argv.includes('--check')) {
+      if (next !== src) {
+        console.error(`${shown} does not hold the assembled ${path.relative(root, wat)}`);
+        process.exit(1);
+      }
+      console.log(`${shown} holds ${path.relative(root, wat)} (${bytes.length} bytes)`);
+      return;
+    }
+    fs.writeFileSync(target, next);
+    console.log(`wrote ${bytes.length} bytes of WebAssembly into ${shown}`);
+  };
+  run().catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
+}
+
+module.exports = { assembleWat, spliceBytes, embedMain };

@@ -21,6 +21,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { featureSizes, roundHalfEven } from '../ops/anchors';
 import type { Size } from '../ops/size';
 import { roiAlignFused } from '../kernels/webgpu';
+import { HeapBoxPooler, SampleAxis, wasmBoxPooler } from '../kernels/wasm/roi_align';
 import type { TensorMemory } from './runtime';
 
 export const ROI_OUTPUT_SIZE = 7;
@@ -106,7 +107,7 @@ export interface MapView {
 }
 
 /** One axis of roi_align's sampling: for each of the 14 samples, the two taps and their weights. */
-function sampleAxis(lo: number, hi: number, scale: number, extent: number) {
+function sampleAxis(lo: number, hi: number, scale: number, extent: number): SampleAxis {
   const low = new Int32Array(GRID);
   const high = new Int32Array(GRID);
   const wLow = new Float32Array(GRID);
@@ -139,13 +140,15 @@ function sampleAxis(lo: number, hi: number, scale: number, extent: number) {
 }
 
 /**
- * torchvision's roi_align (aligned=False, sampling_ratio 2, 7x7) of one box on one map, float32
- * like its CPU kernel. Writes 7*7*channels values (NHWC) at out[outOffset].
+ * torchvision's roi_align (aligned=False, sampling_ratio 2, 7x7) of one box on one map: the float32
+ * operations of its CPU kernel in its order, so the same bits. Adds 7*7*channels values (NHWC) to
+ * out[outOffset] (zeros). With `heap`, maps in the wasm heap are pooled there (the same bits).
  */
-export function roiAlignBox(map: MapView, box: ArrayLike<number>, scale: number, out: Float32Array, outOffset: number): void {
+export function roiAlignBox(map: MapView, box: ArrayLike<number>, scale: number, out: Float32Array, outOffset: number, heap?: HeapBoxPooler | null): void {
   const { data, offset, rowStride, height, width, channels } = map;
   const ys = sampleAxis(box[1], box[3], scale, height);
   const xs = sampleAxis(box[0], box[2], scale, width);
+  if (heap && heap(data, offset, rowStride, channels, ys, xs, out, outOffset)) return;
   const norm = 1 / (ROI_SAMPLING_RATIO * ROI_SAMPLING_RATIO);
   for (let py = 0; py < ROI_OUTPUT_SIZE; py++) {
     for (let px = 0; px < ROI_OUTPUT_SIZE; px++) {
@@ -166,7 +169,7 @@ export function roiAlignBox(map: MapView, box: ArrayLike<number>, scale: number,
           const p3 = rowHigh + xs.low[sx] * channels;
           const p4 = rowHigh + xs.high[sx] * channels;
           for (let c = 0; c < channels; c++) {
-            out[o + c] += w1 * data[p1 + c] + w2 * data[p2 + c] + w3 * data[p3 + c] + w4 * data[p4 + c];
+            out[o + c] += f32(f32(f32(f32(w1 * data[p1 + c]) + f32(w2 * data[p2 + c])) + f32(w3 * data[p3 + c])) + f32(w4 * data[p4 + c]));
           }
         }
       }
@@ -207,11 +210,12 @@ export async function multiScaleRoIAlign(
   const total = boxes.reduce((n, b) => n + b.length / 4, 0);
   const shape: [number, number, number, number] = [total, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE, features[0].shape[3]];
   if (memory) {
-    // In place: the pooled tensor is made before the views are taken, and with `memory`
-    // multiScaleRoIAlignInto uses them before it first waits, so they stay valid.
+    // In place: the box kernel and the pooled tensor are made before the views are taken, and with
+    // `memory` multiScaleRoIAlignInto uses them before it first waits, so they stay valid.
+    const heap = wasmBoxPooler();
     const pooled = memory.unset<tf.Rank.R4>(shape);
     try {
-      await multiScaleRoIAlignInto(features, boxes, imageSizes, paddedSizes, memory.view(pooled), memory);
+      await multiScaleRoIAlignInto(features, boxes, imageSizes, paddedSizes, memory.view(pooled), memory, heap);
     } catch (e) {
       pooled.dispose();
       throw e;
@@ -239,7 +243,9 @@ function levelMaps(features: tf.Tensor4D[], assigned: ReturnType<typeof assignLe
 /**
  * The host RoIAlign (`multiScaleRoIAlign`'s 'host' method) written into `out`: [sum of boxes, 7,
  * 7, C] values (a tensor's in place, or memory another thread reads). With `memory` the levels are
- * read in place, and every view is used before the returned promise first waits.
+ * read in place, and every view is used before the returned promise first waits. `heap`: the wasm
+ * box kernel (`wasmBoxPooler`, taken here by default), which must be made before a heap view
+ * passed as `out`.
  */
 export async function multiScaleRoIAlignInto(
   features: tf.Tensor4D[],
@@ -248,6 +254,7 @@ export async function multiScaleRoIAlignInto(
   paddedSizes: Size[],
   out: Float32Array,
   memory?: TensorMemory,
+  heap: HeapBoxPooler | null = wasmBoxPooler(),
 ): Promise<void> {
   const total = boxes.reduce((n, b) => n + b.length / 4, 0);
   const length = total * ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE * features[0].shape[3];
@@ -256,7 +263,7 @@ export async function multiScaleRoIAlignInto(
   const maps = memory ? levelMaps(features, assigned, memory) : await levelMaps(features, assigned);
   // The bins accumulate.
   out.fill(0);
-  poolHost(features, boxes, assigned, maps, out);
+  poolHost(features, boxes, assigned, maps, out, heap);
 }
 
 /** The host RoIAlign of every image's boxes from the maps' values into `out` (zeros, NHWC rows). */
@@ -266,6 +273,7 @@ function poolHost(
   assigned: ReturnType<typeof assignLevels>,
   maps: (Float32Array | null)[],
   out: Float32Array,
+  heap: HeapBoxPooler | null,
 ): void {
   const channels = features[0].shape[3];
   const cell = ROI_OUTPUT_SIZE * ROI_OUTPUT_SIZE * channels;
@@ -283,7 +291,7 @@ function poolHost(
         width: own[level][1],
         channels,
       };
-      roiAlignBox(view, imageBoxes.subarray(k * 4, k * 4 + 4), scales[level], out, (row + k) * cell);
+      roiAlignBox(view, imageBoxes.subarray(k * 4, k * 4 + 4), scales[level], out, (row + k) * cell, heap);
     });
     row += imageBoxes.length / 4;
   });
