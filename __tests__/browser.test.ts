@@ -80,7 +80,7 @@ describeBrowser('in headless Chromium: the demo page', () => {
     const [det] = await model.predict([image], { minSize: CASE.min_size, maxSize: CASE.max_size });
     nodeFaces = processPrediction(det, image.shape[1], image.shape[0], 0, -1);
     image.dispose();
-    model.dispose();
+    await model.dispose();
   });
 
   afterAll(async () => {

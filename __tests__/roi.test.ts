@@ -219,7 +219,7 @@ describe("host RoIAlign: torchvision's float32 operations in its order", () => {
     expect(wasmBoxPooler()).not.toBeNull();
     const features = LEVEL_KEYS.map((k) => goldenFeature(id, k));
     const proposals = Float32Array.from(golden(id, 'proposals').data);
-    const args = [features, [proposals], [resizedSize(id)], [paddedSize(id)]] as const;
+    const args: [tf.Tensor4D[], Float32Array[], Size[], Size[]] = [features, [proposals], [resizedSize(id)], [paddedSize(id)]];
     const rows = proposals.length / 4;
     const copied = await multiScaleRoIAlign(...args, 'host');
     const inPlace = await multiScaleRoIAlign(...args, 'host', memory);

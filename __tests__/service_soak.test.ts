@@ -58,9 +58,9 @@ describe('a worker killed mid-batch', () => {
     baseTensors = await model.workerTensors();
   }, 300_000);
 
-  afterAll(() => {
+  afterAll(async () => {
     killer?.close();
-    model?.dispose();
+    await model?.dispose();
     tf.dispose(inputs);
   });
 
@@ -201,7 +201,7 @@ describe('workers that keep no copy of the weights (read again for a replacement
     } finally {
       disposeWeights(weights);
       killer.close();
-      model?.dispose();
+      await model?.dispose();
       tf.dispose(inputs);
     }
   }, 300_000);

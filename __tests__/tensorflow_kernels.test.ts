@@ -95,7 +95,7 @@ async function dispatchedKernels(): Promise<Set<string>> {
       expect(Array.from(pair[1].scores)).toEqual(Array.from(out.scores));
     } finally {
       tf.dispose([image, rgba, gray]);
-      model.dispose();
+      await model.dispose();
     }
   });
   expect(tf.memory().numTensors).toBe(before);

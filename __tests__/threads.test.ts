@@ -355,10 +355,19 @@ describe('results do not depend on threads', () => {
     }
   });
 
+  // Linux: each worker is one of the process's threads (/proc/self/task), gone once it has exited.
+  (fs.existsSync('/proc/self/task') ? it : it.skip)('dispose settles once its workers have exited', async () => {
+    const threads = (): number => fs.readdirSync('/proc/self/task').length;
+    const model = ThreadedModel.spawn(workerScript()!, 'wasm', 2);
+    const running = threads();
+    await model.dispose();
+    expect(threads()).toBe(running - 2);
+  });
+
   it('workers spawned before the weights build once given them, with the one-thread results', async () => {
     const early = ThreadedModel.spawn(workerScript()!, 'wasm', 2);
     // Spawned workers that never get weights stop with dispose (no open handle is left).
-    ThreadedModel.spawn(workerScript()!, 'wasm', 2).dispose();
+    await ThreadedModel.spawn(workerScript()!, 'wasm', 2).dispose();
     const images = await Promise.all(MIXED.slice(0, 3).map((n) => decodeImage(imagePath(n))));
     const started = new Img2PoseModel(weights, activeRuntime());
     try {
@@ -371,8 +380,8 @@ describe('results do not depend on threads', () => {
       expect((await early.predict(images, SMALL)).map(bits)).toEqual(expected);
     } finally {
       tf.dispose(images);
-      early.dispose();
-      started.dispose();
+      await early.dispose();
+      await started.dispose();
     }
   });
 
@@ -393,7 +402,7 @@ describe('results do not depend on threads', () => {
       expect(await model.workerTensors()).toEqual(base);
     } finally {
       tf.dispose(images);
-      model.dispose();
+      await model.dispose();
     }
   });
 
@@ -427,8 +436,8 @@ describe('results do not depend on threads', () => {
       expect(await model.workerTensors()).toEqual(base);
     } finally {
       tf.dispose(images);
-      inThread.dispose();
-      model.dispose();
+      await inThread.dispose();
+      await model.dispose();
     }
   });
 
@@ -447,8 +456,8 @@ describe('results do not depend on threads', () => {
       expect(a.reduce((s, r) => s + r.scores.length, 0)).toBeGreaterThan(0);
     } finally {
       tf.dispose(images);
-      inThread.dispose();
-      threaded.dispose();
+      await inThread.dispose();
+      await threaded.dispose();
     }
   });
 });

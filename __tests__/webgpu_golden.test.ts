@@ -50,8 +50,8 @@ describeWebGPU('webgpu backend end to end (tiny golden cases)', () => {
       images.set(id, await decodeImage(imagePath(name)));
     }
   });
-  afterAll(() => {
-    for (const model of models.values()) model.dispose();
+  afterAll(async () => {
+    for (const model of models.values()) await model.dispose();
     tf.dispose([...images.values()]);
   });
 

@@ -311,9 +311,9 @@ async function main(): Promise<void> {
   for (const mode of modes) {
     KERNELS = new Kernels(mode);
     if (mode !== modes[0]) {
-      model.dispose();
+      await model.dispose();
       model = modelFor(mode, hostThreads);
-      inThread?.dispose();
+      await inThread?.dispose();
       inThread = inThread && modelFor(mode, 0);
     }
     tf.dispose([photo, ...mixed]);
@@ -452,8 +452,8 @@ async function main(): Promise<void> {
   console.log('\nmode      images              batch  ms/batch  ms/image  images/s  speedup  same  ident  GPU MiB');
   for (const r of rows) console.log(fmt(r));
   if (opts.json) fs.writeFileSync(opts.json, JSON.stringify({ adapter, rows, stages, throughputs }, null, 1));
-  model.dispose();
-  inThread?.dispose();
+  await model.dispose();
+  await inThread?.dispose();
   tf.dispose([photo, ...mixed, ...weights.tensors.values()]);
   console.log(`tensors alive after disposing everything: ${tf.memory().numTensors}`);
   process.exit(0);

@@ -77,7 +77,7 @@ async function main(opts: { webgpuOnly: boolean }): Promise<void> {
   };
   const modes: KernelMode[] = opts.webgpuOnly ? ['webgpu'] : ['portable', 'webgpu'];
   for (const mode of modes) {
-    model.dispose();
+    await model.dispose();
     model = new Img2PoseModel(weights, activeRuntime({ hostThreads: 8, kernels: mode }));
     const oneByOne = new Map<string, RawDetections>();
     for (const c of manifest.cases) {
@@ -107,7 +107,7 @@ async function main(opts: { webgpuOnly: boolean }): Promise<void> {
       });
     }
   }
-  model.dispose();
+  await model.dispose();
   tf.dispose([...images.values(), ...weights.tensors.values()]);
   console.log(`\n${failures === 0 ? 'ALL PASS' : `${failures} FAILED`}; tensors alive after disposing everything: ${tf.memory().numTensors}`);
   process.exit(failures === 0 ? 0 : 1);

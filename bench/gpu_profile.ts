@@ -59,7 +59,7 @@ async function main(): Promise<void> {
   console.log(`dispatches per forward: ${dispatches.total() / opts.forwards} (${[...dispatches.byProgram].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v / opts.forwards}`).join(', ')})`);
   if (host) console.log(`host ms per forward (under the sampling profiler): ${Object.entries(host).map(([k, v]) => `${k} ${v.toFixed(1)}`).join('; ')}`);
   photo.dispose();
-  model.dispose();
+  await model.dispose();
 }
 
 main().catch((e: unknown) => {

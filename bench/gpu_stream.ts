@@ -258,7 +258,7 @@ async function main(): Promise<void> {
     for (const r of results) for (const a of r) digest = fnv(digest, a);
     console.log(`in flight ${inFlight}: ${(wall / n).toFixed(2)} ms per image of wall time over ${n} images, pool ${(gpuMemory().allocated / GiB).toFixed(2)} GiB, digest ${digest.toString(16)}`);
   }
-  model.dispose();
+  await model.dispose();
   if (opts.detectorInFlight > 1) await detectorInFlight(sizes, photo, ph, pw);
   const freed = trimPool(backend, true);
   console.log(`after dispose: pool ${(gpuMemory().allocated / GiB).toFixed(2)} GiB (${(freed / GiB).toFixed(2)} GiB freed), in use ${(gpuMemory().inUse / GiB).toFixed(3)} GiB, tensors ${tf.memory().numTensors}`);

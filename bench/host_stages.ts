@@ -245,7 +245,7 @@ async function capture(args: string[]): Promise<void> {
     saveCapture(dir, { name: image.name, job: { ...job, levels: job.levels.map((l) => l.slice()) }, words, post: posts[0] });
     log(`${image.name}: ${image.height}x${image.width}, ${viaHead.scores.length} proposals, ${(performance.now() - t0).toFixed(0)} ms`);
   }
-  model.dispose();
+  await model.dispose();
 }
 
 /** RGB samples of an interleaved image with `channels` per pixel. */

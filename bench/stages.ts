@@ -271,7 +271,7 @@ async function main(): Promise<void> {
   } finally {
     for (const s of servers) s.server.close();
     image.dispose();
-    for (const m of models.values()) m.dispose();
+    for (const m of models.values()) await m.dispose();
   }
   const m = machineInfo();
   process.stdout.write(

@@ -189,7 +189,8 @@ export interface DetectionModel {
    * results are read back and post-processed. Each result is still that of a call on its own.
    */
   readonly concurrentForwards?: number;
-  dispose(): void;
+  /** Frees the model; a promise, where it has threads to stop, that settles once they have exited. */
+  dispose(): void | Promise<void>;
 }
 
 function ignore(): void {}
@@ -316,7 +317,7 @@ export class Img2Pose {
       try {
         opened = await openWeights(weights, { poseMean, poseStddev, warn, release, sharedValues: onWorkers });
       } catch (e) {
-        workers?.dispose();
+        await workers?.dispose();
         throw e;
       }
       let built: { model: DetectionModel; threads: number };
@@ -324,7 +325,7 @@ export class Img2Pose {
         whileBuilding?.();
       } catch (e) {
         opened.release();
-        workers?.dispose();
+        await workers?.dispose();
         throw e;
       }
       try {
@@ -444,7 +445,7 @@ export class Img2Pose {
     this.isDisposed = true;
     await Promise.all(this.jobs);
     await onBackend(this.backend, async () => {
-      this.model.dispose();
+      await this.model.dispose();
       // The network's buffers are back in the pool now: give the free ones back to the device.
       if (this.backend === 'webgpu') releaseGpuPool();
     });

@@ -603,13 +603,14 @@ export class Img2PoseModel {
     return this.runtime.host.usesThreads;
   }
 
-  dispose(): void {
+  /** Frees the weights at once; settles once the host executor's threads have exited. */
+  async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    this.runtime.host.dispose();
     this.backbone.dispose();
     this.rpn.dispose();
     this.roiHeads.dispose();
+    await this.runtime.host.dispose();
   }
 }
 

@@ -94,7 +94,8 @@ export interface HostExecutor {
   readonly usesThreads: boolean;
   proposals(jobs: ProposalJob[]): Promise<Proposals[]>;
   postprocess(inputs: PostprocessInput[]): Promise<Detections[]>;
-  dispose(): void;
+  /** Stops its threads, if any: settles once they have exited. */
+  dispose(): Promise<void>;
 }
 
 /** The host stages one image after another in this thread. */
@@ -103,7 +104,7 @@ export const IN_THREAD: HostExecutor = {
   usesThreads: false,
   proposals: async (jobs) => jobs.map(proposalsOf),
   postprocess: async (inputs) => inputs.map(postprocessDetections),
-  dispose: () => undefined,
+  dispose: async () => undefined,
 };
 
 /** What the stages need: their kernels and the backend's rules. */

@@ -181,9 +181,9 @@ export class WorkerPoolExecutor implements HostExecutor {
     );
   }
 
-  dispose(): void {
+  async dispose(): Promise<void> {
     this.disposed = true;
-    void this.pool?.terminate();
+    await this.pool?.terminate();
   }
 
   /** The pool for work on `images` images (started on first use), or undefined for in-thread work. */

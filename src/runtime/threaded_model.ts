@@ -373,8 +373,9 @@ export class ThreadedModel {
     return this.pool.broadcast<number>({ kind: 'model-memory', payload: null });
   }
 
-  dispose(): void {
-    void this.pool.terminate();
+  /** Stops the workers: settles once they have exited. */
+  dispose(): Promise<void> {
+    return this.pool.terminate();
   }
 }
 
