@@ -23,6 +23,7 @@ import { InputError, OptionError, describeValue } from './errors';
 import { DecodeLimits, ImageInput, RawImage, decodeBitmap, decodeImage } from './io/images';
 import { projectPoints } from './model/pose';
 import { encodePng } from './visualize';
+import { compiledOnce } from './kernels/wasm/module';
 
 export type AlignSize = 112 | 224;
 export const ALIGN_SIZES: readonly AlignSize[] = [112, 224];
@@ -578,21 +579,8 @@ let sharedSimd: SimdState | undefined;
 let warperCount = 0;
 const SIMD_KEEP_BYTES = 64 << 20;
 
-let warpModuleCache: WebAssembly.Module | null | undefined;
-
-/** The compiled kernel, or null where the runtime lacks WebAssembly or its SIMD. */
-function warpModule(): WebAssembly.Module | null {
-  if (warpModuleCache === undefined) {
-    warpModuleCache = null;
-    try {
-      // Synchronous compilation: the module is far below the size browsers allow on the main thread.
-      if (typeof WebAssembly === 'object' && WebAssembly.validate(WARP_WASM)) warpModuleCache = new WebAssembly.Module(WARP_WASM);
-    } catch {
-      warpModuleCache = null;
-    }
-  }
-  return warpModuleCache;
-}
+/** The compiled kernel, or null where the runtime lacks WebAssembly or its SIMD (480 bytes: compiled synchronously). */
+const warpModule = compiledOnce(WARP_WASM);
 
 /** 'simd' where this runtime runs the WebAssembly SIMD kernel, else 'js'. */
 export function defaultWarpKernel(): WarpKernel {

@@ -5,6 +5,7 @@
 // kernel (src/model/roi_align.ts): the float32 operations of torchvision's, in its order.
 import * as tf from '@tensorflow/tfjs-core';
 import { asWasmBackend, WasmBackend } from './backend';
+import { compiledOnce } from './module';
 import { ROI_ALIGN_WASM } from './roi_align_wasm';
 
 /** Samples per axis of a box (7 bins x 2) and the bytes of one sample's descriptor. */
@@ -29,21 +30,9 @@ interface Instance {
   scratch: number;
 }
 
-let moduleCache: WebAssembly.Module | null | undefined;
+/** 564 bytes: small enough for a synchronous compile on a page's main thread. */
+const roiAlignModule = compiledOnce(ROI_ALIGN_WASM);
 const instances = new WeakMap<object, Instance>();
-
-function roiAlignModule(): WebAssembly.Module | null {
-  if (moduleCache === undefined) {
-    moduleCache = null;
-    try {
-      // 564 bytes: small enough for a synchronous compile on a page's main thread.
-      if (typeof WebAssembly === 'object' && WebAssembly.validate(ROI_ALIGN_WASM)) moduleCache = new WebAssembly.Module(ROI_ALIGN_WASM);
-    } catch {
-      moduleCache = null;
-    }
-  }
-  return moduleCache;
-}
 
 function instanceFor(backend: WasmBackend): Instance | null {
   let instance = instances.get(backend);
