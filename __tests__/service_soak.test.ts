@@ -10,11 +10,12 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
-import { selectBackend } from '../src/runtime/backend';
+import { selectBackend, selectCpuForValues } from '../src/runtime/backend';
 import { Img2Pose } from '../src/detector';
 import { InferenceError, InputError, WeightsError } from '../src/errors';
 import { RawDetections } from '../src/model/model';
 import { ThreadedModel } from '../src/runtime/threaded_model';
+import { collectGarbage } from '../src/runtime/threads';
 import { disposeWeights } from '../src/model/weights';
 import { KILLED_EXIT_CODE, WorkerKiller } from '../bench/fault_worker';
 import { serviceSoak, SHORT } from '../bench/service_soak';
@@ -164,6 +165,35 @@ describe('a worker killed mid-batch', () => {
 });
 
 describe('workers that keep no copy of the weights (read again for a replacement)', () => {
+  it('let go of the weights once built, before any task: their shared memory is returned', async () => {
+    // The values as plain arrays, as the detector makes them for workers.
+    await selectBackend('wasm');
+    await selectCpuForValues();
+    const weights = formulaWeights();
+    const reopen = async () => {
+      const w = formulaWeights();
+      return { weights: w, release: () => disposeWeights(w) };
+    };
+    let model: ThreadedModel | undefined;
+    try {
+      collectGarbage();
+      const held = process.memoryUsage().arrayBuffers;
+      // Built from a shared copy of the values (~160 MB), which only the workers saw after this.
+      model = await ThreadedModel.spawn(SCRIPT, 'wasm', 2).build(weights, reopen);
+      let extra = Infinity;
+      for (let attempt = 0; attempt < 20 && extra >= 16 << 20; attempt++) {
+        if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, 100));
+        collectGarbage();
+        extra = process.memoryUsage().arrayBuffers - held;
+      }
+      expect(extra).toBeLessThan(16 << 20);
+    } finally {
+      disposeWeights(weights);
+      await model?.dispose();
+      await selectBackend('wasm');
+    }
+  }, 120_000);
+
   it("a killed worker's replacement is given the weights read again: the same results; a failed read fails that call, typed", async () => {
     await selectBackend('wasm');
     const inputs = images();

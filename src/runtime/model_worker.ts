@@ -115,6 +115,15 @@ export function modelHandlers(data: ModelWorkerData): Record<string, (payload: u
       await model;
       return { result: tf.getBackend(), transfer: [] };
     },
+    /**
+     * A full collection once the network is built, in a message of its own: the one that brought
+     * the weights may be held until the next arrives, and with it the weights' shared memory.
+     */
+    async 'model-collect'(): Promise<Done> {
+      await model;
+      firstTask();
+      return { result: null, transfer: [] };
+    },
     async 'model-memory'(): Promise<Done> {
       await model;
       return { result: tf.memory().numTensors, transfer: [] };

@@ -210,6 +210,9 @@ export class ThreadedModel {
     this.pool.setWorkerData({ model: { backend: this.backend, weights: reopen ? undefined : portable } } satisfies ModelWorkerData);
     try {
       await this.pool.broadcast({ kind: 'model-weights', payload: portable });
+      // A message after the weights' own: each worker lets go of them now (see 'model-collect'),
+      // not at its first task, which a helper that is never asked may not get for a long time.
+      await this.pool.broadcast({ kind: 'model-collect', payload: null });
     } catch (e) {
       await this.pool.terminate();
       throw e;
@@ -236,6 +239,7 @@ export class ThreadedModel {
         }
         try {
           await this.pool.run({ kind: 'model-weights', payload: await portableWeights(opened.weights) }, [], index);
+          await this.pool.run({ kind: 'model-collect', payload: null }, [], index);
         } finally {
           opened.release();
         }
