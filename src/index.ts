@@ -13,6 +13,11 @@
  * The declarations use web-standard types only (`Uint8Array`, no `Buffer` or `NodeJS.*`), so an app
  * compiles against them without `@types/node`.
  */
+// tfjs' cpu backend registered on import, as the @tensorflow/tfjs package does: an app may make
+// tensors (in-memory weights, input images) before a detector picks its backend. Only this entry
+// loads it: worker threads register it when they choose it (src/runtime/backend.ts).
+import '@tensorflow/tfjs-backend-cpu';
+
 export * from './public_api';
 
 // What the Node entry adds to the shared surface (./public_api.ts): the detector class with

@@ -499,7 +499,10 @@ export class Img2PoseModel {
         upper.fpn.dispose();
         throw new Error(`Img2PoseModel: the other thread returned ${lower.fpn.length} + ${lower.head.length} values of level 0's lower ${height - cut} rows`);
       }
-      const fpn0 = tf.tidy(() => tf.concat([upper.fpn, tf.tensor4d(lower.fpn, [1, height - cut, width, channels])], 1));
+      // Level 0's inner map is read no more: its memory can hold the output map (the heap's
+      // high-water mark of a forward was here, with both alive and the lower band copied in twice).
+      tf.dispose(inner);
+      const fpn0 = this.joinedBands(upper.fpn, lower.fpn, [1, height, width, channels]);
       upper.fpn.dispose();
       const head0 = new Float32Array(height * width * 15);
       head0.set(upper.head);
@@ -511,6 +514,22 @@ export class Img2PoseModel {
     } finally {
       tf.dispose(inner);
     }
+  }
+
+  /**
+   * A map of `shape` whose first rows are `upper`'s and the rest `lower`'s values: written in place
+   * where the backend's tensors can be (the wasm backend), else concatenated.
+   */
+  private joinedBands(upper: tf.Tensor4D, lower: Float32Array, shape: [number, number, number, number]): tf.Tensor4D {
+    const memory = this.runtime.rules.tensorMemory;
+    if (!memory) return tf.tidy(() => tf.concat([upper, tf.tensor4d(lower, [1, shape[1] - upper.shape[1], shape[2], shape[3]])], 1));
+    const joined = memory.unset<tf.Rank.R4>(shape);
+    // The views after the last allocation (see TensorMemory.view).
+    const out = memory.view(joined);
+    const top = memory.view(upper);
+    out.set(top);
+    out.set(lower, top.length);
+    return joined;
   }
 
   /**
