@@ -17,21 +17,3 @@ export function compiledOnce(bytes: Uint8Array<ArrayBuffer>): () => WebAssembly.
     return compiled;
   };
 }
-
-/**
- * The exports of `module()` instantiated on a tfjs wasm backend's memory, once per backend; null
- * where the module is not compiled (see `compiledOnce`).
- */
-export function onHeap<E>(module: () => WebAssembly.Module | null): (memory: WebAssembly.Memory) => E | null {
-  const instances = new WeakMap<WebAssembly.Memory, E>();
-  return (memory) => {
-    let exports = instances.get(memory);
-    if (exports === undefined) {
-      const compiled = module();
-      if (!compiled) return null;
-      exports = new WebAssembly.Instance(compiled, { env: { memory } }).exports as unknown as E;
-      instances.set(memory, exports);
-    }
-    return exports;
-  };
-}

@@ -5,7 +5,7 @@
 // kernel (src/model/roi_align.ts): the float32 operations of torchvision's, in its order.
 import * as tf from '@tensorflow/tfjs-core';
 import { asWasmBackend, WasmBackend } from './backend';
-import { compiledOnce, onHeap } from './module';
+import { compiledOnce } from './module';
 import { ROI_ALIGN_WASM } from './roi_align_wasm';
 
 /** Samples per axis of a box (7 bins x 2) and the bytes of one sample's descriptor. */
@@ -31,15 +31,16 @@ interface Instance {
 }
 
 /** 564 bytes: small enough for a synchronous compile on a page's main thread. */
-const exportsOn = onHeap<Pick<Instance, 'box'>>(compiledOnce(ROI_ALIGN_WASM));
+const roiAlignModule = compiledOnce(ROI_ALIGN_WASM);
 const instances = new WeakMap<object, Instance>();
 
 function instanceFor(backend: WasmBackend): Instance | null {
   let instance = instances.get(backend);
   if (!instance) {
+    const module = roiAlignModule();
+    if (!module) return null;
     const memory = backend.wasm.asm.memory;
-    const exports = exportsOn(memory);
-    if (!exports) return null;
+    const exports = new WebAssembly.Instance(module, { env: { memory } }).exports as unknown as Pick<Instance, 'box'>;
     // Allocated once per backend and kept for its life (~50 KB).
     const scratch = backend.wasm._malloc(2 * SAMPLES * SAMPLE_BYTES + BINS * MAX_CHANNELS * 4);
     instance = { box: exports.box, memory, scratch };

@@ -9,7 +9,6 @@ import { conv2dWinogradWasm, releaseWasmWinograd, wasmWinogradAvailable, wasmWin
 export { scaledFilterWasm } from '../wasm/winograd';
 import { usePacked } from '../wasm/packed';
 import { conv2dGemm, conv2dRowBands, gemmConvFits } from '../wasm/gemm_conv';
-import { addUpsampledInPlace } from '../wasm/upsample_add';
 
 type ExplicitPads = [[number, number], [number, number], [number, number], [number, number]];
 
@@ -48,15 +47,9 @@ export class Kernels {
       if (tf.getBackend() === 'wasm' && gemmConvFits(w.shape)) {
         noBandOnly();
         // As one GEMM: XNNPACK's fully-connected operator holds less than its convolution (../wasm/gemm_conv).
-        const gemm = (relu: boolean): tf.Tensor4D =>
-          conv2dGemm(x, w, bias, opts.stride, opts.pad, relu, (run) => usePacked(w, `matMul ${relu ? 'relu' : 'linear'} ${bias_}`, run), undefined, rows);
-        if (opts.residual !== undefined && opts.upsampleResidual && !opts.relu) {
-          // The FPN's top-down add into the conv's fresh output, in place (../wasm/upsample_add).
-          const y = gemm(false);
-          if (addUpsampledInPlace(y, opts.residual)) return y;
-          y.dispose();
-        }
-        return convEpilogue(opts, gemm);
+        return convEpilogue(opts, (relu) =>
+          conv2dGemm(x, w, bias, opts.stride, opts.pad, relu, (run) => usePacked(w, `matMul ${relu ? 'relu' : 'linear'} ${bias_}`, run), undefined, rows),
+        );
       }
       if (tf.getBackend() === 'wasm' && w.shape[0] === w.shape[1]) {
         // In bands of output rows, each from a window of input rows: XNNPACK's indirection buffer
