@@ -141,8 +141,8 @@ function sampleAxis(lo: number, hi: number, scale: number, extent: number): Samp
 
 /**
  * torchvision's roi_align (aligned=False, sampling_ratio 2, 7x7) of one box on one map: the float32
- * operations of its CPU kernel in its order, so the same bits. Adds 7*7*channels values (NHWC) to
- * out[outOffset] (zeros). With `heap`, maps in the wasm heap are pooled there (the same bits).
+ * operations of its CPU kernel in its order, so the same bits. Writes 7*7*channels values (NHWC) at
+ * out[outOffset]. With `heap`, maps in the wasm heap are pooled there (the same bits).
  */
 export function roiAlignBox(map: MapView, box: ArrayLike<number>, scale: number, out: Float32Array, outOffset: number, heap?: HeapBoxPooler | null): void {
   const { data, offset, rowStride, height, width, channels } = map;
@@ -153,6 +153,8 @@ export function roiAlignBox(map: MapView, box: ArrayLike<number>, scale: number,
   for (let py = 0; py < ROI_OUTPUT_SIZE; py++) {
     for (let px = 0; px < ROI_OUTPUT_SIZE; px++) {
       const o = outOffset + (py * ROI_OUTPUT_SIZE + px) * channels;
+      // The bin's samples accumulate from 0, as torchvision's output_val does.
+      out.fill(0, o, o + channels);
       for (let iy = 0; iy < ROI_SAMPLING_RATIO; iy++) {
         const sy = py * ROI_SAMPLING_RATIO + iy;
         const rowLow = offset + ys.low[sy] * rowStride;
@@ -261,12 +263,10 @@ export async function multiScaleRoIAlignInto(
   if (out.length !== length) throw new Error(`multiScaleRoIAlignInto: ${total} boxes need ${length} values, out holds ${out.length}`);
   const assigned = assignLevels(boxes, imageSizes, paddedSizes);
   const maps = memory ? levelMaps(features, assigned, memory) : await levelMaps(features, assigned);
-  // The bins accumulate.
-  out.fill(0);
   poolHost(features, boxes, assigned, maps, out, heap);
 }
 
-/** The host RoIAlign of every image's boxes from the maps' values into `out` (zeros, NHWC rows). */
+/** The host RoIAlign of every image's boxes from the maps' values into `out` (NHWC rows, each written whole). */
 function poolHost(
   features: tf.Tensor4D[],
   boxes: Float32Array[],
